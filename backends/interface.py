@@ -1,0 +1,158 @@
+"""The engine adapter interface: the only thing the gateway knows about Celery or Prefect.
+
+Each engine lives behind an `EngineAdapter`. Ids are chosen by the caller (a *leg id*): it becomes the Celery
+task id and the Prefect flow run's idempotency key, so a caller can write its own record first and retry a
+submit safely. `poll` is batched: one round trip for many legs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from backends.models import Progress, ResultStatus, TaskStatus
+
+
+class TaskKind(StrEnum):
+    """The two kinds of work both engines run."""
+
+    STUDENT_TESTING = "student_testing"
+    SUBMISSION_PROCESSING = "submission_processing"
+
+
+class LegPhase(StrEnum):
+    """One normalised state model for both engines; the engine-native name is kept beside it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    CRASHED = "crashed"
+    # No trace of the id at the engine yet: only the caller's own record can tell "not started" from "unknown".
+    MISSING = "missing"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+    def result_status(self) -> ResultStatus:
+        return _TO_RESULT_STATUS[self]
+
+    def task_status(self) -> TaskStatus:
+        return _TO_TASK_STATUS[self]
+
+
+_FINAL = {LegPhase.SUCCEEDED, LegPhase.FAILED, LegPhase.CANCELLED, LegPhase.CRASHED}
+
+_TO_RESULT_STATUS = {
+    LegPhase.QUEUED: ResultStatus.SCHEDULED,
+    LegPhase.MISSING: ResultStatus.PENDING,
+    LegPhase.RUNNING: ResultStatus.RUNNING,
+    LegPhase.SUCCEEDED: ResultStatus.COMPLETED,
+    LegPhase.FAILED: ResultStatus.FAILED,
+    LegPhase.CANCELLING: ResultStatus.CANCELLING,
+    LegPhase.CANCELLED: ResultStatus.CANCELLED,
+    LegPhase.CRASHED: ResultStatus.CRASHED,
+}
+
+_TO_TASK_STATUS = {
+    LegPhase.QUEUED: TaskStatus.QUEUED,
+    LegPhase.MISSING: TaskStatus.QUEUED,
+    LegPhase.RUNNING: TaskStatus.STARTED,
+    LegPhase.SUCCEEDED: TaskStatus.FINISHED,
+    LegPhase.FAILED: TaskStatus.FAILED,
+    LegPhase.CANCELLING: TaskStatus.STARTED,
+    LegPhase.CANCELLED: TaskStatus.CANCELLED,
+    LegPhase.CRASHED: TaskStatus.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run: the kind, its legacy parameters, and the execution backend's properties.
+
+    For `STUDENT_TESTING`, `params` is `{"test_job": TestJob-as-dict}`; for `SUBMISSION_PROCESSING`,
+    `{"submission": {...}}`. `properties` is `execution_backend.properties` (e.g. the Prefect deployment name).
+    """
+
+    kind: TaskKind
+    params: dict[str, Any]
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LegState:
+    """What an engine says about one leg right now."""
+
+    leg_id: str
+    phase: LegPhase
+    native: str
+    progress: Progress | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    worker: str | None = None
+    queue: str | None = None
+    engine_run_id: str | None = None
+    # Set when the engine can tell that nothing is executing the leg any more (runner gone, Late run).
+    stalled: str | None = None
+
+
+@dataclass
+class LegResult:
+    """A finished leg: the report on success, the error text otherwise."""
+
+    leg_id: str
+    phase: LegPhase
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    queues: list[str] = field(default_factory=list)
+    active: int = 0
+    uptime_seconds: float | None = None
+    last_seen: datetime | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Health:
+    healthy: bool
+    engine: str
+    checks: dict[str, bool] = field(default_factory=dict)
+    workers: int = 0
+    error: str | None = None
+
+
+@runtime_checkable
+class EngineAdapter(Protocol):
+    """submit, poll, result, cancel, workers, health, queue_depths: everything the gateway may ask an engine."""
+
+    engine: str
+
+    def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        """Start `job` under `leg_id`; return the engine-side run id. Retrying with the same leg id is safe."""
+        ...
+
+    def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
+        """The current state of many legs in one round trip; ids the engine has no trace of are MISSING."""
+        ...
+
+    def result(self, leg_id: str) -> LegResult: ...
+
+    def cancel(self, leg_id: str) -> LegState: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    def health(self) -> Health: ...
+
+    def queue_depths(self) -> dict[str, int]: ...

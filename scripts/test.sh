@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README): install what the tests need, start the services they use, run the suite.
+#   ./scripts/test.sh [pytest args...]
+# PostgreSQL and Redis are used where they run (127.0.0.1:5432, :6379); where they don't and their binaries
+# are installed, this starts them; otherwise the tests that need them skip with a one-line reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_venv
+ensure_postgres || echo "note: PostgreSQL is not running and could not be started; its tests will skip"
+ensure_redis || echo "note: Redis is not running and could not be started; its tests will skip"
+
+export PYTHONUNBUFFERED=1
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+# pytest's 5 means "no tests collected": a selection that matched nothing is not a failure of the suite.
+if [ "$rc" -eq 5 ]; then
+  echo "no tests were collected for this selection"
+  exit 0
+fi
+exit "$rc"

@@ -1,0 +1,191 @@
+"""Shared fixtures: real PostgreSQL and Redis, isolated settings, and git repositories made in a temp dir.
+
+- `postgres_db`: a fresh database per test session on the local server, dropped at the end.
+- `redis_db`: a Redis database number held exclusively by this session (a lock key in db 0), flushed before
+  and after, so two test runs on one machine never consume each other's Celery messages.
+- `isolated_env`: the settings read from a clean environment with a temp data folder (the embedded default).
+- `git_repo`: a factory for real repositories with real commits.
+Tests that need a service that is not running skip with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backends.settings import get_settings
+
+PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))
+PG_USER = os.environ.get("TEST_POSTGRES_USER", "postgres")
+REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
+
+# Every service variable the settings read: cleared so a developer's shell never leaks into a test.
+SERVICE_VARS = (
+    "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB",
+    "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
+    "PREFECT_API_URL", "GATEWAY_DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+    "GATEWAY_DATA_DIR",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- PostgreSQL
+@dataclass(frozen=True)
+class PostgresDB:
+    host: str
+    port: int
+    user: str
+    name: str
+
+    def url(self, driver: str = "psycopg2") -> str:
+        return f"postgresql+{driver}://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    def env(self) -> dict[str, str]:
+        """The variables that point the settings object at this database."""
+        return {
+            "POSTGRES_HOST": self.host,
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_USER": self.user,
+            "POSTGRES_DB": self.name,
+        }
+
+
+def _pg_admin_connect():  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[PostgresDB]:
+    try:
+        admin = _pg_admin_connect()
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server here"
+        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} ({type(exc).__name__})")
+    name = f"gwtest_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PostgresDB(PG_HOST, PG_PORT, PG_USER, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+# -------------------------------------------------------------------------------------------------------- Redis
+@dataclass(frozen=True)
+class RedisDB:
+    host: str
+    port: int
+    db: int
+
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+    def env(self) -> dict[str, str]:
+        return {"REDIS_HOST": self.host, "REDIS_PORT": str(self.port), "REDIS_DB": str(self.db)}
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[RedisDB]:
+    import redis
+
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_connect_timeout=3)
+    try:
+        admin.ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT} ({type(exc).__name__})")
+    token = uuid.uuid4().hex
+    chosen = None
+    for number in range(1, 16):
+        if admin.set(f"gateway-tests:lock:{number}", token, nx=True, ex=3 * 3600):
+            chosen = number
+            break
+    if chosen is None:
+        pytest.skip("every Redis database 1-15 is held by another test run")
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=chosen)
+    client.flushdb()
+    try:
+        yield RedisDB(REDIS_HOST, REDIS_PORT, chosen)
+    finally:
+        client.flushdb()
+        if admin.get(f"gateway-tests:lock:{chosen}") == token.encode():
+            admin.delete(f"gateway-tests:lock:{chosen}")
+
+
+# ----------------------------------------------------------------------------------------------------- settings
+@pytest.fixture
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A clean environment: no service variables, a temp data folder. Yields the data folder."""
+    for var in SERVICE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    data = tmp_path / "gateway-data"
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    yield data
+    get_settings.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------------------------ git
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.invalid",
+    "GIT_COMMITTER_NAME": "Test Author",
+    "GIT_COMMITTER_EMAIL": "author@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def run_git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, **GIT_ENV}
+    out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@dataclass
+class GitRepo:
+    """A real repository on disk; `commit(files)` writes files and returns the new commit's SHA."""
+
+    path: Path
+
+    @property
+    def url(self) -> str:
+        return self.path.as_uri()
+
+    def commit(self, files: dict[str, str], message: str = "change") -> str:
+        for rel, content in files.items():
+            target = self.path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        run_git("add", "-A", cwd=self.path)
+        run_git("commit", "-q", "--allow-empty", "-m", message, cwd=self.path)
+        return run_git("rev-parse", "HEAD", cwd=self.path)
+
+
+class GitRepoFactory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, name: str | None = None, files: dict[str, str] | None = None) -> GitRepo:
+        path = self.root / (name or f"repo-{uuid.uuid4().hex[:8]}")
+        path.mkdir(parents=True)
+        run_git("init", "-q", "-b", "main", cwd=path)
+        repo = GitRepo(path)
+        if files:
+            repo.commit(files, "initial")
+        return repo
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> GitRepoFactory:
+    return GitRepoFactory(tmp_path / "repos")
