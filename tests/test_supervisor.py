@@ -1,0 +1,93 @@
+"""The `gateway up` supervisor with real processes: health-gated start, restart on crash, no orphans on stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.supervisor import ServiceFailedError, ServiceSpec, Supervisor
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _http_ok(port: int) -> bool:
+    return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state to tell.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+# A server that also forks a grandchild which would outlive a naive kill of the leader.
+SERVER_WITH_GRANDCHILD = """
+import http.server, os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"])
+open(sys.argv[2], "w").write(str(child.pid))
+http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind="127.0.0.1")
+"""
+
+
+def test_start_waits_for_health_and_stop_leaves_no_orphans(tmp_path: Path) -> None:
+    port = _free_port()
+    pidfile = tmp_path / "grandchild.pid"
+    supervisor = Supervisor(tmp_path / "logs", dict(os.environ))
+    spec = ServiceSpec("web", [sys.executable, "-c", SERVER_WITH_GRANDCHILD, str(port), str(pidfile)],
+                       health=lambda: _http_ok(port), start_timeout=30)  # fmt: skip
+    service = supervisor.launch(spec)
+    try:
+        supervisor.wait_healthy(service)
+        assert _http_ok(port)
+        grandchild = int(pidfile.read_text())
+        leader = service.process.pid
+        assert _alive(grandchild)
+    finally:
+        supervisor.stop_all(grace=5)
+    assert not _alive(leader)
+    assert not _alive(grandchild)
+
+
+def test_a_crashed_service_is_restarted(tmp_path: Path) -> None:
+    port = _free_port()
+    supervisor = Supervisor(tmp_path / "logs", dict(os.environ), max_restarts=1)
+    spec = ServiceSpec("web", [sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
+                       health=lambda: _http_ok(port), start_timeout=30)  # fmt: skip
+    service = supervisor.launch(spec)
+    try:
+        supervisor.wait_healthy(service)
+        first_pid = service.process.pid
+        os.killpg(first_pid, 9)
+        service.process.wait()
+        assert supervisor.check_and_restart() == ["web"]
+        assert service.process.pid != first_pid and _http_ok(port)
+        os.killpg(service.process.pid, 9)
+        service.process.wait()
+        with pytest.raises(ServiceFailedError, match="keeps exiting"):
+            supervisor.check_and_restart()
+    finally:
+        supervisor.stop_all(grace=5)
+
+
+def test_a_service_that_exits_at_start_names_its_log(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path / "logs", dict(os.environ))
+    spec = ServiceSpec("broken", [sys.executable, "-c", "raise SystemExit(3)"], health=lambda: False)
+    service = supervisor.launch(spec)
+    try:
+        with pytest.raises(ServiceFailedError, match=r"broken exited with code 3; see .*broken\.log"):
+            supervisor.wait_healthy(service)
+    finally:
+        supervisor.stop_all(grace=1)
