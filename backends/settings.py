@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = 600
     task_time_limit: int = 660
     result_expires_seconds: int = 7 * 24 * 3600
+    # Redis redelivers an unacknowledged task after this many seconds; None = derived from the hard time limit
+    # (it must stay above it, or a long task runs twice). Tests set a short one to prove redelivery.
+    celery_visibility_timeout: int | None = None
 
     # --- the work: checkout and sandbox ---------------------------------------------------------------------
     allowed_git_schemes: list[str] = Field(default_factory=lambda: ["https", "http", "ssh", "file", "local"])
