@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     gateway_port: int = 8000
     gateway_serve_at_root: bool = False
     gateway_reconcile_interval: float = 1.0
+    # Run the reconciler inside the API process (the default); `gateway reconcile` runs it on its own.
+    gateway_reconcile_in_api: bool = True
+    # A leg not finished this long after its dispatch is marked timed out and no longer waited on.
+    gateway_leg_deadline_seconds: int = 1800
+    # The engine behind the Celery-era `/api/tasks/*` family when a submit does not name one.
+    gateway_tasks_engine: str = "celery"
+    # Verified logins are remembered this long so HTTP Basic does not pay the password hash on every request.
+    gateway_auth_cache_seconds: float = 60.0
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -137,6 +145,17 @@ class Settings(BaseSettings):
         if self.gateway_database_url is not None:
             return self.gateway_database_url.get_secret_value()
         return self.postgres_url("psycopg2") or f"sqlite:///{self.data_dir / 'gateway.sqlite'}"
+
+    def async_database_url(self) -> str:
+        """The gateway's own store for the API process: the same database through an async driver."""
+        url = self.database_url()
+        scheme, sep, rest = url.partition("://")
+        base = scheme.split("+", 1)[0]
+        if base in ("postgresql", "postgres"):
+            return f"postgresql+asyncpg{sep}{rest}"
+        if base == "sqlite":
+            return f"sqlite+aiosqlite{sep}{rest}"
+        return url
 
     def prefect_api(self) -> str:
         """The Prefect API every Prefect process must use (never Prefect's per-process ephemeral server)."""

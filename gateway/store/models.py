@@ -1,0 +1,198 @@
+"""The tables. `result` and `execution_backend` keep the legacy columns; `leg` is the gateway's own truth.
+
+One legacy `result` row is a *job*; each run of it on one engine is a *leg*. The leg id is chosen by the gateway
+before dispatch and is the row's `test_system_id`, so the row can be committed first and dispatch retried
+(the leg rows with `dispatch_state == "pending"` are the outbox).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both databases (SQLite forgets the zone; this puts it back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class ExecutionBackend(Base):
+    __tablename__ = "execution_backend"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    type: Mapped[str] = mapped_column(String(255))
+    slug: Mapped[str] = mapped_column(String(255), unique=True)
+    properties: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class CourseContent(Base):
+    """An assignment the dispatcher can route: where its reference lives and which backend runs it."""
+
+    __tablename__ = "course_content"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)  # dotted, e.g. week1.ex2
+    directory: Mapped[str | None] = mapped_column(String(1024), index=True)
+    kind: Mapped[str] = mapped_column(String(64), default="assignment")
+    course_content_type_id: Mapped[str | None] = mapped_column(String(64))
+    execution_backend_id: Mapped[str | None] = mapped_column(ForeignKey("execution_backend.id"))
+    reference_url: Mapped[str | None] = mapped_column(Text)
+    reference_commit: Mapped[str | None] = mapped_column(String(255))
+    reference_credential: Mapped[str | None] = mapped_column(String(255))
+    max_submissions: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CourseMember(Base):
+    """A student in a course, with the repository the student pushes to."""
+
+    __tablename__ = "course_member"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    user_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    repository_url: Mapped[str | None] = mapped_column(Text)
+    credential: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Result(Base):
+    """The legacy `result` row: what clients read. Unique per (member, content, commit) and per run id."""
+
+    __tablename__ = "result"
+    __table_args__ = (
+        UniqueConstraint(
+            "course_member_id", "course_content_id", "version_identifier", name="uq_result_member_content_version"
+        ),
+        UniqueConstraint("test_system_id", name="uq_result_test_system_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    submit: Mapped[bool] = mapped_column(Boolean, default=False)
+    course_member_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    course_content_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    course_submission_group_id: Mapped[str | None] = mapped_column(String(64))
+    course_content_type_id: Mapped[str | None] = mapped_column(String(64))
+    execution_backend_id: Mapped[str | None] = mapped_column(String(64))
+    test_system_id: Mapped[str | None] = mapped_column(String(255))
+    result: Mapped[float] = mapped_column(Float, default=0.0)
+    result_json: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    properties: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    version_identifier: Mapped[str | None] = mapped_column(String(2048))
+    status: Mapped[int] = mapped_column(Integer, default=3)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Leg(Base):
+    """One run of a job on one engine. `result_id` is None for bare `/api/tasks` submissions."""
+
+    __tablename__ = "leg"
+    __table_args__ = (
+        Index("ix_leg_open", "finished", "dispatch_state"),
+        Index("ix_leg_result_role", "result_id", "role"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True, default=new_id)
+    result_id: Mapped[str | None] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16), default="primary")  # primary | shadow
+    engine: Mapped[str] = mapped_column(String(32))
+    task_name: Mapped[str] = mapped_column(String(255))
+    engine_run_id: Mapped[str | None] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(32), default="queued")  # backends.interface.LegPhase
+    native_state: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    finished: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[str | None] = mapped_column(String(32))  # succeeded | failed | cancelled | crashed | timed_out
+    error: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # task result (tasks API)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"kind", "params", "properties", "priority"}: no secrets
+    routing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    queue: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    deadline: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The outbox: pending until the engine accepted it; retried with backoff at next_attempt_at.
+    dispatch_state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class User(Base):
+    """A login. `password_hash` is `scrypt$n$r$p$salt$hash`; roles: admin, worker, student."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16), default="student")
+    course_member_ids: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,56 @@
+"""The store's migration on both databases, and the API's refusal to start on an out-of-date schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from backends.settings import Settings
+from gateway.store.db import make_sync_engine
+from gateway.store.migrate import SchemaOutOfDate, check_schema, ensure_schema, head_revision, upgrade
+
+TABLES = {"execution_backend", "course_content", "course_member", "result", "leg", "users", "alembic_version"}
+
+
+def _tables(settings: Settings) -> set[str]:
+    engine = make_sync_engine(settings)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_embedded_default_upgrades_itself(isolated_env: Path) -> None:
+    settings = Settings()
+    ensure_schema(settings)
+    assert _tables(settings) >= TABLES
+    check_schema(settings)  # at head now: no error
+    assert (isolated_env / "gateway.sqlite").exists()
+
+
+@pytest.mark.postgres
+def test_postgres_refuses_until_upgraded(isolated_env: Path, postgres_db, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    # A database of its own, so the session-wide one (shared with other tests) is not touched.
+    name = postgres_db.name + "_mig"
+    admin = psycopg2.connect(host=postgres_db.host, port=postgres_db.port, user=postgres_db.user, dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        settings = Settings(postgres_host=postgres_db.host, postgres_port=postgres_db.port, postgres_db=name)
+        with pytest.raises(SchemaOutOfDate) as err:
+            ensure_schema(settings)
+        hint = str(err.value)
+        assert "gateway db upgrade" in hint and "\n" not in hint
+        upgrade(settings)
+        check_schema(settings)
+        assert _tables(settings) >= TABLES
+        assert head_revision(settings) == "0001"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
