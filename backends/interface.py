@@ -71,6 +71,22 @@ _TO_TASK_STATUS = {
 }
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot be reached right now (broker or API down); the caller may retry the same leg later."""
+
+
+class EngineConfigurationError(RuntimeError):
+    """The engine is reachable but the job cannot run as configured; retrying will not help."""
+
+
+class DeploymentNotFound(EngineConfigurationError):
+    """The Prefect deployment named in `execution_backend.properties.deployment` does not exist."""
+
+    def __init__(self, deployment: str) -> None:
+        super().__init__(f"deployment not found: {deployment}")
+        self.deployment = deployment
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What to run: the kind, its legacy parameters, and the execution backend's properties.
