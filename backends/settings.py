@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     sandbox_max_file_mb: int = 64
     sandbox_output_cap_bytes: int = 64 * 1024
     submissions_repo_url: str | None = None
+    # When the worker runs as root, the sandbox drops to this user (a name or a numeric uid): Linux does not
+    # enforce RLIMIT_NPROC for root, so a fork bomb is only contained under an unprivileged uid.
+    sandbox_user: str | None = "nobody"
+    # The interpreter that runs pytest in the sandbox; None = this one (or a same-version interpreter the
+    # sandbox user can execute, when this one lives in a directory that user cannot enter).
+    sandbox_python: str | None = None
+    # Where sandbox and checkout dirs are made; None = the system temp dir (the sandbox user must traverse it).
+    sandbox_root: Path | None = None
 
     # --- the gateway API -------------------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
