@@ -1,0 +1,225 @@
+"""Start and stop a real Prefect server and a real runner (`gateway prefect serve`) for tests.
+
+Plain functions and context managers so both the Prefect engine tests and the gateway's end-to-end tests can
+share them. Every process is started in its own session (process group) and stopped by that group at the end,
+so no flow-run subprocess outlives the test run. Nothing here uses a fixed port or a shared folder.
+
+Stable signatures (others import these):
+
+- `free_port() -> int`
+- `prefect_process_env(api_url, prefect_home, extra=None) -> dict[str, str]`
+- `running_prefect_server(tmp_dir, *, database_url=None, extra_env=None, timeout=90.0) -> Iterator[str]` (api url)
+- `running_runner(env, *, limit=4, test_flows=False, wait_for=("test-assignment/system",), log_path=None,
+  timeout=90.0) -> Iterator[subprocess.Popen[bytes]]`
+- `stop_process_group(proc, grace=10.0) -> None`
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+# Variables from the developer's shell that must never reach a test's Prefect process (they would point it at
+# another server, another database or another profile).
+_SCRUBBED_PREFIXES = ("PREFECT_",)
+_SCRUBBED = {
+    "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB",
+    "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
+    "GATEWAY_DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "GATEWAY_DATA_DIR",
+}  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it; good enough for one local test server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _clean_base_env() -> dict[str, str]:
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _SCRUBBED and not key.startswith(_SCRUBBED_PREFIXES)
+    }
+
+
+def prefect_process_env(api_url: str, prefect_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for any Prefect process in a test: explicit API URL (never ephemeral mode), own home."""
+    env = _clean_base_env()
+    env.update(
+        {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_CLI_PROMPT": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process's whole group, then SIGKILL what is left after `grace` seconds."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; its children may not be: finish the group off.
+        with suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        break
+    proc.wait()
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+def wait_for_health(api_url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Poll `/health` until it answers true; fail early (with the log) if the server process exits."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{_tail(log_path)}")
+            try:
+                if client.get(f"{api_url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)  # polling a condition with a deadline, not synchronising on time
+    raise TimeoutError(f"prefect server not healthy after {timeout:.0f}s:\n{_tail(log_path)}")
+
+
+@contextmanager
+def running_prefect_server(
+    tmp_dir: Path,
+    *,
+    database_url: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 90.0,
+) -> Iterator[str]:
+    """A real `prefect server start` on a free port; yields its API URL (`http://127.0.0.1:<port>/api`).
+
+    SQLite under `tmp_dir` unless `database_url` (e.g. `postgresql+asyncpg://...`) is given. Waits for
+    `/api/health` up to `timeout` seconds (the first start runs every migration). Stopped by process group.
+    """
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    home = tmp_dir / "prefect-home"
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    db_url = database_url or f"sqlite+aiosqlite:///{tmp_dir / 'prefect.db'}"
+    env = prefect_process_env(
+        api_url,
+        home,
+        {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_url,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            **(extra_env or {}),
+        },
+    )
+    log_path = tmp_dir / "prefect-server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_health(api_url, proc, log_path, timeout)
+        yield api_url
+    finally:
+        stop_process_group(proc)
+
+
+def deployment_polled(api_url: str, names: Iterable[str], since: datetime) -> bool:
+    """True when every `flow/deployment` in `names` exists and was polled by a runner after `since`."""
+    with httpx.Client(base_url=api_url, timeout=5.0) as client:
+        for name in names:
+            response = client.get(f"/deployments/name/{name}")
+            if response.status_code != 200:
+                return False
+            last = response.json().get("last_polled")
+            if not last or datetime.fromisoformat(last.replace("Z", "+00:00")) < since:
+                return False
+    return True
+
+
+@contextmanager
+def running_runner(
+    env: Mapping[str, str],
+    *,
+    limit: int = 4,
+    test_flows: bool = False,
+    wait_for: Iterable[str] = ("test-assignment/system",),
+    log_path: Path | None = None,
+    timeout: float = 90.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`gateway prefect serve` as a subprocess; yields it once every deployment in `wait_for` was polled.
+
+    `env` must carry PREFECT_API_URL and PREFECT_HOME (see `prefect_process_env`) and GATEWAY_DATA_DIR (where the
+    flows persist their results). `test_flows` also serves the test-only deployments (`wait`, `fail`).
+    The runner and its flow-run subprocesses share one process group, stopped at the end.
+    """
+    wait_for = list(wait_for)
+    api_url = env["PREFECT_API_URL"]
+    args = [str(VENV_BIN / "gateway"), "prefect", "serve", "--limit", str(limit)]
+    if test_flows:
+        args.append("--test-flows")
+    log_path = log_path or Path(env.get("PREFECT_HOME", ".")) / f"runner-{free_port()}.log"
+    started = datetime.now(UTC)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            args,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not deployment_polled(api_url, wait_for, started):
+            if proc.poll() is not None:
+                raise RuntimeError(f"runner exited with {proc.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runner did not poll {wait_for} within {timeout:.0f}s:\n{_tail(log_path)}")
+            time.sleep(0.25)  # polling a condition with a deadline
+        yield proc
+    finally:
+        stop_process_group(proc)
