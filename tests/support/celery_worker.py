@@ -26,6 +26,9 @@ from backends.settings import Settings
 
 ALL_QUEUES: tuple[str, ...] = ("high_priority", "default", "low_priority")
 GATEWAY_BIN = Path(sys.executable).with_name("gateway")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Test-only tasks (a task that blocks until released); pass to `include=` to register them in a worker.
+TEST_TASKS_MODULE = "tests.support.celery_test_tasks"
 
 
 class _ExplicitSettings(Settings):
@@ -44,12 +47,15 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
 
 
 def base_env(extra: Mapping[str, str], data_dir: Path) -> dict[str, str]:
-    """A worker environment: PATH/HOME etc. from this process, no service variables but the ones in `extra`."""
-    from tests.conftest import SERVICE_VARS
+    """A worker environment: PATH/HOME etc. from this process, no settings variable but the ones in `extra`.
 
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    The repository root goes on PYTHONPATH so a worker can `--include` test-only task modules from `tests/`.
+    """
+    settings_vars = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in settings_vars}
     env["GATEWAY_DATA_DIR"] = str(data_dir)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
 
