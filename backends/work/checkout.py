@@ -15,6 +15,8 @@ import re
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,9 +110,27 @@ def _git(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     )
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return redact_text(lines[-1]) if lines else "no output"
+
+
+@contextmanager
+def git_session(settings: Settings, cred: Credential | None) -> Iterator[dict[str, str]]:
+    """The environment for git calls: a private HOME (with the askpass helper when there is a credential)."""
+    with tempfile.TemporaryDirectory(prefix="gateway-git-") as private:
+        home = Path(private)
+        askpass = None
+        if cred is not None:
+            askpass = home / "askpass.sh"
+            askpass.write_text(_ASKPASS)
+            askpass.chmod(stat.S_IRWXU)
+        yield _git_env(settings, home, cred, askpass)
+
+
+def run_git(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run git with hooks off; callers put `--` before every job-supplied argument."""
+    return _git(args, cwd, env)
 
 
 def checkout(plan: CheckoutPlan, dest: Path, settings: Settings) -> Checkout:
@@ -122,14 +142,7 @@ def checkout(plan: CheckoutPlan, dest: Path, settings: Settings) -> Checkout:
         except SecretError as exc:
             raise InfrastructureError(f"Credential for the {plan.role} repository not available: {exc}") from None
     dest.mkdir(parents=True, exist_ok=False)
-    with tempfile.TemporaryDirectory(prefix="gateway-git-") as private:
-        home = Path(private)
-        askpass = None
-        if cred is not None:
-            askpass = home / "askpass.sh"
-            askpass.write_text(_ASKPASS)
-            askpass.chmod(stat.S_IRWXU)
-        env = _git_env(settings, home, cred, askpass)
+    with git_session(settings, cred) as env:
         sha = _fetch(plan, dest, env)
     return Checkout(dest, sha, plan.path)
 
@@ -139,7 +152,7 @@ def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str]) -> str:
     try:
         init = _git(["init", "-q", "--", str(dest)], dest.parent, env)
         if init.returncode != 0:
-            raise InfrastructureError(f"{failed}: git init: {_last_line(init.stderr)}")
+            raise InfrastructureError(f"{failed}: git init: {last_line(init.stderr)}")
         fetched_exact = False
         if _FULL_SHA.match(plan.commit):
             # Servers with protocol v2 (and GitHub/GitLab) serve a reachable commit by SHA: one shallow fetch.
@@ -149,7 +162,7 @@ def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str]) -> str:
             refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
             full = _git(["fetch", "-q", "--no-tags", "--", plan.url.url, *refspecs], dest, env)
             if full.returncode != 0:
-                raise InfrastructureError(f"{failed}: {_last_line(full.stderr)}")
+                raise InfrastructureError(f"{failed}: {last_line(full.stderr)}")
         target = plan.commit
         if not _FULL_SHA.match(target) and not re.match(r"^[0-9a-f]{7,39}$", target):
             target = f"refs/remotes/origin/{target}"  # a branch name; tags resolve through their own refs
@@ -162,7 +175,7 @@ def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str]) -> str:
         sha = rev.stdout.strip()
         co = _git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", sha], dest, env)
         if co.returncode != 0:
-            raise InfrastructureError(f"{failed}: checkout: {_last_line(co.stderr)}")
+            raise InfrastructureError(f"{failed}: checkout: {last_line(co.stderr)}")
         return sha
     except subprocess.TimeoutExpired:
         raise InfrastructureError(f"{failed}: git timed out after {_GIT_TIMEOUT}s") from None
@@ -170,4 +183,13 @@ def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str]) -> str:
         raise InfrastructureError("git is not installed on this worker") from None
 
 
-__all__ = ["Checkout", "CheckoutPlan", "BadJobError", "checkout", "plan_checkout"]
+__all__ = [
+    "BadJobError",
+    "Checkout",
+    "CheckoutPlan",
+    "checkout",
+    "git_session",
+    "last_line",
+    "plan_checkout",
+    "run_git",
+]
