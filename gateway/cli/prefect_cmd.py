@@ -24,13 +24,20 @@ def serve(
     limit: int = typer.Option(4, help="Flow runs executed at once by this runner."),
     poll_seconds: float = typer.Option(1.0, help="Seconds between polls for scheduled runs (Prefect's default: 10)."),
     test_flows: bool = typer.Option(False, "--test-flows", help="Also serve the test/benchmark flows."),
+    deployment_name: str = typer.Option("system", help="Deployment name for every served flow."),
 ) -> None:
     """Serve test-assignment/system and submit-result/system against PREFECT_API_URL."""
     from backends.prefect.serve import serve_deployments
 
     settings = get_settings()
     typer.echo(f"serving Prefect deployments against {redact_url(settings.prefect_api())} (limit {limit})")
-    serve_deployments(limit=limit, poll_seconds=poll_seconds, test_flows=test_flows, settings=settings)
+    serve_deployments(
+        limit=limit,
+        poll_seconds=poll_seconds,
+        test_flows=test_flows,
+        settings=settings,
+        deployment_name=deployment_name,
+    )
 
 
 def server_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,9 +1,125 @@
-"""Placeholder: commands are added by the issue that owns this module."""
+"""`gateway serve`, `gateway reconcile`, `gateway db upgrade`, `gateway catalog load`, `gateway user add`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
 import typer
+
+from backends.redact import redact_url
+from backends.settings import get_settings
+
+db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The course catalog the dispatcher routes by.", no_args_is_help=True)
+user_app = typer.Typer(help="Logins (HTTP Basic).", no_args_is_help=True)
+
+
+def serve(
+    host: str | None = typer.Option(None, help="Bind address (default: GATEWAY_HOST)."),
+    port: int | None = typer.Option(None, help="Port (default: GATEWAY_PORT)."),
+    no_reconciler: bool = typer.Option(False, "--no-reconciler", help="Run the reconciler elsewhere."),
+) -> None:
+    """Run only the API (production). The schema must be at head unless on the embedded default."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.store.migrate import SchemaOutOfDate, ensure_schema
+
+    settings = get_settings()
+    if no_reconciler:
+        settings = settings.model_copy(update={"gateway_reconcile_in_api": False})
+    try:
+        ensure_schema(settings)
+    except SchemaOutOfDate as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.gateway_host,
+        port=port or settings.gateway_port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+def reconcile(once: bool = typer.Option(False, help="One tick, then exit.")) -> None:
+    """Run the reconciler on its own (several may run at once on PostgreSQL)."""
+    from gateway.state import GatewayState
+    from gateway.store.migrate import SchemaOutOfDate, ensure_schema
+
+    settings = get_settings()
+    try:
+        ensure_schema(settings)
+    except SchemaOutOfDate as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        state = GatewayState.build(settings)
+        try:
+            if once:
+                report = await state.reconciler.tick()
+                typer.echo(f"dispatched={report.dispatched} deferred={report.deferred} polled={report.polled}")
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
+            await state.reconciler.run(stop)
+        finally:
+            await state.close()
+
+    asyncio.run(main())
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the migrations."""
+    from gateway.store.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings, revision)
+    typer.echo(f"database {redact_url(settings.database_url())} is at {revision}")
+
+
+@catalog_app.command("load")
+def catalog_load(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
+    """Load (upsert) a whole catalog from YAML."""
+    from gateway.catalog import CatalogError, load_catalog
+
+    try:
+        counts = load_catalog(file)
+    except (CatalogError, ValueError) as exc:
+        typer.echo(f"catalog not loaded: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: str = typer.Option("student", help="admin, worker or student."),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    member: list[str] = typer.Option([], "--member", help="A course member id (students; repeatable)."),
+) -> None:
+    """Create or update a login."""
+    from gateway.catalog import add_user
+
+    try:
+        add_user(username, password, role, list(member))
+    except ValueError as exc:
+        typer.echo(f"user not added: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"user {username} ({role}) saved")
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing here yet."""
+    app.command("serve")(serve)
+    app.command("reconcile")(reconcile)
+    app.add_typer(db_app, name="db")
+    app.add_typer(catalog_app, name="catalog")
+    app.add_typer(user_app, name="user")

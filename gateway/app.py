@@ -1,0 +1,68 @@
+"""The FastAPI factory. `create_app(settings)` is what `gateway serve`, `gateway up` and the tests start.
+
+On start the schema is checked (the embedded default upgrades itself; a production database must be at head or
+the process stops with a one-line hint), then the reconciler starts as a background task unless disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from backends.redact import redact_text
+from backends.settings import Settings, get_settings
+from gateway.dispatch import Dispatcher
+from gateway.routes import api_router
+from gateway.state import GatewayState
+from gateway.store.migrate import ensure_schema
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ensure_schema, settings)
+        state = GatewayState.build(settings, dispatcher)
+        app.state.gw = state
+        stop = asyncio.Event()
+        task = None
+        if settings.gateway_reconcile_in_api:
+            task = asyncio.create_task(state.reconciler.run(stop), name="reconciler")
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=10)
+            await state.close()
+
+    app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
+    app.include_router(api_router(), prefix="/api")
+    if settings.gateway_serve_at_root:
+        app.include_router(api_router())
+
+    @app.get("/api/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(IntegrityError)
+    async def _conflict(_request: Request, exc: IntegrityError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": "Conflicts with an existing record"})
+
+    @app.exception_handler(DBAPIError)
+    async def _database_down(_request: Request, exc: DBAPIError) -> JSONResponse:
+        log.warning("database error: %s", redact_text(str(exc.orig)))
+        return JSONResponse(status_code=503, content={"detail": "Database unavailable, try again"})
+
+    return app

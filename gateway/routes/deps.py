@@ -1,0 +1,18 @@
+"""Shared route dependencies: the process state and the logged-in principal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.auth import Principal, current_principal
+from gateway.state import GatewayState
+
+
+def get_state(request: Request) -> GatewayState:
+    return request.app.state.gw
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+Login = Annotated[Principal, Depends(current_principal)]

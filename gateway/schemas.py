@@ -1,0 +1,277 @@
+"""Wire shapes. The legacy ones have exactly the contract's key sets (shared/docs/legacy-contract.md)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# ------------------------------------------------------------------------------------------------ submitting
+class TestCreate(BaseModel):
+    """The legacy submit body: every field optional; `course_member_id` is accepted and not trusted."""
+
+    __test__ = False
+    model_config = ConfigDict(extra="ignore")
+
+    course_member_id: str | None = None
+    course_content_id: str | None = None
+    course_content_path: str | None = None
+    directory: str | None = None
+    project: str | None = None
+    provider_url: str | None = None
+    version_identifier: str | None = None
+    submit: bool | None = False
+
+
+class TestRunResponse(BaseModel):
+    __test__ = False
+
+    id: str
+    submit: bool | None
+    course_member_id: str | None
+    course_content_id: str | None
+    course_submission_group_id: str | None
+    execution_backend_id: str | None
+    test_system_id: str | None
+    result: float
+    result_json: dict[str, Any] | None
+    properties: dict[str, Any] | None
+    version_identifier: str | None
+    status: int
+    submission_flow_run_id: str | None = None
+
+
+class ResultList(BaseModel):
+    """A listed result: `ResultGet` without `result_json`."""
+
+    id: str
+    submit: bool | None
+    course_member_id: str | None
+    course_content_id: str | None
+    course_submission_group_id: str | None
+    execution_backend_id: str | None
+    test_system_id: str | None
+    result: float
+    properties: dict[str, Any] | None
+    version_identifier: str | None
+    status: int
+    course_content_type_id: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    created_by: str | None
+    updated_by: str | None
+
+
+class ResultGet(ResultList):
+    result_json: dict[str, Any] | None
+
+
+class ResultUpdate(BaseModel):
+    """The write-back body (`PATCH /api/results/{id}`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    result: float | None = Field(default=None, ge=0.0, le=1.0)
+    result_json: dict[str, Any] | None = None
+    status: int | None = Field(default=None, ge=-1, le=8)
+    properties: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------------------------------- tasks API
+class TaskSubmission(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    task_name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=0, le=10)
+    delay: float | None = Field(default=None, ge=0)
+
+
+class TaskSubmitResponse(BaseModel):
+    task_id: str
+    status: str
+    message: str
+
+
+class TaskInfo(BaseModel):
+    task_id: str
+    task_name: str
+    status: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: dict[str, Any] | None = None
+    error: str | None = None
+    worker: str | None = None
+    queue: str | None = None
+    retries: int | None = None
+
+
+class TaskResult(BaseModel):
+    task_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------------------- execution backends
+class ExecutionBackendCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: str
+    slug: str
+    properties: dict[str, Any] | None = Field(default_factory=dict)
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("slug must match ^[A-Za-z0-9_-]+$")
+        return value
+
+
+class ExecutionBackendUpdate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str | None = None
+    slug: str | None = None
+    properties: dict[str, Any] | None = None
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str | None) -> str | None:
+        if value is not None and not SLUG.match(value):
+            raise ValueError("slug must match ^[A-Za-z0-9_-]+$")
+        return value
+
+
+class ExecutionBackendGet(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    type: str
+    slug: str
+    properties: dict[str, Any] | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+# ------------------------------------------------------------------------------------------- catalog (admin)
+class CourseContentIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    path: str
+    directory: str | None = None
+    kind: str = "assignment"
+    course_content_type_id: str | None = None
+    execution_backend_id: str | None = None
+    reference_url: str | None = None
+    reference_commit: str | None = None
+    reference_credential: str | None = None
+    max_submissions: int | None = Field(default=None, ge=0)
+
+
+class CourseContentPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    path: str | None = None
+    directory: str | None = None
+    kind: str | None = None
+    course_content_type_id: str | None = None
+    execution_backend_id: str | None = None
+    reference_url: str | None = None
+    reference_commit: str | None = None
+    reference_credential: str | None = None
+    max_submissions: int | None = Field(default=None, ge=0)
+
+
+class CourseContentGet(CourseContentIn):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class CourseMemberIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    user_id: str | None = None
+    repository_url: str | None = None
+    credential: str | None = None
+
+
+class CourseMemberPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: str | None = None
+    repository_url: str | None = None
+    credential: str | None = None
+
+
+class CourseMemberGet(CourseMemberIn):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+ROLES = ("admin", "worker", "student")
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    username: str = Field(min_length=1, max_length=255)
+    password: str = Field(min_length=1)
+    role: str = "student"
+    course_member_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        if value not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        return value
+
+
+class UserPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    password: str | None = Field(default=None, min_length=1)
+    role: str | None = None
+    course_member_ids: list[str] | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None and value not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        return value
+
+
+class UserGet(BaseModel):
+    """A user as the admin API shows it: never the hash."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    username: str
+    role: str
+    course_member_ids: list[str] | None
+    created_at: datetime | None
+    updated_at: datetime | None

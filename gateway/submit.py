@@ -1,0 +1,294 @@
+"""`POST /api/tests`: resolve the course content, apply the legacy rules, commit the row and its leg, dispatch.
+
+The order of the checks is the contract's: content, commit, max submissions, an existing run for the same
+(member, content, commit), backend type. The row and its primary leg are committed *before* dispatch with a
+gateway-chosen leg id (the row's `test_system_id`); dispatch follows right after the commit, and an unreachable
+engine leaves the leg in the outbox for the reconciler (the client still gets its 200 with status 3).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import HTTPException
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backends.interface import TaskKind
+from backends.models import Repository, ResultStatus, TestJob
+from gateway.auth import Principal
+from gateway.dispatch import SendStatus, UnsupportedBackend, next_attempt, plan_route, task_name_of
+from gateway.legs import FINAL_ROW
+from gateway.schemas import TestCreate
+from gateway.state import GatewayState
+from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Leg, Result, new_id, utcnow
+
+KEEP = {
+    ResultStatus.SCHEDULED,
+    ResultStatus.PENDING,
+    ResultStatus.RUNNING,
+    ResultStatus.PAUSED,
+    ResultStatus.COMPLETED,
+}
+RERUN = {
+    ResultStatus.FAILED,
+    ResultStatus.CRASHED,
+    ResultStatus.CANCELLING,
+    ResultStatus.CANCELLED,
+    ResultStatus.NOT_AVAILABLE,
+}
+# Runs that broke do not count against the maximum: the student did not get a verdict from them.
+NOT_COUNTED = [int(s) for s in (ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED)]
+
+
+def bad_request(detail: str) -> HTTPException:
+    return HTTPException(status_code=400, detail=detail)
+
+
+def not_found(detail: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=detail)
+
+
+def worker_unavailable(deployment: str) -> HTTPException:
+    return HTTPException(
+        status_code=404, detail=f"Worker [{deployment}] is currently not available. Please wait a moment!"
+    )
+
+
+async def _content(session: AsyncSession, body: TestCreate) -> tuple[CourseContent, ExecutionBackend | None]:
+    stmt = select(CourseContent, ExecutionBackend).outerjoin(
+        ExecutionBackend, ExecutionBackend.id == CourseContent.execution_backend_id
+    )
+    if body.course_content_id:
+        stmt = stmt.where(CourseContent.id == body.course_content_id)
+    elif body.course_content_path:
+        stmt = stmt.where(CourseContent.path == body.course_content_path)
+    elif body.directory:
+        stmt = stmt.where(CourseContent.directory == body.directory)
+    else:
+        raise not_found("Course content not found: give course_content_id, course_content_path or directory")
+    found = (await session.execute(stmt.limit(2))).all()
+    if not found:
+        raise not_found("Course content not found")
+    if len(found) > 1:
+        raise bad_request("More than one course content has this directory; give course_content_id")
+    content, backend = found[0]
+    if content.kind != "assignment":
+        raise not_found("Course content is not an assignment")
+    return content, backend
+
+
+def _member_id(principal: Principal, body: TestCreate) -> str:
+    """The member the run is for: a student's own membership (the body's id only picks among them)."""
+    if principal.is_admin:
+        if not body.course_member_id:
+            raise bad_request("course_member_id is required when an admin submits")
+        return body.course_member_id
+    if principal.role != "student" or not principal.course_member_ids:
+        raise HTTPException(status_code=403, detail="Not allowed")
+    if body.course_member_id:
+        if body.course_member_id not in principal.course_member_ids:
+            raise HTTPException(status_code=403, detail="Not allowed")
+        return body.course_member_id
+    return sorted(principal.course_member_ids)[0]
+
+
+def _test_job(
+    body: TestCreate, content: CourseContent, member: CourseMember, backend: ExecutionBackend, commit: str
+) -> TestJob:
+    if body.provider_url and body.project:
+        url = f"{body.provider_url.rstrip('/')}/{body.project.strip('/')}.git"
+    elif member.repository_url:
+        url = member.repository_url
+    else:
+        raise bad_request("No repository for this course member: give provider_url and project")
+    reference = None
+    if content.reference_url:
+        reference = Repository(
+            url=content.reference_url,
+            commit=content.reference_commit,
+            path=content.directory,
+            credential=content.reference_credential,
+        )
+    return TestJob(
+        user_id=member.user_id,
+        course_member_id=member.id,
+        course_content_id=content.id,
+        execution_backend_id=backend.id,
+        module=Repository(url=url, commit=commit, path=content.directory, credential=member.credential),
+        reference=reference,
+    )
+
+
+async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result, bool]:
+    """Returns the row to answer with and whether it is new; raises HTTPException with the legacy texts."""
+    member_id = _member_id(principal, body)
+    async with state.sessions() as session:
+        content, backend = await _content(session, body)
+        commit = body.version_identifier
+        if not commit:
+            raise bad_request("commit is None")
+        member = await session.get(CourseMember, member_id)
+        if member is None:
+            raise not_found("Course member not found")
+        if content.max_submissions is not None:
+            count = await session.scalar(
+                select(func.count(Result.id)).where(
+                    Result.course_member_id == member_id,
+                    Result.course_content_id == content.id,
+                    Result.submit.is_(True),
+                    Result.status.not_in(NOT_COUNTED),
+                )
+            )
+            if (count or 0) >= content.max_submissions:
+                raise bad_request("Reached max submissions for this course_content")
+        existing = (
+            await session.execute(
+                select(Result).where(
+                    Result.course_member_id == member_id,
+                    Result.course_content_id == content.id,
+                    Result.version_identifier == commit,
+                )
+            )
+        ).scalar_one_or_none()
+        if existing is not None and ResultStatus(existing.status) in KEEP:
+            return existing, False
+        if backend is None:
+            raise bad_request("execution_backend type not supported!")
+        try:
+            plan = plan_route(backend.type, backend.id)
+        except UnsupportedBackend as exc:
+            raise bad_request(str(exc)) from None
+        job = _test_job(body, content, member, backend, commit)
+        if existing is not None:
+            await _rename(session, existing, commit)
+        leg_id = new_id()
+        now = utcnow()
+        row = Result(
+            id=new_id(),
+            submit=bool(body.submit),
+            course_member_id=member_id,
+            course_content_id=content.id,
+            course_content_type_id=content.course_content_type_id,
+            execution_backend_id=backend.id,
+            test_system_id=leg_id,
+            result=0.0,
+            result_json=None,
+            properties=None,
+            version_identifier=commit,
+            status=int(ResultStatus.SCHEDULED),
+            created_at=now,
+            updated_at=now,
+            created_by=principal.user_id,
+            updated_by=principal.user_id,
+        )
+        spec: dict[str, Any] = {
+            "kind": TaskKind.STUDENT_TESTING.value,
+            "params": {"test_job": job.model_dump(mode="json", exclude={"module": {"token"}, "reference": {"token"}})},
+            "properties": backend.properties or {},
+            "priority": 8,
+        }
+        leg = Leg(
+            id=leg_id,
+            result_id=row.id,
+            role="primary",
+            engine=plan.primary,
+            task_name=task_name_of(TaskKind.STUDENT_TESTING),
+            spec=spec,
+            routing=plan.decision,
+            phase="queued",
+            dispatch_state="pending",
+            dispatch_attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        await session.flush()  # the row before its leg (foreign key), in one transaction
+        session.add(leg)
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            # Two identical submits raced: the other one's row is the answer.
+            again = (
+                await session.execute(
+                    select(Result).where(
+                        Result.course_member_id == member_id,
+                        Result.course_content_id == content.id,
+                        Result.version_identifier == commit,
+                    )
+                )
+            ).scalar_one_or_none()
+            if again is None:
+                raise
+            return again, False
+    await dispatch_after_commit(state, leg_id, plan.primary, spec, row.id)
+    return row, True
+
+
+async def _rename(session: AsyncSession, existing: Result, commit: str) -> None:
+    """`<commit>:<status>`; **fix**: a second rename to a taken name gets `:<n>` instead of a unique violation."""
+    base = f"{commit}:{existing.status}"
+    taken = await session.scalar(
+        select(func.count(Result.id)).where(
+            Result.course_member_id == existing.course_member_id,
+            Result.course_content_id == existing.course_content_id,
+            Result.version_identifier.startswith(base, autoescape=True),
+        )
+    )
+    existing.version_identifier = base if not taken else f"{base}:{taken}"
+    await session.flush()
+
+
+async def dispatch_after_commit(
+    state: GatewayState, leg_id: str, engine: str, spec: dict[str, Any], row_id: str | None
+) -> None:
+    """Send right away; the outbox (the leg row) is only the fallback. A missing deployment undoes the run."""
+    outcome = await state.dispatcher.send(engine, spec, leg_id)
+    now = utcnow()
+    async with state.sessions() as session, session.begin():
+        if outcome.status == SendStatus.SENT:
+            await session.execute(
+                update(Leg)
+                .where(Leg.id == leg_id, Leg.dispatch_state == "pending")
+                .values(
+                    dispatch_state="sent",
+                    dispatch_attempts=Leg.dispatch_attempts + 1,
+                    engine_run_id=outcome.engine_run_id or leg_id,
+                    dispatched_at=now,
+                    deadline=now + _deadline(state),
+                    updated_at=now,
+                )
+            )
+            return
+        if outcome.status == SendStatus.RETRY:
+            await session.execute(
+                update(Leg)
+                .where(Leg.id == leg_id, Leg.dispatch_state == "pending")
+                .values(
+                    dispatch_attempts=Leg.dispatch_attempts + 1,
+                    last_error=outcome.error,
+                    next_attempt_at=next_attempt(now, 1),
+                    updated_at=now,
+                )
+            )
+            return
+        # Rejected by configuration: the client gets an error, so no run may remain behind it.
+        if row_id is not None:
+            await session.execute(delete(Leg).where(Leg.result_id == row_id))
+            await session.execute(delete(Result).where(Result.id == row_id))
+        else:
+            await session.execute(delete(Leg).where(Leg.id == leg_id))
+    if outcome.deployment is not None:
+        raise worker_unavailable(outcome.deployment)
+    raise bad_request(outcome.error or "execution backend rejected the job")
+
+
+def _deadline(state: GatewayState) -> timedelta:
+    return timedelta(seconds=state.settings.gateway_leg_deadline_seconds)
+
+
+def is_final_status(status: int) -> bool:
+    return status in FINAL_ROW

@@ -1,0 +1,99 @@
+"""A real gateway API process for tests: uvicorn in its own process group, on a free port, stopped by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.celery_worker import base_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GatewayServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def client(self, auth: tuple[str, str] | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=auth, timeout=30)
+
+
+def start_server(extra_env: Mapping[str, str], data_dir: Path, ready_timeout: float = 60.0) -> GatewayServer:
+    port = free_port()
+    env = base_env(extra_env, data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"gateway-{port}.log"
+    cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = GatewayServer(process, port, log_path, env)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{server.log_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200:
+                return server
+        time.sleep(0.1)  # polling interval of a deadline loop
+    stop_server(server)
+    raise TimeoutError(f"gateway not ready after {ready_timeout}s:\n{server.log_text()[-4000:]}")
+
+
+def stop_server(server: GatewayServer) -> None:
+    if server.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(timeout=15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(extra_env: Mapping[str, str], data_dir: Path) -> Iterator[GatewayServer]:
+    server = start_server(extra_env, data_dir)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)  # polling interval of a deadline loop
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
