@@ -186,7 +186,9 @@ class CeleryAdapter:
         now = time.monotonic()
         ttl = self.worker_count_ttl if self._known_workers else min(self.worker_count_ttl, 5.0)
         if self._known_workers is None or now - self._known_at > ttl:
-            replies = self.app.control.ping(timeout=self.ping_timeout) or []
+            # The filesystem broker is polled, not pushed: give its replies a little longer.
+            polled = self._settings.broker_url().startswith("filesystem://")
+            replies = self.app.control.ping(timeout=self.ping_timeout * (3 if polled else 1)) or []
             self._known_workers, self._known_at = len(replies), now
         return self._known_workers
 

@@ -60,6 +60,8 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
             # The exchange table for fanout: broadcast (inspect, revoke) works across processes.
             "control_folder": str(folder / "control"),
+            # The transport polls the folder; 0.2 s keeps a job's and a ping's latency low for one listdir.
+            "polling_interval": 0.2,
         }
     vt = visibility_timeout(settings)
     return {
