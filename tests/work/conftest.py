@@ -1,0 +1,61 @@
+"""Fixtures for the work's tests: assignments as real git repositories, settings with chosen limits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.models import Repository, TestJob
+from backends.settings import Settings
+
+Make = Callable[..., TestJob]
+
+
+@pytest.fixture
+def make_job(git_repo: Callable[..., Any], isolated_env: Path) -> Make:
+    """Build a reference repo holding `tests` and a student repo holding `student`, both under `path`."""
+
+    def build(tests: dict[str, str], student: dict[str, str], path: str = "week1/ex1", **module: object) -> TestJob:
+        ref = git_repo(files={f"{path}/{k}": v for k, v in tests.items()})
+        stu = git_repo(files={f"{path}/{k}": v for k, v in student.items()} or {"README.md": "empty\n"})
+        ref_commit = ref.commit({"README.md": "reference\n"})
+        stu_commit = stu.commit({"NOTES.md": "student\n"})
+        return TestJob(
+            user_id="u1",
+            course_member_id="member-1",
+            module=Repository(url=stu.url, path=path, commit=stu_commit, **module),  # type: ignore[arg-type]
+            reference=Repository(url=ref.url, path=path, commit=ref_commit),
+        )
+
+    return build
+
+
+@pytest.fixture
+def settings_for(isolated_env: Path) -> Callable[..., Settings]:
+    """Settings from the isolated environment with some fields overridden."""
+
+    def build(**overrides: object) -> Settings:
+        return Settings(**overrides)  # type: ignore[arg-type]
+
+    return build
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Live processes owned by `uid` (to prove a sandbox left nothing behind)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+            found.append(int(entry))
+    return found

@@ -1,0 +1,133 @@
+"""The sandbox's limits on hostile or broken student code: the limit hits, the report says so, the caller lives.
+
+The fork-bomb test drops to a uid no other process uses, so its tiny process limit and the final "nothing of
+that uid is left" check cannot be disturbed by (or disturb) other runs on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from backends.work.student_testing import run_student_testing
+
+from .conftest import processes_of_uid
+
+LOOP_TESTS = {
+    "test_loop.py": (
+        "from solution import fast, spin\n\n"
+        "def test_fast():\n    assert fast() == 1\n\n"
+        "def test_spin():\n    spin()\n\n"
+        "def test_after():\n    assert fast() == 1\n"
+    )
+}
+LOOP_STUDENT = {"solution.py": "def fast():\n    return 1\n\ndef spin():\n    while True:\n        pass\n"}
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root")
+
+
+def _tests(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for c in report["tests"] for t in c["tests"]}
+
+
+def test_endless_loop_hits_the_wall_clock_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
+    report = run_student_testing(make_job(LOOP_TESTS, LOOP_STUDENT), settings=settings_for(sandbox_timeout_seconds=3))
+    assert report["status"] == "TIMEDOUT"
+    assert "time limit of 3s exceeded" in report["statusMessage"]
+    tests = _tests(report)
+    assert tests["test_fast"]["result"] == "PASSED"
+    assert tests["test_spin"]["status"] == "TIMEDOUT" and tests["test_spin"]["result"] == "FAILED"
+    assert tests["test_after"]["status"] == "TIMEDOUT" and "not run" in tests["test_after"]["resultMessage"]
+    assert report["summary"] == {"total": 3, "passed": 1, "failed": 2, "skipped": 0}
+
+
+def test_meta_yaml_time_limit_applies(make_job: Callable[..., Any], settings_for: Any) -> None:
+    tests = {**LOOP_TESTS, "meta.yaml": "properties:\n  executionTimeLimit: 2\n"}
+    report = run_student_testing(make_job(tests, LOOP_STUDENT), settings=settings_for(sandbox_timeout_seconds=120))
+    assert report["status"] == "TIMEDOUT" and report["properties"]["timeLimit"] == 2
+
+
+def test_endless_loop_hits_the_cpu_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
+    settings = settings_for(sandbox_timeout_seconds=120, sandbox_cpu_seconds=2)
+    report = run_student_testing(make_job(LOOP_TESTS, LOOP_STUDENT), settings=settings)
+    assert report["status"] == "TIMEDOUT"
+    assert "CPU time limit" in report["statusMessage"]
+    assert _tests(report)["test_fast"]["result"] == "PASSED"
+    assert _tests(report)["test_spin"]["status"] == "TIMEDOUT"
+
+
+def test_memory_hog_is_contained(make_job: Callable[..., Any], settings_for: Any) -> None:
+    tests = {
+        "test_mem.py": (
+            "from hog import grab, small\n\n"
+            "def test_grab():\n    grab()\n\n"
+            "def test_small():\n    assert small() == 3\n"
+        )
+    }
+    student = {
+        "hog.py": (
+            "def grab():\n    chunks = []\n    while True:\n        chunks.append(bytearray(16 * 1024 * 1024))\n\n"
+            "def small():\n    return 3\n"
+        )
+    }
+    report = run_student_testing(make_job(tests, student), settings=settings_for(sandbox_memory_mb=400))
+    tests_ = _tests(report)
+    assert tests_["test_grab"]["result"] == "FAILED" and "MemoryError" in tests_["test_grab"]["resultMessage"]
+    assert tests_["test_small"]["result"] == "PASSED"
+
+
+def test_file_size_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
+    tests = {"test_big.py": "from writer import write\n\ndef test_write():\n    write()\n"}
+    student = {"writer.py": "def write():\n    with open('big.bin', 'wb') as f:\n        f.write(b'x' * (3 << 20))\n"}
+    report = run_student_testing(make_job(tests, student), settings=settings_for(sandbox_max_file_mb=1))
+    assert _tests(report)["test_write"]["result"] == "FAILED"
+    assert "File too large" in _tests(report)["test_write"]["resultMessage"]
+
+
+def test_output_is_capped_and_run_completes(make_job: Callable[..., Any], settings_for: Any) -> None:
+    tests = {"test_noise.py": "def test_noise():\n    print('y' * (2 << 20))\n    assert False, 'noisy'\n"}
+    report = run_student_testing(make_job(tests, {"x.py": ""}), settings=settings_for(sandbox_output_cap_bytes=1024))
+    assert report["summary"]["failed"] == 1
+    assert len(_tests(report)["test_noise"]["details"]) <= 4100
+
+
+@ROOT_ONLY
+def test_fork_bomb_is_contained(make_job: Callable[..., Any], settings_for: Any) -> None:
+    uid = 61000 + os.getpid() % 3000
+    assert processes_of_uid(uid) == []
+    tests = {
+        "test_bomb.py": (
+            "from bomb import exponential, escaping\n\n"
+            "def test_exponential():\n    exponential()\n\n"
+            "def test_escaping():\n    escaping()\n\n"
+            "def test_still_runs():\n    assert 1 + 1 == 2\n"
+        )
+    }
+    student = {
+        "bomb.py": (
+            "import os, time\n\n"
+            "def exponential():\n    while True:\n        os.fork()\n\n"
+            "def escaping():\n    while True:\n        if os.fork() == 0:\n            os.setsid()\n"
+            "            while True:\n                time.sleep(1)\n"
+        )
+    }
+    settings = settings_for(sandbox_user=str(uid), sandbox_max_processes=20, sandbox_timeout_seconds=60)
+    report = run_student_testing(make_job(tests, student), settings=settings)
+    tests_ = _tests(report)
+    for name in ("test_exponential", "test_escaping"):
+        assert tests_[name]["result"] == "FAILED"
+        assert "Resource temporarily unavailable" in tests_[name]["resultMessage"] or "BlockingIOError" in (
+            tests_[name]["resultMessage"])  # fmt: skip
+    assert tests_["test_still_runs"]["result"] == "PASSED"
+    # Every process the bomb made is gone, including those that left the process group with setsid().
+    assert processes_of_uid(uid) == []
+
+
+@ROOT_ONLY
+def test_sandbox_runs_as_the_unprivileged_user(make_job: Callable[..., Any], settings_for: Any) -> None:
+    uid = 64000 + os.getpid() % 1000
+    tests = {"test_who.py": "import os\n\ndef test_uid():\n    assert False, f'uid={os.getuid()}'\n"}
+    report = run_student_testing(make_job(tests, {"x.py": ""}), settings=settings_for(sandbox_user=str(uid)))
+    assert f"uid={uid}" in _tests(report)["test_uid"]["resultMessage"]
