@@ -16,6 +16,7 @@ SUBMIT_RESULT_FLOW = "submit-result"
 NOOP_FLOW = "gateway-noop"
 WAIT_FLOW = "gateway-test-wait"
 FAIL_FLOW = "gateway-test-fail"
+UNPERSISTED_FLOW = "gateway-test-unpersisted"
 
 DEFAULT_DEPLOYMENTS: dict[TaskKind, str] = {
     TaskKind.STUDENT_TESTING: f"{TEST_ASSIGNMENT_FLOW}/{DEPLOYMENT}",

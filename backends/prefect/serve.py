@@ -25,8 +25,12 @@ def serve_deployments(
     poll_seconds: float = 1.0,
     test_flows: bool = False,
     settings: Settings | None = None,
+    deployment_name: str = names.DEPLOYMENT,
 ) -> None:
-    """Block serving `test-assignment/system` and `submit-result/system` (plus test flows when asked)."""
+    """Block serving `test-assignment/system` and `submit-result/system` (plus test flows when asked).
+
+    `deployment_name` other than `system` gives a separate set of deployments (a second, isolated runner).
+    """
     settings = settings or get_settings()
     export_prefect_env(settings, poll_seconds)
 
@@ -40,7 +44,7 @@ def serve_deployments(
         from backends.prefect.testing_flows import TEST_FLOWS
 
         flows.extend(TEST_FLOWS)
-    deployments = [f.to_deployment(name=names.DEPLOYMENT, entrypoint_type=EntrypointType.MODULE_PATH) for f in flows]
+    deployments = [f.to_deployment(name=deployment_name, entrypoint_type=EntrypointType.MODULE_PATH) for f in flows]
     # pause_on_shutdown=False: stopping one runner must not change the deployments another runner serves.
     serve(
         *deployments,

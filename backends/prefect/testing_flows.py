@@ -40,4 +40,10 @@ def fail(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
     raise InfrastructureError("Git clone of student repository failed.")
 
 
-TEST_FLOWS = (noop, wait, fail)
+@flow(name=names.UNPERSISTED_FLOW, persist_result=False)
+def unpersisted(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Like a deployment the gateway did not write: completes without persisting its result."""
+    return {"unpersisted": True}
+
+
+TEST_FLOWS = (noop, wait, fail, unpersisted)

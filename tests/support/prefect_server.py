@@ -9,8 +9,8 @@ Stable signatures (others import these):
 - `free_port() -> int`
 - `prefect_process_env(api_url, prefect_home, extra=None) -> dict[str, str]`
 - `running_prefect_server(tmp_dir, *, database_url=None, extra_env=None, timeout=90.0) -> Iterator[str]` (api url)
-- `running_runner(env, *, limit=4, test_flows=False, wait_for=("test-assignment/system",), log_path=None,
-  timeout=90.0) -> Iterator[subprocess.Popen[bytes]]`
+- `running_runner(env, *, limit=4, test_flows=False, deployment_name="system", wait_for=None, log_path=None,
+  timeout=90.0) -> Iterator[subprocess.Popen[bytes]]` (wait_for defaults to `test-assignment/<deployment_name>`)
 - `stop_process_group(proc, grace=10.0) -> None`
 """
 
@@ -186,7 +186,8 @@ def running_runner(
     *,
     limit: int = 4,
     test_flows: bool = False,
-    wait_for: Iterable[str] = ("test-assignment/system",),
+    deployment_name: str = "system",
+    wait_for: Iterable[str] | None = None,
     log_path: Path | None = None,
     timeout: float = 90.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
@@ -196,11 +197,12 @@ def running_runner(
     flows persist their results). `test_flows` also serves the test-only deployments (`wait`, `fail`).
     The runner and its flow-run subprocesses share one process group, stopped at the end.
     """
-    wait_for = list(wait_for)
+    wait_for = list(wait_for or [f"test-assignment/{deployment_name}"])
     api_url = env["PREFECT_API_URL"]
     args = [str(VENV_BIN / "gateway"), "prefect", "serve", "--limit", str(limit)]
     if test_flows:
         args.append("--test-flows")
+    args += ["--deployment-name", deployment_name]
     log_path = log_path or Path(env.get("PREFECT_HOME", ".")) / f"runner-{free_port()}.log"
     started = datetime.now(UTC)
     with log_path.open("wb") as log:
