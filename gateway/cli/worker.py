@@ -7,9 +7,20 @@ only through `backends.registry.make_adapter`, like the gateway itself.
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from backends.celery import names
+from backends.interface import EngineAdapter, JobSpec, LegPhase, TaskKind
+from backends.redact import redact_text, redact_url
+from backends.settings import Settings, get_settings
 
 worker_app = typer.Typer(help="Celery workers: start one, show their status, run an example job.", no_args_is_help=True)
 
@@ -41,6 +52,181 @@ def start(
     if beat:
         argv.append("--beat")
     app.worker_main(argv=argv)
+
+
+# ------------------------------------------------------------------------------------------------------- status
+def _adapters(settings: Settings, console: Console) -> list[EngineAdapter]:
+    """Celery always; Prefect too when its adapter exists and its API answers."""
+    from backends.registry import make_adapter
+
+    adapters = [make_adapter("celery", settings)]
+    if settings.prefect_api_url is None:
+        return adapters
+    try:
+        prefect = make_adapter("prefect", settings)
+    except ImportError:
+        return adapters
+    if _prefect_reachable(settings):
+        adapters.append(prefect)
+    else:
+        console.print(f"[dim]prefect: API not reachable at {redact_url(settings.prefect_api())}[/dim]")
+    return adapters
+
+
+def _prefect_reachable(settings: Settings) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(settings.prefect_api().rstrip("/") + "/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
+def _engine_status(adapter: EngineAdapter, settings: Settings, console: Console) -> int:
+    """Print one engine's tables; return how many workers answered."""
+    health = adapter.health()
+    where = {
+        "celery": f"broker {redact_url(settings.broker_url())}, results {redact_url(settings.result_backend_url())}",
+        "prefect": f"api {redact_url(settings.prefect_api())}",
+    }.get(adapter.engine, "")
+    marks = {True: "[green]ok[/green]", False: "[red]unreachable[/red]"}
+    checks = "  ".join(f"{name}: {marks[bool(ok)]}" for name, ok in health.checks.items())
+    console.rule(f"[bold]{adapter.engine}[/bold]")
+    console.print(redact_text(where))
+    console.print(checks)
+    if health.error:
+        console.print(f"[yellow]{redact_text(health.error)}[/yellow]")
+    workers = []
+    try:
+        workers = adapter.workers() if health.checks.get("broker", True) else []
+    except Exception as exc:  # noqa: BLE001
+        console.print(f"[red]workers: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
+    table = Table(title=f"{adapter.engine} workers")
+    for column in ("name", "queues", "active", "uptime"):
+        table.add_column(column)
+    for info in workers:
+        table.add_row(info.name, ", ".join(info.queues), str(info.active), _uptime(info.uptime_seconds))
+    console.print(table)
+    try:
+        depths = adapter.queue_depths()
+    except Exception as exc:  # noqa: BLE001
+        console.print(f"[red]queues: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
+        depths = {}
+    if depths:
+        queues = Table(title=f"{adapter.engine} queue lengths")
+        queues.add_column("queue")
+        queues.add_column("waiting", justify="right")
+        for queue, depth in depths.items():
+            queues.add_row(queue, str(depth))
+        console.print(queues)
+    return len(workers)
+
+
+@worker_app.command("status")
+def status() -> None:
+    """Workers (name, queues, active tasks, uptime), queue lengths, broker/backend reachability. Exit 1 if none."""
+    console = Console()
+    settings = get_settings()
+    answered = 0
+    for adapter in _adapters(settings, console):
+        try:
+            answered += _engine_status(adapter, settings, console)
+        except Exception as exc:  # noqa: BLE001 - one engine's failure must not hide the other's table
+            console.print(f"[red]{adapter.engine}: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
+    if answered == 0:
+        console.print("[red]no worker answered[/red]")
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------------------------------- test-job
+TEST_TASKS = {kind.value: kind for kind in TaskKind}
+
+
+def _example_job(kind: TaskKind, settings: Settings) -> JobSpec:
+    from backends.examples import materialize_example
+
+    repos = materialize_example(settings.data_dir / "example")
+    test_job = repos.test_job("passing").model_dump(mode="json")
+    if kind is TaskKind.STUDENT_TESTING:
+        return JobSpec(kind, {"test_job": test_job})
+    return JobSpec(kind, {"submission": {"test_job": test_job, "result_id": "example"}})
+
+
+def _follow(adapter: EngineAdapter, leg_id: str, console: Console, timeout: float) -> Any:
+    """A live progress bar fed by poll() until the leg is final (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("queued", total=100)
+        while True:
+            state = adapter.poll([leg_id])[leg_id]
+            stage = (state.progress.metadata.get("stage") if state.progress else None) or state.native.lower()
+            pct = state.progress.percentage if state.progress else (100 if state.phase.is_final else 0)
+            bar.update(task, completed=pct, description=f"{state.phase.value} ({stage})")
+            if state.phase.is_final or time.monotonic() > deadline:
+                return state
+            time.sleep(0.2)
+
+
+def _summary(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "-"
+    summary = report.get("summary")
+    if isinstance(summary, dict):
+        return ", ".join(f"{key}={summary.get(key)}" for key in ("total", "passed", "failed", "skipped"))
+    return json.dumps(report)[:300]
+
+
+@worker_app.command("test-job")
+def test_job(
+    task: str = typer.Option("student_testing", "--task", help=f"One of: {', '.join(TEST_TASKS)}."),
+    backend: str = typer.Option("celery", "--backend", help="celery or prefect."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end and print the result."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
+) -> None:
+    """Submit the bundled example assignment through the engine's adapter (the gateway's own path)."""
+    console = Console()
+    if task not in TEST_TASKS:
+        console.print(f"[red]unknown task {task!r}; valid tasks: {', '.join(TEST_TASKS)}[/red]")
+        raise typer.Exit(2)
+    from backends.registry import UnknownEngineError, make_adapter
+
+    settings = get_settings()
+    try:
+        adapter = make_adapter(backend, settings)
+    except UnknownEngineError as exc:
+        console.print(f"[red]{exc}; valid backends: celery, prefect[/red]")
+        raise typer.Exit(2) from None
+    kind = TEST_TASKS[task]
+    leg_id = str(uuid.uuid4())
+    adapter.submit(_example_job(kind, settings), leg_id)
+    if not wait:
+        console.print(leg_id)
+        return
+    state = _follow(adapter, leg_id, console, timeout)
+    result = adapter.result(leg_id)
+    console.print(f"task id: {leg_id}")
+    console.print(f"state:   {state.phase.value} ({state.native}), worker {state.worker or '-'}")
+    if result.error:
+        console.print(f"error:   {redact_text(result.error)}")
+    console.print(f"summary: {_summary(result.report)}")
+    row_of = getattr(adapter, "taskmeta_row", None)
+    if callable(row_of):
+        row = row_of(leg_id)
+        if row is not None:
+            row = {**row, "result": "<report>" if row.get("result") else None}
+            console.print("celery_taskmeta row:")
+            console.print_json(redact_text(json.dumps(row, default=str)))
+    if state.phase is not LegPhase.SUCCEEDED:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
