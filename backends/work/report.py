@@ -170,11 +170,11 @@ def outcomes_from_junit(xml_text: str) -> list[TestOutcome]:
         duration = float(case.get("time") or 0.0)
         failure, error, skipped = case.find("failure"), case.find("error"), case.find("skipped")
         if failure is not None:
-            outcome = TestOutcome(file, name, COMPLETED, FAILED, failure.get("message", ""), failure.text or "")
+            message = _e_lines(failure.text or "") or failure.get("message", "")
+            outcome = TestOutcome(file, name, COMPLETED, FAILED, message, failure.text or "")
         elif error is not None:
-            outcome = TestOutcome(file, name, "FAILED", FAILED, error.get("message", ""), error.text or "")
-            if not case.get("classname") and error.text:
-                outcome.message = _collection_message(error.text) or outcome.message
+            message = _e_lines(error.text or "") or error.get("message", "")
+            outcome = TestOutcome(file, name, "FAILED", FAILED, message, error.text or "")
         elif skipped is not None:
             outcome = TestOutcome(file, name, SKIPPED, SKIPPED, skipped.get("message", ""))
         else:
@@ -184,8 +184,9 @@ def outcomes_from_junit(xml_text: str) -> list[TestOutcome]:
     return result
 
 
-def _collection_message(text: str) -> str:
-    """The `E   SyntaxError: ...` lines of a collection error: what the student needs to see."""
+def _e_lines(text: str) -> str:
+    """The `E   ...` lines of pytest's traceback: the whole message (the XML attribute is cut after a few lines),
+    and for a collection error the `SyntaxError: ...` the student needs to see."""
     lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
     return "\n".join(lines) if lines else ""
 
