@@ -133,8 +133,10 @@ def run_git(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Compl
     return _git(args, cwd, env)
 
 
-def checkout(plan: CheckoutPlan, dest: Path, settings: Settings) -> Checkout:
-    """Fetch `plan` into the empty dir `dest` and check out its exact commit; `InfrastructureError` on failure."""
+def checkout(plan: CheckoutPlan, dest: Path, settings: Settings, shallow: bool = True) -> Checkout:
+    """Fetch `plan` into the empty dir `dest` and check out its exact commit; `InfrastructureError` on failure.
+
+    `shallow=False` fetches the commit's whole history (needed to push it somewhere else)."""
     cred: Credential | None = None
     if plan.credential:
         try:
@@ -143,11 +145,11 @@ def checkout(plan: CheckoutPlan, dest: Path, settings: Settings) -> Checkout:
             raise InfrastructureError(f"Credential for the {plan.role} repository not available: {exc}") from None
     dest.mkdir(parents=True, exist_ok=False)
     with git_session(settings, cred) as env:
-        sha = _fetch(plan, dest, env)
+        sha = _fetch(plan, dest, env, shallow)
     return Checkout(dest, sha, plan.path)
 
 
-def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str]) -> str:
+def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str], shallow: bool = True) -> str:
     failed = f"Git clone of {plan.role} repository failed"
     try:
         init = _git(["init", "-q", "--", str(dest)], dest.parent, env)
@@ -156,7 +158,8 @@ def _fetch(plan: CheckoutPlan, dest: Path, env: dict[str, str]) -> str:
         fetched_exact = False
         if _FULL_SHA.match(plan.commit):
             # Servers with protocol v2 (and GitHub/GitLab) serve a reachable commit by SHA: one shallow fetch.
-            one = _git(["fetch", "-q", "--depth=1", "--no-tags", "--", plan.url.url, plan.commit], dest, env)
+            depth = ["--depth=1"] if shallow else []
+            one = _git(["fetch", "-q", *depth, "--no-tags", "--", plan.url.url, plan.commit], dest, env)
             fetched_exact = one.returncode == 0
         if not fetched_exact:
             refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]

@@ -108,7 +108,7 @@ def run_submission_processing(
     base = settings.sandbox_root.expanduser() if settings.sandbox_root else None
     work = Path(tempfile.mkdtemp(prefix="gateway-submission-", dir=base))
     try:
-        fetched = checkout(plan, work / "student", settings)
+        fetched = checkout(plan, work / "student", settings, shallow=False)
         progress(ProgressEvent(40, "fetched", {"commit": fetched.commit}))
         with git_session(settings, cred) as env:
             seen = run_git(["ls-remote", "--", url, ref], fetched.root, env)
