@@ -32,8 +32,16 @@ def pooled_engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # SQLite: one file, writers serialise anyway; wait on a lock instead of failing at once.
         return {"connect_args": {"timeout": 30}}
-    # pre_ping: a connection dropped by a PostgreSQL restart is replaced instead of failing one store.
-    return {"pool_size": 5, "max_overflow": 10, "pool_pre_ping": True, "pool_recycle": 1800}
+    # No pre_ping (it costs a round trip per store): a dropped connection fails one attempt, Celery's
+    # result_backend_always_retry retries it, and on_backend_retryable_error below replaces the pool.
+    return {"pool_size": 5, "max_overflow": 10, "pool_recycle": 1800}
+
+
+def _async_commit_options(url: str) -> dict[str, Any]:
+    """The same, for intermediate states: PostgreSQL does not wait for their WAL flush (no extra round trip)."""
+    options = pooled_engine_options(url)
+    options["connect_args"] = {"options": "-c synchronous_commit=off"}
+    return options
 
 
 class PooledDatabaseBackend(DatabaseBackend):
@@ -44,6 +52,7 @@ class PooledDatabaseBackend(DatabaseBackend):
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._engine: Engine | None = None
+        self._fast_engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         super().__init__(*args, **kwargs)
 
@@ -55,14 +64,29 @@ class PooledDatabaseBackend(DatabaseBackend):
             return self._engine
         with self._lock:
             if self._engine is None or self._pid != pid:
-                if self._engine is not None:
-                    self._engine.dispose(close=False)
+                for old in (self._engine, self._fast_engine):
+                    if old is not None:
+                        old.dispose(close=False)
                 engine = create_engine(self.url, **pooled_engine_options(self.url))
                 ResultModelBase.metadata.create_all(engine)
+                self._fast_engine = None
+                if engine.dialect.name == "postgresql":
+                    # STARTED/PROGRESS are superseded within seconds: their commit need not wait for fsync.
+                    # A database crash can lose only such an intermediate row, never a final result.
+                    self._fast_engine = create_engine(self.url, **_async_commit_options(self.url))
                 self._engine = engine
                 self._sessions = sessionmaker(bind=engine)
                 self._pid = pid
         return self._engine
+
+    def on_backend_retryable_error(self, exc: Exception) -> None:
+        """A failed store: drop this process's pools so the retry opens fresh connections."""
+        with self._lock:
+            for engine in (self._engine, self._fast_engine):
+                if engine is not None:
+                    engine.dispose()
+            self._engine = self._fast_engine = None
+        super().on_backend_retryable_error(exc)
 
     def ResultSession(self, session_manager: Any = None) -> Session:  # noqa: N802 - Celery's name
         self.engine()
@@ -111,6 +135,7 @@ class PooledDatabaseBackend(DatabaseBackend):
             # Like the stock backend: a repeated run never replaces a stored SUCCESS.
             where=table.c.status != states.SUCCESS,
         )
-        with engine.begin() as conn:
+        target = engine if state in states.READY_STATES else (self._fast_engine or engine)
+        with target.begin() as conn:
             conn.execute(stmt)
         return result

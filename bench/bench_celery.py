@@ -1,0 +1,187 @@
+"""Celery end to end: no-op and example-assignment jobs, jobs/s and p50/p99 round trip, three stacks in one run.
+
+- `stock-pg`: Celery's stock database backend (`db+postgresql+psycopg2://`) and its stock client
+  (`AsyncResult.get`), the reference.
+- `gateway-pg`: the same PostgreSQL table through `PooledDatabaseBackend` in the worker and `CeleryAdapter.poll`
+  (one query for all in-flight ids, pooled connection) in the client.
+- `redis-results`: Celery's Redis result backend, stock client (the second reference).
+Every stack uses the same Redis broker, the same worker command (`gateway worker start`, prefork, concurrency 2),
+and the same client polling interval. Figures are printed as ratios against `stock-pg` measured in this run.
+
+    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backends.celery import names  # noqa: E402
+from backends.celery.adapter import CeleryAdapter  # noqa: E402
+from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
+
+POLL = 0.005  # the same client polling interval for every stack
+
+
+def _pick_redis_db() -> tuple[int, Callable[[], None]]:
+    """A Redis db nobody holds (the tests' lock scheme), flushed before and after."""
+    import redis
+
+    admin = redis.Redis(host="127.0.0.1", port=6379, db=0)
+    token = uuid.uuid4().hex
+    for number in range(15, 0, -1):
+        if admin.set(f"gateway-tests:lock:{number}", token, nx=True, ex=3600):
+            redis.Redis(host="127.0.0.1", port=6379, db=number).flushdb()
+            return number, lambda n=number: _release_redis(admin, n)
+    raise SystemExit("no free Redis database")
+
+
+def _release_redis(admin: Any, number: int) -> None:
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=number).flushdb()
+    admin.delete(f"gateway-tests:lock:{number}")
+
+
+def _pg_database() -> tuple[str, Callable[[], None]]:
+    import psycopg2
+
+    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    admin.autocommit = True
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+    return name, drop
+
+
+class Client:
+    """How one stack's client submits and waits: stock `AsyncResult.get`, or the adapter's batched poll."""
+
+    def __init__(self, env: dict[str, str], batched: bool) -> None:
+        self.adapter = CeleryAdapter(settings_from_env(env))
+        self.batched = batched
+
+    def submit(self, task: str, kwargs: dict[str, Any]) -> str:
+        return self.adapter.send(task, kwargs, str(uuid.uuid4()))
+
+    def wait_all(self, ids: list[str], timeout: float = 600) -> dict[str, float]:
+        """Wait until every id is final; returns when each was first seen done (monotonic)."""
+        done: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        if self.batched:
+            pending = list(ids)
+            while pending and time.monotonic() < deadline:
+                states = self.adapter.poll(pending)
+                now = time.monotonic()
+                for leg, state in states.items():
+                    if state.phase.is_final:
+                        done[leg] = now
+                pending = [leg for leg in pending if leg not in done]
+                if pending:
+                    time.sleep(POLL)
+        else:
+            for leg in ids:
+                self.adapter.app.AsyncResult(leg).get(timeout=timeout, interval=POLL, propagate=False)
+                done[leg] = time.monotonic()
+        return done
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+def measure(
+    client: Client, task: str, kwargs: Callable[[], dict[str, Any]], n: int, latency_n: int
+) -> dict[str, float]:
+    # throughput: n jobs in flight at once
+    start = time.monotonic()
+    ids = [client.submit(task, kwargs()) for _ in range(n)]
+    finished = client.wait_all(ids)
+    elapsed = max(finished.values()) - start
+    # round trip: one job at a time
+    rtts = []
+    for _ in range(latency_n):
+        t0 = time.monotonic()
+        leg = client.submit(task, kwargs())
+        rtts.append(client.wait_all([leg])[leg] - t0)
+    rtts.sort()
+    return {
+        "jobs_per_s": n / elapsed,
+        "p50_ms": 1000 * statistics.median(rtts),
+        "p99_ms": 1000 * rtts[min(len(rtts) - 1, int(round(0.99 * (len(rtts) - 1))))],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--noops", type=int, default=400)
+    parser.add_argument("--latency", type=int, default=60)
+    parser.add_argument("--examples", type=int, default=6)
+    args = parser.parse_args()
+
+    db_number, release_redis = _pick_redis_db()
+    pg_name, drop_pg = _pg_database()
+    data = Path(tempfile.mkdtemp(prefix="bench-celery-"))
+    services = {
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_DB": str(db_number),
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_DB": pg_name,
+    }
+    pg_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
+    stacks = {
+        "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, False),
+        "gateway-pg": ({}, True),
+        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{db_number}"}, False),
+    }
+    example_job: dict[str, Any] | None = None
+    if args.examples:
+        from backends.examples import materialize_example
+
+        example_job = materialize_example(data / "example").test_job("passing").model_dump(mode="json")
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for stack, (extra, batched) in stacks.items():
+            env = base_env({**services, **extra}, data / stack)
+            with running_worker(env, concurrency=2, log_dir=data):
+                client = Client(env, batched)
+                try:
+                    measure(client, names.NOOP, dict, 20, 5)  # warm-up: connections, tables, forks
+                    results[stack] = {"noop": measure(client, names.NOOP, dict, args.noops, args.latency)}
+                    if example_job is not None:
+                        job = {"test_job": example_job, "execution_backend_properties": {}}
+                        results[stack]["example"] = measure(
+                            client, names.STUDENT_TESTING, lambda job=job: dict(job), args.examples, 3
+                        )
+                finally:
+                    client.close()
+            print(f"{stack}: {results[stack]}", flush=True)
+    finally:
+        drop_pg()
+        release_redis()
+
+    ref = results["stock-pg"]
+    print("\n| stack | job | jobs/s | × stock-pg | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for stack, jobs in results.items():
+        for job, m in jobs.items():
+            ratio = m["jobs_per_s"] / ref[job]["jobs_per_s"]
+            print(f"| {stack} | {job} | {m['jobs_per_s']:.0f} | {ratio:.2f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
