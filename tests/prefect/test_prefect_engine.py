@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
 from backends.interface import DeploymentNotFound, JobSpec, LegPhase, LegState, TaskKind
 from backends.prefect.adapter import PrefectAdapter
+from tests.support.prefect_server import wait_until
 
 pytestmark = pytest.mark.slow
-
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)  # polling a condition with a deadline
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def leg() -> str:
@@ -177,3 +162,35 @@ def test_health_and_workers_show_the_runner(adapter: PrefectAdapter, prefect_run
     served = {w.name: w for w in adapter.workers()}
     assert served["test-assignment/system"].details["alive"] is True
     assert served["test-assignment/system"].last_seen is not None
+
+
+def test_submission_processing_runs_the_submit_result_flow(
+    adapter: PrefectAdapter, prefect_runner: Any, tmp_path: Path
+) -> None:
+    """The flow runs exactly the engine-agnostic work: same outcome as calling it in-process on the same input."""
+    examples = pytest.importorskip("backends.examples")
+    from backends.settings import Settings
+    from backends.work.errors import InfrastructureError
+    from backends.work.submission_processing import run_submission_processing
+
+    repos = examples.materialize_example(tmp_path / "example")
+    submission = {"test_job": repos.test_job("passing", user_id="member-7").model_dump(), "result_id": "r-1"}
+    try:
+        expected: dict[str, Any] | str = run_submission_processing(
+            submission, settings=Settings(gateway_data_dir=tmp_path / "in-process")
+        )
+    except InfrastructureError as exc:
+        expected = exc.message
+    leg_id = leg()
+    adapter.submit(JobSpec(kind=TaskKind.SUBMISSION_PROCESSING, params={"submission": submission}), leg_id)
+    state = final_state(adapter, leg_id, timeout=120)
+    assert state.queue == "submit-result/system"
+    result = adapter.result(leg_id)
+    if isinstance(expected, str):
+        assert (result.phase, result.error_type) == (LegPhase.FAILED, "InfrastructureError")
+        assert expected in (result.error or "")
+    else:
+        assert result.phase is LegPhase.SUCCEEDED, result.error
+        assert result.report is not None
+        keys = ("ref", "commit", "changed", "result_id")
+        assert {k: result.report[k] for k in keys} == {k: expected[k] for k in keys}

@@ -12,6 +12,7 @@ Stable signatures (others import these):
 - `running_runner(env, *, limit=4, test_flows=False, deployment_name="system", wait_for=None, log_path=None,
   timeout=90.0) -> Iterator[subprocess.Popen[bytes]]` (wait_for defaults to `test-assignment/<deployment_name>`)
 - `stop_process_group(proc, grace=10.0) -> None`
+- `wait_until(check, what, timeout=60.0) -> T` (poll a condition with a deadline)
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -95,6 +99,18 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> No
             os.killpg(pgid, signal.SIGKILL)
         break
     proc.wait()
+
+
+def wait_until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)  # polling a condition with a deadline
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def _tail(path: Path, size: int = 4000) -> str:
