@@ -23,7 +23,7 @@ from gateway.routes import api_router
 from gateway.state import GatewayState
 from gateway.store.migrate import ensure_schema
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("uvicorn.error").getChild("gateway")  # shown by uvicorn's own handler
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @app.exception_handler(DBAPIError)
     async def _database_down(_request: Request, exc: DBAPIError) -> JSONResponse:
-        log.warning("database error: %s", redact_text(str(exc.orig)))
+        log.warning("database error: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
         return JSONResponse(status_code=503, content={"detail": "Database unavailable, try again"})
 
     return app

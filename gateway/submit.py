@@ -39,6 +39,8 @@ RERUN = {
     ResultStatus.CANCELLED,
     ResultStatus.NOT_AVAILABLE,
 }
+# A fresh leg belongs to its request for this long; the reconciler must not race it for the first send.
+OUTBOX_GRACE = timedelta(seconds=15)
 # Runs that broke do not count against the maximum: the student did not get a verdict from them.
 NOT_COUNTED = [int(s) for s in (ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED)]
 
@@ -201,6 +203,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
             phase="queued",
             dispatch_state="pending",
             dispatch_attempts=0,
+            # The request dispatches right after the commit; the outbox takes over only if that did not happen.
+            next_attempt_at=now + OUTBOX_GRACE,
             created_at=now,
             updated_at=now,
         )

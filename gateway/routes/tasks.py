@@ -18,7 +18,7 @@ from gateway.routes.deps import Login, State
 from gateway.schemas import TaskInfo, TaskResult, TaskSubmission, TaskSubmitResponse
 from gateway.state import GatewayState
 from gateway.store.models import ExecutionBackend, Leg, Result, new_id, utcnow
-from gateway.submit import dispatch_after_commit
+from gateway.submit import OUTBOX_GRACE, dispatch_after_commit
 from gateway.views import task_info, task_result
 
 router = APIRouter(prefix="/tasks")
@@ -72,7 +72,7 @@ async def submit_task(body: TaskSubmission, state: State, principal: Login) -> T
         phase="queued",
         dispatch_state="pending",
         dispatch_attempts=0,
-        next_attempt_at=now + timedelta(seconds=body.delay or 0) if delayed else None,
+        next_attempt_at=now + (timedelta(seconds=body.delay or 0) if delayed else OUTBOX_GRACE),
         created_at=now,
         updated_at=now,
     )

@@ -53,7 +53,9 @@ def make_async_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # Small on purpose: 2 cores do not need more, and PostgreSQL's 100 connections are shared with the engines.
+    # No pre-ping: it costs a round trip per request; stale connections are recycled instead.
+    return create_async_engine(url, pool_size=8, max_overflow=8, pool_recycle=1800)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
