@@ -5,15 +5,17 @@
 - `gateway-pg`: the same PostgreSQL table through `PooledDatabaseBackend` in the worker and `CeleryAdapter.poll`
   (one query for all in-flight ids, pooled connection) in the client.
 - `redis-results`: Celery's Redis result backend, stock client (the second reference).
-Every stack uses the same Redis broker, the same worker command (`gateway worker start`, prefork, concurrency 2),
-and the same client polling interval. Figures are printed as ratios against `stock-pg` measured in this run.
+Every stack uses the same Redis server (a database each, so the workers run side by side), the same worker
+command (`gateway worker start`, prefork, concurrency 2) and the same client polling interval. Figures are
+printed as ratios against `stock-pg` measured in this run.
 
-    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 6]
+    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 4] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -129,23 +131,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--noops", type=int, default=400)
     parser.add_argument("--latency", type=int, default=60)
-    parser.add_argument("--examples", type=int, default=6)
+    parser.add_argument("--examples", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    db_number, release_redis = _pick_redis_db()
+    # One Redis db per stack, so the three workers run side by side and the stacks are measured in interleaved
+    # rounds: load from anything else on the machine hits all three alike (the median of the rounds is reported).
+    redis_dbs = [_pick_redis_db() for _ in range(3)]
     pg_name, drop_pg = _pg_database()
     data = Path(tempfile.mkdtemp(prefix="bench-celery-"))
-    services = {
-        "REDIS_HOST": "127.0.0.1",
-        "REDIS_DB": str(db_number),
-        "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_DB": pg_name,
-    }
     pg_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
     stacks = {
         "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, False),
         "gateway-pg": ({}, True),
-        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{db_number}"}, False),
+        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_dbs[2][0]}"}, False),
     }
     example_job: dict[str, Any] | None = None
     if args.examples:
@@ -153,27 +152,41 @@ def main() -> None:
 
         example_job = materialize_example(data / "example").test_job("passing").model_dump(mode="json")
 
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    rounds: dict[str, dict[str, list[dict[str, float]]]] = {stack: {} for stack in stacks}
     try:
-        for stack, (extra, batched) in stacks.items():
-            env = base_env({**services, **extra}, data / stack)
-            with running_worker(env, concurrency=2, log_dir=data):
-                client = Client(env, batched)
-                try:
-                    measure(client, names.NOOP, dict, 20, 5)  # warm-up: connections, tables, forks
-                    results[stack] = {"noop": measure(client, names.NOOP, dict, args.noops, args.latency)}
+        with contextlib.ExitStack() as stack_ctx:
+            clients: dict[str, Client] = {}
+            for (stack, (extra, batched)), (db_number, _release) in zip(stacks.items(), redis_dbs, strict=True):
+                services = {
+                    "REDIS_HOST": "127.0.0.1",
+                    "REDIS_DB": str(db_number),
+                    "POSTGRES_HOST": "127.0.0.1",
+                    "POSTGRES_DB": pg_name,
+                }
+                env = base_env({**services, **extra}, data / stack)
+                stack_ctx.enter_context(running_worker(env, concurrency=2, log_dir=data / stack))
+                clients[stack] = Client(env, batched)
+                stack_ctx.callback(clients[stack].close)
+                measure(clients[stack], names.NOOP, dict, 20, 5)  # warm-up: connections, tables, forks
+            for _ in range(args.rounds):
+                for stack, client in clients.items():
+                    rounds[stack].setdefault("noop", []).append(
+                        measure(client, names.NOOP, dict, args.noops, args.latency)
+                    )
                     if example_job is not None:
                         job = {"test_job": example_job, "execution_backend_properties": {}}
-                        results[stack]["example"] = measure(
-                            client, names.STUDENT_TESTING, lambda job=job: dict(job), args.examples, 3
+                        rounds[stack].setdefault("example", []).append(
+                            measure(client, names.STUDENT_TESTING, lambda job=job: dict(job), args.examples, 3)
                         )
-                finally:
-                    client.close()
-            print(f"{stack}: {results[stack]}", flush=True)
     finally:
         drop_pg()
-        release_redis()
+        for _db, release in redis_dbs:
+            release()
 
+    results = {
+        stack: {job: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for job, runs in jobs.items()}
+        for stack, jobs in rounds.items()
+    }
     ref = results["stock-pg"]
     print("\n| stack | job | jobs/s | × stock-pg | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
