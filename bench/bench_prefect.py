@@ -1,0 +1,128 @@
+"""Prefect figures, each against a reference measured in the same run.
+
+Starts its own Prefect server (SQLite in a temp folder, or PostgreSQL with `--postgres`) and one runner
+(`gateway prefect serve --test-flows`), then measures:
+
+- submit latency: `PrefectAdapter.submit` vs the raw httpx `create_flow_run` call (reference);
+- end-to-end latency of a no-op run (submit → COMPLETED seen by `poll`), against the no-op in-process;
+- end-to-end latency of the example assignment, against the same work run in-process (reference);
+- runs/s: N no-op runs submitted at once, until all are COMPLETED.
+
+Run: `.venv/bin/python bench/bench_prefect.py [--runs 20] [--postgres]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backends.interface import JobSpec, LegPhase, TaskKind  # noqa: E402
+from backends.prefect.adapter import PrefectAdapter  # noqa: E402
+from backends.settings import Settings  # noqa: E402
+from tests.support.prefect_server import (  # noqa: E402
+    prefect_process_env,
+    running_prefect_server,
+    running_runner,
+    wait_until,
+)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ms(values: list[float]) -> str:
+    return f"median {statistics.median(values) * 1000:.1f} ms (min {min(values) * 1000:.1f}, n={len(values)})"
+
+
+def until_done(adapter: PrefectAdapter, legs: list[str], timeout: float = 300.0) -> None:
+    def done() -> bool:
+        states = adapter.poll(legs)
+        bad = [s for s in states.values() if s.phase.is_final and s.phase is not LegPhase.SUCCEEDED]
+        if bad:
+            raise RuntimeError(f"run failed: {bad[0].native} {bad[0].error}")
+        return all(s.phase is LegPhase.SUCCEEDED for s in states.values())
+
+    wait_until(done, f"{len(legs)} runs", timeout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--postgres", default=None, help="postgresql+asyncpg://... for the Prefect server")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
+    data = root / "gateway-data"
+    with running_prefect_server(root / "server", database_url=args.postgres) as api:
+        env = prefect_process_env(api, root / "home", {"GATEWAY_DATA_DIR": str(data)})
+        (root / "home").mkdir(exist_ok=True)
+        with running_runner(env, limit=4, test_flows=True, wait_for=["gateway-noop/system"], log_path=root / "r.log"):
+            settings = Settings(prefect_api_url=api, gateway_data_dir=data)
+            adapter = PrefectAdapter(settings)
+            noop = JobSpec(TaskKind.STUDENT_TESTING, {"test_job": {}}, {"deployment": "gateway-noop/system"})
+            dep_id = adapter.deployment_id("gateway-noop/system")
+            raw = httpx.Client(base_url=api + "/")
+
+            # Submit latency: adapter vs raw create_flow_run (same body shape, same server).
+            raw_times, adapter_times, legs = [], [], []
+            for _ in range(args.runs):
+                body = {"parameters": {"test_job": {}}, "idempotency_key": str(uuid.uuid4())}
+                raw_times.append(timed(lambda b=body: raw.post(f"deployments/{dep_id}/create_flow_run", json=b)))
+                leg = f"bench-{uuid.uuid4()}"
+                legs.append(leg)
+                adapter_times.append(timed(lambda leg=leg: adapter.submit(noop, leg)))
+            until_done(adapter, legs)
+            print(f"submit  raw create_flow_run: {ms(raw_times)}")
+            ratio = statistics.median(adapter_times) / statistics.median(raw_times)
+            print(f"submit  adapter.submit:      {ms(adapter_times)}  ratio {ratio:.2f}x")
+
+            # End-to-end no-op, one at a time; reference: the same no-op function in-process.
+            e2e = []
+            for _ in range(5):
+                leg = f"bench-{uuid.uuid4()}"
+                e2e.append(timed(lambda leg=leg: (adapter.submit(noop, leg), until_done(adapter, [leg]))))
+            inproc = [timed(lambda: {"noop": True}) for _ in range(5)]
+            print(f"e2e     no-op through serve: {ms(e2e)}  (in-process no-op {ms(inproc)})")
+
+            # End-to-end example assignment vs the same work in-process.
+            from backends.examples import materialize_example
+            from backends.work.student_testing import run_student_testing
+
+            repos = materialize_example(root / "example")
+            test_job = repos.test_job("passing").model_dump()
+            work = [timed(lambda: run_student_testing(test_job, settings=settings)) for _ in range(3)]
+            example = JobSpec(TaskKind.STUDENT_TESTING, {"test_job": test_job})
+            flows = []
+            for _ in range(3):
+                leg = f"bench-{uuid.uuid4()}"
+                flows.append(timed(lambda leg=leg: (adapter.submit(example, leg), until_done(adapter, [leg]))))
+            print(f"e2e     example in-process:  {ms(work)}")
+            ratio = statistics.median(flows) / statistics.median(work)
+            print(f"e2e     example via Prefect: {ms(flows)}  ratio {ratio:.2f}x")
+
+            # Throughput: N no-op runs at once through a runner with limit 4.
+            batch = [f"bench-{uuid.uuid4()}" for _ in range(args.runs)]
+            start = time.perf_counter()
+            for leg in batch:
+                adapter.submit(noop, leg)
+            until_done(adapter, batch, timeout=600)
+            elapsed = time.perf_counter() - start
+            print(f"runs/s  {args.runs} no-op runs, limit 4: {args.runs / elapsed:.2f} runs/s ({elapsed:.1f} s)")
+            adapter.close()
+            raw.close()
+
+
+if __name__ == "__main__":
+    main()
