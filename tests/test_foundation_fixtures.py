@@ -57,8 +57,9 @@ def test_postgres_fixture_gives_a_fresh_database(postgres_db) -> None:  # type: 
 def test_redis_fixture_holds_its_own_database(redis_db) -> None:  # type: ignore[no-untyped-def]
     import redis
 
-    client = redis.Redis.from_url(redis_db.url())
-    assert client.dbsize() == 0
+    admin = redis.Redis(host=redis_db.host, port=redis_db.port, db=0)
+    # The lock key in db 0 says this database number belongs to this test session until it ends.
+    assert admin.get(f"gateway-tests:lock:{redis_db.db}") is not None
     assert 1 <= redis_db.db <= 15
 
 
