@@ -33,14 +33,17 @@ def _label_failure(exc: InfrastructureError) -> None:
     update_own_labels({ERROR_TYPE: type(exc).__name__, ERROR_KIND: exc.kind})
 
 
-@flow(
-    name=names.TEST_ASSIGNMENT_FLOW,
-    persist_result=True,
-    result_serializer="json",
-    result_storage=result_storage(),
-    timeout_seconds=get_settings().task_time_limit,
-    log_prints=False,
-)
+# Both shipped flows persist their return value as JSON where the gateway's adapter reads it back.
+_PERSISTED_FLOW = {
+    "persist_result": True,
+    "result_serializer": "json",
+    "result_storage": result_storage(),
+    "timeout_seconds": get_settings().task_time_limit,
+    "log_prints": False,
+}
+
+
+@flow(name=names.TEST_ASSIGNMENT_FLOW, **_PERSISTED_FLOW)
 def test_assignment(test_job: dict[str, Any]) -> dict[str, Any]:
     """Check out, test in the sandbox, return the legacy report tree (`result_json`)."""
     from backends.work.student_testing import run_student_testing
@@ -52,14 +55,7 @@ def test_assignment(test_job: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-@flow(
-    name=names.SUBMIT_RESULT_FLOW,
-    persist_result=True,
-    result_serializer="json",
-    result_storage=result_storage(),
-    timeout_seconds=get_settings().task_time_limit,
-    log_prints=False,
-)
+@flow(name=names.SUBMIT_RESULT_FLOW, **_PERSISTED_FLOW)
 def submit_result(submission: dict[str, Any]) -> dict[str, Any]:
     """Record a submission (idempotent); returns what was recorded."""
     from backends.work.submission_processing import run_submission_processing
