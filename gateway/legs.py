@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from backends.interface import LegPhase, LegResult, LegState
+from backends.interface import LegPhase, LegResult, LegState, TaskKind
 from backends.models import ResultStatus
 from gateway.scoring import score
-from gateway.store.models import Leg, Result
+from gateway.store.models import Leg, Result, new_id
 
 FINAL_ROW = {ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED}
 TIMED_OUT = "timed_out"
@@ -84,8 +84,8 @@ def finish(
     report = result.report if result else None
     if leg.progress is not None and phase == LegPhase.SUCCEEDED:
         leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
-    if row is None:
-        leg.payload = report
+    if row is None or leg.role == SUBMISSION_ROLE:
+        leg.payload = report  # the task's own answer (a submission leg must not show the row's test report)
         return
     if leg.role != "primary" or row_is_final(row):
         return
@@ -121,3 +121,47 @@ def status_to_phase(status: int) -> LegPhase | None:
         return mapping.get(ResultStatus(status))
     except ValueError:
         return None
+
+
+SUBMISSION_ROLE = "submission"
+SUBMISSION_TASK_NAME = "ctutor_backend.tasks.submission_processing"
+
+
+def submission_leg(leg: Leg, row: Result | None, now: datetime) -> Leg | None:
+    """The submission-processing leg a finished primary leg starts when its row asked for `submit=true`.
+
+    Only after a COMPLETED verdict (a broken run is no submission). The new leg goes through the outbox (due at
+    once), so its dispatch is as durable as any other; its id is the row's `submission_flow_run_id`. The
+    backend's `deployment` names the *testing* deployment, so it is not passed on; `submission_deployment`
+    names a custom submission deployment instead.
+    """
+    if row is None or leg.role != "primary" or not row.submit or row.status != int(ResultStatus.COMPLETED):
+        return None
+    test_job = (leg.spec or {}).get("params", {}).get("test_job")
+    if not isinstance(test_job, dict):
+        return None
+    properties = {k: v for k, v in ((leg.spec or {}).get("properties") or {}).items() if k != "deployment"}
+    custom = properties.pop("submission_deployment", None)
+    if custom:
+        properties["deployment"] = custom
+    spec = {
+        "kind": TaskKind.SUBMISSION_PROCESSING.value,
+        "params": {"submission": {"test_job": test_job, "result_id": row.id}},
+        "properties": properties,
+        "priority": 8,
+    }
+    return Leg(
+        id=new_id(),
+        result_id=row.id,
+        role=SUBMISSION_ROLE,
+        engine=leg.engine,
+        task_name=SUBMISSION_TASK_NAME,
+        spec=spec,
+        routing={"rule": "submit=true after a completed primary leg", "primary_leg": leg.id},
+        phase="queued",
+        dispatch_state="pending",
+        dispatch_attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )

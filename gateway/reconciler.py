@@ -22,12 +22,13 @@ from typing import Any
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import object_session
 from starlette.concurrency import run_in_threadpool
 
 from backends.interface import LegPhase, LegResult, LegState
 from backends.redact import redact_text
 from gateway.dispatch import SendStatus, next_attempt
-from gateway.legs import DEADLINE_MESSAGE, TIMED_OUT, apply_state, finish, mark_sent
+from gateway.legs import DEADLINE_MESSAGE, TIMED_OUT, apply_state, finish, mark_sent, submission_leg
 from gateway.state import GatewayState
 from gateway.store.models import Leg, Result, utcnow
 
@@ -168,6 +169,10 @@ class Reconciler:
             apply_state(leg, state, None)
             finish(leg, row, now, result.phase if result.phase.is_final else state.phase, result)
             leg.finished_at = state.finished_at or now
+            follow_up = submission_leg(leg, row, now)
+            session = object_session(leg)
+            if follow_up is not None and session is not None:
+                session.add(follow_up)  # committed with this leg's end; the outbox sends it on the next tick
             return True
         if state is not None:
             apply_state(leg, state, row)

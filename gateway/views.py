@@ -29,8 +29,11 @@ def _fields(row: Result, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(row, name) for name in names}
 
 
-def test_run_response(row: Result) -> TestRunResponse:
-    return TestRunResponse(**_fields(row, _COMMON), result_json=row.result_json, submission_flow_run_id=None)
+def test_run_response(row: Result, submission_run_id: str | None = None) -> TestRunResponse:
+    """`submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started."""
+    return TestRunResponse(
+        **_fields(row, _COMMON), result_json=row.result_json, submission_flow_run_id=submission_run_id
+    )
 
 
 test_run_response.__test__ = False  # type: ignore[attr-defined]
@@ -78,7 +81,7 @@ def task_info(leg: Leg) -> TaskInfo:
 
 def task_result(leg: Leg, row: Result | None) -> TaskResult:
     result: Any = leg.payload
-    if row is not None:
+    if row is not None and leg.role == "primary":
         result = row.result_json
     return TaskResult(
         task_id=leg.id,

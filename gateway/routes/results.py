@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from backends.interface import LegPhase
 from gateway.auth import Principal, require
@@ -66,12 +66,15 @@ async def list_results(
         (Result.course_member_id, course_member_id),
         (Result.course_content_id, course_content_id),
         (Result.execution_backend_id, execution_backend_id),
-        (Result.test_system_id, test_system_id),
         (Result.version_identifier, version_identifier),
         (Result.status, status),
     ):
         if value is not None:
             conditions.append(column == value)
+    if test_system_id is not None:
+        # The run id a flow knows is its engine's (a Prefect flow run id), not the gateway's leg id: match both.
+        by_engine = select(Leg.id).where(Leg.engine_run_id == test_system_id, Leg.role == "primary")
+        conditions.append(or_(Result.test_system_id == test_system_id, Result.test_system_id.in_(by_engine)))
     if principal.role == "student":
         conditions.append(Result.course_member_id.in_(sorted(principal.course_member_ids)))
     async with state.sessions() as session:

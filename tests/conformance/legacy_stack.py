@@ -1,0 +1,312 @@
+"""The conformance stack: a real gateway API in front of a real Celery worker and a real Prefect server + runner.
+
+Everything a legacy client needs to be served for real: git repositories with the example assignment at one
+directory per backend (so a client can submit by `directory` on every engine), a catalog with one backend of
+each kind the contract names, and processes started in their own process groups and stopped by pid.
+
+Imported by the conformance tests as `legacy_stack` (tests/conformance has no `__init__.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from backends.examples import DATA as EXAMPLE_DATA
+from gateway.catalog import load_catalog
+from gateway.store.migrate import upgrade
+from tests.gateway.server import GatewayServer, running_server
+from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
+from tests.support.prefect_server import (
+    VENV_BIN,
+    free_port,
+    prefect_process_env,
+    running_runner,
+    stop_process_group,
+    wait_for_health,
+)
+
+T = TypeVar("T")
+
+PASSWORD = "conformance-pw"
+ADMIN = ("admin", PASSWORD)
+WORKER = ("worker", PASSWORD)
+ALICE = ("alice", PASSWORD)
+BOB = ("bob", PASSWORD)
+CAROL = ("carol", PASSWORD)
+SLOW = ("slow", PASSWORD)
+
+# The exact key sets of the contract.
+RUN_KEYS = {
+    "id", "submit", "course_member_id", "course_content_id", "course_submission_group_id", "execution_backend_id",
+    "test_system_id", "result", "result_json", "properties", "version_identifier", "status", "submission_flow_run_id",
+}  # fmt: skip
+GET_KEYS = (RUN_KEYS - {"submission_flow_run_id"}) | {
+    "course_content_type_id", "created_at", "updated_at", "created_by", "updated_by",
+}  # fmt: skip
+LIST_KEYS = GET_KEYS - {"result_json"}
+TASK_INFO_KEYS = {
+    "task_id", "task_name", "status", "created_at", "started_at", "finished_at", "progress", "error", "worker",
+    "queue", "retries",
+}  # fmt: skip
+TASK_RESULT_KEYS = {"task_id", "status", "result", "error", "created_at", "started_at", "finished_at", "progress"}
+PROGRESS_KEYS = {"percentage", "metadata", "status"}
+BACKEND_KEYS = {"id", "type", "slug", "properties", "created_at", "updated_at"}
+FINAL = {0, 1, 2, 6}
+FINAL_NAMES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+# Directory (and dotted path) of the assignment per backend; every repository carries it at each of them.
+DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "w/ex1", "missing": "m/ex1",
+        "capped": "x/ex1", "mystery": "k/ex1"}  # fmt: skip
+SLOW_CALC = """import time
+
+
+def add(a, b):
+    time.sleep(3)  # a long-running student solution: the job stays RUNNING long enough to be observed
+    return a + b
+
+
+def mul(a, b):
+    time.sleep(3)
+    return a * b
+
+
+def mean(values):
+    return sum(values) / len(values)
+"""
+
+
+def wait_until(check: Callable[[], T | None], what: str, timeout: float = 120.0, interval: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)  # polling interval of a deadline loop
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+# ------------------------------------------------------------------------------------------------ repositories
+def _git(args: list[str], cwd: Path) -> str:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _repo(path: Path, files: Mapping[str, str]) -> tuple[str, str]:
+    path.mkdir(parents=True, exist_ok=True)
+    _git(["init", "-q", "-b", "main"], path)
+    for name, text in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    _git(["add", "-A"], path)
+    _git(["commit", "-q", "--no-gpg-sign", "-m", "init"], path)
+    return path.resolve().as_uri(), _git(["rev-parse", "HEAD"], path)
+
+
+@dataclass(frozen=True)
+class Repos:
+    reference: tuple[str, str]
+    students: dict[str, tuple[str, str]]  # passing, failing, slow → (url, commit)
+
+    def commit(self, student: str) -> str:
+        return self.students[student][1]
+
+
+def build_repos(dest: Path) -> Repos:
+    """The example assignment copied to every directory in DIRS, in a reference and three student repositories."""
+    example = EXAMPLE_DATA / "reference" / "week1" / "ex1"
+    ref_files = {f"{d}/{f.name}": f.read_text() for d in DIRS.values() for f in example.iterdir() if f.is_file()}
+    passing = (EXAMPLE_DATA / "passing" / "week1" / "ex1" / "calc.py").read_text()
+    failing = (EXAMPLE_DATA / "failing" / "week1" / "ex1" / "calc.py").read_text()
+    students = {
+        name: _repo(dest / name, {f"{d}/calc.py": text for d in DIRS.values()})
+        for name, text in (("passing", passing), ("failing", failing), ("slow", SLOW_CALC))
+    }
+    return Repos(reference=_repo(dest / "reference", ref_files), students=students)
+
+
+def catalog(repos: Repos) -> dict[str, Any]:
+    ref_url, ref_commit = repos.reference
+    backend_of = {"celery": "celery-main", "prefect": "prefect-main", "legacy": "prefect-legacy",
+                  "writeback": "prefect-foreign", "missing": "prefect-missing", "capped": "celery-main",
+                  "mystery": "mystery"}  # fmt: skip
+    contents = []
+    for key, directory in DIRS.items():
+        contents.append(
+            {
+                "id": f"cc-{key}",
+                "path": directory.replace("/", "."),
+                "directory": directory,
+                "execution_backend": backend_of[key],
+                "reference_url": ref_url,
+                "reference_commit": ref_commit,
+                **({"max_submissions": 1} if key == "capped" else {}),
+            }  # fmt: skip
+        )
+    contents.append({"id": "cc-unit", "path": "unit1", "directory": "unit1", "kind": "unit",
+                     "execution_backend": "celery-main"})  # fmt: skip
+    members = {"m-alice": "passing", "m-bob": "failing", "m-carol": "passing", "m-slow": "slow"}
+    return {
+        "execution_backends": [
+            {"slug": "celery-main", "type": "celery", "properties": {}},
+            {"slug": "prefect-main", "type": "prefect", "properties": {"deployment": "test-assignment/system"}},
+            {"slug": "prefect-legacy", "type": "prefect_builtin", "properties": {}},
+            {"slug": "prefect-foreign", "type": "prefect",
+             "properties": {"deployment": "gateway-test-writeback/system"}},
+            {"slug": "prefect-missing", "type": "prefect", "properties": {"deployment": "no-such-flow/system"}},
+            {"slug": "mystery", "type": "kubernetes", "properties": {}},
+        ],
+        "course_contents": contents,
+        "course_members": [
+            {"id": m, "user_id": f"u-{m[2:]}", "repository_url": repos.students[s][0]} for m, s in members.items()
+        ],
+        "users": [
+            {"username": "admin", "password": PASSWORD, "role": "admin"},
+            {"username": "worker", "password": PASSWORD, "role": "worker"},
+            *({"username": m[2:], "password": PASSWORD, "role": "student", "course_member_ids": [m]}
+              for m in members),
+        ],
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------ Prefect
+@contextlib.contextmanager
+def prefect_server_on(port: int, root: Path, timeout: float = 120.0) -> Iterator[str]:
+    """`prefect server start` on a given port and a SQLite file under `root` (so it can come back the same)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "home").mkdir(exist_ok=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = prefect_process_env(
+        api_url,
+        root / "home",
+        {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        },
+    )
+    log_path = root / f"server-{port}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_health(api_url, proc, log_path, timeout)
+        yield api_url
+    finally:
+        stop_process_group(proc)
+
+
+def runner_env(api_url: str, root: Path, data: Path, server: GatewayServer) -> dict[str, str]:
+    """The runner shares the gateway's data folder (persisted results) and knows how to write back."""
+    (root / "runner-home").mkdir(parents=True, exist_ok=True)
+    return prefect_process_env(
+        api_url,
+        root / "runner-home",
+        {
+            "GATEWAY_DATA_DIR": str(data),
+            "GATEWAY_WRITEBACK_URL": server.url,
+            "GATEWAY_WRITEBACK_USER": WORKER[0],
+            "GATEWAY_WRITEBACK_PASSWORD": WORKER[1],
+        },
+    )
+
+
+RUNNER_DEPLOYMENTS = ("test-assignment/system", "submit-result/system", "gateway-test-writeback/system")
+
+
+def flow_runs_by_leg(api_url: str, leg_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every flow run whose idempotency key is one of `leg_ids` (the gateway's key), straight from Prefect."""
+    body = {"flow_runs": {"idempotency_key": {"any_": leg_ids}}, "limit": 200}
+    runs = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=30).json()
+    found: dict[str, list[dict[str, Any]]] = {leg: [] for leg in leg_ids}
+    for run in runs:
+        found[run["idempotency_key"]].append(run)
+    return found
+
+
+# -------------------------------------------------------------------------------------------------- the stack
+@dataclass
+class Stack:
+    server: GatewayServer
+    data: Path
+    env: dict[str, str]  # the gateway's and the Celery worker's settings
+    repos: Repos
+    log_dir: Path
+    prefect_api: str | None = None
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def worker(self) -> WorkerProcess:
+        return self.workers[-1]
+
+    def client(self, auth: tuple[str, str] | None = ADMIN) -> httpx.Client:
+        return self.server.client(auth)
+
+    def start_worker(self, extra: Mapping[str, str] | None = None) -> WorkerProcess:
+        """A Celery worker on the stack's broker; every worker ever started is stopped at the stack's end."""
+        worker = start_worker(base_env({**self.env, **(extra or {})}, self.data), concurrency=2, log_dir=self.log_dir)
+        self.workers.append(worker)
+        return worker
+
+
+@contextlib.contextmanager
+def running_stack(
+    tmp: Path, pg_env: Mapping[str, str], redis_env: Mapping[str, str], *, prefect: bool
+) -> Iterator[Stack]:
+    """The API on PostgreSQL, a Celery worker on Redis + PostgreSQL and (optionally) a Prefect server + runner."""
+    data = tmp / "data"
+    repos = build_repos(tmp / "repos")
+    with contextlib.ExitStack() as stack:
+        prefect_api = None
+        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3"}
+        if prefect:
+            prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))
+            env["PREFECT_API_URL"] = prefect_api
+        settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
+        upgrade(settings)
+        load_catalog(catalog(repos), settings)
+        server = stack.enter_context(running_server(env, data))
+        result = Stack(server=server, data=data, env=env, repos=repos, log_dir=tmp, prefect_api=prefect_api)
+        if prefect_api is not None:
+            stack.enter_context(
+                running_runner(
+                    runner_env(prefect_api, tmp / "prefect", data, server),
+                    limit=4,
+                    test_flows=True,
+                    wait_for=RUNNER_DEPLOYMENTS,
+                    log_path=tmp / "prefect" / "runner.log",
+                )
+            )
+        try:
+            result.start_worker()
+            yield result
+        finally:
+            for worker in result.workers:
+                stop_worker(worker)
