@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -283,6 +284,8 @@ def start_stack(plan: Plan, settings: Settings, supervisor: Supervisor, view: St
     if "prefect-runner" in specs:
         view.begin("prefect-runner", "waiting for the Prefect server")
     while pending:
+        if STOP.is_set():
+            raise _Stop("signal")
         for name, (service, since) in list(pending.items()):
             if service.process.poll() is not None:
                 view.failed(name, f"exited with code {service.process.returncode}")
@@ -331,11 +334,19 @@ def print_ready(plan: Plan, demo: Any, supervisor: Supervisor, console: Console)
 
 
 # ----------------------------------------------------------------------------------------------- signals
-class _Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """SIGTERM/SIGHUP arrived: leave the main loop and stop every child."""
+class _Stop(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """SIGINT/SIGTERM/SIGHUP arrived: leave the main loop and stop every child.
+
+    A BaseException, like KeyboardInterrupt, so a health probe's `except Exception` cannot swallow it; the
+    loops also check `STOP` in case some library code swallowed it anyway.
+    """
+
+
+STOP = threading.Event()
 
 
 def _raise_stop(signum: int, _frame: object) -> None:
+    STOP.set()
     raise _Stop(signal.Signals(signum).name)
 
 
@@ -362,7 +373,7 @@ def _data_dir_lock(data_dir: Path) -> Iterator[IO[str]]:
 
 def supervise(supervisor: Supervisor, console: Console) -> None:
     """The main loop: restart what crashed, until a signal (or a service that keeps crashing) ends it."""
-    while True:
+    while not STOP.is_set():
         for name in supervisor.check_and_restart():
             console.print(f"[yellow]{name} exited and was restarted[/yellow]")
         time.sleep(1.0)  # supervision interval
@@ -391,7 +402,9 @@ def up(
     if prefect_api is not None:
         settings = settings.model_copy(update={"prefect_api_url": prefect_api})
     supervisor = Supervisor(settings.data_dir / "logs", child_env(settings, prefect_api or settings.prefect_api()))
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too, explicitly: a shell that started us in the background may have left it ignored.
+    STOP.clear()
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     code = 0
     try:
         console.print(f"data folder {settings.data_dir}; logs in {supervisor.log_dir}", soft_wrap=True)
@@ -408,13 +421,15 @@ def up(
         # A second Ctrl-C must not cut the shutdown short and leave children behind.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        console.print("stopping…")
+        # The terminal may be gone (SIGHUP): printing must never keep the children from being stopped.
+        with contextlib.suppress(Exception):
+            console.print("stopping…")
         supervisor.stop_all()
-        console.print("stopped")
+        with contextlib.suppress(Exception):
+            console.print("stopped")
         cleanup.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     if code:
         raise typer.Exit(code)
 

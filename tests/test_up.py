@@ -1,0 +1,332 @@
+"""`gateway up` as a first-time user runs it: one start, the printed requests on both engines, then Ctrl-C.
+
+One `gateway up` for the whole module (a Prefect server start is expensive on 2 cores). The tests follow the
+printed `curl` lines (parsed, then sent with httpx) to a finished result on Celery and on Prefect, and finally
+send SIGINT and prove that every process `gateway up` started, and everything those forked, is gone.
+The fast tests at the end start nothing: refusals (a taken port, a second `gateway up`) and the demo catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SERVICE_VARS
+from tests.gateway.server import free_port, wait_for
+
+GATEWAY = Path(sys.executable).with_name("gateway")
+FINAL = {0, 1, 2, 6}
+READY_MARK = "Ctrl-C stops everything"
+
+
+@dataclass
+class UpProcess:
+    """The running `gateway up`: its process, its output so far (read by a thread), and where it listens."""
+
+    process: subprocess.Popen[str]
+    port: int
+    data_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _clean_env(data_dir: Path, prefect_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS and not k.startswith("PREFECT_")}
+    env.update(
+        {
+            "GATEWAY_DATA_DIR": str(data_dir),
+            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _read_into(stream: Any, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in ticks): tells a pid from a later process reusing it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Running (not a zombie) and still the same process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] != "Z" and fields[19] == started
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live descendant of `pid` (children of every thread, recursively) with its start time."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in children.read_text().split():
+                    started = _proc_start_time(int(child))
+                    if started is not None and int(child) not in found:
+                        found[int(child)] = started
+                        todo.append(int(child))
+    return found
+
+
+def _kill_groups(pids: dict[int, str]) -> None:
+    """Teardown of last resort: SIGKILL the process group of every recorded child still alive."""
+    for pid, started in pids.items():
+        if _alive(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def gateway_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    data_dir = tmp_path_factory.mktemp("gateway-up")
+    port = free_port()
+    env = _clean_env(data_dir, free_port())
+    process = subprocess.Popen(
+        [str(GATEWAY), "up", "--port", str(port)],
+        env=env,
+        cwd=data_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    up = UpProcess(process, port, data_dir)
+    reader = threading.Thread(target=_read_into, args=(process.stdout, up.lines), daemon=True)
+    reader.start()
+    seen: dict[int, str] = {}
+    try:
+        wait_for(
+            lambda: READY_MARK in up.output() or process.poll() is not None,
+            300,
+            interval=0.5,
+            what="gateway up to print its curl lines",
+        )
+        assert process.poll() is None, f"gateway up exited with {process.returncode}:\n{up.output()}"
+        yield up
+    finally:
+        seen = descendants(process.pid)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        _kill_groups(seen)
+        reader.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------------ the printed lines
+@dataclass(frozen=True)
+class Curl:
+    """One printed `curl` command, as httpx arguments."""
+
+    method: str
+    url: str
+    auth: tuple[str, str]
+    body: dict[str, Any] | None
+
+    def send(self, result_id: str | None = None) -> httpx.Response:
+        url = self.url if result_id is None else re.sub(r"\$[A-Z]+_ID", result_id, self.url)
+        return httpx.request(self.method, url, auth=self.auth, json=self.body, timeout=30)
+
+
+def parse_curl(command: str) -> Curl:
+    import json
+
+    args = shlex.split(command)
+    assert args[0] == "curl", command
+    auth, body, url = None, None, None
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-u", "-d", "-H", "-w"):
+            value = args[i + 1]
+            if arg == "-u":
+                user, _, password = value.partition(":")
+                auth = (user, password)
+            elif arg == "-d":
+                body = json.loads(value)
+            i += 2
+            continue
+        if arg.startswith("http"):
+            url = arg
+        i += 1
+    assert auth is not None and url is not None, command
+    return Curl("POST" if body is not None else "GET", url, auth, body)
+
+
+def printed_requests(output: str, engine: str) -> tuple[Curl, Curl, Curl, str]:
+    """The submit, status and result requests printed for `engine`, plus the raw submit line."""
+    var = f"{engine.upper()}_ID"
+    submit_line = next(line for line in output.splitlines() if line.startswith(f"{var}=$("))
+    submit = parse_curl(submit_line[len(var) + 3 :].split(" | ", 1)[0])
+    reads = [line for line in output.splitlines() if line.startswith("curl ") and f"${var}" in line]
+    status = next(parse_curl(line) for line in reads if line.endswith("/status"))
+    result = next(parse_curl(line) for line in reads if not line.endswith("/status"))
+    return submit, status, result, submit_line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["celery", "prefect"])
+def test_printed_submit_completes(gateway_up: UpProcess, engine: str) -> None:
+    submit, status, result, _ = printed_requests(gateway_up.output(), engine)
+    assert submit.url == f"http://127.0.0.1:{gateway_up.port}/api/tests"
+    answer = submit.send()
+    assert answer.status_code == 200, answer.text
+    result_id = answer.json()["id"]
+    final = wait_for(
+        lambda: (s := status.send(result_id).json()) in FINAL and s + 100,
+        240,
+        interval=0.5,
+        what=f"the {engine} run to finish",
+    )
+    assert final - 100 == 0, f"status {final - 100}; log dir {gateway_up.data_dir / 'logs'}"
+    row = result.send(result_id).json()
+    assert row["status"] == 0 and row["result"] == 1.0
+    assert row["result_json"]["summary"]["passed"] == 3
+    assert row["course_content_id"].endswith(engine)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("python3") is None, reason="needs curl and python3")
+def test_printed_shell_line_runs_as_pasted(gateway_up: UpProcess) -> None:
+    """The submit line pasted into a shell sets the id variable (a repeated commit answers with the same row)."""
+    submit, _, _, line = printed_requests(gateway_up.output(), "celery")
+    first = submit.send().json()["id"]
+    done = subprocess.run(
+        ["bash", "-c", f'{line}\necho "id=$CELERY_ID"'], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert f"id={first}" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
+    """Last in the module: Ctrl-C leaves no process behind, however deep (worker pool, flow runs, uvicorn)."""
+    process = gateway_up.process
+    children = descendants(process.pid)
+    names = {Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children}
+    assert any("prefect server start" in n for n in names) and any("worker start" in n for n in names), names
+    assert any(" serve " in n or n.rstrip().endswith(" serve") for n in names), names
+    groups = {os.getpgid(pid) for pid in children if _alive(pid, children[pid])}
+    os.kill(process.pid, signal.SIGINT)
+    assert process.wait(timeout=90) == 0, gateway_up.output()[-3000:]
+    assert gateway_up.output().rstrip().endswith("stopped")
+    wait_for(
+        lambda: not [pid for pid, started in children.items() if _alive(pid, started)],
+        30,
+        what="every child to be gone",
+    )
+    in_groups = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _in_groups(int(p.name), groups)]
+    assert in_groups == []
+
+
+def _in_groups(pid: int, groups: set[int]) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[2]) in groups
+
+
+# ------------------------------------------------------------------------------------- fast, no stack started
+def _run_up(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = _clean_env(data_dir, free_port())
+    return subprocess.run(
+        [str(GATEWAY), "up", *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+
+
+def test_taken_api_port_fails_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run_up(["--port", str(port)], tmp_path / "data")
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"gateway up: port {port} on 127.0.0.1 is already in use; pick another with --port"
+    assert not (tmp_path / "data" / "logs").exists()  # nothing was started
+
+
+def test_second_up_on_the_same_data_folder_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with (data / "up.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        done = _run_up(["--port", str(free_port())], data)
+    assert done.returncode == 1
+    assert f"another `gateway up` (pid 4242) is running on the data folder {data}" in done.stderr
+
+
+def test_demo_catalog_is_idempotent_across_restarts(isolated_env: Path) -> None:
+    """A second load (a restart) keeps the logins, ids and commits, and adds no row."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from backends.settings import get_settings
+    from gateway.auth import verify_password
+    from gateway.demo import ADMIN, CONTENTS, STUDENT, load_demo
+    from gateway.store.db import make_sync_engine
+    from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, User
+
+    settings = get_settings()
+    first = load_demo(settings)
+
+    def snapshot() -> dict[str, Any]:
+        engine = make_sync_engine(settings)
+        try:
+            with Session(engine) as session:
+                counts = {m.__name__: session.scalar(select(func.count()).select_from(m)) for m in
+                          (ExecutionBackend, CourseContent, CourseMember, User)}  # fmt: skip
+                backends = {b.slug: (b.id, b.type, b.properties) for b in session.scalars(select(ExecutionBackend))}
+                users = {u.username: (u.role, u.password_hash) for u in session.scalars(select(User))}
+        finally:
+            engine.dispose()
+        return {"counts": counts, "backends": backends, "users": users}
+
+    before = snapshot()
+    second = load_demo(settings)
+    assert second == first and snapshot() == before
+    assert before["counts"] == {"ExecutionBackend": 2, "CourseContent": 2, "CourseMember": 1, "User": 2}
+    assert {v[1] for v in before["backends"].values()} == {c.engine for c in CONTENTS}
+    assert before["backends"]["demo-prefect"][2] == {"deployment": "test-assignment/system"}
+    assert verify_password(first.credentials.student_password, before["users"][STUDENT][1])
+    assert before["users"][ADMIN][0] == "admin"
+    assert (isolated_env / "demo-credentials.json").stat().st_mode & 0o777 == 0o600
