@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     gateway_tasks_engine: str = "celery"
     # Verified logins are remembered this long so HTTP Basic does not pay the password hash on every request.
     gateway_auth_cache_seconds: float = 60.0
+    # Catalog rows the submit path reads (course content + backend, member) are cached this long in each API
+    # process; the process's own admin writes clear it at once, other processes' writes show after this. 0: off.
+    gateway_catalog_cache_seconds: float = 5.0
 
     # ------------------------------------------------------------------------------------------------------------
     @property

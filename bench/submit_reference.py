@@ -31,6 +31,10 @@ def create_app() -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
 
+    @app.get("/api/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.post("/ref")
     async def submit(body: dict[str, Any]) -> dict[str, Any]:
         rid = str(uuid.uuid4())

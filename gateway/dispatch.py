@@ -3,19 +3,22 @@
 The gateway knows only `backends.interface`; adapters are built through `backends.registry` and cached per
 engine. `RoutePlan` is the seam for the next issue: today the plan is the backend's engine alone; a cutover
 stage will add a shadow leg and record its rule in `decision` (stored on the leg as its routing decision).
-Adapter calls are blocking, so they run in a worker thread.
+Adapter calls are blocking, so they run in worker threads: a small pool of its own, not the shared anyio pool,
+because those threads live for the whole process and so keep each thread's engine state warm (Celery's
+producer connection and its per-thread result backend, which costs a new database connection and a schema
+check to build); the shared pool retires idle threads after a few seconds and would rebuild that state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
-
-from starlette.concurrency import run_in_threadpool
 
 from backends.interface import (
     DeploymentNotFound,
@@ -96,6 +99,10 @@ def next_attempt(now: datetime, attempts: int) -> datetime:
     return now + timedelta(seconds=backoff_seconds(attempts))
 
 
+# Sends are short and mostly network waits; a few threads overlap them without piling up GIL contention.
+SEND_THREADS = 4
+
+
 class Dispatcher:
     """Holds one adapter per engine and sends legs; never raises for an engine outage."""
 
@@ -105,6 +112,7 @@ class Dispatcher:
         self.settings = settings
         self._factory = adapter_factory
         self._adapters: dict[str, EngineAdapter] = {}
+        self._threads: ThreadPoolExecutor | None = None
 
     def adapter(self, engine: str) -> EngineAdapter:
         engine = canonical_engine(engine)
@@ -131,4 +139,12 @@ class Dispatcher:
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
     async def send(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
-        return await run_in_threadpool(self.send_blocking, engine, spec, leg_id)
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self.send_blocking, engine, spec, leg_id)
+
+    def close(self) -> None:
+        """Stop the send threads (a send in progress finishes first); a later send starts new ones."""
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from backends.settings import Settings
 from gateway.auth import Authenticator
 from gateway.dispatch import Dispatcher
+from gateway.store.catalog_cache import CatalogCache
 from gateway.store.db import make_async_engine, make_sessionmaker
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ class GatewayState:
     # SQLite has no row locks: one writer task at a time inside this process (the reconciler's tick or a refresh).
     local_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reconciler: Reconciler = field(init=False)
+    # Course contents/backends/members for the submit path (see gateway.store.catalog_cache).
+    catalog: CatalogCache = field(default_factory=lambda: CatalogCache(0.0))
 
     @property
     def is_postgres(self) -> bool:
@@ -43,9 +46,11 @@ class GatewayState:
             sessions=make_sessionmaker(engine),
             dispatcher=dispatcher or Dispatcher(settings),
             auth=Authenticator(settings.gateway_auth_cache_seconds),
+            catalog=CatalogCache(settings.gateway_catalog_cache_seconds),
         )
         state.reconciler = Reconciler(state)
         return state
 
     async def close(self) -> None:
+        self.dispatcher.close()
         await self.engine.dispose()

@@ -8,22 +8,24 @@ engine leaves the leg in the outbox for the reconciler (the client still gets it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backends.interface import TaskKind
 from backends.models import Repository, ResultStatus, TestJob
 from gateway.auth import Principal
-from gateway.dispatch import SendStatus, UnsupportedBackend, next_attempt, plan_route, task_name_of
+from gateway.dispatch import RoutePlan, SendStatus, UnsupportedBackend, next_attempt, plan_route, task_name_of
 from gateway.legs import FINAL_ROW
 from gateway.schemas import TestCreate
 from gateway.state import GatewayState
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Leg, Result, new_id, utcnow
+from gateway.store.runs import insert_run, mark_sent
 
 KEEP = {
     ResultStatus.SCHEDULED,
@@ -59,27 +61,44 @@ def worker_unavailable(deployment: str) -> HTTPException:
     )
 
 
-async def _content(session: AsyncSession, body: TestCreate) -> tuple[CourseContent, ExecutionBackend | None]:
-    stmt = select(CourseContent, ExecutionBackend).outerjoin(
-        ExecutionBackend, ExecutionBackend.id == CourseContent.execution_backend_id
-    )
+async def _content(state: GatewayState, body: TestCreate) -> tuple[CourseContent, ExecutionBackend | None]:
     if body.course_content_id:
-        stmt = stmt.where(CourseContent.id == body.course_content_id)
+        key, column = ("id", body.course_content_id), CourseContent.id == body.course_content_id
     elif body.course_content_path:
-        stmt = stmt.where(CourseContent.path == body.course_content_path)
+        key, column = ("path", body.course_content_path), CourseContent.path == body.course_content_path
     elif body.directory:
-        stmt = stmt.where(CourseContent.directory == body.directory)
+        key, column = ("directory", body.directory), CourseContent.directory == body.directory
     else:
         raise not_found("Course content not found: give course_content_id, course_content_path or directory")
-    found = (await session.execute(stmt.limit(2))).all()
-    if not found:
-        raise not_found("Course content not found")
-    if len(found) > 1:
-        raise bad_request("More than one course content has this directory; give course_content_id")
-    content, backend = found[0]
+    cache_key = ("content", *key)
+    pair: tuple[CourseContent, ExecutionBackend | None] | None = state.catalog.get(cache_key)
+    if pair is None:
+        stmt = select(CourseContent, ExecutionBackend).outerjoin(
+            ExecutionBackend, ExecutionBackend.id == CourseContent.execution_backend_id
+        )
+        async with state.sessions() as session:
+            found = (await session.execute(stmt.where(column).limit(2))).all()
+        if not found:
+            raise not_found("Course content not found")
+        if len(found) > 1:
+            raise bad_request("More than one course content has this directory; give course_content_id")
+        pair = (found[0][0], found[0][1])
+        state.catalog.put(cache_key, pair)
+    content, backend = pair
     if content.kind != "assignment":
         raise not_found("Course content is not an assignment")
     return content, backend
+
+
+async def _member(state: GatewayState, member_id: str) -> CourseMember:
+    member: CourseMember | None = state.catalog.get(("member", member_id))
+    if member is None:
+        async with state.sessions() as session:
+            member = await session.get(CourseMember, member_id)
+        if member is None:
+            raise not_found("Course member not found")
+        state.catalog.put(("member", member_id), member)
+    return member
 
 
 def _member_id(principal: Principal, body: TestCreate) -> str:
@@ -124,112 +143,184 @@ def _test_job(
     )
 
 
-async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result, bool]:
-    """Returns the row to answer with and whether it is new; raises HTTPException with the legacy texts."""
-    member_id = _member_id(principal, body)
+def _run_match(member_id: str, content_id: str, commit: str) -> Any:
+    return and_(
+        Result.course_member_id == member_id,
+        Result.course_content_id == content_id,
+        Result.version_identifier == commit,
+    )
+
+
+async def _existing(state: GatewayState, member_id: str, content_id: str, commit: str) -> Result | None:
     async with state.sessions() as session:
-        content, backend = await _content(session, body)
-        commit = body.version_identifier
-        if not commit:
-            raise bad_request("commit is None")
-        member = await session.get(CourseMember, member_id)
-        if member is None:
-            raise not_found("Course member not found")
-        if content.max_submissions is not None:
-            count = await session.scalar(
-                select(func.count(Result.id)).where(
-                    Result.course_member_id == member_id,
-                    Result.course_content_id == content.id,
-                    Result.submit.is_(True),
-                    Result.status.not_in(NOT_COUNTED),
-                )
-            )
-            if (count or 0) >= content.max_submissions:
-                raise bad_request("Reached max submissions for this course_content")
-        existing = (
-            await session.execute(
-                select(Result).where(
-                    Result.course_member_id == member_id,
-                    Result.course_content_id == content.id,
-                    Result.version_identifier == commit,
-                )
-            )
-        ).scalar_one_or_none()
+        return (await session.execute(select(Result).where(_run_match(member_id, content_id, commit)))).scalar()
+
+
+async def _count_and_existing(
+    state: GatewayState, member_id: str, content_id: str, commit: str
+) -> tuple[int, Result | None]:
+    """The counted submissions and the run for this commit (if any), in one round trip."""
+    counted = (
+        select(func.count(Result.id))
+        .where(
+            Result.course_member_id == member_id,
+            Result.course_content_id == content_id,
+            Result.submit.is_(True),
+            Result.status.not_in(NOT_COUNTED),
+        )
+        .scalar_subquery()
+    )
+    one = select(literal(1).label("one")).subquery()
+    stmt = (
+        select(counted.label("counted"), Result)
+        .select_from(one)
+        .outerjoin(Result, _run_match(member_id, content_id, commit))
+    )
+    async with state.sessions() as session:
+        count, existing = (await session.execute(stmt)).one()
+    return int(count or 0), existing
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A new run ready to insert: the row's and the leg's column values, and what dispatch needs."""
+
+    row: dict[str, Any]
+    leg: dict[str, Any]
+    plan: RoutePlan
+    spec: dict[str, Any]
+
+
+def _new_run(
+    principal: Principal,
+    body: TestCreate,
+    content: CourseContent,
+    member: CourseMember,
+    backend: ExecutionBackend | None,
+) -> _Run:
+    """Raises the contract's 400s for an unsupported backend or a member without a repository."""
+    if backend is None:
+        raise bad_request("execution_backend type not supported!")
+    try:
+        plan = plan_route(backend.type, backend.id)
+    except UnsupportedBackend as exc:
+        raise bad_request(str(exc)) from None
+    commit = body.version_identifier or ""
+    job = _test_job(body, content, member, backend, commit)
+    leg_id = new_id()
+    row_id = new_id()
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": row_id,
+        "submit": bool(body.submit),
+        "course_member_id": member.id,
+        "course_content_id": content.id,
+        "course_submission_group_id": None,
+        "course_content_type_id": content.course_content_type_id,
+        "execution_backend_id": backend.id,
+        "test_system_id": leg_id,
+        "result": 0.0,
+        "result_json": None,
+        "properties": None,
+        "version_identifier": commit,
+        "status": int(ResultStatus.SCHEDULED),
+        "version": 0,
+        "created_at": now,
+        "updated_at": now,
+        "created_by": principal.user_id,
+        "updated_by": principal.user_id,
+    }
+    spec: dict[str, Any] = {
+        "kind": TaskKind.STUDENT_TESTING.value,
+        "params": {"test_job": job.model_dump(mode="json", exclude={"module": {"token"}, "reference": {"token"}})},
+        "properties": backend.properties or {},
+        "priority": 8,
+    }
+    leg: dict[str, Any] = {
+        "id": leg_id,
+        "result_id": row_id,
+        "role": "primary",
+        "engine": plan.primary,
+        "task_name": task_name_of(TaskKind.STUDENT_TESTING),
+        "spec": spec,
+        "routing": plan.decision,
+        "phase": "queued",
+        "finished": False,
+        "dispatch_state": "pending",
+        "dispatch_attempts": 0,
+        # The request dispatches right after the commit; the outbox takes over only if that did not happen.
+        "next_attempt_at": now + OUTBOX_GRACE,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return _Run(row=row, leg=leg, plan=plan, spec=spec)
+
+
+async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result, bool]:
+    """Returns the row to answer with and whether it is new; raises HTTPException with the legacy texts.
+
+    The common case (a new commit) costs one statement before dispatch: the run is inserted optimistically
+    and an existing run for the same commit shows up as a conflict, after which the re-submission rules apply
+    to it. The catalog comes from the cache; the max-submission count, when the content has a maximum, shares
+    one query with the existing-run lookup.
+    """
+    member_id = _member_id(principal, body)
+    content, backend = await _content(state, body)
+    commit = body.version_identifier
+    if not commit:
+        raise bad_request("commit is None")
+    member = await _member(state, member_id)
+    existing: Result | None = None
+    looked = False
+    if content.max_submissions is not None:
+        count, existing = await _count_and_existing(state, member_id, content.id, commit)
+        looked = True
+        if count >= content.max_submissions:
+            raise bad_request("Reached max submissions for this course_content")
+    for _attempt in range(3):
         if existing is not None and ResultStatus(existing.status) in KEEP:
             return existing, False
-        if backend is None:
-            raise bad_request("execution_backend type not supported!")
         try:
-            plan = plan_route(backend.type, backend.id)
-        except UnsupportedBackend as exc:
-            raise bad_request(str(exc)) from None
-        job = _test_job(body, content, member, backend, commit)
-        if existing is not None:
-            await _rename(session, existing, commit)
-        leg_id = new_id()
-        now = utcnow()
-        row = Result(
-            id=new_id(),
-            submit=bool(body.submit),
-            course_member_id=member_id,
-            course_content_id=content.id,
-            course_content_type_id=content.course_content_type_id,
-            execution_backend_id=backend.id,
-            test_system_id=leg_id,
-            result=0.0,
-            result_json=None,
-            properties=None,
-            version_identifier=commit,
-            status=int(ResultStatus.SCHEDULED),
-            created_at=now,
-            updated_at=now,
-            created_by=principal.user_id,
-            updated_by=principal.user_id,
-        )
-        spec: dict[str, Any] = {
-            "kind": TaskKind.STUDENT_TESTING.value,
-            "params": {"test_job": job.model_dump(mode="json", exclude={"module": {"token"}, "reference": {"token"}})},
-            "properties": backend.properties or {},
-            "priority": 8,
-        }
-        leg = Leg(
-            id=leg_id,
-            result_id=row.id,
-            role="primary",
-            engine=plan.primary,
-            task_name=task_name_of(TaskKind.STUDENT_TESTING),
-            spec=spec,
-            routing=plan.decision,
-            phase="queued",
-            dispatch_state="pending",
-            dispatch_attempts=0,
-            # The request dispatches right after the commit; the outbox takes over only if that did not happen.
-            next_attempt_at=now + OUTBOX_GRACE,
-            created_at=now,
-            updated_at=now,
-        )
+            run = _new_run(principal, body, content, member, backend)
+        except HTTPException:
+            if not looked:  # the contract checks for an existing run before the backend and the repository
+                looked, existing = True, await _existing(state, member_id, content.id, commit)
+                if existing is not None and ResultStatus(existing.status) in KEEP:
+                    return existing, False
+            raise
+        if existing is None:
+            if await insert_run(state.engine, run.row, run.leg):
+                await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, run.row["id"])
+                return Result(**run.row), True
+            # A run for this commit exists (an earlier one, or an identical submit that raced this one).
+            looked, existing = True, await _existing(state, member_id, content.id, commit)
+            continue
+        row = await _rerun(state, existing, run)
+        if row is None:  # the old run changed under us: look again
+            existing = await _existing(state, member_id, content.id, commit)
+            continue
+        await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row.id)
+        return row, True
+    raise HTTPException(status_code=409, detail="Conflicts with an existing record")
+
+
+async def _rerun(state: GatewayState, existing: Result, run: _Run) -> Result | None:
+    """Re-run a broken run: rename the old row and insert the new run in one transaction (None on a race)."""
+    async with state.sessions() as session:
+        old = await session.get(Result, existing.id)
+        if old is None or ResultStatus(old.status) not in RERUN:
+            return None
+        await _rename(session, old, run.row["version_identifier"])
+        row = Result(**run.row)
         session.add(row)
         await session.flush()  # the row before its leg (foreign key), in one transaction
-        session.add(leg)
+        session.add(Leg(**run.leg))
         try:
             await session.commit()
         except IntegrityError:
             await session.rollback()
-            # Two identical submits raced: the other one's row is the answer.
-            again = (
-                await session.execute(
-                    select(Result).where(
-                        Result.course_member_id == member_id,
-                        Result.course_content_id == content.id,
-                        Result.version_identifier == commit,
-                    )
-                )
-            ).scalar_one_or_none()
-            if again is None:
-                raise
-            return again, False
-    await dispatch_after_commit(state, leg_id, plan.primary, spec, row.id)
-    return row, True
+            return None
+    return row
 
 
 async def _rename(session: AsyncSession, existing: Result, commit: str) -> None:
@@ -252,21 +343,10 @@ async def dispatch_after_commit(
     """Send right away; the outbox (the leg row) is only the fallback. A missing deployment undoes the run."""
     outcome = await state.dispatcher.send(engine, spec, leg_id)
     now = utcnow()
+    if outcome.status == SendStatus.SENT:
+        await mark_sent(state.engine, leg_id, outcome.engine_run_id, now, now + _deadline(state))
+        return
     async with state.sessions() as session, session.begin():
-        if outcome.status == SendStatus.SENT:
-            await session.execute(
-                update(Leg)
-                .where(Leg.id == leg_id, Leg.dispatch_state == "pending")
-                .values(
-                    dispatch_state="sent",
-                    dispatch_attempts=Leg.dispatch_attempts + 1,
-                    engine_run_id=outcome.engine_run_id or leg_id,
-                    dispatched_at=now,
-                    deadline=now + _deadline(state),
-                    updated_at=now,
-                )
-            )
-            return
         if outcome.status == SendStatus.RETRY:
             await session.execute(
                 update(Leg)

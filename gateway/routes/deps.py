@@ -10,7 +10,8 @@ from gateway.auth import Principal, current_principal
 from gateway.state import GatewayState
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request."""
     return request.app.state.gw
 
 

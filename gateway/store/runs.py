@@ -1,0 +1,109 @@
+"""The submit path's writes in as few database round trips as possible.
+
+`insert_run` commits a new `result` row and its primary leg together. On PostgreSQL that is ONE statement in
+autocommit (a data-modifying CTE: `WITH r AS (INSERT INTO result ... ON CONFLICT DO NOTHING RETURNING id)
+INSERT INTO leg ... SELECT ... FROM r`), atomic like any single statement: both rows or neither. SQLite (the
+embedded default, one writer anyway) runs the same two inserts in one transaction. A row that already exists
+for the same (member, content, commit) inserts nothing and returns False: the caller then applies the
+re-submission rules to the existing row.
+
+`mark_sent` records a successful dispatch with one autocommit UPDATE (no BEGIN/COMMIT round trips).
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.store.models import Leg, Result
+
+UNIQUE_RUN = "uq_result_member_content_version"
+_RUN_COLUMNS = ("course_member_id", "course_content_id", "version_identifier")
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, connections used without a transaction (for asyncpg a client-side switch, no round trip)."""
+    found = _AUTOCOMMIT.get(engine)
+    if found is None:
+        found = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return found
+
+
+async def insert_run(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
+    """Insert the row and its leg (leg["result_id"] must be row["id"]); False if the run already exists."""
+    if engine.dialect.name == "postgresql":
+        return await _insert_run_postgres(engine, row, leg)
+    return await _insert_run_generic(engine, row, leg)
+
+
+def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{name}": value for name, value in values.items()}
+
+
+@functools.cache
+def _postgres_insert(row_columns: tuple[str, ...], leg_columns: tuple[str, ...]) -> Any:
+    """Built once per column set: the statement's SQL and cache key are then reused, only parameters change."""
+    rows, legs = Result.__table__, Leg.__table__
+    new_row = (
+        postgresql.insert(Result)
+        .values({name: bindparam(f"r_{name}", type_=rows.c[name].type) for name in row_columns})
+        .on_conflict_do_nothing(constraint=UNIQUE_RUN)
+        .returning(Result.id)
+        .cte("new_row")
+    )
+    columns = [name for name in leg_columns if name != "result_id"]
+    values = [bindparam(f"l_{name}", type_=legs.c[name].type) for name in columns]
+    return (
+        insert(Leg)
+        .add_cte(new_row)
+        .from_select([*columns, "result_id"], select(*values, new_row.c.id))
+        .returning(Leg.id)
+    )
+
+
+async def _insert_run_postgres(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
+    stmt = _postgres_insert(tuple(row), tuple(leg))
+    params = _prefixed("r_", row) | _prefixed("l_", {k: v for k, v in leg.items() if k != "result_id"})
+    async with _autocommit(engine).connect() as conn:
+        inserted = (await conn.execute(stmt, params)).first()
+    return inserted is not None
+
+
+async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
+    stmt = sqlite.insert(Result).values(**row).on_conflict_do_nothing(index_elements=list(_RUN_COLUMNS))
+    async with engine.begin() as conn:
+        if (await conn.execute(stmt.returning(Result.id))).first() is None:
+            return False
+        await conn.execute(insert(Leg).values(**leg))
+    return True
+
+
+_MARK_SENT = (
+    update(Leg)
+    .where(Leg.id == bindparam("leg_id"), Leg.dispatch_state == "pending")
+    .values(
+        dispatch_state="sent",
+        dispatch_attempts=Leg.dispatch_attempts + 1,
+        engine_run_id=bindparam("run_id"),
+        dispatched_at=bindparam("now", type_=Leg.__table__.c.dispatched_at.type),
+        next_attempt_at=None,
+        deadline=bindparam("deadline", type_=Leg.__table__.c.deadline.type),
+        updated_at=bindparam("now", type_=Leg.__table__.c.updated_at.type),
+    )
+)
+
+
+async def mark_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now: datetime, deadline: datetime) -> None:
+    """The engine accepted the leg: leave the outbox (only a still-pending leg; the reconciler may have won)."""
+    params = {"leg_id": leg_id, "run_id": run_id or leg_id, "now": now, "deadline": deadline}
+    async with _autocommit(engine).connect() as conn:
+        await conn.execute(_MARK_SENT, params)
