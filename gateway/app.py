@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from backends.redact import redact_text
@@ -60,9 +60,38 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     async def _conflict(_request: Request, exc: IntegrityError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": "Conflicts with an existing record"})
 
+    @app.exception_handler(OverflowError)
+    async def _too_large(_request: Request, exc: OverflowError) -> JSONResponse:
+        # SQLite's driver refuses integers beyond 64 bits outside the DBAPI error tree (e.g. ?skip=2**70).
+        return JSONResponse(status_code=400, content={"detail": "Invalid value in the request: number too large"})
+
     @app.exception_handler(DBAPIError)
     async def _database_down(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if _refused_value(exc):
+            # The database refused a value from the request (a NUL byte, an integer out of range): the
+            # client's error, and retrying will not help, so not a 503.
+            log.info("database refused a value: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
+            return JSONResponse(status_code=400, content={"detail": "Invalid value in the request"})
         log.warning("database error: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
         return JSONResponse(status_code=503, content={"detail": "Database unavailable, try again"})
 
     return app
+
+
+def _refused_value(exc: BaseException) -> bool:
+    """A data exception (SQLSTATE class 22) or a driver's refusal to encode a value, anywhere in the chain.
+
+    asyncpg's adapter raises a generic DBAPI `Error` for both; the cause is asyncpg's DataError (a ValueError)
+    or a server error whose sqlstate starts with 22; psycopg2 raises DataError with such a pgcode.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DataError | ValueError | OverflowError):
+            return True
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and code.startswith("22"):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False

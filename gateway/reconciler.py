@@ -18,6 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Select, or_, select
@@ -33,6 +34,11 @@ from gateway.state import GatewayState
 from gateway.store.models import Leg, Result, utcnow
 
 log = logging.getLogger(__name__)
+
+# A job accepted while its engine was down may find the engine back before its deployments are (a fresh or
+# restarted Prefect server whose runner has not registered yet, as during `gateway up`): a missing deployment
+# is retried this long after the job was accepted, then the leg fails. At submit time it is a 404 at once.
+DEPLOYMENT_GRACE = timedelta(minutes=5)
 
 
 @dataclass
@@ -111,8 +117,11 @@ class Reconciler:
                     mark_sent(leg, outcome.engine_run_id, now, self.state.settings.gateway_leg_deadline_seconds)
                     leg.last_error = None
                     report.dispatched += 1
-                elif outcome.status == SendStatus.RETRY:
-                    down.add(leg.engine)
+                elif outcome.status == SendStatus.RETRY or (
+                    outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE
+                ):
+                    if outcome.status == SendStatus.RETRY:
+                        down.add(leg.engine)
                     leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
                     leg.last_error = outcome.error
                     leg.next_attempt_at = next_attempt(now, leg.dispatch_attempts)
