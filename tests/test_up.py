@@ -330,3 +330,31 @@ def test_demo_catalog_is_idempotent_across_restarts(isolated_env: Path) -> None:
     assert verify_password(first.credentials.student_password, before["users"][STUDENT][1])
     assert before["users"][ADMIN][0] == "admin"
     assert (isolated_env / "demo-credentials.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_leftovers_of_a_killed_up_are_stopped_first(tmp_path: Path) -> None:
+    """A SIGKILLed `gateway up` could not stop its children; the next one stops them (whole group, by pid+start)."""
+    import json
+    import socket
+
+    data = tmp_path / "data"
+    data.mkdir()
+    leftover = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], start_new_session=True)
+    try:
+        wait_for(lambda: descendants(leftover.pid), 10, what="the leftover's child")
+        group = {leftover.pid: _proc_start_time(leftover.pid) or "", **descendants(leftover.pid)}
+        entries = [{"name": "celery-worker", "pid": leftover.pid, "start": _proc_start_time(leftover.pid)}]
+        (data / "up-children.json").write_text(json.dumps(entries))
+        with socket.socket() as taken:  # keeps the run short: it stops the leftovers, then refuses the port
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            done = _run_up(["--port", str(taken.getsockname()[1])], data)
+        assert f"stopped celery-worker (pid {leftover.pid}), left running by an earlier `gateway up`" in done.stderr
+        assert done.returncode == 1 and "already in use" in done.stderr
+        leftover.wait(timeout=15)
+        wait_for(lambda: not [p for p, started in group.items() if _alive(p, started)], 15, what="the leftover group")
+        assert not (data / "up-children.json").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leftover.pid, signal.SIGKILL)
+        leftover.wait(timeout=10)

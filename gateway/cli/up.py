@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -201,6 +202,50 @@ def service_specs(plan: Plan, settings: Settings, supervisor: Supervisor) -> dic
     return specs
 
 
+# ------------------------------------------------------------------------------------------------ leftovers
+CHILDREN_FILE = "up-children.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (/proc): tells a pid from a later process that reuses it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def record_children(data_dir: Path, supervisor: Supervisor) -> None:
+    """Write who runs (pid + start time), so a later `gateway up` can stop what a killed one left behind."""
+    entries = [
+        {"name": s.spec.name, "pid": s.process.pid, "start": _start_time(s.process.pid)} for s in supervisor.services
+    ]
+    tmp = data_dir / f"{CHILDREN_FILE}.tmp"
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(data_dir / CHILDREN_FILE)
+
+
+def stop_leftovers(data_dir: Path, grace: float = 10.0) -> list[str]:
+    """Stop the process groups an earlier `gateway up` recorded and that still run (it was SIGKILLed).
+
+    Only a process with the recorded pid *and* start time is touched, so a reused pid is never signalled.
+    """
+    path = data_dir / CHILDREN_FILE
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    alive = [e for e in entries if e.get("start") and _start_time(int(e["pid"])) == e["start"]]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for entry in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(entry["pid"]), sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_start_time(int(e["pid"])) == e["start"] for e in alive):
+            time.sleep(0.1)  # polling for the processes to exit, with a deadline
+    path.unlink(missing_ok=True)
+    return [f"{e['name']} (pid {e['pid']})" for e in alive]
+
+
 # ----------------------------------------------------------------------------------------------- start-up
 class StartupView:
     """Visible progress: a live spinner row per service on a terminal, plain lines otherwise (logs, CI)."""
@@ -268,6 +313,7 @@ def start_stack(plan: Plan, settings: Settings, supervisor: Supervisor, view: St
     def launch(name: str) -> None:
         view.begin(name)
         pending[name] = (supervisor.launch(specs[name]), time.monotonic())
+        record_children(settings.data_dir, supervisor)
 
     if "prefect-server" in specs:
         launch("prefect-server")
@@ -371,10 +417,11 @@ def _data_dir_lock(data_dir: Path) -> Iterator[IO[str]]:
         handle.close()
 
 
-def supervise(supervisor: Supervisor, console: Console) -> None:
+def supervise(supervisor: Supervisor, console: Console, data_dir: Path) -> None:
     """The main loop: restart what crashed, until a signal (or a service that keeps crashing) ends it."""
     while not STOP.is_set():
         for name in supervisor.check_and_restart():
+            record_children(data_dir, supervisor)
             console.print(f"[yellow]{name} exited and was restarted[/yellow]")
         time.sleep(1.0)  # supervision interval
 
@@ -391,11 +438,15 @@ def up(
     plan_port = port or settings.gateway_port
     cleanup = contextlib.ExitStack()
     try:
+        cleanup.enter_context(_data_dir_lock(settings.data_dir))
+        # Before the port checks: what a killed `gateway up` left behind may be holding those very ports.
+        for leftover in stop_leftovers(settings.data_dir):
+            typer.echo(f"stopped {leftover}, left running by an earlier `gateway up`", err=True)
         if not port_free(plan_host, plan_port):
             raise UpError(f"port {plan_port} on {plan_host} is already in use; pick another with --port")
         prefect_api = None if no_prefect else prefect_api_for_up(settings)
-        cleanup.enter_context(_data_dir_lock(settings.data_dir))
     except UpError as exc:
+        cleanup.close()
         typer.echo(f"gateway up: {exc}", err=True)
         raise typer.Exit(1) from None
     plan = Plan(plan_host, plan_port, prefect_api)
@@ -411,7 +462,7 @@ def up(
         with StartupView(console) as view:
             demo = start_stack(plan, settings, supervisor, view)
         print_ready(plan, demo, supervisor, console)
-        supervise(supervisor, console)
+        supervise(supervisor, console, settings.data_dir)
     except (KeyboardInterrupt, _Stop):
         pass
     except (ServiceFailedError, UpError) as exc:
@@ -425,6 +476,7 @@ def up(
         with contextlib.suppress(Exception):
             console.print("stopping…")
         supervisor.stop_all()
+        (settings.data_dir / CHILDREN_FILE).unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             console.print("stopped")
         cleanup.close()
