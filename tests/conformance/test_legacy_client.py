@@ -258,6 +258,8 @@ def test_progress_of_a_running_job_shows_in_the_task_view(both_engines: Stack, k
         assert type(info["progress"]["percentage"]) is int and info["progress"]["status"] == "running"
         assert isinstance(info["progress"]["metadata"], dict)
         assert slow.get(f"/api/results/{run['id']}/status").json() == 5  # RUNNING, as an int
+        again = submit(slow, key, both_engines.repos.commit("slow")).json()  # in flight: the same row, no new run
+        assert again["id"] == run["id"] and again["test_system_id"] == task
         assert poll_result_status(slow, run["id"]) == 0
         done = admin.get(f"/api/tasks/{task}/status").json()
     assert done["status"] == "finished" and done["progress"]["percentage"] == 100
