@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ from legacy_stack import (
     runner_env,
     wait_until,
 )
+from sqlalchemy import update
 
 from gateway.catalog import load_catalog
+from gateway.reconciler import DEPLOYMENT_GRACE
+from gateway.store.db import make_sync_engine
+from gateway.store.models import Leg
 from tests.gateway.server import running_server
 from tests.support.celery_worker import kill_worker, settings_from_env
 from tests.support.prefect_server import free_port, running_runner
@@ -199,6 +204,19 @@ def test_prefect_server_down_at_submit_every_job_completes_exactly_once(
         assert resp.status_code == 200, resp.text
         assert resp.json()["status"] == 3
         runs.append((auth, resp.json()))
+    # Two jobs for a deployment that will never exist, accepted while nobody can tell: one accepted "long ago"
+    # (its created_at moved back past the grace: setting up time, not faking the engine), one just now.
+    missing = []
+    for auth in (BOB, CAROL):
+        with server.client(auth) as client:
+            resp = client.post("/api/tests", json={"directory": DIRS["missing"], "version_identifier": "abc1234"})
+        assert resp.status_code == 200 and resp.json()["status"] == 3, resp.text
+        missing.append(resp.json())
+    engine = make_sync_engine(settings_from_env({"GATEWAY_DATA_DIR": str(data)}))
+    with engine.begin() as conn:
+        long_ago = datetime.now(UTC) - DEPLOYMENT_GRACE - timedelta(minutes=1)
+        conn.execute(update(Leg).where(Leg.id == missing[0]["test_system_id"]).values(created_at=long_ago))
+    engine.dispose()
     with server.client(ADMIN) as admin:
         waiting = admin.get(f"/api/system/status/{runs[0][1]['test_system_id']}").json()
         assert waiting["status"] == "SCHEDULED" and "waiting" in waiting["message"]
@@ -210,6 +228,14 @@ def test_prefect_server_down_at_submit_every_job_completes_exactly_once(
             for auth, run in runs:
                 with server.client(auth) as client:
                     assert final_status(client, run["id"]) == 0
+            with server.client(ADMIN) as admin:
+                # Past the grace: failed with the legacy error shape. Within it: still waiting, and saying why.
+                assert final_status(admin, missing[0]["id"]) == 1
+                failed = admin.get(f"/api/results/{missing[0]['id']}").json()["result_json"]
+                assert failed == {"prefect_exception": "InfrastructureError", "message": failed["message"]}
+                assert "no-such-flow/system" in failed["message"]
+                still = admin.get(f"/api/system/status/{missing[1]['test_system_id']}").json()
+                assert still["status"] == "SCHEDULED" and "no-such-flow/system" in still["message"]
         by_leg = flow_runs_by_leg(api_url, [run["test_system_id"] for _, run in runs])
         total = httpx.post(f"{api_url}/flow_runs/count", json={}, timeout=30).json()
     assert {leg: len(found) for leg, found in by_leg.items()} == {run["test_system_id"]: 1 for _, run in runs}
