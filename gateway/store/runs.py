@@ -8,6 +8,9 @@ for the same (member, content, commit) inserts nothing and returns False: the ca
 re-submission rules to the existing row.
 
 `mark_sent` records a successful dispatch with one autocommit UPDATE (no BEGIN/COMMIT round trips).
+
+Both are Core statements on the tables (not ORM-enabled DML, which re-processes its values on every
+execution), built once with bind parameters, so each call only binds values to a cached compiled statement.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import weakref
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.models import Leg, Result
 
 UNIQUE_RUN = "uq_result_member_content_version"
+RESULTS: Table = Result.__table__  # type: ignore[assignment]
+LEGS: Table = Leg.__table__  # type: ignore[assignment]
 _RUN_COLUMNS = ("course_member_id", "course_content_id", "version_identifier")
 
 
@@ -52,21 +57,20 @@ def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 @functools.cache
 def _postgres_insert(row_columns: tuple[str, ...], leg_columns: tuple[str, ...]) -> Any:
     """Built once per column set: the statement's SQL and cache key are then reused, only parameters change."""
-    rows, legs = Result.__table__, Leg.__table__
     new_row = (
-        postgresql.insert(Result)
-        .values({name: bindparam(f"r_{name}", type_=rows.c[name].type) for name in row_columns})
+        postgresql.insert(RESULTS)
+        .values({name: bindparam(f"r_{name}", type_=RESULTS.c[name].type) for name in row_columns})
         .on_conflict_do_nothing(constraint=UNIQUE_RUN)
-        .returning(Result.id)
+        .returning(RESULTS.c.id)
         .cte("new_row")
     )
     columns = [name for name in leg_columns if name != "result_id"]
-    values = [bindparam(f"l_{name}", type_=legs.c[name].type) for name in columns]
+    values = [bindparam(f"l_{name}", type_=LEGS.c[name].type) for name in columns]
     return (
-        insert(Leg)
+        insert(LEGS)
         .add_cte(new_row)
         .from_select([*columns, "result_id"], select(*values, new_row.c.id))
-        .returning(Leg.id)
+        .returning(LEGS.c.id)
     )
 
 
@@ -79,25 +83,25 @@ async def _insert_run_postgres(engine: AsyncEngine, row: dict[str, Any], leg: di
 
 
 async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
-    stmt = sqlite.insert(Result).values(**row).on_conflict_do_nothing(index_elements=list(_RUN_COLUMNS))
+    stmt = sqlite.insert(RESULTS).values(**row).on_conflict_do_nothing(index_elements=list(_RUN_COLUMNS))
     async with engine.begin() as conn:
-        if (await conn.execute(stmt.returning(Result.id))).first() is None:
+        if (await conn.execute(stmt.returning(RESULTS.c.id))).first() is None:
             return False
-        await conn.execute(insert(Leg).values(**leg))
+        await conn.execute(insert(LEGS).values(**leg))
     return True
 
 
 _MARK_SENT = (
-    update(Leg)
-    .where(Leg.id == bindparam("leg_id"), Leg.dispatch_state == "pending")
+    update(LEGS)
+    .where(LEGS.c.id == bindparam("leg_id"), LEGS.c.dispatch_state == "pending")
     .values(
         dispatch_state="sent",
-        dispatch_attempts=Leg.dispatch_attempts + 1,
+        dispatch_attempts=LEGS.c.dispatch_attempts + 1,
         engine_run_id=bindparam("run_id"),
-        dispatched_at=bindparam("now", type_=Leg.__table__.c.dispatched_at.type),
+        dispatched_at=bindparam("now", type_=LEGS.c.dispatched_at.type),
         next_attempt_at=None,
-        deadline=bindparam("deadline", type_=Leg.__table__.c.deadline.type),
-        updated_at=bindparam("now", type_=Leg.__table__.c.updated_at.type),
+        deadline=bindparam("deadline", type_=LEGS.c.deadline.type),
+        updated_at=bindparam("now", type_=LEGS.c.updated_at.type),
     )
 )
 
