@@ -3,7 +3,6 @@
 All three follow one pattern (list, create, read, patch, delete), so one small factory builds them.
 """
 
-from __future__ import annotations
 
 from typing import Any
 
