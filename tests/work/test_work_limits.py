@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +132,58 @@ def test_sandbox_runs_as_the_unprivileged_user(make_job: Callable[..., Any], set
     tests = {"test_who.py": "import os\n\ndef test_uid():\n    assert False, f'uid={os.getuid()}'\n"}
     report = run_student_testing(make_job(tests, {"x.py": ""}), settings=settings_for(sandbox_user=str(uid)))
     assert f"uid={uid}" in _tests(report)["test_uid"]["resultMessage"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_sandbox_dies_with_the_worker_that_owns_it(make_job: Callable[..., Any], tmp_path: Any) -> None:
+    """A worker SIGKILLed mid-run can no longer enforce the wall-clock limit: the sandbox must not outlive it."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    # Outside pytest's private tmp tree (mode 0700), so the unprivileged sandbox user can write its pid here.
+    drop = Path(tempfile.mkdtemp(prefix="gw-sandbox-owner-"))
+    drop.chmod(0o777)
+    pidfile = drop / "student.pid"
+    job = make_job(
+        {"test_hang.py": "from solution import hang\n\ndef test_hang():\n    hang()\n"},
+        {"solution.py": f"import os, time\n\ndef hang():\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                        "    while True:\n        time.sleep(1)\n"},
+    )  # fmt: skip
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    runner = (
+        "import json, sys\nfrom backends.work.student_testing import run_student_testing\n"
+        "run_student_testing(json.load(open(sys.argv[1])))\n"
+    )
+    # A long wall-clock limit, so only the owner's death can end the run within the test's deadline.
+    env = {**os.environ, "SANDBOX_TIMEOUT_SECONDS": "600", "SANDBOX_CPU_SECONDS": "600"}
+    worker = subprocess.Popen([sys.executable, "-c", runner, str(job_file)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            assert worker.poll() is None, "the run ended before the student's code started"
+            time.sleep(0.05)
+        student = int(pidfile.read_text())
+        assert _alive(student)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        deadline = time.monotonic() + 30
+        while _alive(student) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(student), "the student's process outlived the worker that started it"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        shutil.rmtree(drop, ignore_errors=True)
