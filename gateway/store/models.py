@@ -152,6 +152,8 @@ class Leg(Base):
     __table_args__ = (
         Index("ix_leg_open", "finished", "dispatch_state"),
         Index("ix_leg_result_role", "result_id", "role"),
+        # A foreign Prefect flow writes back knowing only its flow run id (`GET /results?test_system_id=`).
+        Index("ix_leg_engine_run_id", "engine_run_id"),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True, default=new_id)

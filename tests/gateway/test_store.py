@@ -46,10 +46,21 @@ def test_postgres_refuses_until_upgraded(isolated_env: Path, postgres_db, monkey
             ensure_schema(settings)
         hint = str(err.value)
         assert "gateway db upgrade" in hint and "\n" not in hint
+        # One revision behind is out of date too, and the upgrade brings it to head.
+        upgrade(settings, revision="0001")
+        with pytest.raises(SchemaOutOfDate):
+            check_schema(settings)
         upgrade(settings)
         check_schema(settings)
         assert _tables(settings) >= TABLES
-        assert head_revision(settings) == "0001"
+        assert head_revision(settings) == "0002"
+        conn = psycopg2.connect(host=postgres_db.host, port=postgres_db.port, user=postgres_db.user, dbname=name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select 1 from pg_indexes where indexname = 'ix_leg_engine_run_id'")
+                assert cur.fetchone() == (1,)
+        finally:
+            conn.close()
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
