@@ -3,7 +3,6 @@
 All three follow one pattern (list, create, read, patch, delete), so one small factory builds them.
 """
 
-
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response

@@ -26,12 +26,10 @@ from gateway.store.migrate import upgrade
 from tests.gateway.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
 from tests.support.prefect_server import (
-    VENV_BIN,
     free_port,
     prefect_process_env,
+    running_prefect_server,
     running_runner,
-    stop_process_group,
-    wait_for_health,
 )
 
 T = TypeVar("T")
@@ -190,37 +188,9 @@ def catalog(repos: Repos) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ Prefect
-@contextlib.contextmanager
-def prefect_server_on(port: int, root: Path, timeout: float = 120.0) -> Iterator[str]:
-    """`prefect server start` on a given port and a SQLite file under `root` (so it can come back the same)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "home").mkdir(exist_ok=True)
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = prefect_process_env(
-        api_url,
-        root / "home",
-        {
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        },
-    )
-    log_path = root / f"server-{port}.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for_health(api_url, proc, log_path, timeout)
-        yield api_url
-    finally:
-        stop_process_group(proc)
+def prefect_server_on(port: int, root: Path, timeout: float = 120.0) -> contextlib.AbstractContextManager[str]:
+    """`prefect server start` on a given port with its database under `root`, so it can come back the same."""
+    return running_prefect_server(root, port=port, timeout=timeout)
 
 
 def runner_env(api_url: str, root: Path, data: Path, server: GatewayServer) -> dict[str, str]:

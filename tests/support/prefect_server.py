@@ -143,8 +143,11 @@ def running_prefect_server(
     database_url: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 90.0,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """A real `prefect server start` on a free port; yields its API URL (`http://127.0.0.1:<port>/api`).
+    """A real `prefect server start` on a free port (or `port`); yields its API URL (`http://127.0.0.1:<port>/api`).
+
+    Started again with the same `tmp_dir` and `port`, it comes back with the same database and URL (outage tests).
 
     SQLite under `tmp_dir` unless `database_url` (e.g. `postgresql+asyncpg://...`) is given. Waits for
     `/api/health` up to `timeout` seconds (the first start runs every migration). Stopped by process group.
@@ -152,7 +155,7 @@ def running_prefect_server(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     home = tmp_dir / "prefect-home"
     home.mkdir(exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     db_url = database_url or f"sqlite+aiosqlite:///{tmp_dir / 'prefect.db'}"
     env = prefect_process_env(
@@ -167,7 +170,7 @@ def running_prefect_server(
         },
     )
     log_path = tmp_dir / "prefect-server.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
