@@ -8,6 +8,7 @@ child under the data folder, so the terminal stays readable and a failed start c
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -57,7 +58,13 @@ class Supervisor:
         log = log_path.open("ab")
         env = {**self.base_env, **spec.env}
         process = subprocess.Popen(  # noqa: S603 - argv is built by the gateway itself
-            spec.argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            spec.argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,  # noqa: PLW1509 - the supervisor spawns from its main thread
         )
         log.close()
         return process, log_path
@@ -126,6 +133,16 @@ class Supervisor:
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
+
+
+def _terminate_with_parent() -> None:
+    """In the child: ask the kernel for SIGTERM when the supervisor dies, however it dies (SIGKILL, a broken
+    pipe, a crash), so a child never outlives `gateway up` even when its own clean-up could not run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _group_members(pgid: int) -> list[int]:

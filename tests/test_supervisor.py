@@ -91,3 +91,38 @@ def test_a_service_that_exits_at_start_names_its_log(tmp_path: Path) -> None:
             supervisor.wait_healthy(service)
     finally:
         supervisor.stop_all(grace=1)
+
+
+SUPERVISOR_THAT_GETS_KILLED = """
+import os, sys, time
+from pathlib import Path
+from gateway.supervisor import ServiceSpec, Supervisor
+sup = Supervisor(Path(sys.argv[1]), dict(os.environ))
+svc = sup.launch(ServiceSpec("idle", [sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"], lambda: True))
+print(svc.process.pid, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_children_die_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves `gateway up` no chance to clean up: the kernel's parent-death signal must do it."""
+    import subprocess
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_THAT_GETS_KILLED, str(tmp_path / "logs")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = int(parent.stdout.readline())  # type: ignore[union-attr]
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
