@@ -17,23 +17,26 @@ import pytest
 from legacy_stack import (
     ADMIN,
     ALICE,
-    BACKEND_KEYS,
     BOB,
     CAROL,
     DIRS,
     FINAL,
     FINAL_NAMES,
-    GET_KEYS,
-    LIST_KEYS,
-    PROGRESS_KEYS,
-    RUN_KEYS,
     SLOW,
-    TASK_INFO_KEYS,
-    TASK_RESULT_KEYS,
     WORKER,
     Stack,
     flow_runs_by_leg,
     wait_until,
+)
+
+from tests.support.contract_keys import (
+    BACKEND_KEYS,
+    GET_KEYS,
+    LIST_KEYS,
+    PROGRESS_KEYS,
+    RUN_KEYS,
+    TASK_INFO_KEYS,
+    TASK_RESULT_KEYS,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

@@ -18,19 +18,7 @@ from gateway.store.migrate import upgrade
 from tests.gateway.conftest import PASSWORD, demo_catalog, fresh_pg_database
 from tests.gateway.server import GatewayServer, running_server
 from tests.support.celery_worker import settings_from_env
-
-RUN_KEYS = {
-    "id", "submit", "course_member_id", "course_content_id", "course_submission_group_id", "execution_backend_id",
-    "test_system_id", "result", "result_json", "properties", "version_identifier", "status", "submission_flow_run_id",
-}  # fmt: skip
-GET_KEYS = (RUN_KEYS - {"submission_flow_run_id"}) | {
-    "course_content_type_id", "created_at", "updated_at", "created_by", "updated_by",
-}  # fmt: skip
-LIST_KEYS = GET_KEYS - {"result_json"}
-TASK_INFO_KEYS = {
-    "task_id", "task_name", "status", "created_at", "started_at", "finished_at", "progress", "error", "worker",
-    "queue", "retries",
-}  # fmt: skip
+from tests.support.contract_keys import GET_KEYS, LIST_KEYS, RUN_KEYS, TASK_INFO_KEYS
 
 ADMIN = ("admin", PASSWORD)
 WORKER = ("worker", PASSWORD)
