@@ -59,6 +59,14 @@ class Reconciler:
         self.batch_size = batch_size
 
     # -------------------------------------------------------------------------------------------- plumbing
+    @contextlib.asynccontextmanager
+    async def _claim(self, stmt: Select[Any]) -> AsyncIterator[tuple[Sequence[Leg], dict[str, Result]]]:
+        """One transaction holding a locked batch of legs and their result rows; committed on exit."""
+        async with self.state.sessions() as session, session.begin():
+            legs = (await session.execute(self._locked(stmt))).scalars().all()
+            rows = await self._rows_for(session, legs) if legs else {}
+            yield legs, rows
+
     def _locked(self, stmt: Select[Any]) -> Select[Any]:
         return stmt.with_for_update(skip_locked=True, of=Leg) if self.state.is_postgres else stmt
 
@@ -102,11 +110,7 @@ class Reconciler:
             .order_by(Leg.next_attempt_at)
             .limit(self.batch_size)
         )
-        async with self.state.sessions() as session, session.begin():
-            legs = (await session.execute(self._locked(stmt))).scalars().all()
-            if not legs:
-                return
-            rows = await self._rows_for(session, legs)
+        async with self._claim(stmt) as (legs, rows):
             down: set[str] = set()
             for leg in legs:
                 if leg.engine in down:
@@ -140,11 +144,7 @@ class Reconciler:
             .order_by(Leg.updated_at)
             .limit(self.batch_size)
         )
-        async with self.state.sessions() as session, session.begin():
-            legs = (await session.execute(self._locked(stmt))).scalars().all()
-            if not legs:
-                return
-            rows = await self._rows_for(session, legs)
+        async with self._claim(stmt) as (legs, rows):
             by_engine: dict[str, list[Leg]] = defaultdict(list)
             for leg in legs:
                 by_engine[leg.engine].append(leg)
