@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.settings import get_settings
+from common.settings import get_settings
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))

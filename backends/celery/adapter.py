@@ -18,8 +18,8 @@ from typing import Any
 from backends.celery import names
 from backends.celery.states import error_from, phase_for, progress_from
 from backends.interface import Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
-from backends.redact import redact_text
-from backends.settings import Settings
+from common.redact import redact_text
+from common.settings import Settings
 
 
 def _plain(value: Any) -> Any:
@@ -143,17 +143,29 @@ class CeleryAdapter:
 
     # ------------------------------------------------------------------------------------------------ result
     def result(self, leg_id: str) -> LegResult:
+        return self.results([leg_id])[leg_id]
+
+    def results(self, leg_ids: list[str]) -> dict[str, LegResult]:
+        """One pooled query for all of them (`celery_taskmeta`); a backend without SQL reads one by one."""
         reader = self._taskmeta()
         if reader is None:
-            meta = self.app.backend.get_task_meta(leg_id)
-            native, raw = meta.get("status", "PENDING"), meta.get("result")
-            if isinstance(raw, BaseException):
-                raw = {"exc_type": type(raw).__name__, "exc_message": [str(raw)]}
+            found: dict[str, tuple[str, Any] | None] = {}
+            for leg_id in leg_ids:
+                meta = self.app.backend.get_task_meta(leg_id)
+                raw = meta.get("result")
+                if isinstance(raw, BaseException):
+                    raw = {"exc_type": type(raw).__name__, "exc_message": [str(raw)]}
+                found[leg_id] = (meta.get("status", "PENDING"), raw)
         else:
-            row = reader.fetch([leg_id]).get(leg_id)
-            if row is None:
-                return LegResult(leg_id=leg_id, phase=LegPhase.MISSING)
-            native, raw = row.status, row.result
+            rows = reader.fetch(leg_ids)
+            found = {leg_id: (row.status, row.result) if (row := rows.get(leg_id)) else None for leg_id in leg_ids}
+        return {leg_id: self._result_of(leg_id, found[leg_id]) for leg_id in leg_ids}
+
+    @staticmethod
+    def _result_of(leg_id: str, stored: tuple[str, Any] | None) -> LegResult:
+        if stored is None:
+            return LegResult(leg_id=leg_id, phase=LegPhase.MISSING)
+        native, raw = stored
         phase = phase_for(native, raw)
         if phase is LegPhase.SUCCEEDED:
             return LegResult(leg_id=leg_id, phase=phase, report=raw if isinstance(raw, dict) else {"result": raw})

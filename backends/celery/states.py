@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from backends.interface import LegPhase
-from backends.models import Progress
+from common.legacy import Progress
 
 # Native names from celery.states plus our PROGRESS; the native name is always kept beside the phase.
 PHASE_FOR_STATE: dict[str, LegPhase] = {

@@ -39,8 +39,8 @@ from backends.prefect import labels as label_keys
 from backends.prefect.names import DEFAULT_DEPLOYMENTS, RESULTS_SUBDIR
 from backends.prefect.results import ResultUnavailable, read_persisted_result
 from backends.prefect.states import ACTIVE_TYPES, WAITING_TYPES, phase_for
-from backends.redact import redact_text, redact_url
-from backends.settings import Settings, get_settings
+from common.redact import redact_text, redact_url
+from common.settings import Settings, get_settings
 
 _RETRY_STATUS = {429, 502, 503, 504}
 _RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)
@@ -260,7 +260,14 @@ class PrefectAdapter:
 
     # ------------------------------------------------------------------------------------------------- result
     def result(self, leg_id: str) -> LegResult:
-        run = self._runs_by_leg([leg_id]).get(leg_id)
+        return self.results([leg_id])[leg_id]
+
+    def results(self, leg_ids: list[str]) -> dict[str, LegResult]:
+        """One `flow_runs/filter` call for all of them; each report is then read from the result storage."""
+        runs = self._runs_by_leg(leg_ids)
+        return {leg_id: self._result_of(leg_id, runs.get(leg_id)) for leg_id in leg_ids}
+
+    def _result_of(self, leg_id: str, run: dict[str, Any] | None) -> LegResult:
         if run is None:
             return LegResult(leg_id=leg_id, phase=LegPhase.MISSING, error="no flow run for this leg")
         state = run.get("state") or {}

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from backends.settings import Settings
 from backends.work import sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
+from common.settings import Settings
 
 _MARKER = "GATEWAY_SANDBOX_RUN"
 _PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\njunit_family = xunit1\nconsole_output_style = classic\n"

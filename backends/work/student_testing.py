@@ -17,9 +17,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backends.models import TestJob
-from backends.redact import redact_text
-from backends.settings import Settings, get_settings
 from backends.work.assignment import assemble, read_assignment
 from backends.work.checkout import checkout, plan_checkout
 from backends.work.errors import BadJobError, InfrastructureError
@@ -33,6 +30,9 @@ from backends.work.report import (
     outcomes_from_junit,
 )
 from backends.work.sandbox import Limits, RunOutcome, make_run_dir, remove_run_dir, resolve_identity, run_pytest
+from common.legacy import TestJob
+from common.redact import redact_text
+from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

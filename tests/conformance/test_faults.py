@@ -29,8 +29,8 @@ from legacy_stack import (
 )
 from sqlalchemy import update
 
-from gateway.catalog import load_catalog
-from gateway.reconciler import DEPLOYMENT_GRACE
+from gateway.engines.reconciler import DEPLOYMENT_GRACE
+from gateway.store.catalog import load_catalog
 from gateway.store.db import make_sync_engine
 from gateway.store.models import Leg
 from tests.gateway.server import running_server

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.settings import Settings
-from gateway.catalog import load_catalog
+from common.settings import Settings
+from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from tests.gateway.conftest import PASSWORD, demo_catalog, fresh_pg_database
 from tests.gateway.server import GatewayServer, running_server

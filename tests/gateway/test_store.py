@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from backends.settings import Settings
+from common.settings import Settings
 from gateway.store.db import make_sync_engine
 from gateway.store.migrate import SchemaOutOfDate, check_schema, ensure_schema, head_revision, upgrade
 

@@ -169,9 +169,9 @@ def test_submission_processing_runs_the_submit_result_flow(
 ) -> None:
     """The flow runs exactly the engine-agnostic work: same outcome as calling it in-process on the same input."""
     examples = pytest.importorskip("backends.examples")
-    from backends.settings import Settings
     from backends.work.errors import InfrastructureError
     from backends.work.submission_processing import run_submission_processing
+    from common.settings import Settings
 
     repos = examples.materialize_example(tmp_path / "example")
     submission = {"test_job": repos.test_job("passing", user_id="member-7").model_dump(), "result_id": "r-1"}

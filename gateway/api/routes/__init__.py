@@ -1,0 +1,14 @@
+"""All routes of the legacy contract plus the admin catalog, as one router mounted at /api (and maybe /)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from gateway.api.routes import admin, backends, results, tasks, tests
+
+
+def api_router() -> APIRouter:
+    router = APIRouter()
+    for module in (tests, results, tasks, backends, admin):
+        router.include_router(module.router)
+    return router

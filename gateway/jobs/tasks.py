@@ -1,0 +1,94 @@
+"""The Celery era's task API over both engines: a task is a leg (with or without a legacy result row).
+
+Submitting writes a PENDING leg and dispatches it after the commit (as `POST /api/tests` does); cancelling asks
+the engine first, outside any row lock, then closes the leg through the state machine unless it ended first.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from common.redact import redact_text
+from gateway.engines.routing import task_kind, task_name_of
+from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
+from gateway.jobs.submit import OUTBOX_GRACE, dispatch_after_commit
+from gateway.legs import machine
+from gateway.legs.states import DispatchState, LegRole
+from gateway.runtime import GatewayState
+from gateway.store.models import Leg, Result, new_id, utcnow
+
+TASK_NOT_FOUND = "Task not found"
+
+
+def _has_token(value: Any) -> bool:
+    """Secrets never travel in job parameters: a non-empty `token` anywhere in them is refused."""
+    if isinstance(value, dict):
+        return any((k == "token" and v) or _has_token(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_token(v) for v in value)
+    return False
+
+
+async def submit_task(
+    state: GatewayState, task_name: str, parameters: dict[str, Any], priority: int | None, delay: int | None
+) -> str:
+    """Queue one task on the configured tasks engine; returns its id (the leg id)."""
+    kind = task_kind(task_name)
+    if kind is None:
+        raise BadJobRequest(f"Unknown task: {task_name}")
+    if _has_token(parameters):
+        raise BadJobRequest("Job parameters must not carry a token; name a credential")
+    engine = state.settings.gateway_tasks_engine
+    now = utcnow()
+    spec = {"kind": kind.value, "params": parameters, "properties": {}, "priority": priority or 8}
+    delayed = bool(delay)
+    values = machine.new_leg(
+        leg_id=new_id(),
+        result_id=None,
+        role=LegRole.PRIMARY,
+        engine=engine,
+        task_name=task_name_of(kind),
+        spec=spec,
+        routing={"rule": "gateway_tasks_engine", "engine": engine},
+        now=now,
+        due_at=now + (timedelta(seconds=delay or 0) if delayed else OUTBOX_GRACE),
+    )
+    async with state.sessions() as session, session.begin():
+        session.add(Leg(**values))
+    if not delayed:
+        await dispatch_after_commit(state, values["id"], engine, spec, None)
+    return str(values["id"])
+
+
+async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Leg, Result | None]:
+    if refresh:
+        await state.reconciler.refresh(task_id)
+    async with state.sessions() as session:
+        leg = await session.get(Leg, task_id)
+        if leg is None:
+            raise NotFound(TASK_NOT_FOUND)
+        row = await session.get(Result, leg.result_id) if leg.result_id else None
+    return leg, row
+
+
+async def cancel_task(state: GatewayState, task_id: str) -> None:
+    """Cancel at the engine (if it was sent), then close the leg and its row; an unreachable engine is a 503."""
+    async with state.sessions() as session:
+        leg = await session.get(Leg, task_id)
+    if leg is None:
+        raise NotFound(TASK_NOT_FOUND)
+    if not leg.finished and leg.dispatch_state == DispatchState.SENT:
+        adapter = state.dispatcher.adapter(leg.engine)
+        try:
+            await run_in_threadpool(adapter.cancel, leg.id)
+        except Exception as exc:  # noqa: BLE001 - engine unreachable: the cancel cannot be confirmed
+            raise EngineUnreachable(redact_text(f"Engine unavailable, task not cancelled: {exc}")) from None
+    async with state.sessions() as session, session.begin():
+        leg = await session.get(Leg, task_id, with_for_update=state.is_postgres)
+        if leg is None or leg.finished:
+            return
+        row = await session.get(Result, leg.result_id) if leg.result_id else None
+        machine.cancel(leg, row, utcnow())
