@@ -100,6 +100,9 @@ class FinishHooks:
         """Register (or replace) a follow-up under a name: installing twice is harmless."""
         self._follow_ups[name] = follow_up
 
+    def disconnect(self, name: str) -> None:
+        self._follow_ups.pop(name, None)
+
     def run(self, finished: FinishedLeg) -> list[Base]:
         added: list[Base] = []
         for follow_up in self._follow_ups.values():
