@@ -72,6 +72,7 @@ def test_the_example_assignment_reports_progress_and_its_report(
     adapter: PrefectAdapter, prefect_runner: Any, tmp_path: Path
 ) -> None:
     from backends import examples
+
     repos = examples.materialize_example(tmp_path / "example")
     test_job = repos.test_job("passing")
     leg_id = leg()
