@@ -142,7 +142,8 @@ class Reconciler:
             .where(
                 Leg.dispatch_state == DispatchState.PENDING,
                 Leg.finished.is_(False),
-                or_(Leg.next_attempt_at.is_(None), Leg.next_attempt_at <= now),
+                # Due for another attempt, or past its deadline (a shadow leg never accepted): time it out.
+                or_(Leg.next_attempt_at.is_(None), Leg.next_attempt_at <= now, Leg.deadline < now),
             )
             .order_by(Leg.next_attempt_at)
             .limit(self.batch_size)

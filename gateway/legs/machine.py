@@ -339,3 +339,24 @@ def apply_write_back(leg: Leg, row: Result, status: int, now: datetime) -> None:
     leg.phase = phase.value
     if phase == LegPhase.RUNNING and leg.started_at is None:
         leg.started_at = now
+
+
+def apply_shadow_write_back(leg: Leg, status: int | None, report: dict[str, Any] | None, now: datetime) -> None:
+    """A legacy flow running a *shadow* leg wrote back: it lands on the leg, never on the row (fenced).
+
+    A report sent before the final status is kept on the leg until the status comes."""
+    if leg.finished:
+        return
+    if report is not None:
+        leg.payload = report
+    phase = status_to_phase(status) if status is not None else None
+    if phase is None:
+        return
+    if phase.is_final:
+        kept = leg.payload if phase == LegPhase.SUCCEEDED else None
+        result = LegResult(leg_id=leg.id, phase=phase, report=kept)
+        finish(leg, None, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase])
+        return
+    leg.phase = phase.value
+    if phase == LegPhase.RUNNING and leg.started_at is None:
+        leg.started_at = now
