@@ -7,7 +7,6 @@ a student's output) when they are recorded, never before they are compared.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +117,7 @@ def _presence(test: tuple[str, str, dict[str, Any]] | None) -> Any:
 
 
 def _ignored(path: str, rules: Rules) -> bool:
-    return any(fnmatch.fnmatchcase(path, pattern) for pattern in rules.ignore_paths)
+    return any(pattern.match(path) for pattern in rules.ignore_paths)
 
 
 def flips(primary: dict[str, Any], shadow: dict[str, Any]) -> tuple[set[str], set[str]]:

@@ -30,7 +30,7 @@ class Rules:
     test_fields: tuple[str, ...]
     root_fields: tuple[str, ...]
     summary_fields: tuple[str, ...]
-    ignore_paths: tuple[str, ...]
+    ignore_paths: tuple[re.Pattern[str], ...]
     replacements: tuple[tuple[re.Pattern[str], str], ...]
     score_tolerance: float
     max_value_chars: int
@@ -51,7 +51,7 @@ class Rules:
                 test_fields=tuple(str(f) for f in data["test_fields"]),
                 root_fields=tuple(str(f) for f in data["root_fields"]),
                 summary_fields=tuple(str(f) for f in data["summary_fields"]),
-                ignore_paths=tuple(str(p) for p in data["ignore_paths"]),
+                ignore_paths=tuple(path_pattern(str(p)) for p in data["ignore_paths"]),
                 replacements=tuple((re.compile(r["pattern"]), str(r["replace"])) for r in data["replacements"]),
                 score_tolerance=float(data["score_tolerance"]),
                 max_value_chars=int(data["max_value_chars"]),
@@ -61,6 +61,12 @@ class Rules:
             )
         except (KeyError, TypeError, re.error) as exc:
             raise ValueError(f"bad comparison rules: {exc}") from None
+
+
+def path_pattern(glob: str) -> re.Pattern[str]:
+    """A JSON-path glob: `[*]` is any one index or name (`["test_add"]`), `*` any run of characters."""
+    regex = re.escape(glob).replace(re.escape("[*]"), r"\[[^\]]*\]").replace(re.escape("*"), ".*")
+    return re.compile(f"^{regex}$")
 
 
 @functools.cache
