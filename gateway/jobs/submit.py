@@ -21,7 +21,7 @@ from common.legacy import Repository, ResultStatus, TestJob
 from gateway.engines.dispatcher import SendStatus
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
-from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent
+from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent, reject
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
@@ -378,15 +378,20 @@ async def dispatch_after_commit(
 ) -> None:
     """Send right away; the outbox (the leg row) is only the fallback. A missing deployment undoes the run.
 
-    A shadow leg the engine refuses is left to the reconciler (which rejects it): it never undoes the job."""
+    A shadow leg the engine refuses is rejected on its own: it never undoes the job."""
     outcome = await state.dispatcher.send(engine, spec, leg_id)
     now = utcnow()
     if outcome.status == SendStatus.SENT:
         await record_sent(state.engine, leg_id, outcome.engine_run_id, now, now + _deadline(state))
         return
     async with state.sessions() as session, session.begin():
-        if outcome.status == SendStatus.RETRY or shadow:
+        if outcome.status == SendStatus.RETRY:
             await record_retry(session, leg_id, outcome.error, now)
+            return
+        if shadow:  # refused for good: the leg ends (an infra error of the shadow side), the job goes on
+            leg = await session.get(Leg, leg_id)
+            if leg is not None and not leg.finished:
+                reject(leg, None, now, outcome.error)
             return
         # Rejected by configuration: the client gets an error, so no run may remain behind it.
         if row_id is not None:

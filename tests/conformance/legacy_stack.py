@@ -48,7 +48,10 @@ FINAL_NAMES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 # Directory (and dotted path) of the assignment per backend; every repository carries it at each of them.
 DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "w/ex1", "missing": "m/ex1",
-        "capped": "x/ex1", "mystery": "k/ex1"}  # fmt: skip
+        "capped": "x/ex1", "mystery": "k/ex1", "untimed-celery": "uc/ex1", "untimed-prefect": "up/ex1"}  # fmt: skip
+# Contents whose assignment sets no time limit of its own: each engine's sandbox default applies (shadow tests
+# give the two engines different limits through their workers' settings).
+UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"]}
 SLOW_CALC = """import time
 
 
@@ -119,6 +122,9 @@ def build_repos(dest: Path) -> Repos:
     """The example assignment copied to every directory in DIRS, in a reference and three student repositories."""
     example = EXAMPLE_DATA / "reference" / "week1" / "ex1"
     ref_files = {f"{d}/{f.name}": f.read_text() for d in DIRS.values() for f in example.iterdir() if f.is_file()}
+    for d in UNTIMED:
+        meta = ref_files[f"{d}/meta.yaml"]
+        ref_files[f"{d}/meta.yaml"] = "\n".join(line for line in meta.splitlines() if "executionTimeLimit" not in line)
     passing = (EXAMPLE_DATA / "passing" / "week1" / "ex1" / "calc.py").read_text()
     failing = (EXAMPLE_DATA / "failing" / "week1" / "ex1" / "calc.py").read_text()
     students = {
@@ -132,7 +138,7 @@ def catalog(repos: Repos) -> dict[str, Any]:
     ref_url, ref_commit = repos.reference
     backend_of = {"celery": "celery-main", "prefect": "prefect-main", "legacy": "prefect-legacy",
                   "writeback": "prefect-foreign", "missing": "prefect-missing", "capped": "celery-main",
-                  "mystery": "mystery"}  # fmt: skip
+                  "mystery": "mystery", "untimed-celery": "celery-main", "untimed-prefect": "prefect-main"}  # fmt: skip
     contents = []
     for key, directory in DIRS.items():
         contents.append(
@@ -233,9 +239,16 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    tmp: Path, pg_env: Mapping[str, str], redis_env: Mapping[str, str], *, prefect: bool
+    tmp: Path,
+    pg_env: Mapping[str, str],
+    redis_env: Mapping[str, str],
+    *,
+    prefect: bool,
+    worker_extra: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """The API on PostgreSQL, a Celery worker on Redis + PostgreSQL and (optionally) a Prefect server + runner."""
+    """The API on PostgreSQL, a Celery worker on Redis + PostgreSQL and (optionally) a Prefect server + runner.
+
+    `worker_extra`: settings for the Celery worker only (e.g. a sandbox limit that differs from Prefect's)."""
     data = tmp / "data"
     repos = build_repos(tmp / "repos")
     with contextlib.ExitStack() as stack:
@@ -260,7 +273,7 @@ def running_stack(
                 )
             )
         try:
-            result.start_worker()
+            result.start_worker(worker_extra)
             yield result
         finally:
             for worker in result.workers:

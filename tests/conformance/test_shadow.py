@@ -1,0 +1,224 @@
+"""Shadow runs on the real engines, both directions: a job whose reports match, a real mismatch (the engines
+given different time limits), an infra error and a timeout on the shadow side with the primary unaffected, a
+write-back from a Prefect deployment the gateway did not write landing on the shadow leg, the cap and the
+sampling counted, an A/A flake (a test that depends on randomness) counted as noise.
+
+One stack for the module: the Celery worker's sandbox limit is 4 s and Prefect's the default (60 s), so a slow
+student on a content without a time limit of its own passes on Prefect and times out on Celery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from legacy_stack import ADMIN, ALICE, DIRS, Stack, _git, _repo, running_stack, wait_until
+
+from tests.conftest import PostgresDB, RedisDB
+from tests.gateway.conftest import fresh_pg_database
+from tests.support.celery_worker import stop_worker
+
+pytestmark = [pytest.mark.slow]
+FINAL = {0, 1, 2, 6}
+CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
+
+# A student whose whole solution is right or wrong by a coin toss per run: the A/A baseline's flaky test.
+DICE_CALC = """import random
+
+_WRONG = random.random() < 0.5
+
+
+def add(a, b):
+    return a + b + (1 if _WRONG else 0)
+
+
+def mul(a, b):
+    return a * b + (1 if _WRONG else 0)
+
+
+def mean(values):
+    return sum(values) / len(values)
+"""
+DICE_JOBS = 10
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: PostgresDB, redis_db: RedisDB) -> Iterator[Stack]:
+    with (
+        fresh_pg_database(postgres_db) as db,
+        running_stack(
+            tmp_path_factory.mktemp("shadow"), db.env(), redis_db.env(), prefect=True, worker_extra=CELERY_LIMIT
+        ) as found,
+    ):
+        yield found
+
+
+def shadow(client: httpx.Client, content: str, **values: Any) -> None:
+    answer = client.put(f"/api/admin/shadow/contents/{content}", json={"fraction": 1.0, **values})
+    assert answer.status_code == 200, answer.text
+
+
+def submit(client: httpx.Client, key: str, member: str, commit: str, **extra: Any) -> httpx.Response:
+    body = {"directory": DIRS[key], "course_member_id": member, "version_identifier": commit, **extra}
+    answer = client.post("/api/tests", json=body)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def comparison_of(client: httpx.Client, result_id: str, timeout: float = 240) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        answer = client.get(f"/api/results/{result_id}/comparison")
+        return answer.json() if answer.status_code == 200 else None
+
+    return wait_until(found, f"the comparison of {result_id}", timeout)
+
+
+def final_row(client: httpx.Client, result_id: str, timeout: float = 240) -> dict[str, Any]:
+    wait_until(lambda: client.get(f"/api/results/{result_id}/status").json() in FINAL, f"{result_id}", timeout)
+    return client.get(f"/api/results/{result_id}").json()
+
+
+# ------------------------------------------------------------------------------------------------- match
+@pytest.mark.parametrize(("key", "other"), [("celery", "prefect"), ("prefect", "celery")])
+def test_reports_that_match_and_the_answer_unchanged(stack: Stack, key: str, other: str) -> None:
+    commit = stack.repos.commit("passing")
+    with stack.client(ADMIN) as admin:
+        off = submit(admin, key, "m-carol", commit)  # shadowing off for this content
+        shadow(admin, f"cc-{key}", engine=other)
+        on = submit(admin, key, "m-alice", commit)
+        # The client's answer is byte-for-byte what it is with shadowing off (ids and member aside).
+        a, b = off.json(), on.json()
+        masked = off.content
+        for name in ("id", "test_system_id", "course_member_id"):
+            masked = masked.replace(json.dumps(a[name]).encode(), json.dumps(b[name]).encode())
+        assert masked == on.content
+        row = final_row(admin, b["id"])
+        found = comparison_of(admin, b["id"])
+        assert (found["outcome"], found["kind"]) == ("match", "shadow"), found
+        assert (found["primary"]["engine"], found["shadow"]["engine"]) == (key, other)
+        assert found["primary"]["score"] == found["shadow"]["score"] == row["result"] == 1.0
+        assert found["shadow"]["run_seconds"] is not None
+        # A student sees nothing of it.
+    with stack.client(ALICE) as alice:
+        assert alice.get(f"/api/results/{b['id']}/comparison").status_code == 403
+        assert alice.get("/api/comparisons").status_code == 403
+
+
+# ---------------------------------------------------------------------------------------------- mismatch
+@pytest.mark.parametrize(("key", "other"), [("untimed-celery", "prefect"), ("untimed-prefect", "celery")])
+def test_different_time_limits_are_a_real_mismatch(stack: Stack, key: str, other: str) -> None:
+    with stack.client(ADMIN) as admin:
+        shadow(admin, f"cc-{key}", engine=other)
+        run = submit(admin, key, "m-slow", stack.repos.commit("slow")).json()
+        row = final_row(admin, run["id"])
+        found = comparison_of(admin, run["id"])
+    assert found["outcome"] == "mismatch", found
+    timed_out = "celery" if key == "untimed-celery" else "prefect"
+    celery_score = found["primary"]["score"] if timed_out == "celery" else found["shadow"]["score"]
+    prefect_score = found["shadow"]["score"] if timed_out == "celery" else found["primary"]["score"]
+    # Celery's limit (4 s) cuts the slow solution; Prefect's (60 s) lets it pass.
+    assert prefect_score == 1.0 and celery_score < 1.0
+    assert row["result"] == found["primary"]["score"]  # the row is the primary's, whatever the shadow said
+    paths = [d["path"] for d in found["differences"]]
+    assert any(p.startswith('$.tests["') for p in paths) and "$.score" in paths
+
+
+# -------------------------------------------------------------------------------------- shadow-side failures
+def test_an_engine_that_refuses_the_shadow_is_an_infra_error_and_the_primary_is_unaffected(stack: Stack) -> None:
+    with stack.client(ADMIN) as admin:
+        shadow(admin, "cc-celery", engine="prefect", properties={"deployment": "no-such-flow/system"})
+        run = submit(admin, "celery", "m-bob", stack.repos.commit("failing")).json()
+        found = comparison_of(admin, run["id"])
+        row = final_row(admin, run["id"])
+    assert (found["outcome"], found["side"]) == ("infra_error", "shadow"), found
+    assert "no-such-flow" in found["reason"]
+    assert row["status"] == 0 and row["result_json"]["summary"]["total"] == 3
+
+
+def test_a_stopped_shadow_engine_ends_in_shadow_timeout_and_the_primary_is_unaffected(stack: Stack) -> None:
+    """The Celery worker stopped: the shadow leg waits in the broker until its deadline; Prefect answers."""
+    with stack.client(ADMIN) as admin:
+        shadow(admin, "cc-prefect", engine="celery", deadline_seconds=20)
+        stop_worker(stack.worker)
+        try:
+            run = submit(admin, "prefect", "m-bob", stack.repos.commit("failing")).json()
+            row = final_row(admin, run["id"])
+            assert row["status"] == 0 and row["result"] < 1.0  # the primary's verdict, on time
+            found = comparison_of(admin, run["id"], timeout=120)
+        finally:
+            stack.start_worker(CELERY_LIMIT)
+    assert found["outcome"] == "shadow_timeout", found
+    assert found["primary"]["score"] == row["result"]
+
+
+# ---------------------------------------------------------------------------------------------- write-back
+def test_a_write_back_from_an_unknown_deployment_lands_on_the_shadow_leg(stack: Stack) -> None:
+    """The shadow runs on a Prefect deployment the gateway did not write: it looks itself up by its flow run id
+    and PATCHes its verdict (0.5); that lands on its leg, and the row keeps the Celery primary's 1.0."""
+    with stack.client(ADMIN) as admin:
+        shadow(admin, "cc-capped", engine="prefect", properties={"deployment": "gateway-test-writeback/system"})
+        run = submit(admin, "capped", "m-carol", stack.repos.commit("passing")).json()
+        found = comparison_of(admin, run["id"])
+        row = final_row(admin, run["id"])
+        status = admin.get(f"/api/tasks/{found['shadow']['leg_id']}/status").json()
+    assert (row["result"], row["status"]) == (1.0, 0)
+    assert row["updated_by"] == row["created_by"]  # the worker account never wrote the row
+    assert (found["outcome"], found["shadow"]["score"], found["primary"]["score"]) == ("mismatch", 0.5, 1.0)
+    assert status["status"] == "finished"
+
+
+# ----------------------------------------------------------------------------------------- cap and sampling
+def test_the_cap_and_the_sampling_are_counted(stack: Stack) -> None:
+    commits = {"passing": stack.repos.commit("passing"), "failing": stack.repos.commit("failing")}
+    with stack.client(ADMIN) as admin:
+        shadow(admin, "cc-legacy", engine="celery", max_in_flight=0)
+        submit(admin, "legacy", "m-alice", commits["passing"])
+        shadow(admin, "cc-legacy", fraction=0.0, max_in_flight=10)
+        submit(admin, "legacy", "m-bob", commits["failing"])
+
+        def counted() -> dict[str, int] | None:
+            groups = admin.get("/api/comparisons/summary", params={"group_by": "content"}).json()
+            skipped = next((g["skipped"] for g in groups if g["content"] == "cc-legacy"), {})
+            return skipped if skipped.get("cap_reached") and skipped.get("sampled_out") else None
+
+        assert wait_until(counted, "the skip counts") == {"cap_reached": 1, "sampled_out": 1}
+        assert admin.get("/api/comparisons", params={"course_content_id": "cc-legacy"}).headers["X-Total-Count"] == "0"
+
+
+# ------------------------------------------------------------------------------------------------- A/A noise
+@contextlib.contextmanager
+def dice_repo(root: Path) -> Iterator[list[str]]:
+    """A student repository (at `<root>/dice.git`) with one commit per job, each the same coin-toss solution."""
+    url, first = _repo(root / "dice.git", {f"{DIRS['celery']}/calc.py": DICE_CALC})
+    commits = [first]
+    for i in range(DICE_JOBS - 1):
+        (root / "dice.git" / "note.txt").write_text(str(i))
+        _git(["add", "-A"], root / "dice.git")
+        _git(["commit", "-q", "--no-gpg-sign", "-m", f"again {i}"], root / "dice.git")
+        commits.append(_git(["rev-parse", "HEAD"], root / "dice.git"))
+    yield commits
+
+
+def test_an_aa_flake_is_counted_as_noise(stack: Stack, tmp_path: Path) -> None:
+    with dice_repo(tmp_path) as commits, stack.client(ADMIN) as admin:
+        shadow(admin, "cc-celery", engine="prefect", aa_fraction=1.0, properties={})
+        runs = [
+            submit(admin, "celery", "m-alice", c, provider_url=tmp_path.as_uri(), project="dice").json()
+            for c in commits
+        ]
+        found = [comparison_of(admin, run["id"]) for run in runs]
+        kinds = [[c["kind"] for c in [f, *f["other_comparisons"]]] for f in found]
+        assert all(sorted(k) == ["aa", "shadow"] for k in kinds), kinds
+        aa = [o for f in found for o in f["other_comparisons"] if o["kind"] == "aa"]
+        outcomes = [f["outcome"] for f in found]
+        assert any(o["outcome"] == "mismatch" for o in aa), "no A/A flip in any job"
+        assert "noise" in outcomes, outcomes
+        groups = admin.get("/api/comparisons/summary", params={"group_by": "content"}).json()
+        group = next(g for g in groups if g["content"] == "cc-celery")
+    assert group["aa"]["flips"] >= 1
+    assert group["mismatch_rate_noise_adjusted"] < group["mismatch_rate"]
