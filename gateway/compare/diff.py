@@ -13,6 +13,7 @@ from typing import Any
 
 from common.redact import redact_text
 from common.scoring import score
+from gateway.compare.normalise import same
 from gateway.compare.rules import Rules
 
 MISSING = "<missing>"
@@ -83,7 +84,7 @@ def verdict(node: dict[str, Any] | None) -> tuple[Any, Any] | None:
 
 
 def diff_reports(primary: dict[str, Any], shadow: dict[str, Any], rules: Rules) -> list[Difference]:
-    """Both reports already normalised. Tests first (sorted by identity), then root fields, summary, score."""
+    """Both reports stripped of ignored keys (`strip_keys` or `normalise`); strings are compared with `same`. Tests first (sorted by identity), then root fields, summary, score."""
     found: list[Difference] = []
     left, right = tests_by_identity(primary), tests_by_identity(shadow)
     for key in sorted(set(left) | set(right)):
@@ -97,10 +98,10 @@ def diff_reports(primary: dict[str, Any], shadow: dict[str, Any], rules: Rules) 
             if name in rules.ignore_keys:
                 continue
             x, y = a[2].get(name), b[2].get(name)
-            if x != y:
+            if not same(x, y, rules):
                 found.append(Difference(f"{path}.{name}", x, y, test=key))
     for name in rules.root_fields:
-        if primary.get(name) != shadow.get(name):
+        if not same(primary.get(name), shadow.get(name), rules):
             found.append(Difference(f"$.{name}", primary.get(name), shadow.get(name)))
     sa, sb = primary.get("summary") or {}, shadow.get("summary") or {}
     for name in rules.summary_fields:

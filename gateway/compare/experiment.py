@@ -15,7 +15,7 @@ from typing import Any
 from backends.interface import LegPhase
 from common.scoring import score
 from gateway.compare.diff import Difference, diff_reports, flips
-from gateway.compare.normalise import normalise
+from gateway.compare.normalise import strip_keys
 from gateway.compare.outcomes import ComparisonOutcome, Side
 from gateway.compare.rules import Rules
 from gateway.legs.states import DispatchState, LegOutcome
@@ -101,7 +101,7 @@ class Experiment:
             scores = self._scores(primary if primary.succeeded else None, shadow if shadow.succeeded else None)
             return Verdict(ComparisonOutcome.INFRA_ERROR, side=side, reason="; ".join(reasons), **scores)
         assert primary.report is not None and shadow.report is not None
-        left, right = normalise(primary.report, self.rules), normalise(shadow.report, self.rules)
+        left, right = strip_keys(primary.report, self.rules), strip_keys(shadow.report, self.rules)
         found = diff_reports(left, right, self.rules)
         scores = self._scores(primary, shadow)
         seen, flipped = flips(left, right) if self.aa else (set(), set())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -347,3 +348,42 @@ def test_a_comparator_that_raises_is_recorded_and_the_reconciler_goes_on(
         assert (await row_of(state, row.id)).status == int(ResultStatus.COMPLETED)
 
     gw.run(test)
+
+
+def test_on_postgres_the_row_and_both_legs_are_one_statement(memory_gateway_pg: MemoryGateway) -> None:
+    gw = TwoEngines(memory_gateway_pg)
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state, aa_fraction=1.0)
+        row, legs = await submitted(state, "c1")
+        assert set(legs) == {"primary", "shadow:prefect", "shadow:celery"}
+        assert {leg.result_id for leg in legs.values()} == {row.id}
+        assert sorted(legs["primary"].routing["shadow"]["legs"]) == sorted(
+            leg.id for key, leg in legs.items() if key.startswith("shadow:")
+        )
+
+    gw.run(test)
+
+
+def test_the_cli_sets_and_shows_shadowing(gw: TwoEngines, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from common.settings import get_settings
+    from gateway.cli import app
+
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(gw.settings.gateway_data_dir))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        done = runner.invoke(
+            app, ["shadow", "set", "--backend", "celery-main", "--engine", "prefect", "--fraction", "0.25"]
+        )
+        assert done.exit_code == 0, done.output
+        shown = runner.invoke(app, ["shadow", "show", "--json"])
+        (setting,) = json.loads(shown.output)["settings"]
+        assert (setting["backend_slug"], setting["engine"], setting["fraction"]) == ("celery-main", "prefect", 0.25)
+        refused = runner.invoke(app, ["shadow", "set", "--backend", "nope", "--fraction", "0.5"])
+        assert refused.exit_code == 1 and "not found" in refused.output
+        assert runner.invoke(app, ["compare", "summary"]).exit_code == 0
+    finally:
+        get_settings.cache_clear()
