@@ -84,7 +84,9 @@ def verdict(node: dict[str, Any] | None) -> tuple[Any, Any] | None:
 
 
 def diff_reports(primary: dict[str, Any], shadow: dict[str, Any], rules: Rules) -> list[Difference]:
-    """Both reports stripped of ignored keys (`strip_keys` or `normalise`); strings are compared with `same`. Tests first (sorted by identity), then root fields, summary, score."""
+    """Both reports stripped of ignored keys (`strip_keys` or `normalise`); strings are compared with `same`.
+
+    Tests first (sorted by identity), then root fields, the summary, the score."""
     found: list[Difference] = []
     left, right = tests_by_identity(primary), tests_by_identity(shadow)
     for key in sorted(set(left) | set(right)):
