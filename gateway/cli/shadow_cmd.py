@@ -243,6 +243,60 @@ def compare_show(result_id: str, as_json: bool = typer.Option(False, "--json")) 
             console.print(table)
 
 
+def replay(
+    engine: str = typer.Option(..., help="The engine to run the stored jobs on again."),
+    content: str | None = typer.Option(None, "--content", help="Course content id or path."),
+    backend: str | None = typer.Option(None, "--backend", help="Execution backend slug."),
+    since: datetime | None = typer.Option(None, help="Only jobs created since then."),
+    limit: int = typer.Option(100, min=1, help="At most this many jobs."),
+    rate: float = typer.Option(1.0, min=0.0, help="Legs per second (0: no limit)."),
+    deadline_seconds: int = typer.Option(1800, min=1),
+    properties: str | None = typer.Option(None, help="JSON laid over the backend's properties for the replay."),
+) -> None:
+    """Run stored finished jobs again on ENGINE as shadow legs (kind `replay`); resumable, never touches rows.
+
+    The comparisons appear as the legs finish (the reconciler of a running gateway, or `gateway reconcile`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gateway.jobs.bootstrap import start_gateway
+    from gateway.jobs.errors import JobError
+    from gateway.jobs.replay import ReplayRequest
+    from gateway.jobs.replay import replay as run_replay
+
+    request = ReplayRequest(
+        engine=engine,
+        content=content,
+        backend=backend,
+        since=since,
+        limit=limit,
+        rate=rate,
+        deadline_seconds=deadline_seconds,
+        properties=json.loads(properties) if properties else None,
+    )
+
+    async def main() -> tuple[int, int]:
+        state = start_gateway(get_settings())
+        sent = skipped = 0
+        try:
+            columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task("replay", total=None)
+                async for step in run_replay(state, request):
+                    progress.update(task, total=step.planned, advance=1)
+                    sent, skipped = (sent + 1, skipped) if step.leg_id else (sent, skipped + 1)
+        finally:
+            await state.close()
+        return sent, skipped
+
+    try:
+        sent, skipped = asyncio.run(main())
+    except JobError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    console.print(f"{sent} replay legs sent on {engine}, {skipped} jobs skipped; see `gateway compare list`")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(shadow_app, name="shadow")
     app.add_typer(compare_app, name="compare")
+    app.command("replay")(replay)

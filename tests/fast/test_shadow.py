@@ -387,3 +387,45 @@ def test_the_cli_sets_and_shows_shadowing(gw: TwoEngines, monkeypatch: pytest.Mo
         assert runner.invoke(app, ["compare", "summary"]).exit_code == 0
     finally:
         get_settings.cache_clear()
+
+
+# -------------------------------------------------------------------------------------------------- replay
+def test_replay_runs_finished_jobs_again_as_shadow_legs_and_resumes(gw: TwoEngines) -> None:
+    replay_case(gw)
+
+
+def test_replay_on_postgres(memory_gateway_pg: MemoryGateway) -> None:
+    replay_case(TwoEngines(memory_gateway_pg))
+
+
+def replay_case(gw: TwoEngines) -> None:
+    from gateway.jobs.replay import ReplayRequest, replay
+
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        rows = []
+        for i in range(3):
+            row, legs = await submitted(state, f"c{i}")
+            celery.succeed(legs["primary"].id, legacy_report({"test_a": "PASSED"}))
+            rows.append(row)
+        _open, _legs = await submitted(state, "still-running")  # not finished: not replayed
+        await state.reconciler.tick()
+        request = ReplayRequest(engine="prefect", content="cc-main", limit=2, rate=0)
+        first = [step async for step in replay(state, request)]
+        assert [s.result_id for s in first] == [rows[0].id, rows[1].id]
+        again = [step async for step in replay(state, ReplayRequest(engine="prefect", backend="celery-main", rate=0))]
+        assert [s.result_id for s in again] == [rows[2].id]  # resumed: the two replayed jobs are not sent twice
+        for step in first + again:
+            assert step.leg_id is not None and prefect.runs[step.leg_id].job.shadow
+            prefect.succeed(step.leg_id, legacy_report({"test_a": "FAILED" if step is again[0] else "PASSED"}))
+        await state.reconciler.tick()
+        found = {c.result_id: (c.kind, c.outcome) for c in await comparisons(state)}
+        assert found == {
+            rows[0].id: ("replay", "match"),
+            rows[1].id: ("replay", "match"),
+            rows[2].id: ("replay", "mismatch"),
+        }
+        assert {(await row_of(state, r.id)).result for r in rows} == {1.0}  # rows untouched
+
+    gw.run(test)
