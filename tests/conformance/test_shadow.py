@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from legacy_stack import ADMIN, ALICE, DIRS, Stack, _git, _repo, running_stack, 
 
 from tests.conftest import PostgresDB, RedisDB
 from tests.gateway.conftest import fresh_pg_database
-from tests.support.celery_worker import stop_worker
+from tests.support.celery_worker import base_env, stop_worker
 
 pytestmark = [pytest.mark.slow]
 FINAL = {0, 1, 2, 6}
@@ -230,3 +232,36 @@ def test_an_aa_flake_is_counted_as_noise(stack: Stack, tmp_path: Path) -> None:
         group = next(g for g in groups if g["content"] == "cc-celery")
     assert group["aa"]["flips"] >= 1
     assert group["mismatch_rate_noise_adjusted"] < group["mismatch_rate"]
+
+
+# ---------------------------------------------------------------------------------------------------- replay
+def replay_cli(stack: Stack, limit: int) -> str:
+    """`gateway replay` as its own process on the stack's database (the API's reconciler does the rest)."""
+    command = [str(Path(sys.executable).with_name("gateway")), "replay", "--engine", "celery"]
+    command += ["--content", "cc-prefect", "--limit", str(limit), "--rate", "5"]
+    done = subprocess.run(command, env=base_env(stack.env, stack.data), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_replay_runs_stored_jobs_on_the_other_engine_once_each(stack: Stack) -> None:
+    """Stored Prefect jobs replayed on Celery in two goes (the second resumes where the first stopped): one
+    replay comparison per job, and the rows exactly as they were."""
+    with stack.client(ADMIN) as admin:
+        rows = admin.get("/api/results", params={"course_content_id": "cc-prefect"}).json()
+        before = {r["id"]: r for r in rows if r["status"] in (0, 1)}
+    assert len(before) >= 3
+    assert "2 replay legs sent on celery" in replay_cli(stack, 2)
+    assert f"{len(before) - 2} replay legs sent on celery" in replay_cli(stack, 100)
+    with stack.client(ADMIN) as admin:
+
+        def replayed() -> list[dict[str, Any]] | None:
+            params = {"kind": "replay", "course_content_id": "cc-prefect"}
+            found = admin.get("/api/comparisons", params=params)
+            return found.json() if found.headers["X-Total-Count"] == str(len(before)) else None
+
+        found = wait_until(replayed, "one replay comparison per job", 300)
+        after = {r["id"]: r for r in admin.get("/api/results", params={"course_content_id": "cc-prefect"}).json()}
+    assert sorted(c["result_id"] for c in found) == sorted(before)
+    assert {c["shadow"]["engine"] for c in found} == {"celery"}
+    assert {i: after[i] for i in before} == before
