@@ -22,9 +22,20 @@ from gateway.api.routes import api_router
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.errors import JobError
+from gateway.runtime import GatewayState
 from gateway.store.migrate import ensure_schema
 
 log = logging.getLogger("uvicorn.error").getChild("gateway")  # shown by uvicorn's own handler
+
+
+async def _flush_skips(state: GatewayState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=state.settings.gateway_reconcile_interval)
+        try:
+            await state.shadow.skips.flush(state.sessions)
+        except Exception as exc:  # noqa: BLE001 - kept pending for the next round
+            log.warning("flushing shadow skip counts failed: %s", exc)
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
@@ -39,6 +50,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         task = None
         if settings.gateway_reconcile_in_api:
             task = asyncio.create_task(state.reconciler.run(stop), name="reconciler")
+        else:  # the reconciler runs elsewhere; this process's skipped-shadow counts are still written
+            task = asyncio.create_task(_flush_skips(state, stop), name="shadow-skips")
         try:
             yield
         finally:
