@@ -4,8 +4,8 @@
    `POST /api/tests` for a content without a shadow setting ("off") and for one whose every job gets a second
    leg ("on": `aa_fraction` 1, the extra leg on the same Celery engine, so the shadow path runs for real: the
    second leg in the same insert statement, its send to Redis in the background on the shadow threads, its
-   "sent" mark). Rounds interleave off/on; the server's CPU time per request is read from /proc around each
-   run. Prints the median over rounds and the ratio on/off.
+   "sent" mark; `--fraction` samples it like a live setting would). Rounds interleave off/on; the server's CPU
+   time per request is read from /proc around each run. Prints the median over rounds and the ratio on/off.
 2. The comparator on a pair of reports with 1,000 tests each (normalise, diff, classify): comparisons/s.
 
 Run: `.venv/bin/python bench/bench_shadow.py [--seconds S] [--rounds N] [--connections C]` (needs PostgreSQL and
@@ -71,7 +71,16 @@ def wrk(server: Server, directory: str, seconds: int, connections: int) -> tuple
         script.write(WRK_SCRIPT % (uuid.uuid4().hex[:8], directory))
     try:
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, server.url],
+            [
+                "wrk",
+                f"-t{min(2, connections)}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                script.name,
+                server.url,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -91,7 +100,7 @@ def _ms(text: str) -> float:
     return value / 1000 if text.endswith("us") else value * 1000 if text.endswith("s") and "ms" not in text else value
 
 
-def seed_shadow(env: dict[str, str], data: Path) -> None:
+def seed_shadow(env: dict[str, str], data: Path, fraction: float) -> None:
     settings: Settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
     load_catalog(
         {
@@ -106,7 +115,7 @@ def seed_shadow(env: dict[str, str], data: Path) -> None:
     async def main() -> None:
         engine = make_async_engine(settings)
         try:
-            values = {"aa_fraction": 1.0, "max_in_flight": 10**9, "deadline_seconds": 3600}
+            values = {"aa_fraction": fraction, "max_in_flight": 10**9, "deadline_seconds": 3600}
             await set_shadow(make_sessionmaker(engine), backend=None, content="cc-on", values=values, user_id=None)
         finally:
             await engine.dispose()
@@ -117,7 +126,7 @@ def seed_shadow(env: dict[str, str], data: Path) -> None:
 def submit_bench(args: argparse.Namespace) -> None:
     with environment() as (env, data):
         seed(env, data)
-        seed_shadow(env, data)
+        seed_shadow(env, data, args.fraction)
         servers: list[Server] = []
         try:
             server = start("gateway", "gateway.api.app:create_app", "/api/tests", env, data / "gw", servers)
@@ -136,7 +145,8 @@ def submit_bench(args: argparse.Namespace) -> None:
                 stop(s)
     med = {name: [statistics.median(col) for col in zip(*r, strict=True)] for name, r in rows.items()}
     (p_off, r_off, c_off), (p_on, r_on, c_on) = med["off"], med["on"]
-    print(f"median of {args.rounds} rounds, wrk -t2 -c{args.connections} -d{args.seconds}s")
+    wrk_args = f"wrk -t{min(2, args.connections)} -c{args.connections} -d{args.seconds}s"
+    print(f"second leg for a share {args.fraction:g} of the 'on' jobs; median of {args.rounds} rounds, {wrk_args}")
     print(f"shadow off: p50 {p_off:.2f} ms, {r_off:.1f} req/s, {c_off:.2f} ms CPU/req")
     print(f"shadow on:  p50 {p_on:.2f} ms, {r_on:.1f} req/s, {c_on:.2f} ms CPU/req")
     print(f"ratio on/off: p50 {p_on / p_off:.2f}, throughput {r_on / r_off:.2f}, CPU/req {c_on / c_off:.2f}")
@@ -181,6 +191,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=50, help="comparator runs per case")
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of 'on' jobs that get a second leg")
     parser.add_argument("--only", choices=["submit", "comparator"], default=None)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
