@@ -86,7 +86,9 @@ async def cancel_task(state: GatewayState, task_id: str) -> None:
             await run_in_threadpool(adapter.cancel, leg.id)
         except Exception as exc:  # noqa: BLE001 - engine unreachable: the cancel cannot be confirmed
             raise EngineUnreachable(redact_text(f"Engine unavailable, task not cancelled: {exc}")) from None
-    async with state.sessions() as session, session.begin():
+    # Serialised with the reconciler's refreshes: on SQLite a status read polling the engine meanwhile would
+    # otherwise write back the CANCELLING it saw over this transaction's CANCELLED.
+    async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
         leg = await session.get(Leg, task_id, with_for_update=state.is_postgres)
         if leg is None or leg.finished:
             return
