@@ -159,8 +159,9 @@ def test_a_broken_run_is_failed_with_the_legacy_error_shape_and_a_resubmission_r
         assert poll_result_status(carol, first["id"]) == 1
         row = carol.get(f"/api/results/{first['id']}").json()
         assert row["result"] == 0.0
-        assert set(row["result_json"]) == {f"{ENGINE_OF[key]}_exception", "message"}
-        assert "not found" in row["result_json"]["message"]
+        assert set(row["result_json"]) == {f"{ENGINE_OF[key]}_exception", "message", "details"}
+        assert row["result_json"]["message"] == "Commit not found in the student repository."
+        assert missing_commit in row["result_json"]["details"]
         # FAILED is one of the statuses that allow a new run: the old row is renamed `<commit>:<status>`.
         second = submit(carol, key, missing_commit).json()
         assert second["id"] != first["id"] and second["status"] == 3
