@@ -52,6 +52,9 @@ class MemoryEngine:
     # `cancel` only asks, like a Celery revoke or a Prefect CANCELLING proposal: the run reads CANCELLING until
     # the next poll after it (a worker that noticed), then CANCELLED.
     slow_cancel: bool = False
+    # The engine's own run id is this prefix + the leg id (Prefect's flow run id differs from the leg id; Celery's
+    # task id is the leg id: prefix "").
+    run_id_prefix: str = ""
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,7 +103,7 @@ class MemoryAdapter:
                 found.submits += 1  # idempotent by leg id, like both real engines
             else:
                 self.backend.runs[leg_id] = MemoryRun(job=job)
-        return leg_id
+        return self.backend.run_id_prefix + leg_id
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")
@@ -122,7 +125,7 @@ class MemoryAdapter:
             native=run.phase.value.upper(),
             finished_at=run.finished_at,
             error=run.error,
-            engine_run_id=leg_id,
+            engine_run_id=self.backend.run_id_prefix + leg_id,
         )
 
     def result(self, leg_id: str) -> LegResult:

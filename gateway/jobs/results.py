@@ -20,6 +20,7 @@ from gateway.legs.states import DispatchState
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.runs import find_leg
 
 RESULT_NOT_FOUND = "Result not found"
 RUN_NOT_FOUND = "Test run not found"
@@ -76,10 +77,12 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:
     """The legacy `{"status": NAME}` of a run by its test system id (admins also see row-less legs)."""
     async with state.sessions() as session:
+        leg = await find_leg(session, test_system_id)  # the gateway's id or the engine's run id
+        if leg is not None:
+            test_system_id = leg.id
         row = (
             await session.execute(select(Result).where(Result.test_system_id == test_system_id))
         ).scalar_one_or_none()
-        leg = await session.get(Leg, test_system_id)
     if row is None:
         if leg is None or not principal.is_admin:
             raise NotFound(RUN_NOT_FOUND)
