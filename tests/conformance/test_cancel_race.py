@@ -38,15 +38,25 @@ def embedded_celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         yield server, repos.commit("slow")
 
 
-def read_until(stop: threading.Event, server: GatewayServer, run: dict[str, Any]) -> int:
-    """A legacy client's two status paths, as fast as they answer, until told to stop; returns how many reads."""
-    reads = 0
+class Reads:
+    """How many status reads the readers made so far (the main thread waits on it, never on time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+
+def read_until(stop: threading.Event, server: GatewayServer, run: dict[str, Any], reads: Reads) -> None:
+    """A legacy client's two status paths, as fast as they answer, until told to stop."""
     with server.client(SLOW) as client:
         while not stop.is_set():
             assert client.get(f"/api/results/{run['id']}/status").status_code == 200
             assert client.get(f"/api/system/status/{run['test_system_id']}").status_code == 200
-            reads += 2
-    return reads
+            reads.add(2)
 
 
 def race_one_round(server: GatewayServer, commit: str, pool: ThreadPoolExecutor, round_no: int) -> None:
@@ -58,19 +68,21 @@ def race_one_round(server: GatewayServer, commit: str, pool: ThreadPoolExecutor,
         assert run["status"] == 3, f"round {round_no}: a new run (the previous one was cancelled): {run}"
         status_path = f"/api/results/{run['id']}/status"
         wait_until(lambda: slow.get(status_path).json() == 5 or None, "running", timeout=120, interval=0.05)
-        stop = threading.Event()
-        readers = [pool.submit(read_until, stop, server, run) for _ in range(READERS)]
+        stop, reads = threading.Event(), Reads()
+        readers = [pool.submit(read_until, stop, server, run, reads) for _ in range(READERS)]
         try:
+            # The readers are polling when the cancel arrives, and go on well after it answered.
+            wait_until(lambda: reads.count >= 4 * READERS or None, "readers polling", timeout=60, interval=0.01)
             cancel = admin.delete(f"/api/tasks/{run['test_system_id']}/cancel")
             assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled", cancel.text
-            final = wait_until(
-                lambda: (s := slow.get(status_path).json()) in FINAL and (s,), "a final status", timeout=60
-            )[0]
+            after = reads.count
+            wait_until(lambda: reads.count >= after + 40 or None, "reads after the cancel", timeout=60, interval=0.01)
         finally:
             stop.set()
-            reads = sum(reader.result(timeout=60) for reader in readers)
+            for reader in readers:
+                reader.result(timeout=60)
+        final = wait_until(lambda: (s := slow.get(status_path).json()) in FINAL and (s,), "final", timeout=60)[0]
         assert final == 2, f"round {round_no}: status {final} after the cancel"
-        assert reads > 0
         # Still CANCELLED after the readers are gone and the worker has had its say.
         assert slow.get(f"/api/system/status/{run['test_system_id']}").json() == {"status": "CANCELLED"}
 
