@@ -49,6 +49,12 @@ class LegRun:
     def never_accepted(self) -> bool:
         return self.dispatch_state != DispatchState.SENT
 
+    @property
+    def stalled(self) -> bool:
+        """Timed out after its engine said nothing was executing it (a Prefect run Late, its runner gone):
+        the engine stopped, which is an infrastructure error, not a slow run."""
+        return self.timed_out and not self.never_accepted and bool(self.last_error)
+
     def queue_seconds(self) -> float | None:
         begin = self.dispatched_at or self.created_at
         return _seconds(begin, self.started_at)
@@ -60,6 +66,8 @@ class LegRun:
         """Why this leg gave no report, in one line."""
         if self.never_accepted:
             return f"{self.engine}: never accepted by the engine ({self.last_error or 'unreachable'})"
+        if self.stalled:
+            return f"{self.engine}: timed out with nothing executing it ({self.last_error})"
         return f"{self.engine}: {self.outcome or self.phase}{': ' + self.error if self.error else ''}"
 
 
@@ -92,7 +100,7 @@ class Experiment:
         self.aa = aa
 
     def run(self, primary: LegRun, shadow: LegRun) -> Verdict:
-        if shadow.timed_out and not shadow.never_accepted and primary.succeeded:
+        if shadow.timed_out and not shadow.never_accepted and not shadow.stalled and primary.succeeded:
             return Verdict(ComparisonOutcome.SHADOW_TIMEOUT, reason=shadow.failure(), **self._scores(primary, None))
         broken = [side for side, leg in ((Side.PRIMARY, primary), (Side.SHADOW, shadow)) if not leg.succeeded]
         if broken:

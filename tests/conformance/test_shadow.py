@@ -19,11 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from legacy_stack import ADMIN, ALICE, DIRS, Stack, _git, _repo, running_stack, wait_until
+from legacy_stack import ADMIN, ALICE, DIRS, Stack, _git, _repo, runner_env, running_stack, wait_until
 
 from tests.conftest import PostgresDB, RedisDB
 from tests.gateway.conftest import fresh_pg_database
 from tests.support.celery_worker import base_env, stop_worker
+from tests.support.prefect_server import running_runner
 
 pytestmark = [pytest.mark.slow]
 FINAL = {0, 1, 2, 6}
@@ -164,6 +165,24 @@ def test_a_stopped_shadow_engine_ends_in_shadow_timeout_and_the_primary_is_unaff
             stack.start_worker(CELERY_LIMIT)
     assert found["outcome"] == "shadow_timeout", found
     assert found["primary"]["score"] == row["result"]
+
+
+def test_a_stopped_prefect_runner_is_an_infra_error_on_the_shadow_side(stack: Stack) -> None:
+    """The shadow's deployment lost its runner: Prefect reports the run Late / the deployment unpolled, so at the
+    deadline the shadow is an infra error (its engine stopped), not a slow run; the Celery primary answers."""
+    assert stack.prefect_api is not None
+    env = runner_env(stack.prefect_api, stack.log_dir / "stopped-runner", stack.data, stack.server)
+    with running_runner(env, deployment_name="stopped", wait_for=["test-assignment/stopped"]):
+        pass  # registered and polled once, then stopped: nothing serves the deployment any more
+    with stack.client(ADMIN) as admin:
+        properties = {"deployment": "test-assignment/stopped"}
+        shadow(admin, "cc-celery", engine="prefect", deadline_seconds=50, properties=properties)
+        run = submit(admin, "celery", "m-carol", stack.repos.commit("passing")).json()
+        row = final_row(admin, run["id"])
+        found = comparison_of(admin, run["id"], timeout=150)
+    assert (found["outcome"], found["side"]) == ("infra_error", "shadow"), found
+    assert "nothing executing it" in found["reason"]
+    assert (row["status"], row["result"]) == (0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- write-back

@@ -233,6 +233,14 @@ OUTCOMES: list[tuple[str, LegRun, LegRun, set[str], ComparisonOutcome, Side | No
         None,
     ),
     (
+        "shadow timed out with its engine saying nothing runs it",
+        run(BASE),
+        run(None, "failed", LegOutcome.TIMED_OUT, last_error="run is Late: no runner picked it up"),
+        set(),
+        ComparisonOutcome.INFRA_ERROR,
+        Side.SHADOW,
+    ),
+    (
         "shadow never accepted before its deadline",
         run(BASE),
         run(None, "failed", LegOutcome.TIMED_OUT, dispatch_state="pending", last_error="broker down"),
