@@ -177,12 +177,13 @@ def test_a_stopped_prefect_runner_is_an_infra_error_on_the_shadow_side(stack: St
     with stack.client(ADMIN) as admin:
         properties = {"deployment": "test-assignment/stopped"}
         shadow(admin, "cc-celery", engine="prefect", deadline_seconds=50, properties=properties)
-        run = submit(admin, "celery", "m-carol", stack.repos.commit("passing")).json()
+        # A member and commit this content has not seen yet (an existing run would be answered as it is).
+        run = submit(admin, "celery", "m-slow", stack.repos.commit("slow")).json()
         row = final_row(admin, run["id"])
         found = comparison_of(admin, run["id"], timeout=150)
     assert (found["outcome"], found["side"]) == ("infra_error", "shadow"), found
     assert "nothing executing it" in found["reason"]
-    assert (row["status"], row["result"]) == (0, 1.0)
+    assert row["status"] == 0 and row["result_json"]["summary"]["total"] == 3  # the primary's report
 
 
 # ---------------------------------------------------------------------------------------------- write-back
