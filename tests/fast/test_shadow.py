@@ -429,3 +429,25 @@ def replay_case(gw: TwoEngines) -> None:
         assert {(await row_of(state, r.id)).result for r in rows} == {1.0}  # rows untouched
 
     gw.run(test)
+
+
+def test_admin_rule_overrides_apply_to_the_next_comparison_and_bad_ones_are_refused(gw: TwoEngines) -> None:
+    from gateway.jobs.errors import BadJobRequest
+    from gateway.jobs.shadow_admin import get_compare_rules, put_compare_rules
+
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        with pytest.raises(BadJobRequest, match="unknown"):
+            await put_compare_rules(state.sessions, {"ignore_everything": True}, "u-admin")
+        overrides = {"ignore_paths": ["$.tests[*].tests[*].resultMessage"]}
+        await put_compare_rules(state.sessions, overrides, "u-admin")
+        assert await get_compare_rules(state.sessions) == overrides
+        _row, legs = await submitted(state, "c1")
+        celery.succeed(legs["primary"].id, legacy_report({"test_a": "FAILED"}, "expected 1, got 2"))
+        prefect.succeed(legs["shadow:prefect"].id, legacy_report({"test_a": "FAILED"}, "AssertionError: 1 != 2"))
+        await state.reconciler.tick()
+        assert [c.outcome for c in await comparisons(state)] == ["match"]
+
+    gw.run(test)
