@@ -80,6 +80,8 @@ class ResultUpdate(BaseModel):
     result_json: dict[str, Any] | None = None
     status: int | None = Field(default=None, ge=-1, le=8)
     properties: dict[str, Any] | None = None
+    # A legacy worker sends `{"submit": true}` once its merge request exists: recorded, starts nothing.
+    submit: bool | None = Field(default=None, strict=True)
 
 
 # --------------------------------------------------------------------------------------------------- tasks API

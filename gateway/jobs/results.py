@@ -54,6 +54,10 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         for name in WRITABLE:
             if name in changes:
                 setattr(row, name, changes[name])
+        if changes.get("submit") is not None:
+            # Only records what the worker did (its merge request): a submission it made itself is not
+            # started again by the gateway.
+            row.submit = bool(changes["submit"])
         status = changes.get("status")
         if status is not None:
             row.status = int(status)
