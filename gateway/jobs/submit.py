@@ -346,7 +346,7 @@ async def dispatch_after_commit(
         return
     async with state.sessions() as session, session.begin():
         if outcome.status == SendStatus.RETRY:
-            await record_retry(session, leg_id, outcome.error, now)
+            await record_retry(session, leg_id, outcome.error, now, fault=outcome.fault)
             return
         # Rejected by configuration: the client gets an error, so no run may remain behind it.
         if row_id is not None:
