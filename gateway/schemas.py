@@ -137,6 +137,15 @@ class TaskInfo(BaseModel):
     retries: int | None = None
 
 
+class TaskList(BaseModel):
+    """`GET /api/tasks`: one page of tasks, newest first, with the total."""
+
+    tasks: list[TaskInfo]
+    total: int
+    limit: int
+    offset: int
+
+
 class TaskResult(BaseModel):
     task_id: str
     status: str

@@ -16,7 +16,7 @@ from backends.interface import LegPhase
 from common.legacy import status_name
 from gateway.jobs.errors import NotFound
 from gateway.legs import machine
-from gateway.legs.states import DispatchState
+from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
 from gateway.store.models import Leg, Result, utcnow
@@ -72,17 +72,20 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:
     """The legacy `{"status": NAME}` of a run by its test system id (admins also see row-less legs)."""
     async with state.sessions() as session:
-        row = (
-            await session.execute(select(Result).where(Result.test_system_id == test_system_id))
-        ).scalar_one_or_none()
         leg = await session.get(Leg, test_system_id)
+        if leg is None:
+            # A legacy worker or client knows only the engine's run id (a Prefect flow run id): resolve it too.
+            by_engine = select(Leg).where(Leg.engine_run_id == test_system_id).order_by(Leg.role != LegRole.PRIMARY)
+            leg = (await session.execute(by_engine.limit(1))).scalar_one_or_none()
+        own_id = leg.id if leg is not None else test_system_id
+        row = (await session.execute(select(Result).where(Result.test_system_id == own_id))).scalar_one_or_none()
     if row is None:
         if leg is None or not principal.is_admin:
             raise NotFound(RUN_NOT_FOUND)
         if not leg.finished:
             await state.reconciler.refresh(leg.id)
             async with state.sessions() as session:
-                leg = await session.get(Leg, test_system_id) or leg
+                leg = await session.get(Leg, leg.id) or leg
         return {"status": LegPhase(leg.phase).result_status().name}
     if not principal.may_see_member(row.course_member_id):
         raise NotFound(RUN_NOT_FOUND)

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from backends.interface import TaskKind
@@ -93,6 +94,15 @@ async def submit_task(
     if not delayed:
         await dispatch_after_commit(state, values["id"], engine, spec, None)
     return str(values["id"])
+
+
+async def list_tasks(state: GatewayState, limit: int, offset: int) -> tuple[list[Leg], int]:
+    """A page of legs (every role: test runs, submissions, bare tasks), newest first, and how many there are."""
+    async with state.sessions() as session:
+        total = int(await session.scalar(select(func.count(Leg.id))) or 0)
+        stmt = select(Leg).order_by(Leg.created_at.desc(), Leg.id.desc()).offset(offset).limit(limit)
+        legs = list((await session.execute(stmt)).scalars())
+    return legs, total
 
 
 async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Leg, Result | None]:

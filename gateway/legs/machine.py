@@ -290,7 +290,7 @@ def _write_row(
     if phase == LegPhase.SUCCEEDED:
         row.status = int(ResultStatus.COMPLETED)
         if report is not None:
-            row.result = score(report)
+            row.result = result.score if result is not None and result.score is not None else score(report)
             row.result_json = report
     elif phase == LegPhase.CANCELLED:
         row.status = int(ResultStatus.CANCELLED)
