@@ -28,8 +28,8 @@ app.conf.update(
         **celery_config(Settings()),  # the same broker and result table as the gateway's own workers
         "include": [],
         "result_serializer": SERIALIZER,
-        "accept_content": ["json", "pickle"],
-        "result_accept_content": ["json", "pickle"],
+        # It receives the gateway's JSON messages; only what it stores is pickled.
+        "accept_content": ["json"],
     }
 )
 
