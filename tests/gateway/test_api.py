@@ -216,6 +216,12 @@ def test_tasks_family(api: GatewayServer) -> None:
             "/api/tasks/submit",
             json={"task_name": "submission_processing", "parameters": {"submission": {"x": 1}}, "delay": 3600},
         )
+        assert sub.status_code == 400 and "submission.test_job" in sub.json()["detail"]  # validated up front
+        job = {"module": {"url": "https://git.example.invalid/s/r.git", "commit": "abc", "path": "week1/ex1"}}
+        sub = admin.post(
+            "/api/tasks/submit",
+            json={"task_name": "submission_processing", "parameters": {"submission": {"test_job": job}}, "delay": 3600},
+        )
         assert sub.status_code == 200 and sub.json()["status"] == "submitted"
         task_id = sub.json()["task_id"]
         info = admin.get(f"/api/tasks/{task_id}/status").json()
