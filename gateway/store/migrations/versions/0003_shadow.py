@@ -1,7 +1,7 @@
 """Shadow runs: settings per backend/content, skip counters, comparisons, A/A flake statistics, compare rules.
 
 Revision ID: 0003_shadow
-Revises: 0002
+Revises: 0003_legacy_fidelity
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_shadow"
-down_revision = "0002"
+down_revision = "0003_legacy_fidelity"
 branch_labels = None
 depends_on = None
 
