@@ -51,6 +51,9 @@ def test_the_wheel_carries_its_migrations(tmp_path: Path, postgres_db: PostgresD
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "GATEWAY_", "PYTHON"))}
     where = _run([str(fresh_python), "-c", "import gateway.store.migrate as m; print(m.MIGRATIONS)"], tmp_path, env)
     assert where.strip().startswith(str(site)), where  # the migrations of the installed package, not this checkout
+    # The comparator's shipped rules (data, not code) travel with the package too.
+    rules = "from gateway.compare.rules import SHIPPED, default_rules; default_rules(); print(SHIPPED)"
+    assert _run([str(fresh_python), "-c", rules], tmp_path, env).strip().startswith(str(site))
     with fresh_pg_database(postgres_db) as db:
         env.update(db.env())
         env["GATEWAY_DATA_DIR"] = str(tmp_path / "data")
