@@ -12,12 +12,20 @@ Passwords are `SecretStr`; URLs that carry one are built on demand and only ever
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SandboxIsolation(StrEnum):
+    """How the sandbox isolates a run (see `Settings.sandbox_isolation`)."""
+
+    BWRAP = "bwrap"
+    NONE = "none"
 
 
 def _default_data_dir() -> Path:
@@ -71,11 +79,16 @@ class Settings(BaseSettings):
     sandbox_max_file_mb: int = 64
     sandbox_output_cap_bytes: int = 64 * 1024
     submissions_repo_url: str | None = None
-    # When the worker runs as root, the sandbox drops to this user (a name or a numeric uid): Linux does not
-    # enforce RLIMIT_NPROC for root, so a fork bomb is only contained under an unprivileged uid.
-    sandbox_user: str | None = "nobody"
-    # The interpreter that runs pytest in the sandbox; None = this one (or a same-version interpreter the
-    # sandbox user can execute, when this one lives in a directory that user cannot enter).
+    # How student code is kept away from the worker (docs/work.md): "bwrap" = bubblewrap namespaces (no network,
+    # own mount view and pid namespace); the worker refuses to grade when that does not work. "none" = limits and
+    # a uid only, for machines without bubblewrap; never for untrusted code.
+    sandbox_isolation: SandboxIsolation = SandboxIsolation.BWRAP
+    # As root, every run gets its own uid from [base, base + count), locked while the run lives, so runs cannot
+    # signal, read or out-fork each other (Linux does not enforce RLIMIT_NPROC for root).
+    sandbox_uid_base: int = 100000
+    sandbox_uid_count: int = 4096
+    # The interpreter that runs pytest in the sandbox; None = the first same-version interpreter a run can
+    # execute (this one's base interpreter, then pythonX.Y under /usr).
     sandbox_python: str | None = None
     # Where sandbox and checkout dirs are made; None = the system temp dir (the sandbox user must traverse it).
     sandbox_root: Path | None = None
