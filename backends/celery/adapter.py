@@ -156,7 +156,10 @@ class CeleryAdapter:
             native, raw = row.status, row.result
         phase = phase_for(native, raw)
         if phase is LegPhase.SUCCEEDED:
-            return LegResult(leg_id=leg_id, phase=phase, report=raw if isinstance(raw, dict) else {"result": raw})
+            if not isinstance(raw, dict):  # a stored task result is the task's returned dict, nothing else
+                return LegResult(leg_id=leg_id, phase=phase, error=f"the task returned a {type(raw).__name__}, "
+                                 "not a report object", error_type="ResultUnavailable")  # fmt: skip
+            return LegResult(leg_id=leg_id, phase=phase, report=raw)
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
             error, error_type = error_from(raw)
             return LegResult(leg_id=leg_id, phase=phase, error=error, error_type=error_type)

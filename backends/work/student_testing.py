@@ -84,6 +84,7 @@ def run_student_testing(
     # Validate both repositories before anything runs: a refused job starts no process and makes no directory.
     student_plan = plan_checkout(job.module, "student", settings)
     reference_plan = plan_checkout(job.reference, "reference", settings)
+    sandbox_runtime(settings)  # refuses to grade when the sandbox cannot isolate (checked once per worker)
     reporter = _Progress(progress)
     reporter.emit(0, "started")
     timings: dict[str, float] = {}
@@ -101,7 +102,6 @@ def run_student_testing(
 
         t0 = time.monotonic()
         assignment = read_assignment(reference.assignment_dir)
-        sandbox_runtime(settings)  # refuses to grade when the sandbox cannot isolate (once per worker)
         run_dir = make_run_dir(settings)
         protected = assemble(run_dir.work, student.assignment_dir, reference.assignment_dir, assignment)
         limits = Limits.from_settings(settings, assignment.time_limit)
