@@ -5,8 +5,8 @@ JUnit XML if one was left in `/out`. Rules, in order:
 - the wall-clock limit hit → finished tests keep their channel verdict, the rest TIMEDOUT;
 - the channel broke its protocol (a line that is not an event, an unknown test, a test reported twice, anything
   after `end`, a flood), the plugin reported a `tamper` event, the exit status disagrees with `end`, or the
-  JUnit XML disagrees with the channel or is not JUnit → **tampering**: every test CRASHED/FAILED (score 0) and
-  the root says why; never PASSED;
+  JUnit XML disagrees with the channel, is not JUnit or is missing after tests ran → **tampering**: every
+  test CRASHED/FAILED (score 0) and the root says why; never PASSED;
 - no `end` (the process died: a limit's signal, `os._exit`, killed) → finished tests keep their verdict, the
   rest CRASHED (or TIMEDOUT for the CPU limit); with nothing collected and no collection error, the runner
   itself broke → `InfrastructureError`;
@@ -39,6 +39,7 @@ from backends.work.sandbox import RunOutcome
 _LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGKILL: "killed (resource limit)",
                   signal.SIGXFSZ: "file size limit", signal.SIGSEGV: "segmentation fault"}  # fmt: skip
 TAMPERING = "tampering detected"
+_RAN_TESTS = (0, 1)  # pytest.ExitCode.OK, TESTS_FAILED
 _INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED: collection errors stop the session before any test
 
 
@@ -232,6 +233,9 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
         disagreement = _junit_disagrees(outcome.junit_xml, outcomes)
         if disagreement:
             problems.append(disagreement)
+    elif outcome.junit_xml is None and channel.end_status in _RAN_TESTS:
+        # pytest writes the XML before the session's end event: a session that "ended" without it was not pytest's.
+        problems.append("the session ended without the JUnit XML pytest writes before its end")
     if problems:
         return _tampered(channel, test_files, problems)
     return outcomes, RunSummary()

@@ -37,6 +37,12 @@ def start(
     include: list[str] = typer.Option([], "--include", "-I", help="Extra task modules (tests, plugins)."),
 ) -> None:
     """Run the celery-system-worker in the foreground (Ctrl-C for a warm shutdown)."""
+    from backends.work.sandbox import sandbox_health
+
+    refusal = sandbox_health(get_settings())
+    if refusal is not None:  # a worker that cannot isolate student code must not take test runs
+        Console(stderr=True).print(f"[red]this worker refuses to grade: {refusal}[/red]")
+        raise typer.Exit(2)
     from backends.celery.app import app
 
     argv = [

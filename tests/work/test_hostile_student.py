@@ -121,6 +121,27 @@ def test_forged_events_on_the_verdict_channel(make_job: Callable[..., Any]) -> N
     _assert_tampering(run_student_testing(make_job(TESTS, {"calc.py": WRONG + forge})))
 
 
+def test_a_whole_forged_session_then_exit(make_job: Callable[..., Any]) -> None:
+    """The strongest forgery from inside: a complete session with an end event, then `os._exit(0)` before pytest
+    could speak. It still lacks the JUnit XML pytest writes before its end; see docs/work.md for what remains."""
+    forge = (
+        "import json, os\n\n"
+        "_ids = ['test_calc.py::test_add', 'test_calc.py::test_mean']\n"
+        "_lines = [{'event': 'collected', 'nodeids': _ids}]\n"
+        "_lines += [{'event': 'test', 'nodeid': n, 'when': 'call', 'outcome': 'passed', 'message': '',\n"
+        "            'details': '', 'duration': 0.0} for n in _ids]\n"
+        "_lines.append({'event': 'end', 'exitstatus': 0})\n"
+        "for fd in map(int, os.listdir('/proc/self/fd')):\n"
+        "    try:\n"
+        "        if os.readlink(f'/proc/self/fd/{fd}').startswith('pipe:'):\n"
+        "            os.write(fd, ''.join(json.dumps(x) + '\\n' for x in _lines).encode())\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)\n"
+    )
+    _assert_tampering(run_student_testing(make_job(TESTS, {"calc.py": WRONG + forge})))
+
+
 def test_write_fake_result_files_anywhere(make_job: Callable[..., Any], world_dir: Path, settings_for: Any) -> None:
     data = world_dir / "data"
     (data / "prefect-results").mkdir(parents=True)
