@@ -28,6 +28,13 @@ class SandboxIsolation(StrEnum):
     NONE = "none"
 
 
+class SandboxRunner(StrEnum):
+    """How a run's process starts (see `Settings.sandbox_runner`)."""
+
+    WARM = "warm"
+    COLD = "cold"
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "ctutor-gateway"
@@ -87,6 +94,9 @@ class Settings(BaseSettings):
     # signal, read or out-fork each other (Linux does not enforce RLIMIT_NPROC for root).
     sandbox_uid_base: int = 100000
     sandbox_uid_count: int = 4096
+    # "warm": a per-worker process that imported pytest once forks each run into the same namespaces, uid and
+    # limits (root and bwrap isolation only; otherwise cold). "cold": a new bwrap + interpreter per run.
+    sandbox_runner: SandboxRunner = SandboxRunner.WARM
     # The interpreter that runs pytest in the sandbox; None = the first same-version interpreter a run can
     # execute (this one's base interpreter, then pythonX.Y under /usr).
     sandbox_python: str | None = None

@@ -31,12 +31,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
-from backends.settings import SandboxIsolation, Settings
+from backends.settings import SandboxIsolation, SandboxRunner, Settings
 from backends.work import sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_uids import kill_uid, run_uid
+from backends.work.sandbox_warm import WarmProcess, warm_runner
 
 _PYTEST_INI = "[pytest]\njunit_family = xunit1\nconsole_output_style = classic\n"
 _CHANNEL_CAP = 16 * 1024 * 1024  # more than this on the verdict pipe is a flood, not a test run
@@ -81,6 +83,7 @@ class RunOutcome:
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
+    runner: str = "cold"
 
 
 # ------------------------------------------------------------------------------------------------- the run dir
@@ -159,37 +162,49 @@ def _uid_for_run(settings: Settings) -> Iterator[int | None]:
         yield uid
 
 
-def _system_links() -> list[str]:
-    """/bin, /lib, ... as the host has them: symlinks into /usr on merged-/usr systems, else read-only binds."""
-    args: list[str] = []
+@dataclass(frozen=True)
+class _MountPlan:
+    """The run's file system view, the same for bwrap (cold) and the warm runner: what is bound where."""
+
+    binds: list[tuple[str, str, bool]]  # (host path, path in the sandbox, read-only)
+    symlinks: list[tuple[str, str]]  # (target, link)
+
+
+def _mount_plan(rd: RunDir, runtime: Runtime, protected: list[str]) -> _MountPlan:
+    binds: list[tuple[str, str, bool]] = [("/usr", "/usr", True)]
+    symlinks: list[tuple[str, str]] = []
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
-            args += ["--symlink", os.readlink(top), top]
+            symlinks.append((os.readlink(top), top))
         elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    return args
+            binds.append((top, top, True))
+    prefix = str(interpreter_prefix(runtime.python))
+    if prefix != "/usr" and not prefix.startswith("/usr/"):
+        binds.append((prefix, prefix, True))
+    binds += [
+        (etc, etc, True) for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime") if os.path.exists(etc)
+    ]
+    binds += [
+        (str(rd.runner / "passwd"), "/etc/passwd", True), (str(rd.runner / "group"), "/etc/group", True),
+        (str(rd.work), "/work", False), (str(rd.out), "/out", False),
+        (str(rd.runner), str(_IN / "runner"), True), (str(runtime.site), str(_IN / "site"), True),
+        (str(runtime.site.parent), str(runtime.site.parent), True),  # the warm runner imported from these paths
+    ]  # fmt: skip
+    binds += [(str(rd.work / rel), f"/work/{rel}", True) for rel in protected]
+    return _MountPlan(binds, symlinks)
 
 
 def _bwrap_args(rd: RunDir, runtime: Runtime, protected: list[str]) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise InfrastructureError("bubblewrap (bwrap) is not installed; install it or set SANDBOX_ISOLATION=none")
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
-            *_system_links()]  # fmt: skip
-    prefix = interpreter_prefix(runtime.python)
-    if not str(prefix).startswith("/usr/") and str(prefix) != "/usr":
-        args += ["--ro-bind", str(prefix), str(prefix)]
-    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime"):
-        args += ["--ro-bind-try", etc, etc]
-    args += [
-        "--ro-bind", str(rd.runner / "passwd"), "/etc/passwd", "--ro-bind", str(rd.runner / "group"), "/etc/group",
-        "--proc", "/proc", "--dev", "/dev",
-        "--bind", str(rd.work), "/work", "--bind", str(rd.out), "/out",
-        "--ro-bind", str(rd.runner), str(_IN / "runner"), "--ro-bind", str(runtime.site), str(_IN / "site"),
-    ]  # fmt: skip
-    for rel in protected:
-        args += ["--ro-bind", str(rd.work / rel), f"/work/{rel}"]
-    return [*args, "--chdir", "/work", "--remount-ro", "/", "--"]
+    plan = _mount_plan(rd, runtime, protected)
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
+    for src, dst, readonly in plan.binds:
+        args += ["--ro-bind" if readonly else "--bind", src, dst]
+    for target, link in plan.symlinks:
+        args += ["--symlink", target, link]
+    return [*args, "--proc", "/proc", "--dev", "/dev", "--chdir", "/work", "--remount-ro", "/", "--"]
 
 
 @dataclass(frozen=True)
@@ -360,6 +375,51 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+_Fds = tuple[int, BinaryIO, BinaryIO]  # the channel's write end, stdout, stderr
+
+
+def _start_cold(
+    rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
+    uid: int | None, fds: _Fds, isolation: SandboxIsolation,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """A new interpreter per run: bwrap (or nothing, with isolation none) + `python -I -S launch.py`."""
+    channel, out, err = fds
+    launch = [
+        runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache,
+        str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
+        "--", *_pytest_args(view, test_files, "conftest.py" in protected),
+    ]  # fmt: skip
+    prefix = _bwrap_args(rd, runtime, protected) if isolation is SandboxIsolation.BWRAP else []
+    try:
+        return subprocess.Popen(
+            [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
+            env=_env(view, channel, protected), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
+            extra_groups=[] if uid is not None else None,
+        )  # fmt: skip
+    except OSError as exc:
+        raise InfrastructureError(f"test runner could not start: {exc.strerror or exc}") from None
+
+
+def _start_warm(
+    rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
+    uid: int, fds: _Fds,
+) -> WarmProcess:  # fmt: skip
+    """A fork of the worker's warm runner, in the same view, namespaces, uid and limits as a cold run."""
+    channel, out, err = fds
+    plan = _mount_plan(rd, runtime, protected)
+    newroot = rd.root / "newroot"
+    newroot.mkdir(mode=0o755)
+    env = {k: v for k, v in _env(view, channel, protected).items() if not k.startswith("GATEWAY_")}
+    job = {
+        "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
+        "cwd": view.work, "pycache": view.pycache, "reference": protected,
+        "limits": [limits.cpu_seconds, limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
+        "args": _pytest_args(view, test_files, "conftest.py" in protected),
+    }  # fmt: skip
+    return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
+
+
 def run_pytest(
     rd: RunDir,
     test_files: list[str],
@@ -377,27 +437,20 @@ def run_pytest(
     stdout_path, stderr_path = rd.root / "stdout.txt", rd.root / "stderr.txt"
     with _uid_for_run(settings) as uid:
         _hand_over(rd, uid, protected)
+        warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
-        launch = [
-            runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache,
-            str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
-            "--", *_pytest_args(view, test_files, "conftest.py" in protected),
-        ]  # fmt: skip
-        prefix = _bwrap_args(rd, runtime, protected) if isolation is SandboxIsolation.BWRAP else []
         reader = _ChannelReader(read_fd, on_events)
         started = time.monotonic()
         timed_out = False
+        proc: subprocess.Popen[bytes] | WarmProcess
         try:
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
                 try:
-                    proc = subprocess.Popen(
-                        [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-                        env=_env(view, write_fd, protected), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                        start_new_session=True, close_fds=True, pass_fds=(write_fd,), user=uid, group=uid,
-                        extra_groups=[] if uid is not None else None,
-                    )  # fmt: skip
-                except OSError as exc:
-                    raise InfrastructureError(f"test runner could not start: {exc.strerror or exc}") from None
+                    if warm:
+                        proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err))
+                    else:
+                        proc = _start_cold(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
+                                           isolation)  # fmt: skip
                 finally:
                     os.close(write_fd)
                 try:
@@ -408,8 +461,12 @@ def run_pytest(
                             break
                         reader.pump(0.05)
                 finally:
-                    # Killing bwrap ends its pid namespace and all in it; the group and the uid are the fallbacks.
-                    _kill_group(proc.pid)
+                    # Ending the run's pid 1 (bwrap's init, the warm run's init) ends its pid namespace and all in
+                    # it; the process group and the uid are the fallbacks.
+                    if isinstance(proc, WarmProcess):
+                        kill_uid(uid)  # type: ignore[arg-type]
+                    else:
+                        _kill_group(proc.pid)
                     proc.wait()
                     if uid is not None:
                         kill_uid(uid)
@@ -438,4 +495,5 @@ def run_pytest(
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
         isolation=isolation.value,
+        runner="warm" if warm else "cold",
     )

@@ -118,6 +118,7 @@ def run_student_testing(
             "path": student_plan.path,
             "timeLimit": limits.timeout,
             "isolation": outcome.isolation,
+            "runner": outcome.runner,
             "phases": {k: round(v, 4) for k, v in timings.items()},
         }
         report = build_report(student_plan.path, outcomes, run)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from backends.settings import get_settings
 from backends.work import sandbox
 from backends.work.errors import InfrastructureError
 from backends.work.report import report_score
@@ -42,6 +43,14 @@ FORGED_JUNIT = (
     '<testcase classname="test_calc" name="test_mean" file="test_calc.py" time="0.001"/>'
     "</testsuite></testsuites>"
 )
+
+
+@pytest.fixture(autouse=True, params=["warm", "cold"])
+def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, isolated_env: Path) -> str:
+    """Every test here runs on the warm runner and on a cold bwrap run: isolation must hold on both."""
+    monkeypatch.setenv("SANDBOX_RUNNER", request.param)
+    get_settings.cache_clear()
+    return str(request.param)
 
 
 def _tests(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -316,7 +325,8 @@ def test_worker_files_are_invisible(make_job: Callable[..., Any], world_dir: Pat
     for path in world_dir.rglob("*"):
         if path.is_dir():
             path.chmod(0o755)
-    paths = [str(p) for p in files] + ["/etc/shadow", str(world_dir)]
+    # Another run's dir and the data dir, listed; (the sandbox root itself may show the read-only runtime dir).
+    paths = [str(p) for p in files] + ["/etc/shadow", str(data), str(other_run.parent), str(other_run)]
     probe = (
         "import os\n\ndef leaks():\n    found = []\n"
         f"    for path in {paths!r}:\n"
