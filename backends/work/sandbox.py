@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import shutil
@@ -40,6 +41,7 @@ from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candi
 from backends.work.sandbox_uids import kill_uid, run_uid
 from backends.work.sandbox_warm import WarmProcess, warm_runner
 
+log = logging.getLogger(__name__)
 _PYTEST_INI = "[pytest]\njunit_family = xunit1\nconsole_output_style = classic\n"
 _CHANNEL_CAP = 16 * 1024 * 1024  # more than this on the verdict pipe is a flood, not a test run
 _IN = Path("/opt/gateway")  # where the runner and the runtime appear inside a bwrap sandbox
@@ -170,7 +172,7 @@ class _MountPlan:
     symlinks: list[tuple[str, str]]  # (target, link)
 
 
-def _mount_plan(rd: RunDir, runtime: Runtime, protected: list[str]) -> _MountPlan:
+def _mount_plan(rd: RunDir, runtime: Runtime, protected: list[str], fill_pycache: bool = False) -> _MountPlan:
     binds: list[tuple[str, str, bool]] = [("/usr", "/usr", True)]
     symlinks: list[tuple[str, str]] = []
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -189,16 +191,17 @@ def _mount_plan(rd: RunDir, runtime: Runtime, protected: list[str]) -> _MountPla
         (str(rd.work), "/work", False), (str(rd.out), "/out", False),
         (str(rd.runner), str(_IN / "runner"), True), (str(runtime.site), str(_IN / "site"), True),
         (str(runtime.site.parent), str(runtime.site.parent), True),  # the warm runner imported from these paths
+        (str(_pycache(runtime)), str(_IN / "pycache"), not fill_pycache),
     ]  # fmt: skip
     binds += [(str(rd.work / rel), f"/work/{rel}", True) for rel in protected]
     return _MountPlan(binds, symlinks)
 
 
-def _bwrap_args(rd: RunDir, runtime: Runtime, protected: list[str]) -> list[str]:
+def _bwrap_args(rd: RunDir, runtime: Runtime, protected: list[str], fill_pycache: bool = False) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise InfrastructureError("bubblewrap (bwrap) is not installed; install it or set SANDBOX_ISOLATION=none")
-    plan = _mount_plan(rd, runtime, protected)
+    plan = _mount_plan(rd, runtime, protected, fill_pycache)
     args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
     for src, dst, readonly in plan.binds:
         args += ["--ro-bind" if readonly else "--bind", src, dst]
@@ -220,8 +223,14 @@ class _View:
 
 def _view(rd: RunDir, runtime: Runtime, isolation: SandboxIsolation) -> _View:
     if isolation is SandboxIsolation.BWRAP:
-        return _View("/work", "/out", str(_IN / "runner"), str(_IN / "site"), str(_IN / "no-pycache"))
-    return _View(str(rd.work), str(rd.out), str(rd.runner), str(runtime.site), str(rd.runner / "no-pycache"))
+        return _View("/work", "/out", str(_IN / "runner"), str(_IN / "site"), str(_IN / "pycache"))
+    return _View(str(rd.work), str(rd.out), str(rd.runner), str(runtime.site), str(_pycache(runtime)))
+
+
+def _pycache(runtime: Runtime) -> Path:
+    """The runs' `sys.pycache_prefix`: bytecode of the standard library and pytest, compiled once per worker by
+    `_fill_pycache`, read-only to runs (and the only place a run looks for bytecode: none from `/work`)."""
+    return runtime.site.parent / "pycache"
 
 
 _PROBE = "import sys; sys.path.insert(0, sys.argv[1]); import pytest, _pytest.junitxml; print('ok')"
@@ -253,16 +262,61 @@ def _probe(settings: Settings, python: str, site: Path) -> str | None:
         remove_run_dir(rd)
 
 
+def _fill_pycache(settings: Settings, runtime: Runtime) -> None:
+    """Compile what a run imports (standard library, pytest) into the runs' pycache, once per runtime and
+    isolation mode, by running a one-test session the way runs do but allowed to write bytecode there."""
+    cache = _pycache(runtime)
+    marker = cache / f".filled-{settings.sandbox_isolation.value}"
+    if marker.exists():
+        return
+    cache.mkdir(mode=0o755, exist_ok=True)
+    rd = make_run_dir(settings)
+    read_fd, write_fd = os.pipe()
+    try:
+        (rd.work / "test_warmup.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+        _hand_over(rd, None, [])
+        isolation = settings.sandbox_isolation
+        view = _view(rd, runtime, isolation)
+        prefix = _bwrap_args(rd, runtime, [], fill_pycache=True) if isolation is SandboxIsolation.BWRAP else []
+        limits = ["300", str(4 << 30), "4096", str(256 << 20)]
+        cmd = [*prefix, runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache, *limits,
+               "--", *_pytest_args(view, ["test_warmup.py"], False)]  # fmt: skip
+        env = {**_env(view, write_fd, []), "GATEWAY_WRITE_PYCACHE": "1"}
+        cwd = view.work if isolation is SandboxIsolation.NONE else "/"
+        done = subprocess.run(
+            cmd, env=env, cwd=cwd, pass_fds=(write_fd,), capture_output=True, timeout=300, check=False
+        )
+        if done.returncode != 0:
+            log.warning("could not fill the sandbox's bytecode cache (runs compile instead): exit %s", done.returncode)
+            return
+        for own in (cache / "work", cache / str(rd.root).lstrip("/")):  # the warm-up test's bytecode, not a run's
+            shutil.rmtree(own, ignore_errors=True)
+        for dirpath, _dirs, files in os.walk(cache):
+            os.chmod(dirpath, 0o755)
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        marker.touch()
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not fill the sandbox's bytecode cache (runs compile instead): %s", exc)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        remove_run_dir(rd)
+
+
 @lru_cache(maxsize=8)
 def _runtime_for(isolation: str, python: str | None, base: str, uid_base: int, uid_count: int) -> Runtime:
     settings = Settings(sandbox_isolation=isolation, sandbox_python=python, sandbox_root=Path(base),
                         sandbox_uid_base=uid_base, sandbox_uid_count=uid_count)  # type: ignore[arg-type]  # fmt: skip
     site = build_site(Path(base))
+    (site.parent / "pycache").mkdir(mode=0o755, exist_ok=True)  # mounted into every run, filled below
     reasons = []
     for candidate in interpreter_candidates(python):
         reason = _probe(settings, candidate, site)
         if reason is None:
-            return Runtime(candidate, site)
+            runtime = Runtime(candidate, site)
+            _fill_pycache(settings, runtime)
+            return runtime
         reasons.append(reason)
     hint = "" if isolation == SandboxIsolation.NONE else " (SANDBOX_ISOLATION=none only where code is trusted)"
     raise InfrastructureError(f"the sandbox ({isolation}) cannot start a test run: {'; '.join(reasons)}{hint}")

@@ -4,8 +4,8 @@ It runs as the run's uid inside the namespaces, started with `python -I -S` (no 
 directories, not even the current directory on `sys.path`), so nothing in the student's files is importable
 before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shadows the real one. In order:
 1. set the resource limits on itself (they then hold for pytest, the student's code and all it starts);
-2. point `sys.pycache_prefix` at a read-only path, so no `__pycache__` the student writes is ever loaded in
-   place of a reference module's source;
+2. point `sys.pycache_prefix` at the worker's read-only bytecode cache (standard library and pytest, compiled
+   once per worker), so no `__pycache__` the student writes is ever loaded in place of a reference module;
 3. take the verdict channel (a pipe's write end the worker handed over) out of the environment and make it
    non-inheritable across exec;
 4. import pytest and the verdict plugin from the worker's read-only runtime dir and run pytest with the plugin
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: launch.py SITE PYCACHE CPU MEM NPROC FSIZE -- ARGS")
     _limit(cpu, mem, nproc, fsize)
     sys.pycache_prefix = pycache
-    sys.dont_write_bytecode = True
+    sys.dont_write_bytecode = os.environ.pop("GATEWAY_WRITE_PYCACHE", "") != "1"  # only the worker's cache fill
     channel_fd = int(os.environ.pop("GATEWAY_VERDICT_FD"))
     reference = json.loads(os.environ.pop("GATEWAY_REFERENCE_FILES", "[]"))
     os.set_inheritable(channel_fd, False)
