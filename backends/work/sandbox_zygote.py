@@ -3,11 +3,12 @@
 One per worker process, started as root: it imports pytest and all its default plugins once, then waits on a
 unix socket. Per job, the worker sends the job (JSON) with four fds (a socket for the answer, the verdict
 channel's write end, stdout, stderr). The zygote forks a *keeper* that makes the same namespaces a cold run gets
-from bubblewrap (pid, mount, network, ipc, uts, cgroup) and forks the *run*, pid 1 of the new pid namespace. The
-run builds its file system view the way bwrap would (a fresh tmpfs root, the same read-only and writable binds,
-its own /proc, a minimal /dev, `pivot_root`, `/` read-only), drops to the run's uid (no capabilities left, no new
-privileges), sets the limits, and only then calls `pytest.main` with the verdict plugin: student code is imported
-after all of that, exactly as in a cold run. The keeper waits for the run and answers its wait status.
+from bubblewrap (pid, mount, network, ipc, uts, cgroup) and forks the run's *init*, pid 1 of the new pid
+namespace. The init builds the file system view the way bwrap would (a fresh tmpfs root, the same read-only and
+writable binds, its own /proc, a minimal /dev, `pivot_root`, `/` read-only), drops to the run's uid (no
+capabilities left, no new privileges) and forks the *test* process, which sets the limits and only then calls
+`pytest.main` with the verdict plugin: student code is imported after all of that, exactly as in a cold run.
+The init reaps orphans and leaves with the test process's status; the keeper answers it to the worker.
 
 If the worker goes away (its end of the socket closes), the zygote exits; keepers and runs die with it
 (`PR_SET_PDEATHSIG`), and the end of a pid namespace's pid 1 kills everything in it.
