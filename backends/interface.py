@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from backends.models import Progress, ResultStatus, TaskStatus
+from common.legacy import Progress, ResultStatus, TaskStatus
 
 
 class TaskKind(StrEnum):
@@ -128,6 +128,8 @@ class LegResult:
     report: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
+    # The score the engine's worker computed, when it said so (a legacy Celery worker); else from the report.
+    score: float | None = None
 
 
 @dataclass
@@ -151,7 +153,7 @@ class Health:
 
 @runtime_checkable
 class EngineAdapter(Protocol):
-    """submit, poll, result, cancel, workers, health, queue_depths: everything the gateway may ask an engine."""
+    """submit, poll, result(s), cancel, workers, health, queue_depths, close: all the gateway may ask an engine."""
 
     engine: str
 
@@ -165,6 +167,10 @@ class EngineAdapter(Protocol):
 
     def result(self, leg_id: str) -> LegResult: ...
 
+    def results(self, leg_ids: list[str]) -> dict[str, LegResult]:
+        """The results of many finished legs in one round trip where the engine allows it."""
+        ...
+
     def cancel(self, leg_id: str) -> LegState: ...
 
     def workers(self) -> list[WorkerInfo]: ...
@@ -172,3 +178,7 @@ class EngineAdapter(Protocol):
     def health(self) -> Health: ...
 
     def queue_depths(self) -> dict[str, int]: ...
+
+    def close(self) -> None:
+        """Release connections and pools; the gateway calls it once when it stops."""
+        ...

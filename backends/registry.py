@@ -7,7 +7,7 @@ The gateway asks for `"celery"` or `"prefect"` (legacy alias `"prefect_builtin"`
 from __future__ import annotations
 
 from backends.interface import EngineAdapter
-from backends.settings import Settings, get_settings
+from common.settings import Settings, get_settings
 
 ENGINE_ALIASES = {"celery": "celery", "prefect": "prefect", "prefect_builtin": "prefect"}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from backends.settings import Settings, get_settings
+from common.settings import Settings, get_settings
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.interface import JobSpec, LegPhase, TaskKind  # noqa: E402
 from backends.prefect.adapter import PrefectAdapter  # noqa: E402
-from backends.settings import Settings  # noqa: E402
+from common.settings import Settings  # noqa: E402
 from tests.support.prefect_server import (  # noqa: E402
     prefect_process_env,
     running_prefect_server,

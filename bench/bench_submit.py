@@ -34,7 +34,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.catalog import load_catalog  # noqa: E402
+from gateway.store.catalog import load_catalog  # noqa: E402
 from gateway.store.migrate import upgrade  # noqa: E402
 from tests.support.celery_worker import base_env, settings_from_env  # noqa: E402
 
@@ -197,7 +197,7 @@ def bodies() -> tuple[Body, Body]:
 def servers_up(env: dict[str, str], data: Path) -> Iterator[tuple[Server, Server]]:
     servers: list[Server] = []
     try:
-        gateway = start("gateway", "gateway.app:create_app", "/api/tests", env, data / "gw", servers)
+        gateway = start("gateway", "gateway.api.app:create_app", "/api/tests", env, data / "gw", servers)
         reference = start("reference", "bench.submit_reference:create_app", "/ref", env, data / "ref", servers)
         yield gateway, reference
     except BaseException:

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from backends.examples import DATA, EXAMPLE_PATH, materialize_example  # noqa: E402
-from backends.settings import Settings  # noqa: E402
 from backends.work.student_testing import run_student_testing  # noqa: E402
+from common.settings import Settings  # noqa: E402
 
 
 def timed(action: Callable[[], object]) -> float:

@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from backends.settings import get_settings
+from common.settings import get_settings
 
 
 def create_app() -> FastAPI:

@@ -5,7 +5,7 @@
   and after, so two test runs on one machine never consume each other's Celery messages.
 - `isolated_env`: the settings read from a clean environment with a temp data folder (the embedded default).
 - `git_repo`: a factory for real repositories with real commits.
-Tests that need a service that is not running skip with a one-line reason.
+Tests that need a service that is not running skip with a one-line reason, and fail under CI (`CI=true`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.settings import get_settings
+from common.settings import get_settings
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))
@@ -37,6 +37,13 @@ SERVICE_VARS = (
 
 
 # --------------------------------------------------------------------------------------------------- PostgreSQL
+def service_missing(reason: str) -> None:
+    """A service a test needs is not there: skip with the reason, but fail under CI (`CI=true`), never quietly."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and a required service is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @dataclass(frozen=True)
 class PostgresDB:
     host: str
@@ -70,7 +77,7 @@ def postgres_db() -> Iterator[PostgresDB]:
     try:
         admin = _pg_admin_connect()
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server here"
-        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} ({type(exc).__name__})")
+        service_missing(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} ({type(exc).__name__})")
     name = f"gwtest_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
@@ -104,7 +111,7 @@ def redis_db() -> Iterator[RedisDB]:
     try:
         admin.ping()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT} ({type(exc).__name__})")
+        service_missing(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT} ({type(exc).__name__})")
     token = uuid.uuid4().hex
     chosen = None
     for number in range(1, 16):
@@ -112,7 +119,7 @@ def redis_db() -> Iterator[RedisDB]:
             chosen = number
             break
     if chosen is None:
-        pytest.skip("every Redis database 1-15 is held by another test run")
+        service_missing("every Redis database 1-15 is held by another test run")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=chosen)
     client.flushdb()
     try:

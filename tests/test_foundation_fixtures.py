@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.redact import redact_text, redact_url
-from backends.settings import Settings, get_settings
+from common.redact import redact_text, redact_url
+from common.settings import Settings, get_settings
 
 
 def test_embedded_default_needs_no_server(isolated_env: Path) -> None:

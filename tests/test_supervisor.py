@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.supervisor import ServiceFailedError, ServiceSpec, Supervisor
+from gateway.devstack.supervisor import ServiceFailedError, ServiceSpec, Supervisor
 
 
 def _free_port() -> int:
@@ -96,7 +96,7 @@ def test_a_service_that_exits_at_start_names_its_log(tmp_path: Path) -> None:
 SUPERVISOR_THAT_GETS_KILLED = """
 import os, sys, time
 from pathlib import Path
-from gateway.supervisor import ServiceSpec, Supervisor
+from gateway.devstack.supervisor import ServiceSpec, Supervisor
 sup = Supervisor(Path(sys.argv[1]), dict(os.environ))
 svc = sup.launch(ServiceSpec("idle", [sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"], lambda: True))
 print(svc.process.pid, flush=True)

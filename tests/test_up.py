@@ -300,9 +300,9 @@ def test_demo_catalog_is_idempotent_across_restarts(isolated_env: Path) -> None:
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
-    from backends.settings import get_settings
-    from gateway.auth import verify_password
-    from gateway.demo import ADMIN, CONTENTS, STUDENT, load_demo
+    from common.settings import get_settings
+    from gateway.devstack.demo import ADMIN, CONTENTS, STUDENT, load_demo
+    from gateway.store.accounts import verify_password
     from gateway.store.db import make_sync_engine
     from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, User
 

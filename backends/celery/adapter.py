@@ -16,10 +16,10 @@ import time
 from typing import Any
 
 from backends.celery import names
-from backends.celery.states import error_from, phase_for, progress_from
+from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
 from backends.interface import Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
-from backends.redact import redact_text
-from backends.settings import Settings
+from common.redact import redact_text
+from common.settings import Settings
 
 
 def _plain(value: Any) -> Any:
@@ -143,24 +143,40 @@ class CeleryAdapter:
 
     # ------------------------------------------------------------------------------------------------ result
     def result(self, leg_id: str) -> LegResult:
+        return self.results([leg_id])[leg_id]
+
+    def results(self, leg_ids: list[str]) -> dict[str, LegResult]:
+        """One pooled query for all of them (`celery_taskmeta`); a backend without SQL reads one by one."""
         reader = self._taskmeta()
         if reader is None:
-            meta = self.app.backend.get_task_meta(leg_id)
-            native, raw = meta.get("status", "PENDING"), meta.get("result")
-            if isinstance(raw, BaseException):
-                raw = {"exc_type": type(raw).__name__, "exc_message": [str(raw)]}
+            found: dict[str, tuple[str, Any] | None] = {}
+            for leg_id in leg_ids:
+                meta = self.app.backend.get_task_meta(leg_id)
+                raw = meta.get("result")
+                if isinstance(raw, BaseException):
+                    raw = {"exc_type": type(raw).__name__, "exc_message": [str(raw)]}
+                found[leg_id] = (meta.get("status", "PENDING"), raw)
         else:
-            row = reader.fetch([leg_id]).get(leg_id)
-            if row is None:
-                return LegResult(leg_id=leg_id, phase=LegPhase.MISSING)
-            native, raw = row.status, row.result
+            rows = reader.fetch(leg_ids)
+            found = {leg_id: (row.status, row.result) if (row := rows.get(leg_id)) else None for leg_id in leg_ids}
+        return {leg_id: self._result_of(leg_id, found[leg_id]) for leg_id in leg_ids}
+
+    @staticmethod
+    def _result_of(leg_id: str, stored: tuple[str, Any] | None) -> LegResult:
+        if stored is None:
+            return LegResult(leg_id=leg_id, phase=LegPhase.MISSING)
+        native, raw = stored
         phase = phase_for(native, raw)
         if phase is LegPhase.SUCCEEDED:
-            if not isinstance(raw, dict):  # a stored task result is the task's returned dict, nothing else
-                return LegResult(leg_id=leg_id, phase=phase, error=f"the task returned a {type(raw).__name__}, "
-                                 "not a report object", error_type="ResultUnavailable")  # fmt: skip
-            return LegResult(leg_id=leg_id, phase=phase, report=raw)
+            verdict = verdict_of_success(raw)
+            if verdict.error is not None:  # never a graded run: an infrastructure error the student may retry
+                return LegResult(
+                    leg_id=leg_id, phase=LegPhase.FAILED, error=verdict.error, error_type=verdict.error_type
+                )
+            return LegResult(leg_id=leg_id, phase=phase, report=verdict.report, score=verdict.score)
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
+            if isinstance(raw, Undecodable):
+                return LegResult(leg_id=leg_id, phase=phase, error=raw.reason, error_type="UndecodableResult")
             error, error_type = error_from(raw)
             return LegResult(leg_id=leg_id, phase=phase, error=error, error_type=error_type)
         return LegResult(leg_id=leg_id, phase=phase)

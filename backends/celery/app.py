@@ -6,7 +6,7 @@ Only worker processes import this module; the gateway builds its own app inside 
 from __future__ import annotations
 
 from backends.celery.factory import create_app
-from backends.settings import get_settings
+from common.settings import get_settings
 
 app = create_app(get_settings())
 app.set_current()

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Task
 
-from backends.models import Progress
+from common.legacy import Progress
 
 logger = logging.getLogger(__name__)
 

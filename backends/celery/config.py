@@ -13,7 +13,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from backends.celery import names
-from backends.settings import Settings
+from common.settings import Settings
 
 POOLED_BACKEND = "backends.celery.result_store:PooledDatabaseBackend"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from backends.celery.config import celery_config
-from backends.settings import Settings
+from common.settings import Settings
 
 
 def create_app(settings: Settings, main: str = "ctutor_gateway") -> Celery:

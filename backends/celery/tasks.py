@@ -19,7 +19,7 @@ from celery import shared_task
 
 from backends.celery import names
 from backends.celery.base_task import BaseTask
-from backends.redact import redact_text
+from common.redact import redact_text
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from backends.models import Repository, TestJob
+from common.legacy import Repository, TestJob
 
 DATA = Path(__file__).parent / "data"
 EXAMPLE_PATH = "week1/ex1"

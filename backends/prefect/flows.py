@@ -16,8 +16,8 @@ from prefect import flow
 from backends.prefect import names
 from backends.prefect.labels import ERROR_KIND, ERROR_TYPE
 from backends.prefect.progress import publish_progress, update_own_labels
-from backends.settings import get_settings
 from backends.work.errors import InfrastructureError
+from common.settings import get_settings
 
 
 def result_storage() -> Path:

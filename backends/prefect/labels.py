@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backends.models import Progress
+from common.legacy import Progress
 
 PERCENTAGE = "progress.percentage"
 STAGE = "progress.stage"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from backends.prefect import names
-from backends.settings import Settings, get_settings
+from common.settings import Settings, get_settings
 
 
 def export_prefect_env(settings: Settings, poll_seconds: float) -> None:

@@ -8,7 +8,7 @@ human, not a queue, decides when it goes on (the legacy status integer keeps PAU
 from __future__ import annotations
 
 from backends.interface import LegPhase
-from backends.models import ResultStatus
+from common.legacy import ResultStatus
 
 STATE_TYPE_TO_PHASE: dict[str, LegPhase] = {
     "SCHEDULED": LegPhase.QUEUED,

@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.models import Repository
-from backends.redact import redact_text
 from backends.secrets import Credential, SecretError, resolve_credential
-from backends.settings import Settings
 from backends.work.errors import BadJobError, InfrastructureError
 from backends.work.gitsafe import SafeUrl, git_protocols, validate_commit, validate_path, validate_url
+from common.legacy import Repository
+from common.redact import redact_text
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
-from backends.redact import redact_url
 from backends.work.errors import BadJobError
+from common.redact import redact_url
 
 _HEX_SHA = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _SAFE_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./+-]{0,254}$")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from common.scoring import score
+
 PASSED, FAILED, SKIPPED = "PASSED", "FAILED", "SKIPPED"
 COMPLETED, TIMEDOUT, CRASHED = "COMPLETED", "TIMEDOUT", "CRASHED"
 _MESSAGE_CAP = 4000
@@ -133,10 +135,8 @@ def build_report(name: str, outcomes: list[TestOutcome], run: RunSummary) -> dic
 
 
 def report_score(report: dict[str, Any]) -> float:
-    """The row's `result`: summary.passed / summary.total, 0.0 when nothing ran."""
-    summary = report.get("summary") or {}
-    total = int(summary.get("total") or 0)
-    return float(summary.get("passed") or 0) / total if total > 0 else 0.0
+    """The row's `result` (the one formula in `common.scoring`)."""
+    return score(report)
 
 
 # ------------------------------------------------------------------------------------------------- from JUnit

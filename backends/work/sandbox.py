@@ -34,12 +34,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
-from backends.settings import SandboxIsolation, SandboxRunner, Settings
 from backends.work import sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_uids import kill_uid, run_uid
 from backends.work.sandbox_warm import WarmProcess, warm_runner
+from common.settings import SandboxIsolation, SandboxRunner, Settings
 
 log = logging.getLogger(__name__)
 _PYTEST_INI = "[pytest]\njunit_family = xunit1\nconsole_output_style = classic\n"

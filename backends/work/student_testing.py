@@ -16,9 +16,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backends.models import TestJob
-from backends.redact import redact_text
-from backends.settings import Settings, get_settings
 from backends.work.assignment import assemble, read_assignment
 from backends.work.checkout import checkout, plan_checkout
 from backends.work.errors import BadJobError, InfrastructureError
@@ -26,6 +23,9 @@ from backends.work.progress import ProgressCallback, ProgressEvent, no_progress
 from backends.work.report import build_report
 from backends.work.sandbox import Limits, make_run_dir, remove_run_dir, run_pytest, sandbox_runtime
 from backends.work.verdict import decide
+from common.legacy import TestJob
+from common.redact import redact_text
+from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

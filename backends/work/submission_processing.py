@@ -20,14 +20,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from backends.models import TestJob
-from backends.redact import redact_url
 from backends.secrets import Credential
-from backends.settings import Settings, get_settings
 from backends.work.checkout import checkout, git_session, last_line, plan_checkout, run_git
 from backends.work.errors import BadJobError, InfrastructureError
 from backends.work.gitsafe import validate_url
 from backends.work.progress import ProgressCallback, ProgressEvent, no_progress
+from common.legacy import TestJob
+from common.redact import redact_url
+from common.settings import Settings, get_settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import typer
 
-from backends.redact import redact_url
-from backends.settings import Settings, get_settings
+from common.redact import redact_url
+from common.settings import Settings, get_settings
 
 prefect_app = typer.Typer(help="The Prefect engine: serve the legacy deployments, or run a Prefect server.")
 

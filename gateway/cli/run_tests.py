@@ -14,9 +14,9 @@ from pathlib import Path
 
 import typer
 
-from backends.models import Repository, TestJob
-from backends.redact import redact_text
 from backends.work.errors import BadJobError, InfrastructureError
+from common.legacy import Repository, TestJob
+from common.redact import redact_text
 
 EXIT_INFRA = 1
 EXIT_BAD_INPUT = 2
@@ -67,9 +67,9 @@ def example(
 ) -> None:
     """Create the bundled example's repositories and test both student solutions (one passes, one fails)."""
     from backends.examples import materialize_example
-    from backends.settings import get_settings
     from backends.work.report import report_score
     from backends.work.student_testing import run_student_testing
+    from common.settings import get_settings
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     target = dest or get_settings().data_dir / "example"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from backends.redact import redact_url
-from backends.settings import get_settings
+from common.redact import redact_url
+from common.settings import get_settings
 
 db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
 catalog_app = typer.Typer(help="The course catalog the dispatcher routes by.", no_args_is_help=True)
@@ -25,7 +25,7 @@ def serve(
     """Run only the API (production). The schema must be at head unless on the embedded default."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.api.app import create_app
     from gateway.store.migrate import SchemaOutOfDate, ensure_schema
 
     settings = get_settings()
@@ -47,7 +47,7 @@ def serve(
 
 def reconcile(once: bool = typer.Option(False, help="One tick, then exit.")) -> None:
     """Run the reconciler on its own (several may run at once on PostgreSQL)."""
-    from gateway.state import GatewayState
+    from gateway.jobs.bootstrap import start_gateway
     from gateway.store.migrate import SchemaOutOfDate, ensure_schema
 
     settings = get_settings()
@@ -58,7 +58,7 @@ def reconcile(once: bool = typer.Option(False, help="One tick, then exit.")) -> 
         raise typer.Exit(2) from None
 
     async def main() -> None:
-        state = GatewayState.build(settings)
+        state = start_gateway(settings)
         try:
             if once:
                 report = await state.reconciler.tick()
@@ -89,7 +89,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 @catalog_app.command("load")
 def catalog_load(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
     """Load (upsert) a whole catalog from YAML."""
-    from gateway.catalog import CatalogError, load_catalog
+    from gateway.store.catalog import CatalogError, load_catalog
 
     try:
         counts = load_catalog(file)
@@ -107,7 +107,7 @@ def user_add(
     member: list[str] = typer.Option([], "--member", help="A course member id (students; repeatable)."),
 ) -> None:
     """Create or update a login."""
-    from gateway.catalog import add_user
+    from gateway.store.catalog import add_user
 
     try:
         add_user(username, password, role, list(member))

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from backends.celery import names
 from backends.interface import EngineAdapter, JobSpec, LegPhase, TaskKind
-from backends.redact import redact_text, redact_url
-from backends.settings import Settings, get_settings
+from common.redact import redact_text, redact_url
+from common.settings import Settings, get_settings
 
 worker_app = typer.Typer(help="Celery workers: start one, show their status, run an example job.", no_args_is_help=True)
 

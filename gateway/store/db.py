@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from backends.settings import Settings
+from common.settings import Settings
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

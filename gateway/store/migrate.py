@@ -10,11 +10,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from backends.redact import redact_url
-from backends.settings import Settings
+from common.redact import redact_url
+from common.settings import Settings
 from gateway.store.db import make_sync_engine
 
-ROOT = Path(__file__).resolve().parents[2]
+# Shipped inside the package, so a non-editable install (the Docker image) finds them.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -22,8 +23,8 @@ class SchemaOutOfDate(RuntimeError):
 
 
 def alembic_config(settings: Settings) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     # env.py takes the engine from here, so no URL (and no password) passes through alembic's ini interpolation.
     cfg.attributes["settings"] = settings
     return cfg

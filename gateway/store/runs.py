@@ -7,8 +7,6 @@ embedded default, one writer anyway) runs the same two inserts in one transactio
 for the same (member, content, commit) inserts nothing and returns False: the caller then applies the
 re-submission rules to the existing row.
 
-`mark_sent` records a successful dispatch with one autocommit UPDATE (no BEGIN/COMMIT round trips).
-
 Both are Core statements on the tables (not ORM-enabled DML, which re-processes its values on every
 execution), built once with bind parameters, so each call only binds values to a cached compiled statement.
 """
@@ -17,12 +15,11 @@ from __future__ import annotations
 
 import functools
 import weakref
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.store.models import Leg, Result
 
@@ -35,7 +32,7 @@ _RUN_COLUMNS = ("course_member_id", "course_content_id", "version_identifier")
 _AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
     """The same pool, connections used without a transaction (for asyncpg a client-side switch, no round trip)."""
     found = _AUTOCOMMIT.get(engine)
     if found is None:
@@ -77,7 +74,7 @@ def _postgres_insert(row_columns: tuple[str, ...], leg_columns: tuple[str, ...])
 async def _insert_run_postgres(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
     stmt = _postgres_insert(tuple(row), tuple(leg))
     params = _prefixed("r_", row) | _prefixed("l_", {k: v for k, v in leg.items() if k != "result_id"})
-    async with _autocommit(engine).connect() as conn:
+    async with autocommit(engine).connect() as conn:
         inserted = (await conn.execute(stmt, params)).first()
     return inserted is not None
 
@@ -91,23 +88,14 @@ async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], leg: dic
     return True
 
 
-_MARK_SENT = (
-    update(LEGS)
-    .where(LEGS.c.id == bindparam("leg_id"), LEGS.c.dispatch_state == "pending")
-    .values(
-        dispatch_state="sent",
-        dispatch_attempts=LEGS.c.dispatch_attempts + 1,
-        engine_run_id=bindparam("run_id"),
-        dispatched_at=bindparam("now", type_=LEGS.c.dispatched_at.type),
-        next_attempt_at=None,
-        deadline=bindparam("deadline", type_=LEGS.c.deadline.type),
-        updated_at=bindparam("now", type_=LEGS.c.updated_at.type),
-    )
-)
+async def find_leg(session: AsyncSession, run_id: str) -> Leg | None:
+    """The leg a run id names: the gateway's id (`test_system_id`, the task id) or the engine's own run id.
 
-
-async def mark_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now: datetime, deadline: datetime) -> None:
-    """The engine accepted the leg: leave the outbox (only a still-pending leg; the reconciler may have won)."""
-    params = {"leg_id": leg_id, "run_id": run_id or leg_id, "now": now, "deadline": deadline}
-    async with _autocommit(engine).connect() as conn:
-        await conn.execute(_MARK_SENT, params)
+    A Prefect flow run has its own id beside the gateway's leg id (its idempotency key and name); an operator or
+    a flow may hold either, so every route that takes a run id accepts both (indexed: migration 0002).
+    """
+    leg = await session.get(Leg, run_id)
+    if leg is not None:
+        return leg
+    found = select(Leg).where(Leg.engine_run_id == run_id).order_by(Leg.created_at).limit(1)
+    return (await session.execute(found)).scalars().first()

@@ -10,7 +10,7 @@ from backends.celery import names
 from backends.celery.config import celery_config, visibility_timeout
 from backends.celery.states import error_from, phase_for, progress_from
 from backends.interface import LegPhase
-from backends.settings import Settings
+from common.settings import Settings
 
 
 def test_importing_the_adapter_imports_no_task_code() -> None:

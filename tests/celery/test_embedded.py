@@ -73,5 +73,5 @@ def test_a_success_without_a_report_object_is_not_a_report(fs_adapter: CeleryAda
     leg = new_id()
     fs_adapter.app.backend.store_result(leg, stored, "SUCCESS")
     result = fs_adapter.result(leg)
-    assert result.phase is LegPhase.SUCCEEDED
-    assert result.report is None and result.error_type == "ResultUnavailable"
+    assert result.phase is LegPhase.FAILED
+    assert result.report is None and result.error_type == "BadResult"

@@ -105,8 +105,7 @@ def test_student_testing_example_end_to_end(
     pg_worker: WorkerProcess, pg_adapter: CeleryAdapter, tmp_path: Path
 ) -> None:
     """The bundled example through the real work: the passing solution scores 1.0, the failing one less."""
-    examples = pytest.importorskip("backends.examples")
-    pytest.importorskip("backends.work.student_testing")
+    from backends import examples
     from backends.work.report import report_score
 
     repos = examples.materialize_example(tmp_path / "example")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from backends.examples import DATA as EXAMPLE_DATA
-from gateway.catalog import load_catalog
+from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from tests.gateway.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker

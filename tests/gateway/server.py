@@ -49,7 +49,7 @@ def start_server(extra_env: Mapping[str, str], data_dir: Path, ready_timeout: fl
     env = base_env(extra_env, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"gateway-{port}.log"
-    cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "uvicorn", "gateway.api.app:create_app", "--factory", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--log-level", "warning"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

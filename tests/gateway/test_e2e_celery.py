@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from backends.examples import materialize_example
-from gateway.catalog import load_catalog
+from gateway.store.catalog import load_catalog
 from tests.gateway.conftest import PASSWORD, demo_catalog
 from tests.gateway.server import GatewayServer, free_port, running_server, wait_for
 from tests.support.celery_worker import base_env, running_worker, settings_from_env

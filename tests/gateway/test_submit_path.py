@@ -14,16 +14,16 @@ from typing import TypeVar
 
 import psycopg2
 import pytest
-from fastapi import HTTPException
 from sqlalchemy import func, select
 
-from gateway.auth import Principal
-from gateway.catalog import load_catalog
+from gateway.jobs.errors import JobError
+from gateway.jobs.submit import submit_test
+from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
-from gateway.state import GatewayState
+from gateway.store.accounts import Principal
+from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from gateway.store.models import CourseContent, Leg, Result
-from gateway.submit import submit_test
 from tests.gateway.conftest import demo_catalog, fresh_pg_database
 from tests.support.celery_worker import settings_from_env
 
@@ -102,7 +102,7 @@ def test_an_in_process_catalog_write_takes_effect_at_once(store_env: dict[str, s
             content = await session.get(CourseContent, "cc-main")
             assert content is not None
             content.max_submissions = 1  # what the admin API does: an ORM write in this process
-        with pytest.raises(HTTPException) as refused:
+        with pytest.raises(JobError) as refused:
             await submit_test(state, ADMIN, _body("cache-2", submit=True))
         assert (refused.value.status_code, refused.value.detail) == (400, MAX_REACHED)
         async with state.sessions() as session:
@@ -123,7 +123,7 @@ def test_another_process_write_shows_once_the_entry_expires(store_env: dict[str,
         while asyncio.get_running_loop().time() < deadline:
             try:
                 await submit_test(state, ADMIN, _body(f"other-{accepted + 1}", submit=True))
-            except HTTPException as exc:
+            except JobError as exc:
                 assert exc.detail == MAX_REACHED
                 return accepted
             accepted += 1  # the stale entry (no maximum) still answered
@@ -137,7 +137,7 @@ def test_cache_off_sees_every_write(store_env: dict[str, str]) -> None:
     async def test(state: GatewayState) -> None:
         assert (await submit_test(state, ADMIN, _body("off-0", submit=True)))[1]
         _external_sql(store_env, "UPDATE course_content SET max_submissions = 1 WHERE id = 'cc-main'")
-        with pytest.raises(HTTPException) as refused:
+        with pytest.raises(JobError) as refused:
             await submit_test(state, ADMIN, _body("off-1", submit=True))
         assert refused.value.detail == MAX_REACHED
 

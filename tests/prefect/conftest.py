@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backends.prefect.adapter import PrefectAdapter
-from backends.settings import Settings
+from common.settings import Settings
 from tests.support.prefect_server import prefect_process_env, running_prefect_server, running_runner
 
 TEST_DEPLOYMENTS = (

@@ -9,17 +9,17 @@ import sys
 import pytest
 
 from backends.interface import EngineAdapter, EngineUnavailable, JobSpec, LegPhase, TaskKind
-from backends.models import ResultStatus
 from backends.prefect.adapter import PrefectAdapter
 from backends.prefect.labels import progress_from_labels, progress_labels
 from backends.prefect.states import STATE_TYPE_TO_PHASE, legacy_status, phase_for
-from backends.settings import Settings
+from common.legacy import ResultStatus
+from common.settings import Settings
 from tests.support.prefect_server import free_port
 
 CHECK = """
 import json, sys
 from backends.registry import make_adapter
-from backends.settings import Settings
+from common.settings import Settings
 adapter = make_adapter("prefect_builtin", Settings(prefect_api_url="http://127.0.0.1:9/api"))
 print(json.dumps({"engine": adapter.engine, "prefect": sorted(m for m in sys.modules if m.split(".")[0] == "prefect")}))
 """

@@ -71,7 +71,8 @@ def test_one_poll_answers_for_many_legs_including_unknown_ones(adapter: PrefectA
 def test_the_example_assignment_reports_progress_and_its_report(
     adapter: PrefectAdapter, prefect_runner: Any, tmp_path: Path
 ) -> None:
-    examples = pytest.importorskip("backends.examples")
+    from backends import examples
+
     repos = examples.materialize_example(tmp_path / "example")
     test_job = repos.test_job("passing")
     leg_id = leg()
@@ -168,10 +169,10 @@ def test_submission_processing_runs_the_submit_result_flow(
     adapter: PrefectAdapter, prefect_runner: Any, tmp_path: Path
 ) -> None:
     """The flow runs exactly the engine-agnostic work: same outcome as calling it in-process on the same input."""
-    examples = pytest.importorskip("backends.examples")
-    from backends.settings import Settings
+    from backends import examples
     from backends.work.errors import InfrastructureError
     from backends.work.submission_processing import run_submission_processing
+    from common.settings import Settings
 
     repos = examples.materialize_example(tmp_path / "example")
     submission = {"test_job": repos.test_job("passing", user_id="member-7").model_dump(), "result_id": "r-1"}

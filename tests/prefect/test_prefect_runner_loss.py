@@ -15,7 +15,7 @@ import pytest
 
 from backends.interface import JobSpec, LegPhase, LegState, TaskKind
 from backends.prefect.adapter import PrefectAdapter
-from backends.settings import Settings
+from common.settings import Settings
 from tests.support.prefect_server import running_runner, wait_until
 
 pytestmark = pytest.mark.slow

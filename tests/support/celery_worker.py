@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.settings import Settings
+from common.settings import Settings
 
 ALL_QUEUES: tuple[str, ...] = ("high_priority", "default", "low_priority")
 GATEWAY_BIN = Path(sys.executable).with_name("gateway")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from backends.models import Repository, TestJob
-from backends.settings import Settings
+from common.legacy import Repository, TestJob
+from common.settings import Settings
 
 Make = Callable[..., TestJob]
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from backends.settings import get_settings
 from backends.work import sandbox
 from backends.work.errors import InfrastructureError
 from backends.work.report import report_score
 from backends.work.student_testing import run_student_testing
+from common.settings import get_settings
 
 from .conftest import processes_of_uid
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from backends.settings import get_settings
 from backends.work.student_testing import run_student_testing
+from common.settings import get_settings
 
 from .conftest import processes_of_uid
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from backends.secrets import SecretError, resolve_credential
-from backends.settings import Settings
 from backends.work.errors import BadJobError
 from backends.work.gitsafe import validate_commit, validate_url
 from backends.work.student_testing import run_student_testing
+from common.settings import Settings
 
 TESTS = {"test_env.py": ("import os\n\ndef test_env():\n    assert False, 'ENV=' + repr(sorted(os.environ.items()))\n")}
 TOKEN = "glpat-JOB-TOKEN-must-never-leak-4711"

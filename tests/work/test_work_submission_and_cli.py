@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from backends.examples import materialize_example
-from backends.settings import Settings
 from backends.work.errors import BadJobError
 from backends.work.submission_processing import SubmissionJob, run_submission_processing
+from common.settings import Settings
 from gateway.cli import app
 
 TESTS = {"test_a.py": "from a import one\n\ndef test_one():\n    assert one() == 1\n"}

@@ -1,0 +1,1 @@
+"""What both the gateway and the engines use: settings, the legacy wire models, redaction, the score formula."""

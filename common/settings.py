@@ -1,0 +1,203 @@
+"""The one settings object, read from the environment.
+
+Both the gateway and the engine workers read their configuration from here, so a Celery worker, a Prefect
+runner and the API process started with the same environment agree on every URL. With no service variable
+set, every URL falls back to an *embedded default* under one data folder: SQLite files and Celery's
+`filesystem://` broker, so a fresh machine needs no server to run the whole stack.
+
+Passwords are `SecretStr`; URLs that carry one are built on demand and only ever shown through
+`common.redact.redact_url`.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SandboxIsolation(StrEnum):
+    """How the sandbox isolates a run (see `Settings.sandbox_isolation`)."""
+
+    BWRAP = "bwrap"
+    NONE = "none"
+
+
+class SandboxRunner(StrEnum):
+    """How a run's process starts (see `Settings.sandbox_runner`)."""
+
+    WARM = "warm"
+    COLD = "cold"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ctutor-gateway"
+
+
+class Settings(BaseSettings):
+    """Environment-driven configuration. Field names map to upper-case variables (`redis_host` ← `REDIS_HOST`)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # --- shared services (production) -------------------------------------------------------------------
+    redis_host: str | None = None
+    redis_port: int = 6379
+    redis_password: SecretStr | None = None
+    redis_db: int = 0
+
+    postgres_host: str | None = None
+    postgres_port: int = 5432
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr | None = None
+    postgres_db: str = "postgres"
+
+    prefect_api_url: str | None = None
+
+    # --- embedded default ---------------------------------------------------------------------------------
+    gateway_data_dir: Path = Field(default_factory=_default_data_dir)
+
+    # Explicit overrides win over the derived URLs (e.g. a managed database with its own URL).
+    gateway_database_url: SecretStr | None = None
+    celery_broker_url: SecretStr | None = None
+    celery_result_backend: SecretStr | None = None
+
+    # --- Celery reliability --------------------------------------------------------------------------------
+    task_soft_time_limit: int = 600
+    task_time_limit: int = 660
+    result_expires_seconds: int = 7 * 24 * 3600
+    # Redis redelivers an unacknowledged task after this many seconds; None = derived from the hard time limit
+    # (it must stay above it, or a long task runs twice). Tests set a short one to prove redelivery.
+    celery_visibility_timeout: int | None = None
+
+    # --- the work: checkout and sandbox ---------------------------------------------------------------------
+    allowed_git_schemes: list[str] = Field(default_factory=lambda: ["https", "http", "ssh", "file", "local"])
+    secrets_file: Path | None = None
+    secret_env_prefix: str = "GATEWAY_SECRET_"
+    sandbox_timeout_seconds: int = 60
+    sandbox_cpu_seconds: int = 60
+    sandbox_memory_mb: int = 1024
+    sandbox_max_processes: int = 256
+    sandbox_max_file_mb: int = 64
+    sandbox_output_cap_bytes: int = 64 * 1024
+    submissions_repo_url: str | None = None
+    # How student code is kept away from the worker (docs/work.md): "bwrap" = bubblewrap namespaces (no network,
+    # own mount view and pid namespace); the worker refuses to grade when that does not work. "none" = limits and
+    # a uid only, for machines without bubblewrap; never for untrusted code.
+    sandbox_isolation: SandboxIsolation = SandboxIsolation.BWRAP
+    # As root, every run gets its own uid from [base, base + count), locked while the run lives, so runs cannot
+    # signal, read or out-fork each other (Linux does not enforce RLIMIT_NPROC for root).
+    sandbox_uid_base: int = 100000
+    sandbox_uid_count: int = 4096
+    # "warm": a per-worker process that imported pytest once forks each run into the same namespaces, uid and
+    # limits (root and bwrap isolation only; otherwise cold). "cold": a new bwrap + interpreter per run.
+    sandbox_runner: SandboxRunner = SandboxRunner.WARM
+    # The interpreter that runs pytest in the sandbox; None = the first same-version interpreter a run can
+    # execute (this one's base interpreter, then pythonX.Y under /usr).
+    sandbox_python: str | None = None
+    # Where sandbox and checkout dirs are made; None = the system temp dir (the sandbox user must traverse it).
+    sandbox_root: Path | None = None
+
+    # --- the gateway API -------------------------------------------------------------------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    # The legacy routes also at `/` (legacy workers were configured with the bare app URL); off: /api only.
+    gateway_serve_at_root: bool = True
+    gateway_reconcile_interval: float = 1.0
+    # Run the reconciler inside the API process (the default); `gateway reconcile` runs it on its own.
+    gateway_reconcile_in_api: bool = True
+    # A leg not finished this long after its dispatch is marked timed out and no longer waited on.
+    gateway_leg_deadline_seconds: int = 1800
+    # The engine behind the Celery-era `/api/tasks/*` family when a submit does not name one.
+    gateway_tasks_engine: str = "celery"
+    # Verified logins are remembered this long so HTTP Basic does not pay the password hash on every request.
+    gateway_auth_cache_seconds: float = 60.0
+    # Catalog rows the submit path reads (course content + backend, member) are cached this long in each API
+    # process; the process's own admin writes clear it at once, other processes' writes show after this. 0: off.
+    gateway_catalog_cache_seconds: float = 5.0
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        path = self.gateway_data_dir.expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.celery_broker_url is None and self.redis_host is None
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.postgres_host is None
+
+    def redis_url(self) -> str | None:
+        """The Redis URL with its password, or None on the embedded default."""
+        if self.redis_host is None:
+            return None
+        auth = ""
+        if self.redis_password is not None:
+            auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def postgres_url(self, driver: str = "psycopg2", database: str | None = None) -> str | None:
+        """A SQLAlchemy URL for PostgreSQL with an explicit driver (SQLAlchemy 2.1 would pick psycopg 3)."""
+        if self.postgres_host is None:
+            return None
+        auth = quote(self.postgres_user, safe="")
+        if self.postgres_password is not None:
+            auth += ":" + quote(self.postgres_password.get_secret_value(), safe="")
+        db = database or self.postgres_db
+        return f"postgresql+{driver}://{auth}@{self.postgres_host}:{self.postgres_port}/{db}"
+
+    def broker_url(self) -> str:
+        if self.celery_broker_url is not None:
+            return self.celery_broker_url.get_secret_value()
+        return self.redis_url() or "filesystem://"
+
+    def broker_folder(self) -> Path:
+        """Where the embedded `filesystem://` broker keeps its messages (shared by every local process)."""
+        path = self.data_dir / "broker"
+        for sub in ("out", "processed", "control"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        return path
+
+    def result_backend_url(self) -> str:
+        if self.celery_result_backend is not None:
+            return self.celery_result_backend.get_secret_value()
+        pg = self.postgres_url("psycopg2")
+        if pg is not None:
+            return "db+" + pg
+        return f"db+sqlite:///{self.data_dir / 'celery-results.sqlite'}"
+
+    def database_url(self) -> str:
+        """The gateway's own store (sync driver; Alembic and the CLI)."""
+        if self.gateway_database_url is not None:
+            return self.gateway_database_url.get_secret_value()
+        return self.postgres_url("psycopg2") or f"sqlite:///{self.data_dir / 'gateway.sqlite'}"
+
+    def async_database_url(self) -> str:
+        """The gateway's own store for the API process: the same database through an async driver."""
+        url = self.database_url()
+        scheme, sep, rest = url.partition("://")
+        base = scheme.split("+", 1)[0]
+        if base in ("postgresql", "postgres"):
+            return f"postgresql+asyncpg{sep}{rest}"
+        if base == "sqlite":
+            return f"sqlite+aiosqlite{sep}{rest}"
+        return url
+
+    def prefect_api(self) -> str:
+        """The Prefect API every Prefect process must use (never Prefect's per-process ephemeral server)."""
+        return self.prefect_api_url or "http://127.0.0.1:4200/api"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing the environment."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The HTTP face: the FastAPI app, routes, auth dependencies, response views."""

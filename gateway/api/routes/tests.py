@@ -1,0 +1,60 @@
+"""Submitting test runs: `POST /tests` (routed by the backend's type) and the Celery era's aliases."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from common.redact import redact_text
+from gateway.api.auth import require
+from gateway.api.deps import Login, State
+from gateway.api.views import test_run_response
+from gateway.jobs.submit import submit_test
+from gateway.legs.states import LegRole
+from gateway.runtime import GatewayState
+from gateway.schemas import TestCreate, TestRunResponse
+from gateway.store.models import Leg, Result
+
+router = APIRouter()
+
+
+async def _answer(state: GatewayState, row: Result, new: bool) -> TestRunResponse:
+    """A fresh run has no submission yet (no query on the hot path); a returned old row shows its own."""
+    if new or not row.submit:
+        return test_run_response(row)
+    async with state.sessions() as session:
+        run_id = await session.scalar(
+            select(Leg.id)
+            .where(Leg.result_id == row.id, Leg.role == LegRole.SUBMISSION)
+            .order_by(Leg.created_at.desc())
+            .limit(1)
+        )
+    return test_run_response(row, run_id)
+
+
+@router.post("/tests", response_model=TestRunResponse)
+async def create_test(body: TestCreate, state: State, principal: Login) -> TestRunResponse:
+    require(principal, "admin", "student")
+    row, new = await submit_test(state, principal, body)
+    return await _answer(state, row, new)
+
+
+@router.post("/tests-celery", response_model=TestRunResponse)
+async def create_test_celery(body: TestCreate, state: State, principal: Login) -> TestRunResponse:
+    """Same body and answer as `/tests`; the course content's backend still decides where the job runs."""
+    require(principal, "admin", "student")
+    row, new = await submit_test(state, principal, body)
+    return await _answer(state, row, new)
+
+
+@router.get("/tests-celery/health")
+async def celery_health(state: State) -> dict[str, object]:
+    try:
+        adapter = state.dispatcher.adapter("celery")
+        health = await run_in_threadpool(adapter.health)
+    except Exception as exc:  # noqa: BLE001 - health answers, it never fails
+        return {"status": "unhealthy", "backend": "celery", "error": redact_text(f"{type(exc).__name__}: {exc}")}
+    if not health.healthy:
+        return {"status": "unhealthy", "backend": "celery", "error": redact_text(health.error or "unhealthy")}
+    return {"status": "healthy", "backend": "celery", "workers": health.workers, "broker_status": "connected"}

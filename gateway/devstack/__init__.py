@@ -1,0 +1,1 @@
+"""The embedded development stack (`gateway up`): never imported by the service."""

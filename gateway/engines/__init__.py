@@ -1,0 +1,1 @@
+"""The engines as the gateway sees them: routing a job to an engine, sending legs, reconciling what runs."""

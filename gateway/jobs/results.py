@@ -1,0 +1,104 @@
+"""Reading and writing legacy result rows: visibility, a fresh status for in-flight rows, the write-back.
+
+A student sees only their own rows (someone else's answers 404, so existence does not leak). A status read of
+an in-flight row polls its leg first, so a client sees completion as soon as the engine knows it. The
+write-back is the legacy path of a flow the gateway did not write: it updates the row and moves the leg to
+match through the leg state machine (so the same follow-ups run as when the reconciler closes a leg).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from backends.interface import LegPhase
+from common.legacy import status_name
+from gateway.jobs.errors import NotFound
+from gateway.legs import machine
+from gateway.legs.states import DispatchState
+from gateway.runtime import GatewayState
+from gateway.store.accounts import Principal
+from gateway.store.models import Leg, Result, utcnow
+from gateway.store.runs import find_leg
+
+RESULT_NOT_FOUND = "Result not found"
+RUN_NOT_FOUND = "Test run not found"
+WRITABLE = ("result", "result_json", "properties")
+
+
+async def visible_row(state: GatewayState, principal: Principal, result_id: str) -> Result:
+    """The row, or 404 both when it does not exist and when it is someone else's."""
+    async with state.sessions() as session:
+        row = await session.get(Result, result_id)
+    if row is None or not principal.may_see_member(row.course_member_id):
+        raise NotFound(RESULT_NOT_FOUND)
+    return row
+
+
+async def refreshed(state: GatewayState, row: Result) -> Result:
+    """An in-flight row is refreshed from its engine first."""
+    if machine.row_is_final(row) or not row.test_system_id:
+        return row
+    await state.reconciler.refresh(row.test_system_id)
+    async with state.sessions() as session:
+        fresh = await session.get(Result, row.id)
+    return fresh or row
+
+
+async def write_back(state: GatewayState, principal: Principal, result_id: str, changes: dict[str, Any]) -> Result:
+    """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status."""
+    # The same discipline as a cancel: serialised with refreshes on SQLite; on PostgreSQL the leg is locked first
+    # (the reconciler's lock order), so a refresh cannot write a stale status over this one.
+    async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
+        row = await session.get(Result, result_id)
+        if row is None:
+            raise NotFound(RESULT_NOT_FOUND)
+        leg = (
+            await session.get(Leg, row.test_system_id, with_for_update=state.is_postgres)
+            if row.test_system_id
+            else None
+        )
+        if state.is_postgres:
+            row = await session.get(Result, result_id, with_for_update=True, populate_existing=True) or row
+        for name in WRITABLE:
+            if name in changes:
+                setattr(row, name, changes[name])
+        if changes.get("submit") is not None:
+            # Only records what the worker did (its merge request): a submission it made itself is not
+            # started again by the gateway.
+            row.submit = bool(changes["submit"])
+        status = changes.get("status")
+        if status is not None:
+            row.status = int(status)
+        row.updated_by = principal.user_id
+        row.updated_at = utcnow()
+        if leg is not None and status is not None:
+            machine.apply_write_back(leg, row, int(status), utcnow())
+    return row
+
+
+async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:
+    """The legacy `{"status": NAME}` of a run by its test system id (admins also see row-less legs)."""
+    async with state.sessions() as session:
+        leg = await find_leg(session, test_system_id)  # the gateway's id or the engine's run id
+        if leg is not None:
+            test_system_id = leg.id
+        row = (
+            await session.execute(select(Result).where(Result.test_system_id == test_system_id))
+        ).scalar_one_or_none()
+    if row is None:
+        if leg is None or not principal.is_admin:
+            raise NotFound(RUN_NOT_FOUND)
+        if not leg.finished:
+            await state.reconciler.refresh(leg.id)
+            async with state.sessions() as session:
+                leg = await session.get(Leg, leg.id) or leg
+        return {"status": LegPhase(leg.phase).result_status().name}
+    if not principal.may_see_member(row.course_member_id):
+        raise NotFound(RUN_NOT_FOUND)
+    row = await refreshed(state, row)
+    answer = {"status": status_name(row.status)}
+    if leg is not None and leg.dispatch_state == DispatchState.PENDING and leg.last_error:
+        answer["message"] = f"waiting for the engine to accept the job: {leg.last_error}"
+    return answer

@@ -1,0 +1,363 @@
+"""The leg state machine: every transition of a leg, once, for both stores.
+
+A leg is one run of a job on one engine. Its transitions (see `docs/architecture.md` for the table):
+
+- `new_leg`: a PENDING leg in the outbox (the submit path, the task API, a follow-up);
+- `mark_sent` / `record_sent`: the engine accepted it (SENT), with its deadline;
+- `retry_later` / `record_retry`: the engine is unreachable; try again after a backoff;
+- `reject`: the engine refused it for good (FAILED, outcome `rejected`);
+- `apply_state`: a non-final observation (phase, progress, worker);
+- `finish`: the end, with the report or error kept on the leg whatever its role; a primary leg writes the
+  legacy row (never over a row that is already final: a write-back that arrived first wins); then every
+  registered follow-up runs (`on_finish`);
+- `time_out`, `cancel`, `apply_write_back`: the other ways a leg ends.
+
+The ORM variants work on loaded rows inside the caller's transaction (reconciler, write-back, cancel); the
+`record_*` variants are single Core statements for the submit path's hot path, where a round trip counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import object_session
+
+from backends.interface import LegPhase, LegResult, LegState
+from common.failures import Failure, InfraMessage, describe_failure
+from common.legacy import ResultStatus
+from common.scoring import score
+from gateway.legs.states import DispatchState, LegOutcome, LegRole
+from gateway.store.models import Base, Leg, Result
+from gateway.store.runs import autocommit
+
+FINAL_ROW = {ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED}
+DEADLINE_MESSAGE = InfraMessage.DEADLINE_EXCEEDED.value
+LEGS: Table = Leg.__table__  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------------------------------ the row
+def row_is_final(row: Result) -> bool:
+    return row.status in FINAL_ROW
+
+
+def in_flight_status(phase: LegPhase) -> ResultStatus:
+    """The row's status while a leg runs; an engine without a trace of a dispatched leg means still queued."""
+    if phase in (LegPhase.MISSING, LegPhase.QUEUED):
+        return ResultStatus.SCHEDULED
+    return phase.result_status()
+
+
+def status_to_phase(status: int) -> LegPhase | None:
+    """A written-back row status as a leg phase (None for statuses that say nothing about the leg)."""
+    mapping = {
+        ResultStatus.COMPLETED: LegPhase.SUCCEEDED,
+        ResultStatus.FAILED: LegPhase.FAILED,
+        ResultStatus.CANCELLED: LegPhase.CANCELLED,
+        ResultStatus.CRASHED: LegPhase.CRASHED,
+        ResultStatus.RUNNING: LegPhase.RUNNING,
+        ResultStatus.PENDING: LegPhase.QUEUED,
+        ResultStatus.SCHEDULED: LegPhase.QUEUED,
+        ResultStatus.CANCELLING: LegPhase.CANCELLING,
+    }
+    try:
+        return mapping.get(ResultStatus(status))
+    except ValueError:
+        return None
+
+
+def failure_of(leg: Leg, result: LegResult | None, outcome: LegOutcome | None) -> Failure:
+    """The engine-independent failure of a leg that ended badly (see `common.failures`)."""
+    error_type = result.error_type if result else None
+    if outcome == LegOutcome.TIMED_OUT:
+        error_type = "DeadlineExceeded"
+    default = InfraMessage.ENGINE_REFUSED if outcome == LegOutcome.REJECTED else InfraMessage.FAILED
+    return describe_failure(error_type, leg.error, default)
+
+
+# -------------------------------------------------------------------------------------------- follow-ups
+@dataclass(frozen=True)
+class FinishedLeg:
+    """What a follow-up sees: the leg just finished, its row (if any) and the time of the transition."""
+
+    leg: Leg
+    row: Result | None
+    now: datetime
+
+
+FollowUp = Callable[[FinishedLeg], Iterable[Base]]
+
+
+class FinishHooks:
+    """Follow-ups of a finished leg (submission processing, comparisons): each returns rows to add.
+
+    The new rows join the finished leg's own transaction, so a follow-up is committed exactly when the end of
+    its leg is, and a follow-up leg goes through the outbox like any other.
+    """
+
+    def __init__(self) -> None:
+        self._follow_ups: dict[str, FollowUp] = {}
+
+    def connect(self, name: str, follow_up: FollowUp) -> None:
+        """Register (or replace) a follow-up under a name: installing twice is harmless."""
+        self._follow_ups[name] = follow_up
+
+    def disconnect(self, name: str) -> None:
+        self._follow_ups.pop(name, None)
+
+    def run(self, finished: FinishedLeg) -> list[Base]:
+        added: list[Base] = []
+        for follow_up in self._follow_ups.values():
+            added.extend(follow_up(finished))
+        session = object_session(finished.leg)
+        if session is not None:
+            session.add_all(added)
+        return added
+
+
+on_finish = FinishHooks()
+
+
+# -------------------------------------------------------------------------------------------------- new
+def new_leg(
+    *,
+    leg_id: str,
+    result_id: str | None,
+    role: LegRole,
+    engine: str,
+    task_name: str,
+    spec: dict[str, Any],
+    routing: dict[str, Any] | None,
+    now: datetime,
+    due_at: datetime,
+) -> dict[str, Any]:
+    """A PENDING leg's column values (insert them with Core, or `Leg(**values)`), due for dispatch at `due_at`."""
+    return {
+        "id": leg_id,
+        "result_id": result_id,
+        "role": role.value,
+        "engine": engine,
+        "task_name": task_name,
+        "spec": spec,
+        "routing": routing,
+        "phase": LegPhase.QUEUED.value,
+        "finished": False,
+        "dispatch_state": DispatchState.PENDING.value,
+        "dispatch_attempts": 0,
+        "dispatch_faults": 0,
+        "next_attempt_at": due_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- sent
+def mark_sent(leg: Leg, run_id: str | None, now: datetime, deadline_seconds: int) -> None:
+    leg.dispatch_state = DispatchState.SENT.value
+    leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
+    leg.engine_run_id = run_id or leg.id
+    leg.dispatched_at = now
+    leg.next_attempt_at = None
+    leg.deadline = now + timedelta(seconds=deadline_seconds)
+    leg.last_error = None
+
+
+_RECORD_SENT = (
+    update(LEGS)
+    .where(LEGS.c.id == bindparam("leg_id"), LEGS.c.dispatch_state == DispatchState.PENDING.value)
+    .values(
+        dispatch_state=DispatchState.SENT.value,
+        dispatch_attempts=LEGS.c.dispatch_attempts + 1,
+        engine_run_id=bindparam("run_id"),
+        dispatched_at=bindparam("now", type_=LEGS.c.dispatched_at.type),
+        next_attempt_at=None,
+        deadline=bindparam("deadline", type_=LEGS.c.deadline.type),
+        updated_at=bindparam("now", type_=LEGS.c.updated_at.type),
+    )
+)
+
+
+async def record_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now: datetime, deadline: datetime) -> None:
+    """`mark_sent` as one autocommit UPDATE (only a still-pending leg: the reconciler may have won the race)."""
+    params = {"leg_id": leg_id, "run_id": run_id or leg_id, "now": now, "deadline": deadline}
+    async with autocommit(engine).connect() as conn:
+        await conn.execute(_RECORD_SENT, params)
+
+
+# ------------------------------------------------------------------------------------------- retry later
+def backoff_seconds(attempts: int, cap: float = 60.0) -> float:
+    """0.5 s, 1 s, 2 s ... capped: fast recovery after a short outage, no hammering during a long one."""
+    return float(min(cap, 0.5 * 2 ** max(0, attempts - 1)))
+
+
+def next_attempt(now: datetime, attempts: int) -> datetime:
+    return now + timedelta(seconds=backoff_seconds(attempts))
+
+
+def retry_later(leg: Leg, error: str | None, now: datetime) -> None:
+    leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
+    leg.last_error = error
+    leg.next_attempt_at = next_attempt(now, leg.dispatch_attempts)
+
+
+async def record_retry(
+    session: AsyncSession, leg_id: str, error: str | None, now: datetime, *, fault: bool = False
+) -> None:
+    """`retry_later` (or a first `retry_fault`) for a leg the caller has not loaded (the submit path's first try)."""
+    await session.execute(
+        update(Leg)
+        .where(Leg.id == leg_id, Leg.dispatch_state == DispatchState.PENDING.value)
+        .values(
+            dispatch_attempts=Leg.dispatch_attempts + 1,
+            dispatch_faults=Leg.dispatch_faults + (1 if fault else 0),
+            last_error=error,
+            next_attempt_at=next_attempt(now, 1),
+            updated_at=now,
+        )
+    )
+
+
+# Sends that fail for a reason that is not an outage (a job its engine cannot take: a malformed parameter set,
+# an adapter bug) are retried this many times in all, with the usual backoff, then the leg is rejected.
+DISPATCH_FAULT_LIMIT = 5
+
+
+def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime) -> bool:
+    """A send failed for a reason that is not an outage: retry later, or reject at the bound; True if rejected."""
+    leg.dispatch_faults = (leg.dispatch_faults or 0) + 1
+    if leg.dispatch_faults >= DISPATCH_FAULT_LIMIT:
+        leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
+        reject(leg, row, now, f"Dispatch failed {leg.dispatch_faults} times, giving up: {error}")
+        return True
+    retry_later(leg, error, now)
+    return False
+
+
+# ------------------------------------------------------------------------------------------ state applied
+def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
+    """Record a non-final observation (phase, native state, progress, worker) on the leg and its row."""
+    phase = state.phase
+    if phase != LegPhase.MISSING:
+        leg.phase = phase.value
+    leg.native_state = state.native
+    if state.progress is not None:
+        leg.progress = state.progress.model_dump()
+    leg.started_at = leg.started_at or state.started_at
+    leg.worker = state.worker or leg.worker
+    leg.queue = state.queue or leg.queue
+    if state.engine_run_id:
+        leg.engine_run_id = state.engine_run_id
+    if state.stalled:
+        leg.last_error = state.stalled
+    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
+        wanted = int(in_flight_status(phase))
+        if row.status != wanted:
+            row.status = wanted
+
+
+# ----------------------------------------------------------------------------------------------- finished
+def finish(
+    leg: Leg,
+    row: Result | None,
+    now: datetime,
+    phase: LegPhase,
+    result: LegResult | None = None,
+    *,
+    outcome: LegOutcome | None = None,
+    error: str | None = None,
+) -> None:
+    """Close a leg for good, keep its report or error, write a primary leg's row, then run the follow-ups."""
+    leg.finished = True
+    leg.phase = phase.value
+    leg.outcome = (outcome or LegOutcome(phase.value)).value
+    leg.finished_at = leg.finished_at or now
+    leg.error = error or (result.error if result else None)
+    report = result.report if result else None
+    leg.payload = report
+    failure = None
+    if phase in (LegPhase.FAILED, LegPhase.CRASHED):
+        # One vocabulary whatever the engine: the stable message on the leg, the engine's text under `details`.
+        failure = failure_of(leg, result, outcome)
+        leg.error = failure.message.value
+        leg.payload = failure.as_result_json(leg.engine)
+    if leg.progress is not None and phase == LegPhase.SUCCEEDED:
+        leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
+    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
+        _write_row(leg, row, phase, result, report, failure)
+    on_finish.run(FinishedLeg(leg, row, now))
+
+
+def _write_row(
+    leg: Leg,
+    row: Result,
+    phase: LegPhase,
+    result: LegResult | None,
+    report: dict[str, Any] | None,
+    failure: Failure | None,
+) -> None:
+    if phase == LegPhase.SUCCEEDED:
+        row.status = int(ResultStatus.COMPLETED)
+        if report is not None:
+            row.result = result.score if result is not None and result.score is not None else score(report)
+            row.result_json = report
+    elif phase == LegPhase.CANCELLED:
+        row.status = int(ResultStatus.CANCELLED)
+    else:
+        row.status = int(ResultStatus.FAILED)
+        row.result = 0.0
+        row.result_json = (failure or failure_of(leg, None, None)).as_result_json(leg.engine)
+
+
+def finish_observed(leg: Leg, row: Result | None, state: LegState, result: LegResult, now: datetime) -> None:
+    """The engine says the leg is over and its result was read: finish with what the engine reported."""
+    apply_state(leg, state, None)
+    finish(leg, row, now, result.phase if result.phase.is_final else state.phase, result)
+    leg.finished_at = state.finished_at or now
+
+
+def reject(leg: Leg, row: Result | None, now: datetime, error: str | None) -> None:
+    """The engine refused the leg for good: it leaves the outbox and ends FAILED (its row too)."""
+    leg.dispatch_state = DispatchState.FAILED.value
+    leg.last_error = error
+    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.REJECTED, error=error)
+
+
+def time_out(leg: Leg, row: Result | None, now: datetime) -> None:
+    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.TIMED_OUT, error=DEADLINE_MESSAGE)
+
+
+def past_deadline(leg: Leg, now: datetime) -> bool:
+    return leg.deadline is not None and now > leg.deadline
+
+
+def cancel(leg: Leg, row: Result | None, now: datetime) -> None:
+    """Cancelled by a client; a leg never sent leaves the outbox (there is nothing to tell its engine)."""
+    if leg.dispatch_state != DispatchState.SENT:
+        leg.dispatch_state = DispatchState.FAILED.value
+    finish(leg, row, now, LegPhase.CANCELLED)
+
+
+_WRITE_BACK_OUTCOME = {
+    LegPhase.SUCCEEDED: LegOutcome.SUCCEEDED_BY_WRITE_BACK,
+    LegPhase.FAILED: LegOutcome.FAILED_BY_WRITE_BACK,
+    LegPhase.CANCELLED: LegOutcome.CANCELLED_BY_WRITE_BACK,
+    LegPhase.CRASHED: LegOutcome.CRASHED_BY_WRITE_BACK,
+}
+
+
+def apply_write_back(leg: Leg, row: Result, status: int, now: datetime) -> None:
+    """A legacy flow wrote the row itself: move its leg to match (the row already holds what it wrote)."""
+    phase = status_to_phase(status)
+    if phase is None or leg.finished:
+        return
+    if phase.is_final:
+        result = LegResult(leg_id=leg.id, phase=phase, report=row.result_json if phase == LegPhase.SUCCEEDED else None)
+        finish(leg, row, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase])
+        return
+    leg.phase = phase.value
+    if phase == LegPhase.RUNNING and leg.started_at is None:
+        leg.started_at = now
