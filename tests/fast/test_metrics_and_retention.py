@@ -135,3 +135,46 @@ def test_the_reconciler_prunes_in_batches_when_retention_is_set(memory_gateway: 
             assert await session.scalar(select(func.count(Result.id))) == 3
 
     memory_gateway.run(test)
+
+
+def test_db_prune_dry_run_counts_and_prune_deletes(memory_gateway: MemoryGateway) -> None:
+    """`gateway db prune --dry-run` counts without deleting; without it, exactly those legs go."""
+    import subprocess
+
+    from tests.support.celery_worker import GATEWAY_BIN, base_env
+
+    engine = memory_gateway.engine
+
+    async def seed(state: GatewayState) -> None:
+        rows = [(await submit_test(state, ADMIN, body(f"c{i}")))[0] for i in range(3)]
+        for row in rows:
+            engine.succeed(row.test_system_id, report(1, 1))
+        await state.reconciler.tick()
+        async with state.sessions() as session, session.begin():
+            old = utcnow() - timedelta(days=40)
+            await session.execute(update(Leg).where(Leg.id != rows[0].test_system_id).values(finished_at=old))
+
+    async def counts(state: GatewayState) -> tuple[int, int]:
+        async with state.sessions() as session:
+            legs = await session.scalar(select(func.count(Leg.id)))
+            results = await session.scalar(select(func.count(Result.id)))
+        return int(legs or 0), int(results or 0)
+
+    memory_gateway.run(seed)
+    env = base_env({}, memory_gateway.settings.data_dir)
+
+    def prune(*args: str) -> str:
+        done = subprocess.run(
+            [str(GATEWAY_BIN), "db", "prune", "--older-than-days", "30", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert prune("--dry-run").startswith("would delete 2 finished legs")
+    assert memory_gateway.run(counts) == (3, 3)
+    assert prune().startswith("deleted 2 finished legs")
+    assert memory_gateway.run(counts) == (1, 3)
