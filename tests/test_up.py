@@ -268,6 +268,14 @@ def test_metrics_show_the_runs_that_happened_on_both_engines(gateway_up: UpProce
         )
         assert seen.get(("gateway_outbox_backlog", frozenset({"engine": engine}.items()))) == 0
     assert not [key for key in seen if key[0] == "gateway_legs_in_flight" and seen[key]]
+    # The API's log is not a terminal: JSON lines, and the line about each finished leg names its job.
+    import json
+
+    lines = [json.loads(line) for line in (gateway_up.data_dir / "logs" / "api.log").read_text().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    finished = [line for line in lines if line["message"] == "leg finished: succeeded"]
+    assert {line["engine"] for line in finished} == {"celery", "prefect"}
+    assert all(line["leg_id"] and line["result_id"] and line["role"] == "primary" for line in finished)
 
 
 @pytest.mark.slow

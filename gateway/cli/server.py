@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import sys
 from pathlib import Path
 
 import typer
 
+from common.logs import configure_json_logging, wants_json
 from common.redact import redact_url
 from common.settings import get_settings
 
@@ -36,12 +39,17 @@ def serve(
     except SchemaOutOfDate as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    structured = wants_json(settings.gateway_log_format, sys.stderr)
+    if structured:
+        configure_json_logging()
     uvicorn.run(
         create_app(settings),
         host=host or settings.gateway_host,
         port=port or settings.gateway_port,
         log_level="info",
         access_log=False,
+        # With JSON logs, uvicorn keeps its hands off logging: its lines go through the root JSON handler too.
+        log_config=None if structured else uvicorn.config.LOGGING_CONFIG,
     )
 
 
@@ -56,12 +64,15 @@ def reconcile(
     from gateway.store.migrate import SchemaOutOfDate, ensure_schema
 
     settings = get_settings()
+    if wants_json(settings.gateway_log_format, sys.stderr):
+        configure_json_logging()
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         ensure_schema(settings)
     except SchemaOutOfDate as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
