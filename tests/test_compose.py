@@ -89,3 +89,12 @@ def test_image_sandbox_user_agrees_with_the_setting_and_copies_what_exists() -> 
         for part in source.split():
             assert (ROOT / part).exists(), f"COPY of missing {part}"
     assert "gateway" in (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("[")[0]
+
+
+@pytest.mark.parametrize("example", ["prometheus-alerts.yaml", "keda-scaledobject.yaml"])
+def test_doc_examples_parse_and_name_metrics_that_exist(example: str) -> None:
+    text = (ROOT / "docs" / "examples" / example).read_text()
+    yaml.safe_load(text)
+    sources = "".join((ROOT / "gateway" / part / "metrics.py").read_text() for part in ("engines", "api"))
+    for name in set(re.findall(r"\b(gateway_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", text)):
+        assert f'"{name}"' in sources, f"{example} names {name}, which no code exports"
