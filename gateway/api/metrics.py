@@ -81,6 +81,12 @@ class SnapshotCollector(Collector):
             "Since the oldest sent leg that no worker or runner has started was sent (0: none waiting).",
             labels=["engine"],
         )
+        stalled = GaugeMetricFamily(
+            "gateway_legs_stalled",
+            "Sent legs the engine reports nothing runs any more (Prefect: a Late run, its runner gone).",
+            labels=["engine"],
+        )
+        stalled_count: dict[str, int] = dict.fromkeys(snap.engines, 0)
         pending: dict[str, int] = dict.fromkeys(snap.engines, 0)
         pending_since: dict[str, datetime | None] = dict.fromkeys(snap.engines)
         waiting_since: dict[str, datetime | None] = dict.fromkeys(snap.engines)
@@ -90,6 +96,7 @@ class SnapshotCollector(Collector):
                 pending_since[group.engine] = _earliest(pending_since.get(group.engine), group.oldest_created)
             elif group.dispatch_state == DispatchState.SENT:
                 in_flight.add_metric([group.engine, group.role, group.phase], group.count)
+                stalled_count[group.engine] = stalled_count.get(group.engine, 0) + group.with_error
                 if group.phase in WAITING_PHASES:
                     waiting_since[group.engine] = _earliest(waiting_since.get(group.engine), group.oldest_dispatched)
         for engine, count in pending.items():
@@ -97,7 +104,9 @@ class SnapshotCollector(Collector):
             backlog_age.add_metric([engine], _age(snap.now, pending_since.get(engine)))
         for engine, since in waiting_since.items():
             waiting_age.add_metric([engine], _age(snap.now, since))
-        yield from (in_flight, backlog, backlog_age, waiting_age)
+        for engine, count in stalled_count.items():
+            stalled.add_metric([engine], count)
+        yield from (in_flight, backlog, backlog_age, waiting_age, stalled)
         depth = GaugeMetricFamily(
             "gateway_queue_depth",
             "Messages waiting per queue: Celery queue (broker) or Prefect deployment (runs not yet picked up).",

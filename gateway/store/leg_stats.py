@@ -26,6 +26,8 @@ class OpenLegGroup:
     count: int
     oldest_created: datetime | None
     oldest_dispatched: datetime | None
+    # With an error noted: for sent legs, the engine said nothing runs them any more (a Late run, a runner gone).
+    with_error: int = 0
 
 
 OPEN_LEGS = (
@@ -37,6 +39,7 @@ OPEN_LEGS = (
         func.count(),
         func.min(Leg.created_at),
         func.min(Leg.dispatched_at),
+        func.count(Leg.last_error),
     )
     .where(Leg.finished.is_(False))
     .group_by(Leg.engine, Leg.role, Leg.dispatch_state, Leg.phase)

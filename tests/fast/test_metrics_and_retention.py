@@ -67,10 +67,13 @@ def test_counters_follow_sends_and_finishes_and_the_snapshot_follows_the_store(m
             await session.execute(update(Leg).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
         await state.reconciler.tick()
         assert (delta(accepted), delta(succeeded), delta(failed)) == (5, 1, 1)
+        async with state.sessions() as session, session.begin():  # what apply_state notes for a Late run
+            await session.execute(update(Leg).where(Leg.id == rows[2].test_system_id).values(last_error="Late"))
         seen = scraped(await view.render())
         assert seen[("gateway_outbox_backlog", (("engine", "celery"),))] == 0
         assert seen[("gateway_legs_in_flight", (("engine", "celery"), ("phase", "queued"), ("role", "primary")))] == 3
         assert seen[("gateway_queue_depth", (("engine", "celery"), ("queue", "default")))] == 3
+        assert seen[("gateway_legs_stalled", (("engine", "celery"),))] == 1
         finished = (("engine", "celery"), ("outcome", "succeeded"), ("role", "primary"))
         assert seen[("gateway_legs_finished_total", finished)] >= 1
         assert seen[("gateway_reconciler_batch_legs_count", (("step", "flush"),))] >= 1
