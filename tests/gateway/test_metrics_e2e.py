@@ -3,13 +3,17 @@ no worker runs, and the counts of what happened once a worker has run the jobs."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.store.catalog import load_catalog
+from gateway.store.migrate import upgrade
 from tests.gateway.conftest import PASSWORD
 from tests.gateway.server import GatewayServer, free_port, running_server, wait_for
 from tests.gateway.test_e2e_celery import example_catalog, poll_result_status, redis_server
@@ -89,3 +93,53 @@ def test_backlog_then_queue_depth_then_counts(tmp_path: Path) -> None:
         assert value(seen, "gateway_engine_send_seconds_count", engine="celery") == 2
         assert value(seen, "gateway_legs_in_flight", engine="celery", role="primary", phase="queued") == 0
         assert value(seen, "gateway_reconciler_cycle_seconds_count") > 0
+
+
+@pytest.mark.postgres
+def test_several_api_processes_report_one_total_in_multiprocess_mode(tmp_path: Path, postgres_db: Any) -> None:
+    """`uvicorn --workers 2` with PROMETHEUS_MULTIPROC_DIR: whichever process answers a scrape, it shows every
+    process's sends (the documented setup for several processes on one host)."""
+    from tests.gateway.conftest import demo_catalog, fresh_pg_database
+    from tests.gateway.server import stop_server
+
+    data = tmp_path / "gw-multi"
+    prom = tmp_path / "prometheus"
+    prom.mkdir()
+    with fresh_pg_database(postgres_db) as db:
+        env = {**db.env(), "PROMETHEUS_MULTIPROC_DIR": str(prom), "GATEWAY_RECONCILE_INTERVAL": "0.5"}
+        settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
+        upgrade(settings)
+        load_catalog(demo_catalog(), settings)
+        port = free_port()
+        cmd = [sys.executable, "-m", "uvicorn", "gateway.api.app:create_app", "--factory", "--workers", "2"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        log_path = tmp_path / "uvicorn.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                cmd, env=base_env(env, data), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = GatewayServer(process, port, log_path, env)
+        try:
+            wait_for(lambda: _healthy(server), 60, what="two API processes")
+            for i in range(20):  # a new connection each: the processes share the listening socket
+                answer = httpx.post(
+                    f"{server.url}/api/tests",
+                    auth=("admin", PASSWORD),
+                    json={"directory": "week1/ex1", "course_member_id": "m-alice", "version_identifier": f"c{i}"},
+                    timeout=30,
+                )
+                assert answer.status_code == 200, answer.text
+            pids = {int(p.stem.rsplit("_", 1)[1]) for p in prom.glob("*.db")}
+            assert len(pids) >= 2, pids  # both processes wrote their values
+            for _ in range(6):
+                seen = scrape(server)
+                assert value(seen, "gateway_engine_sends_total", engine="celery", outcome="accepted") == 20
+        finally:
+            stop_server(server)
+
+
+def _healthy(server: GatewayServer) -> bool:
+    try:
+        return httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
