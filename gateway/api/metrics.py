@@ -49,6 +49,7 @@ class Snapshot:
     engines: list[str]
     groups: list[OpenLegGroup] = field(default_factory=list)
     depths: dict[str, dict[str, int] | None] = field(default_factory=dict)
+    ages: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _age(now: datetime, since: datetime | None) -> float:
@@ -117,11 +118,19 @@ class SnapshotCollector(Collector):
             "1 when the engine's queue depths could be read for this scrape.",
             labels=["engine"],
         )
+        oldest = GaugeMetricFamily(
+            "gateway_queue_oldest_age_seconds",
+            "Since the oldest waiting message of a queue was sent (Celery; absent for an empty queue).",
+            labels=["engine", "queue"],
+        )
         for engine, queues in snap.depths.items():
             readable.add_metric([engine], 0 if queues is None else 1)
             for queue, count in (queues or {}).items():
                 depth.add_metric([engine, queue], count)
-        yield from (depth, readable)
+        for engine, ages in snap.ages.items():
+            for queue, age in ages.items():
+                oldest.add_metric([engine, queue], age)
+        yield from (depth, readable, oldest)
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -168,22 +177,28 @@ class MetricsView:
                 | {g.engine for g in groups}
                 | {self.state.settings.gateway_tasks_engine}
             )
-            depths = await asyncio.gather(*(self._depths(engine) for engine in engines))
+            queues = await asyncio.gather(*(self._queues(engine) for engine in engines))
             self.collector.snapshot = Snapshot(
                 taken=time.monotonic(),
                 now=utcnow(),
                 engines=engines,
                 groups=groups,
-                depths=dict(zip(engines, depths, strict=True)),
+                depths={engine: depths for engine, (depths, _) in zip(engines, queues, strict=True)},
+                ages={engine: ages for engine, (_, ages) in zip(engines, queues, strict=True)},
             )
 
-    async def _depths(self, engine: str) -> dict[str, int] | None:
-        try:
+    async def _queues(self, engine: str) -> tuple[dict[str, int] | None, dict[str, float]]:
+        """The engine's queue depths and oldest-message ages (None, {} when it cannot be read now)."""
+
+        def read() -> tuple[dict[str, int], dict[str, float]]:
             adapter = self.state.dispatcher.adapter(engine)
-            return await asyncio.wait_for(asyncio.to_thread(adapter.queue_depths), QUEUE_READ_TIMEOUT)
+            return adapter.queue_depths(), adapter.queue_ages()
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read), QUEUE_READ_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - an engine that cannot say must not break the scrape
-            log.info("queue depths of %s unreadable: %s", engine, redact_text(repr(exc)), extra={"engine": engine})
-            return None
+            log.info("queues of %s unreadable: %s", engine, redact_text(repr(exc)), extra={"engine": engine})
+            return None, {}
 
     async def render(self) -> bytes:
         await self.refresh()

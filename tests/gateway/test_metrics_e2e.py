@@ -83,6 +83,8 @@ def test_backlog_then_queue_depth_then_counts(tmp_path: Path) -> None:
             assert value(seen, "gateway_engine_sends_total", engine="celery", outcome="accepted") == 2
             assert value(seen, "gateway_legs_in_flight", engine="celery", role="primary", phase="queued") == 2
             assert value(seen, "gateway_legs_waiting_oldest_age_seconds", engine="celery") > 0
+            ages = [v for (n, labels), v in seen.items() if n == "gateway_queue_oldest_age_seconds"]
+            assert len(ages) == 1 and ages[0] > 0  # the one queue holding both messages
             with running_worker(base_env(env, data), concurrency=2):
                 for run in runs:
                     assert poll_result_status(server, ("admin", PASSWORD), run["id"], timeout=180) == 0
@@ -93,6 +95,7 @@ def test_backlog_then_queue_depth_then_counts(tmp_path: Path) -> None:
         assert value(seen, "gateway_engine_send_seconds_count", engine="celery") == 2
         assert value(seen, "gateway_legs_in_flight", engine="celery", role="primary", phase="queued") == 0
         assert value(seen, "gateway_reconciler_cycle_seconds_count") > 0
+        assert not [key for key in seen if key[0] == "gateway_queue_oldest_age_seconds"]  # every queue empty
 
 
 @pytest.mark.postgres
