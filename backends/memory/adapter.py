@@ -23,8 +23,11 @@ from backends.interface import (
     LegPhase,
     LegResult,
     LegState,
+    TaskKind,
     WorkerInfo,
 )
+
+NEEDED = {TaskKind.STUDENT_TESTING: "test_job", TaskKind.SUBMISSION_PROCESSING: "submission"}
 
 
 @dataclass
@@ -97,6 +100,8 @@ class MemoryAdapter:
         self._call("submit")
         if self.backend.reject:
             raise EngineConfigurationError(self.backend.reject)
+        # As the real adapters do: the parameter the task kind needs is read, so a job without it raises (KeyError).
+        job.params[NEEDED[job.kind]]
         with self.backend.lock:
             found = self.backend.runs.get(leg_id)
             if found is not None:

@@ -178,7 +178,7 @@ class Reconciler:
         """The first leg probes the engine; only if it got through are the others sent, all at once."""
         first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id)
         self._apply_send(legs[0], first, rows, report)
-        if first.status == SendStatus.RETRY or len(legs) == 1:
+        if (first.status == SendStatus.RETRY and not first.fault) or len(legs) == 1:
             return  # one failed attempt per engine per tick is enough to know it is still down
         rest = legs[1:]
         outcomes = await self.dispatcher.send_many(engine, [(leg.id, leg.spec) for leg in rest])
@@ -190,6 +190,12 @@ class Reconciler:
         if outcome.status == SendStatus.SENT:
             machine.mark_sent(leg, outcome.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             report.dispatched += 1
+        elif outcome.status == SendStatus.RETRY and outcome.fault:
+            # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
+            if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
+                report.finished += 1
+            else:
+                report.deferred += 1
         elif outcome.status == SendStatus.RETRY or (
             outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE
         ):

@@ -64,6 +64,10 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         for name in WRITABLE:
             if name in changes:
                 setattr(row, name, changes[name])
+        if changes.get("submit") is not None:
+            # Only records what the worker did (its merge request): a submission it made itself is not
+            # started again by the gateway.
+            row.submit = bool(changes["submit"])
         status = changes.get("status")
         if status is not None:
             row.status = int(status)
@@ -89,7 +93,7 @@ async def system_status(state: GatewayState, principal: Principal, test_system_i
         if not leg.finished:
             await state.reconciler.refresh(leg.id)
             async with state.sessions() as session:
-                leg = await session.get(Leg, test_system_id) or leg
+                leg = await session.get(Leg, leg.id) or leg
         return {"status": LegPhase(leg.phase).result_status().name}
     if not principal.may_see_member(row.course_member_id):
         raise NotFound(RUN_NOT_FOUND)

@@ -148,6 +148,7 @@ def new_leg(
         "finished": False,
         "dispatch_state": DispatchState.PENDING.value,
         "dispatch_attempts": 0,
+        "dispatch_faults": 0,
         "next_attempt_at": due_at,
         "created_at": now,
         "updated_at": now,
@@ -203,18 +204,37 @@ def retry_later(leg: Leg, error: str | None, now: datetime) -> None:
     leg.next_attempt_at = next_attempt(now, leg.dispatch_attempts)
 
 
-async def record_retry(session: AsyncSession, leg_id: str, error: str | None, now: datetime) -> None:
-    """`retry_later` for a leg the caller has not loaded (its first attempt, on the submit path)."""
+async def record_retry(
+    session: AsyncSession, leg_id: str, error: str | None, now: datetime, *, fault: bool = False
+) -> None:
+    """`retry_later` (or a first `retry_fault`) for a leg the caller has not loaded (the submit path's first try)."""
     await session.execute(
         update(Leg)
         .where(Leg.id == leg_id, Leg.dispatch_state == DispatchState.PENDING.value)
         .values(
             dispatch_attempts=Leg.dispatch_attempts + 1,
+            dispatch_faults=Leg.dispatch_faults + (1 if fault else 0),
             last_error=error,
             next_attempt_at=next_attempt(now, 1),
             updated_at=now,
         )
     )
+
+
+# Sends that fail for a reason that is not an outage (a job its engine cannot take: a malformed parameter set,
+# an adapter bug) are retried this many times in all, with the usual backoff, then the leg is rejected.
+DISPATCH_FAULT_LIMIT = 5
+
+
+def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime) -> bool:
+    """A send failed for a reason that is not an outage: retry later, or reject at the bound; True if rejected."""
+    leg.dispatch_faults = (leg.dispatch_faults or 0) + 1
+    if leg.dispatch_faults >= DISPATCH_FAULT_LIMIT:
+        leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
+        reject(leg, row, now, f"Dispatch failed {leg.dispatch_faults} times, giving up: {error}")
+        return True
+    retry_later(leg, error, now)
+    return False
 
 
 # ------------------------------------------------------------------------------------------ state applied
@@ -267,15 +287,22 @@ def finish(
     if leg.progress is not None and phase == LegPhase.SUCCEEDED:
         leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
-        _write_row(leg, row, phase, report, failure)
+        _write_row(leg, row, phase, result, report, failure)
     on_finish.run(FinishedLeg(leg, row, now))
 
 
-def _write_row(leg: Leg, row: Result, phase: LegPhase, report: dict[str, Any] | None, failure: Failure | None) -> None:
+def _write_row(
+    leg: Leg,
+    row: Result,
+    phase: LegPhase,
+    result: LegResult | None,
+    report: dict[str, Any] | None,
+    failure: Failure | None,
+) -> None:
     if phase == LegPhase.SUCCEEDED:
         row.status = int(ResultStatus.COMPLETED)
         if report is not None:
-            row.result = score(report)
+            row.result = result.score if result is not None and result.score is not None else score(report)
             row.result_json = report
     elif phase == LegPhase.CANCELLED:
         row.status = int(ResultStatus.CANCELLED)

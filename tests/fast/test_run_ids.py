@@ -33,7 +33,8 @@ def test_task_types_are_the_short_names_and_both_forms_are_accepted() -> None:
 @pytest.mark.parametrize("task_name", ["student_testing", "ctutor_backend.tasks.student_testing"])
 def test_submit_takes_either_task_name(memory_gateway: MemoryGateway, task_name: str) -> None:
     async def test(state: GatewayState) -> str:
-        task_id = await tasks.submit_task(state, task_name, {"test_job": {"user_id": "u"}}, None, None)
+        job = {"test_job": {"user_id": "u", "module": {"url": "https://git.example.invalid/a.git", "commit": "c"}}}
+        task_id = await tasks.submit_task(state, task_name, job, None, None)
         leg, _ = await tasks.task_leg(state, task_id, refresh=False)
         return leg.task_name
 
