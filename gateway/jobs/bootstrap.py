@@ -10,6 +10,7 @@ from __future__ import annotations
 from common.settings import Settings
 from gateway.compare import follow_up as comparison
 from gateway.compare.step import CompareStep
+from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs import follow_ups
 from gateway.legs.machine import on_finish
@@ -18,6 +19,7 @@ from gateway.runtime import GatewayState
 
 def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
     follow_ups.install(on_finish)
+    metrics.install(on_finish, settings.gateway_metrics_enabled)
     comparison.install(on_finish)
     state = GatewayState.build(settings, dispatcher)
     # Comparisons are written by the reconciler after each tick, for every pair whose two legs are final.
