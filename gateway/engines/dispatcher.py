@@ -26,7 +26,7 @@ from backends.interface import (
     JobSpec,
     TaskKind,
 )
-from backends.registry import canonical_engine, make_adapter
+from backends.registry import ENGINE_ALIASES, canonical_engine, make_adapter
 from common.redact import redact_text
 from common.settings import Settings
 
@@ -69,6 +69,10 @@ class Dispatcher:
             found = self._factory(engine, self.settings)
             self._adapters[engine] = found
         return found
+
+    def engines(self) -> list[str]:
+        """Every engine name the gateway can route to (canonical names)."""
+        return sorted(set(ENGINE_ALIASES.values()))
 
     def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
         job = JobSpec(kind=TaskKind(spec["kind"]), params=spec["params"], properties=spec.get("properties") or {})

@@ -7,6 +7,12 @@ per engine and one `results` call per engine for the legs that finished. Deadlin
 past its deadline is closed as timed out and no longer waited on. Every transition goes through
 `gateway.legs.machine`.
 
+Completion is pushed where the engine can tell (`backends.interface.CompletionFeed`, e.g. the Celery result
+store's NOTIFY): `run` follows every engine's feed beside the ticks and reads the named legs at once
+(`apply_completions`); a leg that cannot be taken right then (another reconciler holds it, or its request has
+not yet recorded the send) is tried again after a short backoff. A notice is only a hint: the ticks still see
+every open leg, so a lost one costs at most a cycle.
+
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 its legs with `FOR UPDATE SKIP LOCKED` and holds the locks while it talks to the engine, so no leg is processed
 twice. SQLite has no row locks; there one in-process lock keeps a single writer, which is what the embedded
@@ -28,7 +34,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from backends.interface import LegResult, LegState
+from backends.interface import CompletionFeed, LegResult, LegState
 from common.redact import redact_text
 from common.settings import Settings
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
@@ -42,6 +48,10 @@ log = logging.getLogger(__name__)
 # restarted Prefect server whose runner has not registered yet, as during `gateway up`): a missing deployment
 # is retried this long after the job was accepted, then the leg fails. At submit time it is a 404 at once.
 DEPLOYMENT_GRACE = timedelta(minutes=5)
+# A pushed leg that cannot be taken yet is tried again after 20 ms, 40 ms ... (about 1.3 s in all), then left
+# to the next tick.
+PUSH_RETRIES = 6
+PUSH_FIRST_DELAY = 0.02
 
 
 @dataclass
@@ -73,6 +83,9 @@ class Reconciler:
         self.is_postgres = bind is not None and bind.dialect.name == "postgresql"
         # SQLite has no row locks: one writer task at a time inside this process (a tick or a refresh).
         self._local_lock = asyncio.Lock()
+        # Legs finished because their engine announced it (not by a tick): a figure, and what tests wait on.
+        self.pushed_finished = 0
+        self._pushed = asyncio.Condition()
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -230,8 +243,92 @@ class Reconciler:
                 if legs:
                     await self._advance_group(legs[0].engine, list(legs), rows)
 
+    # ----------------------------------------------------------------------------------- pushed completions
+    async def apply_completions(self, leg_ids: list[str]) -> int:
+        """The engine says these legs ended: read and close them now; returns how many finished here.
+
+        Ids of legs that are open but cannot be taken yet (locked by another reconciler, or still PENDING
+        because the request that sent them has not recorded the send) are retried with a short backoff; ids
+        that are not open legs (already finished, someone else's task) are dropped.
+        """
+        todo = list(dict.fromkeys(leg_ids))
+        finished = 0
+        for attempt in range(PUSH_RETRIES):
+            done, todo = await self._refresh_ids(todo)
+            finished += done
+            if not todo:
+                break
+            await asyncio.sleep(PUSH_FIRST_DELAY * 2**attempt)
+        async with self._pushed:
+            self.pushed_finished += finished
+            self._pushed.notify_all()
+        return finished
+
+    async def _refresh_ids(self, leg_ids: list[str]) -> tuple[int, list[str]]:
+        """One pass: (finished, open legs not taken), in batches of `batch_size`."""
+        finished = 0
+        untaken: list[str] = []
+        for start in range(0, len(leg_ids), self.batch_size):
+            chunk = leg_ids[start : start + self.batch_size]
+            stmt = select(Leg).where(
+                Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT
+            )
+            async with self._writer():
+                async with self._claim(stmt) as (legs, rows):
+                    by_engine: dict[str, list[Leg]] = defaultdict(list)
+                    for leg in legs:
+                        by_engine[leg.engine].append(leg)
+                    for engine, group in by_engine.items():
+                        finished += await self._advance_group(engine, group, rows)
+                taken = {leg.id for leg in legs}
+                if len(taken) < len(chunk):
+                    async with self.sessions() as session:
+                        still_open = select(Leg.id).where(
+                            Leg.id.in_([i for i in chunk if i not in taken]), Leg.finished.is_(False)
+                        )
+                        untaken.extend((await session.execute(still_open)).scalars())
+        return finished, untaken
+
+    async def wait_pushed(self, count: int, timeout: float) -> int:
+        """Until at least `count` legs were finished by pushed completions (or `timeout`); returns the count."""
+        async with self._pushed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pushed.wait_for(lambda: self.pushed_finished >= count), timeout)
+            return self.pushed_finished
+
+    async def follow_completions(self, stop: asyncio.Event) -> None:
+        """Follow every engine's completion feed (those that have one) until `stop`."""
+        feeds = [
+            (name, a)
+            for name in self.dispatcher.engines()
+            if isinstance(a := self.dispatcher.adapter(name), CompletionFeed)
+        ]
+        if feeds:
+            await asyncio.gather(*(self._follow(name, feed, stop) for name, feed in feeds))
+
+    async def _follow(self, engine: str, feed: CompletionFeed, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async for leg_ids in feed.completions():
+                    await self.apply_completions(leg_ids)
+                return  # the feed ended by itself: this setup cannot push, polling alone applies
+            except Exception as exc:  # noqa: BLE001 - a lost feed is reopened; polling covers the gap
+                log.warning("%s completion feed lost: %s", engine, redact_text(repr(exc)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.gateway_reconcile_interval)
+
     # ---------------------------------------------------------------------------------------------- the loop
     async def run(self, stop: asyncio.Event) -> None:
+        """Ticks every `gateway_reconcile_interval` (at once again while busy), and the completion feeds beside."""
+        feeds = asyncio.create_task(self.follow_completions(stop), name="completion-feeds")
+        try:
+            await self._tick_loop(stop)
+        finally:
+            feeds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeds
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.gateway_reconcile_interval
         while not stop.is_set():
             busy = False

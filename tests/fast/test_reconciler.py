@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -191,3 +192,75 @@ def test_reconciler_needs_no_app_state(memory_gateway: MemoryGateway) -> None:
         assert (await rows_by_id(state))[row.id].status == int(ResultStatus.RUNNING)
 
     memory_gateway.run(test)
+
+
+def test_pushed_completions_finish_legs_without_any_tick(memory_gateway: MemoryGateway) -> None:
+    """The engine announces the 200 that ended: they are final with no tick and no client read; the rest stay."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        state.reconciler.batch_size = 100
+        rows = await submit_many(state, 500)
+        stop = asyncio.Event()
+        feeds = asyncio.create_task(state.reconciler.follow_completions(stop))
+        try:
+            # The listener is registered once the feed's generator ran: wait for it, not for a time.
+            await asyncio.wait_for(_until(lambda: len(engine.listeners) == 2), timeout=10)
+            engine.calls.clear()
+            for row in rows[300:]:
+                engine.succeed(row.test_system_id, report(2, 2))
+            assert await state.reconciler.wait_pushed(200, timeout=30) == 200
+        finally:
+            stop.set()
+            feeds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeds
+        # The 200 notices arrived together: one batch, read 100 at a time; the 300 others were never read.
+        assert (engine.calls["poll"], engine.calls["results"]) == (2, 2)
+        stored = await rows_by_id(state)
+        assert Counter(stored[row.id].status for row in rows[300:]) == {int(ResultStatus.COMPLETED): 200}
+        assert Counter(stored[row.id].status for row in rows[:300]) == {int(ResultStatus.SCHEDULED): 300}
+
+    memory_gateway.run(test)
+
+
+def test_a_lost_notice_is_caught_by_the_next_tick(memory_gateway: MemoryGateway) -> None:
+    """Push is a hint: with the notices lost, the polling cycle still finishes every ended leg."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        rows = await submit_many(state, 5)
+        engine.push = False
+        for row in rows[:3]:
+            engine.succeed(row.test_system_id, report(1, 1))
+        assert state.reconciler.pushed_finished == 0
+        assert (await state.reconciler.tick()).finished == 3
+
+    memory_gateway.run(test)
+
+
+def test_a_pushed_leg_still_being_sent_is_kept_for_a_retry(memory_gateway: MemoryGateway) -> None:
+    """The engine may finish a leg before the request recorded its send: that notice is kept, not dropped."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        (row,) = await submit_many(state, 1)
+        leg_id = row.test_system_id
+        async with state.sessions() as session, session.begin():
+            await session.execute(update(Leg).values(dispatch_state=DispatchState.PENDING))
+        engine.succeed(leg_id, report(1, 1))
+        # Not taken yet but open: kept for the next attempt; an id that is no open leg is dropped.
+        assert await state.reconciler._refresh_ids([leg_id, "not-a-leg"]) == (0, [leg_id])
+        async with state.sessions() as session, session.begin():
+            await session.execute(update(Leg).values(dispatch_state=DispatchState.SENT))
+        assert await state.reconciler._refresh_ids([leg_id]) == (1, [])
+        assert (await rows_by_id(state))[row.id].status == int(ResultStatus.COMPLETED)
+        assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # finished: nothing left to retry
+
+    memory_gateway.run(test)
+
+
+async def _until(condition: Any) -> None:
+    """Yield to the event loop until `condition()` holds (the caller bounds it with a timeout)."""
+    while not condition():
+        await asyncio.sleep(0)
