@@ -195,6 +195,8 @@ class CompletionFeed(Protocol):
     def completions(self) -> AsyncIterator[list[str]]:
         """Batches of leg ids, for as long as the caller iterates; ends at once when the setup cannot push.
 
+        The first batch is empty and comes as soon as the feed listens: from then on no notice is missed.
+
         Raises `EngineUnavailable` when the channel is lost; the caller may iterate a fresh call later.
         """
         ...

@@ -169,6 +169,7 @@ class CeleryAdapter:
         conn.add_termination_listener(lambda _conn: notices.put_nowait(None))
         try:
             await conn.add_listener(names.COMPLETIONS_CHANNEL, lambda *args: notices.put_nowait(args[-1]))
+            yield []  # listening now
             while True:
                 batch = [await notices.get()]
                 while not notices.empty():

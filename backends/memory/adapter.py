@@ -118,6 +118,7 @@ class MemoryAdapter:
         with self.backend.lock:
             self.backend.listeners.append(listener)
         try:
+            yield []  # listening now
             while True:
                 batch = [await queue.get()]
                 while not queue.empty():

@@ -86,6 +86,9 @@ class Reconciler:
         # Legs finished because their engine announced it (not by a tick): a figure, and what tests wait on.
         self.pushed_finished = 0
         self._pushed = asyncio.Condition()
+        # Engines whose completion feed is listening right now.
+        self.following: set[str] = set()
+        self._following = asyncio.Condition()
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -296,6 +299,18 @@ class Reconciler:
                 await asyncio.wait_for(self._pushed.wait_for(lambda: self.pushed_finished >= count), timeout)
             return self.pushed_finished
 
+    async def wait_following(self, engine: str, timeout: float) -> bool:
+        """Until `engine`'s feed listens (or `timeout`): from then on its completions are pushed."""
+        async with self._following:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._following.wait_for(lambda: engine in self.following), timeout)
+            return engine in self.following
+
+    async def _set_following(self, engine: str, on: bool) -> None:
+        async with self._following:
+            (self.following.add if on else self.following.discard)(engine)
+            self._following.notify_all()
+
     async def follow_completions(self, stop: asyncio.Event) -> None:
         """Follow every engine's completion feed (those that have one) until `stop`."""
         feeds = [
@@ -310,10 +325,15 @@ class Reconciler:
         while not stop.is_set():
             try:
                 async for leg_ids in feed.completions():
-                    await self.apply_completions(leg_ids)
+                    if engine not in self.following:
+                        await self._set_following(engine, True)
+                    if leg_ids:
+                        await self.apply_completions(leg_ids)
                 return  # the feed ended by itself: this setup cannot push, polling alone applies
             except Exception as exc:  # noqa: BLE001 - a lost feed is reopened; polling covers the gap
                 log.warning("%s completion feed lost: %s", engine, redact_text(repr(exc)))
+            finally:
+                await self._set_following(engine, False)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.gateway_reconcile_interval)
 

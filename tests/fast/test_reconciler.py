@@ -204,8 +204,7 @@ def test_pushed_completions_finish_legs_without_any_tick(memory_gateway: MemoryG
         stop = asyncio.Event()
         feeds = asyncio.create_task(state.reconciler.follow_completions(stop))
         try:
-            # The listener is registered once the feed's generator ran: wait for it, not for a time.
-            await asyncio.wait_for(_until(lambda: len(engine.listeners) == 2), timeout=10)
+            assert await state.reconciler.wait_following("celery", timeout=10)
             engine.calls.clear()
             for row in rows[300:]:
                 engine.succeed(row.test_system_id, report(2, 2))
@@ -258,9 +257,3 @@ def test_a_pushed_leg_still_being_sent_is_kept_for_a_retry(memory_gateway: Memor
         assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # finished: nothing left to retry
 
     memory_gateway.run(test)
-
-
-async def _until(condition: Any) -> None:
-    """Yield to the event loop until `condition()` holds (the caller bounds it with a timeout)."""
-    while not condition():
-        await asyncio.sleep(0)
