@@ -50,6 +50,7 @@ class CeleryAdapter:
         self._cancelling: set[str] = set()
         self._known_workers: int | None = None
         self._known_at = 0.0
+        self._queues_declared = False
 
     # ------------------------------------------------------------------------------------------ lazy parts
     @property
@@ -93,8 +94,24 @@ class CeleryAdapter:
     def send(self, task_name: str, kwargs: dict[str, Any], task_id: str, priority: int | None = None) -> str:
         """Any task by name, routed to its queue (also used for the no-op task by health checks and the bench)."""
         queue = names.QUEUE_FOR_TASK.get(task_name, names.DEFAULT)
-        self.app.send_task(task_name, kwargs=kwargs, task_id=task_id, queue=queue, routing_key=queue, priority=priority)
+        self._declare_queues_once()
+        # declare=[]: the queues exist (above), so kombu's per-publish `maybe_declare` check is skipped.
+        self.app.send_task(
+            task_name, kwargs=kwargs, task_id=task_id, queue=queue, routing_key=queue, priority=priority, declare=[]
+        )
         return task_id
+
+    def _declare_queues_once(self) -> None:
+        """Declare every task queue once per adapter, so a publish never has to (AMQP would drop a message sent
+        to a queue that does not exist; Redis and the filesystem broker need no declaration to deliver)."""
+        if self._queues_declared:
+            return
+        with self._lock:
+            if not self._queues_declared:
+                with self.app.producer_or_acquire() as producer:
+                    for queue in self.app.amqp.queues.values():
+                        producer.maybe_declare(queue)
+                self._queues_declared = True
 
     # -------------------------------------------------------------------------------------------------- poll
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
