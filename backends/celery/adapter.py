@@ -106,10 +106,11 @@ class CeleryAdapter:
         to a queue that does not exist; Redis and the filesystem broker need no declaration to deliver)."""
         if self._queues_declared:
             return
+        app = self.app  # built outside the lock: `app` takes the same (non-reentrant) lock
         with self._lock:
             if not self._queues_declared:
-                with self.app.producer_or_acquire() as producer:
-                    for queue in self.app.amqp.queues.values():
+                with app.producer_or_acquire() as producer:
+                    for queue in app.amqp.queues.values():
                         producer.maybe_declare(queue)
                 self._queues_declared = True
 

@@ -2,8 +2,10 @@
 
 One tick: (1) legs whose dispatch is due are sent again, a batch at a time through the dispatcher's threads
 (backoff between attempts); (2) every open leg is polled, batch after batch in id order until none is left, so
-no leg waits longer than one full cycle however many others stay unchanged; each batch costs one `poll` call
-per engine and one `results` call per engine for the legs that finished. Deadlines are enforced here: a leg
+no leg waits longer than one full cycle however many others stay unchanged; each batch costs one unlocked read
+of the legs' observed columns, one `poll` call per engine and, for the legs whose observation changes something,
+one locked read and one `results` call per engine for those that finished. An unchanged leg is never locked or
+written, which is what keeps a cycle over 10,000 waiting legs short. Deadlines are enforced here: a leg
 past its deadline is closed as timed out and no longer waited on. Every transition goes through
 `gateway.legs.machine`.
 
@@ -14,9 +16,9 @@ not yet recorded the send) is tried again after a short backoff. A notice is onl
 every open leg, so a lost one costs at most a cycle.
 
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
-its legs with `FOR UPDATE SKIP LOCKED` and holds the locks while it talks to the engine, so no leg is processed
-twice. SQLite has no row locks; there one in-process lock keeps a single writer, which is what the embedded
-default needs.
+the legs it writes with `FOR UPDATE SKIP LOCKED`, re-checking that they are still open, and holds the locks
+while it reads their results and writes, so no leg is finished twice. SQLite has no row locks; there one
+in-process lock keeps a single writer, which is what the embedded default needs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ PUSH_RETRIES = 6
 PUSH_FIRST_DELAY = 0.02
 
 
+# What `machine.needs_update` compares: the columns of a leg an observation may change, read without a lock.
+_OBSERVED = (
+    Leg.id,
+    Leg.engine,
+    Leg.phase,
+    Leg.native_state,
+    Leg.progress,
+    Leg.started_at,
+    Leg.worker,
+    Leg.queue,
+    Leg.engine_run_id,
+    Leg.last_error,
+    Leg.deadline,
+)
+
+
 @dataclass
 class TickReport:
     dispatched: int = 0
@@ -73,7 +91,7 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         dispatcher: Dispatcher,
         settings: Settings,
-        batch_size: int = 500,
+        batch_size: int = 1000,
     ) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
@@ -175,37 +193,59 @@ class Reconciler:
             report.finished += 1
 
     async def poll_open(self, report: TickReport) -> None:
-        """Every open leg once: batches in id order (keyset), each in its own short transaction."""
+        """Every open leg once: batches in id order (keyset), read without locks; only those whose observation
+        changes something (a new phase, progress, the end, a passed deadline) are then locked and written."""
         after = ""
         while True:
             stmt = (
-                select(Leg)
+                select(*_OBSERVED)
                 .where(Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT, Leg.id > after)
                 .order_by(Leg.id)
                 .limit(self.batch_size)
             )
-            async with self._claim(stmt) as (legs, rows):
-                if not legs:
-                    return
-                report.batches += 1
-                after = legs[-1].id
-                by_engine: dict[str, list[Leg]] = defaultdict(list)
-                for leg in legs:
-                    by_engine[leg.engine].append(leg)
-                for engine, group in by_engine.items():
-                    report.polled += len(group)
-                    report.finished += await self._advance_group(engine, group, rows)
-            if len(legs) < self.batch_size:
+            async with self.sessions() as session:
+                seen = (await session.execute(stmt)).all()
+            if not seen:
+                return
+            report.batches += 1
+            after = seen[-1].id
+            by_engine: dict[str, list[Any]] = defaultdict(list)
+            for leg in seen:
+                by_engine[leg.engine].append(leg)
+            for engine, group in by_engine.items():
+                report.polled += len(group)
+                states = await self._poll(engine, [leg.id for leg in group])
+                now = utcnow()
+                due = [leg.id for leg in group if machine.needs_update(leg, states.get(leg.id), now)]
+                if due:
+                    report.finished += await self._apply_claimed(engine, due, states)
+            if len(seen) < self.batch_size:
                 return
 
-    async def _advance_group(self, engine: str, legs: list[Leg], rows: dict[str, Result]) -> int:
-        """One poll for the group, one results call for those that finished; returns how many finished."""
+    async def _apply_claimed(self, engine: str, leg_ids: list[str], states: dict[str, LegState]) -> int:
+        """Lock the legs (still open; one another reconciler holds is skipped) and apply what was observed."""
+        stmt = select(Leg).where(Leg.id.in_(leg_ids), Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT)
+        async with self._claim(stmt) as (legs, rows):
+            return await self._apply(engine, list(legs), states, rows) if legs else 0
+
+    async def _poll(self, engine: str, leg_ids: list[str]) -> dict[str, LegState]:
+        """One `poll` round trip; an unreachable engine reads as "no news" (the legs stay as they are)."""
         adapter = self.dispatcher.adapter(engine)
         try:
-            states: dict[str, LegState] = await run_in_threadpool(adapter.poll, [leg.id for leg in legs])
+            states: dict[str, LegState] = await run_in_threadpool(adapter.poll, leg_ids)
         except Exception as exc:  # noqa: BLE001 - an engine outage must not stop the other engines' legs
-            log.warning("poll of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)))
-            states = {}
+            log.warning("poll of %d %s legs failed: %s", len(leg_ids), engine, redact_text(repr(exc)))
+            return {}
+        return states
+
+    async def _advance_group(self, engine: str, legs: list[Leg], rows: dict[str, Result]) -> int:
+        """One poll for the (locked) group, then `_apply`; returns how many finished."""
+        states = await self._poll(engine, [leg.id for leg in legs])
+        return await self._apply(engine, legs, states, rows)
+
+    async def _apply(self, engine: str, legs: list[Leg], states: dict[str, LegState], rows: dict[str, Result]) -> int:
+        """One results call for those that finished, then each observation; returns how many finished."""
+        adapter = self.dispatcher.adapter(engine)
         final_ids = [leg.id for leg in legs if (s := states.get(leg.id)) is not None and s.phase.is_final]
         results: dict[str, LegResult] = {}
         if final_ids:
