@@ -11,9 +11,9 @@ past its deadline is closed as timed out and no longer waited on. Every transiti
 
 Completion is pushed where the engine can tell (`backends.interface.CompletionFeed`, e.g. the Celery result
 store's NOTIFY): `run` follows every engine's feed beside the ticks and reads the named legs at once
-(`apply_completions`); a leg that cannot be taken right then (another reconciler holds it, or its request has
-not yet recorded the send) is tried again after a short backoff. A notice is only a hint: the ticks still see
-every open leg, so a lost one costs at most a cycle.
+(`apply_completions`); a leg that cannot be taken right then (another reconciler holds it) is tried again after
+a short backoff, and one whose request has not yet recorded the send is closed all the same. A notice is only a
+hint: the ticks still see every open leg, so a lost one costs at most a cycle.
 
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 the legs it writes with `FOR UPDATE SKIP LOCKED`, re-checking that they are still open, and holds the locks
@@ -256,6 +256,12 @@ class Reconciler:
         now = utcnow()
         finished = 0
         for leg in legs:
+            if leg.dispatch_state == DispatchState.PENDING:
+                state = states.get(leg.id)
+                if state is None or not state.phase.is_final:
+                    continue  # its request is still sending it: nothing to learn yet
+                # The engine ran it, so it was sent: record that first (the request's own mark then no-ops).
+                machine.mark_sent(leg, state.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             if self._advance(leg, states.get(leg.id), results.get(leg.id), rows.get(leg.result_id or ""), now):
                 finished += 1
         return finished
@@ -290,9 +296,9 @@ class Reconciler:
     async def apply_completions(self, leg_ids: list[str]) -> int:
         """The engine says these legs ended: read and close them now; returns how many finished here.
 
-        Ids of legs that are open but cannot be taken yet (locked by another reconciler, or still PENDING
-        because the request that sent them has not recorded the send) are retried with a short backoff; ids
-        that are not open legs (already finished, someone else's task) are dropped.
+        A leg still PENDING (the engine finished it before its request recorded the send) is closed all the
+        same. Ids of open legs that cannot be taken now (another reconciler holds them) are retried with a
+        short backoff; ids that are not open legs (already finished, someone else's task) are dropped.
         """
         todo = list(dict.fromkeys(leg_ids))
         finished = 0
@@ -313,8 +319,9 @@ class Reconciler:
         untaken: list[str] = []
         for start in range(0, len(leg_ids), self.batch_size):
             chunk = leg_ids[start : start + self.batch_size]
+            # PENDING too: the engine may finish a leg before its request recorded the send (see `_apply`).
             stmt = select(Leg).where(
-                Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT
+                Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state != DispatchState.FAILED
             )
             async with self._writer():
                 async with self._claim(stmt) as (legs, rows):

@@ -238,21 +238,23 @@ def test_a_lost_notice_is_caught_by_the_next_tick(memory_gateway: MemoryGateway)
     memory_gateway.run(test)
 
 
-def test_a_pushed_leg_still_being_sent_is_kept_for_a_retry(memory_gateway: MemoryGateway) -> None:
-    """The engine may finish a leg before the request recorded its send: that notice is kept, not dropped."""
+def test_a_pushed_leg_finished_before_its_send_was_recorded_is_closed(memory_gateway: MemoryGateway) -> None:
+    """The engine may end a leg before the request recorded its send: the notice closes it all the same (marked
+    sent first, so the request's own mark no longer applies); an id that is no open leg is dropped."""
     engine = memory_gateway.engine
 
     async def test(state: GatewayState) -> None:
         (row,) = await submit_many(state, 1)
         leg_id = row.test_system_id
         async with state.sessions() as session, session.begin():
-            await session.execute(update(Leg).values(dispatch_state=DispatchState.PENDING))
+            await session.execute(update(Leg).values(dispatch_state=DispatchState.PENDING, dispatched_at=None))
+        assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # still running: nothing to do
         engine.succeed(leg_id, report(1, 1))
-        # Not taken yet but open: kept for the next attempt; an id that is no open leg is dropped.
-        assert await state.reconciler._refresh_ids([leg_id, "not-a-leg"]) == (0, [leg_id])
-        async with state.sessions() as session, session.begin():
-            await session.execute(update(Leg).values(dispatch_state=DispatchState.SENT))
-        assert await state.reconciler._refresh_ids([leg_id]) == (1, [])
+        assert await state.reconciler._refresh_ids([leg_id, "not-a-leg"]) == (1, [])
+        async with state.sessions() as session:
+            leg = await session.get(Leg, leg_id)
+        assert leg is not None and (leg.finished, leg.dispatch_state) == (True, DispatchState.SENT)
+        assert leg.dispatched_at is not None
         assert (await rows_by_id(state))[row.id].status == int(ResultStatus.COMPLETED)
         assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # finished: nothing left to retry
 
