@@ -1,16 +1,17 @@
 """Celery end to end: no-op and example-assignment jobs, jobs/s and p50/p99 round trip, three stacks in one run.
 
-- `stock-pg`: Celery's stock database backend (`db+postgresql+psycopg2://`) and its stock client
-  (`AsyncResult.get`), the reference.
-- `gateway-pg`: the same PostgreSQL table through `PooledDatabaseBackend` in the worker and `CeleryAdapter.poll`
-  (one query for all in-flight ids, pooled connection) in the client.
-- `redis-results`: Celery's Redis result backend, stock client (the second reference).
+- `stock-pg`: Celery's stock database backend (`db+postgresql+psycopg2://`) in the worker, the reference.
+- `gateway-pg`: the same PostgreSQL table through `PooledDatabaseBackend` in the worker.
+- `redis-results`: Celery's Redis result backend in the worker (the second reference).
+By default every stack is read by the same client, `CeleryAdapter.poll` (one pooled SQL query for all in-flight
+ids on both PostgreSQL stacks; the backend's own read per id on Redis), so the stacks differ only at the worker;
+`--own-clients` gives the stock stacks Celery's stock client (`AsyncResult.get`) instead.
 Every stack uses the same Redis server (a database each, so the workers run side by side), the same worker
 command (`gateway worker start`, prefork, concurrency 2) and the same client polling interval. Figures are
 printed as ratios against `stock-pg` measured in this run, with the worker's own CPU per job (psutil over the
 worker's process tree during the throughput part): the figure measured at the worker, whatever the client costs.
 
-    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 4] [--rounds 3]
+    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 4] [--rounds 3] [--own-clients]
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=60)
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--own-clients", action="store_true", help="stock stacks read with AsyncResult.get")
     args = parser.parse_args()
 
     # One Redis db per stack, so the three workers run side by side and the stacks are measured in interleaved
@@ -147,9 +149,9 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="bench-celery-"))
     pg_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
     stacks = {
-        "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, False),
+        "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, not args.own_clients),
         "gateway-pg": ({}, True),
-        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_dbs[2][0]}"}, False),
+        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_dbs[2][0]}"}, not args.own_clients),
     }
     example_job: dict[str, Any] | None = None
     if args.examples:
