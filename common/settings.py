@@ -97,10 +97,11 @@ class Settings(BaseSettings):
     # process; the process's own admin writes clear it at once, other processes' writes show after this. 0: off.
     gateway_catalog_cache_seconds: float = 5.0
     # The API's PostgreSQL pool: sized for the concurrent requests one process serves (a submit holds a
-    # connection per statement), so a burst does not open and close overflow connections for each request.
-    # The overflow is for peaks only; PostgreSQL's 100 connections are shared with the engines.
+    # connection per statement). Fixed by default (no overflow): an overflow connection is closed when it is
+    # returned, so a burst would open and close connections per request; a request past the pool waits for a
+    # connection instead. PostgreSQL's 100 connections are shared with the engines and other processes.
     gateway_db_pool_size: int = 24
-    gateway_db_max_overflow: int = 8
+    gateway_db_max_overflow: int = 0
 
     # ------------------------------------------------------------------------------------------------------------
     @property
