@@ -1,7 +1,15 @@
-"""Benchmark: one run of the bundled example, clone to report, split by phase.
+"""Benchmark: the bundled example, clone to report, warm and cold, against a cold bare `python -m pytest`.
 
-Reference, measured in the same run: a bare `python -m pytest` of the same tests on the same files in a plain
-directory (no git, no sandbox, no limits). Prints medians over N runs and the ratio full run / bare pytest.
+Variants, interleaved in every round (so load from anything else on the machine hits all alike), medians over
+N rounds, ratios against the reference measured in the same run:
+- reference: a bare `python -m pytest` of the same two files in a plain directory (this venv's interpreter, its
+  plugins autoloaded as a developer would run it; no git, no sandbox, no limits);
+- warm: `run_student_testing` with `SANDBOX_RUNNER=warm` (the per-worker zygote forks the run into its
+  namespaces), bubblewrap-equivalent isolation;
+- cold: `SANDBOX_RUNNER=cold`, bubblewrap + a new interpreter per run;
+- cold-none: `SANDBOX_ISOLATION=none`, the same launcher without namespaces: cold − cold-none is what
+  isolation adds to a run;
+- bwrap alone: `bwrap <the run's namespaces> /bin/true` against `/bin/true`, the tool's own cost.
 
     .venv/bin/python bench/bench_work.py [N]
 """
@@ -14,21 +22,35 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from backends.examples import DATA, EXAMPLE_PATH, materialize_example
-from backends.work.student_testing import run_student_testing
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backends.examples import DATA, EXAMPLE_PATH, materialize_example  # noqa: E402
+from backends.work.student_testing import run_student_testing  # noqa: E402
+from common.settings import Settings  # noqa: E402
 
 
-def bare_pytest(workdir: Path) -> float:
+def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_calc.py"], cwd=workdir,
-                   capture_output=True, check=False)  # fmt: skip
+    action()
     return time.perf_counter() - started
 
 
+def bare_pytest(workdir: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_calc.py"], cwd=workdir,
+                   capture_output=True, check=False)  # fmt: skip
+
+
+BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
+         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+         "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--"]  # fmt: skip
+
+
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 9
     root = Path(tempfile.mkdtemp(prefix="bench-work-"))
     try:
         repos = materialize_example(root / "repos")
@@ -36,26 +58,32 @@ def main() -> None:
         plain.mkdir()
         shutil.copy(DATA / "passing" / EXAMPLE_PATH / "calc.py", plain)
         shutil.copy(DATA / "reference" / EXAMPLE_PATH / "test_calc.py", plain)
-        run_student_testing(repos.test_job("passing"))  # warm-up: identity probe, page cache
-        bare_pytest(plain)
-        totals, bares, phases = [], [], {"clone": [], "copy": [], "pytest_start": [], "tests": []}
+        job = repos.test_job("passing")
+        settings = {
+            "warm": Settings(sandbox_runner="warm"),  # type: ignore[arg-type]
+            "cold": Settings(sandbox_runner="cold"),  # type: ignore[arg-type]
+            "cold-none": Settings(sandbox_runner="cold", sandbox_isolation="none"),  # type: ignore[arg-type]
+        }
+        variants: dict[str, Callable[[], object]] = {"bare pytest (reference)": lambda: bare_pytest(plain)}
+        for name, value in settings.items():
+            variants[name] = lambda value=value: run_student_testing(job, settings=value)
+        variants["/bin/true"] = lambda: subprocess.run(["/bin/true"], check=True)
+        variants["bwrap /bin/true"] = lambda: subprocess.run([*BWRAP, "/bin/true"], check=True)
+        for action in variants.values():  # warm-up: runtime dir, zygote, page cache
+            action()
+        samples: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(runs):
-            started = time.perf_counter()
-            report = run_student_testing(repos.test_job("passing"))
-            totals.append(time.perf_counter() - started)
-            for key, value in report["properties"]["phases"].items():
-                phases[key].append(value)
-            bares.append(bare_pytest(plain))
-        total, bare = statistics.median(totals), statistics.median(bares)
-        print(f"runs: {runs} (medians)")
-        print(f"full run, clone to report : {total * 1000:7.1f} ms")
-        for key, values in phases.items():
-            med = statistics.median(values)
-            print(f"  {key:<24}: {med * 1000:7.1f} ms  ({med / total:5.1%})")
-        other = total - sum(statistics.median(v) for v in phases.values())
-        print(f"  {'rest (report, cleanup)':<24}: {other * 1000:7.1f} ms  ({other / total:5.1%})")
-        print(f"bare python -m pytest     : {bare * 1000:7.1f} ms")
-        print(f"ratio full / bare         : {total / bare:7.2f}x")
+            for name, action in variants.items():
+                samples[name].append(timed(action))
+        med = {name: statistics.median(values) for name, values in samples.items()}
+        ref = med["bare pytest (reference)"]
+        print(f"rounds: {runs} (medians, interleaved)")
+        print("| variant | median ms | × bare pytest |")
+        print("|---|---|---|")
+        for name in ("bare pytest (reference)", "warm", "cold", "cold-none"):
+            print(f"| {name} | {med[name] * 1000:.1f} | {med[name] / ref:.2f} |")
+        print(f"isolation per run (cold − cold-none): {(med['cold'] - med['cold-none']) * 1000:.1f} ms")
+        print(f"bwrap alone (bwrap /bin/true − /bin/true): {(med['bwrap /bin/true'] - med['/bin/true']) * 1000:.1f} ms")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

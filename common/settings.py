@@ -12,12 +12,27 @@ Passwords are `SecretStr`; URLs that carry one are built on demand and only ever
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SandboxIsolation(StrEnum):
+    """How the sandbox isolates a run (see `Settings.sandbox_isolation`)."""
+
+    BWRAP = "bwrap"
+    NONE = "none"
+
+
+class SandboxRunner(StrEnum):
+    """How a run's process starts (see `Settings.sandbox_runner`)."""
+
+    WARM = "warm"
+    COLD = "cold"
 
 
 def _default_data_dir() -> Path:
@@ -71,11 +86,19 @@ class Settings(BaseSettings):
     sandbox_max_file_mb: int = 64
     sandbox_output_cap_bytes: int = 64 * 1024
     submissions_repo_url: str | None = None
-    # When the worker runs as root, the sandbox drops to this user (a name or a numeric uid): Linux does not
-    # enforce RLIMIT_NPROC for root, so a fork bomb is only contained under an unprivileged uid.
-    sandbox_user: str | None = "nobody"
-    # The interpreter that runs pytest in the sandbox; None = this one (or a same-version interpreter the
-    # sandbox user can execute, when this one lives in a directory that user cannot enter).
+    # How student code is kept away from the worker (docs/work.md): "bwrap" = bubblewrap namespaces (no network,
+    # own mount view and pid namespace); the worker refuses to grade when that does not work. "none" = limits and
+    # a uid only, for machines without bubblewrap; never for untrusted code.
+    sandbox_isolation: SandboxIsolation = SandboxIsolation.BWRAP
+    # As root, every run gets its own uid from [base, base + count), locked while the run lives, so runs cannot
+    # signal, read or out-fork each other (Linux does not enforce RLIMIT_NPROC for root).
+    sandbox_uid_base: int = 100000
+    sandbox_uid_count: int = 4096
+    # "warm": a per-worker process that imported pytest once forks each run into the same namespaces, uid and
+    # limits (root and bwrap isolation only; otherwise cold). "cold": a new bwrap + interpreter per run.
+    sandbox_runner: SandboxRunner = SandboxRunner.WARM
+    # The interpreter that runs pytest in the sandbox; None = the first same-version interpreter a run can
+    # execute (this one's base interpreter, then pythonX.Y under /usr).
     sandbox_python: str | None = None
     # Where sandbox and checkout dirs are made; None = the system temp dir (the sandbox user must traverse it).
     sandbox_root: Path | None = None
@@ -83,7 +106,8 @@ class Settings(BaseSettings):
     # --- the gateway API -------------------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
-    gateway_serve_at_root: bool = False
+    # The legacy routes also at `/` (legacy workers were configured with the bare app URL); off: /api only.
+    gateway_serve_at_root: bool = True
     gateway_reconcile_interval: float = 1.0
     # Run the reconciler inside the API process (the default); `gateway reconcile` runs it on its own.
     gateway_reconcile_in_api: bool = True
@@ -102,6 +126,20 @@ class Settings(BaseSettings):
     # connection instead. PostgreSQL's 100 connections are shared with the engines and other processes.
     gateway_db_pool_size: int = 24
     gateway_db_max_overflow: int = 0
+
+    # --- operations --------------------------------------------------------------------------------------------
+    # `/metrics` (Prometheus) and the counters behind it; off, the route answers 404 and nothing is recorded.
+    gateway_metrics_enabled: bool = True
+    # What `/metrics` reads from the store and the brokers (backlog, queue depths) is cached this long per process.
+    gateway_metrics_cache_seconds: float = 5.0
+    # Finished legs are deleted this many days after they ended (by the reconciler's process, in batches of
+    # `gateway_retention_batch`); None keeps them for ever. Never applies to the legacy `result` rows.
+    gateway_retention_days: float | None = None
+    gateway_retention_batch: int = 200
+    # Log lines: `json` (one object a line, with leg_id/result_id/engine), `text`, or `auto` (JSON unless on a tty).
+    gateway_log_format: str = "auto"
+    # Flower's basic auth (`user:password`) for `gateway up --flower` and the compose file; None = generated.
+    flower_basic_auth: SecretStr | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     @property

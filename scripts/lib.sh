@@ -37,3 +37,16 @@ ensure_redis() {
   fi
   return 1
 }
+
+# The sandbox's isolation tool (docs/work.md): installed when missing and we may (root with apt-get).
+ensure_bwrap() {
+  if command -v bwrap >/dev/null; then return 0; fi
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing bubblewrap (the sandbox's namespaces)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; } \
+      || return 1
+    return 0
+  fi
+  return 1
+}

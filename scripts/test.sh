@@ -2,12 +2,14 @@
 # The test command (README): install what the tests need, start the services they use, run the suite.
 #   ./scripts/test.sh [pytest args...]
 # PostgreSQL and Redis are used where they run (127.0.0.1:5432, :6379); where they don't and their binaries
-# are installed, this starts them; otherwise the tests that need them skip with a one-line reason.
+# are installed, this starts them; otherwise the tests that need them skip with a one-line reason. bubblewrap
+# (the sandbox) is installed with apt-get when missing and this runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_venv
+ensure_bwrap || echo "note: bubblewrap is missing and could not be installed; sandboxed runs will refuse to grade"
 ensure_postgres || echo "note: PostgreSQL is not running and could not be started; its tests will skip"
 ensure_redis || echo "note: Redis is not running and could not be started; its tests will skip"
 

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from backends.celery import names
-from backends.celery.states import error_from, phase_for, progress_from
+from backends.celery.queues import SENT_AT_HEADER
+from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
 from backends.interface import EngineUnavailable, Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
 from common.redact import redact_text
 from common.settings import Settings
@@ -97,7 +98,14 @@ class CeleryAdapter:
         self._declare_queues_once()
         # declare=[]: the queues exist (above), so kombu's per-publish `maybe_declare` check is skipped.
         self.app.send_task(
-            task_name, kwargs=kwargs, task_id=task_id, queue=queue, routing_key=queue, priority=priority, declare=[]
+            task_name,
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=queue,
+            routing_key=queue,
+            priority=priority,
+            headers={SENT_AT_HEADER: time.time()},  # the queue's oldest-message age (`queue_ages`)
+            declare=[],
         )
         return task_id
 
@@ -226,8 +234,15 @@ class CeleryAdapter:
         native, raw = stored
         phase = phase_for(native, raw)
         if phase is LegPhase.SUCCEEDED:
-            return LegResult(leg_id=leg_id, phase=phase, report=raw if isinstance(raw, dict) else {"result": raw})
+            verdict = verdict_of_success(raw)
+            if verdict.error is not None:  # never a graded run: an infrastructure error the student may retry
+                return LegResult(
+                    leg_id=leg_id, phase=LegPhase.FAILED, error=verdict.error, error_type=verdict.error_type
+                )
+            return LegResult(leg_id=leg_id, phase=phase, report=verdict.report, score=verdict.score)
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
+            if isinstance(raw, Undecodable):
+                return LegResult(leg_id=leg_id, phase=phase, error=raw.reason, error_type="UndecodableResult")
             error, error_type = error_from(raw)
             return LegResult(leg_id=leg_id, phase=phase, error=error, error_type=error_type)
         return LegResult(leg_id=leg_id, phase=phase)
@@ -340,6 +355,17 @@ class CeleryAdapter:
             for queue in names.ALL_QUEUES:
                 depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
         return depths
+
+    def queue_ages(self) -> dict[str, float]:
+        """Seconds since the oldest waiting message of each non-empty queue was sent (Redis and file brokers)."""
+        from backends.celery import queues
+
+        url = self._settings.broker_url()
+        if url.startswith("filesystem://"):
+            return queues.filesystem_oldest_ages(self._settings.broker_folder() / "out")
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            return queues.redis_oldest_ages(url)
+        return {}
 
     def close(self) -> None:
         if self._reader is not None:

@@ -26,8 +26,11 @@ from backends.interface import (
     LegPhase,
     LegResult,
     LegState,
+    TaskKind,
     WorkerInfo,
 )
+
+NEEDED = {TaskKind.STUDENT_TESTING: "test_job", TaskKind.SUBMISSION_PROCESSING: "submission"}
 
 
 @dataclass
@@ -54,6 +57,12 @@ class MemoryEngine:
     results_fail: bool = False
     # `submit` refuses the job for good while set (EngineConfigurationError).
     reject: str | None = None
+    # `cancel` only asks, like a Celery revoke or a Prefect CANCELLING proposal: the run reads CANCELLING until
+    # the next poll after it (a worker that noticed), then CANCELLED.
+    slow_cancel: bool = False
+    # The engine's own run id is this prefix + the leg id (Prefect's flow run id differs from the leg id; Celery's
+    # task id is the leg id: prefix "").
+    run_id_prefix: str = ""
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Scripted ends are pushed to completion listeners while set (the engine's notices get lost when not).
@@ -103,13 +112,15 @@ class MemoryAdapter:
         self._call("submit")
         if self.backend.reject:
             raise EngineConfigurationError(self.backend.reject)
+        # As the real adapters do: the parameter the task kind needs is read, so a job without it raises (KeyError).
+        job.params[NEEDED[job.kind]]
         with self.backend.lock:
             found = self.backend.runs.get(leg_id)
             if found is not None:
                 found.submits += 1  # idempotent by leg id, like both real engines
             else:
                 self.backend.runs[leg_id] = MemoryRun(job=job, engine=self.engine)
-        return leg_id
+        return self.backend.run_id_prefix + leg_id
 
     async def completions(self) -> AsyncIterator[list[str]]:
         """The ids of runs of this engine name as the script ends them, batched like a real feed."""
@@ -130,7 +141,13 @@ class MemoryAdapter:
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")
-        return {leg_id: self._state(leg_id) for leg_id in leg_ids}
+        states = {leg_id: self._state(leg_id) for leg_id in leg_ids}
+        with self.backend.lock:
+            for leg_id in leg_ids:
+                run = self.backend.runs.get(leg_id)
+                if run is not None and run.phase == LegPhase.CANCELLING:
+                    run.phase, run.finished_at = LegPhase.CANCELLED, datetime.now(UTC)  # seen next time
+        return states
 
     def _state(self, leg_id: str) -> LegState:
         run = self.backend.runs.get(leg_id)
@@ -142,7 +159,7 @@ class MemoryAdapter:
             native=run.phase.value.upper(),
             finished_at=run.finished_at,
             error=run.error,
-            engine_run_id=leg_id,
+            engine_run_id=self.backend.run_id_prefix + leg_id,
         )
 
     def result(self, leg_id: str) -> LegResult:
@@ -165,11 +182,14 @@ class MemoryAdapter:
 
     def cancel(self, leg_id: str) -> LegState:
         self._call("cancel")
-        run = self.backend.runs.get(leg_id)
-        if run is not None and not run.phase.is_final:
-            run.phase = LegPhase.CANCELLED
-            run.finished_at = datetime.now(UTC)
-        return self._state(leg_id)
+        with self.backend.lock:
+            run = self.backend.runs.get(leg_id)
+            if run is not None and not run.phase.is_final:
+                if self.backend.slow_cancel:
+                    run.phase = LegPhase.CANCELLING
+                else:
+                    run.phase, run.finished_at = LegPhase.CANCELLED, datetime.now(UTC)
+            return self._state(leg_id)
 
     def workers(self) -> list[WorkerInfo]:
         self._call("workers")
@@ -182,6 +202,10 @@ class MemoryAdapter:
     def queue_depths(self) -> dict[str, int]:
         self._call("queue_depths")
         return {"default": sum(1 for run in self.backend.runs.values() if run.phase == LegPhase.QUEUED)}
+
+    def queue_ages(self) -> dict[str, float]:
+        self._call("queue_ages")
+        return {}
 
     def close(self) -> None:
         self.backend.calls["close"] += 1

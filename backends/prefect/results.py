@@ -3,7 +3,8 @@
 A completed run whose flow persisted its result carries `state.data = {"storage_key": ..., "serializer":
 {"type": "json"}, "storage_block_id": ...}`. The shipped flows write local files (key = absolute path); the
 gateway reads the same path, or the same file name under its own `prefect-results` folder when the volume is
-mounted elsewhere. Anything else (no data, pickle, a remote storage block) is reported as unreadable, with why.
+mounted elsewhere, never a file outside that folder. Anything else (no data, data inlined in the state, pickle,
+a remote storage block) is reported as unreadable, with why: it is not a report the work wrote.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ class ResultUnavailable(Exception):
 
 
 def _candidates(storage_key: str, results_dir: Path) -> list[Path]:
+    """Only files inside the results folder: a state naming any other path is not pointing at a stored result."""
     key = Path(storage_key)
-    paths = [key] if key.is_absolute() else [results_dir / key]
-    paths.append(results_dir / key.name)
-    return paths
+    inside = results_dir.resolve()
+    paths = [key if key.is_absolute() else results_dir / key, results_dir / key.name]
+    return [p for p in paths if p.resolve().is_relative_to(inside)]
 
 
 def _unwrap(value: Any) -> Any:
@@ -45,8 +47,9 @@ def read_persisted_result(state_data: Any, results_dir: Path) -> Any:
             "such a flow reports through PATCH /api/results/{id} instead"
         )
     if not isinstance(state_data, dict) or "storage_key" not in state_data:
-        # A literal result inlined in the state (older servers/flows): that is the value itself.
-        return state_data
+        # Data inlined in the state is whatever the last `set_state` call carried, and anyone who can reach the
+        # Prefect API can send one: only a result the flow stored is a report the work wrote.
+        raise ResultUnavailable("the flow run's final state carries no stored result, only inline data")
     serializer = (state_data.get("serializer") or {}).get("type")
     if serializer not in (None, "json"):
         raise ResultUnavailable(f"the flow persisted its result with the {serializer!r} serializer, not JSON")

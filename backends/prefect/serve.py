@@ -32,6 +32,11 @@ def serve_deployments(
     `deployment_name` other than `system` gives a separate set of deployments (a second, isolated runner).
     """
     settings = settings or get_settings()
+    from backends.work.sandbox import sandbox_health
+
+    refusal = sandbox_health(settings)
+    if refusal is not None:  # a runner that cannot isolate student code must not take test runs
+        raise SystemExit(f"this runner refuses to grade: {refusal}")
     export_prefect_env(settings, poll_seconds)
 
     from prefect import serve

@@ -103,15 +103,18 @@ def _copy_tree(src: Path, dst: Path) -> None:
             _copy_file(entry, dst / entry.name)
 
 
-def assemble(work: Path, student_dir: Path, reference_dir: Path, assignment: Assignment) -> None:
-    """Fill the sandbox's work dir: the student's files, then the reference's tests and support files on top."""
+def assemble(work: Path, student_dir: Path, reference_dir: Path, assignment: Assignment) -> list[str]:
+    """Fill the sandbox's work dir: the student's files, then the reference's tests and support files on top.
+
+    Returns the reference's files in it (relative paths): the sandbox makes them read-only to the run."""
     if student_dir.is_dir() and not student_dir.is_symlink():
         if assignment.student_files is None:
             _copy_tree(student_dir, work)
         else:
             for rel in assignment.student_files:
                 _copy_file(student_dir / rel, work / rel)
-    for rel in [*assignment.test_files, *assignment.additional_files]:
+    protected = list(dict.fromkeys([*assignment.test_files, *assignment.additional_files]))
+    for rel in protected:
         src = reference_dir / rel
         if not src.is_file() or src.is_symlink():
             raise InfrastructureError(f"assignment file {rel!r} named in meta.yaml is missing from the reference")
@@ -119,3 +122,5 @@ def assemble(work: Path, student_dir: Path, reference_dir: Path, assignment: Ass
     conftest = reference_dir / "conftest.py"
     if conftest.is_file() and not conftest.is_symlink():
         _copy_file(conftest, work / "conftest.py")
+        protected.append("conftest.py")
+    return protected

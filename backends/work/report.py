@@ -1,4 +1,4 @@
-"""The legacy report tree (`result_json`), built whole in memory from pytest's JUnit XML or the progress log.
+"""The legacy report tree (`result_json`), built whole in memory from the outcomes `verdict.decide` settled.
 
 Shape (legacy-contract.md "The test report"): the same node at every level, the top level holding one
 *collection* per test file, each collection holding single tests. Per test:
@@ -140,11 +140,7 @@ def report_score(report: dict[str, Any]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- from JUnit
-def _split_nodeid(nodeid: str) -> tuple[str, str]:
-    file, _, rest = nodeid.partition("::")
-    return file, rest or file
-
-
+# Only for the cross-check in `verdict.py`: JUnit XML is a second witness, never the verdict.
 def _junit_identity(case: ET.Element) -> tuple[str, str]:
     classname = case.get("classname", "")
     name = case.get("name", "")
@@ -189,35 +185,3 @@ def _e_lines(text: str) -> str:
     and for a collection error the `SyntaxError: ...` the student needs to see."""
     lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
     return "\n".join(lines) if lines else ""
-
-
-# ------------------------------------------------------------------------------------------------- from progress
-def outcomes_from_events(
-    events: list[dict[str, Any]], test_files: list[str], cut_status: str, cut_message: str
-) -> list[TestOutcome]:
-    """Outcomes for a run that was cut short: finished tests keep their verdict, the rest get `cut_status`."""
-    collected: list[str] = []
-    finished: dict[str, dict[str, Any]] = {}
-    for event in events:
-        if event.get("event") == "collected":
-            collected = [str(n) for n in event.get("nodeids", [])]
-        elif event.get("event") == "test":
-            finished[str(event.get("nodeid"))] = event
-    if not collected:
-        return [TestOutcome(f, f, cut_status, FAILED, cut_message) for f in test_files]
-    outcomes = []
-    cut_seen = False
-    for nodeid in collected:
-        file, name = _split_nodeid(nodeid)
-        done = finished.get(nodeid)
-        if done is None:
-            message = cut_message if not cut_seen else f"not run: {cut_message}"
-            cut_seen = True
-            outcomes.append(TestOutcome(file, name, cut_status, FAILED, message))
-        elif done.get("outcome") == "passed":
-            outcomes.append(TestOutcome(file, name, COMPLETED, PASSED))
-        elif done.get("outcome") == "skipped":
-            outcomes.append(TestOutcome(file, name, SKIPPED, SKIPPED, str(done.get("message", ""))))
-        else:
-            outcomes.append(TestOutcome(file, name, COMPLETED, FAILED, str(done.get("message", ""))))
-    return outcomes

@@ -1,39 +1,50 @@
-"""Run pytest on a prepared directory in a sandbox: own uid, resource limits, scrubbed env, wall-clock timeout.
+"""Run pytest on a prepared directory in a sandbox, with the verdict streamed back on a pipe only the worker reads.
 
-The sandbox is a fresh directory tree `run/` (root-owned, traverse-only):
-    run/runner/  the launcher, the progress plugin and a pytest.ini (read-only for the sandbox user)
-    run/work/    the student's files + the assignment's tests; cwd, HOME and TMPDIR of the run
-    run/out/     junit.xml and progress.jsonl, written by the run
-When the worker is root, the run drops to `settings.sandbox_user` (Linux ignores RLIMIT_NPROC for root, so a fork
-bomb is only contained under another uid). The child gets a minimal environment built from scratch: nothing the
-worker holds (broker URLs, tokens) is inherited. On timeout or at the end, the whole process group is killed,
-and any straggler that left the group (setsid) is found by a per-run marker in its environment and killed too.
+Isolation (`settings.sandbox_isolation`, docs/work.md "Sandbox"):
+- `bwrap` (default): bubblewrap puts the run in new user, pid, network, mount, ipc, uts and cgroup namespaces.
+  The run sees `/usr` (and the interpreter's prefix) read-only, a generated `/etc/passwd`, its own `/proc` and
+  `/dev`, `/work` (the student's files; the reference's files are bind-mounted read-only over their names) and
+  `/out` writable, the launcher and the pytest runtime read-only under `/opt/gateway`; nothing else of the
+  worker's file system. Its network namespace is empty (not even loopback reaches the worker's services). When
+  the worker is root, each run gets a uid of its own (`sandbox_uids`), so RLIMIT_NPROC, signals and file modes
+  separate runs. When the outermost bwrap process is killed, its pid namespace and every process in it die.
+- `none`: the same launcher and channel under a uid of its own (as root) and rlimits, no namespaces.
+
+The verdict: the worker makes a pipe and hands its write end to the launcher; the launcher registers the verdict
+plugin (`sandbox_plugin`) before pytest imports any test; the plugin streams events on it. The worker reads it
+while the run goes (live progress) and `verdict.decide` turns it into outcomes. JUnit XML is still written to
+`/out`, only to be compared with the channel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import pwd
+import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from backends.work import sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
-from common.settings import Settings
+from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
+from backends.work.sandbox_uids import kill_uid, run_uid
+from backends.work.sandbox_warm import WarmProcess, warm_runner
+from common.settings import SandboxIsolation, SandboxRunner, Settings
 
-_MARKER = "GATEWAY_SANDBOX_RUN"
-_PYTEST_INI = "[pytest]\naddopts = -p no:cacheprovider\njunit_family = xunit1\nconsole_output_style = classic\n"
+log = logging.getLogger(__name__)
+_PYTEST_INI = "[pytest]\njunit_family = xunit1\nconsole_output_style = classic\n"
+_CHANNEL_CAP = 16 * 1024 * 1024  # more than this on the verdict pipe is a flood, not a test run
+_IN = Path("/opt/gateway")  # where the runner and the runtime appear inside a bwrap sandbox
 
 
 @dataclass(frozen=True)
@@ -59,91 +70,22 @@ class Limits:
         )
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who the run executes as and with which interpreter (`pythonpath` set when borrowing site-packages)."""
-
-    uid: int | None
-    gid: int | None
-    python: str
-    pythonpath: str | None
-
-
 @dataclass
 class RunOutcome:
-    """What happened: exit code or signal, timeout, captured output, the JUnit XML text and the progress log."""
+    """What happened: exit status, timeout, captured output, the channel's lines and the JUnit XML text."""
 
     returncode: int | None
+    signal: int | None
     timed_out: bool
     stdout: str
     stderr: str
     junit_xml: str | None
-    events: list[dict[str, object]] = field(default_factory=list)
+    channel: list[bytes] = field(default_factory=list)
+    channel_flooded: bool = False
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
-
-    @property
-    def signal(self) -> int | None:
-        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
-
-
-# ------------------------------------------------------------------------------------------------- identity
-def _user_ids(user: str) -> tuple[int, int]:
-    if user.isdigit():
-        uid = int(user)
-        try:
-            return uid, pwd.getpwuid(uid).pw_gid
-        except KeyError:
-            return uid, uid
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise InfrastructureError(f"sandbox user {user!r} does not exist on this worker") from None
-    return entry.pw_uid, entry.pw_gid
-
-
-def _site_packages() -> str:
-    import pytest
-
-    return str(Path(pytest.__file__).resolve().parent.parent)
-
-
-@lru_cache(maxsize=16)
-def _probe(python: str, uid: int | None, gid: int | None, pythonpath: str | None) -> bool:
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/", **({"PYTHONPATH": pythonpath} if pythonpath else {})}
-    code = f"import sys, pytest; sys.exit(0 if sys.version_info[:2] == {tuple(sys.version_info[:2])!r} else 3)"
-    try:
-        done = subprocess.run(
-            [python, "-s", "-c", code], env=env, cwd="/", user=uid, group=gid, extra_groups=[] if uid else None,
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-def resolve_identity(settings: Settings) -> Identity:
-    """The uid and interpreter for runs; raises `InfrastructureError` when no interpreter works for that user."""
-    uid = gid = None
-    if os.geteuid() == 0 and settings.sandbox_user:
-        uid, gid = _user_ids(settings.sandbox_user)
-    if settings.sandbox_python:
-        candidates = [(settings.sandbox_python, None), (settings.sandbox_python, _site_packages())]
-    else:
-        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        candidates = [(sys.executable, None)]
-        for name in (f"python{version}", f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
-            found = shutil.which(name)
-            if found:
-                candidates.append((found, _site_packages()))
-    for python, pythonpath in candidates:
-        if _probe(python, uid, gid, pythonpath):
-            return Identity(uid, gid, python, pythonpath)
-    who = f"uid {uid}" if uid is not None else "this user"
-    raise InfrastructureError(
-        f"no Python {sys.version_info[0]}.{sys.version_info[1]} with pytest is executable by {who}; "
-        "set SANDBOX_PYTHON or SANDBOX_USER"
-    )
+    isolation: str = SandboxIsolation.BWRAP.value
+    runner: str = "cold"
 
 
 # ------------------------------------------------------------------------------------------------- the run dir
@@ -164,90 +106,237 @@ class RunDir:
         return self.root / "out"
 
 
+def _base(settings: Settings) -> Path:
+    return settings.sandbox_root.expanduser() if settings.sandbox_root else Path(tempfile.gettempdir())
+
+
 def make_run_dir(settings: Settings) -> RunDir:
     """A fresh, empty sandbox tree; the caller fills `work/` and then calls `run_pytest`."""
-    base = settings.sandbox_root.expanduser() if settings.sandbox_root else Path(tempfile.gettempdir())
+    base = _base(settings)
     base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base))
-    rd = RunDir(root)
+    rd = RunDir(Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base)))
     for sub in (rd.runner, rd.work, rd.out):
         sub.mkdir()
-    for module, name in ((sandbox_launch, "launch.py"), (sandbox_plugin, "gateway_progress.py")):
+    for module, name in ((sandbox_launch, "launch.py"), (sandbox_plugin, "gateway_verdict.py")):
         (rd.runner / name).write_text(Path(module.__file__).read_text())  # type: ignore[arg-type]
     (rd.runner / "pytest.ini").write_text(_PYTEST_INI)
     return rd
 
 
-def _hand_over(rd: RunDir, ident: Identity) -> None:
-    """Give `work/` and `out/` to the sandbox user; the rest stays root-owned and read-only to it."""
+def _hand_over(rd: RunDir, uid: int | None, protected: list[str]) -> None:
+    """Give `work/` and `out/` to the run's uid; the runner and the reference's files stay root's, read-only."""
     os.chmod(rd.root, 0o711)
     for path in (rd.runner, *rd.runner.iterdir()):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    if ident.uid is None:
+    (rd.runner / "passwd").write_text(f"sandbox:x:{uid if uid is not None else os.getuid()}:0::/work:/bin/false\n")
+    (rd.runner / "group").write_text("sandbox:x:0:\n")
+    if uid is None:
         return
+    keep = {rd.work / rel for rel in protected}
     for top in (rd.work, rd.out):
         for dirpath, dirnames, filenames in os.walk(top):
-            os.chown(dirpath, ident.uid, ident.gid or ident.uid)
+            os.chown(dirpath, uid, uid)
             for name in filenames + dirnames:
-                os.lchown(os.path.join(dirpath, name), ident.uid, ident.gid or ident.uid)
+                path = Path(dirpath, name)
+                if path in keep:
+                    os.lchown(path, 0, 0)
+                    os.chmod(path, 0o644)
+                else:
+                    os.lchown(path, uid, uid)
 
 
 def remove_run_dir(rd: RunDir) -> None:
     shutil.rmtree(rd.root, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------------------------- killing
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is still in the process group."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            return True
-    return False
+# ------------------------------------------------------------------------------------------------- isolation
+def _is_root() -> bool:
+    return os.geteuid() == 0
 
 
-def _kill_group(pgid: int) -> None:
-    """SIGKILL the group until nothing live is left in it (a fork bomb keeps forking between two kills)."""
-    for _ in range(500):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.01)
+@contextlib.contextmanager
+def _uid_for_run(settings: Settings) -> Iterator[int | None]:
+    if not _is_root():
+        yield None
+        return
+    locks = _base(settings) / ".gateway-sandbox-uids"
+    with run_uid(settings.sandbox_uid_base, settings.sandbox_uid_count, locks) as uid:
+        yield uid
 
 
-def _sweep(marker: str) -> int:
-    """Kill every process whose environment carries this run's marker (it left the group); returns how many."""
-    needle = f"{_MARKER}={marker}".encode()
-    killed = 0
-    for _ in range(50):
-        found = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+@dataclass(frozen=True)
+class _MountPlan:
+    """The run's file system view, the same for bwrap (cold) and the warm runner: what is bound where."""
+
+    binds: list[tuple[str, str, bool]]  # (host path, path in the sandbox, read-only)
+    symlinks: list[tuple[str, str]]  # (target, link)
+
+
+def _mount_plan(rd: RunDir, runtime: Runtime, protected: list[str], fill_pycache: bool = False) -> _MountPlan:
+    binds: list[tuple[str, str, bool]] = [("/usr", "/usr", True)]
+    symlinks: list[tuple[str, str]] = []
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            symlinks.append((os.readlink(top), top))
+        elif os.path.isdir(top):
+            binds.append((top, top, True))
+    prefix = str(interpreter_prefix(runtime.python))
+    if prefix != "/usr" and not prefix.startswith("/usr/"):
+        binds.append((prefix, prefix, True))
+    binds += [
+        (etc, etc, True) for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime") if os.path.exists(etc)
+    ]
+    binds += [
+        (str(rd.runner / "passwd"), "/etc/passwd", True), (str(rd.runner / "group"), "/etc/group", True),
+        (str(rd.work), "/work", False), (str(rd.out), "/out", False),
+        (str(rd.runner), str(_IN / "runner"), True), (str(runtime.site), str(_IN / "site"), True),
+        (str(runtime.site.parent), str(runtime.site.parent), True),  # the warm runner imported from these paths
+        (str(_pycache(runtime)), str(_IN / "pycache"), not fill_pycache),
+    ]  # fmt: skip
+    binds += [(str(rd.work / rel), f"/work/{rel}", True) for rel in protected]
+    return _MountPlan(binds, symlinks)
+
+
+def _bwrap_args(rd: RunDir, runtime: Runtime, protected: list[str], fill_pycache: bool = False) -> list[str]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise InfrastructureError("bubblewrap (bwrap) is not installed; install it or set SANDBOX_ISOLATION=none")
+    plan = _mount_plan(rd, runtime, protected, fill_pycache)
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
+    for src, dst, readonly in plan.binds:
+        args += ["--ro-bind" if readonly else "--bind", src, dst]
+    for target, link in plan.symlinks:
+        args += ["--symlink", target, link]
+    return [*args, "--proc", "/proc", "--dev", "/dev", "--chdir", "/work", "--remount-ro", "/", "--"]
+
+
+@dataclass(frozen=True)
+class _View:
+    """Paths as the run sees them."""
+
+    work: str
+    out: str
+    runner: str
+    site: str
+    pycache: str
+
+
+def _view(rd: RunDir, runtime: Runtime, isolation: SandboxIsolation) -> _View:
+    if isolation is SandboxIsolation.BWRAP:
+        return _View("/work", "/out", str(_IN / "runner"), str(_IN / "site"), str(_IN / "pycache"))
+    return _View(str(rd.work), str(rd.out), str(rd.runner), str(runtime.site), str(_pycache(runtime)))
+
+
+def _pycache(runtime: Runtime) -> Path:
+    """The runs' `sys.pycache_prefix`: bytecode of the standard library and pytest, compiled once per worker by
+    `_fill_pycache`, read-only to runs (and the only place a run looks for bytecode: none from `/work`)."""
+    return runtime.site.parent / "pycache"
+
+
+_PROBE = "import sys; sys.path.insert(0, sys.argv[1]); import pytest, _pytest.junitxml; print('ok')"
+
+
+def _probe(settings: Settings, python: str, site: Path) -> str | None:
+    """Start `python` in a real sandbox and import pytest from the runtime; None when it works, else why not."""
+    rd = make_run_dir(settings)
+    try:
+        with _uid_for_run(settings) as uid:
+            _hand_over(rd, uid, [])
+            runtime = Runtime(python, site)
+            isolation = settings.sandbox_isolation
+            view = _view(rd, runtime, isolation)
+            prefix = _bwrap_args(rd, runtime, []) if isolation is SandboxIsolation.BWRAP else []
+            cmd = [*prefix, python, "-I", "-S", "-c", _PROBE, view.site]
             try:
-                with open(f"/proc/{entry}/environ", "rb") as handle:
-                    env = handle.read()
-            except OSError:
-                continue
-            if needle in env.split(b"\0"):
-                found += 1
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry), signal.SIGKILL)
-        killed += found
-        if not found:
-            break
-        time.sleep(0.02)
-    return killed
+                done = subprocess.run(
+                    cmd, env=_env(view, -1, []), cwd="/", capture_output=True, timeout=60, check=False,
+                    user=uid, group=uid, extra_groups=[] if uid is not None else None,
+                )  # fmt: skip
+            except (OSError, subprocess.SubprocessError) as exc:
+                return f"{python}: {exc}"
+            if done.returncode == 0 and done.stdout.strip() == b"ok":
+                return None
+            tail = done.stderr.decode(errors="replace").strip().splitlines()
+            return f"{python}: exit {done.returncode}: {tail[-1] if tail else 'no output'}"
+    finally:
+        remove_run_dir(rd)
+
+
+def _fill_pycache(settings: Settings, runtime: Runtime) -> None:
+    """Compile what a run imports (standard library, pytest) into the runs' pycache, once per runtime and
+    isolation mode, by running a one-test session the way runs do but allowed to write bytecode there."""
+    cache = _pycache(runtime)
+    marker = cache / f".filled-{settings.sandbox_isolation.value}"
+    if marker.exists():
+        return
+    cache.mkdir(mode=0o755, exist_ok=True)
+    rd = make_run_dir(settings)
+    read_fd, write_fd = os.pipe()
+    try:
+        (rd.work / "test_warmup.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+        _hand_over(rd, None, [])
+        isolation = settings.sandbox_isolation
+        view = _view(rd, runtime, isolation)
+        prefix = _bwrap_args(rd, runtime, [], fill_pycache=True) if isolation is SandboxIsolation.BWRAP else []
+        limits = ["300", str(4 << 30), "4096", str(256 << 20)]
+        cmd = [*prefix, runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache, *limits,
+               "--", *_pytest_args(view, ["test_warmup.py"], False)]  # fmt: skip
+        env = {**_env(view, write_fd, []), "GATEWAY_WRITE_PYCACHE": "1"}
+        cwd = view.work if isolation is SandboxIsolation.NONE else "/"
+        done = subprocess.run(
+            cmd, env=env, cwd=cwd, pass_fds=(write_fd,), capture_output=True, timeout=300, check=False
+        )
+        if done.returncode != 0:
+            log.warning("could not fill the sandbox's bytecode cache (runs compile instead): exit %s", done.returncode)
+            return
+        for own in (cache / "work", cache / str(rd.root).lstrip("/")):  # the warm-up test's bytecode, not a run's
+            shutil.rmtree(own, ignore_errors=True)
+        for dirpath, _dirs, files in os.walk(cache):
+            os.chmod(dirpath, 0o755)
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        marker.touch()
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not fill the sandbox's bytecode cache (runs compile instead): %s", exc)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        remove_run_dir(rd)
+
+
+@lru_cache(maxsize=8)
+def _runtime_for(isolation: str, python: str | None, base: str, uid_base: int, uid_count: int) -> Runtime:
+    settings = Settings(sandbox_isolation=isolation, sandbox_python=python, sandbox_root=Path(base),
+                        sandbox_uid_base=uid_base, sandbox_uid_count=uid_count)  # type: ignore[arg-type]  # fmt: skip
+    site = build_site(Path(base))
+    (site.parent / "pycache").mkdir(mode=0o755, exist_ok=True)  # mounted into every run, filled below
+    reasons = []
+    for candidate in interpreter_candidates(python):
+        reason = _probe(settings, candidate, site)
+        if reason is None:
+            runtime = Runtime(candidate, site)
+            _fill_pycache(settings, runtime)
+            return runtime
+        reasons.append(reason)
+    hint = "" if isolation == SandboxIsolation.NONE else " (SANDBOX_ISOLATION=none only where code is trusted)"
+    raise InfrastructureError(f"the sandbox ({isolation}) cannot start a test run: {'; '.join(reasons)}{hint}")
+
+
+def sandbox_runtime(settings: Settings) -> Runtime:
+    """The checked interpreter and runtime for runs, made once per worker; `InfrastructureError` when the sandbox
+    cannot work here (bubblewrap missing or refused by the kernel, no usable interpreter): the worker then
+    refuses to grade rather than grading without isolation."""
+    return _runtime_for(settings.sandbox_isolation.value, settings.sandbox_python, str(_base(settings)),
+                        settings.sandbox_uid_base, settings.sandbox_uid_count)  # fmt: skip
+
+
+def sandbox_health(settings: Settings) -> str | None:
+    """For start-up and health checks: None when runs can be graded, else the reason they cannot."""
+    try:
+        sandbox_runtime(settings)
+    except InfrastructureError as exc:
+        return exc.message
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -261,123 +350,204 @@ def _read_capped(path: Path, cap: int) -> str:
     return text + ("\n[output truncated]" if len(data) > cap else "")
 
 
-class _Tail:
-    """Reads complete JSON lines appended to the progress file since the last call."""
+class _ChannelReader:
+    """Collects the verdict pipe's complete lines; hands each new batch of parsed events to a callback."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.events: list[dict[str, object]] = []
+    def __init__(self, fd: int, on_events: Callable[[list[dict[str, object]]], None] | None) -> None:
+        self.fd = fd
+        self.on_events = on_events
+        self.lines: list[bytes] = []
+        self.partial = b""
+        self.size = 0
+        self.flooded = False
+        self.eof = False
+        self.collected_at: float | None = None
 
-    def poll(self) -> list[dict[str, object]]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                chunk = handle.read()
-        except OSError:
-            return []
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        new: list[dict[str, object]] = []
-        for line in chunk[: end + 1].splitlines():
-            try:
+    def pump(self, timeout: float) -> None:
+        if self.eof:
+            return
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            self.eof = True
+            return
+        self.size += len(chunk)
+        if self.size > _CHANNEL_CAP:
+            self.flooded = True
+            return
+        data = self.partial + chunk
+        *complete, self.partial = data.split(b"\n")
+        self.lines.extend(complete)
+        events = []
+        for line in complete:
+            with contextlib.suppress(ValueError):
                 record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                new.append(record)
-        self.events.extend(new)
-        return new
+                if isinstance(record, dict):
+                    events.append(record)
+        if self.collected_at is None and any(e.get("event") == "collected" for e in events):
+            self.collected_at = time.monotonic()
+        if events and self.on_events is not None:
+            self.on_events(events)
+
+    def drain(self, deadline: float) -> None:
+        while not self.eof and time.monotonic() < deadline:
+            self.pump(0.05)
+        if self.partial:
+            self.lines.append(self.partial)  # an unterminated line: the verdict will call it malformed
+            self.partial = b""
 
 
-def _env(rd: RunDir, ident: Identity, marker: str) -> dict[str, str]:
-    env = {
+def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
+    return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(rd.work),
-        "TMPDIR": str(rd.work / ".tmp"),
+        "HOME": view.work,
+        "TMPDIR": f"{view.work}/.tmp",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0",
         "PYTHONIOENCODING": "utf-8",
-        "GATEWAY_PROGRESS_FILE": str(rd.out / "progress.jsonl"),
-        _MARKER: marker,
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "GATEWAY_VERDICT_FD": str(channel_fd),
+        "GATEWAY_REFERENCE_FILES": json.dumps(protected),
     }
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(rd.runner), ident.pythonpath) if p)
-    return env
+
+
+def _pytest_args(view: _View, test_files: list[str], has_conftest: bool) -> list[str]:
+    """pytest's configuration is the gateway's: its ini, rootdir, no cache, no plugin but the verdict channel."""
+    return [
+        "-c", f"{view.runner}/pytest.ini", "--rootdir", view.work, "--confcutdir", view.work,
+        "-p", "no:cacheprovider", "-p", "no:stepwise", "-p", "no:pastebin",
+        *([] if has_conftest else ["--noconftest"]),
+        f"--junitxml={view.out}/junit.xml", "-q", "--tb=short", "--color=no", "--", *test_files,
+    ]  # fmt: skip
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+_Fds = tuple[int, BinaryIO, BinaryIO]  # the channel's write end, stdout, stderr
+
+
+def _start_cold(
+    rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
+    uid: int | None, fds: _Fds, isolation: SandboxIsolation,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """A new interpreter per run: bwrap (or nothing, with isolation none) + `python -I -S launch.py`."""
+    channel, out, err = fds
+    launch = [
+        runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache,
+        str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
+        "--", *_pytest_args(view, test_files, "conftest.py" in protected),
+    ]  # fmt: skip
+    prefix = _bwrap_args(rd, runtime, protected) if isolation is SandboxIsolation.BWRAP else []
+    try:
+        return subprocess.Popen(
+            [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
+            env=_env(view, channel, protected), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
+            extra_groups=[] if uid is not None else None,
+        )  # fmt: skip
+    except OSError as exc:
+        raise InfrastructureError(f"test runner could not start: {exc.strerror or exc}") from None
+
+
+def _start_warm(
+    rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
+    uid: int, fds: _Fds,
+) -> WarmProcess:  # fmt: skip
+    """A fork of the worker's warm runner, in the same view, namespaces, uid and limits as a cold run."""
+    channel, out, err = fds
+    plan = _mount_plan(rd, runtime, protected)
+    newroot = rd.root / "newroot"
+    newroot.mkdir(mode=0o755)
+    env = {k: v for k, v in _env(view, channel, protected).items() if not k.startswith("GATEWAY_")}
+    job = {
+        "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
+        "cwd": view.work, "pycache": view.pycache, "reference": protected,
+        "limits": [limits.cpu_seconds, limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
+        "args": _pytest_args(view, test_files, "conftest.py" in protected),
+    }  # fmt: skip
+    return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
 
 
 def run_pytest(
     rd: RunDir,
     test_files: list[str],
+    protected: list[str],
     limits: Limits,
-    ident: Identity,
+    settings: Settings,
     on_events: Callable[[list[dict[str, object]]], None] | None = None,
 ) -> RunOutcome:
-    """Run pytest on `test_files` (relative to `rd.work`) under the limits; always kills what it started."""
+    """Run pytest on `test_files` (relative to `rd.work`) under the limits; `protected` are the reference's files
+    (read-only to the run). Always kills what it started."""
+    runtime = sandbox_runtime(settings)
+    isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
-    _hand_over(rd, ident)
-    marker = uuid.uuid4().hex
-    junit = rd.out / "junit.xml"
-    cmd = [
-        ident.python, "-s", "-B", str(rd.runner / "launch.py"),
-        str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
-        "--", "-s", "-B", "-m", "pytest", "-c", str(rd.runner / "pytest.ini"), "--rootdir", str(rd.work),
-        "-p", "gateway_progress", f"--junitxml={junit}", "-q", "--tb=short", "--color=no", "--", *test_files,
-    ]  # fmt: skip
+    view = _view(rd, runtime, isolation)
     stdout_path, stderr_path = rd.root / "stdout.txt", rd.root / "stderr.txt"
-    tail = _Tail(rd.out / "progress.jsonl")
-    started = time.monotonic()
-    startup: float | None = None
-    timed_out = False
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+    with _uid_for_run(settings) as uid:
+        _hand_over(rd, uid, protected)
+        warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
+        read_fd, write_fd = os.pipe()
+        reader = _ChannelReader(read_fd, on_events)
+        started = time.monotonic()
+        timed_out = False
+        proc: subprocess.Popen[bytes] | WarmProcess
         try:
-            proc = subprocess.Popen(
-                cmd, cwd=rd.work, env=_env(rd, ident, marker), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, close_fds=True, user=ident.uid, group=ident.gid,
-                extra_groups=[] if ident.uid is not None else None,
-            )  # fmt: skip
-        except OSError as exc:
-            raise InfrastructureError(f"test runner could not start: {exc.strerror or exc}") from None
-        try:
-            deadline = started + limits.timeout
-            while True:
+            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
                 try:
-                    proc.wait(timeout=0.05)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                new = tail.poll()
-                if new:
-                    if startup is None and any(e.get("event") == "collected" for e in new):
-                        startup = time.monotonic() - started
-                    if on_events is not None:
-                        on_events(new)
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    break
+                    if warm:
+                        proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err))
+                    else:
+                        proc = _start_cold(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
+                                           isolation)  # fmt: skip
+                finally:
+                    os.close(write_fd)
+                try:
+                    deadline = started + limits.timeout
+                    while proc.poll() is None:
+                        if time.monotonic() >= deadline:
+                            timed_out = True
+                            break
+                        reader.pump(0.05)
+                finally:
+                    # Ending the run's pid 1 (bwrap's init, the warm run's init) ends its pid namespace and all in
+                    # it; the process group and the uid are the fallbacks.
+                    if isinstance(proc, WarmProcess):
+                        kill_uid(uid)  # type: ignore[arg-type]
+                    else:
+                        _kill_group(proc.pid)
+                    proc.wait()
+                    if uid is not None:
+                        kill_uid(uid)
+            reader.drain(time.monotonic() + 5)
         finally:
-            _kill_group(proc.pid)
-            proc.wait()
-            _kill_group(proc.pid)
-            _sweep(marker)
-    new = tail.poll()
-    if new and on_events is not None:
-        on_events(new)
-    if startup is None and any(e.get("event") == "collected" for e in tail.events):
-        startup = time.monotonic() - started
+            os.close(read_fd)
+    returncode = proc.returncode
+    sig = None
+    if returncode < 0:
+        sig = -returncode
+    elif isolation is SandboxIsolation.BWRAP and returncode > 128:
+        sig = returncode - 128  # bwrap reports a command killed by signal N as 128 + N
+    junit = rd.out / "junit.xml"
     xml = None
-    if junit.is_file() and not timed_out:
+    if junit.is_file() and not junit.is_symlink() and not timed_out:
         xml = junit.read_text(encoding="utf-8", errors="replace")
     return RunOutcome(
-        returncode=None if timed_out else proc.returncode,
+        returncode=None if timed_out else returncode,
+        signal=None if timed_out else sig,
         timed_out=timed_out,
         stdout=_read_capped(stdout_path, limits.output_cap),
         stderr=_read_capped(stderr_path, limits.output_cap),
         junit_xml=xml,
-        events=tail.events,
+        channel=reader.lines,
+        channel_flooded=reader.flooded,
         duration=time.monotonic() - started,
-        startup_seconds=startup,
+        startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
+        isolation=isolation.value,
+        runner="warm" if warm else "cold",
     )

@@ -1,74 +1,61 @@
-"""The sandbox launcher (copied into the sandbox; imports only the standard library).
+"""The sandbox launcher (copied into the sandbox; imports only the standard library and, last, pytest).
 
-Runs as the sandbox user, sets the resource limits on itself, then starts pytest so the limits hold for
-pytest, the student's code and every process it starts. Setting limits here instead of in a `preexec_fn`
-keeps the parent safe to use from threaded workers.
+It runs as the run's uid inside the namespaces, started with `python -I -S` (no PYTHON* variables, no site
+directories, not even the current directory on `sys.path`), so nothing in the student's files is importable
+before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shadows the real one. In order:
+1. set the resource limits on itself (they then hold for pytest, the student's code and all it starts);
+2. point `sys.pycache_prefix` at the worker's read-only bytecode cache (standard library and pytest, compiled
+   once per worker), so no `__pycache__` the student writes is ever loaded in place of a reference module;
+3. take the verdict channel (a pipe's write end the worker handed over) out of the environment and make it
+   non-inheritable across exec;
+4. import pytest and the verdict plugin from the worker's read-only runtime dir and run pytest with the plugin
+   registered before any test or student module is imported;
+5. leave with `os._exit`, so no `atexit` hook the student registered ever runs.
 
-The launcher stays behind as a guardian: the wall-clock limit is enforced by the process that started the
-sandbox (a Celery worker, a Prefect flow run), and if that process dies (SIGKILL, OOM) nothing would stop the
-run any more. The guardian asks the kernel for a signal when its parent dies (`PR_SET_PDEATHSIG`) and then
-kills its whole process group, so a sandbox never outlives the worker that owns it.
-
-    python launch.py CPU_S MEM_BYTES NPROC FSIZE_BYTES -- <python args...>
+    python -I -S launch.py SITE PYCACHE CPU_S MEM_BYTES NPROC FSIZE_BYTES -- <pytest args...>
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import json
 import os
 import resource
-import signal
 import sys
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _kill_own_group(*_: object) -> None:
-    os.killpg(0, signal.SIGKILL)
-
-
-def _die_with_parent() -> None:
-    """Kill the process group when the parent dies; also when it died before the request took effect."""
-    parent = os.getppid()
-    signal.signal(signal.SIGTERM, _kill_own_group)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the parent's own clean-up is all there is
-        return
-    if os.getppid() != parent:
-        _kill_own_group()
-
-
-def _exit_like(status: int) -> None:
-    """Leave with the child's exit status, re-raising the signal that ended it (the caller reads -SIGNAL)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    raise SystemExit(os.waitstatus_to_exitcode(status))
-
-
-def main(argv: list[str]) -> None:
-    cpu, mem, nproc, fsize = (int(v) for v in argv[:4])
-    if argv[4] != "--":
-        raise SystemExit("usage: launch.py CPU MEM NPROC FSIZE -- ARGS")
+def _limit(cpu: int, mem: int, nproc: int, fsize: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    child = os.fork()
-    if child == 0:
-        os.execv(sys.executable, [sys.executable, *argv[5:]])
-    _die_with_parent()
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
-    _exit_like(status)
+
+
+def main(argv: list[str]) -> None:
+    site, pycache = argv[0], argv[1]
+    cpu, mem, nproc, fsize = (int(v) for v in argv[2:6])
+    if argv[6] != "--":
+        raise SystemExit("usage: launch.py SITE PYCACHE CPU MEM NPROC FSIZE -- ARGS")
+    _limit(cpu, mem, nproc, fsize)
+    sys.pycache_prefix = pycache
+    sys.dont_write_bytecode = os.environ.pop("GATEWAY_WRITE_PYCACHE", "") != "1"  # only the worker's cache fill
+    channel_fd = int(os.environ.pop("GATEWAY_VERDICT_FD"))
+    reference = json.loads(os.environ.pop("GATEWAY_REFERENCE_FILES", "[]"))
+    os.set_inheritable(channel_fd, False)
+    sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), site]
+    import gateway_verdict  # noqa: PLC0415 - only after sys.path holds the runtime dir
+    import pytest  # noqa: PLC0415
+
+    plugin = gateway_verdict.VerdictChannel(channel_fd, os.getcwd(), reference)
+    try:
+        code = int(pytest.main(argv[7:], plugins=[plugin]))
+    except BaseException:  # noqa: BLE001 - whatever happened, the channel (not this exit code) tells the worker
+        code = 3
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a student may have closed or replaced the stream
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -21,24 +20,14 @@ from backends.work.assignment import assemble, read_assignment
 from backends.work.checkout import checkout, plan_checkout
 from backends.work.errors import BadJobError, InfrastructureError
 from backends.work.progress import ProgressCallback, ProgressEvent, no_progress
-from backends.work.report import (
-    CRASHED,
-    TIMEDOUT,
-    RunSummary,
-    build_report,
-    outcomes_from_events,
-    outcomes_from_junit,
-)
-from backends.work.sandbox import Limits, RunOutcome, make_run_dir, remove_run_dir, resolve_identity, run_pytest
+from backends.work.report import build_report
+from backends.work.sandbox import Limits, make_run_dir, remove_run_dir, run_pytest, sandbox_runtime
+from backends.work.verdict import decide
 from common.legacy import TestJob
 from common.redact import redact_text
 from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-# Signals that mean "a limit stopped the student's code", not "the runner broke".
-_LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGKILL: "killed (resource limit)",
-                  signal.SIGXFSZ: "file size limit", signal.SIGSEGV: "segmentation fault"}  # fmt: skip
 
 
 def parse_test_job(test_job: TestJob | dict[str, Any]) -> TestJob:
@@ -71,38 +60,11 @@ class _Progress:
                 nodeids = event.get("nodeids")
                 self.total = len(nodeids) if isinstance(nodeids, list) else 0
                 self.emit(30, "collected", total=self.total)
-            elif event.get("event") == "test" and self.total:
+            elif event.get("event") == "test" and self.total and (event.get("when") == "call" or (
+                    event.get("when") == "setup" and event.get("outcome") != "passed")):  # fmt: skip
                 self.done += 1
                 pct = 30 + int(65 * self.done / self.total)
                 self.emit(min(pct, 95), "running", done=self.done, total=self.total, test=str(event.get("nodeid")))
-
-
-def _outcomes(outcome: RunOutcome, test_files: list[str], limit: float) -> tuple[list[Any], RunSummary]:
-    run = RunSummary(duration=outcome.duration)
-    if outcome.timed_out:
-        message = f"time limit of {limit:g}s exceeded"
-        run.status, run.status_message = TIMEDOUT, message
-        return outcomes_from_events(outcome.events, test_files, TIMEDOUT, message), run
-    if outcome.junit_xml is not None and outcome.returncode in (0, 1, 2, 5):
-        try:
-            return outcomes_from_junit(outcome.junit_xml), run
-        except Exception:  # noqa: BLE001 - a torn XML (student code wrote over it) falls through to the log
-            log.warning("JUnit XML unreadable; using the progress log")
-    sig = outcome.signal
-    collected = any(e.get("event") == "collected" for e in outcome.events)
-    if sig is not None and sig in _LIMIT_SIGNALS:
-        message = f"test process stopped: {_LIMIT_SIGNALS[sig]}"
-        status = TIMEDOUT if sig == signal.SIGXCPU else CRASHED
-        run.status, run.status_message = status, message
-        return outcomes_from_events(outcome.events, test_files, status, message), run
-    if collected:
-        # Student code ran and the process ended without a report (e.g. os._exit in a test): the test crashed.
-        message = f"test process exited abruptly (exit code {outcome.returncode})"
-        run.status, run.status_message = CRASHED, message
-        return outcomes_from_events(outcome.events, test_files, CRASHED, message), run
-    tail = (outcome.stderr or outcome.stdout).strip().splitlines()
-    detail = tail[-1] if tail else "no output"
-    raise InfrastructureError(f"test runner crashed (exit code {outcome.returncode}): {detail[:300]}")
 
 
 def run_student_testing(
@@ -122,6 +84,7 @@ def run_student_testing(
     # Validate both repositories before anything runs: a refused job starts no process and makes no directory.
     student_plan = plan_checkout(job.module, "student", settings)
     reference_plan = plan_checkout(job.reference, "reference", settings)
+    sandbox_runtime(settings)  # refuses to grade when the sandbox cannot isolate (checked once per worker)
     reporter = _Progress(progress)
     reporter.emit(0, "started")
     timings: dict[str, float] = {}
@@ -139,21 +102,23 @@ def run_student_testing(
 
         t0 = time.monotonic()
         assignment = read_assignment(reference.assignment_dir)
-        ident = resolve_identity(settings)
         run_dir = make_run_dir(settings)
-        assemble(run_dir.work, student.assignment_dir, reference.assignment_dir, assignment)
+        protected = assemble(run_dir.work, student.assignment_dir, reference.assignment_dir, assignment)
         limits = Limits.from_settings(settings, assignment.time_limit)
         timings["copy"] = time.monotonic() - t0
 
-        outcome = run_pytest(run_dir, assignment.test_files, limits, ident, reporter.on_events)
+        outcome = run_pytest(run_dir, assignment.test_files, protected, limits, settings, reporter.on_events)
         timings["pytest_start"] = outcome.startup_seconds or 0.0
         timings["tests"] = max(outcome.duration - timings["pytest_start"], 0.0)
-        outcomes, run = _outcomes(outcome, assignment.test_files, limits.timeout)
+        outcomes, run = decide(outcome, assignment.test_files, limits.timeout)
+        run.duration = outcome.duration
         run.properties = {
             "studentCommit": student.commit,
             "referenceCommit": reference.commit,
             "path": student_plan.path,
             "timeLimit": limits.timeout,
+            "isolation": outcome.isolation,
+            "runner": outcome.runner,
             "phases": {k: round(v, 4) for k, v in timings.items()},
         }
         report = build_report(student_plan.path, outcomes, run)

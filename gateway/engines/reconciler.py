@@ -18,7 +18,10 @@ hint: the ticks still see every open leg, so a lost one costs at most a cycle.
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 the legs it writes with `FOR UPDATE SKIP LOCKED`, re-checking that they are still open, and holds the locks
 while it reads their results and writes, so no leg is finished twice. SQLite has no row locks; there one
-in-process lock keeps a single writer, which is what the embedded default needs.
+in-process lock keeps a single writer, which is what the embedded default needs. Whoever else reads a leg and
+writes it back (a cancel, a worker's write-back) takes the same lock through `exclusive()`: a refresh holds its
+rows across the engine call, so without it the refresh could commit what it read before a cancel over the
+cancel's write (a row left CANCELLING for ever, issue 16).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, or_, select
@@ -39,9 +42,11 @@ from starlette.concurrency import run_in_threadpool
 from backends.interface import CompletionFeed, LegResult, LegState
 from common.redact import redact_text
 from common.settings import Settings
+from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
 from gateway.legs.states import DispatchState
+from gateway.store import retention
 from gateway.store.models import Leg, Result, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 # restarted Prefect server whose runner has not registered yet, as during `gateway up`): a missing deployment
 # is retried this long after the job was accepted, then the leg fails. At submit time it is a 404 at once.
 DEPLOYMENT_GRACE = timedelta(minutes=5)
+# With nothing left to prune, look again after this long.
+PRUNE_PAUSE = timedelta(minutes=1)
 # A pushed leg that cannot be taken yet is tried again after 20 ms, 40 ms ... (about 1.3 s in all), then left
 # to the next tick.
 PUSH_RETRIES = 6
@@ -107,6 +114,7 @@ class Reconciler:
         # Engines whose completion feed is listening right now.
         self.following: set[str] = set()
         self._following = asyncio.Condition()
+        self._next_prune = datetime.min.replace(tzinfo=UTC)
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -132,6 +140,17 @@ class Reconciler:
         async with self._local_lock:
             yield True
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """A read-modify-write of legs and rows outside the reconciler, serialised with ticks and refreshes.
+
+        On SQLite it waits for the in-process writer lock, so no refresh holds stale copies of the rows meanwhile;
+        on PostgreSQL it is a no-op: the caller locks the leg row (`FOR UPDATE`), which the reconciler's
+        `SKIP LOCKED` claims respect.
+        """
+        async with self._writer():
+            yield
+
     @staticmethod
     async def _rows_for(session: AsyncSession, legs: Sequence[Leg]) -> dict[str, Result]:
         ids = {leg.result_id for leg in legs if leg.result_id}
@@ -144,9 +163,31 @@ class Reconciler:
     async def tick(self) -> TickReport:
         report = TickReport()
         async with self._writer():
-            await self.flush_outbox(report)
-            await self.poll_open(report)
+            with metrics.reconciler_cycle():
+                await self.flush_outbox(report)
+                await self.poll_open(report)
         return report
+
+    async def prune_step(self, now: datetime) -> int:
+        """Retention: one small batch of finished legs past `gateway_retention_days` (none when unset).
+
+        Runs between ticks, at most once a minute while there is nothing to delete, every cycle while there is.
+        """
+        days = self.settings.gateway_retention_days
+        if days is None or now < self._next_prune:
+            return 0
+        deleted = 0
+        async with self._writer():
+            try:
+                deleted = await retention.prune_batch(
+                    self.sessions, now - timedelta(days=days), self.settings.gateway_retention_batch
+                )
+            except Exception as exc:  # noqa: BLE001 - retention must never stop the reconciler
+                log.warning("retention batch failed: %s", redact_text(repr(exc)))
+        metrics.record_pruned(deleted)
+        if deleted < self.settings.gateway_retention_batch:
+            self._next_prune = now + PRUNE_PAUSE
+        return deleted
 
     async def flush_outbox(self, report: TickReport) -> None:
         now = utcnow()
@@ -161,6 +202,7 @@ class Reconciler:
             .limit(self.batch_size)
         )
         async with self._claim(stmt) as (legs, rows):
+            metrics.record_batch("flush", len(legs))
             by_engine: dict[str, list[Leg]] = defaultdict(list)
             for leg in legs:
                 by_engine[leg.engine].append(leg)
@@ -171,7 +213,7 @@ class Reconciler:
         """The first leg probes the engine; only if it got through are the others sent, all at once."""
         first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id)
         self._apply_send(legs[0], first, rows, report)
-        if first.status == SendStatus.RETRY or len(legs) == 1:
+        if (first.status == SendStatus.RETRY and not first.fault) or len(legs) == 1:
             return  # one failed attempt per engine per tick is enough to know it is still down
         rest = legs[1:]
         outcomes = await self.dispatcher.send_many(engine, [(leg.id, leg.spec) for leg in rest])
@@ -183,6 +225,12 @@ class Reconciler:
         if outcome.status == SendStatus.SENT:
             machine.mark_sent(leg, outcome.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             report.dispatched += 1
+        elif outcome.status == SendStatus.RETRY and outcome.fault:
+            # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
+            if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
+                report.finished += 1
+            else:
+                report.deferred += 1
         elif outcome.status == SendStatus.RETRY or (
             outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE
         ):
@@ -205,6 +253,7 @@ class Reconciler:
             )
             async with self.sessions() as session:
                 seen = (await session.execute(stmt)).all()
+            metrics.record_batch("poll", len(seen))
             if not seen:
                 return
             report.batches += 1
@@ -234,7 +283,9 @@ class Reconciler:
         try:
             states: dict[str, LegState] = await run_in_threadpool(adapter.poll, leg_ids)
         except Exception as exc:  # noqa: BLE001 - an engine outage must not stop the other engines' legs
-            log.warning("poll of %d %s legs failed: %s", len(leg_ids), engine, redact_text(repr(exc)))
+            log.warning(
+                "poll of %d %s legs failed: %s", len(leg_ids), engine, redact_text(repr(exc)), extra={"engine": engine}
+            )
             return {}
         return states
 
@@ -362,7 +413,7 @@ class Reconciler:
         """Follow every engine's completion feed (those that have one) until `stop`."""
         feeds = [
             (name, a)
-            for name in self.dispatcher.engines()
+            for name in self.dispatcher.known_engines()
             if isinstance(a := self.dispatcher.adapter(name), CompletionFeed)
         ]
         if feeds:
@@ -403,6 +454,7 @@ class Reconciler:
                 busy = (await self.tick()).busy
             except Exception as exc:  # noqa: BLE001 - the loop outlives a database hiccup
                 log.warning("reconciler tick failed: %s", redact_text(repr(exc)))
+            await self.prune_step(utcnow())
             if busy:
                 continue
             with contextlib.suppress(TimeoutError):

@@ -65,3 +65,15 @@ def test_workers_and_queue_depth_counts_files(fs_worker: WorkerProcess, fs_adapt
     before = fs_adapter.queue_depths()[names.LOW_PRIORITY]
     fs_adapter.app.send_task(names.NOOP, task_id=new_id(), queue=names.LOW_PRIORITY, routing_key=names.LOW_PRIORITY)
     assert fs_adapter.queue_depths()[names.LOW_PRIORITY] == before + 1
+    # The file broker's names carry the publish time: the queue's oldest message has an age, bounded by the test's.
+    assert 0 <= fs_adapter.queue_ages()[names.LOW_PRIORITY] < 600
+
+
+@pytest.mark.parametrize("stored", [42, "PASSED", ["a", "b"], None])
+def test_a_success_without_a_report_object_is_not_a_report(fs_adapter: CeleryAdapter, stored: object) -> None:
+    """A SUCCESS row whose result is not the task's report dict (written by anyone with backend access)."""
+    leg = new_id()
+    fs_adapter.app.backend.store_result(leg, stored, "SUCCESS")
+    result = fs_adapter.result(leg)
+    assert result.phase is LegPhase.FAILED
+    assert result.report is None and result.error_type == "BadResult"

@@ -195,3 +195,18 @@ def test_submission_processing_runs_the_submit_result_flow(
         assert result.report is not None
         keys = ("ref", "commit", "changed", "result_id")
         assert {k: result.report[k] for k in keys} == {k: expected[k] for k in keys}
+
+
+def test_a_forged_completed_state_with_inline_data_is_not_a_report(
+    adapter: PrefectAdapter, prefect_api: str, prefect_runner: Any
+) -> None:
+    """What student code did when it could reach the API: force COMPLETED carrying a made-up report."""
+    leg_id = leg()
+    run_id = adapter.submit(job("gateway-noop/system"), leg_id)
+    forged = {"summary": {"total": 2, "passed": 2, "failed": 0, "skipped": 0}, "result": "PASSED"}
+    body = {"state": {"type": "COMPLETED", "name": "Completed", "data": forged}, "force": True}
+    httpx.post(f"{prefect_api}/flow_runs/{run_id}/set_state", json=body).raise_for_status()
+    state = final_state(adapter, leg_id)
+    assert state.phase is LegPhase.SUCCEEDED
+    result = adapter.result(leg_id)
+    assert result.report is None and result.error_type == "ResultUnavailable"

@@ -1,7 +1,7 @@
 """The sandbox's limits on hostile or broken student code: the limit hits, the report says so, the caller lives.
 
-The fork-bomb test drops to a uid no other process uses, so its tiny process limit and the final "nothing of
-that uid is left" check cannot be disturbed by (or disturb) other runs on the machine.
+The fork-bomb test gives its run a uid range of one uid no other process uses, so its tiny process limit and the
+final "nothing of that uid is left" check cannot be disturbed by (or disturb) other runs on the machine.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from backends.work.student_testing import run_student_testing
+from common.settings import get_settings
 
 from .conftest import processes_of_uid
 
@@ -27,6 +28,14 @@ LOOP_TESTS = {
 }
 LOOP_STUDENT = {"solution.py": "def fast():\n    return 1\n\ndef spin():\n    while True:\n        pass\n"}
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root")
+
+
+@pytest.fixture(autouse=True, params=["warm", "cold"])
+def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, isolated_env: Path) -> str:
+    """Every test here runs on the warm runner and on a cold bwrap run: isolation must hold on both."""
+    monkeypatch.setenv("SANDBOX_RUNNER", request.param)
+    get_settings.cache_clear()
+    return str(request.param)
 
 
 def _tests(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -114,7 +123,8 @@ def test_fork_bomb_is_contained(make_job: Callable[..., Any], settings_for: Any)
             "            while True:\n                time.sleep(1)\n"
         )
     }
-    settings = settings_for(sandbox_user=str(uid), sandbox_max_processes=20, sandbox_timeout_seconds=60)
+    settings = settings_for(sandbox_uid_base=uid, sandbox_uid_count=1, sandbox_max_processes=20,
+                            sandbox_timeout_seconds=60)  # fmt: skip
     report = run_student_testing(make_job(tests, student), settings=settings)
     tests_ = _tests(report)
     for name in ("test_exponential", "test_escaping"):
@@ -130,60 +140,66 @@ def test_fork_bomb_is_contained(make_job: Callable[..., Any], settings_for: Any)
 def test_sandbox_runs_as_the_unprivileged_user(make_job: Callable[..., Any], settings_for: Any) -> None:
     uid = 64000 + os.getpid() % 1000
     tests = {"test_who.py": "import os\n\ndef test_uid():\n    assert False, f'uid={os.getuid()}'\n"}
-    report = run_student_testing(make_job(tests, {"x.py": ""}), settings=settings_for(sandbox_user=str(uid)))
+    settings = settings_for(sandbox_uid_base=uid, sandbox_uid_count=1)
+    report = run_student_testing(make_job(tests, {"x.py": ""}), settings=settings)
     assert f"uid={uid}" in _tests(report)["test_uid"]["resultMessage"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def _cmdlines(uid: int) -> list[bytes]:
+    found = []
+    for pid in processes_of_uid(uid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                found.append(handle.read())
+        except OSError:
+            continue
+    return found
 
 
-def test_a_sandbox_dies_with_the_worker_that_owns_it(make_job: Callable[..., Any], tmp_path: Any) -> None:
+def _running_pytest(uid: int) -> bool:
+    """A process of `uid` started as the cold launcher or forked from the warm runner."""
+    return any(b"launch.py" in cmd or b"sandbox_zygote.py" in cmd for cmd in _cmdlines(uid))
+
+
+@ROOT_ONLY
+def test_a_sandbox_dies_with_the_worker_that_owns_it(make_job: Callable[..., Any], tmp_path: Any, runner: str) -> None:
     """A worker SIGKILLed mid-run can no longer enforce the wall-clock limit: the sandbox must not outlive it."""
-    import shutil
     import signal
     import subprocess
     import sys
-    import tempfile
     import time
 
-    # Outside pytest's private tmp tree (mode 0700), so the unprivileged sandbox user can write its pid here.
-    drop = Path(tempfile.mkdtemp(prefix="gw-sandbox-owner-"))
-    drop.chmod(0o777)
-    pidfile = drop / "student.pid"
+    uid = 62000 + os.getpid() % 2000
     job = make_job(
         {"test_hang.py": "from solution import hang\n\ndef test_hang():\n    hang()\n"},
-        {"solution.py": f"import os, time\n\ndef hang():\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        {"solution.py": "import os, time\n\ndef hang():\n    if os.fork() == 0:\n        os.setsid()\n"
                         "    while True:\n        time.sleep(1)\n"},
     )  # fmt: skip
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
-    runner = (
+    code = (
         "import json, sys\nfrom backends.work.student_testing import run_student_testing\n"
         "run_student_testing(json.load(open(sys.argv[1])))\n"
     )
     # A long wall-clock limit, so only the owner's death can end the run within the test's deadline.
-    env = {**os.environ, "SANDBOX_TIMEOUT_SECONDS": "600", "SANDBOX_CPU_SECONDS": "600"}
-    worker = subprocess.Popen([sys.executable, "-c", runner, str(job_file)], env=env)
+    env = {**os.environ, "SANDBOX_TIMEOUT_SECONDS": "600", "SANDBOX_CPU_SECONDS": "600",
+           "SANDBOX_UID_BASE": str(uid), "SANDBOX_UID_COUNT": "1"}  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-c", code, str(job_file)], env=env)
     try:
         deadline = time.monotonic() + 60
-        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        # pid 1 (bwrap's or the warm run's init), pytest, the student's child; plus bwrap itself when cold.
+        expected = 3 if runner == "warm" else 4
+        while not (_running_pytest(uid) and len(processes_of_uid(uid)) >= expected) and time.monotonic() < deadline:
             assert worker.poll() is None, "the run ended before the student's code started"
             time.sleep(0.05)
-        student = int(pidfile.read_text())
-        assert _alive(student)
+        assert _running_pytest(uid), "the student's run never started"
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         deadline = time.monotonic() + 30
-        while _alive(student) and time.monotonic() < deadline:
+        while processes_of_uid(uid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(student), "the student's process outlived the worker that started it"
+        assert processes_of_uid(uid) == [], "the student's processes outlived the worker that started them"
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-        shutil.rmtree(drop, ignore_errors=True)

@@ -125,7 +125,7 @@ def test_job_token_never_reaches_sandbox_git_or_logs(
     with caplog.at_level(logging.DEBUG):
         report = run_student_testing(job.model_dump())
     message = report["tests"][0]["tests"][0]["resultMessage"]
-    assert "ENV=[" in message and "GATEWAY_SANDBOX_RUN" in message  # the dump really happened
+    assert "ENV=[" in message and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" in message  # the dump really happened
     assert TOKEN not in message and WORKER_SECRET not in message and "WORKER_ONLY_SECRET" not in message
     calls = set(git_spy.iterdir()) - before
     assert calls, "git ran through the spy"
