@@ -2,11 +2,13 @@
 
 Each engine lives behind an `EngineAdapter`. Ids are chosen by the caller (a *leg id*): it becomes the Celery
 task id and the Prefect flow run's idempotency key, so a caller can write its own record first and retry a
-submit safely. `poll` is batched: one round trip for many legs.
+submit safely. `poll` is batched: one round trip for many legs. An engine that can tell when a leg ends also
+implements `CompletionFeed`, so the gateway need not wait for its next poll.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -189,4 +191,22 @@ class EngineAdapter(Protocol):
 
     def close(self) -> None:
         """Release connections and pools; the gateway calls it once when it stops."""
+        ...
+
+
+@runtime_checkable
+class CompletionFeed(Protocol):
+    """Optional capability: the engine pushes the ids of legs that reached a final state, as they do.
+
+    Only a hint to look now: a notice can be lost (the feed reconnecting, a crash between store and notice), so
+    the gateway keeps polling every open leg as the safety net and reads the state itself with `poll`/`results`.
+    """
+
+    def completions(self) -> AsyncIterator[list[str]]:
+        """Batches of leg ids, for as long as the caller iterates; ends at once when the setup cannot push.
+
+        The first batch is empty and comes as soon as the feed listens: from then on no notice is missed.
+
+        Raises `EngineUnavailable` when the channel is lost; the caller may iterate a fresh call later.
+        """
         ...

@@ -1,15 +1,17 @@
 """Celery end to end: no-op and example-assignment jobs, jobs/s and p50/p99 round trip, three stacks in one run.
 
-- `stock-pg`: Celery's stock database backend (`db+postgresql+psycopg2://`) and its stock client
-  (`AsyncResult.get`), the reference.
-- `gateway-pg`: the same PostgreSQL table through `PooledDatabaseBackend` in the worker and `CeleryAdapter.poll`
-  (one query for all in-flight ids, pooled connection) in the client.
-- `redis-results`: Celery's Redis result backend, stock client (the second reference).
+- `stock-pg`: Celery's stock database backend (`db+postgresql+psycopg2://`) in the worker, the reference.
+- `gateway-pg`: the same PostgreSQL table through `PooledDatabaseBackend` in the worker.
+- `redis-results`: Celery's Redis result backend in the worker (the second reference).
+By default every stack is read by the same client, `CeleryAdapter.poll` (one pooled SQL query for all in-flight
+ids on both PostgreSQL stacks; the backend's own read per id on Redis), so the stacks differ only at the worker;
+`--own-clients` gives the stock stacks Celery's stock client (`AsyncResult.get`) instead.
 Every stack uses the same Redis server (a database each, so the workers run side by side), the same worker
 command (`gateway worker start`, prefork, concurrency 2) and the same client polling interval. Figures are
-printed as ratios against `stock-pg` measured in this run.
+printed as ratios against `stock-pg` measured in this run, with the worker's own CPU per job (psutil over the
+worker's process tree during the throughput part): the figure measured at the worker, whatever the client costs.
 
-    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 4] [--rounds 3]
+    .venv/bin/python bench/bench_celery.py [--noops 400] [--latency 60] [--examples 4] [--rounds 3] [--own-clients]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from backends.celery import names  # noqa: E402
 from backends.celery.adapter import CeleryAdapter  # noqa: E402
+from bench.loadgen import server_cpu_seconds  # noqa: E402
 from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
 
 POLL = 0.005  # the same client polling interval for every stack
@@ -106,13 +109,15 @@ class Client:
 
 
 def measure(
-    client: Client, task: str, kwargs: Callable[[], dict[str, Any]], n: int, latency_n: int
+    client: Client, task: str, kwargs: Callable[[], dict[str, Any]], n: int, latency_n: int, worker_pid: int
 ) -> dict[str, float]:
-    # throughput: n jobs in flight at once
+    # throughput: n jobs in flight at once; the worker's CPU for them, read from its process tree
+    cpu = server_cpu_seconds(worker_pid)
     start = time.monotonic()
     ids = [client.submit(task, kwargs()) for _ in range(n)]
     finished = client.wait_all(ids)
     elapsed = max(finished.values()) - start
+    worker_cpu_ms = 1000 * (server_cpu_seconds(worker_pid) - cpu) / n
     # round trip: one job at a time
     rtts = []
     for _ in range(latency_n):
@@ -122,6 +127,7 @@ def measure(
     rtts.sort()
     return {
         "jobs_per_s": n / elapsed,
+        "worker_cpu_ms": worker_cpu_ms,
         "p50_ms": 1000 * statistics.median(rtts),
         "p99_ms": 1000 * rtts[min(len(rtts) - 1, int(round(0.99 * (len(rtts) - 1))))],
     }
@@ -133,6 +139,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=60)
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--own-clients", action="store_true", help="stock stacks read with AsyncResult.get")
     args = parser.parse_args()
 
     # One Redis db per stack, so the three workers run side by side and the stacks are measured in interleaved
@@ -142,9 +149,9 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="bench-celery-"))
     pg_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
     stacks = {
-        "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, False),
+        "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, not args.own_clients),
         "gateway-pg": ({}, True),
-        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_dbs[2][0]}"}, False),
+        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_dbs[2][0]}"}, not args.own_clients),
     }
     example_job: dict[str, Any] | None = None
     if args.examples:
@@ -156,6 +163,7 @@ def main() -> None:
     try:
         with contextlib.ExitStack() as stack_ctx:
             clients: dict[str, Client] = {}
+            pids: dict[str, int] = {}
             for (stack, (extra, batched)), (db_number, _release) in zip(stacks.items(), redis_dbs, strict=True):
                 services = {
                     "REDIS_HOST": "127.0.0.1",
@@ -164,19 +172,22 @@ def main() -> None:
                     "POSTGRES_DB": pg_name,
                 }
                 env = base_env({**services, **extra}, data / stack)
-                stack_ctx.enter_context(running_worker(env, concurrency=2, log_dir=data / stack))
+                worker = stack_ctx.enter_context(running_worker(env, concurrency=2, log_dir=data / stack))
+                pids[stack] = worker.pid
                 clients[stack] = Client(env, batched)
                 stack_ctx.callback(clients[stack].close)
-                measure(clients[stack], names.NOOP, dict, 20, 5)  # warm-up: connections, tables, forks
+                measure(clients[stack], names.NOOP, dict, 20, 5, worker.pid)  # warm-up: connections, tables, forks
             for _ in range(args.rounds):
                 for stack, client in clients.items():
                     rounds[stack].setdefault("noop", []).append(
-                        measure(client, names.NOOP, dict, args.noops, args.latency)
+                        measure(client, names.NOOP, dict, args.noops, args.latency, pids[stack])
                     )
                     if example_job is not None:
                         job = {"test_job": example_job, "execution_backend_properties": {}}
                         rounds[stack].setdefault("example", []).append(
-                            measure(client, names.STUDENT_TESTING, lambda job=job: dict(job), args.examples, 3)
+                            measure(
+                                client, names.STUDENT_TESTING, lambda job=job: dict(job), args.examples, 3, pids[stack]
+                            )
                         )
     finally:
         drop_pg()
@@ -188,12 +199,16 @@ def main() -> None:
         for stack, jobs in rounds.items()
     }
     ref = results["stock-pg"]
-    print("\n| stack | job | jobs/s | × stock-pg | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("\n| stack | job | jobs/s | × stock-pg | p50 ms | p99 ms | worker CPU ms/job | × stock-pg |")
+    print("|---|---|---|---|---|---|---|---|")
     for stack, jobs in results.items():
         for job, m in jobs.items():
             ratio = m["jobs_per_s"] / ref[job]["jobs_per_s"]
-            print(f"| {stack} | {job} | {m['jobs_per_s']:.0f} | {ratio:.2f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} |")
+            cpu_ratio = m["worker_cpu_ms"] / ref[job]["worker_cpu_ms"]
+            print(
+                f"| {stack} | {job} | {m['jobs_per_s']:.0f} | {ratio:.2f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} "
+                f"| {m['worker_cpu_ms']:.2f} | {cpu_ratio:.2f} |"
+            )
 
 
 if __name__ == "__main__":

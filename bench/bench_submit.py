@@ -1,11 +1,15 @@
 """The submit path: `POST /api/tests` on the Celery route vs a thin reference endpoint, in the same run.
 
-Both run as real uvicorn processes against the same PostgreSQL server and Redis broker (no worker: messages
-just queue). Throughput with 32 concurrent connections, and p50/p99 latency of sequential requests, in
-interleaved rounds (reference, gateway, reference, gateway ...) so load from other processes on the machine hits
-both alike; the figures are the median over rounds. Prints the ratio gateway/reference.
+Both run as real uvicorn processes (one process each) against the same PostgreSQL server and Redis broker (no
+worker: messages just queue). wrk drives them (`bench/loadgen.py`): throughput and p50/p99 latency at 32
+connections and at 1 connection, the server's CPU per request (psutil on its pid) and the new PostgreSQL
+connections it opened per 1,000 requests (`pg_stat_database.sessions`), in interleaved rounds (reference,
+gateway, reference, gateway ...) so load from other processes hits both alike. The gateway runs without its
+in-process reconciler (`GATEWAY_RECONCILE_IN_API=false`): with no worker every leg stays open and a tick over
+them all would be measured here; `bench/bench_reconciler.py` measures that cycle on its own. Prints every
+round, the medians and the ratio gateway/reference.
 
-Run: `.venv/bin/python bench/bench_submit.py [--requests N] [--sequential N] [--rounds N]`.
+Run: `.venv/bin/python bench/bench_submit.py [--seconds 10] [--rounds 3] [--concurrency 32]`.
 Every server it starts leads its own process group and is killed by that group in a `finally` (also on Ctrl-C
 or an exception), so no uvicorn outlives the run.
 """
@@ -13,8 +17,9 @@ or an exception), so no uvicorn outlives the run.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import base64
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -22,11 +27,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
 
 import httpx
 import psycopg2
@@ -34,12 +38,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.loadgen import run_wrk  # noqa: E402
 from gateway.store.catalog import load_catalog  # noqa: E402
 from gateway.store.migrate import upgrade  # noqa: E402
 from tests.support.celery_worker import base_env, settings_from_env  # noqa: E402
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-Body = Callable[[int], dict[str, Any]]
 
 
 @dataclass
@@ -102,35 +106,6 @@ def start(name: str, app: str, path: str, env: dict[str, str], data: Path, serve
     raise TimeoutError(f"{name} not ready:\n{server.log_tail()}")
 
 
-async def throughput(server: Server, body: Body, total: int, concurrency: int, auth: Any) -> float:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=server.url, auth=auth, limits=limits, timeout=60) as client:
-        todo = iter(range(total))
-
-        async def worker() -> None:
-            for i in todo:
-                resp = await client.post(server.path, json=body(i))
-                if resp.status_code != 200:
-                    raise RuntimeError(f"{server.name} {resp.status_code}: {resp.text[:500]}")
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - started)
-
-
-def sequential(server: Server, body: Body, total: int, auth: Any) -> tuple[float, float]:
-    times = []
-    with httpx.Client(base_url=server.url, auth=auth, timeout=60) as client:
-        for i in range(total):
-            started = time.perf_counter()
-            resp = client.post(server.path, json=body(i))
-            times.append(time.perf_counter() - started)
-            if resp.status_code != 200:
-                raise RuntimeError(f"{server.name} {resp.status_code}: {resp.text[:500]}")
-    times.sort()
-    return statistics.median(times) * 1000, times[max(0, int(len(times) * 0.99) - 1)] * 1000
-
-
 @contextlib.contextmanager
 def environment() -> Iterator[tuple[dict[str, str], Path]]:
     """A fresh PostgreSQL database, an exclusively held Redis db and a temp dir; all removed afterwards."""
@@ -147,7 +122,7 @@ def environment() -> Iterator[tuple[dict[str, str], Path]]:
             cur.execute(f'CREATE DATABASE "{name}"')
         with TemporaryDirectory() as tmp:
             env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_DB": name, "REDIS_HOST": "127.0.0.1", "REDIS_DB": str(db),
-                   "GATEWAY_RECONCILE_INTERVAL": "5"}  # fmt: skip
+                   "GATEWAY_RECONCILE_IN_API": "false"}  # fmt: skip
             yield env, Path(tmp)
     finally:
         redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
@@ -181,16 +156,36 @@ def seed(env: dict[str, str], data: Path) -> None:
     )
 
 
-def bodies() -> tuple[Body, Body]:
-    run = uuid.uuid4().hex[:6]
-
-    def gateway(i: int) -> dict[str, Any]:
-        return {"directory": "w1/e1", "course_member_id": "m1", "version_identifier": f"{run}-{i}-{time.time_ns()}"}
-
-    def reference(i: int) -> dict[str, Any]:
-        return {"module": {"url": "file:///student", "commit": str(i)}}
-
+def bodies() -> tuple[str, str]:
+    """wrk body templates; `{n}` is unique per request, the run id unique per call (a new commit every time)."""
+    run = uuid.uuid4().hex[:8]
+    gateway = json.dumps({"directory": "w1/e1", "course_member_id": "m1", "version_identifier": f"{run}-{{n}}"})
+    reference = json.dumps({"module": {"url": "file:///student", "commit": f"{run}-{{n}}"}})
     return gateway, reference
+
+
+def pg_sessions(database: str) -> int:
+    """Sessions ever opened on `database` (PostgreSQL 14+): the delta over a run is the connections it opened."""
+    with contextlib.closing(psycopg2.connect(dbname="postgres", **PG)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (database,))
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def measure(server: Server, body: str, auth: str, connections: int, seconds: float, database: str) -> dict[str, float]:
+    sessions = pg_sessions(database)
+    figures = run_wrk(server.url, server.path, server.process.pid, connections=connections, seconds=seconds,
+                      body=body, auth=auth)  # fmt: skip
+    opened = pg_sessions(database) - sessions - 1  # minus our own probe
+    if figures.errors:
+        raise RuntimeError(f"{server.name}: {figures.errors} errors\n{server.log_tail()}")
+    return {
+        "rps": figures.rps,
+        "p50": figures.p50_ms,
+        "p99": figures.p99_ms,
+        "cpu": figures.cpu_ms_per_request,
+        "conns_per_1k": 1000 * opened / max(figures.requests, 1),
+    }
 
 
 @contextlib.contextmanager
@@ -211,36 +206,48 @@ def servers_up(env: dict[str, str], data: Path) -> Iterator[tuple[Server, Server
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=1500, help="per round, for throughput")
-    parser.add_argument("--sequential", type=int, default=300, help="per round, for latency")
+    parser.add_argument("--seconds", type=float, default=10, help="per wrk run")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     # A plain `kill` of the bench must clean up too: turn SIGTERM into an exception so the finally blocks run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    auth = "Basic " + base64.b64encode(b"bench:bench-pw").decode()
+    loads = {f"{args.concurrency} conns": args.concurrency, "1 conn": 1}
+    figures: dict[tuple[str, str], list[dict[str, float]]] = {}
 
     with environment() as (env, data):
         seed(env, data)
+        database = env["POSTGRES_DB"]
         with servers_up(env, data) as (gateway, reference):
-            gw_body, ref_body = bodies()
-            auth = ("bench", "bench-pw")
-            sequential(gateway, gw_body, 50, auth)  # warm-up: pools, auth cache, catalog cache
-            sequential(reference, ref_body, 50, None)
-            figures: dict[str, list[tuple[float, float, float]]] = {"reference": [], "gateway": []}
+            for server, login in ((reference, ""), (gateway, auth)):  # warm-up: pools, auth and catalog caches
+                measure(server, bodies()[server is reference], login, args.concurrency, 2, database)
             for n in range(args.rounds):
-                for server, body, login in ((reference, ref_body, None), (gateway, gw_body, auth)):
-                    tp = asyncio.run(throughput(server, body, args.requests, args.concurrency, login))
-                    p50, p99 = sequential(server, body, args.sequential, login)
-                    figures[server.name].append((tp, p50, p99))
-                    print(f"round {n + 1} {server.name:9}: {tp:7.1f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+                for load, connections in loads.items():
+                    for server, login in ((reference, ""), (gateway, auth)):
+                        body = bodies()[server is reference]
+                        got = measure(server, body, login, connections, args.seconds, database)
+                        figures.setdefault((load, server.name), []).append(got)
+                        line = (
+                            f"round {n + 1} {load:9} {server.name:9}: {got['rps']:7.1f} req/s, "
+                            f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, CPU {got['cpu']:.2f} ms/req, "
+                            f"{got['conns_per_1k']:.1f} new PG conns/1k req"
+                        )
+                        print(line, flush=True)
 
-    med = {name: [statistics.median(col) for col in zip(*rows, strict=True)] for name, rows in figures.items()}
-    (rtp, rp50, rp99), (gtp, gp50, gp99) = med["reference"], med["gateway"]
-    print(f"median of {args.rounds} rounds, {args.requests} requests over {args.concurrency} connections, "
-          f"{args.sequential} sequential")  # fmt: skip
-    print(f"reference: {rtp:7.1f} req/s, p50 {rp50:.2f} ms, p99 {rp99:.2f} ms")
-    print(f"gateway:   {gtp:7.1f} req/s, p50 {gp50:.2f} ms, p99 {gp99:.2f} ms")
-    print(f"ratio gateway/reference: throughput {gtp / rtp:.2f}, p50 {gp50 / rp50:.2f}, p99 {gp99 / rp99:.2f}")
+    print(f"\nmedian of {args.rounds} interleaved rounds, wrk {args.seconds:.0f} s per run")
+    print("| load | server | req/s | p50 ms | p99 ms | server CPU ms/req | new PG conns / 1k req |")
+    print("|---|---|---|---|---|---|---|")
+    med = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for key, rows in figures.items()}
+    for (load, name), m in med.items():
+        print(f"| {load} | {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.2f} | "
+              f"{m['conns_per_1k']:.1f} |")  # fmt: skip
+    for load in loads:
+        g, r = med[(load, "gateway")], med[(load, "reference")]
+        print(
+            f"ratio gateway/reference at {load}: throughput {g['rps'] / r['rps']:.2f}, "
+            f"p50 {g['p50'] / r['p50']:.2f}, p99 {g['p99'] / r['p99']:.2f}, CPU/req {g['cpu'] / r['cpu']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     # Catalog rows the submit path reads (course content + backend, member) are cached this long in each API
     # process; the process's own admin writes clear it at once, other processes' writes show after this. 0: off.
     gateway_catalog_cache_seconds: float = 5.0
+    # The API's PostgreSQL pool: sized for the concurrent requests one process serves (a submit holds a
+    # connection per statement). Fixed by default (no overflow): an overflow connection is closed when it is
+    # returned, so a burst would open and close connections per request; a request past the pool waits for a
+    # connection instead. PostgreSQL's 100 connections are shared with the engines and other processes.
+    gateway_db_pool_size: int = 24
+    gateway_db_max_overflow: int = 0
 
     # --- operations --------------------------------------------------------------------------------------------
     # `/metrics` (Prometheus) and the counters behind it; off, the route answers 404 and nothing is recorded.

@@ -3,6 +3,8 @@
 - Tasks are sent by name (`send_task`), so the gateway never imports task code or `backends.work`.
 - The caller's leg id becomes the Celery task id.
 - `poll` reads `celery_taskmeta` for many ids in one SQL statement on a pooled engine.
+- `completions` (the optional `CompletionFeed`) listens on the result database for the notices the result store
+  sends with each final state (PostgreSQL only), so the gateway reads a finished leg at once.
 - `workers` uses `inspect` with `limit` = the number of workers known from the last ping, so a call returns as
   soon as they answered instead of waiting out the timeout.
 Cheap to construct and thread-safe: the Celery app, the database reader and the worker count are built lazily
@@ -11,14 +13,16 @@ under a lock, because the gateway calls adapters from a thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from backends.celery import names
 from backends.celery.queues import SENT_AT_HEADER
 from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
-from backends.interface import Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
+from backends.interface import EngineUnavailable, Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
 from common.redact import redact_text
 from common.settings import Settings
 
@@ -50,6 +54,7 @@ class CeleryAdapter:
         self._cancelling: set[str] = set()
         self._known_workers: int | None = None
         self._known_at = 0.0
+        self._queues_declared = False
 
     # ------------------------------------------------------------------------------------------ lazy parts
     @property
@@ -103,6 +108,8 @@ class CeleryAdapter:
 
         A shadow run keeps its task name; it is marked by a message header (`shadow`) instead."""
         queue = names.QUEUE_FOR_TASK.get(task_name, names.DEFAULT)
+        self._declare_queues_once()
+        # declare=[]: the queues exist (above), so kombu's per-publish `maybe_declare` check is skipped.
         self.app.send_task(
             task_name,
             kwargs=kwargs,
@@ -112,8 +119,22 @@ class CeleryAdapter:
             priority=priority,
             # The send time gives the queue's oldest-message age (`queue_ages`); a shadow run is marked too.
             headers={SENT_AT_HEADER: time.time(), **(headers or {})},
+            declare=[],
         )
         return task_id
+
+    def _declare_queues_once(self) -> None:
+        """Declare every task queue once per adapter, so a publish never has to (AMQP would drop a message sent
+        to a queue that does not exist; Redis and the filesystem broker need no declaration to deliver)."""
+        if self._queues_declared:
+            return
+        app = self.app  # built outside the lock: `app` takes the same (non-reentrant) lock
+        with self._lock:
+            if not self._queues_declared:
+                with app.producer_or_acquire() as producer:
+                    for queue in app.amqp.queues.values():
+                        producer.maybe_declare(queue)
+                self._queues_declared = True
 
     # -------------------------------------------------------------------------------------------------- poll
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
@@ -163,6 +184,42 @@ class CeleryAdapter:
             else:
                 state.phase = LegPhase.CANCELLING
         return state
+
+    # ------------------------------------------------------------------------------------------- completions
+    async def completions(self) -> AsyncIterator[list[str]]:
+        """Task ids whose final state the result store committed (`LISTEN` on its NOTIFY channel), batched.
+
+        Ends at once when results are not in PostgreSQL (SQLite, Redis): there polling alone applies. A lost
+        connection raises `EngineUnavailable`; whatever ended meanwhile is found by the next poll.
+        """
+        from backends.celery.config import result_database_url
+
+        url = result_database_url(self._settings)
+        if url is None or not url.startswith("postgresql"):
+            return
+        import asyncpg
+        from sqlalchemy.engine import make_url
+
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        notices: asyncio.Queue[str | None] = asyncio.Queue()
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise EngineUnavailable(redact_text(f"result database unreachable: {exc}")) from None
+        conn.add_termination_listener(lambda _conn: notices.put_nowait(None))
+        try:
+            await conn.add_listener(names.COMPLETIONS_CHANNEL, lambda *args: notices.put_nowait(args[-1]))
+            yield []  # listening now
+            while True:
+                batch = [await notices.get()]
+                while not notices.empty():
+                    batch.append(notices.get_nowait())
+                if None in batch:
+                    raise EngineUnavailable("the result database closed the completions listener")
+                yield [leg_id for leg_id in batch if leg_id is not None]
+        finally:
+            if not conn.is_closed():
+                conn.terminate()
 
     # ------------------------------------------------------------------------------------------------ result
     def result(self, leg_id: str) -> LegResult:

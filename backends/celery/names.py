@@ -34,3 +34,6 @@ QUEUE_FOR_TASK: dict[str, str] = {
 
 # The legacy contract: student testing is sent with priority 8.
 STUDENT_TESTING_PRIORITY = 8
+
+# PostgreSQL NOTIFY channel: the result store announces each task id whose final state it just committed.
+COMPLETIONS_CHANNEL = "ctutor_task_final"

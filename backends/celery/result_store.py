@@ -7,6 +7,11 @@ every read, i.e. a new PostgreSQL connection per poll. Measured here that caps a
 the same rule (nothing overwrites a SUCCESS), but writes with a single `INSERT ... ON CONFLICT DO UPDATE ... WHERE
 status <> 'SUCCESS'` through an engine pooled per process (rebuilt after fork, so no socket is shared by two
 processes). Dialects without that upsert fall back to the stock code path.
+
+On PostgreSQL a final state also announces itself: the upsert returns the task id and the same statement calls
+`pg_notify(COMPLETIONS_CHANNEL, task_id)`, so the notice is sent exactly when the row commits (NOTIFY is
+transactional), never for a repeated store that changed nothing, and costs no extra round trip. The gateway
+listens (`CeleryAdapter.completions`) and reads the leg at once instead of at its next poll.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from celery import states
 from celery.backends.database import DatabaseBackend
 from celery.backends.database.session import ResultModelBase
 from kombu.utils.encoding import ensure_bytes
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
+
+from backends.celery.names import COMPLETIONS_CHANNEL
 
 _UPSERT_DIALECTS = ("postgresql", "sqlite")
 _SKIPPED_COLUMNS = {"id", "task_id", "stamps"}
@@ -135,7 +142,11 @@ class PooledDatabaseBackend(DatabaseBackend):
             # Like the stock backend: a repeated run never replaces a stored SUCCESS.
             where=table.c.status != states.SUCCESS,
         )
-        target = engine if state in states.READY_STATES else (self._fast_engine or engine)
+        final = state in states.READY_STATES
+        target = engine if final else (self._fast_engine or engine)
+        if final and engine.dialect.name == "postgresql":
+            stored = stmt.returning(table.c.task_id).cte("stored")
+            stmt = select(func.pg_notify(COMPLETIONS_CHANNEL, stored.c.task_id))  # type: ignore[assignment]
         with target.begin() as conn:
             conn.execute(stmt)
         return result

@@ -4,13 +4,16 @@ The fast layer of tests drives the gateway's state machine and reconciler agains
 Prefect: a test submits through the gateway, then says what the "engine" did (`start`, `succeed`, `fail`,
 `lose`), or breaks it (`down`, `results_fail`), and checks what the gateway made of it. Every call is counted,
 so a test can prove a batch was one round trip. The behaviour each script stands for also has a test on the
-real engines.
+real engines. It implements the optional `CompletionFeed` too: every scripted end is pushed to the listeners of
+the engine name the run was submitted under (switch `push` off to leave only polling).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +42,8 @@ class MemoryRun:
     error_type: str | None = None
     finished_at: datetime | None = None
     submits: int = 1
+    # The engine name of the adapter that submitted it: whose completion listeners hear of its end.
+    engine: str = ""
 
 
 @dataclass
@@ -60,6 +65,9 @@ class MemoryEngine:
     run_id_prefix: str = ""
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Scripted ends are pushed to completion listeners while set (the engine's notices get lost when not).
+    push: bool = True
+    listeners: list[tuple[str, asyncio.AbstractEventLoop, asyncio.Queue[str]]] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------------------ scripting
     def start(self, leg_id: str) -> None:
@@ -81,6 +89,10 @@ class MemoryEngine:
         run.finished_at = datetime.now(UTC)
         for name, value in values.items():
             setattr(run, name, value)
+        if self.push:
+            for engine, loop, queue in list(self.listeners):
+                if engine == run.engine:
+                    loop.call_soon_threadsafe(queue.put_nowait, leg_id)
 
 
 class MemoryAdapter:
@@ -107,8 +119,25 @@ class MemoryAdapter:
             if found is not None:
                 found.submits += 1  # idempotent by leg id, like both real engines
             else:
-                self.backend.runs[leg_id] = MemoryRun(job=job)
+                self.backend.runs[leg_id] = MemoryRun(job=job, engine=self.engine)
         return self.backend.run_id_prefix + leg_id
+
+    async def completions(self) -> AsyncIterator[list[str]]:
+        """The ids of runs of this engine name as the script ends them, batched like a real feed."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        listener = (self.engine, asyncio.get_running_loop(), queue)
+        with self.backend.lock:
+            self.backend.listeners.append(listener)
+        try:
+            yield []  # listening now
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield batch
+        finally:
+            with self.backend.lock:
+                self.backend.listeners.remove(listener)
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")

@@ -27,7 +27,7 @@ from backends.interface import (
     JobSpec,
     TaskKind,
 )
-from backends.registry import UnknownEngineError, canonical_engine, make_adapter
+from backends.registry import ENGINE_ALIASES, UnknownEngineError, canonical_engine, make_adapter
 from common.redact import redact_text
 from common.settings import Settings
 from gateway.engines import metrics
@@ -100,6 +100,10 @@ class Dispatcher:
             found = self._factory(engine, self.settings)
             self._adapters[engine] = found
         return found
+
+    def known_engines(self) -> list[str]:
+        """Every engine name the gateway can route to (canonical names), whether used yet or not."""
+        return sorted(set(ENGINE_ALIASES.values()))
 
     def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
         """One send, counted and timed per engine and outcome (`gateway.engines.metrics`); a send that found the

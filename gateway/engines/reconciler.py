@@ -2,17 +2,26 @@
 
 One tick: (1) legs whose dispatch is due are sent again, a batch at a time through the dispatcher's threads
 (backoff between attempts); (2) every open leg is polled, batch after batch in id order until none is left, so
-no leg waits longer than one full cycle however many others stay unchanged; each batch costs one `poll` call
-per engine and one `results` call per engine for the legs that finished. Deadlines are enforced here: a leg
+no leg waits longer than one full cycle however many others stay unchanged; each batch costs one unlocked read
+of the legs' observed columns, one `poll` call per engine and, for the legs whose observation changes something,
+one locked read and one `results` call per engine for those that finished. An unchanged leg is never locked or
+written, which is what keeps a cycle over 10,000 waiting legs short. Deadlines are enforced here: a leg
 past its deadline is closed as timed out and no longer waited on. Every transition goes through
 `gateway.legs.machine`.
 
+Completion is pushed where the engine can tell (`backends.interface.CompletionFeed`, e.g. the Celery result
+store's NOTIFY): `run` follows every engine's feed beside the ticks and reads the named legs at once
+(`apply_completions`); a leg that cannot be taken right then (another reconciler holds it) is tried again after
+a short backoff, and one whose request has not yet recorded the send is closed all the same. A notice is only a
+hint: the ticks still see every open leg, so a lost one costs at most a cycle.
+
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
-its legs with `FOR UPDATE SKIP LOCKED` and holds the locks while it talks to the engine, so no leg is processed
-twice. SQLite has no row locks; there one in-process lock keeps a single writer, which is what the embedded
-default needs. Whoever else reads a leg and writes it back (a cancel, a worker's write-back) takes the same lock
-through `exclusive()`: a refresh holds its rows across the engine call, so without it the refresh could commit
-what it read before a cancel over the cancel's write (a row left CANCELLING for ever, issue 16).
+the legs it writes with `FOR UPDATE SKIP LOCKED`, re-checking that they are still open, and holds the locks
+while it reads their results and writes, so no leg is finished twice. SQLite has no row locks; there one
+in-process lock keeps a single writer, which is what the embedded default needs. Whoever else reads a leg and
+writes it back (a cancel, a worker's write-back) takes the same lock through `exclusive()`: a refresh holds its
+rows across the engine call, so without it the refresh could commit what it read before a cancel over the
+cancel's write (a row left CANCELLING for ever, issue 16).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from backends.interface import LegResult, LegState
+from backends.interface import CompletionFeed, LegResult, LegState
 from common.redact import redact_text
 from common.settings import Settings
 from gateway.engines import metrics
@@ -49,6 +58,26 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_GRACE = timedelta(minutes=5)
 # With nothing left to prune, look again after this long.
 PRUNE_PAUSE = timedelta(minutes=1)
+# A pushed leg that cannot be taken yet is tried again after 20 ms, 40 ms ... (about 1.3 s in all), then left
+# to the next tick.
+PUSH_RETRIES = 6
+PUSH_FIRST_DELAY = 0.02
+
+
+# What `machine.needs_update` compares: the columns of a leg an observation may change, read without a lock.
+_OBSERVED = (
+    Leg.id,
+    Leg.engine,
+    Leg.phase,
+    Leg.native_state,
+    Leg.progress,
+    Leg.started_at,
+    Leg.worker,
+    Leg.queue,
+    Leg.engine_run_id,
+    Leg.last_error,
+    Leg.deadline,
+)
 
 
 @dataclass
@@ -76,7 +105,7 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         dispatcher: Dispatcher,
         settings: Settings,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         skips: SkipCounter | None = None,
     ) -> None:
         self.sessions = sessions
@@ -87,6 +116,12 @@ class Reconciler:
         self.is_postgres = bind is not None and bind.dialect.name == "postgresql"
         # SQLite has no row locks: one writer task at a time inside this process (a tick or a refresh).
         self._local_lock = asyncio.Lock()
+        # Legs finished because their engine announced it (not by a tick): a figure, and what tests wait on.
+        self.pushed_finished = 0
+        self._pushed = asyncio.Condition()
+        # Engines whose completion feed is listening right now.
+        self.following: set[str] = set()
+        self._following = asyncio.Condition()
         self._next_prune = datetime.min.replace(tzinfo=UTC)
         self.skips = skips
         # Registered from above (the comparison step is installed by gateway.jobs.bootstrap).
@@ -232,40 +267,62 @@ class Reconciler:
             report.finished += 1
 
     async def poll_open(self, report: TickReport) -> None:
-        """Every open leg once: batches in id order (keyset), each in its own short transaction."""
+        """Every open leg once: batches in id order (keyset), read without locks; only those whose observation
+        changes something (a new phase, progress, the end, a passed deadline) are then locked and written."""
         after = ""
         while True:
             stmt = (
-                select(Leg)
+                select(*_OBSERVED)
                 .where(Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT, Leg.id > after)
                 .order_by(Leg.id)
                 .limit(self.batch_size)
             )
-            async with self._claim(stmt) as (legs, rows):
-                metrics.record_batch("poll", len(legs))
-                if not legs:
-                    return
-                report.batches += 1
-                after = legs[-1].id
-                by_engine: dict[str, list[Leg]] = defaultdict(list)
-                for leg in legs:
-                    by_engine[leg.engine].append(leg)
-                for engine, group in by_engine.items():
-                    report.polled += len(group)
-                    report.finished += await self._advance_group(engine, group, rows)
-            if len(legs) < self.batch_size:
+            async with self.sessions() as session:
+                seen = (await session.execute(stmt)).all()
+            metrics.record_batch("poll", len(seen))
+            if not seen:
+                return
+            report.batches += 1
+            after = seen[-1].id
+            by_engine: dict[str, list[Any]] = defaultdict(list)
+            for leg in seen:
+                by_engine[leg.engine].append(leg)
+            for engine, group in by_engine.items():
+                report.polled += len(group)
+                states = await self._poll(engine, [leg.id for leg in group])
+                now = utcnow()
+                due = [leg.id for leg in group if machine.needs_update(leg, states.get(leg.id), now)]
+                if due:
+                    report.finished += await self._apply_claimed(engine, due, states)
+            if len(seen) < self.batch_size:
                 return
 
-    async def _advance_group(self, engine: str, legs: list[Leg], rows: dict[str, Result]) -> int:
-        """One poll for the group, one results call for those that finished; returns how many finished."""
+    async def _apply_claimed(self, engine: str, leg_ids: list[str], states: dict[str, LegState]) -> int:
+        """Lock the legs (still open; one another reconciler holds is skipped) and apply what was observed."""
+        stmt = select(Leg).where(Leg.id.in_(leg_ids), Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT)
+        async with self._claim(stmt) as (legs, rows):
+            return await self._apply(engine, list(legs), states, rows) if legs else 0
+
+    async def _poll(self, engine: str, leg_ids: list[str]) -> dict[str, LegState]:
+        """One `poll` round trip; an unreachable engine reads as "no news" (the legs stay as they are)."""
         adapter = self.dispatcher.adapter(engine)
         try:
-            states: dict[str, LegState] = await run_in_threadpool(adapter.poll, [leg.id for leg in legs])
+            states: dict[str, LegState] = await run_in_threadpool(adapter.poll, leg_ids)
         except Exception as exc:  # noqa: BLE001 - an engine outage must not stop the other engines' legs
             log.warning(
-                "poll of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)), extra={"engine": engine}
+                "poll of %d %s legs failed: %s", len(leg_ids), engine, redact_text(repr(exc)), extra={"engine": engine}
             )
-            states = {}
+            return {}
+        return states
+
+    async def _advance_group(self, engine: str, legs: list[Leg], rows: dict[str, Result]) -> int:
+        """One poll for the (locked) group, then `_apply`; returns how many finished."""
+        states = await self._poll(engine, [leg.id for leg in legs])
+        return await self._apply(engine, legs, states, rows)
+
+    async def _apply(self, engine: str, legs: list[Leg], states: dict[str, LegState], rows: dict[str, Result]) -> int:
+        """One results call for those that finished, then each observation; returns how many finished."""
+        adapter = self.dispatcher.adapter(engine)
         final_ids = [leg.id for leg in legs if (s := states.get(leg.id)) is not None and s.phase.is_final]
         results: dict[str, LegResult] = {}
         if final_ids:
@@ -276,6 +333,12 @@ class Reconciler:
         now = utcnow()
         finished = 0
         for leg in legs:
+            if leg.dispatch_state == DispatchState.PENDING:
+                state = states.get(leg.id)
+                if state is None or not state.phase.is_final:
+                    continue  # its request is still sending it: nothing to learn yet
+                # The engine ran it, so it was sent: record that first (the request's own mark then no-ops).
+                machine.mark_sent(leg, state.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             if self._advance(leg, states.get(leg.id), results.get(leg.id), rows.get(leg.result_id or ""), now):
                 finished += 1
         return finished
@@ -306,8 +369,110 @@ class Reconciler:
                 if legs:
                     await self._advance_group(legs[0].engine, list(legs), rows)
 
+    # ----------------------------------------------------------------------------------- pushed completions
+    async def apply_completions(self, leg_ids: list[str]) -> int:
+        """The engine says these legs ended: read and close them now; returns how many finished here.
+
+        A leg still PENDING (the engine finished it before its request recorded the send) is closed all the
+        same. Ids of open legs that cannot be taken now (another reconciler holds them) are retried with a
+        short backoff; ids that are not open legs (already finished, someone else's task) are dropped.
+        """
+        todo = list(dict.fromkeys(leg_ids))
+        finished = 0
+        for attempt in range(PUSH_RETRIES):
+            done, todo = await self._refresh_ids(todo)
+            finished += done
+            if not todo:
+                break
+            await asyncio.sleep(PUSH_FIRST_DELAY * 2**attempt)
+        async with self._pushed:
+            self.pushed_finished += finished
+            self._pushed.notify_all()
+        return finished
+
+    async def _refresh_ids(self, leg_ids: list[str]) -> tuple[int, list[str]]:
+        """One pass: (finished, open legs not taken), in batches of `batch_size`."""
+        finished = 0
+        untaken: list[str] = []
+        for start in range(0, len(leg_ids), self.batch_size):
+            chunk = leg_ids[start : start + self.batch_size]
+            # PENDING too: the engine may finish a leg before its request recorded the send (see `_apply`).
+            stmt = select(Leg).where(
+                Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state != DispatchState.FAILED
+            )
+            async with self._writer():
+                async with self._claim(stmt) as (legs, rows):
+                    by_engine: dict[str, list[Leg]] = defaultdict(list)
+                    for leg in legs:
+                        by_engine[leg.engine].append(leg)
+                    for engine, group in by_engine.items():
+                        finished += await self._advance_group(engine, group, rows)
+                taken = {leg.id for leg in legs}
+                if len(taken) < len(chunk):
+                    async with self.sessions() as session:
+                        still_open = select(Leg.id).where(
+                            Leg.id.in_([i for i in chunk if i not in taken]), Leg.finished.is_(False)
+                        )
+                        untaken.extend((await session.execute(still_open)).scalars())
+        return finished, untaken
+
+    async def wait_pushed(self, count: int, timeout: float) -> int:
+        """Until at least `count` legs were finished by pushed completions (or `timeout`); returns the count."""
+        async with self._pushed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pushed.wait_for(lambda: self.pushed_finished >= count), timeout)
+            return self.pushed_finished
+
+    async def wait_following(self, engine: str, timeout: float) -> bool:
+        """Until `engine`'s feed listens (or `timeout`): from then on its completions are pushed."""
+        async with self._following:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._following.wait_for(lambda: engine in self.following), timeout)
+            return engine in self.following
+
+    async def _set_following(self, engine: str, on: bool) -> None:
+        async with self._following:
+            (self.following.add if on else self.following.discard)(engine)
+            self._following.notify_all()
+
+    async def follow_completions(self, stop: asyncio.Event) -> None:
+        """Follow every engine's completion feed (those that have one) until `stop`."""
+        feeds = [
+            (name, a)
+            for name in self.dispatcher.known_engines()
+            if isinstance(a := self.dispatcher.adapter(name), CompletionFeed)
+        ]
+        if feeds:
+            await asyncio.gather(*(self._follow(name, feed, stop) for name, feed in feeds))
+
+    async def _follow(self, engine: str, feed: CompletionFeed, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async for leg_ids in feed.completions():
+                    if engine not in self.following:
+                        await self._set_following(engine, True)
+                    if leg_ids:
+                        await self.apply_completions(leg_ids)
+                return  # the feed ended by itself: this setup cannot push, polling alone applies
+            except Exception as exc:  # noqa: BLE001 - a lost feed is reopened; polling covers the gap
+                log.warning("%s completion feed lost: %s", engine, redact_text(repr(exc)))
+            finally:
+                await self._set_following(engine, False)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.gateway_reconcile_interval)
+
     # ---------------------------------------------------------------------------------------------- the loop
     async def run(self, stop: asyncio.Event) -> None:
+        """Ticks every `gateway_reconcile_interval` (at once again while busy), and the completion feeds beside."""
+        feeds = asyncio.create_task(self.follow_completions(stop), name="completion-feeds")
+        try:
+            await self._tick_loop(stop)
+        finally:
+            feeds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeds
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.gateway_reconcile_interval
         while not stop.is_set():
             busy = False

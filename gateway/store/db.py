@@ -53,9 +53,14 @@ def make_async_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    # Small on purpose: 2 cores do not need more, and PostgreSQL's 100 connections are shared with the engines.
-    # No pre-ping: it costs a round trip per request; stale connections are recycled instead.
-    return create_async_engine(url, pool_size=8, max_overflow=8, pool_recycle=1800)
+    # Sized by the settings for the concurrency served (an overflow connection is closed when returned: churn
+    # under load). No pre-ping: it costs a round trip per request; stale connections are recycled instead.
+    return create_async_engine(
+        url,
+        pool_size=settings.gateway_db_pool_size,
+        max_overflow=settings.gateway_db_max_overflow,
+        pool_recycle=1800,
+    )
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,16 +54,28 @@ DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "
 # Contents whose assignment sets no time limit of its own: each engine's sandbox default applies (shadow tests
 # give the two engines different limits through their workers' settings).
 UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"]}
-SLOW_CALC = """import time
+# A long-running student solution without a timer: each call leaves a `waiting` marker in the run's own work dir
+# and blocks until the test puts `release` beside it (`Stack.release_slow_runs`), so the job is certainly RUNNING
+# while a test observes, cancels or kills it. The sandbox dirs live under the stack's `SANDBOX_ROOT`.
+SLOW_CALC = """import pathlib
+import time
+
+
+def _until_released():
+    here = pathlib.Path.cwd()
+    (here / "waiting").touch()
+    deadline = time.monotonic() + 300
+    while not (here / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the test's release file, with a deadline
 
 
 def add(a, b):
-    time.sleep(3)  # a long-running student solution: the job stays RUNNING long enough to be observed
+    _until_released()
     return a + b
 
 
 def mul(a, b):
-    time.sleep(3)
+    _until_released()
     return a * b
 
 
@@ -184,7 +198,9 @@ def prefect_server_on(port: int, root: Path, timeout: float = 120.0) -> contextl
     return running_prefect_server(root, port=port, timeout=timeout)
 
 
-def runner_env(api_url: str, root: Path, data: Path, server: GatewayServer) -> dict[str, str]:
+def runner_env(
+    api_url: str, root: Path, data: Path, server: GatewayServer, sandbox_root: str | None = None
+) -> dict[str, str]:
     """The runner shares the gateway's data folder (persisted results) and knows how to write back."""
     (root / "runner-home").mkdir(parents=True, exist_ok=True)
     return prefect_process_env(
@@ -195,6 +211,7 @@ def runner_env(api_url: str, root: Path, data: Path, server: GatewayServer) -> d
             "GATEWAY_WRITEBACK_URL": server.url,
             "GATEWAY_WRITEBACK_USER": WORKER[0],
             "GATEWAY_WRITEBACK_PASSWORD": WORKER[1],
+            **({"SANDBOX_ROOT": sandbox_root} if sandbox_root else {}),
         },
     )
 
@@ -230,6 +247,18 @@ class Stack:
     def client(self, auth: tuple[str, str] | None = ADMIN) -> httpx.Client:
         return self.server.client(auth)
 
+    @property
+    def sandbox_root(self) -> Path:
+        return Path(self.env["SANDBOX_ROOT"])
+
+    def release_slow_runs(self) -> int:
+        """Let every slow student run waiting now go on (it finds `release` in its work dir); how many."""
+        released = 0
+        for marker in self.sandbox_root.glob("*/work/waiting"):
+            (marker.parent / "release").touch()
+            released += 1
+        return released
+
     def start_worker(self, extra: Mapping[str, str] | None = None) -> WorkerProcess:
         """A Celery worker on the stack's broker; every worker ever started is stopped at the stack's end."""
         worker = start_worker(base_env({**self.env, **(extra or {})}, self.data), concurrency=2, log_dir=self.log_dir)
@@ -253,7 +282,11 @@ def running_stack(
     repos = build_repos(tmp / "repos")
     with contextlib.ExitStack() as stack:
         prefect_api = None
-        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3"}
+        # Outside pytest's own temp tree (mode 0700 under root): each run's uid must be able to reach its dir.
+        sandboxes = Path(tempfile.mkdtemp(prefix="gateway-conformance-sandboxes-"))
+        sandboxes.chmod(0o711)
+        stack.callback(shutil.rmtree, sandboxes, True)
+        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes)}
         if prefect:
             prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))
             env["PREFECT_API_URL"] = prefect_api
@@ -265,7 +298,7 @@ def running_stack(
         if prefect_api is not None:
             stack.enter_context(
                 running_runner(
-                    runner_env(prefect_api, tmp / "prefect", data, server),
+                    runner_env(prefect_api, tmp / "prefect", data, server, env["SANDBOX_ROOT"]),
                     limit=4,
                     test_flows=True,
                     wait_for=RUNNER_DEPLOYMENTS,
@@ -276,5 +309,6 @@ def running_stack(
             result.start_worker(worker_extra)
             yield result
         finally:
+            result.release_slow_runs()  # nothing left blocking a worker slot while the stack stops
             for worker in result.workers:
                 stop_worker(worker)

@@ -4,7 +4,8 @@ write-back from a Prefect deployment the gateway did not write landing on the sh
 sampling counted, an A/A flake (a test that depends on randomness) counted as noise.
 
 One stack for the module: the Celery worker's sandbox limit is 4 s and Prefect's the default (60 s), so a slow
-student on a content without a time limit of its own passes on Prefect and times out on Celery.
+student (who waits for the test's release) on a content without a time limit of its own times out on Celery and,
+released after that, passes on Prefect.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from typing import Any
 import httpx
 import pytest
 from legacy_stack import ADMIN, ALICE, DIRS, Stack, _git, _repo, runner_env, running_stack, wait_until
+from sqlalchemy import select
 
+from gateway.store.db import make_sync_engine
+from gateway.store.models import Leg
 from tests.conftest import PostgresDB, RedisDB
 from tests.gateway.conftest import fresh_pg_database
-from tests.support.celery_worker import base_env, stop_worker
+from tests.support.celery_worker import base_env, settings_from_env, stop_worker
 from tests.support.prefect_server import running_runner
 
 pytestmark = [pytest.mark.slow]
@@ -121,11 +125,29 @@ def test_reports_that_match_and_the_answer_unchanged(stack: Stack, key: str, oth
 
 
 # ---------------------------------------------------------------------------------------------- mismatch
+def celery_leg_finished(stack: Stack, result_id: str) -> bool:
+    """Whether the job's Celery leg (primary or shadow) is final, read from the gateway's store."""
+    engine = make_sync_engine(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}))
+    try:
+        with engine.connect() as conn:
+            stmt = select(Leg.finished).where(Leg.result_id == result_id, Leg.engine == "celery")
+            return bool(conn.execute(stmt).scalar())
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(("key", "other"), [("untimed-celery", "prefect"), ("untimed-prefect", "celery")])
 def test_different_time_limits_are_a_real_mismatch(stack: Stack, key: str, other: str) -> None:
+    """The slow solution waits for the test's release: Celery's 4 s limit ends its run first (TIMEDOUT), then the
+    Prefect run (60 s) is let go and passes."""
     with stack.client(ADMIN) as admin:
         shadow(admin, f"cc-{key}", engine=other)
         run = submit(admin, key, "m-slow", stack.repos.commit("slow")).json()
+        wait_until(
+            lambda: celery_leg_finished(stack, run["id"]) and stack.release_slow_runs() > 0,
+            "the Celery run to time out and the Prefect run to wait for its release",
+            180,
+        )
         row = final_row(admin, run["id"])
         found = comparison_of(admin, run["id"])
     assert found["outcome"] == "mismatch", found
@@ -171,7 +193,9 @@ def test_a_stopped_prefect_runner_is_an_infra_error_on_the_shadow_side(stack: St
     """The shadow's deployment lost its runner: Prefect reports the run Late / the deployment unpolled, so at the
     deadline the shadow is an infra error (its engine stopped), not a slow run; the Celery primary answers."""
     assert stack.prefect_api is not None
-    env = runner_env(stack.prefect_api, stack.log_dir / "stopped-runner", stack.data, stack.server)
+    env = runner_env(
+        stack.prefect_api, stack.log_dir / "stopped-runner", stack.data, stack.server, stack.env["SANDBOX_ROOT"]
+    )
     with running_runner(env, deployment_name="stopped", wait_for=["test-assignment/stopped"]):
         pass  # registered and polled once, then stopped: nothing serves the deployment any more
     with stack.client(ADMIN) as admin:
@@ -179,6 +203,7 @@ def test_a_stopped_prefect_runner_is_an_infra_error_on_the_shadow_side(stack: St
         shadow(admin, "cc-celery", engine="prefect", deadline_seconds=50, properties=properties)
         # A member and commit this content has not seen yet (an existing run would be answered as it is).
         run = submit(admin, "celery", "m-slow", stack.repos.commit("slow")).json()
+        wait_until(lambda: stack.release_slow_runs() > 0, "the slow primary run to wait for its release")
         row = final_row(admin, run["id"])
         found = comparison_of(admin, run["id"], timeout=150)
     assert (found["outcome"], found["side"]) == ("infra_error", "shadow"), found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -189,5 +190,72 @@ def test_reconciler_needs_no_app_state(memory_gateway: MemoryGateway) -> None:
         memory_gateway.engine.runs[row.test_system_id].phase = LegPhase.RUNNING
         assert (await reconciler.tick()).polled == 1
         assert (await rows_by_id(state))[row.id].status == int(ResultStatus.RUNNING)
+
+    memory_gateway.run(test)
+
+
+def test_pushed_completions_finish_legs_without_any_tick(memory_gateway: MemoryGateway) -> None:
+    """The engine announces the 200 that ended: they are final with no tick and no client read; the rest stay."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        state.reconciler.batch_size = 100
+        rows = await submit_many(state, 500)
+        stop = asyncio.Event()
+        feeds = asyncio.create_task(state.reconciler.follow_completions(stop))
+        try:
+            assert await state.reconciler.wait_following("celery", timeout=10)
+            engine.calls.clear()
+            for row in rows[300:]:
+                engine.succeed(row.test_system_id, report(2, 2))
+            assert await state.reconciler.wait_pushed(200, timeout=30) == 200
+        finally:
+            stop.set()
+            feeds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeds
+        # The 200 notices arrived together: one batch, read 100 at a time; the 300 others were never read.
+        assert (engine.calls["poll"], engine.calls["results"]) == (2, 2)
+        stored = await rows_by_id(state)
+        assert Counter(stored[row.id].status for row in rows[300:]) == {int(ResultStatus.COMPLETED): 200}
+        assert Counter(stored[row.id].status for row in rows[:300]) == {int(ResultStatus.SCHEDULED): 300}
+
+    memory_gateway.run(test)
+
+
+def test_a_lost_notice_is_caught_by_the_next_tick(memory_gateway: MemoryGateway) -> None:
+    """Push is a hint: with the notices lost, the polling cycle still finishes every ended leg."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        rows = await submit_many(state, 5)
+        engine.push = False
+        for row in rows[:3]:
+            engine.succeed(row.test_system_id, report(1, 1))
+        assert state.reconciler.pushed_finished == 0
+        assert (await state.reconciler.tick()).finished == 3
+
+    memory_gateway.run(test)
+
+
+def test_a_pushed_leg_finished_before_its_send_was_recorded_is_closed(memory_gateway: MemoryGateway) -> None:
+    """The engine may end a leg before the request recorded its send: the notice closes it all the same (marked
+    sent first, so the request's own mark no longer applies); an id that is no open leg is dropped."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        (row,) = await submit_many(state, 1)
+        leg_id = row.test_system_id
+        async with state.sessions() as session, session.begin():
+            await session.execute(update(Leg).values(dispatch_state=DispatchState.PENDING, dispatched_at=None))
+        assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # still running: nothing to do
+        engine.succeed(leg_id, report(1, 1))
+        assert await state.reconciler._refresh_ids([leg_id, "not-a-leg"]) == (1, [])
+        async with state.sessions() as session:
+            leg = await session.get(Leg, leg_id)
+        assert leg is not None and (leg.finished, leg.dispatch_state) == (True, DispatchState.SENT)
+        assert leg.dispatched_at is not None
+        assert (await rows_by_id(state))[row.id].status == int(ResultStatus.COMPLETED)
+        assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # finished: nothing left to retry
 
     memory_gateway.run(test)

@@ -1,0 +1,154 @@
+"""No-op job: submit → row COMPLETED through the gateway with no status reads, against a raw Celery round trip.
+
+One real worker (Redis broker, PostgreSQL results, `gateway worker start`, concurrency 2). Three variants, one
+job at a time, interleaved round by round:
+
+- `raw-celery` (the reference): `send_task` of the no-op, done when the result store's row is committed (seen
+  through its NOTIFY, the fastest a client can learn it);
+- `gateway-push`: the gateway's durable path (row and leg inserted, the task sent, the send recorded), done when
+  the reconciler closed the leg and wrote the row; the reconciler runs as in the API (ticks every
+  `GATEWAY_RECONCILE_INTERVAL`, 1 s, plus the completion feed);
+- `gateway-poll`: the same with the feed off (ticks alone): what completion cost before it was pushed.
+
+"Done" for the gateway is the leg state machine's finish hook (`machine.on_finish`), which runs inside the
+transaction that writes the row, just before its commit. Prints p50/p99 per variant and the ratio to raw.
+
+    .venv/bin/python bench/bench_completion.py [--jobs 40] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backends.celery import names  # noqa: E402
+from backends.celery.adapter import CeleryAdapter  # noqa: E402
+from bench.bench_reconciler import rows_and_legs  # noqa: E402
+from bench.bench_submit import environment, seed  # noqa: E402
+from gateway.jobs.bootstrap import start_gateway  # noqa: E402
+from gateway.legs import machine  # noqa: E402
+from gateway.legs.states import DispatchState  # noqa: E402
+from gateway.runtime import GatewayState  # noqa: E402
+from gateway.store.models import utcnow  # noqa: E402
+from gateway.store.runs import insert_run  # noqa: E402
+from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
+
+Waiters = dict[str, asyncio.Event]
+
+
+async def follow(adapter: CeleryAdapter, waiters: Waiters, ready: asyncio.Event) -> None:
+    async for ids in adapter.completions():
+        ready.set()
+        for task_id in ids:
+            if (event := waiters.get(task_id)) is not None:
+                event.set()
+
+
+async def raw(adapter: CeleryAdapter, waiters: Waiters) -> float:
+    task_id = str(uuid.uuid4())
+    waiters[task_id] = done = asyncio.Event()
+    started = time.perf_counter()
+    await asyncio.to_thread(adapter.send, names.NOOP, {}, task_id)
+    await asyncio.wait_for(done.wait(), 30)
+    return time.perf_counter() - started
+
+
+async def through_gateway(state: GatewayState, waiters: Waiters) -> float:
+    (row,), (leg,) = rows_and_legs(1)
+    row["version_identifier"] = leg["id"]  # a new commit every time
+    # As on the submit path: the request sends it; the outbox would take over only after the grace.
+    leg.update(dispatch_state=DispatchState.PENDING.value, dispatch_attempts=0, deadline=None, dispatched_at=None,
+               next_attempt_at=utcnow() + timedelta(seconds=15))  # fmt: skip
+    waiters[leg["id"]] = done = asyncio.Event()
+    adapter = state.dispatcher.adapter("celery")
+    assert isinstance(adapter, CeleryAdapter)
+    started = time.perf_counter()
+    assert await insert_run(state.engine, row, leg)  # durable before the send, as on the submit path
+    await asyncio.get_running_loop().run_in_executor(None, adapter.send, names.NOOP, {}, leg["id"])
+    now = utcnow()
+    await machine.record_sent(state.engine, leg["id"], leg["id"], now, now + timedelta(days=1))
+    await asyncio.wait_for(done.wait(), 30)
+    return time.perf_counter() - started
+
+
+async def bench(settings: Any, jobs: int, rounds: int) -> None:
+    waiters: Waiters = {}  # raw task ids, set by the result store's notices
+    legs: Waiters = {}  # gateway leg ids, set by the finish hook
+
+    def finished(leg: machine.FinishedLeg) -> list[Any]:
+        if (event := legs.get(leg.leg.id)) is not None:
+            event.set()
+        return []
+
+    machine.on_finish.connect("bench", finished)
+    raw_client = CeleryAdapter(settings)
+    ready = asyncio.Event()
+    feed = asyncio.create_task(follow(raw_client, waiters, ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    times: dict[str, list[float]] = {"raw-celery": [], "gateway-push": [], "gateway-poll": []}
+    try:
+        for _ in range(3):  # warm-up: connections, the worker's pool
+            await raw(raw_client, waiters)
+        for n in range(rounds):
+            for variant in times:
+                state = start_gateway(settings)
+                stop = asyncio.Event()
+                if variant == "gateway-push":
+                    loop = asyncio.create_task(state.reconciler.run(stop))
+                    assert await state.reconciler.wait_following("celery", 30)
+                elif variant == "gateway-poll":
+                    loop = asyncio.create_task(state.reconciler._tick_loop(stop))
+                try:
+                    got = []
+                    for _ in range(jobs):
+                        if variant == "raw-celery":
+                            got.append(await raw(raw_client, waiters))
+                        else:
+                            got.append(await through_gateway(state, legs))
+                    times[variant].extend(got)
+                    print(f"round {n + 1} {variant:12}: p50 {1000 * statistics.median(got):7.1f} ms", flush=True)
+                finally:
+                    if variant != "raw-celery":
+                        stop.set()
+                        await loop
+                    await state.close()
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+        raw_client.close()
+        machine.on_finish.disconnect("bench")
+
+    print(f"\n{jobs} no-op jobs one at a time per variant and round, {rounds} interleaved rounds (all jobs pooled):")
+    ref = statistics.median(times["raw-celery"])
+    for variant, values in times.items():
+        values.sort()
+        p50, p99 = statistics.median(values), values[min(len(values) - 1, int(0.99 * len(values)))]
+        print(f"{variant:12}: p50 {1000 * p50:7.1f} ms, p99 {1000 * p99:7.1f} ms, p50 / raw-celery {p50 / ref:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with environment() as (env, data):
+        seed(env, data)
+        env = base_env({**env, "GATEWAY_RECONCILE_INTERVAL": "1.0"}, data)
+        settings = settings_from_env(env)
+        with running_worker(env, queues=(names.DEFAULT,), concurrency=2, log_dir=data):
+            asyncio.run(bench(settings, args.jobs, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
