@@ -36,6 +36,7 @@ class MemoryRun:
     error_type: str | None = None
     finished_at: datetime | None = None
     submits: int = 1
+    lost: str | None = None
 
 
 @dataclass
@@ -61,6 +62,15 @@ class MemoryEngine:
 
     def fail(self, leg_id: str, error: str, error_type: str = "InfrastructureError") -> None:
         self._end(leg_id, LegPhase.FAILED, error=error, error_type=error_type)
+
+    def crash(self, leg_id: str, error: str = "the flow run crashed") -> None:
+        """The infrastructure broke under the run (Prefect's CRASHED): not the student's doing."""
+        self._end(leg_id, LegPhase.CRASHED, error=error, error_type="Crashed")
+
+    def die(self, leg_id: str, reason: str = "its worker is gone") -> None:
+        """The run's worker died: it stays RUNNING at the engine, and the engine says it is lost."""
+        self.runs[leg_id].phase = LegPhase.RUNNING
+        self.runs[leg_id].lost = reason
 
     def lose(self, leg_id: str) -> None:
         """The engine forgets the run (a broker that dropped the message)."""
@@ -99,6 +109,17 @@ class MemoryAdapter:
                 self.backend.runs[leg_id] = MemoryRun(job=job)
         return leg_id
 
+    def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        """A new attempt under the same id: the run starts over, queued (a success is never replaced)."""
+        self._call("rerun")
+        with self.backend.lock:
+            found = self.backend.runs.get(leg_id)
+            if found is not None and found.phase == LegPhase.SUCCEEDED:
+                return leg_id
+            submits = found.submits + 1 if found is not None else 1
+            self.backend.runs[leg_id] = MemoryRun(job=job, submits=submits)
+        return leg_id
+
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")
         return {leg_id: self._state(leg_id) for leg_id in leg_ids}
@@ -114,6 +135,7 @@ class MemoryAdapter:
             finished_at=run.finished_at,
             error=run.error,
             engine_run_id=leg_id,
+            lost=run.lost,
         )
 
     def result(self, leg_id: str) -> LegResult:

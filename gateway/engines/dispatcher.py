@@ -70,11 +70,14 @@ class Dispatcher:
             self._adapters[engine] = found
         return found
 
-    def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
+        """Submit the leg; `rerun`: it ran before and failed in the infrastructure, so the engine starts it over."""
         job = JobSpec(kind=TaskKind(spec["kind"]), params=spec["params"], properties=spec.get("properties") or {})
         priority = int(spec.get("priority") or 8)
         try:
-            run_id = self.adapter(engine).submit(job, leg_id, priority=priority)
+            adapter = self.adapter(engine)
+            send = adapter.rerun if rerun else adapter.submit
+            run_id = send(job, leg_id, priority=priority)
         except DeploymentNotFound as exc:
             return SendOutcome(SendStatus.REJECTED, error=str(exc), deployment=exc.deployment)
         except EngineConfigurationError as exc:
@@ -86,14 +89,15 @@ class Dispatcher:
             return SendOutcome(SendStatus.RETRY, error=redact_text(f"{type(exc).__name__}: {exc}"))
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
-    async def send(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    async def send(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self.send_blocking, engine, spec, leg_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self.send_blocking, engine, spec, leg_id, rerun)
 
-    async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any]]]) -> list[SendOutcome]:
-        """Send a batch to one engine through the send threads at once; outcomes in the order of `legs`."""
-        return list(await asyncio.gather(*(self.send(engine, spec, leg_id) for leg_id, spec in legs)))
+    async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any], bool]]) -> list[SendOutcome]:
+        """Send a batch (leg id, spec, rerun) to one engine through the send threads at once, outcomes in order."""
+        return list(await asyncio.gather(*(self.send(engine, spec, leg_id, rerun) for leg_id, spec, rerun in legs)))
 
     def close(self) -> None:
         """Stop the send threads (a send in progress finishes first) and close every adapter."""

@@ -184,6 +184,8 @@ class Leg(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Runs again after an infrastructure failure (crashed, worker gone); the last one's reason is in last_error.
+    infra_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class User(Base):
