@@ -49,7 +49,7 @@ class CeleryAdapter:
         self._cancelling: set[str] = set()
         self._known_workers: int | None = None
         self._known_at = 0.0
-        self._last_alive: dict[str, float] = {}
+        self._silent_since: dict[str, float] = {}
         self._pinged_at = 0.0
 
     # ------------------------------------------------------------------------------------------ lazy parts
@@ -163,9 +163,8 @@ class CeleryAdapter:
                 state.lost = gone[state.worker]
 
     def _gone_workers(self, hostnames: set[str]) -> dict[str, str]:
+        """Workers that left every ping unanswered for `celery_worker_lost_seconds` (two pings at least)."""
         now = time.monotonic()
-        for name in hostnames:
-            self._last_alive.setdefault(name, now)  # the clock starts when a worker is first seen running a leg
         if now - self._pinged_at >= self.liveness_interval:
             polled = self._settings.broker_url().startswith("filesystem://")
             try:
@@ -176,15 +175,18 @@ class CeleryAdapter:
                 )
             except Exception:  # noqa: BLE001 - the broker is unreachable: nobody can be declared dead from here
                 return {}
-            self._pinged_at = time.monotonic()
-            for reply in replies or []:
-                for name in reply:
-                    self._last_alive[name] = self._pinged_at
+            answered = {name for reply in replies or [] for name in reply}
+            for name in hostnames:
+                if name in answered:
+                    self._silent_since.pop(name, None)
+                else:
+                    self._silent_since.setdefault(name, now)  # the first unanswered ping since its last answer
+            self._pinged_at = now
         lost_after = self._settings.celery_worker_lost_seconds
         return {
-            name: f"worker {name} answered no ping for {now - self._last_alive[name]:.0f} s: it is gone"
+            name: f"worker {name} answered no ping for {now - since:.0f} s: it is gone"
             for name in hostnames
-            if now - self._last_alive[name] > lost_after and self._pinged_at > self._last_alive[name]
+            if (since := self._silent_since.get(name)) is not None and now - since >= lost_after
         }
 
     def _state(self, leg_id: str, native: str, result: Any) -> LegState:

@@ -78,6 +78,7 @@ def student_testing(
 
     if (done := _already_succeeded(self)) is not None:
         return done
+    logger.info("running %s %s", names.STUDENT_TESTING, self.request.id)
     self.update_progress(0, {"stage": "started"})
     return _run(run_student_testing, test_job, _progress_callback(self))
 
