@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.redact import strip_credentials
+
 SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -227,6 +229,12 @@ class CourseMemberGet(CourseMemberIn):
     id: str
     created_at: datetime | None
     updated_at: datetime | None
+
+    @field_validator("repository_url")
+    @classmethod
+    def _shown_without_credentials(cls, url: str | None) -> str | None:
+        """Rows stored before URLs were stripped still never show a password in a listing."""
+        return strip_credentials(url) if url else url
 
 
 ROLES = ("admin", "worker", "student")

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backends.interface import TaskKind
 from common.legacy import Repository, ResultStatus, TestJob
+from common.redact import strip_credentials
 from gateway.engines.dispatcher import SendStatus
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
@@ -113,10 +114,13 @@ def _test_job(
         url = member.repository_url
     else:
         raise BadJobRequest("No repository for this course member: give provider_url and project")
+    # Never stored (leg.spec) or sent (task kwargs, flow parameters) with credentials: the worker resolves them
+    # by the name in `credential`.
+    url = strip_credentials(url)
     reference = None
     if content.reference_url:
         reference = Repository(
-            url=content.reference_url,
+            url=strip_credentials(content.reference_url),
             commit=content.reference_commit,
             path=content.directory,
             credential=content.reference_credential,

@@ -144,3 +144,52 @@ def test_a_worker_killed_mid_job_is_rerun_long_before_the_visibility_timeout(sta
     assert stack.executions(leg) == 2 and outcome["lost"] == 0, outcome
     assert info["status"] == "finished" and info["worker"] != victim_name, info
     assert stack.worker_logs().count(f"[{leg}] succeeded") == 1
+
+
+# ------------------------------------------------------------------------------------ a producer with a token
+def test_a_legacy_producer_sending_a_token_leaves_no_secret_in_celery_taskmeta(stack: FaultStack) -> None:
+    """An old producer (the Celery-era platform) sends the token inside the job's kwargs and a password in the
+    repository URL; the worker stores args, kwargs, result and traceback scrubbed, whoever sent the job."""
+    import uuid
+
+    import psycopg2
+
+    from backends.celery.factory import create_app
+    from tests.support.celery_worker import settings_from_env
+
+    token, password = "glpat-LEGACY-TOKEN-1234", "hunter2-pw"
+    repo = {"url": f"https://student:{password}@127.0.0.1:9/student/repo.git", "commit": "a" * 40,
+            "path": DIRECTORY, "token": token}  # fmt: skip
+    test_job = {"user_id": "u-alice", "course_member_id": "m-alice", "course_content_id": "cc-celery",
+                "execution_backend_id": "b", "module": repo, "reference": {**repo, "token": token}}  # fmt: skip
+    producer = create_app(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}), main="legacy")
+    task_id = str(uuid.uuid4())
+    try:
+        producer.send_task(
+            "ctutor_backend.tasks.student_testing",
+            kwargs={"test_job": test_job, "execution_backend_properties": {"token": token}},
+            task_id=task_id,
+            queue="high_priority",
+        )
+    finally:
+        producer.close()
+
+    def stored() -> tuple[str, ...] | None:
+        conn = psycopg2.connect(host="127.0.0.1", port=stack.pg.port, user="postgres", dbname="postgres")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT status, args, kwargs, result, traceback FROM celery_taskmeta WHERE task_id = %s",
+                    (task_id,),
+                )
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        if row is None or row[0] not in ("SUCCESS", "FAILURE"):
+            return None
+        return tuple(bytes(v).decode(errors="replace") if isinstance(v, memoryview) else str(v) for v in row)
+
+    status, *columns = wait_until(stored, "the legacy job's stored end", timeout=120)
+    text = "\n".join(columns)
+    assert status == "FAILURE" and "127.0.0.1:9" in text  # the row holds the job, its error...
+    assert token not in text and password not in text, text  # ...and no secret
