@@ -193,3 +193,16 @@ def test_a_legacy_producer_sending_a_token_leaves_no_secret_in_celery_taskmeta(s
     text = "\n".join(columns)
     assert status == "FAILURE" and "127.0.0.1:9" in text  # the row holds the job, its error...
     assert token not in text and password not in text, text  # ...and no secret
+
+
+# ------------------------------------------------------------------------------------------------ the last admin
+def test_the_last_admin_can_be_neither_deleted_nor_demoted(stack: FaultStack) -> None:
+    with stack.client() as admin:
+        users = admin.get("/api/admin/users").json()
+        (only,) = [u for u in users if u["role"] == "admin"]
+        assert admin.delete(f"/api/admin/users/{only['id']}").status_code == 409
+        assert admin.patch(f"/api/admin/users/{only['id']}", json={"role": "student"}).status_code == 409
+        second = admin.post("/api/admin/users", json={"username": "admin2", "password": "pw-2-long", "role": "admin"})
+        assert second.status_code == 200, second.text
+        assert admin.delete(f"/api/admin/users/{second.json()['id']}").status_code == 200  # one admin remains
+        assert admin.get(f"/api/admin/users/{only['id']}").status_code == 200
