@@ -131,6 +131,8 @@ class LegResult:
     report: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
+    # The score the engine's worker computed, when it said so (a legacy Celery worker); else from the report.
+    score: float | None = None
 
 
 @dataclass

@@ -11,6 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The course content type of an assignment whose catalog entry names none: the legacy result models require a
+# string in `course_content_type_id` (the platform's own client rejects null).
+DEFAULT_CONTENT_TYPE = "assignment"
+
 
 class Repository(BaseModel):
     """A git repository at a commit. `token` exists for legacy compatibility only: it is never used."""

@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     # --- the gateway API -------------------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
-    gateway_serve_at_root: bool = False
+    # The legacy routes also at `/` (legacy workers were configured with the bare app URL); off: /api only.
+    gateway_serve_at_root: bool = True
     gateway_reconcile_interval: float = 1.0
     # Run the reconciler inside the API process (the default); `gateway reconcile` runs it on its own.
     gateway_reconcile_in_api: bool = True

@@ -6,8 +6,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.legacy import DEFAULT_CONTENT_TYPE
 from common.redact import strip_credentials
 
 SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -49,22 +50,26 @@ class TestRunResponse(BaseModel):
 
 
 class ResultList(BaseModel):
-    """A listed result: `ResultGet` without `result_json`."""
+    """A listed result: `ResultGet` without `result_json`.
+
+    Typed as the legacy models type them: the platform's client refuses a row where a required string is null,
+    so these fields are never optional here (a row that lacks one fails on the gateway's side, visibly).
+    """
 
     id: str
-    submit: bool | None
-    course_member_id: str | None
-    course_content_id: str | None
+    submit: bool
+    course_member_id: str
+    course_content_id: str
     course_submission_group_id: str | None
-    execution_backend_id: str | None
-    test_system_id: str | None
+    execution_backend_id: str
+    test_system_id: str
     result: float
     properties: dict[str, Any] | None
-    version_identifier: str | None
+    version_identifier: str
     status: int
-    course_content_type_id: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
+    course_content_type_id: str
+    created_at: datetime
+    updated_at: datetime
     created_by: str | None
     updated_by: str | None
 
@@ -82,6 +87,25 @@ class ResultUpdate(BaseModel):
     result_json: dict[str, Any] | None = None
     status: int | None = Field(default=None, ge=-1, le=8)
     properties: dict[str, Any] | None = None
+    # A legacy worker sends `{"submit": true}` once its merge request exists: recorded, starts nothing.
+    submit: bool | None = Field(default=None, strict=True)
+
+
+class LegacyUserGet(BaseModel):
+    """The legacy platform's user (`GET /api/user`): the gateway knows the id, login name and dates only."""
+
+    id: str
+    given_name: str | None = None
+    family_name: str | None = None
+    email: str | None = None
+    number: str | None = None
+    user_type: str | None = "user"
+    fs_number: int | None = None
+    username: str | None
+    properties: dict[str, Any] | None = None
+    archived_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------------------------------- tasks API
@@ -112,6 +136,15 @@ class TaskInfo(BaseModel):
     worker: str | None = None
     queue: str | None = None
     retries: int | None = None
+
+
+class TaskList(BaseModel):
+    """`GET /api/tasks`: one page of tasks, newest first, with the total."""
+
+    tasks: list[TaskInfo]
+    total: int
+    limit: int
+    offset: int
 
 
 class TaskResult(BaseModel):
@@ -182,6 +215,13 @@ class CourseContentIn(BaseModel):
     reference_commit: str | None = None
     reference_credential: str | None = None
     max_submissions: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _content_type(self) -> CourseContentIn:
+        """An assignment always has a content type: its result rows carry it and legacy clients require it."""
+        if self.kind == "assignment" and not self.course_content_type_id:
+            self.course_content_type_id = DEFAULT_CONTENT_TYPE
+        return self
 
 
 class CourseContentPatch(BaseModel):

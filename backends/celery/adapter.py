@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from backends.celery import names
-from backends.celery.states import error_from, phase_for, progress_from
+from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
 from backends.interface import Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
 from common.redact import redact_text
 from common.settings import Settings
@@ -245,8 +245,15 @@ class CeleryAdapter:
         native, raw = stored
         phase = phase_for(native, raw)
         if phase is LegPhase.SUCCEEDED:
-            return LegResult(leg_id=leg_id, phase=phase, report=raw if isinstance(raw, dict) else {"result": raw})
+            verdict = verdict_of_success(raw)
+            if verdict.error is not None:  # never a graded run: an infrastructure error the student may retry
+                return LegResult(
+                    leg_id=leg_id, phase=LegPhase.FAILED, error=verdict.error, error_type=verdict.error_type
+                )
+            return LegResult(leg_id=leg_id, phase=phase, report=verdict.report, score=verdict.score)
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
+            if isinstance(raw, Undecodable):
+                return LegResult(leg_id=leg_id, phase=phase, error=raw.reason, error_type="UndecodableResult")
             error, error_type = error_from(raw)
             return LegResult(leg_id=leg_id, phase=phase, error=error, error_type=error_type)
         return LegResult(leg_id=leg_id, phase=phase)

@@ -6,6 +6,7 @@ Kept apart from the adapter so the mapping is one table a reader can check again
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from backends.interface import LegPhase
@@ -37,18 +38,77 @@ def phase_for(state: str, result: Any = None) -> LegPhase:
     return phase
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A stored value the gateway will not read: never mistaken for a result (None, 0.0, an empty report)."""
+
+    reason: str
+
+
+# Pickle's protocol marker (protocols 2-5), the first byte of what a worker configured with the pickle
+# serializer stores (the legacy platform's Celery workers were).
+PICKLE_MARKER = 0x80
+PICKLED = (
+    "The worker stored its result with pickle (a worker from before the gateway?); the gateway does not unpickle "
+    "(loading a pickle runs code chosen by whoever wrote it), so the run's outcome is unknown. Run it again on a "
+    "gateway worker."
+)
+
+
 def decode_result(raw: bytes | memoryview | str | None) -> Any:
-    """The `result` column: JSON bytes (JSON is the only serializer accepted)."""
+    """The `result` column: JSON (the only serializer the gateway's workers use), else `Undecodable`."""
     if raw is None:
         return None
     if isinstance(raw, memoryview):
         raw = raw.tobytes()
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+        if raw[:1] == bytes([PICKLE_MARKER]):
+            return Undecodable(PICKLED)
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Undecodable("The stored result is neither JSON nor text; the run's outcome is unknown.")
     try:
         return json.loads(raw)
     except ValueError:
-        return None
+        return Undecodable("The stored result is not JSON; the run's outcome is unknown.")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a SUCCESS row's result means: a report (and the score a legacy worker computed), or an error."""
+
+    report: dict[str, Any] | None = None
+    score: float | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+LEGACY_FAILED = "The legacy worker reported that the run failed."
+
+
+def verdict_of_success(result: Any) -> Verdict:
+    """Read a SUCCESS row: the gateway's own report, the legacy worker's `{"success", "results"}`, or an error.
+
+    The legacy Celery task answered `{"success": bool, "results": {...}}`, where `results` is the report tree
+    (or at least `{"score": ...}`) and `success: false` means the run itself broke (a clone failure, a crash):
+    never a COMPLETED row. Anything that is not a dict could not be a report: an infrastructure error.
+    """
+    if isinstance(result, Undecodable):
+        return Verdict(error=result.reason, error_type="UndecodableResult")
+    if not isinstance(result, dict):
+        return Verdict(error=f"The worker returned {type(result).__name__}, not a report.", error_type="BadResult")
+    if "success" in result and "results" in result:
+        if result["success"] is not True:
+            detail = result.get("error") or result.get("message") or LEGACY_FAILED
+            return Verdict(error=str(detail), error_type="LegacyWorkerError")
+        report = result["results"]
+        if not isinstance(report, dict):
+            return Verdict(error="The legacy worker's results are not a report.", error_type="BadResult")
+        legacy_score = report.get("score")
+        numeric = isinstance(legacy_score, int | float) and not isinstance(legacy_score, bool)
+        return Verdict(report=report, score=max(0.0, min(1.0, float(legacy_score))) if numeric else None)
+    return Verdict(report=result)
 
 
 def progress_from(result: Any) -> Progress | None:
@@ -63,6 +123,8 @@ def progress_from(result: Any) -> Progress | None:
 
 def error_from(result: Any) -> tuple[str | None, str | None]:
     """(error text, exception type) of a stored exception, e.g. a FAILURE or REVOKED result."""
+    if isinstance(result, Undecodable):
+        return result.reason, "UndecodableResult"
     if not isinstance(result, dict) or "exc_type" not in result:
         return (None, None) if result is None else (str(result), None)
     exc_type = str(result.get("exc_type"))

@@ -23,8 +23,11 @@ from backends.interface import (
     LegPhase,
     LegResult,
     LegState,
+    TaskKind,
     WorkerInfo,
 )
+
+NEEDED = {TaskKind.STUDENT_TESTING: "test_job", TaskKind.SUBMISSION_PROCESSING: "submission"}
 
 
 @dataclass
@@ -50,6 +53,12 @@ class MemoryEngine:
     results_fail: bool = False
     # `submit` refuses the job for good while set (EngineConfigurationError).
     reject: str | None = None
+    # `cancel` only asks, like a Celery revoke or a Prefect CANCELLING proposal: the run reads CANCELLING until
+    # the next poll after it (a worker that noticed), then CANCELLED.
+    slow_cancel: bool = False
+    # The engine's own run id is this prefix + the leg id (Prefect's flow run id differs from the leg id; Celery's
+    # task id is the leg id: prefix "").
+    run_id_prefix: str = ""
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,13 +110,15 @@ class MemoryAdapter:
         self._call("submit")
         if self.backend.reject:
             raise EngineConfigurationError(self.backend.reject)
+        # As the real adapters do: the parameter the task kind needs is read, so a job without it raises (KeyError).
+        job.params[NEEDED[job.kind]]
         with self.backend.lock:
             found = self.backend.runs.get(leg_id)
             if found is not None:
                 found.submits += 1  # idempotent by leg id, like both real engines
             else:
                 self.backend.runs[leg_id] = MemoryRun(job=job)
-        return leg_id
+        return self.backend.run_id_prefix + leg_id
 
     def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
         """A new attempt under the same id: the run starts over, queued (a success is never replaced)."""
@@ -115,14 +126,20 @@ class MemoryAdapter:
         with self.backend.lock:
             found = self.backend.runs.get(leg_id)
             if found is not None and found.phase == LegPhase.SUCCEEDED:
-                return leg_id
+                return self.backend.run_id_prefix + leg_id
             submits = found.submits + 1 if found is not None else 1
             self.backend.runs[leg_id] = MemoryRun(job=job, submits=submits)
-        return leg_id
+        return self.backend.run_id_prefix + leg_id
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")
-        return {leg_id: self._state(leg_id) for leg_id in leg_ids}
+        states = {leg_id: self._state(leg_id) for leg_id in leg_ids}
+        with self.backend.lock:
+            for leg_id in leg_ids:
+                run = self.backend.runs.get(leg_id)
+                if run is not None and run.phase == LegPhase.CANCELLING:
+                    run.phase, run.finished_at = LegPhase.CANCELLED, datetime.now(UTC)  # seen next time
+        return states
 
     def _state(self, leg_id: str) -> LegState:
         run = self.backend.runs.get(leg_id)
@@ -134,7 +151,7 @@ class MemoryAdapter:
             native=run.phase.value.upper(),
             finished_at=run.finished_at,
             error=run.error,
-            engine_run_id=leg_id,
+            engine_run_id=self.backend.run_id_prefix + leg_id,
             lost=run.lost,
         )
 
@@ -158,11 +175,14 @@ class MemoryAdapter:
 
     def cancel(self, leg_id: str) -> LegState:
         self._call("cancel")
-        run = self.backend.runs.get(leg_id)
-        if run is not None and not run.phase.is_final:
-            run.phase = LegPhase.CANCELLED
-            run.finished_at = datetime.now(UTC)
-        return self._state(leg_id)
+        with self.backend.lock:
+            run = self.backend.runs.get(leg_id)
+            if run is not None and not run.phase.is_final:
+                if self.backend.slow_cancel:
+                    run.phase = LegPhase.CANCELLING
+                else:
+                    run.phase, run.finished_at = LegPhase.CANCELLED, datetime.now(UTC)
+            return self._state(leg_id)
 
     def workers(self) -> list[WorkerInfo]:
         self._call("workers")

@@ -55,7 +55,8 @@ def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
     """Finds its row by its own flow-run id, then PATCHes RUNNING and a final verdict, as legacy flows did.
 
     The gateway's URL and the worker account come from the runner's environment (`GATEWAY_WRITEBACK_URL`,
-    `GATEWAY_WRITEBACK_USER`, `GATEWAY_WRITEBACK_PASSWORD`); nothing secret travels in the parameters.
+    `GATEWAY_WRITEBACK_USER`, `GATEWAY_WRITEBACK_PASSWORD`); nothing secret travels in the parameters. Like a
+    legacy worker behind a proxy that stripped `/api`, the paths are the bare ones (`/results`), under the URL.
     """
     import os
 
@@ -64,11 +65,12 @@ def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
 
     run_id = str(flow_run.id)
     auth = (os.environ["GATEWAY_WRITEBACK_USER"], os.environ["GATEWAY_WRITEBACK_PASSWORD"])
-    with httpx.Client(base_url=os.environ["GATEWAY_WRITEBACK_URL"], auth=auth, timeout=30) as client:
+    base_url = os.environ["GATEWAY_WRITEBACK_URL"].rstrip("/") + "/"
+    with httpx.Client(base_url=base_url, auth=auth, timeout=30) as client:
         rows: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
         while not rows and time.monotonic() < deadline:
-            response = client.get("/api/results", params={"test_system_id": run_id})
+            response = client.get("results", params={"test_system_id": run_id})
             response.raise_for_status()
             rows = response.json()
             if not rows:
@@ -76,12 +78,12 @@ def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
         if not rows:
             raise RuntimeError(f"no result row for flow run {run_id}")
         result_id = rows[0]["id"]
-        client.patch(f"/api/results/{result_id}", json={"status": 5}).raise_for_status()
+        client.patch(f"results/{result_id}", json={"status": 5}).raise_for_status()
         summary = {"total": 2, "passed": 1, "failed": 1, "skipped": 0}
         report = {"name": "writeback", "type": "report", "status": "COMPLETED", "result": "FAILED",
                   "summary": summary, "tests": []}  # fmt: skip
         client.patch(
-            f"/api/results/{result_id}", json={"status": 0, "result": 0.5, "result_json": report}
+            f"results/{result_id}", json={"status": 0, "result": 0.5, "result_json": report}
         ).raise_for_status()
     return {"result_id": result_id}
 

@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
     app.include_router(api_router(), prefix="/api")
     if settings.gateway_serve_at_root:
-        app.include_router(api_router())
+        # Legacy routes only, and out of the schema (it documents each route once, under /api).
+        app.include_router(api_router(legacy_only=True), include_in_schema=False)
 
     @app.get("/api/health", include_in_schema=False)
     async def health() -> dict[str, str]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from backends.interface import LegPhase
-from common.legacy import TaskStatus
+from common.legacy import DEFAULT_CONTENT_TYPE, TaskStatus
 from gateway.legs.states import DispatchState, LegRole
-from gateway.schemas import ResultGet, ResultList, TaskInfo, TaskResult, TestRunResponse
-from gateway.store.models import Leg, Result
+from gateway.schemas import LegacyUserGet, ResultGet, ResultList, TaskInfo, TaskResult, TestRunResponse
+from gateway.store.accounts import Principal
+from gateway.store.models import Leg, Result, User
 
 _COMMON = (
     "id",
@@ -27,7 +28,10 @@ _META = ("course_content_type_id", "created_at", "updated_at", "created_by", "up
 
 
 def _fields(row: Result, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in names}
+    fields = {name: getattr(row, name) for name in names}
+    if "course_content_type_id" in fields and not fields["course_content_type_id"]:
+        fields["course_content_type_id"] = DEFAULT_CONTENT_TYPE  # a row from before the catalog carried it
+    return fields
 
 
 def test_run_response(row: Result, submission_run_id: str | None = None) -> TestRunResponse:
@@ -86,4 +90,15 @@ def task_result(leg: Leg, row: Result | None) -> TaskResult:
         started_at=leg.started_at,
         finished_at=leg.finished_at,
         progress=leg.progress,
+    )
+
+
+def user_get(principal: Principal, user: User | None) -> LegacyUserGet:
+    """`properties.role` tells a client which gateway role the login has (the legacy model keeps extras there)."""
+    return LegacyUserGet(
+        id=principal.user_id,
+        username=principal.username,
+        properties={"role": principal.role},
+        created_at=user.created_at if user else None,
+        updated_at=user.updated_at if user else None,
     )

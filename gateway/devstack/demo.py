@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.examples import ExampleRepos, materialize_example
+from common.legacy import DEFAULT_CONTENT_TYPE
 from common.settings import Settings
 
 STUDENT = "demo-student"
@@ -103,6 +104,7 @@ def demo_catalog(repos: ExampleRepos, creds: DemoCredentials) -> dict[str, Any]:
                 "path": content.path,
                 "directory": repos.path,
                 "execution_backend": content.backend_slug,
+                "course_content_type_id": DEFAULT_CONTENT_TYPE,  # the legacy result models require one
                 "reference_url": repos.reference_url,
                 "reference_commit": repos.reference_commit,
             }

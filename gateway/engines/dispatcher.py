@@ -45,6 +45,9 @@ class SendOutcome:
     engine_run_id: str | None = None
     error: str | None = None
     deployment: str | None = None
+    # RETRY for a reason that is not an outage (the adapter raised something unexpected for this job): counted
+    # on the leg, which is rejected after a bounded number of them instead of being retried for ever.
+    fault: bool = False
 
 
 # Sends are short and mostly network waits; a few threads overlap them without piling up GIL contention.
@@ -84,9 +87,9 @@ class Dispatcher:
             return SendOutcome(SendStatus.REJECTED, error=redact_text(str(exc)))
         except EngineUnavailable as exc:
             return SendOutcome(SendStatus.RETRY, error=redact_text(str(exc)) or type(exc).__name__)
-        except Exception as exc:  # noqa: BLE001 - an unexpected adapter error must not lose the job: retry later
+        except Exception as exc:  # noqa: BLE001 - an unexpected adapter error: retry a bounded number of times
             log.warning("dispatch of leg %s failed: %s", leg_id, redact_text(repr(exc)))
-            return SendOutcome(SendStatus.RETRY, error=redact_text(f"{type(exc).__name__}: {exc}"))
+            return SendOutcome(SendStatus.RETRY, error=redact_text(f"{type(exc).__name__}: {exc}"), fault=True)
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
     async def send(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:

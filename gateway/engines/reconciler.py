@@ -10,7 +10,9 @@ past its deadline is closed as timed out and no longer waited on. Every transiti
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 its legs with `FOR UPDATE SKIP LOCKED` and holds the locks while it talks to the engine, so no leg is processed
 twice. SQLite has no row locks; there one in-process lock keeps a single writer, which is what the embedded
-default needs.
+default needs. Whoever else reads a leg and writes it back (a cancel, a worker's write-back) takes the same lock
+through `exclusive()`: a refresh holds its rows across the engine call, so without it the refresh could commit
+what it read before a cancel over the cancel's write (a row left CANCELLING for ever, issue 16).
 """
 
 from __future__ import annotations
@@ -103,6 +105,17 @@ class Reconciler:
         async with self._local_lock:
             yield True
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """A read-modify-write of legs and rows outside the reconciler, serialised with ticks and refreshes.
+
+        On SQLite it waits for the in-process writer lock, so no refresh holds stale copies of the rows meanwhile;
+        on PostgreSQL it is a no-op: the caller locks the leg row (`FOR UPDATE`), which the reconciler's
+        `SKIP LOCKED` claims respect.
+        """
+        async with self._writer():
+            yield
+
     @staticmethod
     async def _rows_for(session: AsyncSession, legs: Sequence[Leg]) -> dict[str, Result]:
         ids = {leg.result_id for leg in legs if leg.result_id}
@@ -142,7 +155,7 @@ class Reconciler:
         """The first leg probes the engine; only if it got through are the others sent, all at once."""
         first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id, _ran_before(legs[0]))
         self._apply_send(legs[0], first, rows, report)
-        if first.status == SendStatus.RETRY or len(legs) == 1:
+        if (first.status == SendStatus.RETRY and not first.fault) or len(legs) == 1:
             return  # one failed attempt per engine per tick is enough to know it is still down
         rest = legs[1:]
         outcomes = await self.dispatcher.send_many(engine, [(leg.id, leg.spec, _ran_before(leg)) for leg in rest])
@@ -154,6 +167,12 @@ class Reconciler:
         if outcome.status == SendStatus.SENT:
             machine.mark_sent(leg, outcome.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             report.dispatched += 1
+        elif outcome.status == SendStatus.RETRY and outcome.fault:
+            # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
+            if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
+                report.finished += 1
+            else:
+                report.deferred += 1
         elif outcome.status == SendStatus.RETRY or (
             outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE
         ):

@@ -2,18 +2,25 @@
 
 Today: submission processing after a completed primary leg of a `submit=true` row, whoever closed the leg
 (the reconciler, a status read, or a legacy write-back). Comparisons of shadow legs register here next.
+
+One rule starts submission processing, on two paths: the leg's end (`submission_leg`, the finish hook) and a
+client asking `submit=true` again for a run that already completed (`request_submission`, the platform's "test,
+then submit the same commit"). Both build the leg with `submission_leg`, and at most one exists per row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy import select
+
 from backends.interface import TaskKind
 from common.legacy import ResultStatus
 from gateway.engines.routing import task_name_of
 from gateway.legs.machine import FinishedLeg, FinishHooks, new_leg
 from gateway.legs.states import LegRole
-from gateway.store.models import Base, Leg, Result, new_id
+from gateway.runtime import GatewayState
+from gateway.store.models import Base, Leg, Result, new_id, utcnow
 
 
 def submission_leg(finished: FinishedLeg) -> Iterable[Base]:
@@ -62,6 +69,35 @@ def _wants_submission(leg: Leg, row: Result | None) -> bool:
         and bool(row.submit)
         and row.status == int(ResultStatus.COMPLETED)
     )
+
+
+async def request_submission(state: GatewayState, row_id: str) -> str | None:
+    """`submit=true` asked of an existing run: mark the row submitted and, once it completed, start submission.
+
+    Under the row's lock, so a leg finishing at the same moment and this request agree: whichever commits second
+    sees the other's write (a finish that saw `submit=false` is followed by this request seeing COMPLETED, and a
+    request that flipped `submit` first is seen by the finish hook). Returns the submission leg's id (an existing
+    one if the row already has it: the request is idempotent), or None while the run is still in flight.
+    """
+    async with state.sessions() as session, session.begin():
+        row = await session.get(Result, row_id, with_for_update=state.is_postgres)
+        if row is None:
+            return None
+        now = utcnow()
+        if not row.submit:
+            row.submit = True
+            row.updated_at = now
+        existing = await session.scalar(
+            select(Leg.id).where(Leg.result_id == row.id, Leg.role == LegRole.SUBMISSION).limit(1)
+        )
+        if existing is not None or row.status != int(ResultStatus.COMPLETED) or not row.test_system_id:
+            return existing
+        primary = await session.get(Leg, row.test_system_id)
+        if primary is None:
+            return None
+        legs = list(submission_leg(FinishedLeg(primary, row, now)))
+        session.add_all(legs)
+        return legs[0].id if legs else None
 
 
 def install(hooks: FinishHooks) -> None:

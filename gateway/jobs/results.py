@@ -20,6 +20,7 @@ from gateway.legs.states import DispatchState
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.runs import find_leg
 
 RESULT_NOT_FOUND = "Result not found"
 RUN_NOT_FOUND = "Test run not found"
@@ -47,19 +48,31 @@ async def refreshed(state: GatewayState, row: Result) -> Result:
 
 async def write_back(state: GatewayState, principal: Principal, result_id: str, changes: dict[str, Any]) -> Result:
     """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status."""
-    async with state.sessions() as session, session.begin():
-        row = await session.get(Result, result_id, with_for_update=state.is_postgres)
+    # The same discipline as a cancel: serialised with refreshes on SQLite; on PostgreSQL the leg is locked first
+    # (the reconciler's lock order), so a refresh cannot write a stale status over this one.
+    async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
+        row = await session.get(Result, result_id)
         if row is None:
             raise NotFound(RESULT_NOT_FOUND)
+        leg = (
+            await session.get(Leg, row.test_system_id, with_for_update=state.is_postgres)
+            if row.test_system_id
+            else None
+        )
+        if state.is_postgres:
+            row = await session.get(Result, result_id, with_for_update=True, populate_existing=True) or row
         for name in WRITABLE:
             if name in changes:
                 setattr(row, name, changes[name])
+        if changes.get("submit") is not None:
+            # Only records what the worker did (its merge request): a submission it made itself is not
+            # started again by the gateway.
+            row.submit = bool(changes["submit"])
         status = changes.get("status")
         if status is not None:
             row.status = int(status)
         row.updated_by = principal.user_id
         row.updated_at = utcnow()
-        leg = await session.get(Leg, row.test_system_id) if row.test_system_id else None
         if leg is not None and status is not None:
             machine.apply_write_back(leg, row, int(status), utcnow())
     return row
@@ -68,17 +81,19 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:
     """The legacy `{"status": NAME}` of a run by its test system id (admins also see row-less legs)."""
     async with state.sessions() as session:
+        leg = await find_leg(session, test_system_id)  # the gateway's id or the engine's run id
+        if leg is not None:
+            test_system_id = leg.id
         row = (
             await session.execute(select(Result).where(Result.test_system_id == test_system_id))
         ).scalar_one_or_none()
-        leg = await session.get(Leg, test_system_id)
     if row is None:
         if leg is None or not principal.is_admin:
             raise NotFound(RUN_NOT_FOUND)
         if not leg.finished:
             await state.reconciler.refresh(leg.id)
             async with state.sessions() as session:
-                leg = await session.get(Leg, test_system_id) or leg
+                leg = await session.get(Leg, leg.id) or leg
         return {"status": LegPhase(leg.phase).result_status().name}
     if not principal.may_see_member(row.course_member_id):
         raise NotFound(RUN_NOT_FOUND)

@@ -23,6 +23,7 @@ from common.redact import strip_credentials
 from gateway.engines.dispatcher import SendStatus
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
+from gateway.jobs.follow_ups import request_submission
 from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
@@ -282,18 +283,19 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if content.max_submissions is not None:
         count, existing = await _count_and_existing(state, member_id, content.id, commit)
         looked = True
-        if count >= content.max_submissions:
+        # Asking again for a run that already counts is idempotent, not one submission too many.
+        if count >= content.max_submissions and not _counted_already(existing):
             raise BadJobRequest("Reached max submissions for this course_content")
     for _attempt in range(3):
         if existing is not None and ResultStatus(existing.status) in KEEP:
-            return existing, False
+            return await _kept(state, existing, body), False
         try:
             run = _new_run(principal, body, content, member, backend)
         except JobError:
             if not looked:  # the contract checks for an existing run before the backend and the repository
                 looked, existing = True, await _existing(state, member_id, content.id, commit)
                 if existing is not None and ResultStatus(existing.status) in KEEP:
-                    return existing, False
+                    return await _kept(state, existing, body), False
             raise
         if existing is None:
             if await insert_run(state.engine, run.row, run.leg):
@@ -309,6 +311,19 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row.id)
         return row, True
     raise Conflict("Conflicts with an existing record")
+
+
+def _counted_already(existing: Result | None) -> bool:
+    return existing is not None and bool(existing.submit) and ResultStatus(existing.status) in KEEP
+
+
+async def _kept(state: GatewayState, existing: Result, body: TestCreate) -> Result:
+    """The same run answered again; `submit=true` on it marks it submitted and, once completed, submits it."""
+    if not body.submit:
+        return existing
+    await request_submission(state, existing.id)
+    async with state.sessions() as session:
+        return await session.get(Result, existing.id) or existing
 
 
 async def _rerun(state: GatewayState, existing: Result, run: _Run) -> Result | None:
@@ -355,7 +370,7 @@ async def dispatch_after_commit(
         return
     async with state.sessions() as session, session.begin():
         if outcome.status == SendStatus.RETRY:
-            await record_retry(session, leg_id, outcome.error, now)
+            await record_retry(session, leg_id, outcome.error, now, fault=outcome.fault)
             return
         # Rejected by configuration: the client gets an error, so no run may remain behind it.
         if row_id is not None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, cast
 
+from pydantic import ValidationError
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from backends.interface import TaskKind
+from common.legacy import TestJob
 from common.redact import find_secret_key, redact_text, scrub
 from gateway.engines.routing import task_kind, task_name_of
 from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
@@ -19,8 +23,37 @@ from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.models import Leg, Result, new_id, utcnow
+from gateway.store.runs import find_leg
 
 TASK_NOT_FOUND = "Task not found"
+
+
+# The parameter each task kind needs, and the legacy model that must validate under it.
+REQUIRED_PARAMETER = {TaskKind.STUDENT_TESTING: "test_job", TaskKind.SUBMISSION_PROCESSING: "submission"}
+
+
+def _problems(error: ValidationError, prefix: str) -> str:
+    return "; ".join(f"{prefix}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5])
+
+
+def validate_parameters(task_name: str, kind: TaskKind, parameters: dict[str, Any]) -> None:
+    """Refuse, before anything is queued, a parameter set its task cannot run (a 400 that says what is missing).
+
+    `student_testing` needs `test_job` (a `TestJob`); `submission_processing` needs `submission` holding the
+    tested `test_job`. Without this a job was accepted and then failed to dispatch on every try.
+    """
+    name = REQUIRED_PARAMETER[kind]
+    value = parameters.get(name)
+    if not isinstance(value, dict):
+        raise BadJobRequest(f"{task_name} needs the parameter '{name}' (an object); got {sorted(parameters) or 'none'}")
+    test_job = value if kind == TaskKind.STUDENT_TESTING else value.get("test_job")
+    where = name if kind == TaskKind.STUDENT_TESTING else f"{name}.test_job"
+    if not isinstance(test_job, dict):
+        raise BadJobRequest(f"{task_name} needs the parameter '{where}' (an object)")
+    try:
+        TestJob.model_validate(test_job)
+    except ValidationError as exc:
+        raise BadJobRequest(f"Invalid parameters for {task_name}: {_problems(exc, where)}") from None
 
 
 async def submit_task(
@@ -33,6 +66,7 @@ async def submit_task(
     secret = find_secret_key(parameters)
     if secret is not None:
         raise BadJobRequest(f"Job parameters must not carry a secret ({secret}); name a credential instead")
+    validate_parameters(task_name, kind, parameters)
     parameters = cast(dict[str, Any], scrub(parameters))  # URLs lose their credentials before they are stored
     engine = state.settings.gateway_tasks_engine
     now = utcnow()
@@ -56,11 +90,31 @@ async def submit_task(
     return str(values["id"])
 
 
-async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Leg, Result | None]:
-    if refresh:
-        await state.reconciler.refresh(task_id)
+async def list_tasks(state: GatewayState, limit: int, offset: int) -> tuple[list[Leg], int]:
+    """A page of legs (every role: test runs, submissions, bare tasks), newest first, and how many there are."""
     async with state.sessions() as session:
-        leg = await session.get(Leg, task_id)
+        total = int(await session.scalar(select(func.count(Leg.id))) or 0)
+        stmt = select(Leg).order_by(Leg.created_at.desc(), Leg.id.desc()).offset(offset).limit(limit)
+        legs = list((await session.execute(stmt)).scalars())
+    return legs, total
+
+
+async def leg_id_of(state: GatewayState, run_id: str) -> str:
+    """The gateway's leg id for either run id (the leg id itself, or the engine's run id); 404 when neither."""
+    async with state.sessions() as session:
+        leg = await find_leg(session, run_id)
+    if leg is None:
+        raise NotFound(TASK_NOT_FOUND)
+    return leg.id
+
+
+async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Leg, Result | None]:
+    """The leg (and its row) by either run id, refreshed from its engine first when asked."""
+    leg_id = await leg_id_of(state, task_id)
+    if refresh:
+        await state.reconciler.refresh(leg_id)
+    async with state.sessions() as session:
+        leg = await session.get(Leg, leg_id)
         if leg is None:
             raise NotFound(TASK_NOT_FOUND)
         row = await session.get(Result, leg.result_id) if leg.result_id else None
@@ -70,16 +124,19 @@ async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Le
 async def cancel_task(state: GatewayState, task_id: str) -> None:
     """Cancel at the engine (if it was sent), then close the leg and its row; an unreachable engine is a 503."""
     async with state.sessions() as session:
-        leg = await session.get(Leg, task_id)
+        leg = await find_leg(session, task_id)
     if leg is None:
         raise NotFound(TASK_NOT_FOUND)
+    task_id = leg.id
     if not leg.finished and leg.dispatch_state == DispatchState.SENT:
         adapter = state.dispatcher.adapter(leg.engine)
         try:
             await run_in_threadpool(adapter.cancel, leg.id)
         except Exception as exc:  # noqa: BLE001 - engine unreachable: the cancel cannot be confirmed
             raise EngineUnreachable(redact_text(f"Engine unavailable, task not cancelled: {exc}")) from None
-    async with state.sessions() as session, session.begin():
+    # Serialised with the reconciler's refreshes: on SQLite a status read polling the engine meanwhile would
+    # otherwise write back the CANCELLING it saw over this transaction's CANCELLED.
+    async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
         leg = await session.get(Leg, task_id, with_for_update=state.is_postgres)
         if leg is None or leg.finished:
             return

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import object_session
 
 from backends.interface import LegPhase, LegResult, LegState
+from common.failures import Failure, InfraMessage, describe_failure
 from common.legacy import ResultStatus
 from common.scoring import score
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
@@ -37,7 +38,7 @@ from gateway.store.models import Base, Leg, Result
 from gateway.store.runs import autocommit
 
 FINAL_ROW = {ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED}
-DEADLINE_MESSAGE = "The test run did not finish before its deadline."
+DEADLINE_MESSAGE = InfraMessage.DEADLINE_EXCEEDED.value
 LEGS: Table = Leg.__table__  # type: ignore[assignment]
 
 
@@ -71,8 +72,13 @@ def status_to_phase(status: int) -> LegPhase | None:
         return None
 
 
-def infra_error_json(engine: str, error_type: str | None, message: str | None) -> dict[str, Any]:
-    return {f"{engine}_exception": error_type or "InfrastructureError", "message": message or "The test run failed."}
+def failure_of(leg: Leg, result: LegResult | None, outcome: LegOutcome | None) -> Failure:
+    """The engine-independent failure of a leg that ended badly (see `common.failures`)."""
+    error_type = result.error_type if result else None
+    if outcome == LegOutcome.TIMED_OUT:
+        error_type = "DeadlineExceeded"
+    default = InfraMessage.ENGINE_REFUSED if outcome == LegOutcome.REJECTED else InfraMessage.FAILED
+    return describe_failure(error_type, leg.error, default)
 
 
 # -------------------------------------------------------------------------------------------- follow-ups
@@ -145,6 +151,7 @@ def new_leg(
         "dispatch_state": DispatchState.PENDING.value,
         "dispatch_attempts": 0,
         "infra_retries": 0,
+        "dispatch_faults": 0,
         "next_attempt_at": due_at,
         "created_at": now,
         "updated_at": now,
@@ -200,13 +207,16 @@ def retry_later(leg: Leg, error: str | None, now: datetime) -> None:
     leg.next_attempt_at = next_attempt(now, leg.dispatch_attempts)
 
 
-async def record_retry(session: AsyncSession, leg_id: str, error: str | None, now: datetime) -> None:
-    """`retry_later` for a leg the caller has not loaded (its first attempt, on the submit path)."""
+async def record_retry(
+    session: AsyncSession, leg_id: str, error: str | None, now: datetime, *, fault: bool = False
+) -> None:
+    """`retry_later` (or a first `retry_fault`) for a leg the caller has not loaded (the submit path's first try)."""
     await session.execute(
         update(Leg)
         .where(Leg.id == leg_id, Leg.dispatch_state == DispatchState.PENDING.value)
         .values(
             dispatch_attempts=Leg.dispatch_attempts + 1,
+            dispatch_faults=Leg.dispatch_faults + (1 if fault else 0),
             last_error=error,
             next_attempt_at=next_attempt(now, 1),
             updated_at=now,
@@ -239,6 +249,22 @@ def retry_infra(leg: Leg, row: Result | None, now: datetime, reason: str | None)
     leg.last_error = f"attempt {leg.infra_retries} failed in the infrastructure, running it again: {reason or ''}"
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
         row.status = int(ResultStatus.SCHEDULED)
+
+
+# Sends that fail for a reason that is not an outage (a job its engine cannot take: a malformed parameter set,
+# an adapter bug) are retried this many times in all, with the usual backoff, then the leg is rejected.
+DISPATCH_FAULT_LIMIT = 5
+
+
+def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime) -> bool:
+    """A send failed for a reason that is not an outage: retry later, or reject at the bound; True if rejected."""
+    leg.dispatch_faults = (leg.dispatch_faults or 0) + 1
+    if leg.dispatch_faults >= DISPATCH_FAULT_LIMIT:
+        leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
+        reject(leg, row, now, f"Dispatch failed {leg.dispatch_faults} times, giving up: {error}")
+        return True
+    retry_later(leg, error, now)
+    return False
 
 
 # ------------------------------------------------------------------------------------------ state applied
@@ -282,10 +308,16 @@ def finish(
     leg.error = error or (result.error if result else None)
     report = result.report if result else None
     leg.payload = report
+    failure = None
+    if phase in (LegPhase.FAILED, LegPhase.CRASHED):
+        # One vocabulary whatever the engine: the stable message on the leg, the engine's text under `details`.
+        failure = failure_of(leg, result, outcome)
+        leg.error = failure.message.value
+        leg.payload = failure.as_result_json(leg.engine)
     if leg.progress is not None and phase == LegPhase.SUCCEEDED:
         leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
-        _write_row(leg, row, phase, result, outcome, report)
+        _write_row(leg, row, phase, result, report, failure)
     on_finish.run(FinishedLeg(leg, row, now))
 
 
@@ -294,23 +326,20 @@ def _write_row(
     row: Result,
     phase: LegPhase,
     result: LegResult | None,
-    outcome: LegOutcome | None,
     report: dict[str, Any] | None,
+    failure: Failure | None,
 ) -> None:
     if phase == LegPhase.SUCCEEDED:
         row.status = int(ResultStatus.COMPLETED)
         if report is not None:
-            row.result = score(report)
+            row.result = result.score if result is not None and result.score is not None else score(report)
             row.result_json = report
     elif phase == LegPhase.CANCELLED:
         row.status = int(ResultStatus.CANCELLED)
     else:
-        error_type = result.error_type if result else None
-        if outcome == LegOutcome.TIMED_OUT:
-            error_type = "DeadlineExceeded"
         row.status = int(ResultStatus.FAILED)
         row.result = 0.0
-        row.result_json = infra_error_json(leg.engine, error_type, leg.error)
+        row.result_json = (failure or failure_of(leg, None, None)).as_result_json(leg.engine)
 
 
 def finish_observed(leg: Leg, row: Result | None, state: LegState, result: LegResult, now: datetime) -> None:

@@ -193,6 +193,8 @@ class Leg(Base):
     # The outbox: pending until the engine accepted it; retried with backoff at next_attempt_at.
     dispatch_state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
     dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Sends that failed for a reason that is not an outage; the leg is rejected once they reach a bound.
+    dispatch_faults: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -94,7 +94,7 @@ def test_when_the_budget_is_spent_the_row_shows_the_infrastructure_error(memory_
         assert engine.calls["rerun"] == budget and leg.infra_retries == budget
         assert leg.finished and leg.outcome == LegOutcome.CRASHED
         assert stored.status == int(ResultStatus.FAILED)
-        assert stored.result_json is not None and stored.result_json["message"] == f"crash {budget}"
+        assert stored.result_json is not None and stored.result_json["details"] == f"crash {budget}"
 
     memory_gateway.run(test)
 

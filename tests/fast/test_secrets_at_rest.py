@@ -94,11 +94,10 @@ def test_submits_store_and_send_no_credentials(memory_gateway: MemoryGateway) ->
         for secret in ({"Token": "x"}, {"access_token": "x"}, {"test_job": {"module": {"password": "x"}}}):
             with pytest.raises(BadJobRequest, match="secret"):
                 await submit_task(state, "ctutor_backend.tasks.student_testing", {"test_job": {}, **secret}, None, 0)
-        leg_id = await submit_task(
-            state, "ctutor_backend.tasks.submission_processing", {"submission": {"url": "https://u:pw@h/x"}}, None, 0
-        )
+        job = {"test_job": {"module": {"url": "https://u:pw@h/x.git", "commit": "c1", "path": "p"}}}
+        leg_id = await submit_task(state, "ctutor_backend.tasks.student_testing", job, None, 0)
         async with state.sessions() as session:
             leg = await session.get(Leg, leg_id)
-        assert leg is not None and leg.spec["params"] == {"submission": {"url": "https://h/x"}}
+        assert leg is not None and leg.spec["params"]["test_job"]["module"]["url"] == "https://h/x.git"
 
     memory_gateway.run(test)

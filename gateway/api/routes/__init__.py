@@ -1,14 +1,22 @@
-"""All routes of the legacy contract plus the admin catalog, as one router mounted at /api (and maybe /)."""
+"""The routes: the legacy contract's (mounted at /api and, by default, at the root) and the gateway's own.
+
+A legacy worker's API URL often has no `/api` (a proxy stripped it), so the legacy routes are also served at
+the root. The gateway's own routes (the admin catalog, health) live only under `/api`, so nothing the gateway
+adds can collide with a path of the legacy platform at the root.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.api.routes import admin, backends, results, tasks, tests
+from gateway.api.routes import admin, backends, results, tasks, tests, user
+
+LEGACY = (tests, results, tasks, backends, user)
 
 
-def api_router() -> APIRouter:
+def api_router(*, legacy_only: bool = False) -> APIRouter:
+    """Every route (for /api), or only those of the legacy contract (for the root)."""
     router = APIRouter()
-    for module in (tests, results, tasks, backends, admin):
+    for module in LEGACY if legacy_only else (*LEGACY, admin):
         router.include_router(module.router)
     return router

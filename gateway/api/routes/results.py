@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import aliased
 
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
@@ -16,6 +17,8 @@ from gateway.schemas import ResultGet, ResultList, ResultUpdate
 from gateway.store.models import Leg, Result
 
 router = APIRouter()
+# The most rows one list answer holds; a larger `limit` is capped to it.
+LIST_CAP = 1000
 
 
 @router.get("/results", response_model=list[ResultList])
@@ -24,7 +27,7 @@ async def list_results(
     principal: Login,
     response: Response,
     skip: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1)] = 100,
     id: str | None = None,
     submit: bool | None = None,
     course_member_id: str | None = None,
@@ -33,8 +36,13 @@ async def list_results(
     test_system_id: str | None = None,
     version_identifier: str | None = None,
     status: int | None = None,
+    latest: bool | None = None,
 ) -> list[ResultList]:
+    """Newest first (`created_at` descending), as the legacy list; `latest=true` keeps each member's newest row
+    per course content; a `limit` above `LIST_CAP` is answered with `LIST_CAP` rows (legacy clients send large
+    limits to mean "all"; a 422 would break them)."""
     require(principal, "admin", "worker", "student")
+    limit = min(limit, LIST_CAP)
     conditions = []
     for column, value in (
         (Result.id, id),
@@ -51,6 +59,18 @@ async def list_results(
         # The run id a flow knows is its engine's (a Prefect flow run id), not the gateway's leg id: match both.
         by_engine = select(Leg.id).where(Leg.engine_run_id == test_system_id, Leg.role == LegRole.PRIMARY)
         conditions.append(or_(Result.test_system_id == test_system_id, Result.test_system_id.in_(by_engine)))
+    if latest:
+        newer = aliased(Result)
+        conditions.append(
+            ~exists().where(
+                newer.course_member_id == Result.course_member_id,
+                newer.course_content_id == Result.course_content_id,
+                or_(
+                    newer.created_at > Result.created_at,
+                    and_(newer.created_at == Result.created_at, newer.id > Result.id),
+                ),
+            )
+        )
     if principal.role == "student":
         conditions.append(Result.course_member_id.in_(sorted(principal.course_member_ids)))
     async with state.sessions() as session:
@@ -58,7 +78,11 @@ async def list_results(
         rows = (
             (
                 await session.execute(
-                    select(Result).where(*conditions).order_by(Result.created_at, Result.id).offset(skip).limit(limit)
+                    select(Result)
+                    .where(*conditions)
+                    .order_by(Result.created_at.desc(), Result.id.desc())
+                    .offset(skip)
+                    .limit(limit)
                 )
             )
             .scalars()

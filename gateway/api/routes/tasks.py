@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -12,12 +12,14 @@ from common.redact import redact_text
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
 from gateway.api.views import task_info, task_result
-from gateway.engines.routing import TASK_NAMES
+from gateway.engines.routing import TASK_TYPES
 from gateway.jobs import tasks
-from gateway.schemas import TaskInfo, TaskResult, TaskSubmission, TaskSubmitResponse
+from gateway.schemas import TaskInfo, TaskList, TaskResult, TaskSubmission, TaskSubmitResponse
 from gateway.store.models import ExecutionBackend
 
 router = APIRouter(prefix="/tasks")
+# The most tasks one list answer holds; a larger `limit` is capped to it.
+TASK_LIST_CAP = 1000
 
 
 @router.post("/submit", response_model=TaskSubmitResponse)
@@ -29,8 +31,9 @@ async def submit_task(body: TaskSubmission, state: State, principal: Login) -> T
 
 @router.get("/types", response_model=list[str])
 async def task_types(principal: Login) -> list[str]:
+    """The registry's short names, as the platform listed them; submit accepts these and the full Celery names."""
     require(principal, "admin")
-    return sorted(TASK_NAMES)
+    return TASK_TYPES
 
 
 @router.get("/workers/status")
@@ -87,5 +90,32 @@ async def task_result_view(task_id: str, state: State, principal: Login) -> Task
 @router.delete("/{task_id}/cancel")
 async def cancel_task(task_id: str, state: State, principal: Login) -> dict[str, str]:
     require(principal, "admin")
-    await tasks.cancel_task(state, task_id)
+    await tasks.cancel_task(state, task_id)  # either run id: the answer names the id the client gave
     return {"task_id": task_id, "status": "cancelled", "message": "Task cancelled"}
+
+
+@router.get("", response_model=TaskList)
+async def list_tasks(
+    state: State,
+    principal: Login,
+    response: Response,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> TaskList:
+    """The Celery era's task list, newest first, over both engines (a test run is a task too)."""
+    require(principal, "admin")
+    legs, total = await tasks.list_tasks(state, min(limit, TASK_LIST_CAP), offset)
+    response.headers["X-Total-Count"] = str(total)
+    return TaskList(tasks=[task_info(leg) for leg in legs], total=total, limit=min(limit, TASK_LIST_CAP), offset=offset)
+
+
+@router.get("/{task_id}", response_model=TaskInfo)
+async def get_task(task_id: str, state: State, principal: Login) -> TaskInfo:
+    """The same answer as `/{task_id}/status` (the Celery-era front end reads it here)."""
+    return await task_status(task_id, state, principal)
+
+
+@router.delete("/{task_id}")
+async def delete_task(task_id: str, state: State, principal: Login) -> dict[str, str]:
+    """The same as `/{task_id}/cancel`: the task's record stays (it is the run's history), the run stops."""
+    return await cancel_task(task_id, state, principal)

@@ -1,7 +1,7 @@
 """leg.infra_retries: how many times a leg was run again after an infrastructure failure (crash, dead worker).
 
-Revision ID: 0003_leg_infra_retries
-Revises: 0002
+Revision ID: 0004_leg_infra_retries
+Revises: 0003_legacy_fidelity
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_leg_infra_retries"
-down_revision = "0002"
+revision = "0004_leg_infra_retries"
+down_revision = "0003_legacy_fidelity"
 branch_labels = None
 depends_on = None
 
