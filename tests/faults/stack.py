@@ -33,6 +33,7 @@ ADMIN = ("admin", PASSWORD)
 ALICE = ("alice", PASSWORD)
 SLOW = ("slow", PASSWORD)
 DIRECTORY = "c/ex1"
+PREFECT_DIRECTORY = "p/ex1"  # the same assignment on the Prefect backend (deployment test-assignment/system)
 FINAL = {0, 1, 2, 6}
 SLOW_CALC = """import time
 
@@ -97,7 +98,7 @@ class FaultStack:
     env: dict[str, str]
     data: Path
     log_dir: Path
-    pg: PgCluster
+    pg: PgCluster | None
     commits: list[str]  # of the passing student: each one a new job
     slow_commit: str
     workers: list[WorkerProcess] = field(default_factory=list)
@@ -172,18 +173,23 @@ class Tally:
 
 
 def _catalog(reference: tuple[str, list[str]], passing: str, slow: str) -> dict[str, Any]:
+    contents = [
+        {
+            "id": f"cc-{backend}",
+            "path": directory.replace("/", "."),
+            "directory": directory,
+            "execution_backend": f"{backend}-main",
+            "reference_url": reference[0],
+            "reference_commit": reference[1][-1],
+        }
+        for backend, directory in (("celery", DIRECTORY), ("prefect", PREFECT_DIRECTORY))
+    ]
     return {
-        "execution_backends": [{"slug": "celery-main", "type": "celery", "properties": {}}],
-        "course_contents": [
-            {
-                "id": "cc-celery",
-                "path": DIRECTORY.replace("/", "."),
-                "directory": DIRECTORY,
-                "execution_backend": "celery-main",
-                "reference_url": reference[0],
-                "reference_commit": reference[1][-1],
-            }
+        "execution_backends": [
+            {"slug": "celery-main", "type": "celery", "properties": {}},
+            {"slug": "prefect-main", "type": "prefect", "properties": {"deployment": "test-assignment/system"}},
         ],
+        "course_contents": contents,
         "course_members": [
             {"id": "m-alice", "user_id": "u-alice", "repository_url": passing},
             {"id": "m-slow", "user_id": "u-slow", "repository_url": slow},
@@ -197,16 +203,27 @@ def _catalog(reference: tuple[str, list[str]], passing: str, slow: str) -> dict[
 
 
 @contextlib.contextmanager
-def fault_stack(tmp: Path, pg: PgCluster, redis_env: Mapping[str, str], jobs: int) -> Iterator[FaultStack]:
+def fault_stack(
+    tmp: Path,
+    pg: PgCluster | None,
+    service_env: Mapping[str, str],
+    jobs: int,
+    *,
+    celery_worker: bool = True,
+) -> Iterator[FaultStack]:
+    """The API (on `pg`, or the embedded SQLite store without it) and, unless told otherwise, a Celery worker."""
     example = EXAMPLE_DATA / "reference" / "week1" / "ex1"
-    reference = _repo(tmp / "repos" / "reference", {f"{DIRECTORY}/{f.name}": f.read_text() for f in example.iterdir()})
+    dirs = (DIRECTORY, PREFECT_DIRECTORY)
+    reference = _repo(
+        tmp / "repos" / "reference", {f"{d}/{f.name}": f.read_text() for d in dirs for f in example.iterdir()}
+    )
     passing_calc = (EXAMPLE_DATA / "passing" / "week1" / "ex1" / "calc.py").read_text()
-    passing = _repo(tmp / "repos" / "passing", {f"{DIRECTORY}/calc.py": passing_calc}, extra_commits=jobs)
-    slow = _repo(tmp / "repos" / "slow", {f"{DIRECTORY}/calc.py": SLOW_CALC}, extra_commits=4)
+    passing = _repo(tmp / "repos" / "passing", {f"{d}/calc.py": passing_calc for d in dirs}, extra_commits=jobs)
+    slow = _repo(tmp / "repos" / "slow", {f"{d}/calc.py": SLOW_CALC for d in dirs}, extra_commits=4)
     data = tmp / "data"
     env = {
-        **pg.env(),
-        **redis_env,
+        **(pg.env() if pg is not None else {}),
+        **service_env,
         "GATEWAY_RECONCILE_INTERVAL": "0.3",
         # Declared gone after 5 s without a ping answer (the default is 15 s): the bound the suite checks.
         "CELERY_WORKER_LOST_SECONDS": "5",
@@ -217,7 +234,8 @@ def fault_stack(tmp: Path, pg: PgCluster, redis_env: Mapping[str, str], jobs: in
     with running_server(env, data) as server:
         stack = FaultStack(server, env, data, tmp, pg, passing[1], slow[1][-1])
         try:
-            stack.start_worker()
+            if celery_worker:
+                stack.start_worker()
             yield stack
         finally:
             for worker in stack.workers:

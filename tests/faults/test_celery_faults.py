@@ -41,6 +41,8 @@ def store_outlasted_a_bounded_retry(log: str) -> bool:
 def test_postgres_stopped_during_submits_refuses_with_503_and_loses_no_accepted_job(stack: FaultStack) -> None:
     """Jobs in the worker's hands when the database dies still end stored; submits meanwhile get 503 with
     Retry-After, and the client that sends the same job again after the outage gets it accepted once."""
+    assert stack.pg is not None
+    pg = stack.pg
     tally = Tally()
     commits = stack.next_commits(16)
     database_down = threading.Event()
@@ -69,7 +71,7 @@ def test_postgres_stopped_during_submits_refuses_with_503_and_loses_no_accepted_
     try:
         # Stop the database once jobs are accepted and one is running on the worker (its store will fail).
         wait_until(lambda: len(tally.accepted) >= 4 and "running ctutor" in stack.worker_logs(), "jobs in flight")
-        stack.pg.stop("immediate")
+        pg.stop("immediate")
         database_down.set()
         # Down until a submit was refused and a worker store failed more often than a bounded retry allows (the
         # old configuration gave up after 5 and acknowledged the message: the job was lost).
@@ -82,7 +84,7 @@ def test_postgres_stopped_during_submits_refuses_with_503_and_loses_no_accepted_
             )
     finally:
         database_down.set()
-        stack.pg.start()
+        pg.start()
         database_back.set()
         thread.join(timeout=180)
         done.set()
@@ -174,8 +176,11 @@ def test_a_legacy_producer_sending_a_token_leaves_no_secret_in_celery_taskmeta(s
     finally:
         producer.close()
 
+    assert stack.pg is not None
+    port = stack.pg.port
+
     def stored() -> tuple[str, ...] | None:
-        conn = psycopg2.connect(host="127.0.0.1", port=stack.pg.port, user="postgres", dbname="postgres")
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
         try:
             with conn.cursor() as cur:
                 cur.execute(
