@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.redact import redact_text
 from common.settings import Settings, get_settings
+from gateway.api.options import OptionsAllow
 from gateway.api.routes import api_router
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import start_gateway
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     @app.get("/api/health", include_in_schema=False)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    app.add_middleware(OptionsAllow)
 
     @app.exception_handler(JobError)
     async def _job_error(_request: Request, exc: JobError) -> JSONResponse:
