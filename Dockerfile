@@ -1,14 +1,23 @@
-# One image for every gateway process: the API, the Celery worker and beat, the Prefect runner, Flower.
+# One image for every gateway process: the API, the reconciler, the Celery worker and beat, the Prefect runner,
+# Flower. Never built on the development machines (no Docker engine there): see docs/operations.md for what was
+# and was not checked.
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
+# git: checkouts of student and reference repositories. The sandbox drops to the unprivileged `sandbox` user
+# (the worker runs as root in the container only to be able to drop; Linux does not enforce RLIMIT_NPROC for root).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --no-create-home --shell /usr/sbin/nologin sandbox
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
-COPY gateway ./gateway
+COPY common ./common
 COPY backends ./backends
-COPY migrations ./migrations
-COPY alembic.ini ./
-RUN pip install --no-cache-dir -c constraints.txt . \
-    && useradd --system --create-home sandbox
-ENV GATEWAY_DATA_DIR=/data
+COPY gateway ./gateway
+# A non-editable install: the migrations ship inside the package (gateway/store/migrations), no alembic.ini needed.
+RUN pip install --no-cache-dir -c constraints.txt . && rm -rf /app/common /app/backends /app/gateway
+# The setting and the user agree (the default elsewhere is `nobody`).
+ENV GATEWAY_DATA_DIR=/data \
+    SANDBOX_USER=sandbox
+RUN mkdir -p /data
 VOLUME ["/data"]
-CMD ["gateway", "serve"]
+CMD ["gateway", "serve", "--host", "0.0.0.0"]

@@ -156,7 +156,7 @@ class Health:
 
 @runtime_checkable
 class EngineAdapter(Protocol):
-    """submit, poll, result(s), cancel, workers, health, queue_depths, close: all the gateway may ask an engine."""
+    """submit, poll, result(s), cancel, workers, health, queue_depths/ages, close: all the gateway may ask."""
 
     engine: str
 
@@ -189,6 +189,11 @@ class EngineAdapter(Protocol):
     def health(self) -> Health: ...
 
     def queue_depths(self) -> dict[str, int]: ...
+
+    def queue_ages(self) -> dict[str, float]:
+        """Seconds since the oldest waiting message of each non-empty queue was sent, where the engine can tell
+        ({} where it cannot: Prefect's waiting runs are aged from the gateway's own store instead)."""
+        ...
 
     def close(self) -> None:
         """Release connections and pools; the gateway calls it once when it stops."""

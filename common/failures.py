@@ -82,6 +82,7 @@ _BY_TYPE: dict[str, InfraMessage] = {
     "DeadlineExceeded": InfraMessage.DEADLINE_EXCEEDED,
     "WorkerLostError": InfraMessage.WORKER_LOST,
     "ResultUnavailable": InfraMessage.RESULT_UNREADABLE,
+    "UndecodableResult": InfraMessage.RESULT_UNREADABLE,
     "EngineConfigurationError": InfraMessage.ENGINE_REFUSED,
     "DeploymentNotFound": InfraMessage.DEPLOYMENT_MISSING,
 }

@@ -107,6 +107,20 @@ class Settings(BaseSettings):
     # process; the process's own admin writes clear it at once, other processes' writes show after this. 0: off.
     gateway_catalog_cache_seconds: float = 5.0
 
+    # --- operations --------------------------------------------------------------------------------------------
+    # `/metrics` (Prometheus) and the counters behind it; off, the route answers 404 and nothing is recorded.
+    gateway_metrics_enabled: bool = True
+    # What `/metrics` reads from the store and the brokers (backlog, queue depths) is cached this long per process.
+    gateway_metrics_cache_seconds: float = 5.0
+    # Finished legs are deleted this many days after they ended (by the reconciler's process, in batches of
+    # `gateway_retention_batch`); None keeps them for ever. Never applies to the legacy `result` rows.
+    gateway_retention_days: float | None = None
+    gateway_retention_batch: int = 200
+    # Log lines: `json` (one object a line, with leg_id/result_id/engine), `text`, or `auto` (JSON unless on a tty).
+    gateway_log_format: str = "auto"
+    # Flower's basic auth (`user:password`) for `gateway up --flower` and the compose file; None = generated.
+    flower_basic_auth: SecretStr | None = None
+
     # ------------------------------------------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:

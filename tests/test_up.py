@@ -232,6 +232,53 @@ def test_printed_shell_line_runs_as_pasted(gateway_up: UpProcess) -> None:
 
 
 @pytest.mark.slow
+def test_flower_answers_behind_basic_auth(gateway_up: UpProcess) -> None:
+    """The printed Flower URL refuses a request without the printed login and serves the dashboard with it."""
+    found = re.search(r"Flower at (http://\S+) \(login (\S+) / (\S+)\)", gateway_up.output())
+    assert found, gateway_up.output()
+    url, user, password = found.groups()
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, auth=(user, "wrong"), timeout=10).status_code == 401
+    page = httpx.get(url, auth=(user, password), timeout=10)
+    assert page.status_code == 200 and "Flower" in page.text
+    # The secret is in Flower's environment, never on its command line.
+    flower = [p for p in descendants(gateway_up.process.pid) if b"flower" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert flower and all(password.encode() not in Path(f"/proc/{p}/cmdline").read_bytes() for p in flower)
+
+
+@pytest.mark.slow
+def test_metrics_show_the_runs_that_happened_on_both_engines(gateway_up: UpProcess) -> None:
+    """After one run on each engine (the tests above): one accepted send and one success per engine, none open."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{gateway_up.port}/metrics", timeout=10).text
+    seen = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    for engine in ("celery", "prefect"):
+        sends = frozenset({"engine": engine, "outcome": "accepted"}.items())
+        done = frozenset({"engine": engine, "role": "primary", "outcome": "succeeded"}.items())
+        assert seen.get(("gateway_engine_sends_total", sends)) == 1, engine
+        assert seen.get(("gateway_legs_finished_total", done)) == 1, engine
+        assert (
+            seen.get(("gateway_leg_duration_seconds_count", frozenset({"engine": engine, "role": "primary"}.items())))
+            == 1
+        )
+        assert seen.get(("gateway_outbox_backlog", frozenset({"engine": engine}.items()))) == 0
+    assert not [key for key in seen if key[0] == "gateway_legs_in_flight" and seen[key]]
+    # The API's log is not a terminal: JSON lines, and the line about each finished leg names its job.
+    import json
+
+    lines = [json.loads(line) for line in (gateway_up.data_dir / "logs" / "api.log").read_text().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    finished = [line for line in lines if line["message"] == "leg finished: succeeded"]
+    assert {line["engine"] for line in finished} == {"celery", "prefect"}
+    assert all(line["leg_id"] and line["result_id"] and line["role"] == "primary" for line in finished)
+
+
+@pytest.mark.slow
 def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     """Last in the module: Ctrl-C leaves no process behind, however deep (worker pool, flow runs, uvicorn)."""
     process = gateway_up.process
@@ -239,6 +286,7 @@ def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     names = {Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children}
     assert any("prefect server start" in n for n in names) and any("worker start" in n for n in names), names
     assert any(" serve " in n or n.rstrip().endswith(" serve") for n in names), names
+    assert any(" flower " in n for n in names), names
     groups = {os.getpgid(pid) for pid in children if _alive(pid, children[pid])}
     os.kill(process.pid, signal.SIGINT)
     assert process.wait(timeout=90) == 0, gateway_up.output()[-3000:]

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from backends.celery import names
+from backends.celery.queues import SENT_AT_HEADER
 from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
 from backends.interface import Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
 from common.redact import redact_text
@@ -122,7 +123,15 @@ class CeleryAdapter:
     def send(self, task_name: str, kwargs: dict[str, Any], task_id: str, priority: int | None = None) -> str:
         """Any task by name, routed to its queue (also used for the no-op task by health checks and the bench)."""
         queue = names.QUEUE_FOR_TASK.get(task_name, names.DEFAULT)
-        self.app.send_task(task_name, kwargs=kwargs, task_id=task_id, queue=queue, routing_key=queue, priority=priority)
+        self.app.send_task(
+            task_name,
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=queue,
+            routing_key=queue,
+            priority=priority,
+            headers={SENT_AT_HEADER: time.time()},  # the queue's oldest-message age (`queue_ages`)
+        )
         return task_id
 
     # -------------------------------------------------------------------------------------------------- poll
@@ -367,6 +376,17 @@ class CeleryAdapter:
             for queue in names.ALL_QUEUES:
                 depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
         return depths
+
+    def queue_ages(self) -> dict[str, float]:
+        """Seconds since the oldest waiting message of each non-empty queue was sent (Redis and file brokers)."""
+        from backends.celery import queues
+
+        url = self._settings.broker_url()
+        if url.startswith("filesystem://"):
+            return queues.filesystem_oldest_ages(self._settings.broker_folder() / "out")
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            return queues.redis_oldest_ages(url)
+        return {}
 
     def close(self) -> None:
         if self._reader is not None:

@@ -5,11 +5,16 @@ Flower's most common complaint is that Celery has no queue-length metric; this i
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from backends.celery import names
+
+# The header every send carries (`CeleryAdapter.send`): the epoch seconds it was published, for queue ages.
+SENT_AT_HEADER = "gateway_sent_at"
 
 # kombu's Redis transport: `<queue>` holds priority 0, `<queue>\x06\x16<step>` the other priority steps.
 REDIS_PRIORITY_SEP = "\x06\x16"
@@ -54,3 +59,59 @@ def filesystem_depths(folder: Path, queues: Sequence[str] = names.ALL_QUEUES) ->
             if queue in depths:
                 depths[queue] += 1
     return depths
+
+
+def _sent_at(raw: bytes | str | None) -> float | None:
+    """The publish time from a kombu Redis message (a JSON envelope); None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw).get("headers", {}).get(SENT_AT_HEADER)
+        return float(value) if value is not None else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def redis_oldest_ages(url: str, queues: Sequence[str] = names.ALL_QUEUES, timeout: float = 2.0) -> dict[str, float]:
+    """Age of the oldest message per queue: kombu pushes on the left and pops on the right, so the oldest message
+    of each priority list is at index -1 (one pipelined round trip). Queues that are empty, or whose oldest message
+    was sent without the header (by another client), are left out."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for key in redis_queue_keys(queue):
+                pipe.lindex(key, -1)
+        tails = pipe.execute()
+    finally:
+        client.close()
+    now = time.time()
+    ages: dict[str, float] = {}
+    per_queue = len(REDIS_PRIORITY_STEPS)
+    for index, queue in enumerate(queues):
+        sent = [t for raw in tails[index * per_queue : (index + 1) * per_queue] if (t := _sent_at(raw)) is not None]
+        if sent:
+            ages[queue] = max(0.0, now - min(sent))
+    return ages
+
+
+def filesystem_oldest_ages(folder: Path, queues: Sequence[str] = names.ALL_QUEUES) -> dict[str, float]:
+    """The file broker writes one file per message: the oldest file's modification time per queue (the names'
+    numbers are a monotonic clock of the sending process, not a time of day)."""
+    oldest: dict[str, float] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return {}
+    for entry in entries:
+        queue = entry.name.partition(".")[2].removesuffix(".msg")
+        if queue in queues:
+            try:
+                mtime = entry.stat().st_mtime
+            except FileNotFoundError:  # consumed meanwhile
+                continue
+            oldest[queue] = min(oldest.get(queue, mtime), mtime)
+    now = time.time()
+    return {queue: max(0.0, now - mtime) for queue, mtime in oldest.items()}

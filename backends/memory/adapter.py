@@ -196,5 +196,9 @@ class MemoryAdapter:
         self._call("queue_depths")
         return {"default": sum(1 for run in self.backend.runs.values() if run.phase == LegPhase.QUEUED)}
 
+    def queue_ages(self) -> dict[str, float]:
+        self._call("queue_ages")
+        return {}
+
     def close(self) -> None:
         self.backend.calls["close"] += 1

@@ -398,6 +398,10 @@ class PrefectAdapter:
             workers=len(alive),
         )
 
+    def queue_ages(self) -> dict[str, float]:
+        """Not read from Prefect: the gateway ages waiting runs from its own store (the legs' dispatch times)."""
+        return {}
+
     def queue_depths(self) -> dict[str, int]:
         """Scheduled or pending runs per deployment (`flow/deployment`), i.e. waiting for a runner."""
         depths: dict[str, int] = {}

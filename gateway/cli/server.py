@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import sys
 from pathlib import Path
 
 import typer
 
+from common.logs import configure_json_logging, wants_json
 from common.redact import redact_url
 from common.settings import get_settings
 
@@ -36,26 +39,44 @@ def serve(
     except SchemaOutOfDate as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    structured = wants_json(settings.gateway_log_format, sys.stderr)
+    if structured:
+        configure_json_logging()
     uvicorn.run(
         create_app(settings),
         host=host or settings.gateway_host,
         port=port or settings.gateway_port,
         log_level="info",
         access_log=False,
+        # With JSON logs, uvicorn keeps its hands off logging: its lines go through the root JSON handler too.
+        log_config=None if structured else uvicorn.config.LOGGING_CONFIG,
     )
 
 
-def reconcile(once: bool = typer.Option(False, help="One tick, then exit.")) -> None:
-    """Run the reconciler on its own (several may run at once on PostgreSQL)."""
+def reconcile(
+    once: bool = typer.Option(False, help="One tick, then exit."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Serve this process's Prometheus counters on this port (/metrics)."
+    ),
+) -> None:
+    """Run the reconciler on its own (several may run at once on PostgreSQL); it also enforces retention."""
     from gateway.jobs.bootstrap import start_gateway
     from gateway.store.migrate import SchemaOutOfDate, ensure_schema
 
     settings = get_settings()
+    if wants_json(settings.gateway_log_format, sys.stderr):
+        configure_json_logging()
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         ensure_schema(settings)
     except SchemaOutOfDate as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
 
     async def main() -> None:
         state = start_gateway(settings)
@@ -84,6 +105,42 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     settings = get_settings()
     upgrade(settings, revision)
     typer.echo(f"database {redact_url(settings.database_url())} is at {revision}")
+
+
+@db_app.command("prune")
+def db_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be deleted."),
+    older_than_days: float | None = typer.Option(
+        None, "--older-than-days", help="Retention in days (default: GATEWAY_RETENTION_DAYS)."
+    ),
+) -> None:
+    """Delete finished legs that ended longer ago than the retention period (never a legacy result row)."""
+    from datetime import timedelta
+
+    from gateway.store import retention
+    from gateway.store.db import make_async_engine, make_sessionmaker
+    from gateway.store.models import utcnow
+
+    settings = get_settings()
+    days = older_than_days if older_than_days is not None else settings.gateway_retention_days
+    if days is None:
+        typer.echo("no retention set: give --older-than-days or set GATEWAY_RETENTION_DAYS", err=True)
+        raise typer.Exit(2)
+    cutoff = utcnow() - timedelta(days=days)
+
+    async def main() -> int:
+        engine = make_async_engine(settings)
+        try:
+            sessions = make_sessionmaker(engine)
+            if dry_run:
+                return await retention.count_prunable(sessions, cutoff)
+            return await retention.prune(sessions, cutoff, settings.gateway_retention_batch)
+        finally:
+            await engine.dispose()
+
+    count = asyncio.run(main())
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {count} finished legs that ended before {cutoff.isoformat(timespec='seconds')}")
 
 
 @catalog_app.command("load")

@@ -20,8 +20,9 @@ from rich.console import Console
 
 from common.settings import get_settings
 from gateway.devstack.errors import UpError
+from gateway.devstack.flower import flower_login
 from gateway.devstack.leftovers import CHILDREN_FILE, stop_leftovers
-from gateway.devstack.ports import port_free, prefect_api_for_up
+from gateway.devstack.ports import flower_port_for_up, port_free, prefect_api_for_up
 from gateway.devstack.report import print_ready
 from gateway.devstack.services import Plan, child_env
 from gateway.devstack.signals import STOP, StopRequested, data_dir_lock, raise_stop, supervise
@@ -33,6 +34,8 @@ def up(
     port: int | None = typer.Option(None, "--port", help="API port (default: GATEWAY_PORT, 8000)."),
     host: str | None = typer.Option(None, "--host", help="API bind address (default: GATEWAY_HOST, 127.0.0.1)."),
     no_prefect: bool = typer.Option(False, "--no-prefect", help="Celery only: no Prefect server or runner."),
+    flower: bool = typer.Option(True, "--flower/--no-flower", help="Flower (Celery's dashboard), behind basic auth."),
+    flower_port: int | None = typer.Option(None, "--flower-port", help="Flower port (default 5555 or a free one)."),
 ) -> None:
     """Run the whole stack (API, Celery worker, Prefect server and runner) with a demo catalog; Ctrl-C stops it."""
     console = Console(stderr=False)
@@ -48,11 +51,13 @@ def up(
         if not port_free(plan_host, plan_port):
             raise UpError(f"port {plan_port} on {plan_host} is already in use; pick another with --port")
         prefect_api = None if no_prefect else prefect_api_for_up(settings)
+        chosen_flower_port = flower_port_for_up(plan_host, flower_port) if flower else None
     except UpError as exc:
         cleanup.close()
         typer.echo(f"gateway up: {exc}", err=True)
         raise typer.Exit(1) from None
-    plan = Plan(plan_host, plan_port, prefect_api)
+    login = flower_login(settings) if chosen_flower_port is not None else None
+    plan = Plan(plan_host, plan_port, prefect_api, chosen_flower_port, login)
     if prefect_api is not None:
         settings = settings.model_copy(update={"prefect_api_url": prefect_api})
     supervisor = Supervisor(settings.data_dir / "logs", child_env(settings, prefect_api or settings.prefect_api()))

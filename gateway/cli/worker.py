@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backends.celery import names
-from backends.interface import EngineAdapter, JobSpec, LegPhase, TaskKind
+from backends.interface import DeploymentNotFound, EngineAdapter, JobSpec, LegPhase, TaskKind
 from common.redact import redact_text, redact_url
 from common.settings import Settings, get_settings
 
@@ -176,6 +176,38 @@ def _follow(adapter: EngineAdapter, leg_id: str, console: Console, timeout: floa
             time.sleep(0.2)
 
 
+def _submit_when_deployed(adapter: EngineAdapter, job: JobSpec, leg_id: str, console: Console, grace: float) -> None:
+    """Submit; a deployment not there yet (the runner registers it as it starts) is waited for, visibly.
+
+    `gateway prefect serve` registers its deployments a few seconds after it starts, so a test job sent right
+    after it would fail with DeploymentNotFound; like the API (`DEPLOYMENT_GRACE`), wait within a grace period,
+    then fail with a one-line hint.
+    """
+    deadline = time.monotonic() + grace
+    try:
+        adapter.submit(job, leg_id)
+        return
+    except DeploymentNotFound as exc:
+        missing = exc.deployment
+    waiting = f"waiting up to {grace:.0f}s for the Prefect deployment {missing} (a runner registers it as it starts)"
+    if not console.is_terminal:
+        console.print(waiting + " …")
+    with console.status(waiting):
+        while time.monotonic() < deadline:
+            time.sleep(1.0)  # the poll interval of a bounded wait for the deployment
+            try:
+                adapter.submit(job, leg_id)
+                return
+            except DeploymentNotFound:
+                continue
+    typer.echo(
+        f"deployment {missing} not found after {grace:.0f}s: start the runner with `gateway prefect serve` "
+        f"against {redact_url(get_settings().prefect_api())} (`gateway worker status` lists the deployments)",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 def _summary(report: dict[str, Any] | None) -> str:
     if not report:
         return "-"
@@ -191,6 +223,10 @@ def test_job(
     backend: str = typer.Option("celery", "--backend", help="celery or prefect."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end and print the result."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
+    deployment: str | None = typer.Option(None, "--deployment", help="Prefect: `flow/deployment` to run instead."),
+    grace: float = typer.Option(
+        60.0, "--grace", help="Prefect: seconds to wait for the deployment to appear (a runner just started)."
+    ),
 ) -> None:
     """Submit the bundled example assignment through the engine's adapter (the gateway's own path)."""
     console = Console()
@@ -207,7 +243,10 @@ def test_job(
         raise typer.Exit(2) from None
     kind = TEST_TASKS[task]
     leg_id = str(uuid.uuid4())
-    adapter.submit(_example_job(kind, settings), leg_id)
+    job = _example_job(kind, settings)
+    if deployment:
+        job = JobSpec(job.kind, job.params, {"deployment": deployment})
+    _submit_when_deployed(adapter, job, leg_id, console, grace)
     if not wait:
         console.print(leg_id)
         return

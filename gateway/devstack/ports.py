@@ -46,3 +46,14 @@ def prefect_api_for_up(settings: Settings) -> str:
     host = "127.0.0.1"
     port = DEFAULT_PREFECT_PORT if port_free(host, DEFAULT_PREFECT_PORT) else _any_free_port(host)
     return f"http://{host}:{port}/api"
+
+
+def flower_port_for_up(host: str, asked: int | None) -> int:
+    """Flower's port: the one asked for (an error if taken), else 5555, else any free port."""
+    from gateway.devstack.flower import DEFAULT_PORT
+
+    if asked is not None:
+        if not port_free(host, asked):
+            raise UpError(f"port {asked} on {host} is already in use; pick another with --flower-port")
+        return asked
+    return DEFAULT_PORT if port_free(host, DEFAULT_PORT) else _any_free_port(host)

@@ -21,6 +21,10 @@ def print_ready(plan: Plan, demo: Any, supervisor: Supervisor, console: Console)
     console.print(api, soft_wrap=True)
     if plan.prefect_api:
         console.print(f"Prefect API at {plan.prefect_api}", soft_wrap=True)
+    if plan.flower_url and plan.flower_login:
+        login = f"{plan.flower_login.user} / {plan.flower_login.password}"
+        console.print(f"Flower at {plan.flower_url} (login {login})", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"metrics at {plan.base_url}/metrics", soft_wrap=True)
     for service in supervisor.services:
         console.print(f"  {service.spec.name:<15} pid {service.process.pid:<8} log {service.log_path}", soft_wrap=True)
     out.write(f"\ndemo logins: student {STUDENT} / {demo.credentials.student_password}")

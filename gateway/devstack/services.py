@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import Settings
+from gateway.devstack.flower import FlowerLogin, flower_spec, flower_url
 from gateway.devstack.probes import RunnerPolled, api_healthy, celery_workers_up, prefect_server_healthy
 from gateway.devstack.supervisor import ServiceSpec, Supervisor
 
@@ -37,11 +38,18 @@ class Plan:
     host: str
     port: int
     prefect_api: str | None
+    # Flower's port and login; None: no Flower (`--no-flower`).
+    flower_port: int | None = None
+    flower_login: FlowerLogin | None = None
 
     @property
     def base_url(self) -> str:
         shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104 - only for display
         return f"http://{shown}:{self.port}"
+
+    @property
+    def flower_url(self) -> str | None:
+        return None if self.flower_port is None else flower_url(self.host, self.flower_port)
 
 
 def service_specs(plan: Plan, settings: Settings, supervisor: Supervisor) -> dict[str, ServiceSpec]:
@@ -57,6 +65,8 @@ def service_specs(plan: Plan, settings: Settings, supervisor: Supervisor) -> dic
             start_timeout=90,
         ),
     }
+    if plan.flower_port is not None and plan.flower_login is not None:
+        specs["flower"] = flower_spec(plan.host, plan.flower_port, plan.flower_login)
     if plan.prefect_api is not None:
         api = plan.prefect_api
 

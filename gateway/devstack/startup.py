@@ -91,6 +91,8 @@ def start_stack(plan: Plan, settings: Settings, supervisor: Supervisor, view: St
     if "prefect-server" in specs:
         launch("prefect-server")
     launch("celery-worker")
+    if "flower" in specs:
+        launch("flower")
     view.begin("demo catalog", "loading")
     started = time.monotonic()
     try:

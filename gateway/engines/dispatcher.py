@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ from backends.interface import (
     JobSpec,
     TaskKind,
 )
-from backends.registry import canonical_engine, make_adapter
+from backends.registry import UnknownEngineError, canonical_engine, make_adapter
 from common.redact import redact_text
 from common.settings import Settings
+from gateway.engines import metrics
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,21 @@ class SendOutcome:
     # RETRY for a reason that is not an outage (the adapter raised something unexpected for this job): counted
     # on the leg, which is rejected after a bounded number of them instead of being retried for ever.
     fault: bool = False
+
+
+_METRIC_OUTCOME = {
+    SendStatus.SENT: metrics.SendOutcome.ACCEPTED,
+    SendStatus.RETRY: metrics.SendOutcome.DEFERRED,
+    SendStatus.REJECTED: metrics.SendOutcome.REJECTED,
+}
+
+
+def _engine_label(engine: str) -> str:
+    """The canonical engine name; anything else is one `unknown` label, never the raw value."""
+    try:
+        return canonical_engine(engine)
+    except UnknownEngineError:
+        return "unknown"
 
 
 # Sends are short and mostly network waits; a few threads overlap them without piling up GIL contention.
@@ -74,7 +91,16 @@ class Dispatcher:
         return found
 
     def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
-        """Submit the leg; `rerun`: it ran before and failed in the infrastructure, so the engine starts it over."""
+        """One send, counted and timed per engine and outcome (`gateway.engines.metrics`).
+
+        `rerun`: the leg ran before and failed in the infrastructure, so the engine starts it over.
+        """
+        started = time.perf_counter()
+        outcome = self._send_blocking(engine, spec, leg_id, rerun)
+        metrics.record_send(_engine_label(engine), _METRIC_OUTCOME[outcome.status], time.perf_counter() - started)
+        return outcome
+
+    def _send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool) -> SendOutcome:
         job = JobSpec(kind=TaskKind(spec["kind"]), params=spec["params"], properties=spec.get("properties") or {})
         priority = int(spec.get("priority") or 8)
         try:
@@ -88,7 +114,12 @@ class Dispatcher:
         except EngineUnavailable as exc:
             return SendOutcome(SendStatus.RETRY, error=redact_text(str(exc)) or type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - an unexpected adapter error: retry a bounded number of times
-            log.warning("dispatch of leg %s failed: %s", leg_id, redact_text(repr(exc)))
+            log.warning(
+                "dispatch of leg %s failed: %s",
+                leg_id,
+                redact_text(repr(exc)),
+                extra={"leg_id": leg_id, "engine": engine},
+            )
             return SendOutcome(SendStatus.RETRY, error=redact_text(f"{type(exc).__name__}: {exc}"), fault=True)
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
@@ -101,6 +132,10 @@ class Dispatcher:
     async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any], bool]]) -> list[SendOutcome]:
         """Send a batch (leg id, spec, rerun) to one engine through the send threads at once, outcomes in order."""
         return list(await asyncio.gather(*(self.send(engine, spec, leg_id, rerun) for leg_id, spec, rerun in legs)))
+
+    def engines(self) -> list[str]:
+        """The engines this process has talked to (an adapter was built): the ones whose queues are worth a look."""
+        return sorted(self._adapters)
 
     def close(self) -> None:
         """Stop the send threads (a send in progress finishes first) and close every adapter."""

@@ -23,7 +23,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, or_, select
@@ -33,9 +33,11 @@ from starlette.concurrency import run_in_threadpool
 from backends.interface import LegResult, LegState
 from common.redact import redact_text
 from common.settings import Settings
+from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
 from gateway.legs.states import DispatchState
+from gateway.store import retention
 from gateway.store.models import Leg, Result, utcnow
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 # restarted Prefect server whose runner has not registered yet, as during `gateway up`): a missing deployment
 # is retried this long after the job was accepted, then the leg fails. At submit time it is a 404 at once.
 DEPLOYMENT_GRACE = timedelta(minutes=5)
+# With nothing left to prune, look again after this long.
+PRUNE_PAUSE = timedelta(minutes=1)
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Reconciler:
         self.is_postgres = bind is not None and bind.dialect.name == "postgresql"
         # SQLite has no row locks: one writer task at a time inside this process (a tick or a refresh).
         self._local_lock = asyncio.Lock()
+        self._next_prune = datetime.min.replace(tzinfo=UTC)
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -128,9 +133,31 @@ class Reconciler:
     async def tick(self) -> TickReport:
         report = TickReport()
         async with self._writer():
-            await self.flush_outbox(report)
-            await self.poll_open(report)
+            with metrics.reconciler_cycle():
+                await self.flush_outbox(report)
+                await self.poll_open(report)
         return report
+
+    async def prune_step(self, now: datetime) -> int:
+        """Retention: one small batch of finished legs past `gateway_retention_days` (none when unset).
+
+        Runs between ticks, at most once a minute while there is nothing to delete, every cycle while there is.
+        """
+        days = self.settings.gateway_retention_days
+        if days is None or now < self._next_prune:
+            return 0
+        deleted = 0
+        async with self._writer():
+            try:
+                deleted = await retention.prune_batch(
+                    self.sessions, now - timedelta(days=days), self.settings.gateway_retention_batch
+                )
+            except Exception as exc:  # noqa: BLE001 - retention must never stop the reconciler
+                log.warning("retention batch failed: %s", redact_text(repr(exc)))
+        metrics.record_pruned(deleted)
+        if deleted < self.settings.gateway_retention_batch:
+            self._next_prune = now + PRUNE_PAUSE
+        return deleted
 
     async def flush_outbox(self, report: TickReport) -> None:
         now = utcnow()
@@ -145,6 +172,7 @@ class Reconciler:
             .limit(self.batch_size)
         )
         async with self._claim(stmt) as (legs, rows):
+            metrics.record_batch("flush", len(legs))
             by_engine: dict[str, list[Leg]] = defaultdict(list)
             for leg in legs:
                 by_engine[leg.engine].append(leg)
@@ -193,6 +221,7 @@ class Reconciler:
                 .limit(self.batch_size)
             )
             async with self._claim(stmt) as (legs, rows):
+                metrics.record_batch("poll", len(legs))
                 if not legs:
                     return
                 report.batches += 1
@@ -212,7 +241,9 @@ class Reconciler:
         try:
             states: dict[str, LegState] = await run_in_threadpool(adapter.poll, [leg.id for leg in legs])
         except Exception as exc:  # noqa: BLE001 - an engine outage must not stop the other engines' legs
-            log.warning("poll of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)))
+            log.warning(
+                "poll of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)), extra={"engine": engine}
+            )
             states = {}
         final_ids = [leg.id for leg in legs if (s := states.get(leg.id)) is not None and s.phase.is_final]
         results: dict[str, LegResult] = {}
@@ -269,6 +300,7 @@ class Reconciler:
                 busy = (await self.tick()).busy
             except Exception as exc:  # noqa: BLE001 - the loop outlives a database hiccup
                 log.warning("reconciler tick failed: %s", redact_text(repr(exc)))
+            await self.prune_step(utcnow())
             if busy:
                 continue
             with contextlib.suppress(TimeoutError):

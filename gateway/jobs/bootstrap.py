@@ -7,6 +7,7 @@ follow-ups.
 from __future__ import annotations
 
 from common.settings import Settings
+from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs import follow_ups
 from gateway.legs.machine import on_finish
@@ -15,4 +16,5 @@ from gateway.runtime import GatewayState
 
 def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
     follow_ups.install(on_finish)
+    metrics.install(on_finish, settings.gateway_metrics_enabled)
     return GatewayState.build(settings, dispatcher)

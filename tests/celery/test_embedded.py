@@ -65,3 +65,5 @@ def test_workers_and_queue_depth_counts_files(fs_worker: WorkerProcess, fs_adapt
     before = fs_adapter.queue_depths()[names.LOW_PRIORITY]
     fs_adapter.app.send_task(names.NOOP, task_id=new_id(), queue=names.LOW_PRIORITY, routing_key=names.LOW_PRIORITY)
     assert fs_adapter.queue_depths()[names.LOW_PRIORITY] == before + 1
+    # The file broker's names carry the publish time: the queue's oldest message has an age, bounded by the test's.
+    assert 0 <= fs_adapter.queue_ages()[names.LOW_PRIORITY] < 600
