@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.settings import Settings
 from gateway.engines.dispatcher import Dispatcher
+from gateway.engines.health import HealthMonitor
 from gateway.engines.reconciler import Reconciler
 from gateway.store.accounts import Authenticator
 from gateway.store.catalog_cache import CatalogCache
@@ -29,6 +30,8 @@ class GatewayState:
     reconciler: Reconciler
     # Course contents/backends/members for the submit path (see gateway.store.catalog_cache).
     catalog: CatalogCache
+    # Engine health for the unauthenticated routes: cached, one probe at a time, on threads of its own.
+    health: HealthMonitor
 
     @property
     def is_postgres(self) -> bool:
@@ -47,8 +50,10 @@ class GatewayState:
             auth=Authenticator(sessions, settings.gateway_auth_cache_seconds),
             reconciler=Reconciler(sessions, dispatcher, settings),
             catalog=CatalogCache(settings.gateway_catalog_cache_seconds),
+            health=HealthMonitor(dispatcher),
         )
 
     async def close(self) -> None:
+        self.health.close()
         self.dispatcher.close()
         await self.engine.dispose()

@@ -94,18 +94,23 @@ class Dispatcher:
         """Every engine name the gateway can route to (canonical names), whether used yet or not."""
         return sorted(set(ENGINE_ALIASES.values()))
 
-    def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
-        """One send, counted and timed per engine and outcome (`gateway.engines.metrics`)."""
+    def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
+        """One send, counted and timed per engine and outcome (`gateway.engines.metrics`).
+
+        `rerun`: the leg ran before and failed in the infrastructure, so the engine starts it over.
+        """
         started = time.perf_counter()
-        outcome = self._send_blocking(engine, spec, leg_id)
+        outcome = self._send_blocking(engine, spec, leg_id, rerun)
         metrics.record_send(_engine_label(engine), _METRIC_OUTCOME[outcome.status], time.perf_counter() - started)
         return outcome
 
-    def _send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    def _send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool) -> SendOutcome:
         job = JobSpec(kind=TaskKind(spec["kind"]), params=spec["params"], properties=spec.get("properties") or {})
         priority = int(spec.get("priority") or 8)
         try:
-            run_id = self.adapter(engine).submit(job, leg_id, priority=priority)
+            adapter = self.adapter(engine)
+            send = adapter.rerun if rerun else adapter.submit
+            run_id = send(job, leg_id, priority=priority)
         except DeploymentNotFound as exc:
             return SendOutcome(SendStatus.REJECTED, error=str(exc), deployment=exc.deployment)
         except EngineConfigurationError as exc:
@@ -122,14 +127,15 @@ class Dispatcher:
             return SendOutcome(SendStatus.RETRY, error=redact_text(f"{type(exc).__name__}: {exc}"), fault=True)
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
-    async def send(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    async def send(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self.send_blocking, engine, spec, leg_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self.send_blocking, engine, spec, leg_id, rerun)
 
-    async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any]]]) -> list[SendOutcome]:
-        """Send a batch to one engine through the send threads at once; outcomes in the order of `legs`."""
-        return list(await asyncio.gather(*(self.send(engine, spec, leg_id) for leg_id, spec in legs)))
+    async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any], bool]]) -> list[SendOutcome]:
+        """Send a batch (leg id, spec, rerun) to one engine through the send threads at once, outcomes in order."""
+        return list(await asyncio.gather(*(self.send(engine, spec, leg_id, rerun) for leg_id, spec, rerun in legs)))
 
     def engines(self) -> list[str]:
         """The engines this process has talked to (an adapter was built): the ones whose queues are worth a look."""
