@@ -122,6 +122,9 @@ class LegState:
     engine_run_id: str | None = None
     # Set when the engine can tell that nothing is executing the leg any more (runner gone, Late run).
     stalled: str | None = None
+    # Set when the run died without an end and nothing will ever finish it (the worker that ran it is gone):
+    # the caller may `rerun` the leg. Unlike `stalled`, waiting cannot help.
+    lost: str | None = None
 
 
 @dataclass
@@ -164,6 +167,14 @@ class EngineAdapter(Protocol):
 
     def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
         """Start `job` under `leg_id`; return the engine-side run id. Retrying with the same leg id is safe."""
+        ...
+
+    def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        """Run `leg_id` again after an infrastructure failure (crashed, lost): same id, the old outcome dropped.
+
+        The engine's record of the failed attempt is reset first, so a poll never reads the old end as the
+        new one; a result the leg already stored as a success is never replaced.
+        """
         ...
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Redis redelivers an unacknowledged task after this many seconds; None = derived from the hard time limit
     # (it must stay above it, or a long task runs twice). Tests set a short one to prove redelivery.
     celery_visibility_timeout: int | None = None
+    # A worker holding a running leg that answers no ping for this long is declared gone, and the gateway runs
+    # the leg again at once instead of waiting for the visibility timeout (see docs/reliability.md).
+    celery_worker_lost_seconds: float = 15.0
 
     # --- the work: checkout and sandbox ---------------------------------------------------------------------
     allowed_git_schemes: list[str] = Field(default_factory=lambda: ["https", "http", "ssh", "file", "local"])
@@ -113,6 +116,12 @@ class Settings(BaseSettings):
     gateway_reconcile_in_api: bool = True
     # A leg not finished this long after its dispatch is marked timed out and no longer waited on.
     gateway_leg_deadline_seconds: int = 1800
+    # How many times a leg is run again after an infrastructure failure the student did not cause (a crashed
+    # Prefect run, a Celery worker that died); after that the row shows the infrastructure error.
+    gateway_infra_retries: int = 2
+    # Hosts a student may name in `provider_url` (e.g. ["gitlab.example.org"]); empty: any https/ssh host.
+    # Local paths and file:// are never accepted from a student, whatever this says.
+    gateway_student_providers: list[str] = Field(default_factory=list)
     # The engine behind the Celery-era `/api/tasks/*` family when a submit does not name one.
     gateway_tasks_engine: str = "celery"
     # Verified logins are remembered this long so HTTP Basic does not pay the password hash on every request.

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.settings import Settings
 from gateway.engines.dispatcher import Dispatcher
+from gateway.engines.health import HealthMonitor
 from gateway.engines.reconciler import Reconciler
 from gateway.engines.shadowing import ShadowPolicy
 from gateway.store.accounts import Authenticator
@@ -36,6 +37,8 @@ class GatewayState:
     catalog: CatalogCache
     # Which shadow legs a new job gets, and the counters of the ones it did not.
     shadow: ShadowPolicy
+    # Engine health for the unauthenticated routes: cached, one probe at a time, on threads of its own.
+    health: HealthMonitor
     # Work started after a request answered (shadow sends): kept so it is not collected, awaited on close.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -59,6 +62,7 @@ class GatewayState:
             reconciler=Reconciler(sessions, dispatcher, settings, skips=shadow.skips),
             catalog=catalog,
             shadow=shadow,
+            health=HealthMonitor(dispatcher),
         )
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -77,5 +81,6 @@ class GatewayState:
             await asyncio.wait_for(self.drain(), timeout=10)
         with contextlib.suppress(Exception):
             await self.shadow.skips.flush(self.sessions)
+        self.health.close()
         self.dispatcher.close()
         await self.engine.dispose()

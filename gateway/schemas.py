@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.legacy import DEFAULT_CONTENT_TYPE
+from common.redact import strip_credentials
 
 SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -77,6 +78,25 @@ class ResultGet(ResultList):
     result_json: dict[str, Any] | None
 
 
+class ErrorDetail(BaseModel):
+    """Every error answer: `{"detail": "..."}` (declared on the routes so the OpenAPI spec shows them)."""
+
+    detail: Any
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorDetail, "description": text}
+    for code, text in (
+        (400, "Invalid request"),
+        (401, "Not authenticated"),
+        (403, "Not allowed"),
+        (404, "Not found"),
+        (409, "Conflicts with an existing record"),
+        (503, "Database or engine unavailable; retry after Retry-After seconds"),
+    )
+}
+
+
 class ResultUpdate(BaseModel):
     """The write-back body (`PATCH /api/results/{id}`)."""
 
@@ -84,7 +104,8 @@ class ResultUpdate(BaseModel):
 
     result: float | None = Field(default=None, ge=0.0, le=1.0)
     result_json: dict[str, Any] | None = None
-    status: int | None = Field(default=None, ge=-1, le=8)
+    # Strict: `false` is not the status 0 (a boolean was a client's bug, and silently meant COMPLETED).
+    status: int | None = Field(default=None, ge=-1, le=8, strict=True)
     properties: dict[str, Any] | None = None
     # A legacy worker sends `{"submit": true}` once its merge request exists: recorded, starts nothing.
     submit: bool | None = Field(default=None, strict=True)
@@ -213,7 +234,7 @@ class CourseContentIn(BaseModel):
     reference_url: str | None = None
     reference_commit: str | None = None
     reference_credential: str | None = None
-    max_submissions: int | None = Field(default=None, ge=0)
+    max_submissions: int | None = Field(default=None, ge=0, strict=True)  # `false` is not 0
 
     @model_validator(mode="after")
     def _content_type(self) -> CourseContentIn:
@@ -234,7 +255,7 @@ class CourseContentPatch(BaseModel):
     reference_url: str | None = None
     reference_commit: str | None = None
     reference_credential: str | None = None
-    max_submissions: int | None = Field(default=None, ge=0)
+    max_submissions: int | None = Field(default=None, ge=0, strict=True)  # `false` is not 0
 
 
 class CourseContentGet(CourseContentIn):
@@ -268,6 +289,12 @@ class CourseMemberGet(CourseMemberIn):
     id: str
     created_at: datetime | None
     updated_at: datetime | None
+
+    @field_validator("repository_url")
+    @classmethod
+    def _shown_without_credentials(cls, url: str | None) -> str | None:
+        """Rows stored before URLs were stripped still never show a password in a listing."""
+        return strip_credentials(url) if url else url
 
 
 ROLES = ("admin", "worker", "student")

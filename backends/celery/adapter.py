@@ -44,17 +44,22 @@ class CeleryAdapter:
     inspect_timeout: float = 1.0
     # How long a known worker count is trusted before a fresh ping (a worker may have joined or left).
     worker_count_ttl: float = 30.0
+    # How often the workers holding running legs are pinged (see `_mark_lost`).
+    liveness_interval: float = 3.0
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self._app: Any = None
+        self._control_app: Any = None
         self._reader: Any = None
         self._reader_ready = False
         self._cancelling: set[str] = set()
         self._known_workers: int | None = None
         self._known_at = 0.0
         self._queues_declared = False
+        self._silent_since: dict[str, float] = {}
+        self._pinged_at = 0.0
 
     # ------------------------------------------------------------------------------------------ lazy parts
     @property
@@ -66,6 +71,21 @@ class CeleryAdapter:
 
                     self._app = create_app(self._settings, main="ctutor_gateway_client")
         return self._app
+
+    @property
+    def control_app(self) -> Any:
+        """A second app for broadcasts (ping, inspect) and health: its own broker connections.
+
+        `Control.broadcast` holds a pooled connection while it waits for replies; on the app that sends jobs,
+        a few slow broadcasts emptied the producer pool and every submit waited behind them.
+        """
+        if self._control_app is None:
+            with self._lock:
+                if self._control_app is None:
+                    from backends.celery.factory import create_app
+
+                    self._control_app = create_app(self._settings, main="ctutor_gateway_control")
+        return self._control_app
 
     def _taskmeta(self) -> Any:
         """The SQL reader, or None when results are not in a database (a Redis result backend)."""
@@ -95,6 +115,19 @@ class CeleryAdapter:
             kwargs = {"submission": _plain(job.params["submission"])}
         headers = {SHADOW_HEADER: True} if job.shadow else None
         return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers)
+
+    def rerun(self, job: JobSpec, leg_id: str, priority: int = names.STUDENT_TESTING_PRIORITY) -> str:
+        """Drop the failed attempt's `celery_taskmeta` row, then send the task again under the same id.
+
+        Without the reset a poll would read the old STARTED (on a dead worker) or FAILURE as the new attempt's.
+        A stored SUCCESS is kept and nothing is sent. The dead attempt's message may still come back from the
+        broker after the visibility timeout: the worker then finds the id succeeded and skips it.
+        """
+        current = self.poll([leg_id])[leg_id]
+        if current.phase is LegPhase.SUCCEEDED:
+            return leg_id
+        self.app.backend.forget(leg_id)
+        return self.submit(job, leg_id, priority=priority)
 
     def send(
         self,
@@ -154,7 +187,52 @@ class CeleryAdapter:
                 if state.phase.is_final:
                     state.finished_at = row.date_done
             states[leg_id] = self._with_cancel(state)
+        self._mark_lost(states)
         return states
+
+    # ------------------------------------------------------------------------------------------- liveness
+    def _mark_lost(self, states: dict[str, LegState]) -> None:
+        """Running legs whose worker answers no ping any more are `lost`: nothing will finish them.
+
+        Redis would hand the message to another worker only after the visibility timeout (above the hard
+        time limit, so ~16 minutes by default); the gateway reruns the leg as soon as the worker is known gone.
+        One ping per `liveness_interval`, only to the workers that hold running legs, on the control app.
+        """
+        running = {s.worker: s for s in states.values() if s.phase is LegPhase.RUNNING and s.worker}
+        if not running or self._settings.broker_url().startswith("filesystem://"):
+            # The embedded broker is one machine's dev setup; its file-based broadcasts are not made for a ping
+            # every few seconds (a reader can meet a half-written file), and Celery's redelivery applies there.
+            return
+        gone = self._gone_workers(set(running))
+        for state in states.values():
+            if state.phase is LegPhase.RUNNING and state.worker in gone:
+                state.lost = gone[state.worker]
+
+    def _gone_workers(self, hostnames: set[str]) -> dict[str, str]:
+        """Workers that left every ping unanswered for `celery_worker_lost_seconds` (two pings at least)."""
+        now = time.monotonic()
+        if now - self._pinged_at >= self.liveness_interval:
+            try:
+                replies = self.control_app.control.ping(
+                    destination=sorted(hostnames),
+                    timeout=self.ping_timeout * 2,
+                    limit=len(hostnames),
+                )
+            except Exception:  # noqa: BLE001 - the broker is unreachable: nobody can be declared dead from here
+                return {}
+            answered = {name for reply in replies or [] for name in reply}
+            for name in hostnames:
+                if name in answered:
+                    self._silent_since.pop(name, None)
+                else:
+                    self._silent_since.setdefault(name, now)  # the first unanswered ping since its last answer
+            self._pinged_at = now
+        lost_after = self._settings.celery_worker_lost_seconds
+        return {
+            name: f"worker {name} answered no ping for {now - since:.0f} s: it is gone"
+            for name in hostnames
+            if (since := self._silent_since.get(name)) is not None and now - since >= lost_after
+        }
 
     def _state(self, leg_id: str, native: str, result: Any) -> LegState:
         phase = phase_for(native, result)
@@ -287,7 +365,7 @@ class CeleryAdapter:
         if self._known_workers is None or now - self._known_at > ttl:
             # The filesystem broker is polled, not pushed: give its replies a little longer.
             polled = self._settings.broker_url().startswith("filesystem://")
-            replies = self.app.control.ping(timeout=self.ping_timeout * (3 if polled else 1)) or []
+            replies = self.control_app.control.ping(timeout=self.ping_timeout * (3 if polled else 1)) or []
             self._known_workers, self._known_at = len(replies), now
         return self._known_workers
 
@@ -295,7 +373,7 @@ class CeleryAdapter:
         expected = self._expected_workers()
         if expected == 0:
             return []
-        inspect = self.app.control.inspect(timeout=self.inspect_timeout, limit=expected)
+        inspect = self.control_app.control.inspect(timeout=self.inspect_timeout, limit=expected)
         stats = inspect.stats() or {}
         queues = inspect.active_queues() or {}
         active = inspect.active() or {}
@@ -323,7 +401,7 @@ class CeleryAdapter:
         if self._settings.broker_url().startswith("filesystem://"):
             return self._settings.broker_folder().is_dir()
         try:
-            with self.app.connection_for_write() as conn:
+            with self.control_app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)
             return True
         except Exception:  # noqa: BLE001 - any failure means "not reachable"; the reason is in the error text
@@ -384,5 +462,6 @@ class CeleryAdapter:
     def close(self) -> None:
         if self._reader is not None:
             self._reader.dispose()
-        if self._app is not None:
-            self._app.close()
+        for app in (self._app, self._control_app):
+            if app is not None:
+                app.close()

@@ -16,6 +16,8 @@ from backends.celery import names
 from common.settings import Settings
 
 POOLED_BACKEND = "backends.celery.result_store:PooledDatabaseBackend"
+# "For ever" in practice: at 2 s between tries, about 60 years.
+STORE_RETRIES_UNBOUNDED = 10**9
 
 
 def visibility_timeout(settings: Settings) -> int:
@@ -104,9 +106,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit,
         # Results are kept this long; celery.backend_cleanup (below) deletes older rows.
         "result_expires": timedelta(seconds=settings.result_expires_seconds),
-        # A result store hiccup retries instead of losing a finished task's result.
+        # The result store down: a worker keeps retrying its store (STARTED, progress, the result) until the
+        # database is back, and only then is the message acknowledged (acks_late). A bounded retry would end in
+        # BackendStoreError, which Celery treats as an internal error and acknowledges: the job would be lost.
+        # If the worker dies while it waits, the message is still unacknowledged and runs again.
         "result_backend_always_retry": True,
-        "result_backend_max_retries": 5,
+        "result_backend_max_retries": STORE_RETRIES_UNBOUNDED,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 2000,
+        # A redelivered message whose task already stored SUCCESS is not run again (the stored result stands).
+        "worker_deduplicate_successful_tasks": True,
         "task_queues": [Queue(name, routing_key=name) for name in names.ALL_QUEUES],
         "task_default_queue": names.DEFAULT,
         "task_default_routing_key": names.DEFAULT,

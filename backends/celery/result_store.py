@@ -29,6 +29,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from backends.celery.names import COMPLETIONS_CHANNEL
+from common.redact import scrub, strip_credentials_in_text
 
 _UPSERT_DIALECTS = ("postgresql", "sqlite")
 _SKIPPED_COLUMNS = {"id", "task_id", "stamps"}
@@ -99,6 +100,34 @@ class PooledDatabaseBackend(DatabaseBackend):
         self.engine()
         assert self._sessions is not None
         return self._sessions()
+
+    # ------------------------------------------------------------------------------------------------- secrets
+    def store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        """Whoever sent the job (an old producer may put a token in the kwargs), nothing secret is stored: the
+        result is scrubbed here, args/kwargs in `_get_result_meta`, the traceback's URLs lose their credentials."""
+        if isinstance(result, dict | list | str):
+            result = scrub(result)
+        if traceback:
+            traceback = strip_credentials_in_text(traceback)
+        return super().store_result(task_id, result, state, traceback=traceback, request=request, **kwargs)
+
+    def _get_result_meta(
+        self,
+        result: Any,
+        state: str,
+        traceback: str | None,
+        request: Any,
+        format_date: bool = True,
+        encode: bool = False,
+    ) -> dict[str, Any]:
+        meta = super()._get_result_meta(result, state, traceback, request, format_date=format_date, encode=False)
+        for name in ("args", "kwargs"):
+            if name in meta:
+                value = scrub(meta[name])
+                meta[name] = ensure_bytes(self.encode(value)) if encode else value
+        return meta
 
     # ------------------------------------------------------------------------------------------------- store
     def _store_result(

@@ -53,6 +53,22 @@ def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise TaskInfrastructureError(safe) from None
 
 
+def _already_succeeded(task: BaseTask) -> dict[str, Any] | None:
+    """The stored result when this task id already succeeded: a second message for the same id runs nothing.
+
+    Celery's own `worker_deduplicate_successful_tasks` covers only messages the broker *redelivered*; the gateway
+    may also send an id again (its outbox, after its record of the first send was lost with the database).
+    """
+    try:
+        meta = task.backend.get_task_meta(task.request.id)
+    except Exception:  # noqa: BLE001 - cannot tell: run it (the stored SUCCESS is never overwritten anyway)
+        return None
+    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+        logger.info("task %s already succeeded: not run again", task.request.id)
+        return dict(meta["result"])
+    return None
+
+
 @shared_task(bind=True, base=BaseTask, name=names.STUDENT_TESTING)
 def student_testing(
     self: BaseTask, test_job: dict[str, Any], execution_backend_properties: dict[str, Any] | None = None
@@ -60,6 +76,9 @@ def student_testing(
     """Run one student's tests; the report is the result, whatever the student's code did."""
     from backends.work.student_testing import run_student_testing
 
+    if (done := _already_succeeded(self)) is not None:
+        return done
+    logger.info("running %s %s", names.STUDENT_TESTING, self.request.id)
     self.update_progress(0, {"stage": "started"})
     return _run(run_student_testing, test_job, _progress_callback(self))
 
@@ -69,6 +88,8 @@ def submission_processing(self: BaseTask, submission: dict[str, Any]) -> dict[st
     """Record a submission (idempotent in the work)."""
     from backends.work.submission_processing import run_submission_processing
 
+    if (done := _already_succeeded(self)) is not None:
+        return done
     self.update_progress(0, {"stage": "started"})
     return _run(run_submission_processing, submission, _progress_callback(self))
 

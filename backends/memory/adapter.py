@@ -44,6 +44,7 @@ class MemoryRun:
     submits: int = 1
     # The engine name of the adapter that submitted it: whose completion listeners hear of its end.
     engine: str = ""
+    lost: str | None = None
 
 
 @dataclass
@@ -78,6 +79,15 @@ class MemoryEngine:
 
     def fail(self, leg_id: str, error: str, error_type: str = "InfrastructureError") -> None:
         self._end(leg_id, LegPhase.FAILED, error=error, error_type=error_type)
+
+    def crash(self, leg_id: str, error: str = "the flow run crashed") -> None:
+        """The infrastructure broke under the run (Prefect's CRASHED): not the student's doing."""
+        self._end(leg_id, LegPhase.CRASHED, error=error, error_type="Crashed")
+
+    def die(self, leg_id: str, reason: str = "its worker is gone") -> None:
+        """The run's worker died: it stays RUNNING at the engine, and the engine says it is lost."""
+        self.runs[leg_id].phase = LegPhase.RUNNING
+        self.runs[leg_id].lost = reason
 
     def lose(self, leg_id: str) -> None:
         """The engine forgets the run (a broker that dropped the message)."""
@@ -139,6 +149,17 @@ class MemoryAdapter:
             with self.backend.lock:
                 self.backend.listeners.remove(listener)
 
+    def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        """A new attempt under the same id: the run starts over, queued (a success is never replaced)."""
+        self._call("rerun")
+        with self.backend.lock:
+            found = self.backend.runs.get(leg_id)
+            if found is not None and found.phase == LegPhase.SUCCEEDED:
+                return self.backend.run_id_prefix + leg_id
+            submits = found.submits + 1 if found is not None else 1
+            self.backend.runs[leg_id] = MemoryRun(job=job, submits=submits, engine=self.engine)
+        return self.backend.run_id_prefix + leg_id
+
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")
         states = {leg_id: self._state(leg_id) for leg_id in leg_ids}
@@ -160,6 +181,7 @@ class MemoryAdapter:
             finished_at=run.finished_at,
             error=run.error,
             engine_run_id=self.backend.run_id_prefix + leg_id,
+            lost=run.lost,
         )
 
     def result(self, leg_id: str) -> LegResult:

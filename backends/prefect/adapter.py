@@ -209,6 +209,18 @@ class PrefectAdapter:
             return str(response.json()["id"])
         raise DeploymentNotFound(name)  # pragma: no cover - the loop always returns or raises
 
+    def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        """The same flow run scheduled again (what `prefect flow-run retry` does): the key and id stay the same.
+
+        A run that never got created is created now; a COMPLETED run is left alone.
+        """
+        run = self._runs_by_leg([leg_id]).get(leg_id)
+        if run is None:
+            return self.submit(job, leg_id, priority)
+        if phase_for((run.get("state") or {}).get("type")) is not LegPhase.SUCCEEDED:
+            self._set_state(run["id"], "SCHEDULED", "Scheduled", "run again by the gateway after a crash", True)
+        return str(run["id"])
+
     # --------------------------------------------------------------------------------------------------- poll
     def _runs_by_leg(self, leg_ids: list[str]) -> dict[str, dict[str, Any]]:
         runs: dict[str, dict[str, Any]] = {}

@@ -11,22 +11,27 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from common.redact import redact_text
 from common.settings import Settings, get_settings
 from gateway.api.metrics import metrics_router
+from gateway.api.options import OptionsAllow
 from gateway.api.routes import api_router
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.errors import JobError
 from gateway.runtime import GatewayState
+from gateway.store.db import database_unavailable
 from gateway.store.migrate import ensure_schema
 
 log = logging.getLogger("uvicorn.error").getChild("gateway")  # shown by uvicorn's own handler
+# What a 503 asks the client to wait before it sends the same request again (an outage of the database).
+RETRY_AFTER_SECONDS = 5
 
 
 async def _flush_skips(state: GatewayState, stop: asyncio.Event) -> None:
@@ -73,6 +78,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.add_middleware(OptionsAllow)
+
     @app.exception_handler(JobError)
     async def _job_error(_request: Request, exc: JobError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
@@ -94,9 +101,29 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             log.info("database refused a value: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
             return JSONResponse(status_code=400, content={"detail": "Invalid value in the request"})
         log.warning("database error: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
-        return JSONResponse(status_code=503, content={"detail": "Database unavailable, try again"})
+        return database_unavailable_response()
+
+    async def _unreachable(_request: Request, exc: Exception) -> JSONResponse:
+        """A driver error that escaped SQLAlchemy's wrapping (a refused connection is a bare OSError)."""
+        if not database_unavailable(exc):
+            log.error("unexpected error: %s", redact_text(f"{type(exc).__name__}: {exc}"), exc_info=exc)
+            return JSONResponse(status_code=500, content={"detail": "Internal error"})
+        log.warning("database unreachable: %s", redact_text(f"{type(exc).__name__}: {exc}"))
+        return database_unavailable_response()
+
+    for kind in (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(kind, _unreachable)
 
     return app
+
+
+def database_unavailable_response() -> JSONResponse:
+    """503 with Retry-After: nothing was stored, and the same request may be sent again after a pause."""
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "Database unavailable, try again"},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _refused_value(exc: BaseException) -> bool:

@@ -105,11 +105,14 @@ class Dispatcher:
         """Every engine name the gateway can route to (canonical names), whether used yet or not."""
         return sorted(set(ENGINE_ALIASES.values()))
 
-    def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
         """One send, counted and timed per engine and outcome (`gateway.engines.metrics`); a send that found the
-        engine unreachable opens the shadow circuit breaker for it (`reachable`), a good one closes it."""
+        engine unreachable opens the shadow circuit breaker for it (`reachable`), a good one closes it.
+
+        `rerun`: the leg ran before and failed in the infrastructure, so the engine starts it over.
+        """
         started = time.perf_counter()
-        outcome = self._send_blocking(engine, spec, leg_id)
+        outcome = self._send_blocking(engine, spec, leg_id, rerun)
         metrics.record_send(_engine_label(engine), _METRIC_OUTCOME[outcome.status], time.perf_counter() - started)
         key = _engine_label(engine)
         if outcome.status == SendStatus.RETRY:
@@ -118,7 +121,7 @@ class Dispatcher:
             self._unreachable_until.pop(key, None)
         return outcome
 
-    def _send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    def _send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool) -> SendOutcome:
         job = JobSpec(
             kind=TaskKind(spec["kind"]),
             params=spec["params"],
@@ -127,7 +130,9 @@ class Dispatcher:
         )
         priority = int(spec.get("priority") or 8)
         try:
-            run_id = self.adapter(engine).submit(job, leg_id, priority=priority)
+            adapter = self.adapter(engine)
+            send = adapter.rerun if rerun else adapter.submit
+            run_id = send(job, leg_id, priority=priority)
         except DeploymentNotFound as exc:
             return SendOutcome(SendStatus.REJECTED, error=str(exc), deployment=exc.deployment)
         except EngineConfigurationError as exc:
@@ -144,7 +149,7 @@ class Dispatcher:
             return SendOutcome(SendStatus.RETRY, error=redact_text(f"{type(exc).__name__}: {exc}"), fault=True)
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
-    async def send(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+    async def send(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
         """Send one leg; a shadow leg (`spec["shadow"]`) goes through the shadow threads."""
         if spec.get("shadow"):
             if self._shadow_threads is None:
@@ -154,11 +159,12 @@ class Dispatcher:
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
             threads = self._threads
-        return await asyncio.get_running_loop().run_in_executor(threads, self.send_blocking, engine, spec, leg_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(threads, self.send_blocking, engine, spec, leg_id, rerun)
 
-    async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any]]]) -> list[SendOutcome]:
-        """Send a batch to one engine through the send threads at once; outcomes in the order of `legs`."""
-        return list(await asyncio.gather(*(self.send(engine, spec, leg_id) for leg_id, spec in legs)))
+    async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any], bool]]) -> list[SendOutcome]:
+        """Send a batch (leg id, spec, rerun) to one engine through the send threads at once, outcomes in order."""
+        return list(await asyncio.gather(*(self.send(engine, spec, leg_id, rerun) for leg_id, spec, rerun in legs)))
 
     def engines(self) -> list[str]:
         """The engines this process has talked to (an adapter was built): the ones whose queues are worth a look."""

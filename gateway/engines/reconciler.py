@@ -95,6 +95,11 @@ class TickReport:
         return bool(self.dispatched or self.finished)
 
 
+def _ran_before(leg: Leg) -> bool:
+    """A leg back in the outbox after it was sent (an infrastructure retry): the engine must start it over."""
+    return leg.dispatched_at is not None and (leg.infra_retries or 0) > 0
+
+
 # A step run at the end of every tick (e.g. the comparisons of legs that finished): returns how much it did.
 TickStep = Callable[[], Awaitable[int]]
 
@@ -237,12 +242,12 @@ class Reconciler:
 
     async def _send_group(self, engine: str, legs: list[Leg], rows: dict[str, Result], report: TickReport) -> None:
         """The first leg probes the engine; only if it got through are the others sent, all at once."""
-        first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id)
+        first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id, _ran_before(legs[0]))
         self._apply_send(legs[0], first, rows, report)
         if (first.status == SendStatus.RETRY and not first.fault) or len(legs) == 1:
             return  # one failed attempt per engine per tick is enough to know it is still down
         rest = legs[1:]
-        outcomes = await self.dispatcher.send_many(engine, [(leg.id, leg.spec) for leg in rest])
+        outcomes = await self.dispatcher.send_many(engine, [(leg.id, leg.spec, _ran_before(leg)) for leg in rest])
         for leg, outcome in zip(rest, outcomes, strict=True):
             self._apply_send(leg, outcome, rows, report)
 
@@ -343,9 +348,15 @@ class Reconciler:
                 finished += 1
         return finished
 
-    @staticmethod
-    def _advance(leg: Leg, state: LegState | None, result: LegResult | None, row: Result | None, now: datetime) -> bool:
+    def _advance(
+        self, leg: Leg, state: LegState | None, result: LegResult | None, row: Result | None, now: datetime
+    ) -> bool:
         """Apply one observation; True when the leg finished."""
+        if state is not None and machine.infra_retry_allowed(leg, state, self.settings.gateway_infra_retries):
+            reason = state.lost or state.error or state.native
+            log.warning("leg %s failed in the infrastructure (%s): running it again", leg.id, redact_text(reason))
+            machine.retry_infra(leg, row, now, redact_text(reason))
+            return False
         if state is not None and state.phase.is_final:
             if result is None:
                 return False  # the result could not be read: the leg stays open until it can

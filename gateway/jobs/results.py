@@ -137,5 +137,7 @@ async def system_status(state: GatewayState, principal: Principal, test_system_i
     row = await refreshed(state, row)
     answer = {"status": status_name(row.status)}
     if leg is not None and leg.dispatch_state == DispatchState.PENDING and leg.last_error:
-        answer["message"] = f"waiting for the engine to accept the job: {leg.last_error}"
+        # The engine's error names internal hosts and URLs: only admins see it; students get a neutral line.
+        detail = f": {leg.last_error}" if principal.is_admin else ""
+        answer["message"] = f"waiting for the engine to accept the job{detail}"
     return answer

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import and_, delete, func, literal, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backends.interface import TaskKind
 from common.legacy import Repository, ResultStatus, TestJob
+from common.redact import strip_credentials
 from gateway.engines.dispatcher import SendStatus
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
@@ -105,6 +107,23 @@ def _member_id(principal: Principal, body: TestCreate) -> str:
     return sorted(principal.course_member_ids)[0]
 
 
+PROVIDER_SCHEMES = ("https", "http", "ssh")
+
+
+def check_student_repository(body: TestCreate, allowed_hosts: list[str]) -> None:
+    """A student may point at a repository provider, never at a path on the worker (`file:///`, `project: "/"`)."""
+    if not (body.provider_url or body.project):
+        return
+    parts = urlsplit(body.provider_url or "")
+    if parts.scheme.lower() not in PROVIDER_SCHEMES or not parts.hostname:
+        raise BadJobRequest("provider_url must be a repository provider URL (https or ssh)")
+    if allowed_hosts and parts.hostname.lower() not in {h.lower() for h in allowed_hosts}:
+        raise BadJobRequest("provider_url is not one of the configured repository providers")
+    project = (body.project or "").strip()
+    if not project.strip("/") or project.startswith("/") or ".." in project.split("/") or "\\" in project:
+        raise BadJobRequest("project must be a repository path on the provider, e.g. group/name")
+
+
 def _test_job(
     body: TestCreate, content: CourseContent, member: CourseMember, backend: ExecutionBackend, commit: str
 ) -> TestJob:
@@ -114,10 +133,13 @@ def _test_job(
         url = member.repository_url
     else:
         raise BadJobRequest("No repository for this course member: give provider_url and project")
+    # Never stored (leg.spec) or sent (task kwargs, flow parameters) with credentials: the worker resolves them
+    # by the name in `credential`.
+    url = strip_credentials(url)
     reference = None
     if content.reference_url:
         reference = Repository(
-            url=content.reference_url,
+            url=strip_credentials(content.reference_url),
             commit=content.reference_commit,
             path=content.directory,
             credential=content.reference_credential,
@@ -292,6 +314,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     one query with the existing-run lookup.
     """
     member_id = _member_id(principal, body)
+    if principal.role == Role.STUDENT:
+        check_student_repository(body, state.settings.gateway_student_providers)
     content, backend = await _content(state, body)
     commit = body.version_identifier
     if not commit:

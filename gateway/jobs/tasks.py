@@ -7,7 +7,7 @@ the engine first, outside any row lock, then closes the leg through the state ma
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backends.interface import TaskKind
 from common.legacy import TestJob
-from common.redact import redact_text
+from common.redact import find_secret_key, redact_text, scrub
 from gateway.engines.routing import task_kind, task_name_of
 from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
 from gateway.jobs.submit import OUTBOX_GRACE, dispatch_after_commit
@@ -26,15 +26,6 @@ from gateway.store.models import Leg, Result, new_id, utcnow
 from gateway.store.runs import find_leg
 
 TASK_NOT_FOUND = "Task not found"
-
-
-def _has_token(value: Any) -> bool:
-    """Secrets never travel in job parameters: a non-empty `token` anywhere in them is refused."""
-    if isinstance(value, dict):
-        return any((k == "token" and v) or _has_token(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_token(v) for v in value)
-    return False
 
 
 # The parameter each task kind needs, and the legacy model that must validate under it.
@@ -72,9 +63,11 @@ async def submit_task(
     kind = task_kind(task_name)
     if kind is None:
         raise BadJobRequest(f"Unknown task: {task_name}")
+    secret = find_secret_key(parameters)
+    if secret is not None:
+        raise BadJobRequest(f"Job parameters must not carry a secret ({secret}); name a credential instead")
     validate_parameters(task_name, kind, parameters)
-    if _has_token(parameters):
-        raise BadJobRequest("Job parameters must not carry a token; name a credential")
+    parameters = cast(dict[str, Any], scrub(parameters))  # URLs lose their credentials before they are stored
     engine = state.settings.gateway_tasks_engine
     now = utcnow()
     spec = {"kind": kind.value, "params": parameters, "properties": {}, "priority": priority or 8}

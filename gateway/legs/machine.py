@@ -6,6 +6,8 @@ A leg is one run of a job on one engine. Its transitions (see `docs/architecture
 - `mark_sent` / `record_sent`: the engine accepted it (SENT), with its deadline;
 - `retry_later` / `record_retry`: the engine is unreachable; try again after a backoff;
 - `reject`: the engine refused it for good (FAILED, outcome `rejected`);
+- `retry_infra`: the run crashed or its worker died (not the student's doing): back into the outbox for a new
+  attempt under the same id, counted in `infra_retries`, while the budget lasts (`infra_retry_allowed`);
 - `apply_state`: a non-final observation (phase, progress, worker);
 - `finish`: the end, with the report or error kept on the leg whatever its role; a primary leg writes the
   legacy row (never over a row that is already final: a write-back that arrived first wins); then every
@@ -152,6 +154,7 @@ def new_leg(
         "finished": False,
         "dispatch_state": DispatchState.PENDING.value,
         "dispatch_attempts": 0,
+        "infra_retries": 0,
         "dispatch_faults": 0,
         "next_attempt_at": due_at,
         "deadline": deadline,
@@ -226,6 +229,33 @@ async def record_retry(
             updated_at=now,
         )
     )
+
+
+# ------------------------------------------------------------------------------------- infrastructure retry
+INFRA_PHASES = {LegPhase.CRASHED}
+
+
+def infra_retry_allowed(leg: Leg, state: LegState, budget: int) -> bool:
+    """A crashed or lost run the budget still covers. Never for a cancel, or a shadow's (it must stay cheap)."""
+    if leg.role == LegRole.SHADOW or leg.phase == LegPhase.CANCELLING:
+        return False
+    if state.phase not in INFRA_PHASES and not state.lost:
+        return False
+    return (leg.infra_retries or 0) < budget
+
+
+def retry_infra(leg: Leg, row: Result | None, now: datetime, reason: str | None) -> None:
+    """The same leg runs again: back to the outbox, due now; the dispatcher reruns it (it was sent before)."""
+    leg.infra_retries = (leg.infra_retries or 0) + 1
+    leg.dispatch_state = DispatchState.PENDING.value
+    leg.next_attempt_at = now
+    leg.phase = LegPhase.QUEUED.value
+    leg.native_state = None
+    leg.worker = None
+    leg.started_at = None
+    leg.last_error = f"attempt {leg.infra_retries} failed in the infrastructure, running it again: {reason or ''}"
+    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
+        row.status = int(ResultStatus.SCHEDULED)
 
 
 # Sends that fail for a reason that is not an outage (a job its engine cannot take: a malformed parameter set,

@@ -65,3 +65,43 @@ def make_async_engine(settings: Settings) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# The drivers' own "cannot reach the server" errors that escape SQLAlchemy's DBAPI wrapping: a refused or reset
+# connection at connect time is a bare OSError from asyncio, and asyncpg raises its server-state errors
+# ("the database system is shutting down", "... is starting up") unwrapped while connecting.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")  # connection exception, insufficient resources, operator action
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or anything in its chain) says the database cannot be reached now, as opposed to a bug.
+
+    Used to answer 503 with Retry-After instead of a 500: the client may send the same request again.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | TimeoutError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return True
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and code[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
+        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in _ASYNCPG_UNAVAILABLE:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
+
+
+_ASYNCPG_UNAVAILABLE = {
+    "ConnectionDoesNotExistError",
+    "InterfaceError",
+    "InternalClientError",
+    "ConnectionFailureError",
+}

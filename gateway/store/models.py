@@ -26,7 +26,9 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
+
+from common.redact import strip_credentials
 
 
 def new_id() -> str:
@@ -101,6 +103,11 @@ class CourseContent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    @validates("reference_url")
+    def _no_credentials(self, _key: str, url: str | None) -> str | None:
+        """Credentials are named in `reference_credential`, never kept inside the URL."""
+        return strip_credentials(url) if url else url
+
 
 class CourseMember(Base):
     """A student in a course, with the repository the student pushes to."""
@@ -113,6 +120,11 @@ class CourseMember(Base):
     credential: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @validates("repository_url")
+    def _no_credentials(self, _key: str, url: str | None) -> str | None:
+        """Credentials are named in `credential`, never kept inside the URL (the admin listing shows it)."""
+        return strip_credentials(url) if url else url
 
 
 class Result(Base):
@@ -187,6 +199,8 @@ class Leg(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Runs again after an infrastructure failure (crashed, worker gone); the last one's reason is in last_error.
+    infra_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Set by the finish hook on a leg that takes part in a comparison; the compare step clears it.
     compare_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
 

@@ -189,7 +189,8 @@ def test_a_cancelled_run_is_started_again_on_resubmission(both_engines: Stack) -
 # ------------------------------------------------------------------------------ one answer from either engine
 def test_a_clone_failure_reads_the_same_on_both_engines(both_engines: Stack) -> None:
     """The contract's clone failure, word for word, on both engines; git's text apart under `details`."""
-    nowhere = (both_engines.data / "no-such-provider").as_uri()
+    # A provider that does not exist (a student may name providers only, never a path on the worker: issue 11).
+    nowhere = "https://no-such-provider.invalid"
     failures, errors = {}, {}
     with both_engines.client(BOB) as bob, both_engines.client(ADMIN) as admin:
         for key in ("celery", "prefect"):

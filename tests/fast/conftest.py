@@ -8,6 +8,7 @@ where the test is about row locks) whose dispatcher hands out `MemoryAdapter`s. 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,19 @@ def _gateway(env: dict[str, str]) -> MemoryGateway:
     return MemoryGateway(settings, MemoryEngine())
 
 
+@pytest.fixture(scope="session")
+def seeded_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The migrated, seeded SQLite store, made once per session: each test starts from a copy of the file."""
+    folder = tmp_path_factory.mktemp("seeded")
+    _gateway({"GATEWAY_DATA_DIR": str(folder)})
+    return folder / "gateway.sqlite"
+
+
 @pytest.fixture
-def memory_gateway(tmp_path: Path) -> MemoryGateway:
-    return _gateway({"GATEWAY_DATA_DIR": str(tmp_path)})
+def memory_gateway(tmp_path: Path, seeded_sqlite: Path) -> MemoryGateway:
+    shutil.copyfile(seeded_sqlite, tmp_path / seeded_sqlite.name)
+    settings = settings_from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CATALOG_CACHE_SECONDS": "60"})
+    return MemoryGateway(settings, MemoryEngine())
 
 
 @pytest.fixture

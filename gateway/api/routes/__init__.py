@@ -10,13 +10,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from gateway.api.routes import admin, backends, comparisons, results, tasks, tests, user
+from gateway.schemas import ERROR_RESPONSES
 
 LEGACY = (tests, results, tasks, backends, user)
 
 
 def api_router(*, legacy_only: bool = False) -> APIRouter:
-    """Every route (for /api), or only those of the legacy contract (for the root)."""
-    router = APIRouter()
+    """Every route (for /api), or only those of the legacy contract (for the root).
+
+    The error answers any route may give are declared once here, so the OpenAPI spec shows them.
+    """
+    router = APIRouter(responses=ERROR_RESPONSES)
     for module in LEGACY if legacy_only else (*LEGACY, admin, comparisons):
         router.include_router(module.router)
     return router

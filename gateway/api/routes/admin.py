@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.auth import require
@@ -37,6 +38,18 @@ async def _prepare(model: type[Any], values: dict[str, Any]) -> dict[str, Any]:
         if password is not None:
             values["password_hash"] = await run_in_threadpool(hash_password, password)
     return values
+
+
+LAST_ADMIN = "The last admin account cannot be removed or demoted: create another admin first"
+
+
+async def _keeps_an_admin(session: AsyncSession, model: type[Any], row: Any, new_role: str | None) -> None:
+    """Refuse (409) to delete or demote the only admin: nobody could manage the gateway afterwards."""
+    if model is not User or row.role != "admin" or new_role == "admin":
+        return
+    admins = await session.scalar(select(func.count(User.id)).where(User.role == "admin"))
+    if (admins or 0) <= 1:
+        raise HTTPException(status_code=409, detail=LAST_ADMIN)
 
 
 def crud(path: str, model: type[Any], create: type[BaseModel], patch: type[BaseModel], get: type[BaseModel]) -> None:
@@ -91,6 +104,8 @@ def crud(path: str, model: type[Any], create: type[BaseModel], patch: type[BaseM
                 row = await session.get(model, item_id)
                 if row is None:
                     raise missing()
+                if "role" in values:
+                    await _keeps_an_admin(session, model, row, values["role"])
                 for name, value in values.items():
                     setattr(row, name, value)
         except IntegrityError:
@@ -106,6 +121,7 @@ def crud(path: str, model: type[Any], create: type[BaseModel], patch: type[BaseM
                 row = await session.get(model, item_id)
                 if row is None:
                     raise missing()
+                await _keeps_an_admin(session, model, row, None)
                 await session.delete(row)
         except IntegrityError:
             raise conflict() from None

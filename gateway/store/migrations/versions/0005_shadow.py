@@ -1,7 +1,7 @@
 """Shadow runs: settings per backend/content, skip counters, comparisons, A/A flake statistics, compare rules.
 
-Revision ID: 0003_shadow
-Revises: 0003_legacy_fidelity
+Revision ID: 0005_shadow
+Revises: 0004_leg_infra_retries
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_shadow"
-down_revision = "0003_legacy_fidelity"
+revision = "0005_shadow"
+down_revision = "0004_leg_infra_retries"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,26 @@
+"""A dead run's checkout and sandbox directories are removed by the sweep; a live run's are never touched."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from backends.celery.leftovers import sweep
+from tests.support.celery_worker import settings_from_env
+
+
+def test_the_sweep_removes_only_work_directories_older_than_any_run(tmp_path: Path) -> None:
+    settings = settings_from_env({"GATEWAY_DATA_DIR": str(tmp_path / "data"), "TASK_TIME_LIMIT": "100"})
+    old = time.time() - 100 - 61  # older than the hard time limit plus the margin: no live run can own it
+    dead = [tmp_path / "gateway-sandbox-dead1", tmp_path / "gateway-checkout-dead2"]
+    live = tmp_path / "gateway-sandbox-live"
+    other = tmp_path / "someone-elses-dir"
+    for path in (*dead, live, other):
+        (path / "inside").mkdir(parents=True)
+        (path / "inside" / "file.py").write_text("x")
+    for path in (*dead, other):
+        os.utime(path, (old, old))  # made long ago (setting up time, not faking the sweep)
+    removed = sweep(settings, bases=[tmp_path])
+    assert sorted(removed) == sorted(dead)
+    assert not any(p.exists() for p in dead) and live.exists() and other.exists()

@@ -1,0 +1,242 @@
+"""The fault suite's stack: the API and Celery workers on a PostgreSQL cluster of the suite's own, and Redis.
+
+The cluster is the suite's own so a test may stop it (tests/support/pg_cluster.py). Repositories: the example
+reference, a passing student with many commits (one job per commit: every submit is a new job), and a slow
+student whose run stays RUNNING for seconds. The tally counts what a fault must not do: lose or duplicate a job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from backends.examples import DATA as EXAMPLE_DATA
+from gateway.store.catalog import load_catalog
+from gateway.store.migrate import upgrade
+from tests.gateway.server import GatewayServer, running_server
+from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
+from tests.support.pg_cluster import PgCluster
+
+T = TypeVar("T")
+PASSWORD = "faults-pw"
+ADMIN = ("admin", PASSWORD)
+ALICE = ("alice", PASSWORD)
+SLOW = ("slow", PASSWORD)
+DIRECTORY = "c/ex1"
+PREFECT_DIRECTORY = "p/ex1"  # the same assignment on the Prefect backend (deployment test-assignment/system)
+FINAL = {0, 1, 2, 6}
+SLOW_CALC = """import time
+
+
+def add(a, b):
+    time.sleep(4)  # a long-running solution: the job stays RUNNING long enough to kill its worker
+    return a + b
+
+
+def mul(a, b):
+    return a * b
+
+
+def mean(values):
+    return sum(values) / len(values)
+"""
+
+
+def wait_until(check: Callable[[], T | None], what: str, timeout: float = 120.0, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)  # polling interval of a deadline loop
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _repo(path: Path, files: Mapping[str, str], extra_commits: int = 0) -> tuple[str, list[str]]:
+    """A repository with `files`, then `extra_commits` more (same tree): one commit per job to submit."""
+    path.mkdir(parents=True)
+    _git(["init", "-q", "-b", "main"], path)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    _git(["add", "-A"], path)
+    _git(["commit", "-q", "--no-gpg-sign", "-m", "init"], path)
+    for number in range(extra_commits):
+        _git(["commit", "-q", "--no-gpg-sign", "--allow-empty", "-m", f"c{number}"], path)
+    commits = _git(["rev-list", "--reverse", "HEAD"], path).split()
+    return path.resolve().as_uri(), commits
+
+
+@dataclass
+class FaultStack:
+    server: GatewayServer
+    env: dict[str, str]
+    data: Path
+    log_dir: Path
+    pg: PgCluster | None
+    commits: list[str]  # of the passing student: each one a new job
+    slow_commit: str
+    workers: list[WorkerProcess] = field(default_factory=list)
+    _used: int = 0
+
+    def client(self, auth: tuple[str, str] | None = ADMIN) -> httpx.Client:
+        return self.server.client(auth)
+
+    def next_commits(self, count: int) -> list[str]:
+        taken = self.commits[self._used : self._used + count]
+        assert len(taken) == count, "the stack's repository has too few commits left"
+        self._used += count
+        return taken
+
+    def start_worker(self, extra: Mapping[str, str] | None = None) -> WorkerProcess:
+        worker = start_worker(base_env({**self.env, **(extra or {})}, self.data), concurrency=2, log_dir=self.log_dir)
+        self.workers.append(worker)
+        return worker
+
+    def live_workers(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.process.poll() is None]
+
+    def worker_logs(self) -> str:
+        return "".join(w.log_text() for w in self.workers)
+
+    def executions(self, leg_id: str) -> int:
+        """How many times a worker began the work of `leg_id` (a skipped duplicate does not count)."""
+        return len(re.findall(rf"running \S+ {re.escape(leg_id)}\b", self.worker_logs()))
+
+
+@dataclass
+class Tally:
+    """What a fault did to the jobs: accepted (200), refused (503 + Retry-After), anything else is a defect."""
+
+    accepted: dict[str, str] = field(default_factory=dict)  # result id -> leg id
+    refused: int = 0
+    refused_without_retry_after: int = 0
+    other: list[str] = field(default_factory=list)
+
+    def record(self, response: httpx.Response) -> None:
+        if response.status_code == 200:
+            run = response.json()
+            self.accepted[run["id"]] = run["test_system_id"]
+        elif response.status_code == 503:
+            self.refused += 1
+            if not response.headers.get("Retry-After"):
+                self.refused_without_retry_after += 1
+        else:
+            self.other.append(f"{response.status_code} {response.text[:200]}")
+
+    def outcome(self, stack: FaultStack, client: httpx.Client, timeout: float) -> dict[str, Any]:
+        """Wait until every accepted job is final (bounded), then count completed once / lost / duplicated."""
+
+        def all_final() -> dict[str, int] | None:
+            statuses = {rid: client.get(f"/api/results/{rid}/status").json() for rid in self.accepted}
+            return statuses if all(s in FINAL for s in statuses.values()) else None
+
+        try:
+            statuses = wait_until(all_final, "every accepted job to finish", timeout=timeout, interval=1.0)
+        except AssertionError:
+            statuses = {rid: client.get(f"/api/results/{rid}/status").json() for rid in self.accepted}
+        runs = Counter({leg: stack.executions(leg) for leg in self.accepted.values()})
+        completed = {rid for rid, status in statuses.items() if status == 0}
+        return {
+            "accepted": len(self.accepted),
+            "completed_once": sum(1 for rid in completed if runs[self.accepted[rid]] == 1),
+            "lost": len(self.accepted) - len(completed),
+            "duplicated": sum(1 for leg in self.accepted.values() if runs[leg] > 1),
+            "refused_503": self.refused,
+            "other_answers": self.other,
+        }
+
+
+def _catalog(reference: tuple[str, list[str]], passing: str, slow: str) -> dict[str, Any]:
+    contents = [
+        {
+            "id": f"cc-{backend}",
+            "path": directory.replace("/", "."),
+            "directory": directory,
+            "execution_backend": f"{backend}-main",
+            "reference_url": reference[0],
+            "reference_commit": reference[1][-1],
+        }
+        for backend, directory in (("celery", DIRECTORY), ("prefect", PREFECT_DIRECTORY))
+    ]
+    return {
+        "execution_backends": [
+            {"slug": "celery-main", "type": "celery", "properties": {}},
+            {"slug": "prefect-main", "type": "prefect", "properties": {"deployment": "test-assignment/system"}},
+        ],
+        "course_contents": contents,
+        "course_members": [
+            {"id": "m-alice", "user_id": "u-alice", "repository_url": passing},
+            {"id": "m-slow", "user_id": "u-slow", "repository_url": slow},
+        ],
+        "users": [
+            {"username": "admin", "password": PASSWORD, "role": "admin"},
+            {"username": "alice", "password": PASSWORD, "role": "student", "course_member_ids": ["m-alice"]},
+            {"username": "slow", "password": PASSWORD, "role": "student", "course_member_ids": ["m-slow"]},
+        ],
+    }
+
+
+@contextlib.contextmanager
+def fault_stack(
+    tmp: Path,
+    pg: PgCluster | None,
+    service_env: Mapping[str, str],
+    jobs: int,
+    *,
+    celery_worker: bool = True,
+) -> Iterator[FaultStack]:
+    """The API (on `pg`, or the embedded SQLite store without it) and, unless told otherwise, a Celery worker."""
+    example = EXAMPLE_DATA / "reference" / "week1" / "ex1"
+    dirs = (DIRECTORY, PREFECT_DIRECTORY)
+    reference = _repo(
+        tmp / "repos" / "reference", {f"{d}/{f.name}": f.read_text() for d in dirs for f in example.iterdir()}
+    )
+    passing_calc = (EXAMPLE_DATA / "passing" / "week1" / "ex1" / "calc.py").read_text()
+    passing = _repo(tmp / "repos" / "passing", {f"{d}/calc.py": passing_calc for d in dirs}, extra_commits=jobs)
+    slow = _repo(tmp / "repos" / "slow", {f"{d}/calc.py": SLOW_CALC for d in dirs}, extra_commits=4)
+    data = tmp / "data"
+    env = {
+        **(pg.env() if pg is not None else {}),
+        **service_env,
+        "GATEWAY_RECONCILE_INTERVAL": "0.3",
+        # Declared gone after 5 s without a ping answer (the default is 15 s): the bound the suite checks.
+        "CELERY_WORKER_LOST_SECONDS": "5",
+    }
+    settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
+    upgrade(settings)
+    load_catalog(_catalog(reference, passing[0], slow[0]), settings)
+    with running_server(env, data) as server:
+        stack = FaultStack(server, env, data, tmp, pg, passing[1], slow[1][-1])
+        try:
+            if celery_worker:
+                stack.start_worker()
+            yield stack
+        finally:
+            for worker in stack.workers:
+                stop_worker(worker)
