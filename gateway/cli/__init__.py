@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # Each module defines `register(app)`; the order is the order of `gateway --help`.
-_COMMAND_MODULES = ("run_tests", "worker", "prefect_cmd", "server", "up")
+_COMMAND_MODULES = ("run_tests", "worker", "prefect_cmd", "server", "up", "cutover")
 
 
 def _register_all() -> None:

@@ -54,7 +54,8 @@ class Change:
 
     @property
     def is_noop(self) -> bool:
-        return not self.changed
+        """Nothing differs. Never true for a migration's first change (version 0): creating it is the change."""
+        return self.before.version > 0 and not self.changed
 
 
 def implied_percentage(stage: Stage, percentage: float | None) -> float:
