@@ -98,6 +98,9 @@ class JobSpec:
     kind: TaskKind
     params: dict[str, Any]
     properties: dict[str, Any] = field(default_factory=dict)
+    # A shadow run (a comparison's second leg): the engine marks it as such (a Prefect tag, a Celery header)
+    # without changing the task or deployment it runs.
+    shadow: bool = False
 
 
 @dataclass

@@ -7,13 +7,18 @@ engine adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.settings import Settings
 from gateway.engines.dispatcher import Dispatcher
 from gateway.engines.reconciler import Reconciler
+from gateway.engines.shadowing import ShadowPolicy
 from gateway.store.accounts import Authenticator
 from gateway.store.catalog_cache import CatalogCache
 from gateway.store.db import make_async_engine, make_sessionmaker
@@ -29,6 +34,10 @@ class GatewayState:
     reconciler: Reconciler
     # Course contents/backends/members for the submit path (see gateway.store.catalog_cache).
     catalog: CatalogCache
+    # Which shadow legs a new job gets, and the counters of the ones it did not.
+    shadow: ShadowPolicy
+    # Work started after a request answered (shadow sends): kept so it is not collected, awaited on close.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def is_postgres(self) -> bool:
@@ -39,16 +48,34 @@ class GatewayState:
         engine = make_async_engine(settings)
         sessions = make_sessionmaker(engine)
         dispatcher = dispatcher or Dispatcher(settings)
+        catalog = CatalogCache(settings.gateway_catalog_cache_seconds)
+        shadow = ShadowPolicy(sessions, catalog, dispatcher)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             dispatcher=dispatcher,
             auth=Authenticator(sessions, settings.gateway_auth_cache_seconds),
-            reconciler=Reconciler(sessions, dispatcher, settings),
-            catalog=CatalogCache(settings.gateway_catalog_cache_seconds),
+            reconciler=Reconciler(sessions, dispatcher, settings, skips=shadow.skips),
+            catalog=catalog,
+            shadow=shadow,
         )
 
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` after the current request without delaying it (the task is kept until it ends)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the background work started so far (tests, shutdown)."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.drain(), timeout=10)
+        with contextlib.suppress(Exception):
+            await self.shadow.skips.flush(self.sessions)
         self.dispatcher.close()
         await self.engine.dispose()

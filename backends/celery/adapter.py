@@ -21,6 +21,9 @@ from backends.interface import Health, JobSpec, LegPhase, LegResult, LegState, T
 from common.redact import redact_text
 from common.settings import Settings
 
+# The message header that marks a shadow run (the task name stays the legacy one).
+SHADOW_HEADER = "shadow"
+
 
 def _plain(value: Any) -> Any:
     """Pydantic models (a TestJob) travel as JSON-ready dicts."""
@@ -84,12 +87,30 @@ class CeleryAdapter:
             }
         else:
             kwargs = {"submission": _plain(job.params["submission"])}
-        return self.send(task_name, kwargs, leg_id, priority=priority)
+        headers = {SHADOW_HEADER: True} if job.shadow else None
+        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers)
 
-    def send(self, task_name: str, kwargs: dict[str, Any], task_id: str, priority: int | None = None) -> str:
-        """Any task by name, routed to its queue (also used for the no-op task by health checks and the bench)."""
+    def send(
+        self,
+        task_name: str,
+        kwargs: dict[str, Any],
+        task_id: str,
+        priority: int | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Any task by name, routed to its queue (also used for the no-op task by health checks and the bench).
+
+        A shadow run keeps its task name; it is marked by a message header (`shadow`) instead."""
         queue = names.QUEUE_FOR_TASK.get(task_name, names.DEFAULT)
-        self.app.send_task(task_name, kwargs=kwargs, task_id=task_id, queue=queue, routing_key=queue, priority=priority)
+        self.app.send_task(
+            task_name,
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=queue,
+            routing_key=queue,
+            priority=priority,
+            headers=headers,
+        )
         return task_id
 
     # -------------------------------------------------------------------------------------------------- poll

@@ -44,6 +44,7 @@ from common.settings import Settings, get_settings
 
 _RETRY_STATUS = {429, 502, 503, 504}
 _RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)
+SHADOW_TAG = "shadow"  # the tag of a shadow run (a comparison leg), beside `user:<id>` and the leg id
 PAGE = 200  # the server's default maximum page size (PREFECT_API_DEFAULT_LIMIT)
 _EXC_TYPE = re.compile(r"exception: (?P<type>[A-Za-z_][\w.]*):")
 
@@ -177,7 +178,9 @@ class PrefectAdapter:
 
     # ------------------------------------------------------------------------------------------------- submit
     def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
-        """Create the flow run; the leg id is its idempotency key and a tag. Priority: Prefect has none per run."""
+        """Create the flow run; the leg id is its idempotency key and a tag (`shadow` too for a shadow run).
+
+        Priority: Prefect has none per run."""
         name = self.deployment_name(job)
         tags = [leg_id]
         for param in ("test_job", "submission"):
@@ -185,6 +188,8 @@ class PrefectAdapter:
             if isinstance(value, dict) and value.get("user_id"):
                 tags.insert(0, f"user:{value['user_id']}")
                 break
+        if job.shadow:
+            tags.append(SHADOW_TAG)
         body = {"parameters": job.params, "idempotency_key": leg_id, "tags": tags}
         for refresh in (False, True):
             deployment_id = self.deployment_id(name, refresh=refresh)

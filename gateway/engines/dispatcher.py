@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ class SendOutcome:
 
 # Sends are short and mostly network waits; a few threads overlap them without piling up GIL contention.
 SEND_THREADS = 4
+# Shadow sends have threads of their own: a shadow engine that hangs can never hold up a primary's send.
+SHADOW_THREADS = 2
+# After a send found an engine unreachable, new shadow legs for it are skipped this long (a circuit breaker).
+UNREACHABLE_FOR = 30.0
 
 
 class Dispatcher:
@@ -61,6 +66,13 @@ class Dispatcher:
         self._factory = adapter_factory
         self._adapters: dict[str, EngineAdapter] = {}
         self._threads: ThreadPoolExecutor | None = None
+        self._shadow_threads: ThreadPoolExecutor | None = None
+        # engine -> monotonic time until which it counts as unreachable (set by a failed send, cleared by a good one)
+        self._unreachable_until: dict[str, float] = {}
+
+    def reachable(self, engine: str) -> bool:
+        """False for a while after a send to the engine found it down (a shadow is then skipped, not queued)."""
+        return self._unreachable_until.get(canonical_engine(engine), 0.0) <= time.monotonic()
 
     def adapter(self, engine: str) -> EngineAdapter:
         engine = canonical_engine(engine)
@@ -71,7 +83,21 @@ class Dispatcher:
         return found
 
     def send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
-        job = JobSpec(kind=TaskKind(spec["kind"]), params=spec["params"], properties=spec.get("properties") or {})
+        outcome = self._send_blocking(engine, spec, leg_id)
+        key = canonical_engine(engine)
+        if outcome.status == SendStatus.RETRY:
+            self._unreachable_until[key] = time.monotonic() + UNREACHABLE_FOR
+        elif outcome.status == SendStatus.SENT:
+            self._unreachable_until.pop(key, None)
+        return outcome
+
+    def _send_blocking(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
+        job = JobSpec(
+            kind=TaskKind(spec["kind"]),
+            params=spec["params"],
+            properties=spec.get("properties") or {},
+            shadow=bool(spec.get("shadow")),
+        )
         priority = int(spec.get("priority") or 8)
         try:
             run_id = self.adapter(engine).submit(job, leg_id, priority=priority)
@@ -87,9 +113,16 @@ class Dispatcher:
         return SendOutcome(SendStatus.SENT, engine_run_id=run_id)
 
     async def send(self, engine: str, spec: dict[str, Any], leg_id: str) -> SendOutcome:
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self.send_blocking, engine, spec, leg_id)
+        """Send one leg; a shadow leg (`spec["shadow"]`) goes through the shadow threads."""
+        if spec.get("shadow"):
+            if self._shadow_threads is None:
+                self._shadow_threads = ThreadPoolExecutor(max_workers=SHADOW_THREADS, thread_name_prefix="shadow")
+            threads = self._shadow_threads
+        else:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
+            threads = self._threads
+        return await asyncio.get_running_loop().run_in_executor(threads, self.send_blocking, engine, spec, leg_id)
 
     async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any]]]) -> list[SendOutcome]:
         """Send a batch to one engine through the send threads at once; outcomes in the order of `legs`."""
@@ -97,9 +130,10 @@ class Dispatcher:
 
     def close(self) -> None:
         """Stop the send threads (a send in progress finishes first) and close every adapter."""
-        threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown(wait=True, cancel_futures=True)
+        for threads in (self._threads, self._shadow_threads):
+            if threads is not None:
+                threads.shutdown(wait=True, cancel_futures=True)
+        self._threads = self._shadow_threads = None
         adapters, self._adapters = self._adapters, {}
         for engine, adapter in adapters.items():
             try:

@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
 from gateway.legs.states import DispatchState
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.shadow_settings import SkipCounter
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,16 @@ class TickReport:
     polled: int = 0
     finished: int = 0
     batches: int = 0
+    # What the tick's follow-up steps did, by step name (e.g. comparisons written).
+    steps: dict[str, int] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
         return bool(self.dispatched or self.finished)
+
+
+# A step run at the end of every tick (e.g. the comparisons of legs that finished): returns how much it did.
+TickStep = Callable[[], Awaitable[int]]
 
 
 class Reconciler:
@@ -64,6 +71,7 @@ class Reconciler:
         dispatcher: Dispatcher,
         settings: Settings,
         batch_size: int = 500,
+        skips: SkipCounter | None = None,
     ) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
@@ -73,6 +81,9 @@ class Reconciler:
         self.is_postgres = bind is not None and bind.dialect.name == "postgresql"
         # SQLite has no row locks: one writer task at a time inside this process (a tick or a refresh).
         self._local_lock = asyncio.Lock()
+        self.skips = skips
+        # Registered from above (the comparison step is installed by gateway.jobs.bootstrap).
+        self.steps: dict[str, TickStep] = {}
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -112,6 +123,16 @@ class Reconciler:
         async with self._writer():
             await self.flush_outbox(report)
             await self.poll_open(report)
+            for name, step in list(self.steps.items()):
+                try:
+                    report.steps[name] = await step()
+                except Exception as exc:  # noqa: BLE001 - a follow-up step never stops the legs moving
+                    log.warning("reconciler step %s failed: %s", name, redact_text(repr(exc)))
+        if self.skips is not None:
+            try:
+                await self.skips.flush(self.sessions)
+            except Exception as exc:  # noqa: BLE001 - the counts stay pending for the next tick
+                log.warning("flushing shadow skip counts failed: %s", redact_text(repr(exc)))
         return report
 
     async def flush_outbox(self, report: TickReport) -> None:
@@ -121,7 +142,8 @@ class Reconciler:
             .where(
                 Leg.dispatch_state == DispatchState.PENDING,
                 Leg.finished.is_(False),
-                or_(Leg.next_attempt_at.is_(None), Leg.next_attempt_at <= now),
+                # Due for another attempt, or past its deadline (a shadow leg never accepted): time it out.
+                or_(Leg.next_attempt_at.is_(None), Leg.next_attempt_at <= now, Leg.deadline < now),
             )
             .order_by(Leg.next_attempt_at)
             .limit(self.batch_size)
@@ -129,6 +151,10 @@ class Reconciler:
         async with self._claim(stmt) as (legs, rows):
             by_engine: dict[str, list[Leg]] = defaultdict(list)
             for leg in legs:
+                if machine.past_deadline(leg, now):  # a shadow leg never accepted before its deadline
+                    machine.time_out(leg, rows.get(leg.result_id or ""), now)
+                    report.finished += 1
+                    continue
                 by_engine[leg.engine].append(leg)
             for engine, group in by_engine.items():
                 await self._send_group(engine, group, rows, report)

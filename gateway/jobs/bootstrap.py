@@ -1,12 +1,15 @@
 """Starting a gateway process: its resources (`GatewayState`) with every leg follow-up registered.
 
 The API's lifespan and `gateway reconcile` both start here, so a leg finished in either process runs the same
-follow-ups.
+follow-ups and the
+same compare step.
 """
 
 from __future__ import annotations
 
 from common.settings import Settings
+from gateway.compare import follow_up as comparison
+from gateway.compare.step import CompareStep
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs import follow_ups
 from gateway.legs.machine import on_finish
@@ -15,4 +18,8 @@ from gateway.runtime import GatewayState
 
 def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
     follow_ups.install(on_finish)
-    return GatewayState.build(settings, dispatcher)
+    comparison.install(on_finish)
+    state = GatewayState.build(settings, dispatcher)
+    # Comparisons are written by the reconciler after each tick, for every pair whose two legs are final.
+    state.reconciler.steps[comparison.NAME] = CompareStep(state.sessions, state.is_postgres)
+    return state

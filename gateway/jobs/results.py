@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from backends.interface import LegPhase
-from common.legacy import status_name
+from common.legacy import ResultStatus, status_name
+from common.scoring import score
 from gateway.jobs.errors import NotFound
 from gateway.legs import machine
-from gateway.legs.states import DispatchState
+from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
-from gateway.store.accounts import Principal
+from gateway.store.accounts import Principal, Role
 from gateway.store.models import Leg, Result, utcnow
 
 RESULT_NOT_FOUND = "Result not found"
@@ -46,11 +47,21 @@ async def refreshed(state: GatewayState, row: Result) -> Result:
 
 
 async def write_back(state: GatewayState, principal: Principal, result_id: str, changes: dict[str, Any]) -> Result:
-    """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status."""
+    """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status.
+
+    The id of a shadow leg (what `shadow_view` answered a shadow run's lookup with) writes to that leg only."""
     async with state.sessions() as session, session.begin():
         row = await session.get(Result, result_id, with_for_update=state.is_postgres)
         if row is None:
-            raise NotFound(RESULT_NOT_FOUND)
+            leg = await session.get(Leg, result_id, with_for_update=state.is_postgres)
+            if leg is None or leg.role != LegRole.SHADOW or leg.result_id is None:
+                raise NotFound(RESULT_NOT_FOUND)
+            status = changes.get("status")
+            report = changes.get("result_json")
+            machine.apply_shadow_write_back(leg, int(status) if status is not None else None, report, utcnow())
+            job = await session.get(Result, leg.result_id)
+            assert job is not None
+            return shadow_view(job, leg)
         for name in WRITABLE:
             if name in changes:
                 setattr(row, name, changes[name])
@@ -63,6 +74,32 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         if leg is not None and status is not None:
             machine.apply_write_back(leg, row, int(status), utcnow())
     return row
+
+
+def shadow_view(row: Result, leg: Leg) -> Result:
+    """What a shadow run sees of its job (a detached copy): the job's row under the shadow leg's id, with the
+    leg's own status and report. Writing back to that id lands on the leg (`write_back`), never on the row."""
+    phase = LegPhase(leg.phase)
+    report = leg.payload if isinstance(leg.payload, dict) else None
+    status = phase.result_status() if phase != LegPhase.MISSING else ResultStatus.SCHEDULED
+    values = {c.key: getattr(row, c.key) for c in Result.__table__.columns}
+    values |= {"id": leg.id, "test_system_id": leg.id, "status": int(status), "submit": False}
+    values |= {"result": score(report), "result_json": report}
+    return Result(**values)
+
+
+async def shadow_lookup(state: GatewayState, principal: Principal, test_system_id: str) -> Result | None:
+    """A flow the gateway did not write looks its job up by its own run id; for a shadow run that is a shadow
+    leg (by leg id or the engine's run id): answered with `shadow_view`, for workers and admins only."""
+    if not (principal.is_admin or principal.role == Role.WORKER):
+        return None
+    async with state.sessions() as session:
+        stmt = select(Leg).where(
+            Leg.role == LegRole.SHADOW, or_(Leg.id == test_system_id, Leg.engine_run_id == test_system_id)
+        )
+        leg = (await session.execute(stmt.limit(1))).scalar_one_or_none()
+        row = await session.get(Result, leg.result_id) if leg is not None and leg.result_id else None
+    return shadow_view(row, leg) if row is not None and leg is not None else None
 
 
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ engine leaves the leg in the outbox for the reconciler (the client still gets it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -173,12 +173,14 @@ async def _count_and_existing(
 
 @dataclass(frozen=True)
 class _Run:
-    """A new run ready to insert: the row's and the leg's column values, and what dispatch needs."""
+    """A new run ready to insert: the row's and the legs' column values, and what dispatch needs."""
 
     row: dict[str, Any]
     leg: dict[str, Any]
     plan: RoutePlan
     spec: dict[str, Any]
+    # Shadow legs (column values), written with the row and dispatched after the primary, off the request.
+    shadows: tuple[dict[str, Any], ...] = ()
 
 
 def _new_run(
@@ -242,6 +244,49 @@ def _new_run(
     return _Run(row=row, leg=leg, plan=plan, spec=spec)
 
 
+def shadow_spec(spec: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """The primary's job as a shadow runs it: `submit` false, marked `shadow`, the setting's properties laid over."""
+    params = dict(spec["params"])
+    if isinstance(params.get("test_job"), dict):
+        params["test_job"] = {**params["test_job"], "submit": False}
+    return {**spec, "params": params, "properties": {**(spec.get("properties") or {}), **properties}, "shadow": True}
+
+
+async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, backend: ExecutionBackend) -> _Run:
+    """Ask the shadow policy; add the legs it wants and record its decision on the primary leg."""
+    # Under a cutover stage the stage names the shadow engine and fraction (None: the stage shadows nothing).
+    staged = (run.plan.shadow, run.plan.shadow_fraction) if "stage" in run.plan.decision else None
+    decision = await state.shadow.decide(run.plan.primary, backend.id, content.id, staged)
+    shadows = []
+    now = run.leg["created_at"]
+    for planned in decision.legs:
+        shadows.append(
+            new_leg(
+                leg_id=new_id(),
+                result_id=run.row["id"],
+                role=LegRole.SHADOW,
+                engine=planned.engine,
+                task_name=run.leg["task_name"],
+                spec=shadow_spec(run.spec, planned.properties),
+                routing={**decision.record, "experiment": planned.kind.value, "primary_leg": run.leg["id"]},
+                now=now,
+                due_at=now + OUTBOX_GRACE,
+                deadline=now + timedelta(seconds=planned.deadline_seconds),
+            )
+        )
+    record = {**decision.record, "legs": [leg["id"] for leg in shadows]} if shadows else decision.record
+    leg = {**run.leg, "routing": {**(run.leg["routing"] or {}), "shadow": record}}
+    return replace(run, leg=leg, shadows=tuple(shadows))
+
+
+def _dispatch_shadows(state: GatewayState, run: _Run) -> None:
+    """After the primary was sent and without delaying the answer: send the shadow legs in the background.
+
+    A shadow engine that is down only leaves its leg in the outbox (retried, then timed out at its deadline)."""
+    for leg in run.shadows:
+        state.in_background(dispatch_after_commit(state, leg["id"], leg["engine"], leg["spec"], None, shadow=True))
+
+
 async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result, bool]:
     """Returns the row to answer with and whether it is new; raises `JobError`s with the legacy texts.
 
@@ -276,9 +321,12 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
                 if existing is not None and ResultStatus(existing.status) in KEEP:
                     return existing, False
             raise
+        assert backend is not None  # _new_run refused a missing backend
+        run = await _with_shadows(state, run, content, backend)
         if existing is None:
-            if await insert_run(state.engine, run.row, run.leg):
+            if await insert_run(state.engine, run.row, run.leg, *run.shadows):
                 await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, run.row["id"])
+                _dispatch_shadows(state, run)
                 return Result(**run.row), True
             # A run for this commit exists (an earlier one, or an identical submit that raced this one).
             looked, existing = True, await _existing(state, member_id, content.id, commit)
@@ -288,6 +336,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
             existing = await _existing(state, member_id, content.id, commit)
             continue
         await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row.id)
+        _dispatch_shadows(state, run)
         return row, True
     raise Conflict("Conflicts with an existing record")
 
@@ -302,7 +351,7 @@ async def _rerun(state: GatewayState, existing: Result, run: _Run) -> Result | N
         row = Result(**run.row)
         session.add(row)
         await session.flush()  # the row before its leg (foreign key), in one transaction
-        session.add(Leg(**run.leg))
+        session.add_all([Leg(**values) for values in (run.leg, *run.shadows)])
         try:
             await session.commit()
         except IntegrityError:
@@ -326,16 +375,24 @@ async def _rename(session: AsyncSession, existing: Result, commit: str) -> None:
 
 
 async def dispatch_after_commit(
-    state: GatewayState, leg_id: str, engine: str, spec: dict[str, Any], row_id: str | None
+    state: GatewayState,
+    leg_id: str,
+    engine: str,
+    spec: dict[str, Any],
+    row_id: str | None,
+    *,
+    shadow: bool = False,
 ) -> None:
-    """Send right away; the outbox (the leg row) is only the fallback. A missing deployment undoes the run."""
+    """Send right away; the outbox (the leg row) is only the fallback. A missing deployment undoes the run.
+
+    A shadow leg the engine refuses is left to the reconciler (which rejects it): it never undoes the job."""
     outcome = await state.dispatcher.send(engine, spec, leg_id)
     now = utcnow()
     if outcome.status == SendStatus.SENT:
         await record_sent(state.engine, leg_id, outcome.engine_run_id, now, now + _deadline(state))
         return
     async with state.sessions() as session, session.begin():
-        if outcome.status == SendStatus.RETRY:
+        if outcome.status == SendStatus.RETRY or shadow:
             await record_retry(session, leg_id, outcome.error, now)
             return
         # Rejected by configuration: the client gets an error, so no run may remain behind it.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table, bindparam, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import object_session
 
@@ -128,8 +128,12 @@ def new_leg(
     routing: dict[str, Any] | None,
     now: datetime,
     due_at: datetime,
+    deadline: datetime | None = None,
 ) -> dict[str, Any]:
-    """A PENDING leg's column values (insert them with Core, or `Leg(**values)`), due for dispatch at `due_at`."""
+    """A PENDING leg's column values (insert them with Core, or `Leg(**values)`), due for dispatch at `due_at`.
+
+    `deadline` is for a shadow leg (its setting's deadline counts from admission, sent or not); other legs get
+    theirs when their engine accepts them."""
     return {
         "id": leg_id,
         "result_id": result_id,
@@ -143,6 +147,8 @@ def new_leg(
         "dispatch_state": DispatchState.PENDING.value,
         "dispatch_attempts": 0,
         "next_attempt_at": due_at,
+        "deadline": deadline,
+        "compare_due": False,
         "created_at": now,
         "updated_at": now,
     }
@@ -155,7 +161,8 @@ def mark_sent(leg: Leg, run_id: str | None, now: datetime, deadline_seconds: int
     leg.engine_run_id = run_id or leg.id
     leg.dispatched_at = now
     leg.next_attempt_at = None
-    leg.deadline = now + timedelta(seconds=deadline_seconds)
+    # A shadow leg's deadline is set when it is created (from its setting) and kept.
+    leg.deadline = leg.deadline or now + timedelta(seconds=deadline_seconds)
     leg.last_error = None
 
 
@@ -168,7 +175,7 @@ _RECORD_SENT = (
         engine_run_id=bindparam("run_id"),
         dispatched_at=bindparam("now", type_=LEGS.c.dispatched_at.type),
         next_attempt_at=None,
-        deadline=bindparam("deadline", type_=LEGS.c.deadline.type),
+        deadline=func.coalesce(LEGS.c.deadline, bindparam("deadline", type_=LEGS.c.deadline.type)),
         updated_at=bindparam("now", type_=LEGS.c.updated_at.type),
     )
 )
@@ -328,6 +335,27 @@ def apply_write_back(leg: Leg, row: Result, status: int, now: datetime) -> None:
     if phase.is_final:
         result = LegResult(leg_id=leg.id, phase=phase, report=row.result_json if phase == LegPhase.SUCCEEDED else None)
         finish(leg, row, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase])
+        return
+    leg.phase = phase.value
+    if phase == LegPhase.RUNNING and leg.started_at is None:
+        leg.started_at = now
+
+
+def apply_shadow_write_back(leg: Leg, status: int | None, report: dict[str, Any] | None, now: datetime) -> None:
+    """A legacy flow running a *shadow* leg wrote back: it lands on the leg, never on the row (fenced).
+
+    A report sent before the final status is kept on the leg until the status comes."""
+    if leg.finished:
+        return
+    if report is not None:
+        leg.payload = report
+    phase = status_to_phase(status) if status is not None else None
+    if phase is None:
+        return
+    if phase.is_final:
+        kept = leg.payload if phase == LegPhase.SUCCEEDED else None
+        result = LegResult(leg_id=leg.id, phase=phase, report=kept)
+        finish(leg, None, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase])
         return
     leg.phase = phase.value
     if phase == LegPhase.RUNNING and leg.started_at is None:

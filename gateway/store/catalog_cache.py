@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from gateway.store.models import CourseContent, CourseMember, CutoverMigration, ExecutionBackend
+from gateway.store.models import CourseContent, CourseMember, CutoverMigration, ExecutionBackend, ShadowSetting
 
-# Cutover migrations route jobs like the catalog does, so a change to one clears the same caches.
-CATALOG_MODELS = (CourseContent, CourseMember, ExecutionBackend, CutoverMigration)
+# Shadow settings and cutover migrations are read on the submit path like the catalog, and cached with it.
+CATALOG_MODELS = (CourseContent, CourseMember, ExecutionBackend, ShadowSetting, CutoverMigration)
 CATALOG_TABLES = frozenset(model.__tablename__ for model in CATALOG_MODELS)
 _MAX_ENTRIES = 50_000
 

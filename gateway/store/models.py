@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -184,6 +185,8 @@ class Leg(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Set by the finish hook on a leg that takes part in a comparison; the compare step clears it.
+    compare_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
 
 
 class User(Base):
@@ -252,3 +255,103 @@ class CutoverEvent(Base):
     to_config: Mapped[dict[str, Any]] = mapped_column(JSON)
     reason: Mapped[str] = mapped_column(Text, default="")
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ShadowSetting(Base):
+    """Shadowing for one execution backend (`scope` "backend") or one course content ("content", an override).
+
+    `engine` runs the shadow leg; `fraction` of the jobs are sampled; at most `max_in_flight` shadow legs of this
+    scope are unfinished at once; a shadow leg not finished `deadline_seconds` after admission is a
+    shadow_timeout. `aa_fraction` of the jobs also run a second time on their own engine (the noise baseline).
+    `properties` are laid over the backend's properties for the shadow leg (e.g. the other engine's deployment).
+    """
+
+    __tablename__ = "shadow_setting"
+    __table_args__ = (UniqueConstraint("scope", "scope_id", name="uq_shadow_setting_scope"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    engine: Mapped[str | None] = mapped_column(String(32))
+    fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    max_in_flight: Mapped[int] = mapped_column(Integer, default=100)
+    deadline_seconds: Mapped[int] = mapped_column(Integer, default=1800)
+    aa_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    properties: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class ShadowSkip(Base):
+    """How many shadow legs were not started, per backend, content and reason (never a silent drop)."""
+
+    __tablename__ = "shadow_skip"
+    __table_args__ = (
+        UniqueConstraint("execution_backend_id", "course_content_id", "reason", name="uq_shadow_skip_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    execution_backend_id: Mapped[str] = mapped_column(String(64))
+    course_content_id: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Comparison(Base):
+    """One comparison of a job's primary leg with one of its shadow legs (`kind` "shadow", "aa" or "replay")."""
+
+    __tablename__ = "comparison"
+    __table_args__ = (
+        UniqueConstraint("shadow_leg_id", name="uq_comparison_shadow_leg_id"),
+        Index("ix_comparison_backend_created", "execution_backend_id", "created_at"),
+        Index("ix_comparison_content_created", "course_content_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    result_id: Mapped[str] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"), index=True)
+    primary_leg_id: Mapped[str] = mapped_column(String(255))
+    shadow_leg_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    execution_backend_id: Mapped[str | None] = mapped_column(String(64))
+    course_content_id: Mapped[str | None] = mapped_column(String(64))
+    primary_engine: Mapped[str] = mapped_column(String(32))
+    shadow_engine: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str | None] = mapped_column(String(16))  # infra_error: primary | shadow | both
+    reason: Mapped[str | None] = mapped_column(Text)
+    differences: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    difference_count: Mapped[int] = mapped_column(Integer, default=0)
+    primary_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    primary_queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    primary_run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FlakeStat(Base):
+    """A/A evidence per course content and test: how often two identical runs on one engine disagreed."""
+
+    __tablename__ = "flake_stat"
+    __table_args__ = (UniqueConstraint("course_content_id", "test_key", name="uq_flake_stat_test"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    course_content_id: Mapped[str] = mapped_column(String(64))
+    test_key: Mapped[str] = mapped_column(String(1024))
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    flips: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CompareRules(Base):
+    """The admin's overrides of the shipped comparison rules (one document, merged over the shipped file)."""
+
+    __tablename__ = "compare_rules"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default="default")
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))

@@ -17,7 +17,7 @@ import functools
 import weakref
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, bindparam, insert, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,11 +40,13 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     return found
 
 
-async def insert_run(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
-    """Insert the row and its leg (leg["result_id"] must be row["id"]); False if the run already exists."""
+async def insert_run(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any], *more_legs: dict[str, Any]) -> bool:
+    """Insert the row and its legs (each leg's result_id must be row["id"]; the primary first, then its shadow
+    legs, all with the same columns) in one statement or transaction; False if the run already exists."""
+    legs = (leg, *more_legs)
     if engine.dialect.name == "postgresql":
-        return await _insert_run_postgres(engine, row, leg)
-    return await _insert_run_generic(engine, row, leg)
+        return await _insert_run_postgres(engine, row, legs)
+    return await _insert_run_generic(engine, row, legs)
 
 
 def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +54,9 @@ def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.cache
-def _postgres_insert(row_columns: tuple[str, ...], leg_columns: tuple[str, ...]) -> Any:
-    """Built once per column set: the statement's SQL and cache key are then reused, only parameters change."""
+def _postgres_insert(row_columns: tuple[str, ...], leg_columns: tuple[str, ...], n_legs: int = 1) -> Any:
+    """Built once per column set and leg count: the statement's SQL and cache key are then reused, only
+    parameters change. Several legs are one `INSERT ... SELECT ... UNION ALL SELECT ...` from the new row."""
     new_row = (
         postgresql.insert(RESULTS)
         .values({name: bindparam(f"r_{name}", type_=RESULTS.c[name].type) for name in row_columns})
@@ -62,27 +65,32 @@ def _postgres_insert(row_columns: tuple[str, ...], leg_columns: tuple[str, ...])
         .cte("new_row")
     )
     columns = [name for name in leg_columns if name != "result_id"]
-    values = [bindparam(f"l_{name}", type_=LEGS.c[name].type) for name in columns]
-    return (
-        insert(LEGS)
-        .add_cte(new_row)
-        .from_select([*columns, "result_id"], select(*values, new_row.c.id))
-        .returning(LEGS.c.id)
-    )
+    selects = [
+        select(*[bindparam(f"{_leg_prefix(i)}{name}", type_=LEGS.c[name].type) for name in columns], new_row.c.id)
+        for i in range(n_legs)
+    ]
+    source = selects[0] if n_legs == 1 else union_all(*selects)
+    return insert(LEGS).add_cte(new_row).from_select([*columns, "result_id"], source).returning(LEGS.c.id)
 
 
-async def _insert_run_postgres(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
-    stmt = _postgres_insert(tuple(row), tuple(leg))
-    params = _prefixed("r_", row) | _prefixed("l_", {k: v for k, v in leg.items() if k != "result_id"})
+def _leg_prefix(index: int) -> str:
+    return "l_" if index == 0 else f"l{index}_"
+
+
+async def _insert_run_postgres(engine: AsyncEngine, row: dict[str, Any], legs: tuple[dict[str, Any], ...]) -> bool:
+    stmt = _postgres_insert(tuple(row), tuple(legs[0]), len(legs))
+    params = _prefixed("r_", row)
+    for index, leg in enumerate(legs):
+        params |= _prefixed(_leg_prefix(index), {k: v for k, v in leg.items() if k != "result_id"})
     async with autocommit(engine).connect() as conn:
         inserted = (await conn.execute(stmt, params)).first()
     return inserted is not None
 
 
-async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], leg: dict[str, Any]) -> bool:
+async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], legs: tuple[dict[str, Any], ...]) -> bool:
     stmt = sqlite.insert(RESULTS).values(**row).on_conflict_do_nothing(index_elements=list(_RUN_COLUMNS))
     async with engine.begin() as conn:
         if (await conn.execute(stmt.returning(RESULTS.c.id))).first() is None:
             return False
-        await conn.execute(insert(LEGS).values(**leg))
+        await conn.execute(insert(LEGS), list(legs))
     return True

@@ -56,9 +56,10 @@ async def add_members(state: GatewayState, count: int) -> list[str]:
     return ids
 
 
-async def legs_of(state: GatewayState, row_id: str) -> list[Leg]:
+async def legs_of(state: GatewayState, row_id: str, role: str = "primary") -> list[Leg]:
     async with state.sessions() as session:
-        return list((await session.execute(select(Leg).where(Leg.result_id == row_id))).scalars())
+        stmt = select(Leg).where(Leg.result_id == row_id, Leg.role == role)
+        return list((await session.execute(stmt)).scalars())
 
 
 def test_no_migration_routes_exactly_as_before(memory_gateway: MemoryGateway) -> None:
@@ -66,6 +67,7 @@ def test_no_migration_routes_exactly_as_before(memory_gateway: MemoryGateway) ->
         row, _ = await submit_test(state, ADMIN, body("c1", content=PREFECT_CONTENT))
         (leg,) = await legs_of(state, row.id)
         assert leg.engine == "prefect"
+        assert leg.routing is not None and leg.routing.pop("shadow") == {"skipped": "shadowing_off"}
         assert leg.routing == {
             "rule": "execution_backend.type",
             "type": "prefect",
@@ -97,6 +99,9 @@ def test_canary_routes_by_sticky_bucket_and_records_the_decision(memory_gateway:
                 "stage:canary:in_bucket" if expected == "celery" else "stage:canary:out_of_bucket"
             )
             assert leg.routing["shadow_engine"] == ("prefect" if expected == "celery" else "celery")
+            # The stage's shadow (fraction 1 by default) runs the same job on the other engine.
+            (shadow,) = await legs_of(state, row.id, "shadow")
+            assert shadow.engine == leg.routing["shadow_engine"]
         engines = {leg.engine for row in await all_rows(state) for leg in await legs_of(state, row.id)}
         assert engines == {"celery", "prefect"}  # 40 members at 50 %: both sides are used
 
@@ -142,19 +147,24 @@ def test_rollback_with_jobs_in_flight_on_both_engines_pins_every_job(memory_gate
         # A job admitted after the rollback goes to the old engine only.
         late, _ = await submit_test(state, ADMIN, body("c2", content=PREFECT_CONTENT, member=members[0]))
         assert [leg.engine for leg in await legs_of(state, late.id)] == ["prefect"]
-        # The in-flight ones finish on the engine they were sent to (each engine knows only its own legs).
-        for row in await all_rows(state):
-            if row.id in admitted:
-                engines[admitted[row.id]].succeed(row.test_system_id or "", report(1, 1))
-        await state.reconciler.tick()
-        for row in await all_rows(state):
-            if row.id in admitted:
-                (leg,) = await legs_of(state, row.id)
-                assert leg.engine == admitted[row.id] and leg.finished
-                assert row.status == int(ResultStatus.COMPLETED), row.id
+        # Every leg in flight (primaries and the stage's shadows, on both engines) finishes where it was sent:
+        # each scripted engine knows only the legs sent to it.
+        await state.drain()  # the shadow legs are sent after the answer, in the background
+        async with state.sessions() as session:
+            legs = {leg.id: leg.engine for leg in (await session.execute(select(Leg))).scalars()}
         for name, engine in engines.items():
-            expected = sum(1 for e in admitted.values() if e == name) + (1 if name == "prefect" else 0)
-            assert len(engine.runs) == expected  # nothing was re-sent to the other engine
+            assert set(engine.runs) == {leg_id for leg_id, e in legs.items() if e == name}
+            for leg_id in engine.runs:
+                engine.succeed(leg_id, report(1, 1))
+        await state.reconciler.tick()
+        async with state.sessions() as session:
+            after = {leg.id: leg for leg in (await session.execute(select(Leg))).scalars()}
+        assert {leg_id: leg.engine for leg_id, leg in after.items()} == legs  # nothing re-routed
+        assert all(leg.finished for leg in after.values())
+        for row in await all_rows(state):
+            assert row.status == int(ResultStatus.COMPLETED), row.id
+            (leg,) = await legs_of(state, row.id)
+            assert leg.id == row.test_system_id and (row.id not in admitted or leg.engine == admitted[row.id])
 
     two_engines(memory_gateway, test)
 

@@ -1,7 +1,7 @@
 """Cutover: one migration per execution backend (or course content override) and its event log.
 
 Revision ID: 0003_cutover
-Revises: 0002
+Revises: 0003_shadow
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_cutover"
-down_revision = "0002"
+down_revision = "0003_shadow"  # re-chained after merging the shadow branch (was "0002")
 branch_labels = None
 depends_on = None
 

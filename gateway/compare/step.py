@@ -1,0 +1,208 @@
+"""The compare step: run by the reconciler after every tick, it writes one comparison row per finished pair.
+
+It takes the legs the finish hook marked `compare_due` (a small set: only legs that just finished), loads their
+jobs' legs, and for every (primary, shadow) pair of which both are final and that has no comparison yet runs an
+`Experiment`. An A/A pair also updates the flake statistics of its course content. A comparator that raises is
+recorded as `compare_error` and never stops the step; the marks are cleared in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from common.redact import redact_text
+from gateway.compare.experiment import Experiment, LegRun, Verdict
+from gateway.compare.outcomes import ComparisonOutcome
+from gateway.compare.rules import Rules
+from gateway.engines.shadowing import ExperimentKind
+from gateway.legs.states import LegRole
+from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+async def load_rules(session: AsyncSession) -> Rules:
+    """The shipped rules with the admin's overrides; broken overrides fall back to the shipped rules (logged)."""
+    row = await session.get(CompareRules, "default")
+    if row is None or not row.rules:
+        return Rules.build()
+    try:
+        return Rules.build(row.rules)
+    except ValueError as exc:
+        log.warning("comparison rule overrides ignored: %s", exc)
+        return Rules.build()
+
+
+def leg_run(leg: Leg) -> LegRun:
+    return LegRun(
+        engine=leg.engine,
+        phase=leg.phase,
+        outcome=leg.outcome,
+        report=leg.payload if isinstance(leg.payload, dict) else None,
+        error=leg.error,
+        dispatch_state=leg.dispatch_state,
+        last_error=leg.last_error,
+        created_at=leg.created_at,
+        dispatched_at=leg.dispatched_at,
+        started_at=leg.started_at,
+        finished_at=leg.finished_at,
+    )
+
+
+def experiment_kind(leg: Leg) -> ExperimentKind:
+    try:
+        return ExperimentKind((leg.routing or {}).get("experiment", ExperimentKind.SHADOW.value))
+    except ValueError:
+        return ExperimentKind.SHADOW
+
+
+class CompareStep:
+    """Callable as a reconciler tick step; returns how many comparisons it wrote."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], is_postgres: bool) -> None:
+        self.sessions = sessions
+        self.is_postgres = is_postgres
+
+    async def __call__(self) -> int:
+        written = 0
+        while True:
+            n, more = await self._one_batch()
+            written += n
+            if not more:
+                return written
+
+    async def _one_batch(self) -> tuple[int, bool]:
+        async with self.sessions() as session, session.begin():
+            stmt = select(Leg).where(Leg.compare_due.is_(True)).order_by(Leg.id).limit(BATCH)
+            if self.is_postgres:
+                stmt = stmt.with_for_update(skip_locked=True)
+            due = (await session.execute(stmt)).scalars().all()
+            if not due:
+                return 0, False
+            result_ids = {leg.result_id for leg in due if leg.result_id}
+            legs = (await session.execute(select(Leg).where(Leg.result_id.in_(result_ids)))).scalars().all()
+            rows = {r.id: r for r in (await session.execute(select(Result).where(Result.id.in_(result_ids)))).scalars()}
+            compared = set(
+                (
+                    await session.execute(select(Comparison.shadow_leg_id).where(Comparison.result_id.in_(result_ids)))
+                ).scalars()
+            )
+            rules = await load_rules(session)
+            written = await self._compare_jobs(session, legs, rows, compared, rules)
+            await session.execute(update(Leg).where(Leg.id.in_([leg.id for leg in due])).values(compare_due=False))
+        return written, len(due) == BATCH
+
+    async def _compare_jobs(
+        self,
+        session: AsyncSession,
+        legs: Sequence[Leg],
+        rows: dict[str, Result],
+        compared: set[str],
+        rules: Rules,
+    ) -> int:
+        by_job: dict[str, list[Leg]] = defaultdict(list)
+        for leg in legs:
+            by_job[leg.result_id or ""].append(leg)
+        written = 0
+        flakes = _FlakeBook(session)
+        for result_id, job_legs in by_job.items():
+            row = rows.get(result_id)
+            primary = _primary_of(job_legs, row)
+            if row is None or primary is None or not primary.finished:
+                continue
+            # A/A pairs first: their flake evidence then already counts for this job's engine-to-engine pair.
+            for shadow in sorted(job_legs, key=lambda leg: experiment_kind(leg) != ExperimentKind.AA):
+                if shadow.role != LegRole.SHADOW or not shadow.finished or shadow.id in compared:
+                    continue
+                kind = experiment_kind(shadow)
+                content = row.course_content_id or ""
+                flaky = await flakes.flaky_tests(content, rules.flaky_threshold)
+                verdict = _run(Experiment(rules, flaky.__contains__, aa=kind == ExperimentKind.AA), primary, shadow)
+                session.add(_comparison_row(row, primary, shadow, kind, verdict))
+                if kind == ExperimentKind.AA and verdict.tests_seen:
+                    await flakes.record(content, verdict.tests_seen, verdict.tests_flipped)
+                compared.add(shadow.id)
+                written += 1
+        return written
+
+
+def _primary_of(legs: list[Leg], row: Result | None) -> Leg | None:
+    """The job's primary leg: the row's current run (an older primary of a re-run row is not it)."""
+    primaries = [leg for leg in legs if leg.role == LegRole.PRIMARY]
+    if row is not None:
+        for leg in primaries:
+            if leg.id == row.test_system_id:
+                return leg
+    return primaries[0] if primaries else None
+
+
+def _run(experiment: Experiment, primary: Leg, shadow: Leg) -> Verdict:
+    try:
+        return experiment.run(leg_run(primary), leg_run(shadow))
+    except Exception as exc:  # noqa: BLE001 - the comparator's own failure is an outcome, never a crash
+        log.warning("comparison of leg %s failed: %s", shadow.id, redact_text(repr(exc)))
+        return Verdict(ComparisonOutcome.COMPARE_ERROR, reason=redact_text(f"{type(exc).__name__}: {exc}")[:500])
+
+
+def _comparison_row(row: Result, primary: Leg, shadow: Leg, kind: ExperimentKind, verdict: Verdict) -> Comparison:
+    p, s = leg_run(primary), leg_run(shadow)
+    return Comparison(
+        id=new_id(),
+        result_id=row.id,
+        primary_leg_id=primary.id,
+        shadow_leg_id=shadow.id,
+        kind=kind.value,
+        execution_backend_id=row.execution_backend_id,
+        course_content_id=row.course_content_id,
+        primary_engine=primary.engine,
+        shadow_engine=shadow.engine,
+        outcome=verdict.outcome.value,
+        side=verdict.side.value if verdict.side else None,
+        reason=verdict.reason,
+        differences=verdict.differences or None,
+        difference_count=verdict.difference_count,
+        primary_score=verdict.primary_score,
+        shadow_score=verdict.shadow_score,
+        primary_queue_seconds=p.queue_seconds(),
+        shadow_queue_seconds=s.queue_seconds(),
+        primary_run_seconds=p.run_seconds(),
+        shadow_run_seconds=s.run_seconds(),
+        created_at=utcnow(),
+    )
+
+
+class _FlakeBook:
+    """The flake statistics of the contents one batch touches, loaded once per content."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self._stats: dict[str, dict[str, FlakeStat]] = {}
+
+    async def _load(self, content: str) -> dict[str, FlakeStat]:
+        found = self._stats.get(content)
+        if found is None:
+            stmt = select(FlakeStat).where(FlakeStat.course_content_id == content)
+            found = {s.test_key: s for s in (await self.session.execute(stmt)).scalars()}
+            self._stats[content] = found
+        return found
+
+    async def flaky_tests(self, content: str, threshold: float) -> set[str]:
+        stats = await self._load(content)
+        return {key for key, s in stats.items() if s.flips > 0 and s.flips / max(1, s.runs) > threshold}
+
+    async def record(self, content: str, seen: frozenset[str], flipped: frozenset[str]) -> None:
+        stats = await self._load(content)
+        for key in seen:
+            stat = stats.get(key)
+            if stat is None:
+                stat = stats[key] = FlakeStat(id=new_id(), course_content_id=content, test_key=key, runs=0, flips=0)
+                self.session.add(stat)
+            stat.runs += 1
+            stat.flips += int(key in flipped)
+            stat.updated_at = utcnow()

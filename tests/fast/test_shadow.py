@@ -1,0 +1,349 @@
+"""Shadow legs against two in-memory engines: fenced from the row, counted when skipped, compared when final."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from backends.memory.adapter import MemoryAdapter, MemoryEngine
+from common.legacy import ResultStatus
+from gateway.compare.experiment import Experiment
+from gateway.engines.dispatcher import Dispatcher
+from gateway.jobs import results
+from gateway.jobs.bootstrap import start_gateway
+from gateway.jobs.shadow_admin import set_shadow, show_shadow
+from gateway.jobs.submit import submit_test
+from gateway.legs.states import DispatchState, LegOutcome, LegRole
+from gateway.runtime import GatewayState
+from gateway.store.accounts import Principal
+from gateway.store.models import Comparison, FlakeStat, Leg, Result, utcnow
+from tests.fast.conftest import ADMIN, MemoryGateway, _gateway, body
+
+pytestmark = pytest.mark.fast
+
+WORKER = Principal("u-worker", "worker", "worker")
+
+
+def legacy_report(verdicts: dict[str, str], message: str = "") -> dict[str, Any]:
+    """A legacy report tree with one collection; `verdicts` maps test name → PASSED/FAILED."""
+    tests = [
+        {
+            "name": name,
+            "type": "test",
+            "status": "COMPLETED",
+            "result": verdict,
+            "resultMessage": message if verdict == "FAILED" else "",
+            "summary": {"total": 1, "passed": int(verdict == "PASSED"), "failed": int(verdict == "FAILED")},
+            "timestamp": utcnow().isoformat(),
+            "duration": 0.1,
+        }
+        for name, verdict in verdicts.items()
+    ]
+    passed = sum(v == "PASSED" for v in verdicts.values())
+    summary = {"total": len(verdicts), "passed": passed, "failed": len(verdicts) - passed, "skipped": 0}
+    collection = {"name": "test_calc.py", "type": "collection", "tests": tests, "summary": summary}
+    return {"name": "week1/ex1", "type": "report", "status": "COMPLETED", "summary": summary, "tests": [collection]}
+
+
+class TwoEngines(MemoryGateway):
+    """Celery and Prefect as two separate scripted engines (one can be down while the other is up)."""
+
+    def __init__(self, base: MemoryGateway) -> None:
+        super().__init__(base.settings, base.engine)
+        self.engines = {"celery": MemoryEngine(), "prefect": MemoryEngine()}
+
+    def dispatcher(self) -> Dispatcher:
+        adapters = {name: MemoryAdapter(name, engine) for name, engine in self.engines.items()}
+        return Dispatcher(self.settings, adapter_factory=lambda name, _settings: adapters[name])
+
+    def run(self, test: Any) -> Any:
+        async def main() -> Any:
+            state = start_gateway(self.settings, self.dispatcher())
+            try:
+                return await test(state)
+            finally:
+                await state.close()
+
+        return asyncio.run(main())
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[TwoEngines]:
+    yield TwoEngines(_gateway({"GATEWAY_DATA_DIR": str(tmp_path)}))
+
+
+async def shadow_on(state: GatewayState, **values: Any) -> None:
+    values = {"engine": "prefect", "fraction": 1.0, **values}
+    await set_shadow(state.sessions, backend="celery-main", content=None, values=values, user_id="u-admin")
+
+
+async def legs_of(state: GatewayState, row_id: str) -> dict[str, Leg]:
+    async with state.sessions() as session:
+        legs = (await session.execute(select(Leg).where(Leg.result_id == row_id))).scalars().all()
+    return {leg.role if leg.role != LegRole.SHADOW else f"shadow:{leg.engine}": leg for leg in legs}
+
+
+async def comparisons(state: GatewayState) -> list[Comparison]:
+    async with state.sessions() as session:
+        return list((await session.execute(select(Comparison).order_by(Comparison.created_at))).scalars())
+
+
+async def row_of(state: GatewayState, row_id: str) -> Result:
+    async with state.sessions() as session:
+        row = await session.get(Result, row_id)
+    assert row is not None
+    return row
+
+
+async def submitted(state: GatewayState, commit: str, submit: bool = False) -> tuple[Result, dict[str, Leg]]:
+    row, _new = await submit_test(state, ADMIN, body(commit, submit=submit))
+    await state.drain()
+    return row, await legs_of(state, row.id)
+
+
+# ------------------------------------------------------------------------------------------ the shadow leg
+def test_shadowing_off_writes_one_leg_and_counts_the_skip(gw: TwoEngines) -> None:
+    async def test(state: GatewayState) -> None:
+        row, legs = await submitted(state, "c1")
+        assert set(legs) == {"primary"}
+        assert legs["primary"].routing["shadow"] == {"skipped": "shadowing_off"}
+        await state.reconciler.tick()
+        skipped = (await show_shadow(state.sessions))["skipped"]
+        assert [(s["reason"], s["count"]) for s in skipped] == [("shadowing_off", 1)]
+
+    gw.run(test)
+
+
+def test_the_shadow_leg_is_written_with_the_row_sent_after_the_primary_and_fenced(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state, deadline_seconds=600)
+        row, legs = await submitted(state, "c1", submit=True)
+        primary, shadow = legs["primary"], legs["shadow:prefect"]
+        assert primary.routing["shadow"]["legs"] == [shadow.id]
+        assert (shadow.routing["experiment"], shadow.routing["primary_leg"]) == ("shadow", primary.id)
+        assert shadow.task_name == primary.task_name  # the task name never changes for a shadow
+        assert shadow.spec["params"]["test_job"]["submit"] is False and shadow.spec["shadow"] is True
+        assert shadow.deadline is not None and shadow.deadline - shadow.created_at == timedelta(seconds=600)
+        assert shadow.dispatch_state == DispatchState.SENT
+        # The engines saw the shadow marked as such; the primary unmarked.
+        assert prefect.runs[shadow.id].job.shadow is True and celery.runs[primary.id].job.shadow is False
+        # The shadow ends first with another verdict: the row does not move; no submission leg from a shadow.
+        prefect.succeed(shadow.id, legacy_report({"test_add": "FAILED"}))
+        await state.reconciler.tick()
+        stored = await row_of(state, row.id)
+        assert (stored.status, stored.result_json) == (int(ResultStatus.SCHEDULED), None)
+        assert "submission" not in await legs_of(state, row.id)
+        celery.succeed(primary.id, legacy_report({"test_add": "PASSED"}))
+        await state.reconciler.tick()
+        stored = await row_of(state, row.id)
+        assert (stored.status, stored.result) == (int(ResultStatus.COMPLETED), 1.0)
+        # One submission leg, started by the primary only.
+        assert (await legs_of(state, row.id))["submission"].engine == "celery"
+        (comparison,) = await comparisons(state)
+        assert (comparison.outcome, comparison.primary_score, comparison.shadow_score) == ("mismatch", 1.0, 0.0)
+        paths = {d["path"] for d in comparison.differences}
+        assert '$.tests["test_calc.py"].tests["test_add"].result' in paths and "$.score" in paths
+
+    gw.run(test)
+
+
+def test_matching_reports_with_noise_fields_match(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        _row, legs = await submitted(state, "c1")
+        left = legacy_report({"test_a": "PASSED", "test_b": "FAILED"}, "assert 1 == 2 in /tmp/run-abc/test_calc.py")
+        right = legacy_report({"test_b": "FAILED", "test_a": "PASSED"}, "assert 1 == 2 in /tmp/run-xyz/test_calc.py")
+        right["environment"] = {"engine": "prefect"}
+        celery.succeed(legs["primary"].id, left)
+        prefect.succeed(legs["shadow:prefect"].id, right)
+        tick = await state.reconciler.tick()
+        assert tick.steps["comparison"] == 1
+        (comparison,) = await comparisons(state)
+        assert (comparison.outcome, comparison.differences, comparison.kind) == ("match", None, "shadow")
+
+    gw.run(test)
+
+
+def test_a_failed_shadow_is_an_infra_error_on_the_shadow_side_and_the_primary_is_untouched(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        row, legs = await submitted(state, "c1")
+        prefect.fail(legs["shadow:prefect"].id, "Git clone of student repository failed.")
+        celery.succeed(legs["primary"].id, legacy_report({"test_a": "PASSED"}))
+        await state.reconciler.tick()
+        assert (await row_of(state, row.id)).status == int(ResultStatus.COMPLETED)
+        (comparison,) = await comparisons(state)
+        assert (comparison.outcome, comparison.side) == ("infra_error", "shadow")
+        assert "clone" in comparison.reason
+
+    gw.run(test)
+
+
+def test_a_shadow_engine_that_is_down_never_delays_the_primary(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state, deadline_seconds=60)
+        prefect.down = True
+        row, legs = await submitted(state, "c1")
+        assert legs["primary"].dispatch_state == DispatchState.SENT
+        shadow = legs["shadow:prefect"]
+        assert shadow.dispatch_state == DispatchState.PENDING and "down" in (shadow.last_error or "")
+        # While the engine is known to be down, new jobs skip their shadow (counted).
+        _row2, legs2 = await submitted(state, "c2")
+        assert set(legs2) == {"primary"} and legs2["primary"].routing["shadow"]["skipped"] == "engine_unreachable"
+        celery.succeed(legs["primary"].id, legacy_report({"test_a": "PASSED"}))
+        await state.reconciler.tick()
+        assert (await row_of(state, row.id)).status == int(ResultStatus.COMPLETED)
+        async with state.sessions() as session, session.begin():  # the shadow's deadline passes
+            await session.execute(
+                update(Leg).where(Leg.id == shadow.id).values(deadline=utcnow() - timedelta(seconds=1))
+            )
+        await state.reconciler.tick()
+        (comparison,) = await comparisons(state)
+        assert (comparison.outcome, comparison.side) == ("infra_error", "shadow")
+        assert "never accepted" in comparison.reason
+
+    gw.run(test)
+
+
+def test_a_shadow_past_its_deadline_is_a_shadow_timeout(gw: TwoEngines) -> None:
+    celery = gw.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        _row, legs = await submitted(state, "c1")
+        celery.succeed(legs["primary"].id, legacy_report({"test_a": "PASSED"}))
+        shadow = legs["shadow:prefect"]
+        async with state.sessions() as session, session.begin():
+            await session.execute(
+                update(Leg).where(Leg.id == shadow.id).values(deadline=utcnow() - timedelta(seconds=1))
+            )
+        await state.reconciler.tick()
+        leg = (await legs_of(state, _row.id))["shadow:prefect"]
+        assert (leg.finished, leg.outcome) == (True, LegOutcome.TIMED_OUT)
+        (comparison,) = await comparisons(state)
+        assert comparison.outcome == "shadow_timeout"
+
+    gw.run(test)
+
+
+def test_the_cap_and_the_sampling_are_counted(gw: TwoEngines) -> None:
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state, max_in_flight=2)
+        draws = iter([0.1, 0.1, 0.1, 0.9, 0.1])
+        state.shadow.sample = lambda: next(draws)
+        await shadow_on(state, fraction=0.5, max_in_flight=2)
+        state.shadow.in_flight.forget()
+        kinds = Counter()
+        for i in range(5):
+            _row, legs = await submitted(state, f"c{i}")
+            kinds["shadow" if "shadow:prefect" in legs else legs["primary"].routing["shadow"]["skipped"]] += 1
+        assert kinds == {"shadow": 2, "cap_reached": 2, "sampled_out": 1}
+        await state.reconciler.tick()
+        counts = {s["reason"]: s["count"] for s in (await show_shadow(state.sessions))["skipped"]}
+        assert counts == {"cap_reached": 2, "sampled_out": 1}
+
+    gw.run(test)
+
+
+def test_a_content_override_wins_and_changes_apply_to_new_jobs_without_restart(gw: TwoEngines) -> None:
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        _row, legs = await submitted(state, "c1")
+        assert "shadow:prefect" in legs
+        await set_shadow(state.sessions, backend=None, content="cc-main", values={"enabled": False}, user_id=None)
+        _row, legs = await submitted(state, "c2")
+        assert set(legs) == {"primary"} and legs["primary"].routing["shadow"]["skipped"] == "shadowing_off"
+
+    gw.run(test)
+
+
+# ---------------------------------------------------------------------------------------------- write-back
+def test_a_write_back_from_an_unknown_deployment_lands_on_the_shadow_leg(gw: TwoEngines) -> None:
+    celery = gw.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        row, legs = await submitted(state, "c1")
+        shadow = legs["shadow:prefect"]
+        # The flow knows only its own run id: the lookup answers the shadow leg's id, not the row's.
+        view = await results.shadow_lookup(state, WORKER, shadow.engine_run_id)
+        assert view is not None and view.id == shadow.id and view.id != row.id
+        await results.write_back(state, WORKER, view.id, {"status": 5})
+        report = legacy_report({"test_a": "FAILED"})
+        await results.write_back(state, WORKER, view.id, {"status": 0, "result": 0.0, "result_json": report})
+        stored = await row_of(state, row.id)
+        assert (stored.status, stored.result_json) == (int(ResultStatus.SCHEDULED), None)
+        leg = (await legs_of(state, row.id))["shadow:prefect"]
+        assert (leg.outcome, leg.payload) == (LegOutcome.SUCCEEDED_BY_WRITE_BACK, report)
+        celery.succeed(legs["primary"].id, legacy_report({"test_a": "PASSED"}))
+        await state.reconciler.tick()
+        (comparison,) = await comparisons(state)
+        assert comparison.outcome == "mismatch"
+        assert (await row_of(state, row.id)).result == 1.0
+
+    gw.run(test)
+
+
+# -------------------------------------------------------------------------------------------- A/A and noise
+def test_an_aa_flake_makes_a_later_mismatch_on_that_test_noise(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state, aa_fraction=1.0)
+        _row, legs = await submitted(state, "c1")
+        aa = next(leg for key, leg in legs.items() if key == "shadow:celery")
+        celery.succeed(legs["primary"].id, legacy_report({"test_random": "PASSED", "test_a": "PASSED"}))
+        celery.succeed(aa.id, legacy_report({"test_random": "FAILED", "test_a": "PASSED"}))
+        prefect.succeed(legs["shadow:prefect"].id, legacy_report({"test_random": "FAILED", "test_a": "PASSED"}))
+        await state.reconciler.tick()
+        outcomes = {c.kind: c.outcome for c in await comparisons(state)}
+        assert outcomes == {"aa": "mismatch", "shadow": "noise"}
+        async with state.sessions() as session:
+            stats = {s.test_key: (s.runs, s.flips) for s in (await session.execute(select(FlakeStat))).scalars()}
+        assert stats == {"test_calc.py::test_random": (1, 1), "test_calc.py::test_a": (1, 0)}
+        # A mismatch on a test that never flipped stays a real mismatch.
+        await set_shadow(state.sessions, backend="celery-main", content=None, values={"aa_fraction": 0.0}, user_id=None)
+        _row2, legs2 = await submitted(state, "c2")
+        celery.succeed(legs2["primary"].id, legacy_report({"test_random": "PASSED", "test_a": "PASSED"}))
+        prefect.succeed(legs2["shadow:prefect"].id, legacy_report({"test_random": "PASSED", "test_a": "FAILED"}))
+        await state.reconciler.tick()
+        assert (await comparisons(state))[-1].outcome == "mismatch"
+
+    gw.run(test)
+
+
+def test_a_comparator_that_raises_is_recorded_and_the_reconciler_goes_on(
+    gw: TwoEngines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+
+    def broken(self: Experiment, *_args: Any) -> Any:
+        raise RuntimeError("comparator bug")
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        row, legs = await submitted(state, "c1")
+        monkeypatch.setattr(Experiment, "run", broken)  # a fault no report can cause: the comparator's own bug
+        celery.succeed(legs["primary"].id, legacy_report({"test_a": "PASSED"}))
+        prefect.succeed(legs["shadow:prefect"].id, legacy_report({"test_a": "PASSED"}))
+        await state.reconciler.tick()
+        (comparison,) = await comparisons(state)
+        assert (comparison.outcome, comparison.reason) == ("compare_error", "RuntimeError: comparator bug")
+        assert (await row_of(state, row.id)).status == int(ResultStatus.COMPLETED)
+
+    gw.run(test)
