@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # Catalog rows the submit path reads (course content + backend, member) are cached this long in each API
     # process; the process's own admin writes clear it at once, other processes' writes show after this. 0: off.
     gateway_catalog_cache_seconds: float = 5.0
+    # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
+    gateway_cutover_evaluate_seconds: float = 60.0
 
     # ------------------------------------------------------------------------------------------------------------
     @property

@@ -267,32 +267,87 @@ def history(
 
 @cutover_app.command()
 def status(as_json: bool = AS_JSON) -> None:
-    """Every migration: stage, percentage, policy, version, the last evaluation and what the next gate needs."""
-    from gateway.jobs import cutover as service
-    from gateway.store import cutover as store
+    """The scorecard: stage, time in it, parity, per-engine errors and p99, and what the next gate still needs."""
+    from gateway.jobs.scorecard import scorecard
 
-    async def work(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
-        return [service.migration_dict(row) for row in await store.all_migrations(sessions)]
-
-    rows = _run(work)
+    cards = _run(scorecard)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        typer.echo(json.dumps(cards, indent=2, default=str))
         return
-    table = Table("scope", "engines", "stage", "%", "policy", "version", "since", "last evaluation", "needs")
-    for m in rows:
-        ev = m["last_evaluation"] or {}
+    table = Table(
+        "migration", "engines", "stage", "in stage", "samples", "parity (raw)", "infra err new", "p99 old/new",
+        "gate", "next gate needs",
+    )  # fmt: skip
+    for c in cards:
+        new, old = c["engines"][c["new_engine"]], c["engines"][c["old_engine"]]
         table.add_row(
-            f"{m['scope']} {m['scope_id']}",
-            f"{m['old_engine']} → {m['new_engine']}",
-            m["stage"],
-            f"{m['percentage']:g}",
-            m["policy"],
-            str(m["version"]),
-            (m["stage_since"] or "")[:19],
-            ev.get("verdict", "-"),
-            "; ".join(ev.get("needs", [])),
+            f"{c['scope']} {c['label']}",
+            f"{c['old_engine']} → {c['new_engine']}",
+            c["stage"] + (f" {c['percentage']:g}%" if c["stage"] == "canary" else ""),
+            _duration(c["seconds_in_stage"]),
+            str(c["samples"]),
+            f"{_pct(c['parity'])} ({_pct(c['parity_raw'])})",
+            _pct(new["infra_error_rate"]),
+            f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
+            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
+            "; ".join(c["needs"]) or "-",
         )
     Console().print(table)
+
+
+@cutover_app.command()
+def evaluate(
+    backend: str | None = BACKEND,
+    content: str | None = CONTENT,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Evaluate and say what would happen; change nothing."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Evaluate the gates now (one migration, or all) and take the policy's step unless --dry-run."""
+    from gateway.jobs import cutover as service
+    from gateway.jobs import cutover_gates as gates
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
+        if backend or content:
+            scope, key = _scope(backend, content)
+            _ref, config = await service.current(sessions, scope, key)
+            if config is None:
+                raise typer.BadParameter(f"no migration for {scope.value} {key}")
+            return [(await gates.evaluate_one(sessions, config, dry_run=dry_run)).to_dict()]
+        return [run.to_dict() for run in await gates.evaluate_all(sessions, dry_run=dry_run)]
+
+    runs = _run(work)
+    if as_json:
+        typer.echo(json.dumps(runs, indent=2, default=str))
+        return
+    table = Table("migration", "stage", "verdict", "decided by", "needs", "step", "applied")
+    for r in runs:
+        ev = r["evaluation"]
+        table.add_row(
+            f"{r['scope']} {r['scope_id']}",
+            r["stage"] + (f" {r['percentage']:g}%" if r["stage"] == "canary" else ""),
+            ev["verdict"],
+            ev["decided_by"],
+            "; ".join(ev["needs"]) or "-",
+            f"{r['next']['step']}: {r['next']['why']}",
+            "yes" if r["applied"] else ("dry run" if dry_run else "no"),
+        )
+    Console().print(table)
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f} %"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def register(app: typer.Typer) -> None:

@@ -14,27 +14,52 @@ from gateway.api.deps import Login, State
 from gateway.cutover.machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover as service
+from gateway.jobs import cutover_gates as gates
 from gateway.jobs.errors import NotFound
+from gateway.jobs.scorecard import scorecard
 from gateway.schemas import CutoverChangeIn
 from gateway.store import cutover as store
 from gateway.store.models import Leg, Result
 
-router = APIRouter(prefix="/admin")
+router = APIRouter()
 
 
-@router.get("/cutover")
+@router.get("/admin/cutover")
 async def list_migrations(state: State, principal: Login) -> list[dict[str, Any]]:
     require(principal, "admin")
     return [service.migration_dict(row) for row in await store.all_migrations(state.sessions)]
 
 
-@router.get("/cutover/history")
+@router.get("/cutover/scorecard")
+async def get_scorecard(state: State, principal: Login) -> list[dict[str, Any]]:
+    """Per migration: stage, parity, per-engine errors and run times, the gate's needs, the open clusters."""
+    require(principal, "admin")
+    return await scorecard(state.sessions)
+
+
+@router.post("/admin/cutover/evaluate")
+async def evaluate_all(state: State, principal: Login, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every migration now and take the policy's step (unless `dry_run`)."""
+    require(principal, "admin")
+    return [run.to_dict() for run in await gates.evaluate_all(state.sessions, dry_run=dry_run)]
+
+
+@router.post("/admin/cutover/{scope}/{key}/evaluate")
+async def evaluate_one(scope: Scope, key: str, state: State, principal: Login, dry_run: bool = False) -> dict[str, Any]:
+    require(principal, "admin")
+    _ref, config = await service.current(state.sessions, scope, key)
+    if config is None:
+        raise NotFound(f"no migration for {scope.value} {key}")
+    return (await gates.evaluate_one(state.sessions, config, dry_run=dry_run)).to_dict()
+
+
+@router.get("/admin/cutover/history")
 async def all_history(state: State, principal: Login, limit: int = 50) -> list[dict[str, Any]]:
     require(principal, "admin")
     return [service.event_dict(e) for e in await store.history(state.sessions, limit=max(1, min(limit, 1000)))]
 
 
-@router.get("/cutover/{scope}/{key}")
+@router.get("/admin/cutover/{scope}/{key}")
 async def get_migration(scope: Scope, key: str, state: State, principal: Login) -> dict[str, Any]:
     require(principal, "admin")
     ref, _config = await service.current(state.sessions, scope, key)
@@ -45,7 +70,7 @@ async def get_migration(scope: Scope, key: str, state: State, principal: Login) 
     return service.migration_dict(row)
 
 
-@router.get("/cutover/{scope}/{key}/history")
+@router.get("/admin/cutover/{scope}/{key}/history")
 async def scope_history(
     scope: Scope, key: str, state: State, principal: Login, limit: int = 50
 ) -> list[dict[str, Any]]:
@@ -55,7 +80,7 @@ async def scope_history(
     return [service.event_dict(e) for e in events]
 
 
-@router.post("/cutover/{scope}/{key}/{action}")
+@router.post("/admin/cutover/{scope}/{key}/{action}")
 async def change(
     scope: Scope, key: str, action: Action, body: CutoverChangeIn, state: State, principal: Login
 ) -> dict[str, Any]:
@@ -74,7 +99,7 @@ async def change(
     return result.to_dict()
 
 
-@router.get("/results/{result_id}/routing")
+@router.get("/admin/results/{result_id}/routing")
 async def result_routing(result_id: str, state: State, principal: Login) -> dict[str, Any]:
     """Every leg of a job with its engine and the routing decision recorded when it was admitted (property 7)."""
     require(principal, "admin")
