@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.redact import redact_text
 from common.settings import Settings, get_settings
+from gateway.api import scorecard_page
 from gateway.api.routes import api_router
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import start_gateway
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
     app.include_router(api_router(), prefix="/api")
+    app.include_router(scorecard_page.router)
     if settings.gateway_serve_at_root:
         app.include_router(api_router())
 

@@ -84,3 +84,24 @@ def test_cli_reads_and_writes_the_same_log(api: GatewayServer) -> None:
     status = subprocess.run([*gateway, "cutover", "status", "--json"], env=env, capture_output=True, text=True,
                             timeout=60, check=True)  # fmt: skip
     assert {m["stage"] for m in json.loads(status.stdout)} >= {"shadow"}
+
+
+def test_scorecard_api_and_page(api: GatewayServer) -> None:
+    with api.client(ADMIN) as admin:
+        admin.post("/api/admin/cutover/content/cc-main/set", json={"new_engine": "prefect", "stage": "shadow"})
+        cards = admin.get("/api/cutover/scorecard").json()
+        card = next(c for c in cards if c["label"] == "week1.ex1")
+        assert (card["stage"], card["samples"], card["evaluation"]["verdict"]) == ("shadow", 0, "Inconclusive")
+        assert card["needs"][0] == "100 more comparisons"
+        page = admin.get("/scorecard")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'data-scope-id="cc-main"' in page.text and "100 more comparisons" in page.text
+        assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
+        back = admin.post("/scorecard/content/cc-main/rollback", content=b"reason=from+the+page",
+                          headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)  # fmt: skip
+        assert back.status_code == 303
+        (event, *_rest) = admin.get("/api/admin/cutover/content/cc-main/history").json()
+        assert (event["action"], event["to_stage"], event["reason"]) == ("rollback", "old_only", "from the page")
+    with api.client(ALICE) as alice:
+        assert alice.get("/scorecard").status_code == 403
+        assert alice.get("/api/cutover/scorecard").status_code == 403
