@@ -49,10 +49,12 @@ def _spark(values: list[float | None], color: str, lo: float | None = None, hi: 
     high = max(v for _, v in points) if hi is None else hi
     span = (high - low) or 1.0
     step = 120 / max(1, len(values) - 1)
-    coords = " ".join(f"{i * step:.1f},{28 - (v - low) / span * 26:.1f}" for i, v in points)
+    xy = [(i * step if len(values) > 1 else 60.0, 28 - (v - low) / span * 26) for i, v in points]
+    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.8" fill="{color}"/>' for x, y in xy)
     return (
         f'<svg width="120" height="30" role="img"><polyline fill="none" stroke="{color}" '
-        f'stroke-width="1.5" points="{coords}"/></svg>'
+        f'stroke-width="1.5" points="{coords}"/>{dots}</svg>'
     )
 
 

@@ -9,7 +9,7 @@ and the open mismatch clusters (same signature: the set of differing paths) with
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +23,7 @@ from gateway.store import cutover as store
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 
 CLUSTER_SAMPLE = 500
+SERIES_WINDOW = timedelta(hours=48)
 MAX_PATHS = 5
 
 
@@ -31,7 +32,7 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def _series(config: CutoverConfig, rows: Any) -> list[dict[str, Any]]:
-    """Hourly points: parity (noise-adjusted) and the p50 run time of each engine."""
+    """Hourly points over the last 48 hours: parity (noise-adjusted) and the p50 run time of each engine."""
     hours: dict[str, list[Any]] = {}
     for row in rows:
         at: datetime = row[6]
@@ -81,6 +82,8 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
     config = store.to_config(row)
     async with sessions() as session:
         rows = await comparison_rows(session, config, config.stage_since)
+        # The chart looks further back than the current stage: how parity and run time moved across stages.
+        history = await comparison_rows(session, config, now - SERIES_WINDOW)
         clusters = await _clusters(session, config)
     evidence, sides = evidence_of(config, rows)
     evaluation = evaluate(evidence, config.thresholds)
@@ -111,7 +114,7 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "needs": still_needs(config, evaluation, now),
         "last_evaluation": row.last_evaluation,
         "last_evaluated_at": row.last_evaluated_at.isoformat() if row.last_evaluated_at else None,
-        "series": _series(config, rows),
+        "series": _series(config, history),
         "clusters": clusters,
     }
 

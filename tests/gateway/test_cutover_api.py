@@ -97,8 +97,10 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert 'data-scope-id="cc-main"' in page.text and "100 more comparisons" in page.text
         assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
-        back = admin.post("/scorecard/content/cc-main/rollback", content=b"reason=from+the+page",
-                          headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)  # fmt: skip
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        back = admin.post(
+            "/scorecard/content/cc-main/rollback", content=b"reason=from+the+page", headers=form, follow_redirects=False
+        )
         assert back.status_code == 303
         (event, *_rest) = admin.get("/api/admin/cutover/content/cc-main/history").json()
         assert (event["action"], event["to_stage"], event["reason"]) == ("rollback", "old_only", "from the page")
