@@ -139,3 +139,29 @@ def test_mismatch_clusters_on_the_scorecard(memory_gateway: MemoryGateway) -> No
         assert cluster["sample"]["differences"] == diff
 
     memory_gateway.run(test)
+
+
+@pytest.mark.parametrize("store_fixture", ["memory_gateway", "memory_gateway_pg"])
+def test_the_gate_aggregates_in_the_database_like_the_scorecard_over_rows(
+    request: pytest.FixtureRequest, store_fixture: str
+) -> None:
+    """Counts and p99 from SQL (`gate_evidence`, percentile_disc on PostgreSQL) equal the row-by-row figures."""
+    memory_gateway: MemoryGateway = request.getfixturevalue(store_fixture)
+
+    async def test(state: GatewayState) -> None:
+        await service.change_migration(state.sessions, Scope.CONTENT, "cc-prefect", Action.SET, "admin",
+                                       new_engine="celery", stage=Stage.SHADOW)  # fmt: skip
+        config = await config_of(state)
+        await comparisons(state, config, ["match"] * 5 + ["mismatch", "noise", "compare_error"], new_run=3.0)
+        await comparisons(state, config, ["infra_error"] * 2, side="shadow", new_run=9.0)
+        await comparisons(state, config, ["infra_error"], side="both")
+        await comparisons(state, config, ["shadow_timeout"], new_run=None)
+        async with state.sessions() as session:
+            in_sql = await gates.gate_evidence(session, config, config.stage_since)
+            rows = await gates.comparison_rows(session, config, config.stage_since)
+        by_rows, _sides = gates.evidence_of(config, rows)
+        assert in_sql == by_rows
+        assert (in_sql.comparable, in_sql.new_infra_errors, in_sql.old_infra_errors) == (7, 4, 1)
+        assert in_sql.new_p99_seconds == 3.0  # the failed legs' 9 s runs are not run-time evidence
+
+    memory_gateway.run(test)
