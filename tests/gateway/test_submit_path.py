@@ -88,6 +88,7 @@ def test_identical_submits_racing_make_one_run(store_env: dict[str, str]) -> Non
             "rule": "execution_backend.type",
             "type": "celery",
             "execution_backend_id": row.execution_backend_id,
+            "shadow": {"skipped": "shadowing_off"},  # the shadow policy's decision is recorded too
         }
         assert (row.status, row.submit, row.course_content_id, row.created_by) == (3, False, "cc-main", "u-admin")
 
