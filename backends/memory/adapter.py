@@ -49,6 +49,12 @@ class MemoryEngine:
     results_fail: bool = False
     # `submit` refuses the job for good while set (EngineConfigurationError).
     reject: str | None = None
+    # `cancel` only asks, like a Celery revoke or a Prefect CANCELLING proposal: the run reads CANCELLING until
+    # the next poll after it (a worker that noticed), then CANCELLED.
+    slow_cancel: bool = False
+    # The engine's own run id is this prefix + the leg id (Prefect's flow run id differs from the leg id; Celery's
+    # task id is the leg id: prefix "").
+    run_id_prefix: str = ""
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -97,11 +103,17 @@ class MemoryAdapter:
                 found.submits += 1  # idempotent by leg id, like both real engines
             else:
                 self.backend.runs[leg_id] = MemoryRun(job=job)
-        return leg_id
+        return self.backend.run_id_prefix + leg_id
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         self._call("poll")
-        return {leg_id: self._state(leg_id) for leg_id in leg_ids}
+        states = {leg_id: self._state(leg_id) for leg_id in leg_ids}
+        with self.backend.lock:
+            for leg_id in leg_ids:
+                run = self.backend.runs.get(leg_id)
+                if run is not None and run.phase == LegPhase.CANCELLING:
+                    run.phase, run.finished_at = LegPhase.CANCELLED, datetime.now(UTC)  # seen next time
+        return states
 
     def _state(self, leg_id: str) -> LegState:
         run = self.backend.runs.get(leg_id)
@@ -113,7 +125,7 @@ class MemoryAdapter:
             native=run.phase.value.upper(),
             finished_at=run.finished_at,
             error=run.error,
-            engine_run_id=leg_id,
+            engine_run_id=self.backend.run_id_prefix + leg_id,
         )
 
     def result(self, leg_id: str) -> LegResult:
@@ -136,11 +148,14 @@ class MemoryAdapter:
 
     def cancel(self, leg_id: str) -> LegState:
         self._call("cancel")
-        run = self.backend.runs.get(leg_id)
-        if run is not None and not run.phase.is_final:
-            run.phase = LegPhase.CANCELLED
-            run.finished_at = datetime.now(UTC)
-        return self._state(leg_id)
+        with self.backend.lock:
+            run = self.backend.runs.get(leg_id)
+            if run is not None and not run.phase.is_final:
+                if self.backend.slow_cancel:
+                    run.phase = LegPhase.CANCELLING
+                else:
+                    run.phase, run.finished_at = LegPhase.CANCELLED, datetime.now(UTC)
+            return self._state(leg_id)
 
     def workers(self) -> list[WorkerInfo]:
         self._call("workers")

@@ -5,7 +5,8 @@ speaks HTTP only. It works with any deployment given its `flow/deployment` name,
 not write: submit, state and progress come from the API; the result only where the flow persisted JSON.
 
 - submit: `POST /deployments/{id}/create_flow_run` with `idempotency_key=leg_id`: a retried submit returns
-  the same run instead of starting a second one.
+  the same run instead of starting a second one. The run is also named and tagged with the leg id, so the
+  gateway's `test_system_id` is what an operator searches for in Prefect.
 - poll: one `POST /flow_runs/filter` by idempotency key for many legs; progress rides along as labels.
   Non-final runs are also checked against their deployment's `last_polled`/status (one more call, only when
   something is in flight), so a Late run or a runner that stopped polling shows up as `LegState.stalled`.
@@ -178,9 +179,12 @@ class PrefectAdapter:
 
     # ------------------------------------------------------------------------------------------------- submit
     def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
-        """Create the flow run; the leg id is its idempotency key and a tag (`shadow` too for a shadow run).
+        """Create the flow run; the leg id is its idempotency key, its name and a tag. No priority per run in Prefect.
 
-        Priority: Prefect has none per run."""
+        The name and the tag make the gateway's id (the legacy `test_system_id`) findable in Prefect's UI search
+        and API (`flow_runs/filter` by name or tag); the flow run keeps its own id, which the gateway also accepts.
+        A shadow run is tagged `shadow` too.
+        """
         name = self.deployment_name(job)
         tags = [leg_id]
         for param in ("test_job", "submission"):
@@ -190,7 +194,7 @@ class PrefectAdapter:
                 break
         if job.shadow:
             tags.append(SHADOW_TAG)
-        body = {"parameters": job.params, "idempotency_key": leg_id, "tags": tags}
+        body = {"parameters": job.params, "idempotency_key": leg_id, "name": leg_id, "tags": tags}
         for refresh in (False, True):
             deployment_id = self.deployment_id(name, refresh=refresh)
             response = self._request("POST", f"deployments/{deployment_id}/create_flow_run", json=body)

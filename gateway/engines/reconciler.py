@@ -10,7 +10,9 @@ past its deadline is closed as timed out and no longer waited on. Every transiti
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 its legs with `FOR UPDATE SKIP LOCKED` and holds the locks while it talks to the engine, so no leg is processed
 twice. SQLite has no row locks; there one in-process lock keeps a single writer, which is what the embedded
-default needs.
+default needs. Whoever else reads a leg and writes it back (a cancel, a worker's write-back) takes the same lock
+through `exclusive()`: a refresh holds its rows across the engine call, so without it the refresh could commit
+what it read before a cancel over the cancel's write (a row left CANCELLING for ever, issue 16).
 """
 
 from __future__ import annotations
@@ -108,6 +110,17 @@ class Reconciler:
             return
         async with self._local_lock:
             yield True
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """A read-modify-write of legs and rows outside the reconciler, serialised with ticks and refreshes.
+
+        On SQLite it waits for the in-process writer lock, so no refresh holds stale copies of the rows meanwhile;
+        on PostgreSQL it is a no-op: the caller locks the leg row (`FOR UPDATE`), which the reconciler's
+        `SKIP LOCKED` claims respect.
+        """
+        async with self._writer():
+            yield
 
     @staticmethod
     async def _rows_for(session: AsyncSession, legs: Sequence[Leg]) -> dict[str, Result]:

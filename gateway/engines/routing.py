@@ -24,6 +24,8 @@ TASK_NAMES: dict[str, TaskKind] = {
     "ctutor_backend.tasks.submission_processing": TaskKind.SUBMISSION_PROCESSING,
 }
 _SHORT = {name.rsplit(".", 1)[1]: kind for name, kind in TASK_NAMES.items()}
+# What `GET /api/tasks/types` answers: the platform's task registry listed its short names (`student_testing`).
+TASK_TYPES: list[str] = sorted(_SHORT)
 
 
 def task_kind(task_name: str) -> TaskKind | None:

@@ -21,6 +21,7 @@ from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal, Role
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.runs import find_leg
 
 RESULT_NOT_FOUND = "Result not found"
 RUN_NOT_FOUND = "Test run not found"
@@ -50,18 +51,27 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
     """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status.
 
     The id of a shadow leg (what `shadow_view` answered a shadow run's lookup with) writes to that leg only."""
-    async with state.sessions() as session, session.begin():
-        row = await session.get(Result, result_id, with_for_update=state.is_postgres)
+    # The same discipline as a cancel: serialised with refreshes on SQLite; on PostgreSQL the leg is locked first
+    # (the reconciler's lock order), so a refresh cannot write a stale status over this one.
+    async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
+        row = await session.get(Result, result_id)
         if row is None:
-            leg = await session.get(Leg, result_id, with_for_update=state.is_postgres)
-            if leg is None or leg.role != LegRole.SHADOW or leg.result_id is None:
+            shadow = await session.get(Leg, result_id, with_for_update=state.is_postgres)
+            if shadow is None or shadow.role != LegRole.SHADOW or shadow.result_id is None:
                 raise NotFound(RESULT_NOT_FOUND)
             status = changes.get("status")
             report = changes.get("result_json")
-            machine.apply_shadow_write_back(leg, int(status) if status is not None else None, report, utcnow())
-            job = await session.get(Result, leg.result_id)
+            machine.apply_shadow_write_back(shadow, int(status) if status is not None else None, report, utcnow())
+            job = await session.get(Result, shadow.result_id)
             assert job is not None
-            return shadow_view(job, leg)
+            return shadow_view(job, shadow)
+        leg = (
+            await session.get(Leg, row.test_system_id, with_for_update=state.is_postgres)
+            if row.test_system_id
+            else None
+        )
+        if state.is_postgres:
+            row = await session.get(Result, result_id, with_for_update=True, populate_existing=True) or row
         for name in WRITABLE:
             if name in changes:
                 setattr(row, name, changes[name])
@@ -70,7 +80,6 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
             row.status = int(status)
         row.updated_by = principal.user_id
         row.updated_at = utcnow()
-        leg = await session.get(Leg, row.test_system_id) if row.test_system_id else None
         if leg is not None and status is not None:
             machine.apply_write_back(leg, row, int(status), utcnow())
     return row
@@ -105,10 +114,12 @@ async def shadow_lookup(state: GatewayState, principal: Principal, test_system_i
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:
     """The legacy `{"status": NAME}` of a run by its test system id (admins also see row-less legs)."""
     async with state.sessions() as session:
+        leg = await find_leg(session, test_system_id)  # the gateway's id or the engine's run id
+        if leg is not None:
+            test_system_id = leg.id
         row = (
             await session.execute(select(Result).where(Result.test_system_id == test_system_id))
         ).scalar_one_or_none()
-        leg = await session.get(Leg, test_system_id)
     if row is None:
         if leg is None or not principal.is_admin:
             raise NotFound(RUN_NOT_FOUND)

@@ -19,6 +19,7 @@ from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.models import Leg, Result, new_id, utcnow
+from gateway.store.runs import find_leg
 
 TASK_NOT_FOUND = "Task not found"
 
@@ -63,11 +64,22 @@ async def submit_task(
     return str(values["id"])
 
 
-async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Leg, Result | None]:
-    if refresh:
-        await state.reconciler.refresh(task_id)
+async def leg_id_of(state: GatewayState, run_id: str) -> str:
+    """The gateway's leg id for either run id (the leg id itself, or the engine's run id); 404 when neither."""
     async with state.sessions() as session:
-        leg = await session.get(Leg, task_id)
+        leg = await find_leg(session, run_id)
+    if leg is None:
+        raise NotFound(TASK_NOT_FOUND)
+    return leg.id
+
+
+async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Leg, Result | None]:
+    """The leg (and its row) by either run id, refreshed from its engine first when asked."""
+    leg_id = await leg_id_of(state, task_id)
+    if refresh:
+        await state.reconciler.refresh(leg_id)
+    async with state.sessions() as session:
+        leg = await session.get(Leg, leg_id)
         if leg is None:
             raise NotFound(TASK_NOT_FOUND)
         row = await session.get(Result, leg.result_id) if leg.result_id else None
@@ -77,16 +89,19 @@ async def task_leg(state: GatewayState, task_id: str, refresh: bool) -> tuple[Le
 async def cancel_task(state: GatewayState, task_id: str) -> None:
     """Cancel at the engine (if it was sent), then close the leg and its row; an unreachable engine is a 503."""
     async with state.sessions() as session:
-        leg = await session.get(Leg, task_id)
+        leg = await find_leg(session, task_id)
     if leg is None:
         raise NotFound(TASK_NOT_FOUND)
+    task_id = leg.id
     if not leg.finished and leg.dispatch_state == DispatchState.SENT:
         adapter = state.dispatcher.adapter(leg.engine)
         try:
             await run_in_threadpool(adapter.cancel, leg.id)
         except Exception as exc:  # noqa: BLE001 - engine unreachable: the cancel cannot be confirmed
             raise EngineUnreachable(redact_text(f"Engine unavailable, task not cancelled: {exc}")) from None
-    async with state.sessions() as session, session.begin():
+    # Serialised with the reconciler's refreshes: on SQLite a status read polling the engine meanwhile would
+    # otherwise write back the CANCELLING it saw over this transaction's CANCELLED.
+    async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
         leg = await session.get(Leg, task_id, with_for_update=state.is_postgres)
         if leg is None or leg.finished:
             return

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import object_session
 
 from backends.interface import LegPhase, LegResult, LegState
+from common.failures import Failure, InfraMessage, describe_failure
 from common.legacy import ResultStatus
 from common.scoring import score
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
@@ -35,7 +36,7 @@ from gateway.store.models import Base, Leg, Result
 from gateway.store.runs import autocommit
 
 FINAL_ROW = {ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED}
-DEADLINE_MESSAGE = "The test run did not finish before its deadline."
+DEADLINE_MESSAGE = InfraMessage.DEADLINE_EXCEEDED.value
 LEGS: Table = Leg.__table__  # type: ignore[assignment]
 
 
@@ -69,8 +70,13 @@ def status_to_phase(status: int) -> LegPhase | None:
         return None
 
 
-def infra_error_json(engine: str, error_type: str | None, message: str | None) -> dict[str, Any]:
-    return {f"{engine}_exception": error_type or "InfrastructureError", "message": message or "The test run failed."}
+def failure_of(leg: Leg, result: LegResult | None, outcome: LegOutcome | None) -> Failure:
+    """The engine-independent failure of a leg that ended badly (see `common.failures`)."""
+    error_type = result.error_type if result else None
+    if outcome == LegOutcome.TIMED_OUT:
+        error_type = "DeadlineExceeded"
+    default = InfraMessage.ENGINE_REFUSED if outcome == LegOutcome.REJECTED else InfraMessage.FAILED
+    return describe_failure(error_type, leg.error, default)
 
 
 # -------------------------------------------------------------------------------------------- follow-ups
@@ -259,21 +265,20 @@ def finish(
     leg.error = error or (result.error if result else None)
     report = result.report if result else None
     leg.payload = report
+    failure = None
+    if phase in (LegPhase.FAILED, LegPhase.CRASHED):
+        # One vocabulary whatever the engine: the stable message on the leg, the engine's text under `details`.
+        failure = failure_of(leg, result, outcome)
+        leg.error = failure.message.value
+        leg.payload = failure.as_result_json(leg.engine)
     if leg.progress is not None and phase == LegPhase.SUCCEEDED:
         leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
-        _write_row(leg, row, phase, result, outcome, report)
+        _write_row(leg, row, phase, report, failure)
     on_finish.run(FinishedLeg(leg, row, now))
 
 
-def _write_row(
-    leg: Leg,
-    row: Result,
-    phase: LegPhase,
-    result: LegResult | None,
-    outcome: LegOutcome | None,
-    report: dict[str, Any] | None,
-) -> None:
+def _write_row(leg: Leg, row: Result, phase: LegPhase, report: dict[str, Any] | None, failure: Failure | None) -> None:
     if phase == LegPhase.SUCCEEDED:
         row.status = int(ResultStatus.COMPLETED)
         if report is not None:
@@ -282,12 +287,9 @@ def _write_row(
     elif phase == LegPhase.CANCELLED:
         row.status = int(ResultStatus.CANCELLED)
     else:
-        error_type = result.error_type if result else None
-        if outcome == LegOutcome.TIMED_OUT:
-            error_type = "DeadlineExceeded"
         row.status = int(ResultStatus.FAILED)
         row.result = 0.0
-        row.result_json = infra_error_json(leg.engine, error_type, leg.error)
+        row.result_json = (failure or failure_of(leg, None, None)).as_result_json(leg.engine)
 
 
 def finish_observed(leg: Leg, row: Result | None, state: LegState, result: LegResult, now: datetime) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.store.models import Leg, Result
 
@@ -94,3 +94,16 @@ async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], legs: tu
             return False
         await conn.execute(insert(LEGS), list(legs))
     return True
+
+
+async def find_leg(session: AsyncSession, run_id: str) -> Leg | None:
+    """The leg a run id names: the gateway's id (`test_system_id`, the task id) or the engine's own run id.
+
+    A Prefect flow run has its own id beside the gateway's leg id (its idempotency key and name); an operator or
+    a flow may hold either, so every route that takes a run id accepts both (indexed: migration 0002).
+    """
+    leg = await session.get(Leg, run_id)
+    if leg is not None:
+        return leg
+    found = select(Leg).where(Leg.engine_run_id == run_id).order_by(Leg.created_at).limit(1)
+    return (await session.execute(found)).scalars().first()

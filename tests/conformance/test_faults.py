@@ -232,8 +232,12 @@ def test_prefect_server_down_at_submit_every_job_completes_exactly_once(
                 # Past the grace: failed with the legacy error shape. Within it: still waiting, and saying why.
                 assert final_status(admin, missing[0]["id"]) == 1
                 failed = admin.get(f"/api/results/{missing[0]['id']}").json()["result_json"]
-                assert failed == {"prefect_exception": "InfrastructureError", "message": failed["message"]}
-                assert "no-such-flow/system" in failed["message"]
+                assert failed == {
+                    "prefect_exception": "InfrastructureError",
+                    "message": "The execution backend's deployment does not exist.",
+                    "details": failed["details"],
+                }
+                assert "no-such-flow/system" in failed["details"]
                 still = admin.get(f"/api/system/status/{missing[1]['test_system_id']}").json()
                 assert still["status"] == "SCHEDULED" and "no-such-flow/system" in still["message"]
         by_leg = flow_runs_by_leg(api_url, [run["test_system_id"] for _, run in runs])

@@ -159,8 +159,9 @@ def test_a_broken_run_is_failed_with_the_legacy_error_shape_and_a_resubmission_r
         assert poll_result_status(carol, first["id"]) == 1
         row = carol.get(f"/api/results/{first['id']}").json()
         assert row["result"] == 0.0
-        assert set(row["result_json"]) == {f"{ENGINE_OF[key]}_exception", "message"}
-        assert "not found" in row["result_json"]["message"]
+        assert set(row["result_json"]) == {f"{ENGINE_OF[key]}_exception", "message", "details"}
+        assert row["result_json"]["message"] == "Commit not found in the student repository."
+        assert missing_commit in row["result_json"]["details"]
         # FAILED is one of the statuses that allow a new run: the old row is renamed `<commit>:<status>`.
         second = submit(carol, key, missing_commit).json()
         assert second["id"] != first["id"] and second["status"] == 3
@@ -180,6 +181,59 @@ def test_a_cancelled_run_is_started_again_on_resubmission(both_engines: Stack) -
         assert second.status_code == 200, second.text
         assert second.json()["id"] != first["id"]
         assert slow.get(f"/api/results/{first['id']}").json()["version_identifier"] == f"{commit}:2"
+
+
+# ------------------------------------------------------------------------------ one answer from either engine
+def test_a_clone_failure_reads_the_same_on_both_engines(both_engines: Stack) -> None:
+    """The contract's clone failure, word for word, on both engines; git's text apart under `details`."""
+    nowhere = (both_engines.data / "no-such-provider").as_uri()
+    failures, errors = {}, {}
+    with both_engines.client(BOB) as bob, both_engines.client(ADMIN) as admin:
+        for key in ("celery", "prefect"):
+            run = submit(bob, key, "0" * 40, provider_url=nowhere, project="student/repo").json()
+            assert poll_result_status(bob, run["id"]) == 1
+            failures[key] = bob.get(f"/api/results/{run['id']}").json()["result_json"]
+            errors[key] = admin.get(f"/api/tasks/{run['test_system_id']}/status").json()["error"]
+    celery, prefect = failures["celery"], failures["prefect"]
+    assert celery.pop("celery_exception") == prefect.pop("prefect_exception") == "InfrastructureError"
+    assert celery == prefect  # but for the engine's name in the key, the same answer
+    assert celery["message"] == "Git clone of student repository failed."
+    assert celery["details"].startswith("Git clone of student repository failed: ")
+    assert errors["celery"] == errors["prefect"] == celery["message"]
+
+
+def test_a_prefect_run_is_found_by_its_test_system_id_and_every_route_takes_either_id(both_engines: Stack) -> None:
+    """The flow run is named and tagged with the gateway's id; the gateway answers to the flow run's own id too."""
+    api = both_engines.prefect_api
+    assert api is not None
+    with both_engines.client(SLOW) as slow, both_engines.client(ADMIN) as admin:
+        run = submit(slow, "legacy", both_engines.repos.commit("slow")).json()
+        test_system_id = run["test_system_id"]
+
+        def flow_runs(criteria: dict[str, Any]) -> list[dict[str, Any]]:
+            return httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": criteria}, timeout=30).json()
+
+        by_name = wait_until(lambda: flow_runs({"name": {"any_": [test_system_id]}}), f"flow run {test_system_id}")
+        by_tag = flow_runs({"tags": {"all_": [test_system_id]}})
+        assert [r["id"] for r in by_name] == [r["id"] for r in by_tag] and len(by_name) == 1
+        flow_run_id = by_name[0]["id"]
+        assert flow_run_id != test_system_id and by_name[0]["name"] == test_system_id
+
+        def running() -> dict[str, Any] | None:
+            info = admin.get(f"/api/tasks/{flow_run_id}/status")
+            assert info.status_code == 200, info.text
+            return info.json() if info.json()["status"] == "started" else None
+
+        info = wait_until(running, f"{flow_run_id} running", timeout=150, interval=0.1)
+        assert info["task_id"] == test_system_id
+        assert slow.get(f"/api/system/status/{flow_run_id}").json()["status"] in {"RUNNING", "COMPLETED"}
+        assert admin.get(f"/api/tasks/{flow_run_id}/result").json()["task_id"] == test_system_id
+        cancel = admin.delete(f"/api/tasks/{flow_run_id}/cancel")
+        assert cancel.status_code == 200 and cancel.json()["task_id"] == flow_run_id
+        assert poll_result_status(slow, run["id"]) == 2
+        assert slow.get(f"/api/system/status/{flow_run_id}").json() == {"status": "CANCELLED"}
+        listed = slow.get("/api/results", params={"test_system_id": flow_run_id})
+    assert listed.headers["X-Total-Count"] == "1" and listed.json()[0]["id"] == run["id"]
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -296,9 +350,7 @@ def test_task_api_shapes(both_engines: Stack) -> None:
     with both_engines.client(ADMIN) as admin:
         types = admin.get("/api/tasks/types")
         assert types.status_code == 200
-        assert {"ctutor_backend.tasks.student_testing", "ctutor_backend.tasks.submission_processing"} <= set(
-            types.json()
-        )
+        assert types.json() == ["student_testing", "submission_processing"]  # the platform's registry names
         unknown = admin.post("/api/tasks/submit", json={"task_name": "no.such.task", "parameters": {}})
         assert unknown.status_code == 400 and isinstance(unknown.json()["detail"], str)
         workers = admin.get("/api/tasks/workers/status")  # fix: reachable, not shadowed by /{task_id}/status
@@ -321,7 +373,7 @@ def test_task_submit_runs_on_the_engine_and_answers_the_task_shapes(both_engines
         resp = admin.post(
             "/api/tasks/submit",
             json={
-                "task_name": "ctutor_backend.tasks.submission_processing",
+                "task_name": "submission_processing",  # a short name, as /api/tasks/types lists it
                 "parameters": {"submission": {"test_job": test_job}},
             },
         )

@@ -76,16 +76,24 @@ def test_finish_writes_only_a_primary_legs_open_row(
 def test_every_finished_leg_keeps_its_report_and_error(role: LegRole) -> None:
     succeeded, failed = leg(role), leg(role)
     machine.finish(succeeded, row(), NOW, LegPhase.SUCCEEDED, LegResult("leg-1", LegPhase.SUCCEEDED, report=REPORT))
-    machine.finish(failed, row(), NOW, LegPhase.FAILED, LegResult("leg-1", LegPhase.FAILED, error="clone failed"))
+    error = "Git clone of student repository failed: fatal: no such repository"
+    machine.finish(failed, row(), NOW, LegPhase.FAILED, LegResult("leg-1", LegPhase.FAILED, error=error))
     assert succeeded.payload == REPORT and succeeded.error is None
-    assert failed.payload is None and failed.error == "clone failed"
+    # A failure keeps the vocabulary's message as its error and the engine's text under `details`.
+    assert failed.error == "Git clone of student repository failed."
+    assert failed.payload == {"celery_exception": "InfrastructureError", "message": failed.error, "details": error}
 
 
 def test_a_failed_primary_writes_the_legacy_infrastructure_error() -> None:
     the_leg, the_row = leg(), row(ResultStatus.RUNNING)
-    result = LegResult("leg-1", LegPhase.FAILED, error="Git clone failed", error_type="InfrastructureError")
+    error = "InfrastructureError: Git clone of student repository failed: fatal: no such repository"
+    result = LegResult("leg-1", LegPhase.FAILED, error=error, error_type="TaskInfrastructureError")
     machine.finish(the_leg, the_row, NOW, LegPhase.FAILED, result)
-    assert the_row.result_json == {"celery_exception": "InfrastructureError", "message": "Git clone failed"}
+    assert the_row.result_json == {
+        "celery_exception": "InfrastructureError",
+        "message": "Git clone of student repository failed.",
+        "details": "Git clone of student repository failed: fatal: no such repository",
+    }
 
 
 def test_time_out_reject_and_cancel_end_with_their_own_outcome() -> None:
@@ -98,6 +106,11 @@ def test_time_out_reject_and_cancel_end_with_their_own_outcome() -> None:
     machine.reject(rejected, rejected_row, NOW, "deployment not found: x")
     assert (rejected.dispatch_state, rejected.outcome) == (DispatchState.FAILED, LegOutcome.REJECTED)
     assert rejected_row.status == int(ResultStatus.FAILED)
+    assert rejected_row.result_json == {
+        "celery_exception": "InfrastructureError",
+        "message": "The execution backend's deployment does not exist.",
+        "details": "deployment not found: x",
+    }
 
     never_sent, sent = leg(), leg(dispatch_state=DispatchState.SENT.value)
     machine.cancel(never_sent, row(), NOW)

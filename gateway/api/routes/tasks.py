@@ -12,7 +12,7 @@ from common.redact import redact_text
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
 from gateway.api.views import task_info, task_result
-from gateway.engines.routing import TASK_NAMES
+from gateway.engines.routing import TASK_TYPES
 from gateway.jobs import tasks
 from gateway.schemas import TaskInfo, TaskResult, TaskSubmission, TaskSubmitResponse
 from gateway.store.models import ExecutionBackend
@@ -29,8 +29,9 @@ async def submit_task(body: TaskSubmission, state: State, principal: Login) -> T
 
 @router.get("/types", response_model=list[str])
 async def task_types(principal: Login) -> list[str]:
+    """The registry's short names, as the platform listed them; submit accepts these and the full Celery names."""
     require(principal, "admin")
-    return sorted(TASK_NAMES)
+    return TASK_TYPES
 
 
 @router.get("/workers/status")
@@ -87,5 +88,5 @@ async def task_result_view(task_id: str, state: State, principal: Login) -> Task
 @router.delete("/{task_id}/cancel")
 async def cancel_task(task_id: str, state: State, principal: Login) -> dict[str, str]:
     require(principal, "admin")
-    await tasks.cancel_task(state, task_id)
+    await tasks.cancel_task(state, task_id)  # either run id: the answer names the id the client gave
     return {"task_id": task_id, "status": "cancelled", "message": "Task cancelled"}
