@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     # Flower's basic auth (`user:password`) for `gateway up --flower` and the compose file; None = generated.
     flower_basic_auth: SecretStr | None = None
 
+    # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
+    gateway_cutover_evaluate_seconds: float = 60.0
+
     # ------------------------------------------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:

@@ -343,3 +343,26 @@ class UserGet(BaseModel):
     course_member_ids: list[str] | None
     created_at: datetime | None
     updated_at: datetime | None
+
+
+class CutoverChangeIn(BaseModel):
+    """One change of a migration (`POST /api/admin/cutover/{scope}/{key}/{action}`); unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = ""
+    dry_run: bool = False
+    expected_version: int | None = None
+    stage: str | None = None
+    percentage: float | None = None
+    old_engine: str | None = None
+    new_engine: str | None = None
+    policy: str | None = None
+    shadow_fraction: float | None = None
+    canary_steps: list[float] | None = None
+    min_stage_seconds: float | None = None
+    thresholds: dict[str, float] | None = None
+    salt: str | None = None
+    # Preview: where these members' (and a sample's) next jobs go, before and after.
+    members: list[str] = Field(default_factory=list)
+    sample: int = Field(default=0, ge=0, le=1000)

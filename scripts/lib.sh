@@ -50,3 +50,16 @@ ensure_bwrap() {
   fi
   return 1
 }
+
+# The scorecard page is tested in a real headless Chromium: Debian's package, installed when missing and root.
+ensure_chromium() {
+  if command -v chromium >/dev/null; then return 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium (for the scorecard page test)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+           --no-install-recommends chromium >/dev/null; } || return 1
+    return 0
+  fi
+  return 1
+}

@@ -12,6 +12,7 @@ ensure_venv
 ensure_bwrap || echo "note: bubblewrap is missing and could not be installed; sandboxed runs will refuse to grade"
 ensure_postgres || echo "note: PostgreSQL is not running and could not be started; its tests will skip"
 ensure_redis || echo "note: Redis is not running and could not be started; its tests will skip"
+ensure_chromium || echo "note: chromium is missing and could not be installed (not root); the scorecard page test will skip"
 
 export PYTHONUNBUFFERED=1
 set +e

@@ -184,6 +184,7 @@ class PrefectAdapter:
 
         The name and the tag make the gateway's id (the legacy `test_system_id`) findable in Prefect's UI search
         and API (`flow_runs/filter` by name or tag); the flow run keeps its own id, which the gateway also accepts.
+        A shadow run is tagged `shadow` too.
         """
         name = self.deployment_name(job)
         tags = [leg_id]

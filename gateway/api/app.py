@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.redact import redact_text
 from common.settings import Settings, get_settings
+from gateway.api import scorecard_page
 from gateway.api.metrics import metrics_router
 from gateway.api.options import OptionsAllow
 from gateway.api.routes import api_router
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
     app.include_router(api_router(), prefix="/api")
     app.include_router(metrics_router())
+    app.include_router(scorecard_page.router)
     if settings.gateway_serve_at_root:
         # Legacy routes only, and out of the schema (it documents each route once, under /api).
         app.include_router(api_router(legacy_only=True), include_in_schema=False)

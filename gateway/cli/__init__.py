@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # Each module defines `register(app)`; the order is the order of `gateway --help`.
-_COMMAND_MODULES = ("run_tests", "worker", "prefect_cmd", "server", "up", "shadow_cmd")
+_COMMAND_MODULES = ("run_tests", "worker", "prefect_cmd", "server", "up", "shadow_cmd", "cutover")
 
 
 def _register_all() -> None:

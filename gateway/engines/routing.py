@@ -1,7 +1,9 @@
-"""Routing: which engine a job goes to (`execution_backend.type` → a `RoutePlan`), and the legacy task names.
+"""Routing: which engine a job goes to (`execution_backend.type` + cutover stage → a `RoutePlan`), task names.
 
-`RoutePlan` is the seam for shadow runs and cutover stages: today the plan is the backend's engine alone; a
-stage will add a shadow engine and record its rule in `decision` (stored on the leg as its routing decision).
+With no migration set for the backend or the course content, the plan is the backend's engine alone, exactly
+the legacy behaviour. With one, `gateway.cutover.decide` picks the answering engine (sticky per member in a
+canary) and the engine that may shadow; its record (stage, percentage, bucket, rule, config version) is the
+leg's `routing`. Pinning: only *new* jobs are planned here; a leg keeps the engine it was admitted to.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from backends.interface import TaskKind
 from backends.registry import UnknownEngineError, canonical_engine
+from gateway.cutover.decide import decide
+from gateway.cutover.stages import CutoverConfig
 
 UNSUPPORTED = "execution_backend type not supported!"
 
@@ -38,19 +42,31 @@ class UnsupportedBackend(ValueError):
 
 @dataclass(frozen=True)
 class RoutePlan:
-    """Which engine answers (primary) and, later, which one shadows; `decision` is recorded on the leg."""
+    """Which engine answers (primary), which may shadow (sampled per job at `shadow_fraction`), and why."""
 
     primary: str
     shadow: str | None = None
+    shadow_fraction: float = 0.0
     decision: dict[str, Any] = field(default_factory=dict)
 
 
-def plan_route(backend_type: str | None, backend_id: str | None = None) -> RoutePlan:
+def plan_route(
+    backend_type: str | None,
+    backend_id: str | None = None,
+    cutover: CutoverConfig | None = None,
+    content_id: str = "",
+    member_id: str = "",
+) -> RoutePlan:
+    """`cutover` is the effective migration of the job's content (its override, else its backend's), or None."""
     try:
         engine = canonical_engine(backend_type or "")
     except UnknownEngineError:
         raise UnsupportedBackend(UNSUPPORTED) from None
+    decision = {"type": backend_type, "execution_backend_id": backend_id}
+    routed = decide(cutover, engine, content_id, member_id)
     return RoutePlan(
-        primary=engine,
-        decision={"rule": "execution_backend.type", "type": backend_type, "execution_backend_id": backend_id},
+        primary=routed.primary,
+        shadow=routed.shadow,
+        shadow_fraction=routed.shadow_fraction,
+        decision={**routed.record, **decision},
     )

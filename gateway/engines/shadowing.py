@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -68,8 +68,18 @@ class ShadowPolicy:
         self.skips = SkipCounter()
         self.in_flight = InFlight()
 
-    async def decide(self, primary: str, backend_id: str | None, content_id: str | None) -> ShadowDecision:
+    async def decide(
+        self,
+        primary: str,
+        backend_id: str | None,
+        content_id: str | None,
+        staged: tuple[str | None, float] | None = None,
+    ) -> ShadowDecision:
+        """`staged`: a cutover stage's (shadow engine, fraction), which then decides the cross-engine shadow;
+        the shadow setting still gives the cap, the deadline, the properties and the A/A fraction."""
         setting = await effective_setting(self.sessions, self.catalog, backend_id, content_id)
+        if staged is not None:
+            setting = _staged(setting, staged, backend_id)
         engine = _engine(setting)
         if not setting.enabled or (engine is None and setting.aa_fraction <= 0):
             self.skips.count(backend_id, content_id, SkipReason.OFF)
@@ -110,6 +120,25 @@ class ShadowPolicy:
         assert setting.scope is not None and setting.scope_id is not None
         count = await self.in_flight.count(self.sessions, ShadowScope(setting.scope), setting.scope_id)
         return count + extra < setting.max_in_flight
+
+
+# A stage that shadows without a shadow setting of its own gets this cap on unfinished shadow legs.
+STAGED_MAX_IN_FLIGHT = 100
+
+
+def _staged(setting: EffectiveShadow, staged: tuple[str | None, float], backend_id: str | None) -> EffectiveShadow:
+    engine, fraction = staged
+    if setting.scope is None:  # no shadow setting: the stage's numbers with the defaults, scoped to the backend
+        return replace(
+            setting,
+            enabled=True,
+            scope=ShadowScope.BACKEND,
+            scope_id=backend_id or "",
+            engine=engine,
+            fraction=fraction,
+            max_in_flight=STAGED_MAX_IN_FLIGHT,
+        )
+    return replace(setting, enabled=True, engine=engine, fraction=fraction)
 
 
 def _engine(setting: EffectiveShadow) -> str | None:

@@ -13,6 +13,7 @@ from gateway.compare.step import CompareStep
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs import follow_ups
+from gateway.jobs.cutover_gates import GateStep
 from gateway.legs.machine import on_finish
 from gateway.runtime import GatewayState
 
@@ -24,4 +25,8 @@ def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> G
     state = GatewayState.build(settings, dispatcher)
     # Comparisons are written by the reconciler after each tick, for every pair whose two legs are final.
     state.reconciler.steps[comparison.NAME] = CompareStep(state.sessions, state.is_postgres)
+    # Cutover gates are evaluated after the comparisons, on their own (slower) clock.
+    state.reconciler.steps["cutover_gates"] = GateStep(
+        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds
+    )
     return state

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backends.interface import TaskKind
 from common.legacy import Repository, ResultStatus, TestJob
 from common.redact import strip_credentials
+from gateway.cutover.stages import CutoverConfig
 from gateway.engines.dispatcher import SendStatus
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
@@ -29,6 +30,7 @@ from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal, Role
+from gateway.store.cutover import effective_config
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Leg, Result, new_id, utcnow
 from gateway.store.runs import insert_run
 
@@ -210,12 +212,13 @@ def _new_run(
     content: CourseContent,
     member: CourseMember,
     backend: ExecutionBackend | None,
+    cutover: CutoverConfig | None = None,
 ) -> _Run:
     """Raises the contract's 400s for an unsupported backend or a member without a repository."""
     if backend is None:
         raise BadJobRequest("execution_backend type not supported!")
     try:
-        plan = plan_route(backend.type, backend.id)
+        plan = plan_route(backend.type, backend.id, cutover, content.id, member.id)
     except UnsupportedBackend as exc:
         raise BadJobRequest(str(exc)) from None
     commit = body.version_identifier or ""
@@ -274,7 +277,9 @@ def shadow_spec(spec: dict[str, Any], properties: dict[str, Any]) -> dict[str, A
 
 async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, backend: ExecutionBackend) -> _Run:
     """Ask the shadow policy; add the legs it wants and record its decision on the primary leg."""
-    decision = await state.shadow.decide(run.plan.primary, backend.id, content.id)
+    # Under a cutover stage the stage names the shadow engine and fraction (None: the stage shadows nothing).
+    staged = (run.plan.shadow, run.plan.shadow_fraction) if "stage" in run.plan.decision else None
+    decision = await state.shadow.decide(run.plan.primary, backend.id, content.id, staged)
     shadows = []
     now = run.leg["created_at"]
     for planned in decision.legs:
@@ -321,6 +326,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if not commit:
         raise BadJobRequest("commit is None")
     member = await _member(state, member_id)
+    # The stage decides new jobs only: a job admitted earlier keeps its leg's engine (pinning).
+    cutover = await effective_config(state.sessions, state.catalog, backend.id if backend else None, content.id)
     existing: Result | None = None
     looked = False
     if content.max_submissions is not None:
@@ -333,7 +340,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         if existing is not None and ResultStatus(existing.status) in KEEP:
             return await _kept(state, existing, body), False
         try:
-            run = _new_run(principal, body, content, member, backend)
+            run = _new_run(principal, body, content, member, backend, cutover)
         except JobError:
             if not looked:  # the contract checks for an existing run before the backend and the repository
                 looked, existing = True, await _existing(state, member_id, content.id, commit)

@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, ShadowSetting
+from gateway.store.models import CourseContent, CourseMember, CutoverMigration, ExecutionBackend, ShadowSetting
 
-# Shadow settings are read on the submit path like the catalog, and cached with it.
-CATALOG_MODELS = (CourseContent, CourseMember, ExecutionBackend, ShadowSetting)
+# Shadow settings and cutover migrations are read on the submit path like the catalog, and cached with it.
+CATALOG_MODELS = (CourseContent, CourseMember, ExecutionBackend, ShadowSetting, CutoverMigration)
 CATALOG_TABLES = frozenset(model.__tablename__ for model in CATALOG_MODELS)
 _MAX_ENTRIES = 50_000
 

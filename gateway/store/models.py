@@ -219,6 +219,60 @@ class User(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class CutoverMigration(Base):
+    """One migration's configuration (see gateway.cutover): per execution backend, or a course content's override.
+
+    `version` grows by one with every accepted change; a change names the version it was planned on, so two
+    operators (or an operator and the automatic gate) cannot overwrite each other's change unseen.
+    """
+
+    __tablename__ = "cutover_migration"
+    __table_args__ = (UniqueConstraint("scope", "scope_id", name="uq_cutover_migration_scope"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    scope: Mapped[str] = mapped_column(String(16))  # gateway.cutover.stages.Scope
+    scope_id: Mapped[str] = mapped_column(String(64))  # execution_backend.id or course_content.id
+    old_engine: Mapped[str] = mapped_column(String(32))
+    new_engine: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[str] = mapped_column(String(16))  # gateway.cutover.stages.Stage
+    percentage: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow_fraction: Mapped[float] = mapped_column(Float, default=1.0)
+    policy: Mapped[str] = mapped_column(String(16), default="manual")
+    canary_steps: Mapped[list[float]] = mapped_column(JSON)
+    min_stage_seconds: Mapped[float] = mapped_column(Float, default=3600.0)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(64), default="")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    stage_since: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_evaluated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class CutoverEvent(Base):
+    """Every accepted change of a migration: who, when, from what, to what, why (an append-only log)."""
+
+    __tablename__ = "cutover_event"
+    __table_args__ = (Index("ix_cutover_event_scope", "scope", "scope_id", "at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    migration_id: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)  # the version this change produced
+    action: Mapped[str] = mapped_column(String(16))  # gateway.cutover.machine.Action
+    actor: Mapped[str] = mapped_column(String(255))  # a user name, `cli:<user>`, or `gate` for automatic steps
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    from_stage: Mapped[str | None] = mapped_column(String(16))
+    to_stage: Mapped[str] = mapped_column(String(16))
+    from_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    to_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
 class ShadowSetting(Base):
     """Shadowing for one execution backend (`scope` "backend") or one course content ("content", an override).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.api.routes import admin, backends, comparisons, results, tasks, tests, user
+from gateway.api.routes import admin, backends, comparisons, cutover, results, tasks, tests, user
 from gateway.schemas import ERROR_RESPONSES
 
 LEGACY = (tests, results, tasks, backends, user)
@@ -21,6 +21,6 @@ def api_router(*, legacy_only: bool = False) -> APIRouter:
     The error answers any route may give are declared once here, so the OpenAPI spec shows them.
     """
     router = APIRouter(responses=ERROR_RESPONSES)
-    for module in LEGACY if legacy_only else (*LEGACY, admin, comparisons):
+    for module in LEGACY if legacy_only else (*LEGACY, admin, comparisons, cutover):
         router.include_router(module.router)
     return router

@@ -1,0 +1,286 @@
+"""Gates over comparisons: gather one migration's evidence, evaluate it, and take the step the policy says.
+
+Evidence is the window of comparisons since the migration entered its current stage (or canary step), between
+its two engines, live or replayed (A/A runs are the noise baseline, not evidence). The verdict and the step are
+pure (`gateway.cutover.gates`); this module reads the comparison table and saves the outcome: the last
+evaluation on the migration, and a demotion or promotion as an event with the evaluation attached (actor `gate`).
+
+It runs on demand (`gateway cutover evaluate`, the admin API) and periodically as a reconciler step; on
+PostgreSQL an advisory lock makes one process at a time evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, not_, or_, select, text, union_all
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.compare.outcomes import ComparisonOutcome, Side
+from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step
+from gateway.cutover.machine import Action, InvalidChange, plan_change
+from gateway.cutover.stages import CutoverConfig, Scope
+from gateway.store import cutover as store
+from gateway.store.models import Comparison, CutoverMigration, utcnow
+
+log = logging.getLogger(__name__)
+GATE_ACTOR = "gate"
+# Any fixed 64-bit key: the advisory lock that makes one process at a time run the periodic evaluation.
+ADVISORY_KEY = 0x6375_746F_7665_7231
+EVIDENCE_KINDS = ("shadow", "replay")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest rank (no interpolation: a value that was observed)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class EngineSide:
+    legs: int
+    infra_errors: int
+    run_seconds: tuple[float, ...]
+
+
+def scope_filter(config: CutoverConfig) -> Any:
+    if config.scope == Scope.CONTENT:
+        return Comparison.course_content_id == config.scope_id
+    return Comparison.execution_backend_id == config.scope_id
+
+
+async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: datetime | None) -> Sequence[Any]:
+    stmt = select(
+        Comparison.outcome,
+        Comparison.side,
+        Comparison.primary_engine,
+        Comparison.shadow_engine,
+        Comparison.primary_run_seconds,
+        Comparison.shadow_run_seconds,
+        Comparison.created_at,
+    ).where(
+        scope_filter(config),
+        Comparison.kind.in_(EVIDENCE_KINDS),
+        Comparison.primary_engine.in_((config.old_engine, config.new_engine)),
+        Comparison.shadow_engine.in_((config.old_engine, config.new_engine)),
+    )
+    if since is not None:
+        stmt = stmt.where(Comparison.created_at >= since)
+    return (await session.execute(stmt)).all()
+
+
+def evidence_of(config: CutoverConfig, rows: Sequence[Any]) -> tuple[Evidence, dict[str, EngineSide]]:
+    """Counts per outcome, and per engine its legs, infra errors and run times (what the gate and scorecard need)."""
+    counts: dict[str, int] = {}
+    legs = {config.old_engine: 0, config.new_engine: 0}
+    errors = {config.old_engine: 0, config.new_engine: 0}
+    runs: dict[str, list[float]] = {config.old_engine: [], config.new_engine: []}
+    for outcome, side, primary, shadow, primary_run, shadow_run, _at in rows:
+        if primary == shadow:
+            continue
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if outcome == ComparisonOutcome.COMPARE_ERROR:
+            continue
+        for engine, run, this_side in ((primary, primary_run, Side.PRIMARY), (shadow, shadow_run, Side.SHADOW)):
+            legs[engine] += 1
+            failed = outcome == ComparisonOutcome.INFRA_ERROR and side in (this_side, Side.BOTH)
+            timed_out = outcome == ComparisonOutcome.SHADOW_TIMEOUT and this_side == Side.SHADOW
+            if failed or timed_out:
+                errors[engine] += 1
+            elif run is not None:
+                runs[engine].append(float(run))
+    mismatch, noise = counts.get(ComparisonOutcome.MISMATCH, 0), counts.get(ComparisonOutcome.NOISE, 0)
+    evidence = Evidence(
+        comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
+        mismatches=mismatch + noise,
+        noise_mismatches=noise,
+        accepted_mismatches=0,
+        new_legs=legs[config.new_engine],
+        new_infra_errors=errors[config.new_engine],
+        old_legs=legs[config.old_engine],
+        old_infra_errors=errors[config.old_engine],
+        old_p99_seconds=percentile(runs[config.old_engine], 0.99),
+        new_p99_seconds=percentile(runs[config.new_engine], 0.99),
+    )
+    sides = {e: EngineSide(legs[e], errors[e], tuple(runs[e])) for e in legs}
+    return evidence, sides
+
+
+def _window(config: CutoverConfig, since: datetime | None) -> list[Any]:
+    engines = (config.old_engine, config.new_engine)
+    where = [
+        scope_filter(config),
+        Comparison.kind.in_(EVIDENCE_KINDS),
+        Comparison.primary_engine.in_(engines),
+        Comparison.shadow_engine.in_(engines),
+        Comparison.primary_engine != Comparison.shadow_engine,
+    ]
+    if since is not None:
+        where.append(Comparison.created_at >= since)
+    return where
+
+
+def _ran(this_side: Side) -> Any:
+    """The leg on this side ran to an answer (its run time is evidence): no infra error or timeout of its own."""
+    own_error = and_(
+        Comparison.outcome == ComparisonOutcome.INFRA_ERROR.value,
+        Comparison.side.in_((this_side.value, Side.BOTH.value)),
+    )
+    conditions = [
+        Comparison.outcome != ComparisonOutcome.COMPARE_ERROR.value,
+        or_(Comparison.side.is_(None), not_(own_error)),
+    ]
+    if this_side == Side.SHADOW:
+        conditions.append(Comparison.outcome != ComparisonOutcome.SHADOW_TIMEOUT.value)
+    return and_(*conditions)
+
+
+async def _p99(session: AsyncSession, where: list[Any], engine: str) -> float | None:
+    runs = union_all(
+        select(Comparison.primary_run_seconds.label("s")).where(
+            *where, Comparison.primary_engine == engine, Comparison.primary_run_seconds.is_not(None), _ran(Side.PRIMARY)
+        ),
+        select(Comparison.shadow_run_seconds.label("s")).where(
+            *where, Comparison.shadow_engine == engine, Comparison.shadow_run_seconds.is_not(None), _ran(Side.SHADOW)
+        ),
+    ).subquery()
+    if session.bind.dialect.name == "postgresql":
+        # percentile_disc is the nearest rank, the same value `percentile` picks.
+        found = await session.scalar(select(func.percentile_disc(0.99).within_group(runs.c.s)))
+        return None if found is None else float(found)
+    return percentile([float(v) for v in (await session.execute(select(runs.c.s))).scalars()], 0.99)
+
+
+async def gate_evidence(session: AsyncSession, config: CutoverConfig, since: datetime | None) -> Evidence:
+    """The gate's evidence aggregated in the database (counts grouped, p99 by `percentile_disc` on PostgreSQL):
+    the same numbers as `evidence_of` over the rows, without moving the rows."""
+    where = _window(config, since)
+    grouped = (
+        await session.execute(
+            select(Comparison.outcome, Comparison.side, Comparison.primary_engine, func.count())
+            .where(*where)
+            .group_by(Comparison.outcome, Comparison.side, Comparison.primary_engine)
+        )
+    ).all()
+    counts: dict[str, int] = {}
+    legs = {config.old_engine: 0, config.new_engine: 0}
+    errors = {config.old_engine: 0, config.new_engine: 0}
+    other = {config.old_engine: config.new_engine, config.new_engine: config.old_engine}
+    for outcome, side, primary, n in grouped:
+        counts[outcome] = counts.get(outcome, 0) + n
+        if outcome == ComparisonOutcome.COMPARE_ERROR:
+            continue
+        shadow = other[primary]
+        legs[primary] += n
+        legs[shadow] += n
+        if outcome == ComparisonOutcome.INFRA_ERROR:
+            if side in (Side.PRIMARY, Side.BOTH):
+                errors[primary] += n
+            if side in (Side.SHADOW, Side.BOTH):
+                errors[shadow] += n
+        elif outcome == ComparisonOutcome.SHADOW_TIMEOUT:
+            errors[shadow] += n
+    mismatch, noise = counts.get(ComparisonOutcome.MISMATCH, 0), counts.get(ComparisonOutcome.NOISE, 0)
+    return Evidence(
+        comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
+        mismatches=mismatch + noise,
+        noise_mismatches=noise,
+        accepted_mismatches=0,
+        new_legs=legs[config.new_engine],
+        new_infra_errors=errors[config.new_engine],
+        old_legs=legs[config.old_engine],
+        old_infra_errors=errors[config.old_engine],
+        old_p99_seconds=await _p99(session, where, config.old_engine),
+        new_p99_seconds=await _p99(session, where, config.new_engine),
+    )
+
+
+@dataclass
+class GateRun:
+    config: CutoverConfig
+    evaluation: Evaluation
+    next: Next
+    applied: bool = False
+    event_id: str | None = None
+    after: CutoverConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.config.scope.value,
+            "scope_id": self.config.scope_id,
+            "stage": self.config.stage.value,
+            "percentage": self.config.percentage,
+            "evaluation": self.evaluation.to_dict(),
+            "next": {"step": self.next.step.value, "why": self.next.why},
+            "applied": self.applied,
+            "event_id": self.event_id,
+            "after": self.after.to_dict() if self.after else None,
+        }
+
+
+async def evaluate_one(
+    sessions: async_sessionmaker[AsyncSession],
+    config: CutoverConfig,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> GateRun:
+    """Evaluate one migration and (unless a dry run) record it and take the step: demote, promote, or hold."""
+    now = now or utcnow()
+    async with sessions() as session:
+        evidence = await gate_evidence(session, config, config.stage_since)
+    evaluation = evaluate(evidence, config.thresholds)
+    step = next_step(config, evaluation, now)
+    run = GateRun(config, evaluation, step)
+    if dry_run:
+        return run
+    record = {**evaluation.to_dict(), "at": now.isoformat(), "next": run.to_dict()["next"], "version": config.version}
+    await store.record_evaluation(sessions, config, record, now)
+    if step.step not in (Step.PROMOTE, Step.DEMOTE):
+        return run
+    action = Action.PROMOTE if step.step == Step.PROMOTE else Action.DEMOTE
+    try:
+        change = plan_change(config, action, now, reason=step.why)
+        event = await store.save_change(sessions, change, GATE_ACTOR, evaluation=record, now=now)
+    except (InvalidChange, store.StaleChange) as exc:  # an operator changed it meanwhile: their change wins
+        log.info("gate step %s on %s %s skipped: %s", action, config.scope, config.scope_id, exc)
+        return run
+    run.applied, run.event_id, run.after = event is not None, event.id if event else None, change.after
+    return run
+
+
+async def evaluate_all(
+    sessions: async_sessionmaker[AsyncSession], now: datetime | None = None, dry_run: bool = False
+) -> list[GateRun]:
+    async with sessions() as session:
+        rows = list((await session.execute(select(CutoverMigration))).scalars())
+    return [await evaluate_one(sessions, store.to_config(row), now, dry_run) for row in rows]
+
+
+class GateStep:
+    """The periodic evaluation as a reconciler step: at most every `interval` seconds, one process at a time."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], is_postgres: bool, interval: float) -> None:
+        self.sessions = sessions
+        self.is_postgres = is_postgres
+        self.interval = interval
+        self._next = 0.0
+
+    async def __call__(self) -> int:
+        if self.interval <= 0 or time.monotonic() < self._next:
+            return 0
+        self._next = time.monotonic() + self.interval
+        if not self.is_postgres:
+            return sum(run.applied for run in await evaluate_all(self.sessions))
+        async with self.sessions() as session, session.begin():
+            got = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
+            if not got:  # another process is evaluating right now
+                return 0
+            return sum(run.applied for run in await evaluate_all(self.sessions))

@@ -1,0 +1,131 @@
+"""The scorecard: per migration, where it stands and what its next gate still needs, from the comparisons.
+
+One read model for the API (`GET /api/cutover/scorecard`), `gateway cutover status` and the `/scorecard` page:
+stage and time in it, samples, raw and noise-adjusted parity, infra-error rate and p50/p99 run time per engine,
+the last recorded evaluation, a fresh evaluation's needs, an hourly series (parity, p50 run time) for the chart,
+and the open mismatch clusters (same signature: the set of differing paths) with a sample diff each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.compare.outcomes import ComparisonOutcome
+from gateway.cutover.gates import evaluate, next_step, still_needs
+from gateway.cutover.stages import CutoverConfig
+from gateway.jobs.cutover_gates import comparison_rows, evidence_of, percentile, scope_filter
+from gateway.store import cutover as store
+from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
+
+CLUSTER_SAMPLE = 500
+SERIES_WINDOW = timedelta(hours=48)
+MAX_PATHS = 5
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _series(config: CutoverConfig, rows: Any) -> list[dict[str, Any]]:
+    """Hourly points over the last 48 hours: parity (noise-adjusted) and the p50 run time of each engine."""
+    hours: dict[str, list[Any]] = {}
+    for row in rows:
+        at: datetime = row[6]
+        hours.setdefault(at.strftime("%Y-%m-%dT%H:00"), []).append(row)
+    points = []
+    for hour in sorted(hours)[-48:]:
+        evidence, sides = evidence_of(config, hours[hour])
+        rate = evidence.mismatch_rate
+        points.append(
+            {
+                "hour": hour,
+                "samples": evidence.comparable,
+                "parity": None if rate is None else 1 - rate,
+                "p50_seconds": {e: percentile(s.run_seconds, 0.5) for e, s in sides.items()},
+            }
+        )
+    return points
+
+
+async def _clusters(session: AsyncSession, config: CutoverConfig) -> list[dict[str, Any]]:
+    stmt = (
+        select(Comparison.id, Comparison.result_id, Comparison.differences)
+        .where(scope_filter(config), Comparison.outcome == ComparisonOutcome.MISMATCH.value)
+        .order_by(Comparison.created_at.desc())
+        .limit(CLUSTER_SAMPLE)
+    )
+    if config.stage_since is not None:
+        stmt = stmt.where(Comparison.created_at >= config.stage_since)
+    counts: Counter[tuple[str, ...]] = Counter()
+    samples: dict[tuple[str, ...], dict[str, Any]] = {}
+    for comparison_id, result_id, differences in (await session.execute(stmt)).all():
+        paths = tuple(sorted({str(d.get("path")) for d in differences or []}))[:MAX_PATHS]
+        counts[paths] += 1
+        samples.setdefault(
+            paths, {"comparison_id": comparison_id, "result_id": result_id, "differences": (differences or [])[:3]}
+        )
+    return [{"signature": list(sig), "count": n, "sample": samples[sig]} for sig, n in counts.most_common(10)]
+
+
+async def _labels(session: AsyncSession) -> dict[str, str]:
+    backends = (await session.execute(select(ExecutionBackend.id, ExecutionBackend.slug))).all()
+    contents = (await session.execute(select(CourseContent.id, CourseContent.path))).all()
+    return {**{i: s for i, s in backends}, **{i: p for i, p in contents}}
+
+
+async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration, now: datetime) -> dict[str, Any]:
+    config = store.to_config(row)
+    async with sessions() as session:
+        rows = await comparison_rows(session, config, config.stage_since)
+        # The chart looks further back than the current stage: how parity and run time moved across stages.
+        history = await comparison_rows(session, config, now - SERIES_WINDOW)
+        clusters = await _clusters(session, config)
+    evidence, sides = evidence_of(config, rows)
+    evaluation = evaluate(evidence, config.thresholds)
+    since = config.stage_since
+    return {
+        **config.to_dict(),
+        "id": row.id,
+        "seconds_in_stage": (now - since).total_seconds() if since else None,
+        "samples": evidence.comparable,
+        "comparisons": len(rows),
+        "parity_raw": None if evidence.raw_mismatch_rate is None else 1 - evidence.raw_mismatch_rate,
+        "parity": None if evidence.mismatch_rate is None else 1 - evidence.mismatch_rate,
+        "mismatches": evidence.mismatches,
+        "noise_mismatches": evidence.noise_mismatches,
+        "engines": {
+            engine: {
+                "role": "new" if engine == config.new_engine else "old",
+                "legs": side.legs,
+                "infra_errors": side.infra_errors,
+                "infra_error_rate": _rate(side.infra_errors, side.legs),
+                "p50_seconds": percentile(side.run_seconds, 0.5),
+                "p99_seconds": percentile(side.run_seconds, 0.99),
+            }
+            for engine, side in sides.items()
+        },
+        "evaluation": evaluation.to_dict(),
+        "next": {"step": (nxt := next_step(config, evaluation, now)).step.value, "why": nxt.why},
+        "needs": still_needs(config, evaluation, now),
+        "last_evaluation": row.last_evaluation,
+        "last_evaluated_at": row.last_evaluated_at.isoformat() if row.last_evaluated_at else None,
+        "series": _series(config, history),
+        "clusters": clusters,
+    }
+
+
+async def scorecard(sessions: async_sessionmaker[AsyncSession], now: datetime | None = None) -> list[dict[str, Any]]:
+    now = now or utcnow()
+    cards = []
+    async with sessions() as session:
+        labels = await _labels(session)
+    for row in await store.all_migrations(sessions):
+        found = await card(sessions, row, now)
+        found["label"] = labels.get(row.scope_id, row.scope_id)
+        cards.append(found)
+    return cards
