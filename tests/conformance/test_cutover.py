@@ -197,3 +197,32 @@ def test_widening_a_canary_only_adds_members(both_engines: Stack, tmp_path: Path
         wait_until(lambda: all_final(admin, stack, ids), "every job of the canary to finish", 240)
         rows = [admin.get(f"/api/results/{i}").json() for i in ids]
         assert {(row["status"], row["result"]) for row in rows} == {(COMPLETED, 1.0)}, rows
+
+
+# ----------------------------------------------------------------------------------------------- demotion
+def test_a_real_mismatch_in_new_primary_demotes_on_evidence(both_engines: Stack) -> None:
+    """Prefect → Celery for the content whose Prefect flow always writes back 0.5: Celery answers 1.0 for a
+    passing solution, Prefect (shadowing) says 0.5, a real mismatch; the gate fails on it and demotes."""
+    stack = both_engines
+    with stack.client(ADMIN) as admin:
+        change(admin, "content", "cc-writeback", "set", new_engine="celery", stage="new_primary", shadow_fraction=1.0,
+               thresholds={"min_samples": 1, "max_mismatch_rate": 0.5}, reason="conformance: demotion")  # fmt: skip
+        run = submit(admin, "writeback", "m-carol", stack.repos.commit("passing"))
+        assert primary_leg(admin, run["id"])["engine"] == "celery"
+
+        def compared() -> dict[str, Any] | None:
+            found = admin.get(f"/api/results/{run['id']}/comparison")
+            return found.json() if found.status_code == 200 else None
+
+        comparison = wait_until(compared, "the shadow comparison", 240)
+        assert comparison["outcome"] == "mismatch", comparison
+
+        def demoted() -> dict[str, Any] | None:
+            admin.post("/api/admin/cutover/content/cc-writeback/evaluate")  # or the reconciler's periodic step
+            migration = admin.get("/api/admin/cutover/content/cc-writeback").json()
+            return migration if migration["stage"] == "canary" else None
+
+        wait_until(demoted, "the gate to demote the migration", 60)
+        (event, *_rest) = admin.get("/api/admin/cutover/content/cc-writeback/history").json()
+    assert (event["actor"], event["from_stage"], event["to_stage"]) == ("gate", "new_primary", "canary"), event
+    assert (event["evaluation"]["verdict"], event["evaluation"]["decided_by"]) == ("Failed", "mismatch_rate"), event
