@@ -3,7 +3,8 @@
 Two sources, one text:
 - the event counters and histograms of `gateway.engines.metrics` (this process's, or every process's when
   `PROMETHEUS_MULTIPROC_DIR` is set: prometheus-client's multiprocess mode adds up the files in that folder);
-- a snapshot of the open legs (one grouped query, `gateway.store.leg_stats`) and of every engine's queue
+- a snapshot of the open legs (one grouped query, `gateway.store.leg_stats`), of the cutover stages (one query
+  over the migrations, `gateway.store.cutover.stage_rows`) and of every engine's queue
   depths (`EngineAdapter.queue_depths`), taken at most once per `gateway_metrics_cache_seconds` per process
   however often it is scraped, so a scrape never scans the history and concurrent scrapes share one refresh.
 
@@ -28,8 +29,10 @@ from prometheus_client.registry import Collector
 
 from backends.interface import LegPhase
 from common.redact import redact_text
+from gateway.cutover.stages import STAGE_ORDER
 from gateway.legs.states import DispatchState
 from gateway.runtime import GatewayState
+from gateway.store.cutover import StageRow, stage_rows
 from gateway.store.leg_stats import OpenLegGroup, open_leg_groups
 from gateway.store.models import utcnow
 
@@ -50,6 +53,7 @@ class Snapshot:
     groups: list[OpenLegGroup] = field(default_factory=list)
     depths: dict[str, dict[str, int] | None] = field(default_factory=dict)
     ages: dict[str, dict[str, float]] = field(default_factory=dict)
+    stages: list[StageRow] = field(default_factory=list)
 
 
 def _age(now: datetime, since: datetime | None) -> float:
@@ -131,6 +135,14 @@ class SnapshotCollector(Collector):
             for queue, age in ages.items():
                 oldest.add_metric([engine, queue], age)
         yield from (depth, readable, oldest)
+        stage = GaugeMetricFamily(
+            "gateway_cutover_stage",
+            "Each migration's stage as its rank: " + ", ".join(f"{s.rank} {s.value}" for s in STAGE_ORDER) + ".",
+            labels=["scope", "target", "old_engine", "new_engine"],
+        )
+        for row in snap.stages:
+            stage.add_metric([row.scope, row.target, row.old_engine, row.new_engine], row.stage.rank)
+        yield stage
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -172,6 +184,7 @@ class MetricsView:
                 return
             async with self.state.sessions() as session:
                 groups = await open_leg_groups(session)
+                stages = await stage_rows(session)
             engines = sorted(
                 set(self.state.dispatcher.engines())
                 | {g.engine for g in groups}
@@ -185,6 +198,7 @@ class MetricsView:
                 groups=groups,
                 depths={engine: depths for engine, (depths, _) in zip(engines, queues, strict=True)},
                 ages={engine: ages for engine, (_, ages) in zip(engines, queues, strict=True)},
+                stages=stages,
             )
 
     async def _queues(self, engine: str) -> tuple[dict[str, int] | None, dict[str, float]]:

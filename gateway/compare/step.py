@@ -19,6 +19,7 @@ from common.redact import redact_text
 from gateway.compare.experiment import Experiment, LegRun, Verdict
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.compare.rules import Rules
+from gateway.engines import metrics
 from gateway.engines.shadowing import ExperimentKind
 from gateway.legs.states import LegRole
 from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
@@ -96,7 +97,10 @@ class CompareStep:
             rules = await load_rules(session)
             written = await self._compare_jobs(session, legs, rows, compared, rules)
             await session.execute(update(Leg).where(Leg.id.in_([leg.id for leg in due])).values(compare_due=False))
-        return written, len(due) == BATCH
+            labels = [(c.kind, c.primary_engine, c.shadow_engine, c.outcome) for c in written]
+        # Counted only once committed: a rolled-back batch is compared again by the next tick.
+        metrics.record_comparisons(labels)
+        return len(written), len(due) == BATCH
 
     async def _compare_jobs(
         self,
@@ -105,11 +109,11 @@ class CompareStep:
         rows: dict[str, Result],
         compared: set[str],
         rules: Rules,
-    ) -> int:
+    ) -> list[Comparison]:
         by_job: dict[str, list[Leg]] = defaultdict(list)
         for leg in legs:
             by_job[leg.result_id or ""].append(leg)
-        written = 0
+        written: list[Comparison] = []
         flakes = _FlakeBook(session)
         for result_id, job_legs in by_job.items():
             row = rows.get(result_id)
@@ -124,11 +128,12 @@ class CompareStep:
                 content = row.course_content_id or ""
                 flaky = await flakes.flaky_tests(content, rules.flaky_threshold)
                 verdict = _run(Experiment(rules, flaky.__contains__, aa=kind == ExperimentKind.AA), primary, shadow)
-                session.add(_comparison_row(row, primary, shadow, kind, verdict))
+                comparison = _comparison_row(row, primary, shadow, kind, verdict)
+                session.add(comparison)
                 if kind == ExperimentKind.AA and verdict.tests_seen:
                     await flakes.record(content, verdict.tests_seen, verdict.tests_flipped)
                 compared.add(shadow.id)
-                written += 1
+                written.append(comparison)
         return written
 
 

@@ -1,9 +1,9 @@
-"""The process's own Prometheus instruments: sends to the engines, finished legs, reconciler cycles.
+"""The process's own Prometheus instruments: sends to the engines, finished legs, reconciler cycles, comparisons.
 
 Events are counted where they happen (the dispatcher, the reconciler, the leg state machine's finish hook) so
 the hot paths stay one increment each; what describes the store (backlog, in-flight legs, queue ages) is read at
 scrape time instead (`gateway.api.metrics`). Every label is a bounded vocabulary: engine names, `LegRole`,
-`LegOutcome`, `SendStatus`; never a leg, result or member id.
+`LegOutcome`, `SendStatus`, `ComparisonOutcome`; never a leg, result or member id.
 
 Several API processes: with `PROMETHEUS_MULTIPROC_DIR` set before start, prometheus-client keeps these values
 in memory-mapped files in that folder and the `/metrics` of any process adds up all of them (see
@@ -69,6 +69,11 @@ BATCH_LEGS = Histogram(
     buckets=BATCH_BUCKETS,
 )
 PRUNED = Counter("gateway_legs_pruned", "Finished legs deleted by the retention job.")
+COMPARISONS = Counter(
+    "gateway_comparisons",
+    "Comparisons of a primary leg with a shadow leg written by the compare step, by outcome.",
+    ["kind", "primary_engine", "shadow_engine", "outcome"],
+)
 
 
 class _Switch:
@@ -96,6 +101,19 @@ def record_batch(step: str, size: int) -> None:
 def record_pruned(count: int) -> None:
     if SWITCH.enabled and count:
         PRUNED.inc(count)
+
+
+def record_comparisons(labels: Iterable[tuple[str, str, str, str]]) -> None:
+    """Count comparisons (kind, primary engine, shadow engine, outcome) once their transaction committed.
+
+    Counted where they are written rather than read back from the store: the comparison table grows with every
+    shadowed job, and a count per outcome from it would be a scan per scrape. Each comparison is written by one
+    reconciler process only (row locks), so the sum over processes is the number written.
+    """
+    if not SWITCH.enabled:
+        return
+    for kind, primary_engine, shadow_engine, outcome in labels:
+        COMPARISONS.labels(kind, primary_engine, shadow_engine, outcome).inc()
 
 
 @contextmanager

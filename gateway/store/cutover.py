@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -220,6 +220,41 @@ async def history(
         stmt = stmt.where(CutoverEvent.scope == scope.value, CutoverEvent.scope_id == scope_id)
     async with sessions() as session:
         return list((await session.execute(stmt)).scalars())
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One migration's stage for `/metrics`: labelled by the backend's slug or the content's path (catalog-bounded)."""
+
+    scope: str
+    target: str
+    old_engine: str
+    new_engine: str
+    stage: Stage
+
+
+STAGES = (
+    select(
+        CutoverMigration.scope,
+        func.coalesce(ExecutionBackend.slug, CourseContent.path, CutoverMigration.scope_id),
+        CutoverMigration.old_engine,
+        CutoverMigration.new_engine,
+        CutoverMigration.stage,
+    )
+    .outerjoin(
+        ExecutionBackend,
+        (CutoverMigration.scope == Scope.BACKEND.value) & (ExecutionBackend.id == CutoverMigration.scope_id),
+    )
+    .outerjoin(
+        CourseContent, (CutoverMigration.scope == Scope.CONTENT.value) & (CourseContent.id == CutoverMigration.scope_id)
+    )
+)
+
+
+async def stage_rows(session: AsyncSession) -> list[StageRow]:
+    """Every migration's stage in one query (one row per backend or content override: a handful)."""
+    rows = (await session.execute(STAGES)).all()
+    return [StageRow(scope, target, old, new, Stage(stage)) for scope, target, old, new, stage in rows]
 
 
 async def all_migrations(sessions: async_sessionmaker[AsyncSession]) -> list[CutoverMigration]:

@@ -10,15 +10,10 @@ Imported by the conformance tests as `legacy_stack` (tests/conformance has no `_
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -27,14 +22,15 @@ from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from tests.gateway.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
+from tests.support.git import git as _git
 from tests.support.prefect_server import (
     free_port,
     prefect_process_env,
     running_prefect_server,
     running_runner,
 )
-
-T = TypeVar("T")
+from tests.support.slow_student import SLOW_CALC, release_slow_runs, sandbox_root
+from tests.support.waiting import wait_until  # noqa: F401 - re-exported: the conformance tests import it from here
 
 PASSWORD = "conformance-pw"
 ADMIN = ("admin", PASSWORD)
@@ -58,63 +54,9 @@ DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "
 # Contents whose assignment sets no time limit of its own: each engine's sandbox default applies (shadow tests
 # give the two engines different limits through their workers' settings).
 UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"]}
-# A long-running student solution without a timer: each call leaves a `waiting` marker in the run's own work dir
-# and blocks until the test puts `release` beside it (`Stack.release_slow_runs`), so the job is certainly RUNNING
-# while a test observes, cancels or kills it. The sandbox dirs live under the stack's `SANDBOX_ROOT`.
-SLOW_CALC = """import pathlib
-import time
-
-
-def _until_released():
-    here = pathlib.Path.cwd()
-    (here / "waiting").touch()
-    deadline = time.monotonic() + 300
-    while not (here / "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling for the test's release file, with a deadline
-
-
-def add(a, b):
-    _until_released()
-    return a + b
-
-
-def mul(a, b):
-    _until_released()
-    return a * b
-
-
-def mean(values):
-    return sum(values) / len(values)
-"""
-
-
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = 120.0, interval: float = 0.2) -> T:
-    """Poll `check` until it returns something truthy (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)  # polling interval of a deadline loop
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 # ------------------------------------------------------------------------------------------------ repositories
-def _git(args: list[str], cwd: Path) -> str:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(cwd),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def _repo(path: Path, files: Mapping[str, str]) -> tuple[str, str]:
     path.mkdir(parents=True, exist_ok=True)
     _git(["init", "-q", "-b", "main"], path)
@@ -270,11 +212,7 @@ class Stack:
 
     def release_slow_runs(self) -> int:
         """Let every slow student run waiting now go on (it finds `release` in its work dir); how many."""
-        released = 0
-        for marker in self.sandbox_root.glob("*/work/waiting"):
-            (marker.parent / "release").touch()
-            released += 1
-        return released
+        return release_slow_runs(self.sandbox_root)
 
     def start_worker(self, extra: Mapping[str, str] | None = None) -> WorkerProcess:
         """A Celery worker on the stack's broker; every worker ever started is stopped at the stack's end."""
@@ -299,10 +237,7 @@ def running_stack(
     repos = build_repos(tmp / "repos")
     with contextlib.ExitStack() as stack:
         prefect_api = None
-        # Outside pytest's own temp tree (mode 0700 under root): each run's uid must be able to reach its dir.
-        sandboxes = Path(tempfile.mkdtemp(prefix="gateway-conformance-sandboxes-"))
-        sandboxes.chmod(0o711)
-        stack.callback(shutil.rmtree, sandboxes, True)
+        sandboxes = stack.enter_context(sandbox_root())
         env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes)}
         if prefect:
             prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))

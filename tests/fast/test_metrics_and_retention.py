@@ -10,6 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from gateway.api.metrics import MetricsView
+from gateway.cutover.machine import Action
+from gateway.cutover.stages import Scope, Stage
+from gateway.jobs import cutover
+from gateway.jobs.shadow_admin import set_shadow
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import LegOutcome
 from gateway.runtime import GatewayState
@@ -81,6 +85,48 @@ def test_counters_follow_sends_and_finishes_and_the_snapshot_follows_the_store(m
         # No label carries an id: every label value of every gateway series comes from a small vocabulary.
         ids = {row.id for row in rows + waiting} | {row.test_system_id for row in rows + waiting}
         assert not {value for key in seen for _, value in key[1]} & ids
+
+    memory_gateway.run(test)
+
+
+def test_comparisons_count_by_outcome_and_the_cutover_stage_is_a_gauge(memory_gateway: MemoryGateway) -> None:
+    engine = memory_gateway.engine
+    pair = {"kind": "shadow", "primary_engine": "celery", "shadow_engine": "prefect"}
+    before = {o: sample("gateway_comparisons_total", **pair, outcome=o) for o in ("match", "mismatch")}
+    backend = ("gateway_cutover_stage", (("new_engine", "prefect"), ("old_engine", "celery"),
+                                         ("scope", "backend"), ("target", "celery-main")))  # fmt: skip
+    content = ("gateway_cutover_stage", (("new_engine", "celery"), ("old_engine", "prefect"),
+                                         ("scope", "content"), ("target", "week2.ex1")))  # fmt: skip
+
+    async def test(state: GatewayState) -> None:
+        view = MetricsView(state)
+        view.ttl = 0
+        values = {"engine": "prefect", "fraction": 1.0}
+        await set_shadow(state.sessions, backend="celery-main", content=None, values=values, user_id="u-admin")
+        rows = [(await submit_test(state, ADMIN, body(f"s{i}")))[0] for i in range(2)]
+        await state.drain()
+        async with state.sessions() as session:
+            legs = (await session.execute(select(Leg).order_by(Leg.created_at))).scalars().all()
+        by_row = {row.id: {leg.role: leg.id for leg in legs if leg.result_id == row.id} for row in rows}
+        for row, shadow_report in zip(rows, (report(2, 2), report(0, 2)), strict=True):  # one match, one mismatch
+            engine.succeed(by_row[row.id]["primary"], report(2, 2))
+            engine.succeed(by_row[row.id]["shadow"], shadow_report)
+        seen = scraped(await view.render())
+        assert not [key for key in seen if key[0] == "gateway_cutover_stage"]  # no migration yet: no series
+        await state.reconciler.tick()
+        moved = {o: sample("gateway_comparisons_total", **pair, outcome=o) - before[o] for o in before}
+        assert moved == {"match": 1, "mismatch": 1}
+        await cutover.change_migration(state.sessions, Scope.BACKEND, "celery-main", Action.SET, "admin",
+                                       new_engine="prefect", stage=Stage.SHADOW)  # fmt: skip
+        await cutover.change_migration(state.sessions, Scope.CONTENT, "week2.ex1", Action.SET, "admin",
+                                       new_engine="celery", stage=Stage.NEW_ONLY)  # fmt: skip
+        seen = scraped(await view.render())
+        assert (seen[backend], seen[content]) == (Stage.SHADOW.rank, Stage.NEW_ONLY.rank) == (1, 4)
+        match = tuple(sorted({**pair, "outcome": "match"}.items()))
+        assert seen[("gateway_comparisons_total", match)] >= 1  # the counters are on the same page
+        await cutover.change_migration(state.sessions, Scope.BACKEND, "celery-main", Action.SET, "admin",
+                                       stage=Stage.OLD_ONLY)  # fmt: skip
+        assert scraped(await view.render())[backend] == 0
 
     memory_gateway.run(test)
 

@@ -2,21 +2,19 @@
 
 The cluster is the suite's own so a test may stop it (tests/support/pg_cluster.py). Repositories: the example
 reference, a passing student with many commits (one job per commit: every submit is a new job), and a slow
-student whose run stays RUNNING for seconds. The tally counts what a fault must not do: lose or duplicate a job.
+student whose run stays RUNNING until the test releases it (tests/support/slow_student.py). The tally counts
+what a fault must not do: lose or duplicate a job.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -25,9 +23,11 @@ from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from tests.gateway.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
+from tests.support.git import git as _git
 from tests.support.pg_cluster import PgCluster
+from tests.support.slow_student import SLOW_CALC, release_slow_runs, sandbox_root
+from tests.support.waiting import wait_until
 
-T = TypeVar("T")
 PASSWORD = "faults-pw"
 ADMIN = ("admin", PASSWORD)
 ALICE = ("alice", PASSWORD)
@@ -35,46 +35,6 @@ SLOW = ("slow", PASSWORD)
 DIRECTORY = "c/ex1"
 PREFECT_DIRECTORY = "p/ex1"  # the same assignment on the Prefect backend (deployment test-assignment/system)
 FINAL = {0, 1, 2, 6}
-SLOW_CALC = """import time
-
-
-def add(a, b):
-    time.sleep(4)  # a long-running solution: the job stays RUNNING long enough to kill its worker
-    return a + b
-
-
-def mul(a, b):
-    return a * b
-
-
-def mean(values):
-    return sum(values) / len(values)
-"""
-
-
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = 120.0, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)  # polling interval of a deadline loop
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def _git(args: list[str], cwd: Path) -> str:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(cwd),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def _repo(path: Path, files: Mapping[str, str], extra_commits: int = 0) -> tuple[str, list[str]]:
@@ -101,6 +61,7 @@ class FaultStack:
     pg: PgCluster | None
     commits: list[str]  # of the passing student: each one a new job
     slow_commit: str
+    sandboxes: Path  # the workers' SANDBOX_ROOT: where slow student runs wait for their release
     workers: list[WorkerProcess] = field(default_factory=list)
     _used: int = 0
 
@@ -153,6 +114,7 @@ class Tally:
         """Wait until every accepted job is final (bounded), then count completed once / lost / duplicated."""
 
         def all_final() -> dict[str, int] | None:
+            release_slow_runs(stack.sandboxes)  # a slow student's run goes on once the fault has happened
             statuses = {rid: client.get(f"/api/results/{rid}/status").json() for rid in self.accepted}
             return statuses if all(s in FINAL for s in statuses.values()) else None
 
@@ -221,22 +183,26 @@ def fault_stack(
     passing = _repo(tmp / "repos" / "passing", {f"{d}/calc.py": passing_calc for d in dirs}, extra_commits=jobs)
     slow = _repo(tmp / "repos" / "slow", {f"{d}/calc.py": SLOW_CALC for d in dirs}, extra_commits=4)
     data = tmp / "data"
-    env = {
-        **(pg.env() if pg is not None else {}),
-        **service_env,
-        "GATEWAY_RECONCILE_INTERVAL": "0.3",
-        # Declared gone after 5 s without a ping answer (the default is 15 s): the bound the suite checks.
-        "CELERY_WORKER_LOST_SECONDS": "5",
-    }
-    settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
-    upgrade(settings)
-    load_catalog(_catalog(reference, passing[0], slow[0]), settings)
-    with running_server(env, data) as server:
-        stack = FaultStack(server, env, data, tmp, pg, passing[1], slow[1][-1])
+    with contextlib.ExitStack() as cleanup:
+        sandboxes = cleanup.enter_context(sandbox_root())
+        env = {
+            **(pg.env() if pg is not None else {}),
+            **service_env,
+            "GATEWAY_RECONCILE_INTERVAL": "0.3",
+            # Declared gone after 5 s without a ping answer (the default is 15 s): the bound the suite checks.
+            "CELERY_WORKER_LOST_SECONDS": "5",
+            "SANDBOX_ROOT": str(sandboxes),
+        }
+        settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
+        upgrade(settings)
+        load_catalog(_catalog(reference, passing[0], slow[0]), settings)
+        server = cleanup.enter_context(running_server(env, data))
+        stack = FaultStack(server, env, data, tmp, pg, passing[1], slow[1][-1], sandboxes)
         try:
             if celery_worker:
                 stack.start_worker()
             yield stack
         finally:
+            release_slow_runs(sandboxes)  # nothing left blocking a worker slot while the stack stops
             for worker in stack.workers:
                 stop_worker(worker)
