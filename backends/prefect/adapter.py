@@ -60,6 +60,21 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _user_id(params: dict[str, Any]) -> str | None:
+    """The user a run is for, in any parameter shape: `test_job`, the gateway's `submission.test_job`, or the
+    legacy submission set's top-level `user_id` (the adapter sends every shape unchanged)."""
+    submission = params.get("submission")
+    candidates = (
+        params.get("test_job"),
+        submission.get("test_job") if isinstance(submission, dict) else None,
+        params,
+    )
+    for value in candidates:
+        if isinstance(value, dict) and value.get("user_id"):
+            return str(value["user_id"])
+    return None
+
+
 class PrefectAdapter:
     """`EngineAdapter` for Prefect (engine = "prefect"); thread-safe as httpx.Client is."""
 
@@ -188,11 +203,9 @@ class PrefectAdapter:
         """
         name = self.deployment_name(job)
         tags = [leg_id]
-        for param in ("test_job", "submission"):
-            value = job.params.get(param)
-            if isinstance(value, dict) and value.get("user_id"):
-                tags.insert(0, f"user:{value['user_id']}")
-                break
+        user_id = _user_id(job.params)
+        if user_id:
+            tags.insert(0, f"user:{user_id}")
         if job.shadow:
             tags.append(SHADOW_TAG)
         body = {"parameters": job.params, "idempotency_key": leg_id, "name": leg_id, "tags": tags}

@@ -88,4 +88,31 @@ def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"result_id": result_id}
 
 
-TEST_FLOWS = (noop, wait, fail, unpersisted, writeback)
+# The platform's own `submit-result` flow, as far as its signature goes: a deployment the gateway did not write.
+LEGACY_SUBMIT_FLOW = "gateway-test-legacy-submit"
+
+
+@flow(name=LEGACY_SUBMIT_FLOW, persist_result=True, result_serializer="json", result_storage=result_storage())
+def legacy_submit(
+    submission: dict[str, Any],
+    provider: str,
+    full_path: str,
+    token: str | None,
+    assignment: dict[str, Any] | None,
+    module: dict[str, Any],
+    user_id: str | None,
+) -> dict[str, Any]:
+    """Exactly the legacy parameters, every one required (a run missing one, or sent another, never starts);
+    returns what it received, so a test can read it back as the run's result."""
+    return {
+        "submission": submission,
+        "provider": provider,
+        "full_path": full_path,
+        "token": token,
+        "assignment": assignment,
+        "module": module,
+        "user_id": user_id,
+    }
+
+
+TEST_FLOWS = (noop, wait, fail, unpersisted, writeback, legacy_submit)

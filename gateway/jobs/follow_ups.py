@@ -11,12 +11,14 @@ then submit the same commit"). Both build the leg with `submission_leg`, and at 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 
 from backends.interface import TaskKind
 from common.legacy import ResultStatus
 from gateway.engines.routing import task_name_of
+from gateway.jobs.legacy_submission import legacy_submission_params
 from gateway.legs.machine import FinishedLeg, FinishHooks, new_leg
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
@@ -29,7 +31,8 @@ def submission_leg(finished: FinishedLeg) -> Iterable[Base]:
     Only after a COMPLETED verdict (a broken run is no submission), and only once per row. The new leg goes
     through the outbox (due at once), so its dispatch is as durable as any other; its id is the row's
     `submission_flow_run_id`. The backend's `deployment` names the *testing* deployment, so it is not passed
-    on; `submission_deployment` names a custom submission deployment instead.
+    on; `submission_deployment` names a custom submission deployment instead: one the gateway did not write,
+    so it gets the platform's own parameter set (`legacy_submission_params`: a credential name, never a token).
     """
     leg, row, now = finished.leg, finished.row, finished.now
     if not _wants_submission(leg, row):
@@ -40,11 +43,13 @@ def submission_leg(finished: FinishedLeg) -> Iterable[Base]:
         return []
     properties = {k: v for k, v in ((leg.spec or {}).get("properties") or {}).items() if k != "deployment"}
     custom = properties.pop("submission_deployment", None)
+    params: dict[str, Any] = {"submission": {"test_job": test_job, "result_id": row.id}}
     if custom:
         properties["deployment"] = custom
+        params = legacy_submission_params(test_job, row)
     spec = {
         "kind": TaskKind.SUBMISSION_PROCESSING.value,
-        "params": {"submission": {"test_job": test_job, "result_id": row.id}},
+        "params": params,
         "properties": properties,
         "priority": 8,
     }

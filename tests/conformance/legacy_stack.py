@@ -39,6 +39,9 @@ ALICE = ("alice", PASSWORD)
 BOB = ("bob", PASSWORD)
 CAROL = ("carol", PASSWORD)
 SLOW = ("slow", PASSWORD)
+DAVE = ("dave", PASSWORD)
+DAVE_CREDENTIAL = "dave-git"  # a name in the worker's secret store
+DAVE_TOKEN = "glpat-dave-secret-never-sent"  # the secret itself: must appear nowhere the gateway writes or sends
 
 
 FINAL = {0, 1, 2, 6}
@@ -46,7 +49,8 @@ FINAL_NAMES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 # Directory (and dotted path) of the assignment per backend; every repository carries it at each of them.
 DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "w/ex1", "missing": "m/ex1",
-        "capped": "x/ex1", "mystery": "k/ex1", "untimed-celery": "uc/ex1", "untimed-prefect": "up/ex1"}  # fmt: skip
+        "capped": "x/ex1", "mystery": "k/ex1", "untimed-celery": "uc/ex1", "untimed-prefect": "up/ex1",
+        "legacy-submit": "ls/ex1"}  # fmt: skip
 # Contents whose assignment sets no time limit of its own: each engine's sandbox default applies (shadow tests
 # give the two engines different limits through their workers' settings).
 UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"]}
@@ -94,7 +98,8 @@ def catalog(repos: Repos) -> dict[str, Any]:
     ref_url, ref_commit = repos.reference
     backend_of = {"celery": "celery-main", "prefect": "prefect-main", "legacy": "prefect-legacy",
                   "writeback": "prefect-foreign", "missing": "prefect-missing", "capped": "celery-main",
-                  "mystery": "mystery", "untimed-celery": "celery-main", "untimed-prefect": "prefect-main"}  # fmt: skip
+                  "mystery": "mystery", "untimed-celery": "celery-main", "untimed-prefect": "prefect-main",
+                  "legacy-submit": "prefect-legacy-submit"}  # fmt: skip
     contents = []
     for key, directory in DIRS.items():
         contents.append(
@@ -118,18 +123,25 @@ def catalog(repos: Repos) -> dict[str, Any]:
             {"slug": "prefect-legacy", "type": "prefect_builtin", "properties": {}},
             {"slug": "prefect-foreign", "type": "prefect",
              "properties": {"deployment": "gateway-test-writeback/system"}},
+            # Tested by the write-back flow, submitted to a deployment playing the platform's `submit-result`.
+            {"slug": "prefect-legacy-submit", "type": "prefect",
+             "properties": {"deployment": "gateway-test-writeback/system",
+                            "submission_deployment": "gateway-test-legacy-submit/system"}},
             {"slug": "prefect-missing", "type": "prefect", "properties": {"deployment": "no-such-flow/system"}},
             {"slug": "mystery", "type": "kubernetes", "properties": {}},
         ],
         "course_contents": contents,
         "course_members": [
-            {"id": m, "user_id": f"u-{m[2:]}", "repository_url": repos.students[s][0]} for m, s in members.items()
+            *({"id": m, "user_id": f"u-{m[2:]}", "repository_url": repos.students[s][0]} for m, s in members.items()),
+            # A member whose repository needs a credential: named, and (wrongly) also inside the URL.
+            {"id": "m-dave", "user_id": "u-dave", "credential": DAVE_CREDENTIAL,
+             "repository_url": f"https://dave:{DAVE_TOKEN}@git.example.invalid/course/dave.git"},
         ],
         "users": [
             {"username": "admin", "password": PASSWORD, "role": "admin"},
             {"username": "worker", "password": PASSWORD, "role": "worker"},
             *({"username": m[2:], "password": PASSWORD, "role": "student", "course_member_ids": [m]}
-              for m in members),
+              for m in (*members, "m-dave")),
         ],
     }  # fmt: skip
 
@@ -158,7 +170,12 @@ def runner_env(
     )
 
 
-RUNNER_DEPLOYMENTS = ("test-assignment/system", "submit-result/system", "gateway-test-writeback/system")
+RUNNER_DEPLOYMENTS = (
+    "test-assignment/system",
+    "submit-result/system",
+    "gateway-test-writeback/system",
+    "gateway-test-legacy-submit/system",
+)
 
 
 def flow_runs_by_leg(api_url: str, leg_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -17,7 +17,21 @@ from typing import Any
 
 import httpx
 import pytest
-from legacy_stack import ADMIN, ALICE, BOB, CAROL, DIRS, SLOW, WORKER, Stack, flow_runs_by_leg, wait_until
+from legacy_stack import (
+    ADMIN,
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    DAVE_CREDENTIAL,
+    DAVE_TOKEN,
+    DIRS,
+    SLOW,
+    WORKER,
+    Stack,
+    flow_runs_by_leg,
+    wait_until,
+)
 from pydantic import BaseModel, ConfigDict
 
 from tests.support.celery_worker import WorkerProcess, base_env, stop_worker, wait_until_ready
@@ -117,6 +131,40 @@ def test_a_run_closed_by_a_legacy_write_back_through_the_bare_url_is_submitted(s
             assert by_engine.status_code == 200 and by_engine.json()["status"] == "COMPLETED"
             at_root = client.get(f"/system/status/{flow_run['id']}")
             assert at_root.status_code == 200 and at_root.json() == by_engine.json()
+
+
+def test_a_custom_submission_deployment_receives_the_legacy_parameter_set(stack: Stack) -> None:
+    """12.4: `properties.submission_deployment` names a deployment with the platform's `submit-result` signature
+    (every parameter required); it gets exactly that set, `token` is the credential's name, and the secret that
+    was (wrongly) inside the member's repository URL appears nowhere: not in Prefect, not in what the gateway shows."""
+    commit = stack.repos.commit("passing")
+    ref_url, ref_commit = stack.repos.reference
+    with stack.client(DAVE) as dave, stack.client(ADMIN) as admin:
+        run = submit(dave, "legacy-submit", commit, submit=True)
+        assert final_status(dave, run["id"]) == 0  # closed by the write-back flow
+        sub_id = submit(dave, "legacy-submit", commit, submit=True)["submission_flow_run_id"]
+        assert isinstance(sub_id, str)
+        info = task_finished(admin, sub_id)
+        assert info["status"] == "finished", info
+        received = admin.get(f"/api/tasks/{sub_id}/result").json()["result"]
+        shown = [info, received, admin.get(f"/api/results/{run['id']}").json(), admin.get("/api/tasks").json()]
+    runs = flow_runs_by_leg(stack.prefect_api or "", [sub_id, run["test_system_id"]])
+    (flow_run,) = runs[sub_id]
+    assert flow_run["parameters"] == received  # the flow recorded exactly what Prefect handed it
+    assert set(received) == {"submission", "provider", "full_path", "token", "assignment", "module", "user_id"}
+    assert received["provider"] == "https://git.example.invalid" and received["full_path"] == "course/dave"
+    assert received["token"] == DAVE_CREDENTIAL and received["user_id"] == "u-dave"
+    submission = received["submission"]
+    assert submission["id"] == submission["result_id"] == run["id"] and submission["status"] == 0
+    assert submission["test_system_id"] == run["test_system_id"] and submission["version_identifier"] == commit
+    module, assignment = received["module"], received["assignment"]
+    assert module["url"] == "https://git.example.invalid/course/dave.git" and module["commit"] == commit
+    assert module["path"] == DIRS["legacy-submit"] and module["token"] is None
+    assert module["credential"] == DAVE_CREDENTIAL
+    assert (assignment["url"], assignment["commit"], assignment["path"]) == (ref_url, ref_commit, DIRS["legacy-submit"])
+    assert "user:u-dave" in flow_run["tags"]
+    everything = repr([runs, shown])
+    assert DAVE_TOKEN not in everything and "dave:" not in everything
 
 
 def test_patch_submit_true_from_a_legacy_worker_is_applied(stack: Stack) -> None:
