@@ -12,11 +12,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.engines.shadowing import ExperimentKind
+from gateway.store import lookup
 from gateway.store.models import Comparison, ExecutionBackend, ShadowSkip
 
 # Outcomes of the two engines agreeing or not (the denominator of a mismatch rate).
@@ -81,8 +82,7 @@ async def for_result(sessions: async_sessionmaker[AsyncSession], result_id: str)
 
 
 async def _backend_id(session: AsyncSession, backend: str) -> str:
-    stmt = select(ExecutionBackend.id).where(or_(ExecutionBackend.slug == backend, ExecutionBackend.id == backend))
-    return (await session.execute(stmt)).scalar() or backend
+    return await lookup.backend_id(session, backend) or backend
 
 
 async def _conditions(session: AsyncSession, f: ComparisonFilter) -> list[Any]:

@@ -127,8 +127,9 @@ class CompareStep:
                 kind = experiment_kind(shadow)
                 content = row.course_content_id or ""
                 flaky = await flakes.flaky_tests(content, rules.flaky_threshold)
-                verdict = _run(Experiment(rules, flaky.__contains__, aa=kind == ExperimentKind.AA), primary, shadow)
-                comparison = _comparison_row(row, primary, shadow, kind, verdict)
+                runs = leg_run(primary), leg_run(shadow)
+                verdict = _run(Experiment(rules, flaky.__contains__, aa=kind == ExperimentKind.AA), shadow.id, *runs)
+                comparison = _comparison_row(row, primary, shadow, kind, verdict, *runs)
                 session.add(comparison)
                 if kind == ExperimentKind.AA and verdict.tests_seen:
                     await flakes.record(content, verdict.tests_seen, verdict.tests_flipped)
@@ -147,16 +148,18 @@ def _primary_of(legs: list[Leg], row: Result | None) -> Leg | None:
     return primaries[0] if primaries else None
 
 
-def _run(experiment: Experiment, primary: Leg, shadow: Leg) -> Verdict:
+def _run(experiment: Experiment, shadow_id: str, primary: LegRun, shadow: LegRun) -> Verdict:
     try:
-        return experiment.run(leg_run(primary), leg_run(shadow))
+        return experiment.run(primary, shadow)
     except Exception as exc:  # noqa: BLE001 - the comparator's own failure is an outcome, never a crash
-        log.warning("comparison of leg %s failed: %s", shadow.id, redact_text(repr(exc)))
+        log.warning("comparison of leg %s failed: %s", shadow_id, redact_text(repr(exc)))
         return Verdict(ComparisonOutcome.COMPARE_ERROR, reason=redact_text(f"{type(exc).__name__}: {exc}")[:500])
 
 
-def _comparison_row(row: Result, primary: Leg, shadow: Leg, kind: ExperimentKind, verdict: Verdict) -> Comparison:
-    p, s = leg_run(primary), leg_run(shadow)
+def _comparison_row(
+    row: Result, primary: Leg, shadow: Leg, kind: ExperimentKind, verdict: Verdict, p: LegRun, s: LegRun
+) -> Comparison:
+    """The comparison row; `p` and `s` are the two legs' runs the verdict was made from."""
     return Comparison(
         id=new_id(),
         result_id=row.id,

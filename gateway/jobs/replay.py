@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import aliased
 
 from backends.registry import UnknownEngineError, canonical_engine
@@ -28,7 +28,8 @@ from gateway.jobs.submit import dispatch_after_commit, shadow_spec
 from gateway.legs.machine import new_leg
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
-from gateway.store.models import CourseContent, ExecutionBackend, Leg, Result, new_id, utcnow
+from gateway.store import lookup
+from gateway.store.models import Leg, Result, new_id, utcnow
 
 REPLAYABLE = (int(ResultStatus.COMPLETED), int(ResultStatus.FAILED))
 
@@ -74,24 +75,12 @@ async def _jobs(state: GatewayState, request: ReplayRequest, engine: str) -> lis
     )
     async with state.sessions() as session:
         if request.content:
-            content = (
-                await session.execute(
-                    select(CourseContent.id).where(
-                        or_(CourseContent.id == request.content, CourseContent.path == request.content)
-                    )
-                )
-            ).scalar()
+            content = await lookup.content_id(session, request.content)
             if content is None:
                 raise BadJobRequest(f"Course content not found: {request.content}")
             stmt = stmt.where(Result.course_content_id == content)
         if request.backend:
-            backend = (
-                await session.execute(
-                    select(ExecutionBackend.id).where(
-                        or_(ExecutionBackend.slug == request.backend, ExecutionBackend.id == request.backend)
-                    )
-                )
-            ).scalar()
+            backend = await lookup.backend_id(session, request.backend)
             if backend is None:
                 raise BadJobRequest(f"Execution backend not found: {request.backend}")
             stmt = stmt.where(Result.execution_backend_id == backend)

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.compare.rules import Rules
 from gateway.jobs.errors import BadJobRequest, NotFound
-from gateway.store.models import CompareRules, CourseContent, ExecutionBackend, ShadowSetting, ShadowSkip, utcnow
+from gateway.store import lookup
+from gateway.store.models import CompareRules, ExecutionBackend, ShadowSetting, ShadowSkip, utcnow
 from gateway.store.shadow_settings import ShadowScope, list_settings, put_setting
 
 
@@ -42,13 +43,12 @@ async def scope_of(session: AsyncSession, backend: str | None, content: str | No
     if bool(backend) == bool(content):
         raise BadJobRequest("give exactly one of a backend (slug) or a course content (id)")
     if backend:
-        stmt = select(ExecutionBackend.id).where((ExecutionBackend.slug == backend) | (ExecutionBackend.id == backend))
-        found = (await session.execute(stmt)).scalar()
+        found = await lookup.backend_id(session, backend)
         if found is None:
             raise NotFound(f"Execution backend not found: {backend}")
         return ShadowScope.BACKEND, found
-    stmt = select(CourseContent.id).where((CourseContent.id == content) | (CourseContent.path == content))
-    found = (await session.execute(stmt)).scalar()
+    assert content is not None
+    found = await lookup.content_id(session, content)
     if found is None:
         raise NotFound(f"Course content not found: {content}")
     return ShadowScope.CONTENT, found

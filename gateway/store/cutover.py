@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.cutover.machine import Change
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Scope, Stage
+from gateway.store import lookup
 from gateway.store.catalog_cache import CatalogCache
 from gateway.store.models import CourseContent, CutoverEvent, CutoverMigration, ExecutionBackend, new_id, utcnow
 
@@ -85,11 +86,7 @@ def _engine(name: str | None) -> str | None:
 
 async def resolve_scope(session: AsyncSession, scope: Scope, key: str) -> ScopeRef:
     if scope == Scope.BACKEND:
-        backend = (
-            await session.execute(
-                select(ExecutionBackend).where((ExecutionBackend.id == key) | (ExecutionBackend.slug == key)).limit(1)
-            )
-        ).scalar()
+        backend = (await session.execute(select(ExecutionBackend).where(lookup.backend_named(key)).limit(1))).scalar()
         if backend is None:
             raise UnknownScope(f"execution backend not found: {key}")
         return ScopeRef(scope, backend.id, backend.slug, _engine(backend.type))
@@ -97,7 +94,7 @@ async def resolve_scope(session: AsyncSession, scope: Scope, key: str) -> ScopeR
         await session.execute(
             select(CourseContent, ExecutionBackend)
             .outerjoin(ExecutionBackend, ExecutionBackend.id == CourseContent.execution_backend_id)
-            .where((CourseContent.id == key) | (CourseContent.path == key))
+            .where(lookup.content_named(key))
             .limit(1)
         )
     ).first()
