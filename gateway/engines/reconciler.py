@@ -46,7 +46,7 @@ from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
 from gateway.legs.states import DispatchState
-from gateway.store import retention
+from gateway.store import open_legs, retention
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.shadow_settings import SkipCounter
 
@@ -62,22 +62,6 @@ PRUNE_PAUSE = timedelta(minutes=1)
 # to the next tick.
 PUSH_RETRIES = 6
 PUSH_FIRST_DELAY = 0.02
-
-
-# What `machine.needs_update` compares: the columns of a leg an observation may change, read without a lock.
-_OBSERVED = (
-    Leg.id,
-    Leg.engine,
-    Leg.phase,
-    Leg.native_state,
-    Leg.progress,
-    Leg.started_at,
-    Leg.worker,
-    Leg.queue,
-    Leg.engine_run_id,
-    Leg.last_error,
-    Leg.deadline,
-)
 
 
 @dataclass
@@ -110,7 +94,7 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         dispatcher: Dispatcher,
         settings: Settings,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         skips: SkipCounter | None = None,
     ) -> None:
         self.sessions = sessions
@@ -272,35 +256,50 @@ class Reconciler:
             report.finished += 1
 
     async def poll_open(self, report: TickReport) -> None:
-        """Every open leg once: batches in id order (keyset), read without locks; only those whose observation
-        changes something (a new phase, progress, the end, a passed deadline) are then locked and written."""
+        """Every open leg once: pages in id order (keyset), read without locks; only those whose observation
+        changes something (a new phase, progress, the end, a passed deadline) are then locked and written.
+
+        A two-stage pipeline: while one page is being observed (its engine reads, in threads, and the writes of
+        what changed), the next page is read from the store, so the store's and the engines' reads overlap.
+        """
         after = ""
-        while True:
-            stmt = (
-                select(*_OBSERVED)
-                .where(Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT, Leg.id > after)
-                .order_by(Leg.id)
-                .limit(self.batch_size)
-            )
-            async with self.sessions() as session:
-                seen = (await session.execute(stmt)).all()
-            metrics.record_batch("poll", len(seen))
-            if not seen:
-                return
-            report.batches += 1
-            after = seen[-1].id
-            by_engine: dict[str, list[Any]] = defaultdict(list)
-            for leg in seen:
-                by_engine[leg.engine].append(leg)
-            for engine, group in by_engine.items():
-                report.polled += len(group)
-                states = await self._poll(engine, [leg.id for leg in group])
-                now = utcnow()
-                due = [leg.id for leg in group if machine.needs_update(leg, states.get(leg.id), now)]
-                if due:
-                    report.finished += await self._apply_claimed(engine, due, states)
-            if len(seen) < self.batch_size:
-                return
+        observing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                seen = await open_legs.page(self.sessions, DispatchState.SENT.value, after, self.batch_size)
+                if observing is not None:
+                    await observing
+                    observing = None
+                metrics.record_batch("poll", len(seen))
+                if not seen:
+                    return
+                report.batches += 1
+                after = seen[-1].id
+                observing = asyncio.create_task(self._observe(seen, report))
+                if len(seen) < self.batch_size:
+                    await observing
+                    observing = None
+                    return
+        finally:
+            if observing is not None:
+                observing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await observing
+
+    async def _observe(self, seen: list[open_legs.ObservedLeg], report: TickReport) -> None:
+        """One page: one `poll` per engine (all engines at once), then the changed legs locked and applied."""
+        by_engine: dict[str, list[open_legs.ObservedLeg]] = defaultdict(list)
+        for leg in seen:
+            by_engine[leg.engine].append(leg)
+        engines = list(by_engine)
+        polled = await asyncio.gather(*(self._poll(name, [leg.id for leg in by_engine[name]]) for name in engines))
+        for engine, states in zip(engines, polled, strict=True):
+            group = by_engine[engine]
+            report.polled += len(group)
+            now = utcnow()
+            due = [leg.id for leg in group if machine.needs_update(leg, states.get(leg.id), now)]
+            if due:
+                report.finished += await self._apply_claimed(engine, due, states)
 
     async def _apply_claimed(self, engine: str, leg_ids: list[str], states: dict[str, LegState]) -> int:
         """Lock the legs (still open; one another reconciler holds is skipped) and apply what was observed."""
