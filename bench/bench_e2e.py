@@ -24,8 +24,10 @@ import argparse
 import base64
 import contextlib
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -134,11 +136,31 @@ def gateway_round(
     return elapsed
 
 
+@contextlib.contextmanager
+def profiling(folder: Path, pids: dict[str, int]) -> Iterator[None]:
+    """py-spy (raw, 200 Hz, idle stacks left out) on each pid and its children until the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    spies = [
+        subprocess.Popen([str(spy), "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--format", "raw",
+                          "--output", str(folder / f"{name}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, pid in pids.items()
+    ]  # fmt: skip
+    try:
+        yield
+    finally:
+        for process in spies:
+            process.send_signal(signal.SIGINT)
+        for process in spies:
+            process.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200, help="per side, over all rounds")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--profile", type=Path, help="py-spy the API and the worker (with its pool) into this folder")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     per_round = args.jobs // args.rounds
@@ -157,13 +179,18 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             stack.callback(lambda: [stop(server) for server in servers])
             api = start("gateway", "gateway.api.app:create_app", "/api/tests", env, data / "api", servers)
-            stack.enter_context(running_worker(base_env(env, data / "worker"), concurrency=2, log_dir=data / "worker"))
+            worker = stack.enter_context(
+                running_worker(base_env(env, data / "worker"), concurrency=2, log_dir=data / "worker")
+            )
             client = stack.enter_context(httpx.Client(headers={"Authorization": auth}, timeout=60))
             pool_settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data / "pool")})
             pool = stack.enter_context(ProcessPoolExecutor(2))
             # Warm-up: pool processes and their zygotes, the worker's pool, runtime and zygotes, the API's caches.
             reference_round(pool, repos, pool_settings, args.warmup)
             gateway_round(api, client, env["POSTGRES_DB"], repos, warmup)
+            if args.profile is not None:
+                spies = {"api": api.process.pid, "worker": worker.pid}
+                stack.enter_context(profiling(args.profile, spies))
             for n, batch in enumerate(batches):
                 ref = reference_round(pool, repos, pool_settings, per_round)
                 gw = gateway_round(api, client, env["POSTGRES_DB"], repos, batch)
