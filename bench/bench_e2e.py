@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -114,9 +115,10 @@ def gateway_round(
             raise SystemExit(f"submit answered {answer.status_code}: {answer.text}")
         return str(answer.json()["id"])
 
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     with ThreadPoolExecutor(SUBMITTERS) as threads:
         ids = list(threads.map(submit, [member for member, _ in members]))
+    submitted = time.monotonic() - started
     with contextlib.closing(psycopg2.connect(dbname=database, **PG)) as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -128,6 +130,18 @@ def gateway_round(
             elapsed = time.monotonic() - started
             cur.execute("SELECT id, status, result FROM result WHERE id = ANY(%s)", (ids,))
             rows = {row_id: (status, score) for row_id, status, score in cur.fetchall()}
+            # When the worker stored the round's last result (its own clock, UTC, same machine).
+            cur.execute(
+                "SELECT extract(epoch FROM max(date_done AT TIME ZONE 'UTC')) FROM celery_taskmeta m "
+                "JOIN result r ON r.test_system_id = m.task_id WHERE r.id = ANY(%s)",
+                (ids,),
+            )
+            stored = float(cur.fetchone()[0]) - wall  # type: ignore[index]
+    print(
+        f"  gateway round: all {len(ids)} submitted after {submitted:.2f} s, the last result stored by the worker "
+        f"at {stored:.2f} s, every row final at {elapsed:.2f} s",
+        flush=True,
+    )
     for row_id, (_, student) in zip(ids, members, strict=True):
         status, score = rows[row_id]
         if status != ResultStatus.COMPLETED:
@@ -142,8 +156,9 @@ def profiling(folder: Path, pids: dict[str, int]) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     spies = [
-        subprocess.Popen([str(spy), "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--format", "raw",
-                          "--output", str(folder / f"{name}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen([str(spy), "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--format",
+                          "raw", "--output", str(folder / f"{name}.txt")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in pids.items()
     ]  # fmt: skip
     try:
@@ -153,6 +168,45 @@ def profiling(folder: Path, pids: dict[str, int]) -> Iterator[None]:
             process.send_signal(signal.SIGINT)
         for process in spies:
             process.wait(timeout=60)
+
+
+def _tree_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, living or reaped (a reaped child's time is in its
+    parent's `children_*`)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _named_seconds(names: tuple[str, ...]) -> float:
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] in names and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return total
+
+
+@contextlib.contextmanager
+def cpu_meter(side: str, trees: dict[str, list[int]]) -> Iterator[dict[str, float]]:
+    """CPU seconds spent during the block by each named set of process trees, plus the database and broker
+    servers (every postgres and redis-server process on the machine: shared with whatever else runs)."""
+    servers = {f"{side} postgres+redis": ("postgres", "redis-server")}
+    before = {name: sum(_tree_seconds(pid) for pid in pids) for name, pids in trees.items()}
+    before.update({name: _named_seconds(procs) for name, procs in servers.items()})
+    spent: dict[str, float] = {}
+    yield spent
+    for name, pids in trees.items():
+        spent[name] = sum(_tree_seconds(pid) for pid in pids) - before[name]
+    for name, procs in servers.items():
+        spent[name] = _named_seconds(procs) - before[name]
 
 
 def main() -> None:
@@ -165,6 +219,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     per_round = args.jobs // args.rounds
     totals = {"reference": 0.0, "gateway": 0.0}
+    cpu: dict[str, float] = {}
 
     with environment() as (env, data):
         env = {**env, "GATEWAY_RECONCILE_IN_API": "true"}
@@ -191,13 +246,21 @@ def main() -> None:
             if args.profile is not None:
                 spies = {"api": api.process.pid, "worker": worker.pid}
                 stack.enter_context(profiling(args.profile, spies))
+            gateway_pids = {"gateway api": api.process.pid, "gateway worker": worker.pid}
             for n, batch in enumerate(batches):
-                ref = reference_round(pool, repos, pool_settings, per_round)
-                gw = gateway_round(api, client, env["POSTGRES_DB"], repos, batch)
+                pool_pids = {"reference pool": [process.pid for process in pool._processes.values()]}
+                with cpu_meter("reference", pool_pids) as ref_cpu:
+                    ref = reference_round(pool, repos, pool_settings, per_round)
+                with cpu_meter("gateway", {name: [pid] for name, pid in gateway_pids.items()}) as gw_cpu:
+                    gw = gateway_round(api, client, env["POSTGRES_DB"], repos, batch)
                 totals["reference"] += ref
                 totals["gateway"] += gw
+                for name, seconds in {**ref_cpu, **gw_cpu}.items():
+                    cpu[name] = cpu.get(name, 0.0) + seconds
                 print(f"round {n + 1}: reference {per_round / ref:.2f} jobs/s, gateway {per_round / gw:.2f} jobs/s "
-                      f"(ratio {ref / gw:.2f})", flush=True)  # fmt: skip
+                      f"(ratio {ref / gw:.2f}); CPU ms/job: " + ", ".join(
+                          f"{name} {1000 * value / per_round:.0f}" for name, value in {**ref_cpu, **gw_cpu}.items()),
+                      flush=True)  # fmt: skip
 
     done = per_round * args.rounds
     rate = {side: done / seconds for side, seconds in totals.items()}
@@ -207,6 +270,8 @@ def main() -> None:
     for side, value in rate.items():
         print(f"| {side} | {value:.2f} |")
     print(f"ratio gateway/reference: {rate['gateway'] / rate['reference']:.2f}")
+    print("CPU per job (ms; process trees, children included; database and broker are machine-wide, shared):")
+    print(", ".join(f"{name} {1000 * value / done:.0f}" for name, value in cpu.items()))
 
 
 if __name__ == "__main__":

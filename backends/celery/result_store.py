@@ -38,6 +38,8 @@ from common.redact import scrub, strip_credentials_in_text
 
 _UPSERT_DIALECTS = ("postgresql", "sqlite")
 _SKIPPED_COLUMNS = {"id", "task_id", "stamps"}
+# STARTED outcomes kept for tasks that never ask (e.g. the no-op): the oldest are dropped beyond this.
+_STARTED_KEPT = 1000
 
 
 def pooled_engine_options(url: str) -> dict[str, Any]:
@@ -68,6 +70,8 @@ class PooledDatabaseBackend(DatabaseBackend):
         self._fast_engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._progress: ProgressWriter | None = None
+        # Per task id: did its STARTED store meet a stored SUCCESS? Read once by the task (`started_over_success`).
+        self._started: dict[str, bool] = {}
         self._progress_pid: int | None = None
         super().__init__(*args, **kwargs)
 
@@ -202,6 +206,21 @@ class PooledDatabaseBackend(DatabaseBackend):
         if final and engine.dialect.name == "postgresql":
             stored = stmt.returning(table.c.task_id).cte("stored")
             stmt = select(func.pg_notify(COMPLETIONS_CHANNEL, stored.c.task_id))  # type: ignore[assignment]
+        if state == states.STARTED:
+            # The upsert skips a stored SUCCESS: no row back means this id already succeeded (`started_over_success`).
+            with target.begin() as conn:
+                written = conn.execute(stmt.returning(table.c.task_id)).first() is not None
+            with self._lock:
+                self._started[task_id] = not written
+                while len(self._started) > _STARTED_KEPT:
+                    self._started.pop(next(iter(self._started)))
+            return result
         with target.begin() as conn:
             conn.execute(stmt)
         return result
+
+    def started_over_success(self, task_id: str) -> bool | None:
+        """Whether this process's STARTED store of `task_id` found a SUCCESS already there (and so changed nothing);
+        None when it did not store STARTED for it. Lets a task skip its own "did this id already succeed?" read."""
+        with self._lock:
+            return self._started.pop(task_id, None)
