@@ -152,11 +152,11 @@ def gateway_round(
 
 @contextlib.contextmanager
 def profiling(folder: Path, pids: dict[str, int]) -> Iterator[None]:
-    """py-spy (raw, 200 Hz, idle stacks left out) on each pid and its children until the block ends."""
+    """py-spy (raw, 200 Hz, only threads holding the GIL: Python CPU) on each pid and its children until the block ends."""
     folder.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     spies = [
-        subprocess.Popen([str(spy), "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--format",
+        subprocess.Popen([str(spy), "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--gil", "--format",
                           "raw", "--output", str(folder / f"{name}.txt")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in pids.items()
