@@ -152,7 +152,7 @@ def gateway_round(
 
 @contextlib.contextmanager
 def profiling(folder: Path, pids: dict[str, int]) -> Iterator[None]:
-    """py-spy (raw, 200 Hz, only threads holding the GIL: Python CPU) on each pid and its children until the block ends."""
+    """py-spy (raw, 200 Hz, only threads holding the GIL: Python CPU) on each pid and its children, for the block."""
     folder.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     spies = [

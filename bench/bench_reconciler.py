@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, insert  # noqa: E402
 from backends.celery.adapter import CeleryAdapter  # noqa: E402
 from bench.bench_submit import environment, seed  # noqa: E402
 from common.legacy import ResultStatus  # noqa: E402
-from gateway.jobs.bootstrap import start_gateway  # noqa: E402
+from gateway.jobs.bootstrap import freeze_startup_heap, start_gateway  # noqa: E402
 from gateway.legs.machine import new_leg  # noqa: E402
 from gateway.legs.states import DispatchState, LegRole  # noqa: E402
 from gateway.store.models import Leg, Result, utcnow  # noqa: E402
@@ -69,6 +69,7 @@ def fill(database_url: str, rows: list[dict[str, Any]], legs: list[dict[str, Any
 
 async def bench(settings: Any, ids: list[str], rounds: int, batch: int | None) -> None:
     state = start_gateway(settings)
+    freeze_startup_heap()  # as the API's lifespan and `gateway reconcile` do
     adapter = state.dispatcher.adapter("celery")
     assert isinstance(adapter, CeleryAdapter)
     if batch is not None:
