@@ -43,9 +43,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_submit import Server, environment, seed, start, stop  # noqa: E402
+from bench.bench_submit import PG, Server, environment, seed, start, stop  # noqa: E402
 from bench.loadgen import run_wrk, server_cpu_seconds  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from gateway.compare.experiment import Experiment, LegRun  # noqa: E402
@@ -63,6 +65,7 @@ AUTH = "Basic " + base64.b64encode(b"bench:bench-pw").decode()
 # content directory -> the share of its jobs that get a second leg
 SHADOWED = {"w1/e2": 1.0, "w1/e3": 0.1}
 CUTOVER_DIR = "w1/e4"
+DATABASE: list[str] = []  # the run's scratch database (set once it exists)
 
 
 def _content_id(directory: str) -> str:
@@ -132,6 +135,20 @@ def body(directory: str, member: str = "m1") -> str:
     return f'{{"directory": "{directory}", "course_member_id": "{member}", "version_identifier": "{run}-{{n}}"}}'
 
 
+def outbox_drained(database: str, timeout: float = 120) -> None:
+    """Until no shadow leg waits in the outbox: the reconciler's CPU for a run's shadows is then all counted."""
+    deadline = time.monotonic() + timeout
+    with contextlib.closing(psycopg2.connect(dbname=database, **PG)) as conn:
+        conn.autocommit = True
+        while time.monotonic() < deadline:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM leg WHERE dispatch_state = 'pending' AND role = 'shadow'")
+                if cur.fetchone()[0] == 0:
+                    return
+            time.sleep(0.05)  # polling interval of a deadline loop
+    raise TimeoutError("shadow legs still in the outbox")
+
+
 def measure(
     server: Server, recon: subprocess.Popen[bytes] | None, payload: str, connections: int, seconds: float
 ) -> dict[str, float]:
@@ -140,6 +157,8 @@ def measure(
                   body=payload, auth=AUTH)  # fmt: skip
     if got.errors:
         raise RuntimeError(f"{got.errors} errors\n{server.log_tail()}")
+    if recon:
+        outbox_drained(DATABASE[0])
     recon_ms = 1000 * (server_cpu_seconds(recon.pid) - before) / max(got.requests, 1) if recon else 0.0
     return {"rps": got.rps, "p50": got.p50_ms, "p99": got.p99_ms, "cpu": got.cpu_ms_per_request, "recon": recon_ms}
 
@@ -193,6 +212,7 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
     figures: dict[tuple[str, str], list[dict[str, float]]] = {}
     with environment() as (env, data):
         seed(env, data)
+        DATABASE[:] = [env["POSTGRES_DB"]]
         out_member = seed_shadow(env, data)
         if mode == "submit":
             variants = {"off": body("w1/e1"), **{f"on {f:g}": body(d) for d, f in SHADOWED.items()}}

@@ -73,6 +73,8 @@ PUSH_FIRST_DELAY = 0.02
 # PostgreSQL NOTIFY channel: a shadowed job's primary leg was just tried for the first time (its shadow legs are
 # now due). Raised by the trigger of migration 0007 (`leg_shadow_due`).
 OUTBOX_CHANNEL = "gateway_outbox"
+# A woken flush waits this long first, so the wake-ups of a burst of jobs are one flush (one claim, one commit).
+OUTBOX_COALESCE = 0.02
 
 
 async def _first(*waits: Awaitable[Any]) -> None:
@@ -532,6 +534,7 @@ class Reconciler:
             await _first(self._outbox_due.wait(), stop.wait())
             if stop.is_set():
                 return
+            await asyncio.sleep(OUTBOX_COALESCE)
             self._outbox_due.clear()
             try:
                 report = await self.flush_now()
