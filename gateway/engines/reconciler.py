@@ -135,6 +135,12 @@ def _ran_before(leg: Leg) -> bool:
     return leg.dispatched_at is not None and (leg.infra_retries or 0) > 0
 
 
+def _first_shadow_try(leg: Leg) -> bool:
+    """A shadow leg's first send: a missing deployment then ends it at once (as a primary's is a 404 at submit),
+    an infra error of the shadow side; the grace is for legs that waited in the outbox for their engine."""
+    return leg.role == LegRole.SHADOW.value and not leg.dispatch_attempts
+
+
 # A step run at the end of every tick (e.g. the comparisons of legs that finished): returns how much it did.
 TickStep = Callable[[], Awaitable[int]]
 
@@ -307,7 +313,7 @@ class Reconciler:
             else:
                 report.deferred += 1
         elif outcome.status == SendStatus.RETRY or (
-            outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE
+            outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE and not _first_shadow_try(leg)
         ):
             machine.retry_later(leg, outcome.error, now)
             report.deferred += 1

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from backends.interface import DeploymentNotFound, JobSpec
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
 from common.legacy import ResultStatus
 from gateway.compare.experiment import Experiment
@@ -218,6 +219,34 @@ def test_a_shadow_engine_another_process_failed_to_reach_is_skipped_as_unreachab
             assert legs3["shadow:prefect"].dispatch_state == DispatchState.SENT
         finally:
             await reconciler.close()
+
+    gw.run(test)
+
+
+class MissingDeployment(MemoryAdapter):
+    """A Prefect whose shadow deployment does not exist (the setting names one that was never deployed)."""
+
+    def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        if job.properties.get("deployment") == "no-such-flow/system":
+            raise DeploymentNotFound("no-such-flow/system")
+        return super().submit(job, leg_id, priority)
+
+
+def test_a_shadow_whose_deployment_is_missing_ends_at_its_first_send(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+    adapters = {"celery": MemoryAdapter("celery", celery), "prefect": MissingDeployment("prefect", prefect)}
+
+    async def test(_state: GatewayState) -> None:
+        state = start_gateway(gw.settings, Dispatcher(gw.settings, adapter_factory=lambda name, _s: adapters[name]))
+        try:
+            await shadow_on(state, properties={"deployment": "no-such-flow/system"})
+            row, legs = await submitted(state, "c1")
+            shadow = legs["shadow:prefect"]
+            assert (shadow.finished, shadow.dispatch_state) == (True, DispatchState.FAILED)
+            assert "no-such-flow" in (shadow.last_error or "")
+            assert legs["primary"].dispatch_state == DispatchState.SENT  # the job goes on
+        finally:
+            await state.close()
 
     gw.run(test)
 
