@@ -8,10 +8,11 @@ and the comparator's throughput.
    the same insert statement, its send by the reconciler, its "sent" mark). The API runs without its in-process
    reconciler; a separate `gateway reconcile` process sends the shadow legs (woken by the primary's NOTIFY). Its
    periodic tick is set to one hour: with no worker every leg stays open, and a poll over them all is not what is
-   measured here (`bench/bench_reconciler.py` measures that). Rounds interleave off / on 1 / on 0.1, at 32
-   connections and at 1; the API's CPU per request and the reconciler's (psutil, per request of the run) are
-   printed side by side. `--profile DIR` first records one py-spy run per variant and prints where the API's
-   samples went.
+   measured here (`bench/bench_reconciler.py` measures that). Rounds interleave off / on 1 / on 0.1 (the order
+   rotating per round), at 32 connections and at 1; after each run the bench waits until the outbox is empty, so
+   the reconciler's CPU for that run's shadow legs is all counted; the API's CPU per request and the
+   reconciler's (psutil) are printed side by side. `--profile DIR` first records one py-spy run per variant and
+   prints where the API's samples went.
 2. `--only cutover`: submit p50 for a content with a migration at canary 50 % (shadow fraction 1) vs a content
    with no migration. The member is one outside the canary, so Celery answers both and the difference is the
    cutover's own work (stage lookup, bucket, routing record, shadow decision, the second leg). Its shadow legs
@@ -230,9 +231,14 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
                     for name, payload in variants.items():
                         tag = name.replace(" ", "_").replace("%", "pct")
                         profile(server, payload, max(args.connections), args.seconds, args.profile / f"{mode}-{tag}")
+                names = list(variants)
                 for n in range(args.rounds):
+                    # The order rotates per round: what follows a heavy run (autovacuum of its rows, say) is not
+                    # always the same variant.
+                    order = names[n % len(names) :] + names[: n % len(names)]
                     for load, connections in loads.items():
-                        for name, payload in variants.items():
+                        for name in order:
+                            payload = variants[name]
                             got = measure(server, recon, payload, connections, args.seconds)
                             figures.setdefault((load, name), []).append(got)
                             print(f"round {n + 1} {load:8} {name:12}: {got['rps']:7.1f} req/s, "

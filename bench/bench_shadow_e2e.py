@@ -8,8 +8,8 @@ Two variants, one job at a time, interleaved round by round:
 - `shadow off`: the row and its primary leg;
 - `shadow on`: the same plus a shadow leg on Celery (the A/A kind: the same engine, so it competes with the
   primary for the same worker), due at once: the primary's recorded send raises the NOTIFY (migration 0007) and
-  the reconciler sends the shadow. The shadow's job is a `student_testing` with no parameters, which the worker
-  ends at once (failed): what is measured is the shadow's dispatch and bookkeeping beside the primary, not a
+  the reconciler sends the shadow. The shadow's job is a `student_testing` with an empty test job, which the
+  worker ends at once (failed): what is measured is the shadow's dispatch and bookkeeping beside the primary, not a
   long shadow run.
 
 "Done" is the primary leg's finish (the leg state machine's `on_finish` hook, inside the transaction that writes
@@ -58,7 +58,7 @@ async def one_job(state: GatewayState, waiters: Waiters, shadow: bool) -> float:
     if shadow:
         shadow_leg = machine.new_leg(
             leg_id=new_id(), result_id=row["id"], role=LegRole.SHADOW, engine="celery",
-            task_name=leg["task_name"], spec={**leg["spec"], "shadow": True},
+            task_name=leg["task_name"], spec={**leg["spec"], "params": {"test_job": {}}, "shadow": True},
             routing={"experiment": "aa", "primary_leg": leg["id"]}, now=now, due_at=now,
             deadline=now + timedelta(minutes=10),
         )  # fmt: skip
@@ -130,7 +130,8 @@ def main() -> None:
         seed(env, data)
         env = base_env({**env, "GATEWAY_RECONCILE_INTERVAL": "1.0"}, data)
         settings = settings_from_env(env)
-        with running_worker(env, queues=(names.DEFAULT,), concurrency=2, log_dir=data):
+        queues = (names.DEFAULT, names.HIGH_PRIORITY)  # the no-op's queue and student_testing's
+        with running_worker(env, queues=queues, concurrency=2, log_dir=data):
             asyncio.run(bench(settings, args.jobs, args.rounds))
 
 
