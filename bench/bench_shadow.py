@@ -93,6 +93,10 @@ def seed_shadow(env: dict[str, str], data: Path) -> str:
                 values = {"aa_fraction": fraction, "max_in_flight": 10**9, "deadline_seconds": 3600}
                 await set_shadow(sessions, backend=None, content=_content_id(directory), values=values, user_id=None)
             content = _content_id(CUTOVER_DIR)
+            # The stage names the shadow engine and fraction; the setting only lifts the cap (no leg ever finishes
+            # here, and the default cap of a stage, 100 unfinished shadow legs, would skip all but the first).
+            values = {"engine": "prefect", "fraction": 1.0, "max_in_flight": 10**9, "deadline_seconds": 3600}
+            await set_shadow(sessions, backend=None, content=content, values=values, user_id=None)
             await change_migration(sessions, Scope.CONTENT, content, Action.SET, "bench", stage=Stage.SHADOW,
                                    new_engine="prefect")  # fmt: skip
             result = await change_migration(sessions, Scope.CONTENT, content, Action.SET, "bench",
@@ -148,6 +152,16 @@ def outbox_drained(database: str, timeout: float = 120) -> None:
                     return
             time.sleep(0.05)  # polling interval of a deadline loop
     raise TimeoutError("shadow legs still in the outbox")
+
+
+def shadow_legs_written(database: str) -> str:
+    """Per content: jobs, and the shadow legs written for them (a check that the variants did what they say)."""
+    with contextlib.closing(psycopg2.connect(dbname=database, **PG)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT r.course_content_id, count(DISTINCT r.id), count(l.id) FILTER (WHERE l.role = 'shadow') "
+            "FROM result r JOIN leg l ON l.result_id = r.id GROUP BY 1 ORDER BY 1"
+        )
+        return "; ".join(f"{content}: {jobs} jobs, {legs} shadow legs" for content, jobs, legs in cur.fetchall())
 
 
 def measure(
@@ -251,6 +265,7 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
             finally:
                 for s in servers:
                     stop(s)
+        print(shadow_legs_written(env["POSTGRES_DB"]))
     print(f"load average {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
     if figures:
         table(f"{mode}: median of {args.rounds} interleaved rounds, wrk {args.seconds:g} s per run", figures, reference)
