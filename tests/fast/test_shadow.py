@@ -223,6 +223,28 @@ def test_a_shadow_engine_another_process_failed_to_reach_is_skipped_as_unreachab
     gw.run(test)
 
 
+def test_embedded_the_in_process_reconciler_is_woken_by_the_answer(gw: TwoEngines) -> None:
+    """SQLite (the embedded default, `gateway up`): no NOTIFY; the submit path wakes the reconciler in its own
+    process, whose woken flush (no tick running here) sends the shadow leg."""
+    prefect = gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        assert not state.is_postgres
+        await shadow_on(state)
+        stop = asyncio.Event()
+        woken = asyncio.create_task(state.reconciler.flush_woken(stop))
+        try:
+            row, _new = await submit_test(state, ADMIN, body("c1"))
+            assert await state.reconciler.wait_woken_flushes(1, 30) >= 1
+            shadow = (await legs_of(state, row.id))["shadow:prefect"]
+            assert shadow.dispatch_state == DispatchState.SENT and shadow.id in prefect.runs
+        finally:
+            stop.set()
+            await woken
+
+    gw.run(test)
+
+
 class MissingDeployment(MemoryAdapter):
     """A Prefect whose shadow deployment does not exist (the setting names one that was never deployed)."""
 
