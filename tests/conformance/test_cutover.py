@@ -341,8 +341,9 @@ def test_a_stopped_new_engine_in_canary_fails_the_gate_on_infra_errors_and_demot
         # The stage decides the shadow engine and fraction; the content's shadow setting gives the deadline.
         answer = admin.put("/api/admin/shadow/contents/cc-demote", json={"deadline_seconds": 15})
         assert answer.status_code == 200, answer.text
-        change(admin, "content", "cc-demote", "set", new_engine="celery", stage="canary", percentage=5, salt=salt,
+        change(admin, "content", "cc-demote", "set", new_engine="celery", stage="shadow", salt=salt,
                shadow_fraction=1.0, thresholds=FAST_GATE, reason="conformance: a stopped engine")  # fmt: skip
+        change(admin, "content", "cc-demote", "set", stage="canary", percentage=5, reason="a small canary")
         healthy = submit(admin, "demote", "m-alice", next(commits), **via_repo)["id"]
         assert legs_of(admin, healthy) == {"primary": "prefect", "shadow": "celery"}
         assert comparison(admin, healthy)["outcome"] == "match"
