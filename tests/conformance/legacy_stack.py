@@ -99,7 +99,8 @@ def catalog(repos: Repos) -> dict[str, Any]:
     backend_of = {"celery": "celery-main", "prefect": "prefect-main", "legacy": "prefect-legacy",
                   "writeback": "prefect-foreign", "missing": "prefect-missing", "capped": "celery-main",
                   "mystery": "mystery", "untimed-celery": "celery-main", "untimed-prefect": "prefect-main",
-                  "legacy-submit": "prefect-legacy-submit", "walk": "prefect-main", "demote": "prefect-main"}  # fmt: skip
+                  "legacy-submit": "prefect-legacy-submit", "walk": "prefect-main",
+                  "demote": "prefect-main"}  # fmt: skip
     contents = []
     for key, directory in DIRS.items():
         contents.append(

@@ -179,8 +179,8 @@ def test_the_scorecard_shows_accepted_clusters_apart_and_expired_ones_as_open(me
     async def test(state: GatewayState) -> None:
         await _canary_with_two_clusters(state)
         (card,) = await scorecard(state.sessions)
-        assert [(c["signature"], c["count"], c["status"]) for c in card["clusters"]] == [(SIG, 2, "open"),
-                                                                                         (SIG_B, 1, "open")]  # fmt: skip
+        clusters = [(c["signature"], c["count"], c["status"]) for c in card["clusters"]]
+        assert clusters == [(SIG, 2, "open"), (SIG_B, 1, "open")]
         assert (card["accepted_clusters"], card["accepted_mismatches"], card["parity"]) == ([], 0, 0.4)
         await triage.accept_cluster(state.sessions, Scope.CONTENT, "cc-prefect", SIG, "admin", "ms vs s",
                                     expires_in=timedelta(days=1))  # fmt: skip
