@@ -31,15 +31,16 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _series(config: CutoverConfig, rows: Any) -> list[dict[str, Any]]:
-    """Hourly points over the last 48 hours: parity (noise-adjusted) and the p50 run time of each engine."""
+def _series(config: CutoverConfig, rows: Any, accepted: frozenset[str]) -> list[dict[str, Any]]:
+    """Hourly points over the last 48 hours: parity (noise-adjusted, accepted clusters left out, as the gate
+    judges now) and the p50 run time of each engine."""
     hours: dict[str, list[Any]] = {}
     for row in rows:
         at: datetime = row[6]
         hours.setdefault(at.strftime("%Y-%m-%dT%H:00"), []).append(row)
     points = []
     for hour in sorted(hours)[-48:]:
-        evidence, sides = evidence_of(config, hours[hour])
+        evidence, sides = evidence_of(config, hours[hour], accepted)
         rate = evidence.mismatch_rate
         points.append(
             {
@@ -112,7 +113,8 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         history = await comparison_rows(session, config, now - SERIES_WINDOW)
         acceptances = await store.acceptances(session, config.scope, config.scope_id)
         clusters = await _clusters(session, config, acceptances, now)
-    evidence, sides = evidence_of(config, rows, active_signatures(acceptances.values(), now))
+    accepted = active_signatures(acceptances.values(), now)
+    evidence, sides = evidence_of(config, rows, accepted)
     evaluation = evaluate(evidence, config.thresholds)
     since = config.stage_since
     return {
@@ -142,7 +144,7 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "needs": still_needs(config, evaluation, now),
         "last_evaluation": row.last_evaluation,
         "last_evaluated_at": row.last_evaluated_at.isoformat() if row.last_evaluated_at else None,
-        "series": _series(config, history),
+        "series": _series(config, history, accepted),
         # Open (never accepted, or the acceptance expired: they count) apart from the accepted ones (they do not).
         "clusters": [c for c in clusters if c["status"] != ClusterStatus.ACCEPTED],
         "accepted_clusters": [c for c in clusters if c["status"] == ClusterStatus.ACCEPTED],
