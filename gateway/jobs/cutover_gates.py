@@ -4,7 +4,8 @@ Evidence is the window of comparisons since the migration entered its current st
 its two engines, live or replayed (A/A runs are the noise baseline, not evidence); mismatches in clusters an
 admin accepted (and whose acceptance has not expired) are counted apart (`gateway.cutover.triage`). The verdict
 and the step are pure (`gateway.cutover.gates`); this module reads the comparison table and saves the outcome:
-the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached (actor `gate`).
+the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached
+(actor `gate`).
 
 It runs on demand (`gateway cutover evaluate`, the admin API) and periodically as a reconciler step; on
 PostgreSQL an advisory lock makes one process at a time evaluate.
