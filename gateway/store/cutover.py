@@ -234,7 +234,7 @@ def _triage_event(
         at=now,
         from_stage=row.stage,
         to_stage=row.stage,
-        from_config=None,
+        from_config=config.to_dict(),
         to_config=config.to_dict(),
         reason=reason,
         cluster=cluster,

@@ -186,6 +186,9 @@ def test_accepting_a_cluster_through_the_api_and_the_cli(api: GatewayServer) -> 
         status = subprocess.run([*gateway, "cutover", "status"], env=wide, capture_output=True, text=True,
                                 timeout=60, check=True)  # fmt: skip
         assert signature in status.stdout and "accepted" in status.stdout
+        log = subprocess.run([*gateway, "cutover", "history", "--content", "week2.ex1"], env=wide,
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        assert f"cluster {signature} until" in log.stdout and "again" in log.stdout
         refused = subprocess.run([*gateway, "cutover", "accept", signature, "--content", "week2.ex1", "--note",
                                   "x", "--expires", "soon"], env=api.env, capture_output=True, text=True,
                                  timeout=60, check=False)  # fmt: skip
