@@ -301,7 +301,7 @@ def status(as_json: bool = AS_JSON) -> None:
             f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
             f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
             "; ".join(c["needs"]) or "-",
-            f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({c['accepted_mismatches']} mismatches)",
+            f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({_mismatches(c['accepted_mismatches'])})",
         )
     console = Console()
     console.print(table)
@@ -431,6 +431,10 @@ def unaccept(
         return await triage.unaccept_cluster(sessions, scope, key, signature, f"cli:{getpass.getuser()}", reason)
 
     _triage(work, as_json)
+
+
+def _mismatches(count: int) -> str:
+    return f"{count} mismatch" if count == 1 else f"{count} mismatches"
 
 
 def _pct(rate: float | None) -> str:
