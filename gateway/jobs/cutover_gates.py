@@ -125,7 +125,8 @@ def evidence_of(
     return evidence, sides
 
 
-def _window(config: CutoverConfig, since: datetime | None) -> list[Any]:
+def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
+    """The gate's window: this scope's live or replayed comparisons between the two engines, since `since`."""
     engines = (config.old_engine, config.new_engine)
     where = [
         scope_filter(config),
@@ -184,7 +185,7 @@ async def gate_evidence(
 ) -> Evidence:
     """The gate's evidence aggregated in the database (counts grouped, p99 by `percentile_disc` on PostgreSQL):
     the same numbers as `evidence_of` over the rows, without moving the rows."""
-    where = _window(config, since)
+    where = evidence_window(config, since)
     grouped = (
         await session.execute(
             select(Comparison.outcome, Comparison.side, Comparison.primary_engine, func.count())

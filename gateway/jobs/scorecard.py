@@ -19,7 +19,7 @@ from gateway.compare.outcomes import ComparisonOutcome
 from gateway.cutover.gates import evaluate, next_step, still_needs
 from gateway.cutover.stages import CutoverConfig
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
-from gateway.jobs.cutover_gates import comparison_rows, evidence_of, percentile, scope_filter
+from gateway.jobs.cutover_gates import comparison_rows, evidence_of, evidence_window, percentile
 from gateway.store import cutover as store
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 
@@ -57,9 +57,8 @@ async def _clusters(
     session: AsyncSession, config: CutoverConfig, acceptances: dict[str, Acceptance], now: datetime
 ) -> list[dict[str, Any]]:
     """The window's mismatch clusters, largest first, each with its acceptance (if any) and a sample diff."""
-    where = [scope_filter(config), Comparison.outcome == ComparisonOutcome.MISMATCH.value]
-    if config.stage_since is not None:
-        where.append(Comparison.created_at >= config.stage_since)
+    # The gate's window, so a cluster's count is what the gate counts (an A/A mismatch is not evidence).
+    where = [*evidence_window(config, config.stage_since), Comparison.outcome == ComparisonOutcome.MISMATCH.value]
     grouped = (
         await session.execute(
             select(Comparison.signature, func.count(), func.max(Comparison.created_at))
