@@ -56,19 +56,21 @@ NOT_COUNTED = [int(s) for s in (ResultStatus.FAILED, ResultStatus.CANCELLED, Res
 
 async def _content(state: GatewayState, body: TestCreate) -> tuple[CourseContent, ExecutionBackend | None]:
     if body.course_content_id:
-        key, column = ("id", body.course_content_id), CourseContent.id == body.course_content_id
+        by, value = "id", body.course_content_id
     elif body.course_content_path:
-        key, column = ("path", body.course_content_path), CourseContent.path == body.course_content_path
+        by, value = "path", body.course_content_path
     elif body.directory:
-        key, column = ("directory", body.directory), CourseContent.directory == body.directory
+        by, value = "directory", body.directory
     else:
         raise NotFound("Course content not found: give course_content_id, course_content_path or directory")
-    cache_key = ("content", *key)
+    cache_key = ("content", by, value)
     pair: tuple[CourseContent, ExecutionBackend | None] | None = state.catalog.get(cache_key)
     if pair is None:
+        # Built only on a miss: an SQL expression costs more than the cache hit it would be wasted on.
         stmt = select(CourseContent, ExecutionBackend).outerjoin(
             ExecutionBackend, ExecutionBackend.id == CourseContent.execution_backend_id
         )
+        column = getattr(CourseContent, by) == value
         async with state.sessions() as session:
             found = (await session.execute(stmt.where(column).limit(2))).all()
         if not found:
