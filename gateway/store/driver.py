@@ -18,8 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, sqltypes
+from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import greenlet_spawn
 
 POSTGRESQL = "postgresql"
@@ -39,7 +42,7 @@ class DriverStatement:
         dialect = engine.dialect
         compiled = statement.compile(dialect=dialect)
         names = tuple(compiled.positiontup or ())
-        processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+        processors = tuple(_processor(compiled.binds[name].type, dialect) for name in names)
         return cls(str(compiled), names, processors)
 
     def arguments(self, params: dict[str, Any]) -> list[Any]:
@@ -47,6 +50,23 @@ class DriverStatement:
             value if process is None else process(value)
             for value, process in zip((params[name] for name in self.names), self.processors, strict=True)
         ]
+
+
+def _json_text(value: Any) -> str:
+    return pydantic_core.to_json(value).decode()
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else pydantic_core.to_json(value).decode()
+
+
+def _processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The type's own bind processor, except JSON: serialised by pydantic-core, the same document at a quarter of
+    `json.dumps`' cost (the leg's spec is the largest parameter of the submit path). None becomes JSON `null`
+    as SQLAlchemy stores it, or SQL NULL where the type says `none_as_null`."""
+    if isinstance(type_, sqltypes.JSON):
+        return _json_or_null if type_.none_as_null else _json_text
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 def supported(engine: AsyncEngine) -> bool:

@@ -9,7 +9,7 @@ from common.redact import redact_text
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
 from gateway.api.views import test_run_response
-from gateway.jobs.submit import submit_test
+from gateway.jobs.submit import NewRow, submit_test
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate, TestRunResponse
@@ -18,7 +18,7 @@ from gateway.store.models import Leg, Result
 router = APIRouter()
 
 
-async def _answer(state: GatewayState, row: Result, new: bool) -> Response:
+async def _answer(state: GatewayState, row: Result | NewRow, new: bool) -> Response:
     """A fresh run has no submission yet (no query on the hot path); a returned old row shows its own.
 
     Serialised here, once, by the model (pydantic's own JSON): returning the model would make FastAPI validate
