@@ -324,9 +324,7 @@ class NewRow:
         self.__dict__.update(values)
 
 
-async def submit_test(
-    state: GatewayState, principal: Principal, body: TestCreate
-) -> tuple[Result | NewRow, bool]:
+async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result | NewRow, bool]:
     """Returns the row to answer with and whether it is new; raises `JobError`s with the legacy texts.
 
     The common case (a new commit) costs one statement before dispatch: the run is inserted optimistically
