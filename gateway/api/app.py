@@ -24,6 +24,7 @@ from gateway.api import scorecard_page
 from gateway.api.metrics import metrics_router
 from gateway.api.options import OptionsAllow
 from gateway.api.routes import api_router
+from gateway.api.routes.tests import add_submit_routes_first
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.errors import JobError
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             await state.close()
 
     app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
+    add_submit_routes_first(app, ("/api", "") if settings.gateway_serve_at_root else ("/api",))
     app.include_router(api_router(), prefix="/api")
     app.include_router(metrics_router())
     app.include_router(scorecard_page.router)
