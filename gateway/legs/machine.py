@@ -21,12 +21,13 @@ The ORM variants work on loaded rows inside the caller's transaction (reconciler
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import object_session
 
@@ -204,7 +205,8 @@ WHERE leg.id = sent.id AND leg.dispatch_state = '{DispatchState.PENDING.value}'
 """
 
 _SentMark = tuple[str, str, datetime, datetime]  # leg id, engine run id, sent at, deadline
-_SENT_MARKS: weakref.WeakKeyDictionary[AsyncEngine, GroupCommit[_SentMark]] = weakref.WeakKeyDictionary()
+# Keyed by the sync engine (plain identity hashing; an AsyncEngine proxy compares through a slower path).
+_SENT_MARKS: weakref.WeakKeyDictionary[Engine, tuple[GroupCommit[_SentMark], _SentWriter]] = weakref.WeakKeyDictionary()
 
 
 async def _write_sent_marks(engine: AsyncEngine, marks: list[_SentMark]) -> None:
@@ -217,25 +219,29 @@ async def _write_sent_marks(engine: AsyncEngine, marks: list[_SentMark]) -> None
         await conn.execute(_RECORD_SENT, params)
 
 
-def _sent_writer(engine: weakref.ref[AsyncEngine]) -> Callable[[list[_SentMark]], Awaitable[None]]:
-    """Holds the engine weakly: the cache of writers must not keep a disposed engine alive."""
+class _SentWriter:
+    """The flush of one engine's sent marks. Holds the engine weakly (the cache must not keep a disposed engine
+    alive) and the latest caller's proxy: every caller waits for its flush, so that proxy is alive then."""
 
-    async def write(marks: list[_SentMark]) -> None:
-        alive = engine()
+    def __init__(self) -> None:
+        self.engine: weakref.ref[AsyncEngine] | None = None
+
+    async def __call__(self, marks: list[_SentMark]) -> None:
+        alive = self.engine() if self.engine is not None else None
         if alive is None:
             raise RuntimeError("the database engine was disposed")
         await _write_sent_marks(alive, marks)
-
-    return write
 
 
 async def record_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now: datetime, deadline: datetime) -> None:
     """`mark_sent` as an autocommit UPDATE (only a still-pending leg: the reconciler may have won the race),
     committed before this returns. Concurrent calls share one statement (`GroupCommit`): under load the mark
     costs a fraction of a statement per leg instead of one each."""
-    marks = _SENT_MARKS.get(engine)
-    if marks is None:
-        marks = _SENT_MARKS[engine] = GroupCommit(_sent_writer(weakref.ref(engine)))
+    found = _SENT_MARKS.get(engine.sync_engine)
+    if found is None:
+        found = _SENT_MARKS[engine.sync_engine] = (GroupCommit(writer := _SentWriter()), writer)
+    marks, writer = found
+    writer.engine = weakref.ref(engine)
     await marks.add((leg_id, run_id or leg_id, now, deadline))
 
 

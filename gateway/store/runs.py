@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.store import driver
@@ -69,7 +70,8 @@ def _leg_prefix(index: int) -> str:
     return "l_" if index == 0 else f"l{index}_"
 
 
-_DRIVER_INSERTS: weakref.WeakKeyDictionary[AsyncEngine, dict[tuple[Any, ...], driver.DriverStatement]] = (
+# Keyed by the sync engine: an AsyncEngine proxy compares through a slower path on every lookup.
+_DRIVER_INSERTS: weakref.WeakKeyDictionary[Engine, dict[tuple[Any, ...], driver.DriverStatement]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -78,7 +80,7 @@ def _driver_insert(
     engine: AsyncEngine, row_columns: tuple[str, ...], leg_columns: tuple[str, ...], n_legs: int
 ) -> driver.DriverStatement:
     """`_postgres_insert` compiled for this engine's dialect, once per column set and leg count."""
-    compiled = _DRIVER_INSERTS.setdefault(engine, {})
+    compiled = _DRIVER_INSERTS.setdefault(engine.sync_engine, {})
     key = (row_columns, leg_columns, n_legs)
     found = compiled.get(key)
     if found is None:
