@@ -7,7 +7,7 @@ Two variants, one job at a time, interleaved round by round:
 
 - `shadow off`: the row and its primary leg;
 - `shadow on`: the same plus a shadow leg on Celery (the A/A kind: the same engine, so it competes with the
-  primary for the same worker), due at once: the primary's recorded send raises the NOTIFY (migration 0007) and
+  primary for the same worker), due at once: the primary's recorded send raises the NOTIFY (migration 0008) and
   the reconciler sends the shadow. The shadow's job is a `student_testing` with an empty test job, which the
   worker ends at once (failed): what is measured is the shadow's dispatch and bookkeeping beside the primary, not a
   long shadow run.

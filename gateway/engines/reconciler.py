@@ -19,7 +19,7 @@ Shadow legs are sent here, never by the API (it answers and moves on): a shadow 
 held back until its primary's first send was tried (so it is dispatched after the primary). `wake_outbox()`
 flushes the outbox promptly, outside the ticks: the API calls it in-process after a shadowed job's primary was
 sent, and on PostgreSQL the database announces the same moment to every reconciler (`OUTBOX_CHANNEL`: a trigger
-on the primary leg's first send, migration 0007) so a separate `gateway reconcile` is woken too. The ticks'
+on the primary leg's first send, migration 0008) so a separate `gateway reconcile` is woken too. The ticks'
 own flush stays the safety net for a lost notice.
 
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
@@ -71,7 +71,7 @@ PRUNE_PAUSE = timedelta(minutes=1)
 PUSH_RETRIES = 6
 PUSH_FIRST_DELAY = 0.02
 # PostgreSQL NOTIFY channel: a shadowed job's primary leg was just tried for the first time (its shadow legs are
-# now due). Raised by the trigger of migration 0007 (`leg_shadow_due`).
+# now due). Raised by the trigger of migration 0008 (`leg_shadow_due`).
 OUTBOX_CHANNEL = "gateway_outbox"
 # A woken flush waits this long first, so the wake-ups of a burst of jobs are one flush (one claim, one commit).
 OUTBOX_COALESCE = 0.02

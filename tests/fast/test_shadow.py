@@ -284,7 +284,7 @@ async def submitted_elsewhere(
 def test_on_postgres_a_reconciler_in_another_process_is_woken_by_the_primarys_send(
     memory_gateway_pg: MemoryGateway,
 ) -> None:
-    """The trigger of migration 0007: the primary's first send raises a NOTIFY; a reconciler with no tick running
+    """The trigger of migration 0008: the primary's first send raises a NOTIFY; a reconciler with no tick running
     (only its outbox listener) sends the shadow leg."""
     gw = TwoEngines(memory_gateway_pg)
     prefect = gw.engines["prefect"]

@@ -6,16 +6,16 @@ and a reconciler in another process than the API learns it at once instead of at
 delivered when the recording transaction commits. SQLite has no NOTIFY: there the in-process reconciler is woken
 directly by the submit path.
 
-Revision ID: 0007_shadow_outbox_notify
-Revises: 0006_cutover
+Revision ID: 0008_shadow_outbox_notify
+Revises: 0007_cutover_triage
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0007_shadow_outbox_notify"
-down_revision = "0006_cutover"
+revision = "0008_shadow_outbox_notify"
+down_revision = "0007_cutover_triage"
 branch_labels = None
 depends_on = None
 
