@@ -297,7 +297,8 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
                 spec=shadow_spec(run.spec, planned.properties),
                 routing={**decision.record, "experiment": planned.kind.value, "primary_leg": run.leg["id"]},
                 now=now,
-                due_at=now + OUTBOX_GRACE,
+                # Due at once: the reconciler sends it, as soon as the primary's first send was tried.
+                due_at=now,
                 deadline=now + timedelta(seconds=planned.deadline_seconds),
             )
         )
@@ -307,11 +308,13 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
 
 
 def _dispatch_shadows(state: GatewayState, run: _Run) -> None:
-    """After the primary was sent and without delaying the answer: send the shadow legs in the background.
+    """After the primary was sent: the shadow legs are the reconciler's to send, never this process's request work.
 
-    A shadow engine that is down only leaves its leg in the outbox (retried, then timed out at its deadline)."""
-    for leg in run.shadows:
-        state.in_background(dispatch_after_commit(state, leg["id"], leg["engine"], leg["spec"], None, shadow=True))
+    Here only the in-process reconciler (if it runs here) is woken; on PostgreSQL the primary's first send also
+    raises a NOTIFY that wakes every reconciler (`gateway.engines.reconciler.OUTBOX_CHANNEL`). A shadow engine
+    that is down only leaves its leg in the outbox (retried, then timed out at its deadline)."""
+    if run.shadows:
+        state.reconciler.wake_outbox()
 
 
 class NewRow:
