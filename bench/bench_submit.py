@@ -206,7 +206,7 @@ def servers_up(env: dict[str, str], data: Path) -> Iterator[tuple[Server, Server
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10, help="per wrk run")
+    parser.add_argument("--seconds", type=int, default=10, help="per wrk run (whole seconds: wrk takes no fraction)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

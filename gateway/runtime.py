@@ -39,7 +39,7 @@ class GatewayState:
     shadow: ShadowPolicy
     # Engine health for the unauthenticated routes: cached, one probe at a time, on threads of its own.
     health: HealthMonitor
-    # Work started after a request answered (shadow sends): kept so it is not collected, awaited on close.
+    # Work started after a request answered: kept so it is not collected, awaited on close.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property

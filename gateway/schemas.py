@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.legacy import DEFAULT_CONTENT_TYPE
 from common.redact import strip_credentials
@@ -366,3 +366,14 @@ class CutoverChangeIn(BaseModel):
     # Preview: where these members' (and a sample's) next jobs go, before and after.
     members: list[str] = Field(default_factory=list)
     sample: int = Field(default=0, ge=0, le=1000)
+
+
+class CutoverAcceptanceIn(BaseModel):
+    """Accept a mismatch cluster (`PUT /api/admin/cutover/{scope}/{key}/clusters/{signature}/acceptance`): why,
+    and until when - an instant (`expires_at`, ISO 8601 with a zone) or a duration (`expires_in`, e.g. "P14D")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=2000)
+    expires_at: AwareDatetime | None = None
+    expires_in: timedelta | None = None

@@ -68,17 +68,36 @@ def _button(card: dict[str, Any], action: str, label: str) -> str:
     )
 
 
+def _cluster(cluster: dict[str, Any]) -> str:
+    """One cluster: its size, signature and tests (or paths), its acceptance if any, a sample diff."""
+    what = ", ".join(cluster["tests"] or cluster["paths"]) or "(no paths)"
+    acceptance = cluster["acceptance"]
+    if acceptance is None:
+        note = ""
+    elif cluster["status"] == "expired":
+        note = f"<br><small>acceptance expired {escape(acceptance['expires_at'][:16])}</small>"
+    else:
+        note = (
+            f"<br><small>{escape(acceptance['note'])} · {escape(acceptance['accepted_by'])} · until "
+            f"{escape(acceptance['expires_at'][:16])}</small>"
+        )
+    return (
+        f'<li data-signature="{escape(cluster["signature"] or "")}">{cluster["count"]}× '
+        f"<code>{escape(cluster['signature'] or '-')}</code> {escape(what)}{note}"
+        f"<br><code>{escape(str(cluster['sample']['differences'])[:300])}</code></li>"
+    )
+
+
 def _row(card: dict[str, Any]) -> str:
     ev = card["evaluation"]
     new, old = card["engines"][card["new_engine"]], card["engines"][card["old_engine"]]
     series = card["series"]
     parity = _spark([p["parity"] for p in series], "#1b7f3b", 0.0, 1.0)
     runtime = _spark([p["p50_seconds"].get(card["new_engine"]) for p in series], "#3557b7")
-    clusters = "".join(
-        f"<li>{c['count']}× <code>{escape(', '.join(c['signature']) or '(no paths)')}</code>"
-        f"<br><code>{escape(str(c['sample']['differences'])[:300])}</code></li>"
-        for c in card["clusters"]
-    )
+    clusters = "".join(_cluster(c) for c in card["clusters"])
+    accepted = "".join(_cluster(c) for c in card["accepted_clusters"])
+    if accepted:
+        clusters += f'<li class="accepted"><b>accepted</b> (not counted)<ul>{accepted}</ul></li>'
     stage = card["stage"] + (f" {card['percentage']:g} %" if card["stage"] == "canary" else "")
     minutes = (card["seconds_in_stage"] or 0) / 60
     return (
@@ -106,7 +125,7 @@ def render(cards: list[dict[str, Any]]) -> str:
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}"><title>Cutover scorecard</title>'
         f"<style>{STYLE}</style></head><body><h1>Cutover scorecard</h1>"
         "<table><thead><tr><th>migration</th><th>stage</th><th>samples</th><th>parity</th><th>infra errors</th>"
-        "<th>run time old / new</th><th>gate · next needs</th><th>open mismatch clusters</th><th></th></tr></thead>"
+        "<th>run time old / new</th><th>gate · next needs</th><th>mismatch clusters</th><th></th></tr></thead>"
         f'<tbody id="migrations">{rows}</tbody></table>'
         f"<p><small>Refreshes every {REFRESH_SECONDS} s. Parity is noise-adjusted; charts are hourly.</small></p>"
         "</body></html>"

@@ -27,15 +27,17 @@ _COMMON = (
 _META = ("course_content_type_id", "created_at", "updated_at", "created_by", "updated_by")
 
 
-def _fields(row: Result, names: tuple[str, ...]) -> dict[str, Any]:
+def _fields(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
     fields = {name: getattr(row, name) for name in names}
     if "course_content_type_id" in fields and not fields["course_content_type_id"]:
         fields["course_content_type_id"] = DEFAULT_CONTENT_TYPE  # a row from before the catalog carried it
     return fields
 
 
-def test_run_response(row: Result, submission_run_id: str | None = None) -> TestRunResponse:
-    """`submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started."""
+def test_run_response(row: Any, submission_run_id: str | None = None) -> TestRunResponse:
+    """`row`: a `Result` or anything with its attributes (the submit path's `NewRow`).
+
+    `submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started."""
     return TestRunResponse(
         **_fields(row, _COMMON), result_json=row.result_json, submission_flow_run_id=submission_run_id
     )

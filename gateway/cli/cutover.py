@@ -1,4 +1,5 @@
-"""`gateway cutover status|set|promote|demote|rollback|evaluate|history`: the cutover from the command line.
+"""`gateway cutover status|set|promote|demote|rollback|evaluate|history|accept|unaccept`: the cutover from the
+command line.
 
 Talks to the database directly (like `gateway catalog load`), through the same service as the admin API, so a
 change made here is validated, versioned and logged the same way (actor `cli:<user>`). `--dry-run` prints what
@@ -11,6 +12,7 @@ import asyncio
 import getpass
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import typer
@@ -260,9 +262,17 @@ def history(
             e["actor"],
             old,
             f"{e['to_stage']} {e['to_percentage']:g}%",
-            e["reason"],
+            _event_why(e),
         )
     Console().print(table)
+
+
+def _event_why(event: dict[str, Any]) -> str:
+    cluster = event.get("cluster")
+    if not cluster:
+        return str(event["reason"])
+    until = f" until {cluster['expires_at'][:19]}" if event["action"] == "accept" else ""
+    return f"cluster {cluster['signature']}{until}: {event['reason'] or cluster['note']}"
 
 
 @cutover_app.command()
@@ -276,7 +286,7 @@ def status(as_json: bool = AS_JSON) -> None:
         return
     table = Table(
         "migration", "engines", "stage", "in stage", "samples", "parity (raw)", "infra err new", "p99 old/new",
-        "gate", "next gate needs",
+        "gate", "next gate needs", "clusters open / accepted",
     )  # fmt: skip
     for c in cards:
         new, old = c["engines"][c["new_engine"]], c["engines"][c["old_engine"]]
@@ -291,8 +301,27 @@ def status(as_json: bool = AS_JSON) -> None:
             f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
             f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
             "; ".join(c["needs"]) or "-",
+            f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({_mismatches(c['accepted_mismatches'])})",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    clusters = Table("migration", "signature", "status", "count", "tests / paths", "acceptance")
+    for c in cards:
+        for cluster in [*c["clusters"], *c["accepted_clusters"]]:
+            accepted = cluster["acceptance"]
+            clusters.add_row(
+                f"{c['scope']} {c['label']}",
+                cluster["signature"] or "-",
+                cluster["status"],
+                str(cluster["count"]),
+                ", ".join(cluster["tests"] or cluster["paths"]) or "-",
+                f"{accepted['note']} (by {accepted['accepted_by']}, until {accepted['expires_at'][:19]})"
+                if accepted
+                else "-",
+            )
+    if clusters.row_count:
+        console.print("mismatch clusters (open count against the gate; accepted ones do not until they expire)")
+        console.print(clusters)
 
 
 @cutover_app.command()
@@ -332,6 +361,80 @@ def evaluate(
             "yes" if r["applied"] else ("dry run" if dry_run else "no"),
         )
     Console().print(table)
+
+
+def _expiry(text: str) -> tuple[datetime | None, timedelta | None]:
+    """An instant with a zone (2026-12-31T00:00:00Z) or an ISO 8601 duration from now (P14D, PT12H)."""
+    from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+    for kind in (AwareDatetime, timedelta):
+        try:
+            value = TypeAdapter(kind).validate_python(text)
+        except ValidationError:
+            continue
+        return (value, None) if isinstance(value, datetime) else (None, value)
+    raise typer.BadParameter(f"--expires: neither an instant with a zone nor an ISO 8601 duration: {text!r}")
+
+
+def _triage(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[str, Any]]], as_json: bool) -> None:
+    from gateway.jobs.errors import JobError
+
+    try:
+        out = _run(work)
+    except JobError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    event = out["event"]
+    Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: {_event_why(event)}")
+
+
+@cutover_app.command()
+def accept(
+    signature: str = typer.Argument(..., help="The cluster's signature (see `gateway cutover status`)."),
+    backend: str | None = BACKEND,
+    content: str | None = CONTENT,
+    note: str = typer.Option(..., "--note", help="Why this difference is intended: kept in the event log."),
+    expires: str = typer.Option(..., "--expires", help="Until when: 2026-12-31T00:00:00Z, or a duration: P14D."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Accept a mismatch cluster as a known, intended difference: it stops counting against the gate until it
+    expires (accepting again replaces the note and the expiry)."""
+    from gateway.jobs import cutover_triage as triage
+
+    scope, key = _scope(backend, content)
+    expires_at, expires_in = _expiry(expires)
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        actor = f"cli:{getpass.getuser()}"
+        return await triage.accept_cluster(sessions, scope, key, signature, actor, note, expires_at, expires_in)
+
+    _triage(work, as_json)
+
+
+@cutover_app.command()
+def unaccept(
+    signature: str = typer.Argument(..., help="The accepted cluster's signature."),
+    backend: str | None = BACKEND,
+    content: str | None = CONTENT,
+    reason: str = REASON,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Withdraw an acceptance: the cluster's mismatches count against the gate again."""
+    from gateway.jobs import cutover_triage as triage
+
+    scope, key = _scope(backend, content)
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        return await triage.unaccept_cluster(sessions, scope, key, signature, f"cli:{getpass.getuser()}", reason)
+
+    _triage(work, as_json)
+
+
+def _mismatches(count: int) -> str:
+    return f"{count} mismatch" if count == 1 else f"{count} mismatches"
 
 
 def _pct(rate: float | None) -> str:

@@ -19,6 +19,7 @@ from common.redact import redact_text
 from gateway.compare.experiment import Experiment, LegRun, Verdict
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.compare.rules import Rules
+from gateway.cutover.triage import signature_of
 from gateway.engines import metrics
 from gateway.engines.shadowing import ExperimentKind
 from gateway.legs.states import LegRole
@@ -156,6 +157,10 @@ def _run(experiment: Experiment, shadow_id: str, primary: LegRun, shadow: LegRun
         return Verdict(ComparisonOutcome.COMPARE_ERROR, reason=redact_text(f"{type(exc).__name__}: {exc}")[:500])
 
 
+# The outcomes that differ on something: their comparisons are clustered (gateway.cutover.triage).
+CLUSTERED = (ComparisonOutcome.MISMATCH, ComparisonOutcome.NOISE)
+
+
 def _comparison_row(
     row: Result, primary: Leg, shadow: Leg, kind: ExperimentKind, verdict: Verdict, p: LegRun, s: LegRun
 ) -> Comparison:
@@ -175,6 +180,7 @@ def _comparison_row(
         reason=verdict.reason,
         differences=verdict.differences or None,
         difference_count=verdict.difference_count,
+        signature=signature_of(verdict.outcome.value, verdict.differences) if verdict.outcome in CLUSTERED else None,
         primary_score=verdict.primary_score,
         shadow_score=verdict.shadow_score,
         primary_queue_seconds=p.queue_seconds(),

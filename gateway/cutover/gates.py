@@ -1,7 +1,9 @@
 """Gates: an evaluation of one migration over a window of comparison evidence, and what the policy does next.
 
 Criteria, in the order they decide (Flagger/Argo's Successful / Failed / Inconclusive):
-1. samples: at least `min_samples` comparable comparisons (match or mismatch), else Inconclusive;
+1. samples: at least `min_samples` comparable comparisons (match or mismatch), else Inconclusive - unless the
+   new engine already has `min_samples` legs and too many infra errors among them (an engine that stopped gives
+   no comparable sample at all): Failed on the infra-error rate;
 2. mismatch rate after noise (mismatches on flaky tests only) and accepted clusters, at most the threshold;
 3. the new engine's infra-error rate (its legs that crashed, were lost, timed out...), at most the threshold;
 4. the new engine's p99 run time within `max_p99_ratio` of the old engine's.
@@ -119,8 +121,15 @@ def _pct(rate: float) -> str:
 
 def evaluate(evidence: Evidence, thresholds: GateThresholds) -> Evaluation:
     """Pure and total: any evidence gives a verdict, the deciding criterion, and what is still needed."""
+    infra = evidence.new_infra_error_rate or 0.0
+    infra_need = f"new engine infra-error rate {_pct(infra)} > {_pct(thresholds.max_infra_error_rate)}"
     missing = thresholds.min_samples - evidence.comparable
     if missing > 0:
+        # A new engine that stopped gives no comparable sample at all (every leg of it an infra error or a
+        # timeout): waiting for samples would never demote it. Its legs alone decide once there are enough.
+        if evidence.new_legs >= thresholds.min_samples and infra > thresholds.max_infra_error_rate:
+            failing_infra = (Criterion.INFRA_ERROR_RATE,)
+            return Evaluation(Verdict.FAILED, Criterion.INFRA_ERROR_RATE, failing_infra, (infra_need,), evidence)
         noun = "comparison" if missing == 1 else "comparisons"
         return Evaluation(Verdict.INCONCLUSIVE, Criterion.SAMPLES, (), (f"{missing} more {noun}",), evidence)
     failing: list[Criterion] = []
@@ -129,10 +138,9 @@ def evaluate(evidence: Evidence, thresholds: GateThresholds) -> Evaluation:
     if rate > thresholds.max_mismatch_rate:
         failing.append(Criterion.MISMATCH_RATE)
         needs.append(f"mismatch rate {_pct(rate)} > {_pct(thresholds.max_mismatch_rate)}")
-    infra = evidence.new_infra_error_rate or 0.0
     if infra > thresholds.max_infra_error_rate:
         failing.append(Criterion.INFRA_ERROR_RATE)
-        needs.append(f"new engine infra-error rate {_pct(infra)} > {_pct(thresholds.max_infra_error_rate)}")
+        needs.append(infra_need)
     ratio = evidence.p99_ratio
     if ratio is None:
         if not failing:

@@ -15,6 +15,13 @@ store's NOTIFY): `run` follows every engine's feed beside the ticks and reads th
 a short backoff, and one whose request has not yet recorded the send is closed all the same. A notice is only a
 hint: the ticks still see every open leg, so a lost one costs at most a cycle.
 
+Shadow legs are sent here, never by the API (it answers and moves on): a shadow leg is due at once, but is
+held back until its primary's first send was tried (so it is dispatched after the primary). `wake_outbox()`
+flushes the outbox promptly, outside the ticks: the API calls it in-process after a shadowed job's primary was
+sent, and on PostgreSQL the database announces the same moment to every reconciler (`OUTBOX_CHANNEL`: a trigger
+on the primary leg's first send, migration 0008) so a separate `gateway reconcile` is woken too. The ticks'
+own flush stays the safety net for a lost notice.
+
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 the legs it writes with `FOR UPDATE SKIP LOCKED`, re-checking that they are still open, and holds the locks
 while it reads their results and writes, so no leg is finished twice. SQLite has no row locks; there one
@@ -35,8 +42,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 
 from backends.interface import CompletionFeed, LegResult, LegState
@@ -45,7 +53,7 @@ from common.settings import Settings
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
-from gateway.legs.states import DispatchState
+from gateway.legs.states import DispatchState, LegRole
 from gateway.store import open_legs, retention
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.shadow_settings import SkipCounter
@@ -62,6 +70,35 @@ PRUNE_PAUSE = timedelta(minutes=1)
 # to the next tick.
 PUSH_RETRIES = 6
 PUSH_FIRST_DELAY = 0.02
+# The outbox is flushed at most this many legs per claim: they stay locked while they are sent.
+OUTBOX_BATCH = 1000
+# PostgreSQL NOTIFY channel: a shadowed job's primary leg was just tried for the first time (its shadow legs are
+# now due). Raised by the trigger of migration 0008 (`leg_shadow_due`).
+OUTBOX_CHANNEL = "gateway_outbox"
+# A woken flush waits this long first, so the wake-ups of a burst of jobs are one flush (one claim, one commit).
+OUTBOX_COALESCE = 0.02
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Until the first of `waits` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _primary_not_tried_yet() -> Any:
+    """True for a shadow leg whose primary leg has not had its first send attempt: the shadow waits for it."""
+    primary = aliased(Leg)
+    return exists().where(
+        primary.result_id == Leg.result_id,
+        primary.role == LegRole.PRIMARY.value,
+        primary.dispatch_state == DispatchState.PENDING.value,
+        primary.dispatch_attempts == 0,
+        primary.finished.is_(False),
+    )
 
 
 @dataclass
@@ -82,6 +119,12 @@ class TickReport:
 def _ran_before(leg: Leg) -> bool:
     """A leg back in the outbox after it was sent (an infrastructure retry): the engine must start it over."""
     return leg.dispatched_at is not None and (leg.infra_retries or 0) > 0
+
+
+def _first_shadow_try(leg: Leg) -> bool:
+    """A shadow leg's first send: a missing deployment then ends it at once (as a primary's is a 404 at submit),
+    an infra error of the shadow side; the grace is for legs that waited in the outbox for their engine."""
+    return leg.role == LegRole.SHADOW.value and not leg.dispatch_attempts
 
 
 # A step run at the end of every tick (e.g. the comparisons of legs that finished): returns how much it did.
@@ -115,6 +158,18 @@ class Reconciler:
         self.skips = skips
         # Registered from above (the comparison step is installed by gateway.jobs.bootstrap).
         self.steps: dict[str, TickStep] = {}
+        # Set by `wake_outbox` (or a NOTIFY on OUTBOX_CHANNEL): flush the outbox now, not at the next tick.
+        self._outbox_due = asyncio.Event()
+        # Outbox flushes run on a wake-up (not by a tick): a figure, and what tests wait on.
+        self.woken_flushes = 0
+        self._flushed = asyncio.Condition()
+        # Set while the PostgreSQL outbox listener listens.
+        self.outbox_listening = asyncio.Event()
+
+    @property
+    def flush_size(self) -> int:
+        """Legs per outbox claim: the page size, at most `OUTBOX_BATCH` (a claimed leg stays locked while sent)."""
+        return min(self.batch_size, OUTBOX_BATCH)
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -208,9 +263,11 @@ class Reconciler:
                 Leg.finished.is_(False),
                 # Due for another attempt, or past its deadline (a shadow leg never accepted): time it out.
                 or_(Leg.next_attempt_at.is_(None), Leg.next_attempt_at <= now, Leg.deadline < now),
+                # A shadow leg goes after its primary's first send attempt (its request is still sending it).
+                or_(Leg.role != LegRole.SHADOW.value, Leg.deadline < now, ~_primary_not_tried_yet()),
             )
             .order_by(Leg.next_attempt_at)
-            .limit(self.batch_size)
+            .limit(self.flush_size)
         )
         async with self._claim(stmt) as (legs, rows):
             metrics.record_batch("flush", len(legs))
@@ -221,8 +278,8 @@ class Reconciler:
                     report.finished += 1
                     continue
                 by_engine[leg.engine].append(leg)
-            for engine, group in by_engine.items():
-                await self._send_group(engine, group, rows, report)
+            # Engines side by side: one that hangs (a shadow engine) never holds up another's legs.
+            await asyncio.gather(*(self._send_group(e, group, rows, report) for e, group in by_engine.items()))
 
     async def _send_group(self, engine: str, legs: list[Leg], rows: dict[str, Result], report: TickReport) -> None:
         """The first leg probes the engine; only if it got through are the others sent, all at once."""
@@ -247,7 +304,7 @@ class Reconciler:
             else:
                 report.deferred += 1
         elif outcome.status == SendStatus.RETRY or (
-            outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE
+            outcome.deployment is not None and now - leg.created_at < DEPLOYMENT_GRACE and not _first_shadow_try(leg)
         ):
             machine.retry_later(leg, outcome.error, now)
             report.deferred += 1
@@ -471,16 +528,89 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.gateway_reconcile_interval)
 
+    # ------------------------------------------------------------------------------------------ prompt outbox
+    def wake_outbox(self) -> None:
+        """Flush the outbox soon (shadow legs just became due); cheap, coalesced, a no-op if no loop runs here."""
+        self._outbox_due.set()
+
+    async def flush_now(self) -> TickReport:
+        """One outbox flush outside the ticks (what a wake-up runs): due legs sent, shadow legs among them."""
+        report = TickReport()
+        async with self._writer():
+            await self.flush_outbox(report)
+        return report
+
+    async def flush_woken(self, stop: asyncio.Event) -> None:
+        """Flush the outbox each time it is woken, until `stop`; wake-ups during a flush make one more flush."""
+        while not stop.is_set():
+            await _first(self._outbox_due.wait(), stop.wait())
+            if stop.is_set():
+                return
+            await asyncio.sleep(OUTBOX_COALESCE)
+            self._outbox_due.clear()
+            try:
+                report = await self.flush_now()
+            except Exception as exc:  # noqa: BLE001 - the ticks' flush is the safety net
+                log.warning("outbox flush failed: %s", redact_text(repr(exc)))
+                continue
+            async with self._flushed:
+                self.woken_flushes += 1
+                self._flushed.notify_all()
+            if report.dispatched + report.deferred + report.finished >= self.flush_size:
+                self._outbox_due.set()  # a full batch: there may be more
+
+    async def wait_woken_flushes(self, count: int, timeout: float) -> int:
+        """Until at least `count` woken flushes ran (or `timeout`); returns how many did."""
+        async with self._flushed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait_for(lambda: self.woken_flushes >= count), timeout)
+            return self.woken_flushes
+
+    async def listen_outbox(self, stop: asyncio.Event) -> None:
+        """On PostgreSQL, LISTEN on `OUTBOX_CHANNEL` and wake the outbox flush per notice (reopened if lost)."""
+        bind = self.sessions.kw.get("bind")
+        if not self.is_postgres or bind is None:
+            return
+        import asyncpg
+
+        dsn = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stop.is_set():
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(dsn)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("outbox listener cannot connect: %s", redact_text(repr(exc)))
+            else:
+                try:
+                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    await conn.add_listener(OUTBOX_CHANNEL, lambda *_args: self.wake_outbox())
+                    self.outbox_listening.set()
+                    self.wake_outbox()  # whatever became due while nobody listened
+                    await _first(stop.wait(), lost.wait())
+                finally:
+                    self.outbox_listening.clear()
+                    if not conn.is_closed():
+                        conn.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.gateway_reconcile_interval)
+
     # ---------------------------------------------------------------------------------------------- the loop
     async def run(self, stop: asyncio.Event) -> None:
-        """Ticks every `gateway_reconcile_interval` (at once again while busy), and the completion feeds beside."""
-        feeds = asyncio.create_task(self.follow_completions(stop), name="completion-feeds")
+        """Ticks every `gateway_reconcile_interval` (at once again while busy); beside them the completion feeds,
+        the outbox's wake-ups and (PostgreSQL) its listener."""
+        beside = [
+            asyncio.create_task(self.follow_completions(stop), name="completion-feeds"),
+            asyncio.create_task(self.flush_woken(stop), name="outbox-wake-ups"),
+            asyncio.create_task(self.listen_outbox(stop), name="outbox-listener"),
+        ]
         try:
             await self._tick_loop(stop)
         finally:
-            feeds.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeds
+            for task in beside:
+                task.cancel()
+            for task in beside:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.gateway_reconcile_interval

@@ -24,6 +24,7 @@ from gateway.store.shadow_settings import (
     ShadowScope,
     SkipCounter,
     SkipReason,
+    StalledEngines,
     effective_setting,
 )
 
@@ -67,6 +68,7 @@ class ShadowPolicy:
         self.sample = sample
         self.skips = SkipCounter()
         self.in_flight = InFlight()
+        self.stalled = StalledEngines()
 
     async def decide(
         self,
@@ -112,7 +114,8 @@ class ShadowPolicy:
             return SkipReason.SAMPLED_OUT
         if not await self._under_cap(setting, 0):
             return SkipReason.CAP_REACHED
-        if not self.dispatcher.reachable(engine):
+        # This process's own sends (an in-process reconciler), or the outbox as any reconciler left it.
+        if not self.dispatcher.reachable(engine) or await self.stalled.stalled(self.sessions, engine):
             return SkipReason.ENGINE_UNREACHABLE
         return None
 

@@ -208,6 +208,7 @@ def event_dict(event: Any) -> dict[str, Any]:
         "to_percentage": event.to_config.get("percentage"),
         "reason": event.reason,
         "evaluation": event.evaluation,
+        "cluster": event.cluster,
     }
 
 

@@ -1,9 +1,11 @@
 """Gates over comparisons: gather one migration's evidence, evaluate it, and take the step the policy says.
 
 Evidence is the window of comparisons since the migration entered its current stage (or canary step), between
-its two engines, live or replayed (A/A runs are the noise baseline, not evidence). The verdict and the step are
-pure (`gateway.cutover.gates`); this module reads the comparison table and saves the outcome: the last
-evaluation on the migration, and a demotion or promotion as an event with the evaluation attached (actor `gate`).
+its two engines, live or replayed (A/A runs are the noise baseline, not evidence); mismatches in clusters an
+admin accepted (and whose acceptance has not expired) are counted apart (`gateway.cutover.triage`). The verdict
+and the step are pure (`gateway.cutover.gates`); this module reads the comparison table and saves the outcome:
+the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached
+(actor `gate`).
 
 It runs on demand (`gateway cutover evaluate`, the admin API) and periodically as a reconciler step; on
 PostgreSQL an advisory lock makes one process at a time evaluate.
@@ -26,6 +28,7 @@ from gateway.compare.outcomes import ComparisonOutcome, Side
 from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step
 from gateway.cutover.machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope
+from gateway.cutover.triage import active_signatures
 from gateway.store import cutover as store
 from gateway.store.models import Comparison, CutoverMigration, utcnow
 
@@ -66,6 +69,7 @@ async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: d
         Comparison.primary_run_seconds,
         Comparison.shadow_run_seconds,
         Comparison.created_at,
+        Comparison.signature,
     ).where(
         scope_filter(config),
         Comparison.kind.in_(EVIDENCE_KINDS),
@@ -77,16 +81,23 @@ async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: d
     return (await session.execute(stmt)).all()
 
 
-def evidence_of(config: CutoverConfig, rows: Sequence[Any]) -> tuple[Evidence, dict[str, EngineSide]]:
-    """Counts per outcome, and per engine its legs, infra errors and run times (what the gate and scorecard need)."""
+def evidence_of(
+    config: CutoverConfig, rows: Sequence[Any], accepted: frozenset[str] = frozenset()
+) -> tuple[Evidence, dict[str, EngineSide]]:
+    """Counts per outcome, and per engine its legs, infra errors and run times (what the gate and scorecard need).
+
+    `accepted`: the signatures of the clusters accepted now; their mismatches are counted apart."""
     counts: dict[str, int] = {}
+    accepted_mismatches = 0
     legs = {config.old_engine: 0, config.new_engine: 0}
     errors = {config.old_engine: 0, config.new_engine: 0}
     runs: dict[str, list[float]] = {config.old_engine: [], config.new_engine: []}
-    for outcome, side, primary, shadow, primary_run, shadow_run, _at in rows:
+    for outcome, side, primary, shadow, primary_run, shadow_run, _at, signature in rows:
         if primary == shadow:
             continue
         counts[outcome] = counts.get(outcome, 0) + 1
+        if outcome == ComparisonOutcome.MISMATCH and signature in accepted:
+            accepted_mismatches += 1
         if outcome == ComparisonOutcome.COMPARE_ERROR:
             continue
         for engine, run, this_side in ((primary, primary_run, Side.PRIMARY), (shadow, shadow_run, Side.SHADOW)):
@@ -102,7 +113,7 @@ def evidence_of(config: CutoverConfig, rows: Sequence[Any]) -> tuple[Evidence, d
         comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
         mismatches=mismatch + noise,
         noise_mismatches=noise,
-        accepted_mismatches=0,
+        accepted_mismatches=accepted_mismatches,
         new_legs=legs[config.new_engine],
         new_infra_errors=errors[config.new_engine],
         old_legs=legs[config.old_engine],
@@ -114,7 +125,8 @@ def evidence_of(config: CutoverConfig, rows: Sequence[Any]) -> tuple[Evidence, d
     return evidence, sides
 
 
-def _window(config: CutoverConfig, since: datetime | None) -> list[Any]:
+def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
+    """The gate's window: this scope's live or replayed comparisons between the two engines, since `since`."""
     engines = (config.old_engine, config.new_engine)
     where = [
         scope_filter(config),
@@ -159,10 +171,21 @@ async def _p99(session: AsyncSession, where: list[Any], engine: str) -> float | 
     return percentile([float(v) for v in (await session.execute(select(runs.c.s))).scalars()], 0.99)
 
 
-async def gate_evidence(session: AsyncSession, config: CutoverConfig, since: datetime | None) -> Evidence:
+async def _accepted_count(session: AsyncSession, where: list[Any], accepted: frozenset[str]) -> int:
+    if not accepted:
+        return 0
+    stmt = select(func.count()).where(
+        *where, Comparison.outcome == ComparisonOutcome.MISMATCH.value, Comparison.signature.in_(sorted(accepted))
+    )
+    return int(await session.scalar(stmt) or 0)
+
+
+async def gate_evidence(
+    session: AsyncSession, config: CutoverConfig, since: datetime | None, accepted: frozenset[str] = frozenset()
+) -> Evidence:
     """The gate's evidence aggregated in the database (counts grouped, p99 by `percentile_disc` on PostgreSQL):
     the same numbers as `evidence_of` over the rows, without moving the rows."""
-    where = _window(config, since)
+    where = evidence_window(config, since)
     grouped = (
         await session.execute(
             select(Comparison.outcome, Comparison.side, Comparison.primary_engine, func.count())
@@ -193,7 +216,7 @@ async def gate_evidence(session: AsyncSession, config: CutoverConfig, since: dat
         comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
         mismatches=mismatch + noise,
         noise_mismatches=noise,
-        accepted_mismatches=0,
+        accepted_mismatches=await _accepted_count(session, where, accepted),
         new_legs=legs[config.new_engine],
         new_infra_errors=errors[config.new_engine],
         old_legs=legs[config.old_engine],
@@ -211,6 +234,7 @@ class GateRun:
     applied: bool = False
     event_id: str | None = None
     after: CutoverConfig | None = None
+    accepted: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,6 +243,7 @@ class GateRun:
             "stage": self.config.stage.value,
             "percentage": self.config.percentage,
             "evaluation": self.evaluation.to_dict(),
+            "accepted_clusters": sorted(self.accepted),
             "next": {"step": self.next.step.value, "why": self.next.why},
             "applied": self.applied,
             "event_id": self.event_id,
@@ -235,13 +260,20 @@ async def evaluate_one(
     """Evaluate one migration and (unless a dry run) record it and take the step: demote, promote, or hold."""
     now = now or utcnow()
     async with sessions() as session:
-        evidence = await gate_evidence(session, config, config.stage_since)
+        accepted = active_signatures((await store.acceptances(session, config.scope, config.scope_id)).values(), now)
+        evidence = await gate_evidence(session, config, config.stage_since, accepted)
     evaluation = evaluate(evidence, config.thresholds)
     step = next_step(config, evaluation, now)
-    run = GateRun(config, evaluation, step)
+    run = GateRun(config, evaluation, step, accepted=accepted)
     if dry_run:
         return run
-    record = {**evaluation.to_dict(), "at": now.isoformat(), "next": run.to_dict()["next"], "version": config.version}
+    record = {
+        **evaluation.to_dict(),
+        "at": now.isoformat(),
+        "next": run.to_dict()["next"],
+        "version": config.version,
+        "accepted_clusters": sorted(accepted),  # which acceptances this verdict relied on
+    }
     await store.record_evaluation(sessions, config, record, now)
     if step.step not in (Step.PROMOTE, Step.DEMOTE):
         return run

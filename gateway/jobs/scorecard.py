@@ -3,26 +3,26 @@
 One read model for the API (`GET /api/cutover/scorecard`), `gateway cutover status` and the `/scorecard` page:
 stage and time in it, samples, raw and noise-adjusted parity, infra-error rate and p50/p99 run time per engine,
 the last recorded evaluation, a fresh evaluation's needs, an hourly series (parity, p50 run time) for the chart,
-and the open mismatch clusters (same signature: the set of differing paths) with a sample diff each.
+and the mismatch clusters (same signature: outcome, tests and differing paths) with a sample diff each, the open
+ones (counting against the gate) apart from those an admin accepted.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.cutover.gates import evaluate, next_step, still_needs
 from gateway.cutover.stages import CutoverConfig
-from gateway.jobs.cutover_gates import comparison_rows, evidence_of, percentile, scope_filter
+from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
+from gateway.jobs.cutover_gates import comparison_rows, evidence_of, evidence_window, percentile
 from gateway.store import cutover as store
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 
-CLUSTER_SAMPLE = 500
 SERIES_WINDOW = timedelta(hours=48)
 MAX_PATHS = 5
 
@@ -31,15 +31,16 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _series(config: CutoverConfig, rows: Any) -> list[dict[str, Any]]:
-    """Hourly points over the last 48 hours: parity (noise-adjusted) and the p50 run time of each engine."""
+def _series(config: CutoverConfig, rows: Any, accepted: frozenset[str]) -> list[dict[str, Any]]:
+    """Hourly points over the last 48 hours: parity (noise-adjusted, accepted clusters left out, as the gate
+    judges now) and the p50 run time of each engine."""
     hours: dict[str, list[Any]] = {}
     for row in rows:
         at: datetime = row[6]
         hours.setdefault(at.strftime("%Y-%m-%dT%H:00"), []).append(row)
     points = []
     for hour in sorted(hours)[-48:]:
-        evidence, sides = evidence_of(config, hours[hour])
+        evidence, sides = evidence_of(config, hours[hour], accepted)
         rate = evidence.mismatch_rate
         points.append(
             {
@@ -52,24 +53,49 @@ def _series(config: CutoverConfig, rows: Any) -> list[dict[str, Any]]:
     return points
 
 
-async def _clusters(session: AsyncSession, config: CutoverConfig) -> list[dict[str, Any]]:
-    stmt = (
-        select(Comparison.id, Comparison.result_id, Comparison.differences)
-        .where(scope_filter(config), Comparison.outcome == ComparisonOutcome.MISMATCH.value)
-        .order_by(Comparison.created_at.desc())
-        .limit(CLUSTER_SAMPLE)
-    )
-    if config.stage_since is not None:
-        stmt = stmt.where(Comparison.created_at >= config.stage_since)
-    counts: Counter[tuple[str, ...]] = Counter()
-    samples: dict[tuple[str, ...], dict[str, Any]] = {}
-    for comparison_id, result_id, differences in (await session.execute(stmt)).all():
-        paths = tuple(sorted({str(d.get("path")) for d in differences or []}))[:MAX_PATHS]
-        counts[paths] += 1
-        samples.setdefault(
-            paths, {"comparison_id": comparison_id, "result_id": result_id, "differences": (differences or [])[:3]}
+async def _clusters(
+    session: AsyncSession, config: CutoverConfig, acceptances: dict[str, Acceptance], now: datetime
+) -> list[dict[str, Any]]:
+    """The window's mismatch clusters, largest first, each with its acceptance (if any) and a sample diff."""
+    # The gate's window, so a cluster's count is what the gate counts (an A/A mismatch is not evidence).
+    where = [*evidence_window(config, config.stage_since), Comparison.outcome == ComparisonOutcome.MISMATCH.value]
+    grouped = (
+        await session.execute(
+            select(Comparison.signature, func.count(), func.max(Comparison.created_at))
+            .where(*where)
+            .group_by(Comparison.signature)
+            .order_by(func.count().desc(), Comparison.signature)
         )
-    return [{"signature": list(sig), "count": n, "sample": samples[sig]} for sig, n in counts.most_common(10)]
+    ).all()
+    clusters = []
+    for signature, count, last_seen in grouped:
+        status = status_of(signature, acceptances, now) if signature else ClusterStatus.OPEN
+        if status != ClusterStatus.ACCEPTED and sum(c["status"] != ClusterStatus.ACCEPTED for c in clusters) >= 10:
+            continue  # the ten largest open clusters are shown; every accepted one is
+        sample = (
+            await session.execute(
+                select(Comparison.id, Comparison.result_id, Comparison.differences)
+                .where(*where, Comparison.signature == signature if signature else Comparison.signature.is_(None))
+                .order_by(Comparison.created_at.desc())
+                .limit(1)
+            )
+        ).one()
+        differences = sample.differences or []
+        key = cluster_key(differences)
+        acceptance = acceptances.get(signature) if signature else None
+        clusters.append(
+            {
+                "signature": signature,
+                "status": status.value,
+                "count": count,
+                "last_seen": last_seen.isoformat() if last_seen else None,
+                "tests": sorted({test for test, _path in key if test}),
+                "paths": [path for _test, path in key][:MAX_PATHS],
+                "acceptance": acceptance.to_dict(now) if acceptance else None,
+                "sample": {"comparison_id": sample.id, "result_id": sample.result_id, "differences": differences[:3]},
+            }
+        )
+    return clusters
 
 
 async def _labels(session: AsyncSession) -> dict[str, str]:
@@ -84,8 +110,10 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         rows = await comparison_rows(session, config, config.stage_since)
         # The chart looks further back than the current stage: how parity and run time moved across stages.
         history = await comparison_rows(session, config, now - SERIES_WINDOW)
-        clusters = await _clusters(session, config)
-    evidence, sides = evidence_of(config, rows)
+        acceptances = await store.acceptances(session, config.scope, config.scope_id)
+        clusters = await _clusters(session, config, acceptances, now)
+    accepted = active_signatures(acceptances.values(), now)
+    evidence, sides = evidence_of(config, rows, accepted)
     evaluation = evaluate(evidence, config.thresholds)
     since = config.stage_since
     return {
@@ -98,6 +126,7 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "parity": None if evidence.mismatch_rate is None else 1 - evidence.mismatch_rate,
         "mismatches": evidence.mismatches,
         "noise_mismatches": evidence.noise_mismatches,
+        "accepted_mismatches": evidence.accepted_mismatches,
         "engines": {
             engine: {
                 "role": "new" if engine == config.new_engine else "old",
@@ -114,8 +143,10 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "needs": still_needs(config, evaluation, now),
         "last_evaluation": row.last_evaluation,
         "last_evaluated_at": row.last_evaluated_at.isoformat() if row.last_evaluated_at else None,
-        "series": _series(config, history),
-        "clusters": clusters,
+        "series": _series(config, history, accepted),
+        # Open (never accepted, or the acceptance expired: they count) apart from the accepted ones (they do not).
+        "clusters": [c for c in clusters if c["status"] != ClusterStatus.ACCEPTED],
+        "accepted_clusters": [c for c in clusters if c["status"] == ClusterStatus.ACCEPTED],
     }
 
 

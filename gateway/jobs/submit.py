@@ -50,25 +50,29 @@ RERUN = {
 }
 # A fresh leg belongs to its request for this long; the reconciler must not race it for the first send.
 OUTBOX_GRACE = timedelta(seconds=15)
+# The legacy task name of a test run, looked up once (not per request).
+STUDENT_TESTING_TASK = task_name_of(TaskKind.STUDENT_TESTING)
 # Runs that broke do not count against the maximum: the student did not get a verdict from them.
 NOT_COUNTED = [int(s) for s in (ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED)]
 
 
 async def _content(state: GatewayState, body: TestCreate) -> tuple[CourseContent, ExecutionBackend | None]:
     if body.course_content_id:
-        key, column = ("id", body.course_content_id), CourseContent.id == body.course_content_id
+        by, value = "id", body.course_content_id
     elif body.course_content_path:
-        key, column = ("path", body.course_content_path), CourseContent.path == body.course_content_path
+        by, value = "path", body.course_content_path
     elif body.directory:
-        key, column = ("directory", body.directory), CourseContent.directory == body.directory
+        by, value = "directory", body.directory
     else:
         raise NotFound("Course content not found: give course_content_id, course_content_path or directory")
-    cache_key = ("content", *key)
+    cache_key = ("content", by, value)
     pair: tuple[CourseContent, ExecutionBackend | None] | None = state.catalog.get(cache_key)
     if pair is None:
+        # Built only on a miss: an SQL expression costs more than the cache hit it would be wasted on.
         stmt = select(CourseContent, ExecutionBackend).outerjoin(
             ExecutionBackend, ExecutionBackend.id == CourseContent.execution_backend_id
         )
+        column = getattr(CourseContent, by) == value
         async with state.sessions() as session:
             found = (await session.execute(stmt.where(column).limit(2))).all()
         if not found:
@@ -257,7 +261,7 @@ def _new_run(
         result_id=row_id,
         role=LegRole.PRIMARY,
         engine=plan.primary,
-        task_name=task_name_of(TaskKind.STUDENT_TESTING),
+        task_name=STUDENT_TESTING_TASK,
         spec=spec,
         routing=plan.decision,
         now=now,
@@ -293,7 +297,8 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
                 spec=shadow_spec(run.spec, planned.properties),
                 routing={**decision.record, "experiment": planned.kind.value, "primary_leg": run.leg["id"]},
                 now=now,
-                due_at=now + OUTBOX_GRACE,
+                # Due at once: the reconciler sends it, as soon as the primary's first send was tried.
+                due_at=now,
                 deadline=now + timedelta(seconds=planned.deadline_seconds),
             )
         )
@@ -303,14 +308,26 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
 
 
 def _dispatch_shadows(state: GatewayState, run: _Run) -> None:
-    """After the primary was sent and without delaying the answer: send the shadow legs in the background.
+    """After the primary was sent: the shadow legs are the reconciler's to send, never this process's request work.
 
-    A shadow engine that is down only leaves its leg in the outbox (retried, then timed out at its deadline)."""
-    for leg in run.shadows:
-        state.in_background(dispatch_after_commit(state, leg["id"], leg["engine"], leg["spec"], None, shadow=True))
+    Here only the in-process reconciler (if it runs here) is woken; on PostgreSQL the primary's first send also
+    raises a NOTIFY that wakes every reconciler (`gateway.engines.reconciler.OUTBOX_CHANNEL`). A shadow engine
+    that is down only leaves its leg in the outbox (retried, then timed out at its deadline)."""
+    if run.shadows:
+        state.reconciler.wake_outbox()
 
 
-async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result, bool]:
+class NewRow:
+    """A freshly inserted run's column values as attributes, read like a `Result` by the answer and callers.
+
+    Why not `Result(**values)`: the ORM's instrumented constructor costs more than the rest of building the run,
+    for an object no session will ever see."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+async def submit_test(state: GatewayState, principal: Principal, body: TestCreate) -> tuple[Result | NewRow, bool]:
     """Returns the row to answer with and whether it is new; raises `JobError`s with the legacy texts.
 
     The common case (a new commit) costs one statement before dispatch: the run is inserted optimistically
@@ -353,7 +370,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
             if await insert_run(state.engine, run.row, run.leg, *run.shadows):
                 await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, run.row["id"])
                 _dispatch_shadows(state, run)
-                return Result(**run.row), True
+                return NewRow(run.row), True
             # A run for this commit exists (an earlier one, or an identical submit that raced this one).
             looked, existing = True, await _existing(state, member_id, content.id, commit)
             continue

@@ -18,9 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.cutover.machine import Change
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Scope, Stage
+from gateway.cutover.triage import Acceptance, TriageAction
 from gateway.store import lookup
 from gateway.store.catalog_cache import CatalogCache
-from gateway.store.models import CourseContent, CutoverEvent, CutoverMigration, ExecutionBackend, new_id, utcnow
+from gateway.store.models import (
+    CourseContent,
+    CutoverAcceptance,
+    CutoverEvent,
+    CutoverMigration,
+    ExecutionBackend,
+    new_id,
+    utcnow,
+)
 
 
 class StaleChange(RuntimeError):
@@ -193,6 +202,110 @@ async def save_change(
             reason=change.reason,
             evaluation=evaluation,
         )
+        session.add(event)
+    return event
+
+
+def to_acceptance(row: CutoverAcceptance) -> Acceptance:
+    return Acceptance(row.signature, row.note, row.expires_at, row.accepted_by, row.accepted_at)
+
+
+async def acceptances(session: AsyncSession, scope: Scope, scope_id: str) -> dict[str, Acceptance]:
+    """Every acceptance of this scope, expired ones too (by signature)."""
+    stmt = select(CutoverAcceptance).where(
+        CutoverAcceptance.scope == scope.value, CutoverAcceptance.scope_id == scope_id
+    )
+    return {row.signature: to_acceptance(row) for row in (await session.execute(stmt)).scalars()}
+
+
+def _triage_event(
+    row: CutoverMigration, action: TriageAction, actor: str, now: datetime, reason: str, cluster: dict[str, Any]
+) -> CutoverEvent:
+    """A triage event: the migration's stage and config as they are (triage changes neither), and the cluster."""
+    config = to_config(row)
+    return CutoverEvent(
+        id=new_id(),
+        migration_id=row.id,
+        scope=row.scope,
+        scope_id=row.scope_id,
+        version=row.version,
+        action=action.value,
+        actor=actor,
+        at=now,
+        from_stage=row.stage,
+        to_stage=row.stage,
+        from_config=config.to_dict(),
+        to_config=config.to_dict(),
+        reason=reason,
+        cluster=cluster,
+    )
+
+
+def _cluster(acceptance: Acceptance) -> dict[str, Any]:
+    return {"signature": acceptance.signature, "note": acceptance.note, "expires_at": acceptance.expires_at.isoformat()}
+
+
+async def save_acceptance(
+    sessions: async_sessionmaker[AsyncSession], row: CutoverMigration, acceptance: Acceptance
+) -> CutoverEvent:
+    """Accept a cluster (or replace its note and expiry), with its event, in one transaction."""
+    async with sessions() as session, session.begin():
+        stmt = select(CutoverAcceptance).where(
+            CutoverAcceptance.scope == row.scope,
+            CutoverAcceptance.scope_id == row.scope_id,
+            CutoverAcceptance.signature == acceptance.signature,
+        )
+        found = (await session.execute(stmt.with_for_update())).scalar()
+        cluster = _cluster(acceptance)
+        if found is None:
+            session.add(
+                CutoverAcceptance(
+                    id=new_id(),
+                    migration_id=row.id,
+                    scope=row.scope,
+                    scope_id=row.scope_id,
+                    signature=acceptance.signature,
+                    note=acceptance.note,
+                    expires_at=acceptance.expires_at,
+                    accepted_by=acceptance.accepted_by,
+                    accepted_at=acceptance.accepted_at,
+                )
+            )
+        else:
+            cluster["replaces"] = _cluster(to_acceptance(found))
+            found.note, found.expires_at = acceptance.note, acceptance.expires_at
+            found.accepted_by, found.accepted_at = acceptance.accepted_by, acceptance.accepted_at
+        event = _triage_event(
+            row, TriageAction.ACCEPT, acceptance.accepted_by, acceptance.accepted_at, acceptance.note, cluster
+        )
+        session.add(event)
+        try:
+            await session.flush()
+        except IntegrityError:  # the same cluster accepted at the same moment by someone else
+            raise StaleChange("this cluster was accepted meanwhile") from None
+    return event
+
+
+async def delete_acceptance(
+    sessions: async_sessionmaker[AsyncSession],
+    row: CutoverMigration,
+    signature: str,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> CutoverEvent | None:
+    """Withdraw an acceptance (its mismatches count again), with its event; None if there was none."""
+    async with sessions() as session, session.begin():
+        stmt = select(CutoverAcceptance).where(
+            CutoverAcceptance.scope == row.scope,
+            CutoverAcceptance.scope_id == row.scope_id,
+            CutoverAcceptance.signature == signature,
+        )
+        found = (await session.execute(stmt.with_for_update())).scalar()
+        if found is None:
+            return None
+        event = _triage_event(row, TriageAction.UNACCEPT, actor, now, reason, _cluster(to_acceptance(found)))
+        await session.delete(found)
         session.add(event)
     return event
 

@@ -271,6 +271,29 @@ class CutoverEvent(Base):
     to_config: Mapped[dict[str, Any]] = mapped_column(JSON)
     reason: Mapped[str] = mapped_column(Text, default="")
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A triage event (`accept`/`unaccept`): the cluster's signature, the note and the expiry.
+    cluster: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class CutoverAcceptance(Base):
+    """A mismatch cluster (by signature) an admin accepted for one migration's scope, until `expires_at`.
+
+    Kept after it expires (the scorecard shows it as expired, and it counts against the gate again); accepting
+    again replaces the note and the expiry. Every change is also a `cutover_event`.
+    """
+
+    __tablename__ = "cutover_acceptance"
+    __table_args__ = (UniqueConstraint("scope", "scope_id", "signature", name="uq_cutover_acceptance_signature"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    migration_id: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(32))  # gateway.cutover.triage.signature_of
+    note: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column()
+    accepted_by: Mapped[str] = mapped_column(String(255))
+    accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ShadowSetting(Base):
@@ -339,6 +362,8 @@ class Comparison(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     differences: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     difference_count: Mapped[int] = mapped_column(Integer, default=0)
+    # A mismatch's (or noise's) cluster: gateway.cutover.triage.signature_of(outcome, differences).
+    signature: Mapped[str | None] = mapped_column(String(32), nullable=True)
     primary_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     shadow_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     primary_queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)

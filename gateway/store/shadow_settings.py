@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -218,3 +219,41 @@ class InFlight:
 
     def forget(self) -> None:
         self._counts.clear()
+
+
+class StalledEngines:
+    """Engines whose shadow legs the outbox could not send lately, as the store shows it (read at most every
+    `ttl` seconds): the API sends no shadow leg itself, so it learns of a shadow engine that is down from the
+    legs a reconciler (maybe in another process) left in the outbox with an error."""
+
+    def __init__(self, ttl: float = 1.0, window: float = 30.0) -> None:
+        self.ttl = ttl
+        self.window = window
+        self._stalled: tuple[float, frozenset[str]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def stalled(self, sessions: async_sessionmaker[AsyncSession], engine: str) -> bool:
+        hit = self._stalled
+        if hit is None or hit[0] <= time.monotonic():
+            async with self._lock:
+                hit = self._stalled
+                if hit is None or hit[0] <= time.monotonic():
+                    hit = self._stalled = (time.monotonic() + self.ttl, await self._read(sessions))
+        return engine in hit[1]
+
+    async def _read(self, sessions: async_sessionmaker[AsyncSession]) -> frozenset[str]:
+        since = utcnow() - timedelta(seconds=self.window)
+        stmt = (
+            select(Leg.engine)
+            .where(
+                Leg.finished.is_(False),
+                Leg.dispatch_state == "pending",
+                Leg.role == "shadow",
+                Leg.dispatch_attempts > 0,
+                Leg.last_error.is_not(None),
+                Leg.updated_at >= since,
+            )
+            .distinct()
+        )
+        async with sessions() as session:
+            return frozenset((await session.execute(stmt)).scalars())

@@ -21,6 +21,7 @@ from legacy_stack import ADMIN, DIRS, FINAL, SLOW_CALC, Stack, _git, _repo, flow
 
 from backends.examples import DATA as EXAMPLE_DATA
 from gateway.cutover.buckets import bucket, in_canary
+from tests.support.celery_worker import stop_worker
 
 pytestmark = [pytest.mark.slow]
 COMPLETED = 0
@@ -226,3 +227,147 @@ def test_a_real_mismatch_in_new_primary_demotes_on_evidence(both_engines: Stack)
         (event, *_rest) = admin.get("/api/admin/cutover/content/cc-writeback/history").json()
     assert (event["actor"], event["from_stage"], event["to_stage"]) == ("gate", "new_primary", "canary"), event
     assert (event["evaluation"]["verdict"], event["evaluation"]["decided_by"]) == ("Failed", "mismatch_rate"), event
+
+
+# ------------------------------------------------------------------------------------ the gate, on evidence
+PASSING = (EXAMPLE_DATA / "passing" / "week1" / "ex1" / "calc.py").read_text()
+# Fast thresholds for a handful of jobs. The p99 ratio is wide: Prefect's and Celery's run times differ by
+# their overheads, not by the student; the test is about the gate walking on evidence, not about speed.
+FAST_GATE = {"min_samples": 2, "max_mismatch_rate": 0.0, "max_infra_error_rate": 0.25, "max_p99_ratio": 100.0}
+
+
+def salt_where(content: str, wanted: dict[str, bool], percentage: float) -> str:
+    """A salt that puts each member in (True) or out of (False) a `percentage` canary, as wanted."""
+    for i in range(10_000):
+        salt = f"gate-{i}"
+        if all(in_canary(bucket(salt, content, m), percentage) == inside for m, inside in wanted.items()):
+            return salt
+    raise AssertionError(f"no salt places the members as wanted: {wanted}")
+
+
+def legs_of(client: httpx.Client, result_id: str) -> dict[str, str]:
+    """role → engine of a job's legs (one shadow at most here: the stacks run no A/A)."""
+    answer = client.get(f"/api/admin/results/{result_id}/routing")
+    assert answer.status_code == 200, answer.text
+    return {leg["role"]: leg["engine"] for leg in answer.json()["legs"]}
+
+
+def comparison(client: httpx.Client, result_id: str, timeout: float = 240) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        answer = client.get(f"/api/results/{result_id}/comparison")
+        return answer.json() if answer.status_code == 200 else None
+
+    return wait_until(found, f"the comparison of {result_id}", timeout)
+
+
+def evaluated(client: httpx.Client, content: str) -> dict[str, Any]:
+    """Evaluate on demand (the reconciler's periodic step may also have run: either way it is the gate's step)."""
+    answer = client.post(f"/api/admin/cutover/content/{content}/evaluate")
+    assert answer.status_code == 200, answer.text
+    migration = client.get(f"/api/admin/cutover/content/{content}")
+    assert migration.status_code == 200, migration.text
+    return migration.json()
+
+
+def test_the_auto_policy_walks_a_course_from_old_only_to_new_only_on_evidence(
+    both_engines: Stack, tmp_path: Path
+) -> None:
+    """Prefect → Celery for one content under `auto`: each stage gets two jobs whose reports match, and an
+    evaluation on demand promotes it one step; in canary at 50 % one member is answered by Celery, the other by
+    Prefect; in new_only Celery answers alone."""
+    stack = both_engines
+    members = ("m-alice", "m-carol")
+    salt = salt_where("cc-walk", {"m-alice": True, "m-carol": False}, 50)
+    commits = iter(repo_with_commits(tmp_path, "walk", PASSING, 9))
+    via_repo = {"provider_url": tmp_path.as_uri(), "project": "walk"}
+    # Who answers (primary) and who shadows, per stage and member.
+    expected = {
+        ("shadow", 0.0): {m: {"primary": "prefect", "shadow": "celery"} for m in members},
+        ("canary", 50.0): {"m-alice": {"primary": "celery", "shadow": "prefect"},
+                           "m-carol": {"primary": "prefect", "shadow": "celery"}},
+        ("canary", 100.0): {m: {"primary": "celery", "shadow": "prefect"} for m in members},
+        ("new_primary", 100.0): {m: {"primary": "celery", "shadow": "prefect"} for m in members},
+    }  # fmt: skip
+    with stack.client(ADMIN) as admin:
+        # (The reconciler's periodic evaluation may take the first step at any moment: start from the answer.)
+        migration = change(admin, "content", "cc-walk", "set", new_engine="celery", stage="old_only",
+                           policy="auto", min_stage_seconds=0, canary_steps=[50, 100], shadow_fraction=1.0, salt=salt,
+                           thresholds=FAST_GATE, reason="conformance: the walk")["after"]  # fmt: skip
+        walked = [(migration["stage"], migration["percentage"])]
+        ids = []
+        for _step in range(6):
+            if migration["stage"] == "new_only":
+                break
+            where = (migration["stage"], migration["percentage"])
+            if where in expected:
+                runs = {m: submit(admin, "walk", m, next(commits), **via_repo)["id"] for m in members}
+                assert {m: legs_of(admin, i) for m, i in runs.items()} == expected[where], where
+                outcomes = {m: comparison(admin, i)["outcome"] for m, i in runs.items()}
+                assert outcomes == {m: "match" for m in members}, (where, outcomes)
+                ids += runs.values()
+            migration = evaluated(admin, "cc-walk")
+            walked.append((migration["stage"], migration["percentage"]))
+        assert walked == [("old_only", 0.0), ("shadow", 0.0), ("canary", 50.0), ("canary", 100.0),
+                          ("new_primary", 100.0), ("new_only", 100.0)]  # fmt: skip
+
+        last = submit(admin, "walk", "m-alice", next(commits), **via_repo)["id"]
+        assert legs_of(admin, last) == {"primary": "celery"}  # new_only: nothing shadows
+        ids.append(last)
+        wait_until(lambda: all_final(admin, stack, ids), "every job of the walk to finish", 240)
+        rows = [admin.get(f"/api/results/{i}").json() for i in ids]
+        assert {(row["status"], row["result"]) for row in rows} == {(COMPLETED, 1.0)}, rows
+        history = admin.get("/api/admin/cutover/content/cc-walk/history").json()
+    steps = [(e["actor"], e["action"], e["from_stage"], e["to_stage"]) for e in reversed(history[:5])]
+    assert steps == [("gate", "promote", "old_only", "shadow"), ("gate", "promote", "shadow", "canary"),
+                     ("gate", "promote", "canary", "canary"), ("gate", "promote", "canary", "new_primary"),
+                     ("gate", "promote", "new_primary", "new_only")]  # fmt: skip
+    # Every promotion out of a stage with evidence carries the Successful evaluation that allowed it.
+    for event in history[:4]:
+        assert (event["evaluation"]["verdict"], event["evaluation"]["evidence"]["comparable"]) == ("Successful", 2)
+
+
+def test_a_stopped_new_engine_in_canary_fails_the_gate_on_infra_errors_and_demotes(
+    both_engines: Stack, tmp_path: Path
+) -> None:
+    """Prefect → Celery in canary; both members are outside the canary, so Prefect answers them and Celery
+    shadows. With Celery's worker stopped (by pid) its shadow legs end at their 15 s deadline as shadow
+    timeouts: the next evaluation is Failed on the new engine's infra-error rate and demotes to shadow."""
+    stack = both_engines
+    members = ("m-alice", "m-carol")
+    salt = salt_where("cc-demote", {m: False for m in members}, 5)
+    commits = iter(repo_with_commits(tmp_path, "demote", PASSING, 3))
+    via_repo = {"provider_url": tmp_path.as_uri(), "project": "demote"}
+    with stack.client(ADMIN) as admin:
+        # The stage decides the shadow engine and fraction; the content's shadow setting gives the deadline.
+        answer = admin.put("/api/admin/shadow/contents/cc-demote", json={"deadline_seconds": 15})
+        assert answer.status_code == 200, answer.text
+        change(admin, "content", "cc-demote", "set", new_engine="celery", stage="shadow", salt=salt,
+               shadow_fraction=1.0, thresholds=FAST_GATE, reason="conformance: a stopped engine")  # fmt: skip
+        change(admin, "content", "cc-demote", "set", stage="canary", percentage=5, reason="a small canary")
+        healthy = submit(admin, "demote", "m-alice", next(commits), **via_repo)["id"]
+        assert legs_of(admin, healthy) == {"primary": "prefect", "shadow": "celery"}
+        assert comparison(admin, healthy)["outcome"] == "match"
+        waiting = evaluated(admin, "cc-demote")
+        assert waiting["stage"] == "canary", waiting  # healthy so far: one sample, not enough to judge
+        assert waiting["last_evaluation"]["verdict"] == "Inconclusive", waiting
+
+        stop_worker(stack.worker)
+        try:
+            runs = [submit(admin, "demote", m, next(commits), **via_repo)["id"] for m in members]
+            found = [comparison(admin, i, timeout=120) for i in runs]
+            assert [c["outcome"] for c in found] == ["shadow_timeout"] * 2, found
+            demoted = evaluated(admin, "cc-demote")
+        finally:
+            stack.start_worker()
+        assert (demoted["stage"], demoted["percentage"]) == ("shadow", 0.0), demoted
+        # The students were answered by Prefect all along.
+        wait_until(lambda: all_final(admin, stack, runs), "the Prefect answers", 120)
+        rows = [admin.get(f"/api/results/{i}").json() for i in runs]
+        assert {(row["status"], row["result"]) for row in rows} == {(COMPLETED, 1.0)}, rows
+        (event, *_rest) = admin.get("/api/admin/cutover/content/cc-demote/history").json()
+    step = (event["actor"], event["action"], event["from_stage"], event["to_stage"])
+    assert step == ("gate", "demote", "canary", "shadow"), event
+    evaluation = event["evaluation"]
+    assert (evaluation["verdict"], evaluation["decided_by"]) == ("Failed", "infra_error_rate"), evaluation
+    assert (evaluation["evidence"]["new_legs"], evaluation["evidence"]["new_infra_errors"]) == (3, 2), evaluation
+    assert "new engine infra-error rate 66.7 % > 25 %" in event["reason"], event

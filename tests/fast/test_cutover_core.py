@@ -209,6 +209,15 @@ TIMES = {"old_p99_seconds": 10.0, "new_p99_seconds": 12.0}
     [
         (Evidence(), Verdict.INCONCLUSIVE, Criterion.SAMPLES, ["100 more comparisons"]),
         (Evidence(comparable=99, **TIMES), Verdict.INCONCLUSIVE, Criterion.SAMPLES, ["1 more comparison"]),
+        # a new engine that stopped: no comparable sample, but 100 of its legs and every one an infra error
+        (Evidence(comparable=0, new_legs=100, new_infra_errors=100), Verdict.FAILED, Criterion.INFRA_ERROR_RATE,
+         ["new engine infra-error rate 100 % > 2 %"]),
+        # too few comparable samples and too few of its legs to judge them: still waiting
+        (Evidence(comparable=10, new_legs=99, new_infra_errors=89), Verdict.INCONCLUSIVE, Criterion.SAMPLES,
+         ["90 more comparisons"]),
+        # enough legs, but their infra errors within the threshold: waiting for comparable samples
+        (Evidence(comparable=10, new_legs=200, new_infra_errors=4), Verdict.INCONCLUSIVE, Criterion.SAMPLES,
+         ["90 more comparisons"]),
         (Evidence(comparable=100, new_legs=100, **TIMES), Verdict.SUCCESSFUL, Criterion.ALL, []),
         (Evidence(comparable=100, mismatches=1, new_legs=100, **TIMES), Verdict.SUCCESSFUL, Criterion.ALL, []),
         (

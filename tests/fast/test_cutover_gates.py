@@ -7,10 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from gateway.cutover.machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
+from gateway.cutover.triage import signature_of
 from gateway.jobs import cutover as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs.scorecard import scorecard
@@ -38,7 +38,9 @@ async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list
                     execution_backend_id=row.execution_backend_id, course_content_id="cc-prefect",
                     primary_engine=config.old_engine, shadow_engine=config.new_engine, outcome=outcome,
                     side=extra.get("side"), primary_run_seconds=1.0, shadow_run_seconds=extra.get("new_run", 1.2),
-                    created_at=now + timedelta(milliseconds=1),
+                    differences=extra.get("differences"), created_at=now + timedelta(milliseconds=1),
+                    signature=signature_of(outcome, extra.get("differences"))
+                    if outcome in ("mismatch", "noise") else None,
                 )
             )  # fmt: skip
 
@@ -128,15 +130,18 @@ def test_mismatch_clusters_on_the_scorecard(memory_gateway: MemoryGateway) -> No
         await service.change_migration(state.sessions, Scope.CONTENT, "cc-prefect", Action.SET, "admin",
                                        new_engine="celery", stage=Stage.SHADOW)  # fmt: skip
         config = await config_of(state)
-        await comparisons(state, config, ["mismatch"] * 3)
-        diff = [{"path": '$.tests["t.py"].tests["test_add"].result', "primary": "PASSED", "shadow": "FAILED"}]
-        async with state.sessions() as session, session.begin():
-            for c in (await session.execute(select(Comparison))).scalars():
-                c.differences = diff
+        diff = [{"path": '$.tests["t.py"].tests["test_add"].result', "primary": "PASSED", "shadow": "FAILED",
+                 "test": "t.py::test_add"}]  # fmt: skip
+        await comparisons(state, config, ["mismatch"] * 3, differences=diff)
         (card,) = await scorecard(state.sessions)
         (cluster,) = card["clusters"]
-        assert cluster["count"] == 3 and cluster["signature"] == [diff[0]["path"]]
-        assert cluster["sample"]["differences"] == diff
+        assert (cluster["count"], cluster["signature"], cluster["status"]) == (
+            3,
+            signature_of("mismatch", diff),
+            "open",
+        )
+        assert (cluster["tests"], cluster["paths"]) == (["t.py::test_add"], [diff[0]["path"]])
+        assert cluster["sample"]["differences"] == diff and card["accepted_clusters"] == []
 
     memory_gateway.run(test)
 
@@ -153,15 +158,18 @@ def test_the_gate_aggregates_in_the_database_like_the_scorecard_over_rows(
                                        new_engine="celery", stage=Stage.SHADOW)  # fmt: skip
         config = await config_of(state)
         await comparisons(state, config, ["match"] * 5 + ["mismatch", "noise", "compare_error"], new_run=3.0)
+        await comparisons(state, config, ["mismatch"] * 2, differences=[{"path": "$.score"}], new_run=3.0)
         await comparisons(state, config, ["infra_error"] * 2, side="shadow", new_run=9.0)
         await comparisons(state, config, ["infra_error"], side="both")
         await comparisons(state, config, ["shadow_timeout"], new_run=None)
+        accepted = frozenset({signature_of("mismatch", [{"path": "$.score"}]), "0123456789abcdef"})
         async with state.sessions() as session:
-            in_sql = await gates.gate_evidence(session, config, config.stage_since)
+            in_sql = await gates.gate_evidence(session, config, config.stage_since, accepted)
             rows = await gates.comparison_rows(session, config, config.stage_since)
-        by_rows, _sides = gates.evidence_of(config, rows)
+        by_rows, _sides = gates.evidence_of(config, rows, accepted)
         assert in_sql == by_rows
-        assert (in_sql.comparable, in_sql.new_infra_errors, in_sql.old_infra_errors) == (7, 4, 1)
+        assert (in_sql.comparable, in_sql.new_infra_errors, in_sql.old_infra_errors) == (9, 4, 1)
+        assert (in_sql.mismatches, in_sql.noise_mismatches, in_sql.accepted_mismatches) == (4, 1, 2)
         assert in_sql.new_p99_seconds == 3.0  # the failed legs' 9 s runs are not run-time evidence
 
     memory_gateway.run(test)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from backends.interface import DeploymentNotFound, JobSpec
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
 from common.legacy import ResultStatus
 from gateway.compare.experiment import Experiment
@@ -21,6 +22,7 @@ from gateway.jobs import results
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.shadow_admin import set_shadow, show_shadow
 from gateway.jobs.submit import submit_test
+from gateway.legs.machine import record_retry
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
@@ -105,7 +107,7 @@ async def row_of(state: GatewayState, row_id: str) -> Result:
 
 async def submitted(state: GatewayState, commit: str, submit: bool = False) -> tuple[Result, dict[str, Leg]]:
     row, _new = await submit_test(state, ADMIN, body(commit, submit=submit))
-    await state.drain()
+    await state.reconciler.flush_now()  # what the woken reconciler does: send the shadow legs
     return row, await legs_of(state, row.id)
 
 
@@ -153,6 +155,161 @@ def test_the_shadow_leg_is_written_with_the_row_sent_after_the_primary_and_fence
         assert (comparison.outcome, comparison.primary_score, comparison.shadow_score) == ("mismatch", 1.0, 0.0)
         paths = {d["path"] for d in comparison.differences}
         assert '$.tests["test_calc.py"].tests["test_add"].result' in paths and "$.score" in paths
+
+    gw.run(test)
+
+
+def test_the_answer_sends_no_shadow_the_reconciler_does_once_the_primary_was_tried(gw: TwoEngines) -> None:
+    prefect = gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        await shadow_on(state)
+        row, _new = await submit_test(state, ADMIN, body("c1"))
+        legs = await legs_of(state, row.id)
+        shadow = legs["shadow:prefect"]
+        # The request sent the primary only; the shadow waits, due, in the outbox (the reconciler was woken).
+        assert legs["primary"].dispatch_state == DispatchState.SENT
+        assert (shadow.dispatch_state, shadow.dispatch_attempts) == (DispatchState.PENDING, 0)
+        assert shadow.id not in prefect.runs
+        assert (await state.reconciler.flush_now()).dispatched == 1
+        assert shadow.id in prefect.runs
+        assert (await legs_of(state, row.id))["shadow:prefect"].dispatch_state == DispatchState.SENT
+
+        # A shadow whose primary's request has not tried its send yet is held back (dispatched after the
+        # primary); once that attempt is recorded (here: deferred, its engine down) the shadow goes.
+        row2, _new = await submit_test(state, ADMIN, body("c2"))
+        legs2 = await legs_of(state, row2.id)
+        primary2, shadow2 = legs2["primary"], legs2["shadow:prefect"]
+        async with state.sessions() as session, session.begin():  # as if its request were still sending it
+            await session.execute(
+                update(Leg)
+                .where(Leg.id == primary2.id)
+                .values(dispatch_state="pending", dispatch_attempts=0, next_attempt_at=utcnow() + timedelta(minutes=1))
+            )
+        assert (await state.reconciler.flush_now()).dispatched == 0 and shadow2.id not in prefect.runs
+        async with state.sessions() as session, session.begin():
+            await record_retry(session, primary2.id, "celery down", utcnow())
+        assert (await state.reconciler.flush_now()).dispatched == 1 and shadow2.id in prefect.runs
+
+    gw.run(test)
+
+
+def test_a_shadow_engine_another_process_failed_to_reach_is_skipped_as_unreachable(gw: TwoEngines) -> None:
+    """The API sends no shadow itself: it learns that the shadow engine is down from the outbox the reconciler
+    (here a second gateway state with its own dispatcher, as `gateway reconcile` would be) left behind."""
+    prefect = gw.engines["prefect"]
+
+    async def test(api: GatewayState) -> None:
+        api.shadow.stalled.ttl = 0  # read the outbox on every decision (the cache's expiry is not under test)
+        reconciler = start_gateway(gw.settings, gw.dispatcher())
+        try:
+            await shadow_on(api)
+            prefect.down = True
+            _row, legs = await submitted_elsewhere(api, reconciler, "c1")
+            assert legs["shadow:prefect"].dispatch_state == DispatchState.PENDING
+            assert api.dispatcher.reachable("prefect")  # this process never talked to Prefect
+            _row2, legs2 = await submitted_elsewhere(api, reconciler, "c2")
+            assert set(legs2) == {"primary"}
+            assert legs2["primary"].routing["shadow"]["skipped"] == "engine_unreachable"
+            prefect.down = False  # back: once its retry is due the outbox empties, and shadows are taken again
+            async with api.sessions() as session, session.begin():
+                await session.execute(update(Leg).where(Leg.role == "shadow").values(next_attempt_at=utcnow()))
+            assert (await reconciler.reconciler.flush_now()).dispatched == 1
+            _row3, legs3 = await submitted_elsewhere(api, reconciler, "c3")
+            assert legs3["shadow:prefect"].dispatch_state == DispatchState.SENT
+        finally:
+            await reconciler.close()
+
+    gw.run(test)
+
+
+def test_embedded_the_in_process_reconciler_is_woken_by_the_answer(gw: TwoEngines) -> None:
+    """SQLite (the embedded default, `gateway up`): no NOTIFY; the submit path wakes the reconciler in its own
+    process, whose woken flush (no tick running here) sends the shadow leg."""
+    prefect = gw.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        assert not state.is_postgres
+        await shadow_on(state)
+        stop = asyncio.Event()
+        woken = asyncio.create_task(state.reconciler.flush_woken(stop))
+        try:
+            row, _new = await submit_test(state, ADMIN, body("c1"))
+            assert await state.reconciler.wait_woken_flushes(1, 30) >= 1
+            shadow = (await legs_of(state, row.id))["shadow:prefect"]
+            assert shadow.dispatch_state == DispatchState.SENT and shadow.id in prefect.runs
+        finally:
+            stop.set()
+            await woken
+
+    gw.run(test)
+
+
+class MissingDeployment(MemoryAdapter):
+    """A Prefect whose shadow deployment does not exist (the setting names one that was never deployed)."""
+
+    def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        if job.properties.get("deployment") == "no-such-flow/system":
+            raise DeploymentNotFound("no-such-flow/system")
+        return super().submit(job, leg_id, priority)
+
+
+def test_a_shadow_whose_deployment_is_missing_ends_at_its_first_send(gw: TwoEngines) -> None:
+    celery, prefect = gw.engines["celery"], gw.engines["prefect"]
+    adapters = {"celery": MemoryAdapter("celery", celery), "prefect": MissingDeployment("prefect", prefect)}
+
+    async def test(_state: GatewayState) -> None:
+        state = start_gateway(gw.settings, Dispatcher(gw.settings, adapter_factory=lambda name, _s: adapters[name]))
+        try:
+            await shadow_on(state, properties={"deployment": "no-such-flow/system"})
+            row, legs = await submitted(state, "c1")
+            shadow = legs["shadow:prefect"]
+            assert (shadow.finished, shadow.dispatch_state) == (True, DispatchState.FAILED)
+            assert "no-such-flow" in (shadow.last_error or "")
+            assert legs["primary"].dispatch_state == DispatchState.SENT  # the job goes on
+        finally:
+            await state.close()
+
+    gw.run(test)
+
+
+async def submitted_elsewhere(
+    api: GatewayState, reconciler: GatewayState, commit: str
+) -> tuple[Result, dict[str, Leg]]:
+    row, _new = await submit_test(api, ADMIN, body(commit))
+    await reconciler.reconciler.flush_now()
+    return row, await legs_of(api, row.id)
+
+
+def test_on_postgres_a_reconciler_in_another_process_is_woken_by_the_primarys_send(
+    memory_gateway_pg: MemoryGateway,
+) -> None:
+    """The trigger of migration 0008: the primary's first send raises a NOTIFY; a reconciler with no tick running
+    (only its outbox listener) sends the shadow leg."""
+    gw = TwoEngines(memory_gateway_pg)
+    prefect = gw.engines["prefect"]
+
+    async def test(api: GatewayState) -> None:
+        elsewhere = start_gateway(gw.settings, gw.dispatcher())
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(elsewhere.reconciler.listen_outbox(stop)),
+            asyncio.create_task(elsewhere.reconciler.flush_woken(stop)),
+        ]
+        try:
+            await shadow_on(api)
+            await asyncio.wait_for(elsewhere.reconciler.outbox_listening.wait(), 30)
+            assert await elsewhere.reconciler.wait_woken_flushes(1, 30) == 1  # the flush on (re)connecting
+            row, _new = await submit_test(api, ADMIN, body("c1"))
+            assert await elsewhere.reconciler.wait_woken_flushes(2, 30) >= 2
+            legs = await legs_of(api, row.id)
+            assert legs["shadow:prefect"].dispatch_state == DispatchState.SENT
+            assert legs["shadow:prefect"].id in prefect.runs
+            assert api.reconciler.woken_flushes == 0  # the API process sent nothing but the primaries
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await elsewhere.close()
 
     gw.run(test)
 

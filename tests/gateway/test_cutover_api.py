@@ -1,5 +1,5 @@
 """The cutover's admin API and CLI against a real uvicorn process (SQLite store): changes, dry runs, history,
-the routing record of a job, and the student's 403."""
+the routing record of a job, accepting a mismatch cluster, and the student's 403."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
+from gateway.cutover.triage import signature_of
 from gateway.store.catalog import load_catalog
 from tests.fast.conftest import catalog
 from tests.gateway.conftest import PASSWORD
@@ -107,3 +110,99 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
     with api.client(ALICE) as alice:
         assert alice.get("/scorecard").status_code == 403
         assert alice.get("/api/cutover/scorecard").status_code == 403
+
+
+def _mismatches(api: GatewayServer, result_id: str, differences: list[dict[str, Any]], count: int) -> str:
+    """Mismatch comparisons of cc-prefect (Prefect primary, Celery shadow) as the compare step writes them."""
+    from gateway.store.db import make_sync_engine
+    from gateway.store.models import Comparison, new_id, utcnow
+
+    signature = signature_of("mismatch", differences)
+    engine = make_sync_engine(settings_from_env(api.env))
+    try:
+        with Session(engine) as session, session.begin():
+            for _ in range(count):
+                session.add(
+                    Comparison(
+                        id=new_id(), result_id=result_id, primary_leg_id=new_id(), shadow_leg_id=new_id(),
+                        kind="shadow", course_content_id="cc-prefect", primary_engine="prefect",
+                        shadow_engine="celery", outcome="mismatch", differences=differences,
+                        difference_count=len(differences), signature=signature, primary_run_seconds=1.0,
+                        shadow_run_seconds=1.0, created_at=utcnow(),
+                    )
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+    return signature
+
+
+def test_accepting_a_cluster_through_the_api_and_the_cli(api: GatewayServer) -> None:
+    diff = [{"path": '$.tests["t.py"].tests["test_add"].result', "primary": "PASSED", "shadow": "FAILED",
+             "test": "t.py::test_add"}]  # fmt: skip
+    base = "/api/admin/cutover/content/week2.ex1"
+    with api.client(ADMIN) as admin:
+        setup = admin.post(f"{base}/set", json={"new_engine": "celery", "stage": "shadow", "reason": "triage"})
+        assert setup.status_code == 200, setup.text
+        run = admin.post("/api/tests", json={"directory": "week2/ex1", "course_member_id": "m-alice",
+                                             "version_identifier": "triage1"})  # fmt: skip
+        assert run.status_code == 200, run.text
+        signature = _mismatches(api, run.json()["id"], diff, 3)
+
+        def card() -> dict[str, Any]:
+            return next(c for c in admin.get("/api/cutover/scorecard").json() if c["label"] == "week2.ex1")
+
+        assert [(c["signature"], c["status"], c["count"]) for c in card()["clusters"]] == [(signature, "open", 3)]
+        url = f"{base}/clusters/{signature}/acceptance"
+        for bad, status in [({}, 422), ({"note": "x", "expires_in": "P1D", "bogus": 1}, 422),
+                            ({"note": "x", "expires_at": "2026-01-01T00:00:00"}, 422),  # no zone
+                            ({"note": "x"}, 422)]:  # fmt: skip
+            assert admin.put(url, json=bad).status_code == status, bad
+        unknown = admin.put(f"{base}/clusters/0123456789abcdef/acceptance", json={"note": "x", "expires_in": "P1D"})
+        assert unknown.status_code == 404
+        done = admin.put(url, json={"note": "Celery reports ms", "expires_in": "P14D"})
+        assert done.status_code == 200, done.text
+        assert (done.json()["event"]["action"], done.json()["event"]["actor"]) == ("accept", "admin")
+
+        after = card()
+        assert after["clusters"] == [] and after["accepted_mismatches"] == 3
+        (accepted,) = after["accepted_clusters"]
+        assert (accepted["signature"], accepted["acceptance"]["note"]) == (signature, "Celery reports ms")
+        (listed,) = admin.get(f"{base}/acceptances").json()
+        assert (listed["signature"], listed["active"]) == (signature, True)
+        page = admin.get("/scorecard").text
+        assert f'data-signature="{signature}"' in page and "Celery reports ms" in page
+
+        gateway = [str(Path(sys.executable).with_name("gateway"))]
+        cli = subprocess.run([*gateway, "cutover", "unaccept", signature, "--content", "week2.ex1",
+                              "--reason", "fixed", "--json"], env=api.env, capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert [c["status"] for c in card()["clusters"]] == ["open"]
+        cli = subprocess.run([*gateway, "cutover", "accept", signature, "--content", "week2.ex1", "--note",
+                              "again", "--expires", "P1D"], env=api.env, capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+        assert cli.returncode == 0 and signature in cli.stdout, cli.stderr
+        wide = {**api.env, "COLUMNS": "400"}  # Rich fits its tables to the terminal: give it room for the row
+        status = subprocess.run([*gateway, "cutover", "status"], env=wide, capture_output=True, text=True,
+                                timeout=60, check=True)  # fmt: skip
+        assert signature in status.stdout and "accepted" in status.stdout
+        log = subprocess.run([*gateway, "cutover", "history", "--content", "week2.ex1"], env=wide,
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        assert f"cluster {signature} until" in log.stdout and "again" in log.stdout
+        refused = subprocess.run([*gateway, "cutover", "accept", signature, "--content", "week2.ex1", "--note",
+                                  "x", "--expires", "soon"], env=api.env, capture_output=True, text=True,
+                                 timeout=60, check=False)  # fmt: skip
+        assert refused.returncode != 0 and "--expires" in refused.stderr
+
+        assert admin.delete(url, params={"reason": "done"}).status_code == 200
+        assert admin.delete(url).status_code == 404
+        history = admin.get(f"{base}/history").json()
+        triage = [(e["action"], e["actor"], e["reason"]) for e in history if e["cluster"]]
+        assert [(a, actor.split(":")[0], r) for a, actor, r in triage] == [
+            ("unaccept", "admin", "done"), ("accept", "cli", "again"), ("unaccept", "cli", "fixed"),
+            ("accept", "admin", "Celery reports ms"),
+        ]  # fmt: skip
+    with api.client(ALICE) as alice:
+        assert alice.put(url, json={"note": "x", "expires_in": "P1D"}).status_code == 403
+        assert alice.delete(url).status_code == 403
+        assert alice.get(f"{base}/acceptances").status_code == 403

@@ -66,3 +66,36 @@ def test_postgres_refuses_until_upgraded(isolated_env: Path, postgres_db, monkey
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def test_0007_gives_the_comparisons_recorded_before_it_their_cluster_signature(isolated_env: Path) -> None:
+    """Mismatches (and noise) recorded at 0006 get the signature the compare step gives new ones; a match none."""
+    import json
+    import sqlite3
+
+    from gateway.cutover.triage import signature_of
+
+    settings = Settings()
+    upgrade(settings, revision="0006_cutover")
+    diff = [{"path": '$.tests["t.py"].tests["test_add"].result', "primary": "PASSED", "shadow": "FAILED",
+             "test": "t.py::test_add"}]  # fmt: skip
+    rows = {"c-mismatch": ("mismatch", diff), "c-noise": ("noise", diff), "c-match": ("match", None)}
+    db = sqlite3.connect(isolated_env / "gateway.sqlite")  # no foreign keys: no result row needed for this
+    try:
+        with db:
+            for comparison_id, (outcome, differences) in rows.items():
+                db.execute(
+                    "insert into comparison (id, result_id, primary_leg_id, shadow_leg_id, kind, primary_engine,"
+                    " shadow_engine, outcome, differences, difference_count, created_at)"
+                    " values (?, 'r', 'p', ?, 'shadow', 'prefect', 'celery', ?, ?, 1, '2026-12-01 00:00:00')",
+                    (comparison_id, comparison_id, outcome, json.dumps(differences) if differences else None),
+                )
+        upgrade(settings)
+        found = dict(db.execute("select id, signature from comparison").fetchall())
+    finally:
+        db.close()
+    assert found == {
+        "c-mismatch": signature_of("mismatch", diff),
+        "c-noise": signature_of("noise", diff),
+        "c-match": None,
+    }

@@ -95,6 +95,24 @@ def test_identical_submits_racing_make_one_run(store_env: dict[str, str]) -> Non
     _with_state(store_env, 60, test)
 
 
+def test_concurrent_submits_each_answer_after_its_leg_is_recorded_sent(store_env: dict[str, str]) -> None:
+    """The "sent" marks of concurrent submits are written together (group commit): still each one is committed
+    before its submit returns, on the leg it names, with that leg's own run id, send time and deadline."""
+
+    async def test(state: GatewayState) -> None:
+        answers = await asyncio.gather(*(submit_test(state, ADMIN, _body(f"many-{n}")) for n in range(24)))
+        assert all(new for _row, new in answers)
+        async with state.sessions() as session:
+            legs = {leg.result_id: leg for leg in (await session.execute(select(Leg))).scalars()}
+        for row, _new in answers:
+            leg = legs[row.id]
+            assert (leg.id, leg.dispatch_state, leg.dispatch_attempts) == (row.test_system_id, "sent", 1)
+            assert leg.engine_run_id == leg.id and leg.next_attempt_at is None
+            assert leg.dispatched_at is not None and leg.deadline is not None and leg.deadline > leg.dispatched_at
+
+    _with_state(store_env, 60, test)
+
+
 def test_an_in_process_catalog_write_takes_effect_at_once(store_env: dict[str, str]) -> None:
     async def test(state: GatewayState) -> None:
         row, new = await submit_test(state, ADMIN, _body("cache-1", submit=True))

@@ -1,5 +1,6 @@
 """Admin API of the cutover: list migrations, change one (set/promote/demote/rollback/configure, with dry run),
-read its history, and see how a job was routed. Thin: the service is `gateway.jobs.cutover`.
+read its history, accept or withdraw a mismatch cluster, and see how a job was routed. Thin: the services are
+`gateway.jobs.cutover` and `gateway.jobs.cutover_triage`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from gateway.cutover.machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover as service
 from gateway.jobs import cutover_gates as gates
+from gateway.jobs import cutover_triage as triage
 from gateway.jobs.errors import NotFound
 from gateway.jobs.scorecard import scorecard
-from gateway.schemas import CutoverChangeIn
+from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn
 from gateway.store import cutover as store
 from gateway.store.models import Leg, Result
 
@@ -78,6 +80,33 @@ async def scope_history(
     ref, _config = await service.current(state.sessions, scope, key)
     events = await store.history(state.sessions, scope, ref.scope_id, limit=max(1, min(limit, 1000)))
     return [service.event_dict(e) for e in events]
+
+
+@router.get("/admin/cutover/{scope}/{key}/acceptances")
+async def scope_acceptances(scope: Scope, key: str, state: State, principal: Login) -> list[dict[str, Any]]:
+    """Every accepted mismatch cluster of this migration, expired ones too (`active` says which count)."""
+    require(principal, "admin")
+    return await triage.list_acceptances(state.sessions, scope, key)
+
+
+@router.put("/admin/cutover/{scope}/{key}/clusters/{signature}/acceptance")
+async def accept_cluster(
+    scope: Scope, key: str, signature: str, body: CutoverAcceptanceIn, state: State, principal: Login
+) -> dict[str, Any]:
+    """Accept a cluster as an intended difference until its expiry: it stops counting against the gate."""
+    require(principal, "admin")
+    return await triage.accept_cluster(
+        state.sessions, scope, key, signature, principal.username, body.note, body.expires_at, body.expires_in
+    )
+
+
+@router.delete("/admin/cutover/{scope}/{key}/clusters/{signature}/acceptance")
+async def unaccept_cluster(
+    scope: Scope, key: str, signature: str, state: State, principal: Login, reason: str = ""
+) -> dict[str, Any]:
+    """Withdraw an acceptance: the cluster counts against the gate again."""
+    require(principal, "admin")
+    return await triage.unaccept_cluster(state.sessions, scope, key, signature, principal.username, reason)
 
 
 @router.post("/admin/cutover/{scope}/{key}/{action}")
