@@ -6,7 +6,7 @@ deadline-day steady state. After one warm-up tick (it records RUNNING on the sta
 one `Reconciler.tick()` and, interleaved with it, its reference: one `CeleryAdapter.poll` of all the ids (the
 engine read alone, no gateway work). Prints the medians, the ratio, and the CPU the tick used in this process.
 
-    .venv/bin/python bench/bench_reconciler.py [--legs 10000] [--rounds 5] [--batch 1000]
+    .venv/bin/python bench/bench_reconciler.py [--legs 10000] [--rounds 5] [--batch N]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, insert  # noqa: E402
 from backends.celery.adapter import CeleryAdapter  # noqa: E402
 from bench.bench_submit import environment, seed  # noqa: E402
 from common.legacy import ResultStatus  # noqa: E402
-from gateway.jobs.bootstrap import start_gateway  # noqa: E402
+from gateway.jobs.bootstrap import freeze_startup_heap, start_gateway  # noqa: E402
 from gateway.legs.machine import new_leg  # noqa: E402
 from gateway.legs.states import DispatchState, LegRole  # noqa: E402
 from gateway.store.models import Leg, Result, utcnow  # noqa: E402
@@ -67,11 +67,14 @@ def fill(database_url: str, rows: list[dict[str, Any]], legs: list[dict[str, Any
     engine.dispose()
 
 
-async def bench(settings: Any, ids: list[str], rounds: int, batch: int) -> None:
+async def bench(settings: Any, ids: list[str], rounds: int, batch: int | None) -> None:
     state = start_gateway(settings)
+    freeze_startup_heap()  # as the API's lifespan and `gateway reconcile` do
     adapter = state.dispatcher.adapter("celery")
     assert isinstance(adapter, CeleryAdapter)
-    state.reconciler.batch_size = batch
+    if batch is not None:
+        state.reconciler.batch_size = batch
+    batch = state.reconciler.batch_size
     try:
         warm = await state.reconciler.tick()
         print(f"warm-up tick: polled {warm.polled} legs in {warm.batches} batches, finished {warm.finished}")
@@ -100,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--legs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=None, help="page size (default: the reconciler's own)")
     args = parser.parse_args()
     with environment() as (env, data):
         seed(env, data)

@@ -174,7 +174,7 @@ class CeleryAdapter:
         reader = self._taskmeta()
         if reader is None:
             return {leg_id: self._poll_via_backend(leg_id) for leg_id in leg_ids}
-        rows = reader.fetch(leg_ids)
+        rows = reader.states(leg_ids)
         states: dict[str, LegState] = {}
         for leg_id in leg_ids:
             row = rows.get(leg_id)

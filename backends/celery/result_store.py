@@ -12,6 +12,9 @@ On PostgreSQL a final state also announces itself: the upsert returns the task i
 `pg_notify(COMPLETIONS_CHANNEL, task_id)`, so the notice is sent exactly when the row commits (NOTIFY is
 transactional), never for a repeated store that changed nothing, and costs no extra round trip. The gateway
 listens (`CeleryAdapter.completions`) and reads the leg at once instead of at its next poll.
+
+PROGRESS is stored beside the work by a writer thread per process (`progress_writer`), coalesced per task, and
+settled before the task's final state is stored.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from kombu.utils.encoding import ensure_bytes
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from backends.celery.base_task import PROGRESS_STATE
 from backends.celery.names import COMPLETIONS_CHANNEL
+from backends.celery.progress_writer import ProgressWriter
 from common.redact import scrub, strip_credentials_in_text
 
 _UPSERT_DIALECTS = ("postgresql", "sqlite")
 _SKIPPED_COLUMNS = {"id", "task_id", "stamps"}
+# STARTED outcomes kept for tasks that never ask (e.g. the no-op): the oldest are dropped beyond this.
+_STARTED_KEPT = 1000
 
 
 def pooled_engine_options(url: str) -> dict[str, Any]:
@@ -62,6 +69,10 @@ class PooledDatabaseBackend(DatabaseBackend):
         self._engine: Engine | None = None
         self._fast_engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._progress: ProgressWriter | None = None
+        # Per task id: did its STARTED store meet a stored SUCCESS? Read once by the task (`started_over_success`).
+        self._started: dict[str, bool] = {}
+        self._progress_pid: int | None = None
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ engine
@@ -101,12 +112,31 @@ class PooledDatabaseBackend(DatabaseBackend):
         assert self._sessions is not None
         return self._sessions()
 
+    # ------------------------------------------------------------------------------------------------ progress
+    def _progress_writer(self) -> ProgressWriter:
+        """This process's writer (a forked pool process starts its own: threads do not survive a fork)."""
+        pid = os.getpid()
+        with self._lock:
+            if self._progress is None or self._progress_pid != pid:
+                self._progress = ProgressWriter(self._store_progress_now)
+                self._progress_pid = pid
+            return self._progress
+
+    def _store_progress_now(self, task_id: str, meta: dict[str, Any], request: Any) -> None:
+        self.store_result(task_id, meta, PROGRESS_STATE, request=request)
+
+    def store_progress(self, task_id: str, meta: dict[str, Any], request: Any = None) -> None:
+        """PROGRESS for `task_id`, stored beside the work (`progress_writer`); returns at once."""
+        self._progress_writer().submit(task_id, meta, request)
+
     # ------------------------------------------------------------------------------------------------- secrets
     def store_result(
         self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
     ) -> Any:
         """Whoever sent the job (an old producer may put a token in the kwargs), nothing secret is stored: the
         result is scrubbed here, args/kwargs in `_get_result_meta`, the traceback's URLs lose their credentials."""
+        if state in states.READY_STATES and self._progress is not None and self._progress_pid == os.getpid():
+            self._progress.settle(task_id)  # no PROGRESS of this task may land after (and over) its end
         if isinstance(result, dict | list | str):
             result = scrub(result)
         if traceback:
@@ -176,6 +206,21 @@ class PooledDatabaseBackend(DatabaseBackend):
         if final and engine.dialect.name == "postgresql":
             stored = stmt.returning(table.c.task_id).cte("stored")
             stmt = select(func.pg_notify(COMPLETIONS_CHANNEL, stored.c.task_id))  # type: ignore[assignment]
+        if state == states.STARTED:
+            # The upsert skips a stored SUCCESS: no row back means this id already succeeded (`started_over_success`).
+            with target.begin() as conn:
+                written = conn.execute(stmt.returning(table.c.task_id)).first() is not None
+            with self._lock:
+                self._started[task_id] = not written
+                while len(self._started) > _STARTED_KEPT:
+                    self._started.pop(next(iter(self._started)))
+            return result
         with target.begin() as conn:
             conn.execute(stmt)
         return result
+
+    def started_over_success(self, task_id: str) -> bool | None:
+        """Whether this process's STARTED store of `task_id` found a SUCCESS already there (and so changed nothing);
+        None when it did not store STARTED for it. Lets a task skip its own "did this id already succeed?" read."""
+        with self._lock:
+            return self._started.pop(task_id, None)

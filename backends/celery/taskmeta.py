@@ -13,13 +13,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, String, any_, bindparam, case, create_engine, null, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 
 from backends.celery.result_store import pooled_engine_options
 
 # Large IN lists are split so one statement stays well under every driver's parameter limit.
 CHUNK = 5000
+
+
+# States whose stored result a poll does not need (a queued or running task's metadata, a SUCCESS report: the
+# report is read by `results` for the legs that finished). The server leaves those results out of a state read.
+_RESULT_NOT_NEEDED = ("PENDING", "RECEIVED", "RETRY", "STARTED", "SUCCESS")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """What a poll reads of one task: the state, and the result only where the state needs it (progress, error)."""
+
+    task_id: str
+    status: str
+    result: Any
+    date_done: datetime | None
+    worker: str | None
+    queue: str | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,34 @@ class TaskMetaReader:
                         queue=row.queue,
                     )
         return rows
+
+    def states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
+        """The lean read behind every poll: only the columns a state needs, results only where they matter.
+
+        On PostgreSQL the ids travel as one array parameter (`task_id = ANY(:ids)`), so a statement over 10,000
+        ids is compiled once and cached instead of expanding 10,000 bound parameters on every call.
+        """
+        from backends.celery.states import decode_result
+
+        engine = self.engine()
+        table = self._table
+        unique = list(dict.fromkeys(task_ids))
+        result = case((table.c.status.in_(_RESULT_NOT_NEEDED), null()), else_=table.c.result)
+        columns = (table.c.task_id, table.c.status, result, table.c.date_done, table.c.worker, table.c.queue)
+        postgres = engine.dialect.name == "postgresql"
+        chunks = [unique] if postgres else [unique[i : i + CHUNK] for i in range(0, len(unique), CHUNK)]
+        found: dict[str, TaskState] = {}
+        with engine.connect() as conn:
+            for chunk in chunks:
+                if postgres:
+                    ids = bindparam("ids", type_=ARRAY(String))
+                    rows = conn.execute(select(*columns).where(table.c.task_id == any_(ids)), {"ids": chunk})
+                else:
+                    rows = conn.execute(select(*columns).where(table.c.task_id.in_(chunk)))
+                for task_id, status, raw, date_done, worker, queue in rows:
+                    value = None if raw is None else decode_result(raw)
+                    found[task_id] = TaskState(task_id, status, value, date_done, worker, queue)
+        return found
 
     def reachable(self) -> bool:
         try:

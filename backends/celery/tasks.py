@@ -59,6 +59,9 @@ def _already_succeeded(task: BaseTask) -> dict[str, Any] | None:
     Celery's own `worker_deduplicate_successful_tasks` covers only messages the broker *redelivered*; the gateway
     may also send an id again (its outbox, after its record of the first send was lost with the database).
     """
+    known = getattr(task.backend, "started_over_success", None)
+    if known is not None and known(task.request.id) is False:
+        return None  # its STARTED store just now found no SUCCESS: no second read needed
     try:
         meta = task.backend.get_task_meta(task.request.id)
     except Exception:  # noqa: BLE001 - cannot tell: run it (the stored SUCCESS is never overwritten anyway)

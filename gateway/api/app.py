@@ -26,7 +26,7 @@ from gateway.api.options import OptionsAllow
 from gateway.api.routes import api_router
 from gateway.api.routes.tests import add_submit_routes_first
 from gateway.engines.dispatcher import Dispatcher
-from gateway.jobs.bootstrap import start_gateway
+from gateway.jobs.bootstrap import freeze_startup_heap, start_gateway
 from gateway.jobs.errors import JobError
 from gateway.runtime import GatewayState
 from gateway.store.db import database_unavailable
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ensure_schema, settings)
         state = start_gateway(settings, dispatcher)
+        freeze_startup_heap()
         app.state.gw = state
         # The heap built so far (modules, ORM mappings, the engines' clients) lives as long as the process: out of
         # the collector's generations, so the full collections that allocation under load triggers stop walking it

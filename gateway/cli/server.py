@@ -60,7 +60,7 @@ def reconcile(
     ),
 ) -> None:
     """Run the reconciler on its own (several may run at once on PostgreSQL); it also enforces retention."""
-    from gateway.jobs.bootstrap import start_gateway
+    from gateway.jobs.bootstrap import freeze_startup_heap, start_gateway
     from gateway.store.migrate import SchemaOutOfDate, ensure_schema
 
     settings = get_settings()
@@ -80,6 +80,7 @@ def reconcile(
 
     async def main() -> None:
         state = start_gateway(settings)
+        freeze_startup_heap()
         try:
             if once:
                 report = await state.reconciler.tick()

@@ -54,7 +54,7 @@ from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
-from gateway.store import retention
+from gateway.store import open_legs, retention
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.shadow_settings import SkipCounter
 
@@ -70,6 +70,8 @@ PRUNE_PAUSE = timedelta(minutes=1)
 # to the next tick.
 PUSH_RETRIES = 6
 PUSH_FIRST_DELAY = 0.02
+# The outbox is flushed at most this many legs per claim: they stay locked while they are sent.
+OUTBOX_BATCH = 1000
 # PostgreSQL NOTIFY channel: a shadowed job's primary leg was just tried for the first time (its shadow legs are
 # now due). Raised by the trigger of migration 0008 (`leg_shadow_due`).
 OUTBOX_CHANNEL = "gateway_outbox"
@@ -97,22 +99,6 @@ def _primary_not_tried_yet() -> Any:
         primary.dispatch_attempts == 0,
         primary.finished.is_(False),
     )
-
-
-# What `machine.needs_update` compares: the columns of a leg an observation may change, read without a lock.
-_OBSERVED = (
-    Leg.id,
-    Leg.engine,
-    Leg.phase,
-    Leg.native_state,
-    Leg.progress,
-    Leg.started_at,
-    Leg.worker,
-    Leg.queue,
-    Leg.engine_run_id,
-    Leg.last_error,
-    Leg.deadline,
-)
 
 
 @dataclass
@@ -151,7 +137,7 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         dispatcher: Dispatcher,
         settings: Settings,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         skips: SkipCounter | None = None,
     ) -> None:
         self.sessions = sessions
@@ -179,6 +165,11 @@ class Reconciler:
         self._flushed = asyncio.Condition()
         # Set while the PostgreSQL outbox listener listens.
         self.outbox_listening = asyncio.Event()
+
+    @property
+    def flush_size(self) -> int:
+        """Legs per outbox claim: the page size, at most `OUTBOX_BATCH` (a claimed leg stays locked while sent)."""
+        return min(self.batch_size, OUTBOX_BATCH)
 
     # -------------------------------------------------------------------------------------------- plumbing
     @contextlib.asynccontextmanager
@@ -276,7 +267,7 @@ class Reconciler:
                 or_(Leg.role != LegRole.SHADOW.value, Leg.deadline < now, ~_primary_not_tried_yet()),
             )
             .order_by(Leg.next_attempt_at)
-            .limit(self.batch_size)
+            .limit(self.flush_size)
         )
         async with self._claim(stmt) as (legs, rows):
             metrics.record_batch("flush", len(legs))
@@ -322,35 +313,50 @@ class Reconciler:
             report.finished += 1
 
     async def poll_open(self, report: TickReport) -> None:
-        """Every open leg once: batches in id order (keyset), read without locks; only those whose observation
-        changes something (a new phase, progress, the end, a passed deadline) are then locked and written."""
+        """Every open leg once: pages in id order (keyset), read without locks; only those whose observation
+        changes something (a new phase, progress, the end, a passed deadline) are then locked and written.
+
+        A two-stage pipeline: while one page is being observed (its engine reads, in threads, and the writes of
+        what changed), the next page is read from the store, so the store's and the engines' reads overlap.
+        """
         after = ""
-        while True:
-            stmt = (
-                select(*_OBSERVED)
-                .where(Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT, Leg.id > after)
-                .order_by(Leg.id)
-                .limit(self.batch_size)
-            )
-            async with self.sessions() as session:
-                seen = (await session.execute(stmt)).all()
-            metrics.record_batch("poll", len(seen))
-            if not seen:
-                return
-            report.batches += 1
-            after = seen[-1].id
-            by_engine: dict[str, list[Any]] = defaultdict(list)
-            for leg in seen:
-                by_engine[leg.engine].append(leg)
-            for engine, group in by_engine.items():
-                report.polled += len(group)
-                states = await self._poll(engine, [leg.id for leg in group])
-                now = utcnow()
-                due = [leg.id for leg in group if machine.needs_update(leg, states.get(leg.id), now)]
-                if due:
-                    report.finished += await self._apply_claimed(engine, due, states)
-            if len(seen) < self.batch_size:
-                return
+        observing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                seen = await open_legs.page(self.sessions, DispatchState.SENT.value, after, self.batch_size)
+                if observing is not None:
+                    await observing
+                    observing = None
+                metrics.record_batch("poll", len(seen))
+                if not seen:
+                    return
+                report.batches += 1
+                after = seen[-1].id
+                observing = asyncio.create_task(self._observe(seen, report))
+                if len(seen) < self.batch_size:
+                    await observing
+                    observing = None
+                    return
+        finally:
+            if observing is not None:
+                observing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await observing
+
+    async def _observe(self, seen: list[open_legs.ObservedLeg], report: TickReport) -> None:
+        """One page: one `poll` per engine (all engines at once), then the changed legs locked and applied."""
+        by_engine: dict[str, list[open_legs.ObservedLeg]] = defaultdict(list)
+        for leg in seen:
+            by_engine[leg.engine].append(leg)
+        engines = list(by_engine)
+        polled = await asyncio.gather(*(self._poll(name, [leg.id for leg in by_engine[name]]) for name in engines))
+        for engine, states in zip(engines, polled, strict=True):
+            group = by_engine[engine]
+            report.polled += len(group)
+            now = utcnow()
+            due = [leg.id for leg in group if machine.needs_update(leg, states.get(leg.id), now)]
+            if due:
+                report.finished += await self._apply_claimed(engine, due, states)
 
     async def _apply_claimed(self, engine: str, leg_ids: list[str], states: dict[str, LegState]) -> int:
         """Lock the legs (still open; one another reconciler holds is skipped) and apply what was observed."""
@@ -550,7 +556,7 @@ class Reconciler:
             async with self._flushed:
                 self.woken_flushes += 1
                 self._flushed.notify_all()
-            if report.dispatched + report.deferred + report.finished >= self.batch_size:
+            if report.dispatched + report.deferred + report.finished >= self.flush_size:
                 self._outbox_due.set()  # a full batch: there may be more
 
     async def wait_woken_flushes(self, count: int, timeout: float) -> int:

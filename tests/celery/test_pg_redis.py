@@ -121,3 +121,27 @@ def test_student_testing_example_end_to_end(
         results[variant] = pg_adapter.result(leg).report
     assert report_score(results["passing"]) == 1.0
     assert report_score(results["failing"]) < 1.0
+
+
+def test_a_second_message_for_a_succeeded_id_runs_nothing(
+    pg_worker: WorkerProcess, pg_adapter: CeleryAdapter, tmp_path: Path
+) -> None:
+    """The STARTED store meets the stored SUCCESS (`started_over_success`): the task returns it and runs nothing."""
+    from backends.examples import materialize_example
+    from tests.support.waiting import wait_until
+
+    job = materialize_example(tmp_path / "example").test_job("passing").model_dump(mode="json")
+    leg = new_id()
+    kwargs = {"test_job": job, "execution_backend_properties": {}}
+    pg_adapter.send(names.STUDENT_TESTING, kwargs, leg)
+    assert wait_for(pg_adapter, leg, lambda s: s.phase.is_final).phase is LegPhase.SUCCEEDED
+    first = pg_adapter.taskmeta_row(leg)
+    assert first is not None
+
+    pg_adapter.send(names.STUDENT_TESTING, kwargs, leg)  # the same id again (an outbox re-send)
+    wait_until(lambda: f"task {leg} already succeeded: not run again" in pg_worker.log_text() or None,
+               "the worker to skip the second message")  # fmt: skip
+    again = pg_adapter.taskmeta_row(leg)
+    assert again is not None
+    assert (again["status"], again["date_done"], again["result"]) == ("SUCCESS", first["date_done"], first["result"])
+    assert pg_worker.log_text().count(f"running {names.STUDENT_TESTING} {leg}") == 1
