@@ -35,19 +35,13 @@ class BaseTask(Task):
     def update_progress(
         self, percentage: int, metadata: dict[str, Any] | None = None, *, task_id: str | None = None
     ) -> None:
-        """Store PROGRESS for `task_id` (default: the task running on this thread). Never raises into the work, and
-        with the gateway's result store never waits for the database either (the newest value per task wins)."""
+        """Store PROGRESS for `task_id` (default: the task running on this thread). Never raises into the work."""
         tid = task_id or self.request.id
         if not tid:
             # Called outside a task (e.g. a direct call in a test): there is no row to update.
             return
         try:
-            meta = progress_meta(percentage, metadata)
-            later = getattr(self.backend, "store_progress", None)
-            if later is not None:  # the gateway's result store writes it beside the work (`progress_writer`)
-                later(tid, meta, request=self.request)
-            else:
-                self.update_state(task_id=tid, state=PROGRESS_STATE, meta=meta)
+            self.update_state(task_id=tid, state=PROGRESS_STATE, meta=progress_meta(percentage, metadata))
         except Exception:  # noqa: BLE001 - progress is best effort; the task's result must not depend on it
             logger.warning("could not store progress for %s", tid, exc_info=True)
 

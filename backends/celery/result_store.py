@@ -12,9 +12,6 @@ On PostgreSQL a final state also announces itself: the upsert returns the task i
 `pg_notify(COMPLETIONS_CHANNEL, task_id)`, so the notice is sent exactly when the row commits (NOTIFY is
 transactional), never for a repeated store that changed nothing, and costs no extra round trip. The gateway
 listens (`CeleryAdapter.completions`) and reads the leg at once instead of at its next poll.
-
-PROGRESS is stored beside the work by a writer thread per process (`progress_writer`), coalesced per task, and
-settled before the task's final state is stored.
 """
 
 from __future__ import annotations
@@ -31,9 +28,7 @@ from kombu.utils.encoding import ensure_bytes
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from backends.celery.base_task import PROGRESS_STATE
 from backends.celery.names import COMPLETIONS_CHANNEL
-from backends.celery.progress_writer import ProgressWriter
 from common.redact import scrub, strip_credentials_in_text
 
 _UPSERT_DIALECTS = ("postgresql", "sqlite")
@@ -69,10 +64,8 @@ class PooledDatabaseBackend(DatabaseBackend):
         self._engine: Engine | None = None
         self._fast_engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
-        self._progress: ProgressWriter | None = None
         # Per task id: did its STARTED store meet a stored SUCCESS? Read once by the task (`started_over_success`).
         self._started: dict[str, bool] = {}
-        self._progress_pid: int | None = None
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ engine
@@ -112,31 +105,12 @@ class PooledDatabaseBackend(DatabaseBackend):
         assert self._sessions is not None
         return self._sessions()
 
-    # ------------------------------------------------------------------------------------------------ progress
-    def _progress_writer(self) -> ProgressWriter:
-        """This process's writer (a forked pool process starts its own: threads do not survive a fork)."""
-        pid = os.getpid()
-        with self._lock:
-            if self._progress is None or self._progress_pid != pid:
-                self._progress = ProgressWriter(self._store_progress_now)
-                self._progress_pid = pid
-            return self._progress
-
-    def _store_progress_now(self, task_id: str, meta: dict[str, Any], request: Any) -> None:
-        self.store_result(task_id, meta, PROGRESS_STATE, request=request)
-
-    def store_progress(self, task_id: str, meta: dict[str, Any], request: Any = None) -> None:
-        """PROGRESS for `task_id`, stored beside the work (`progress_writer`); returns at once."""
-        self._progress_writer().submit(task_id, meta, request)
-
     # ------------------------------------------------------------------------------------------------- secrets
     def store_result(
         self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
     ) -> Any:
         """Whoever sent the job (an old producer may put a token in the kwargs), nothing secret is stored: the
         result is scrubbed here, args/kwargs in `_get_result_meta`, the traceback's URLs lose their credentials."""
-        if state in states.READY_STATES and self._progress is not None and self._progress_pid == os.getpid():
-            self._progress.settle(task_id)  # no PROGRESS of this task may land after (and over) its end
         if isinstance(result, dict | list | str):
             result = scrub(result)
         if traceback:
