@@ -64,10 +64,27 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _run_or_fail(
+    work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[str, Any]]], as_json: bool
+) -> dict[str, Any] | None:
+    """Run a change; a refusal exits 1 with its reason. With `--json` the answer is printed here and None returned,
+    otherwise the answer is returned for the caller's table."""
+    from gateway.jobs.errors import JobError
+
+    try:
+        out = _run(work)
+    except JobError as exc:
+        _fail(exc)
+        return None
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return None
+    return out
+
+
 def _change(action: str, backend: str | None, content: str | None, as_json: bool, **kw: Any) -> None:
     from gateway.cutover.machine import Action
     from gateway.jobs import cutover as service
-    from gateway.jobs.errors import JobError
 
     scope, key = _scope(backend, content)
 
@@ -77,15 +94,9 @@ def _change(action: str, backend: str | None, content: str | None, as_json: bool
         )
         return result.to_dict()
 
-    try:
-        out = _run(work)
-    except JobError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
-        return
-    _print_change(out)
+    out = _run_or_fail(work, as_json)
+    if out is not None:
+        _print_change(out)
 
 
 def _print_change(out: dict[str, Any]) -> None:
@@ -377,15 +388,8 @@ def _expiry(text: str) -> tuple[datetime | None, timedelta | None]:
 
 
 def _triage(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[str, Any]]], as_json: bool) -> None:
-    from gateway.jobs.errors import JobError
-
-    try:
-        out = _run(work)
-    except JobError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
+    out = _run_or_fail(work, as_json)
+    if out is None:
         return
     event = out["event"]
     Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: {_event_why(event)}")
