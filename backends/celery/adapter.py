@@ -38,6 +38,8 @@ def _plain(value: Any) -> Any:
 
 class CeleryAdapter:
     engine = "celery"
+    # The broker queues whatever it is sent: the outbox relay sends, the request only commits (see the interface).
+    refuses_at_submit = False
 
     # Short on purpose: a request thread may be waiting. `limit` makes inspect return before it in steady state.
     ping_timeout: float = 0.5
