@@ -298,6 +298,8 @@ class Reconciler:
         if outcome.status == SendStatus.SENT:
             machine.mark_sent(leg, outcome.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             report.dispatched += 1
+            if leg.role == LegRole.PRIMARY.value and ((leg.routing or {}).get("shadow") or {}).get("legs"):
+                self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
         elif outcome.status == SendStatus.RETRY and outcome.fault:
             # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
             if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
