@@ -111,10 +111,15 @@ class TickReport:
     batches: int = 0
     # What the tick's follow-up steps did, by step name (e.g. comparisons written).
     steps: dict[str, int] = field(default_factory=dict)
+    # The outbox claim came back full: more legs may be due than one claim takes.
+    outbox_full: bool = False
 
     @property
     def busy(self) -> bool:
-        return bool(self.dispatched or self.finished)
+        """Worth another tick at once: only a full outbox claim leaves work behind. A tick polls every open leg
+        and its steps drain their own backlogs, so legs that finished in it are no reason to tick again (under
+        steady load one always does: ticking again at once then kept the reconciler spinning)."""
+        return self.outbox_full
 
 
 def _ran_before(leg: Leg) -> bool:
@@ -272,6 +277,7 @@ class Reconciler:
         )
         async with self._claim(stmt) as (legs, rows):
             metrics.record_batch("flush", len(legs))
+            report.outbox_full = report.outbox_full or len(legs) >= self.flush_size
             by_engine: dict[str, list[Leg]] = defaultdict(list)
             for leg in legs:
                 if machine.past_deadline(leg, now):  # a shadow leg never accepted before its deadline
