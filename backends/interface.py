@@ -164,6 +164,11 @@ class EngineAdapter(Protocol):
     """submit, poll, result(s), cancel, workers, health, queue_depths/ages, close: all the gateway may ask."""
 
     engine: str
+    # Whether the engine may refuse a job when it is sent (Prefect: no deployment by the configured name). Such a
+    # job is sent by the request that admits it, so the client hears the refusal (the contract's 404). A job for
+    # an engine that takes whatever it is sent (Celery: a broker queues any message) is committed and answered,
+    # and the gateway's outbox relay sends it: the request does no engine work at all.
+    refuses_at_submit: bool
 
     def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
         """Start `job` under `leg_id`; return the engine-side run id. Retrying with the same leg id is safe."""

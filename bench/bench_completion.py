@@ -5,10 +5,13 @@ job at a time, interleaved round by round:
 
 - `raw-celery` (the reference): `send_task` of the no-op, done when the result store's row is committed (seen
   through its NOTIFY, the fastest a client can learn it);
-- `gateway-push`: the gateway's durable path (row and leg inserted, the task sent, the send recorded), done when
-  the reconciler closed the leg and wrote the row; the reconciler runs as in the API (ticks every
-  `GATEWAY_RECONCILE_INTERVAL`, 1 s, plus the completion feed);
-- `gateway-poll`: the same with the feed off (ticks alone): what completion cost before it was pushed.
+- `gateway-push`: the gateway's durable path for a Celery job: row and leg inserted due at once (as the submit
+  path commits them), the outbox relay woken by the insert's NOTIFY sends the task and records the send, done
+  when the reconciler closed the leg and wrote the row; the reconciler runs as in the API (ticks every
+  `GATEWAY_RECONCILE_INTERVAL`, 1 s, the outbox wake-ups and listener, the completion feed). The relay sends
+  through `NoopCelery`, the Celery adapter with the no-op task in place of the job's (bench only);
+- `gateway-poll`: the same with the completion feed off (ticks and outbox wake-ups alone): what completion cost
+  before it was pushed.
 
 "Done" for the gateway is the leg state machine's finish hook (`machine.on_finish`), which runs inside the
 transaction that writes the row, just before its commit. Prints p50/p99 per variant and the ratio to raw.
@@ -25,7 +28,6 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.celery import names  # noqa: E402
 from backends.celery.adapter import CeleryAdapter  # noqa: E402
+from backends.interface import JobSpec  # noqa: E402
 from bench.bench_reconciler import rows_and_legs  # noqa: E402
 from bench.bench_submit import environment, seed  # noqa: E402
+from gateway.engines.dispatcher import Dispatcher  # noqa: E402
 from gateway.jobs.bootstrap import start_gateway  # noqa: E402
 from gateway.legs import machine  # noqa: E402
 from gateway.legs.states import DispatchState  # noqa: E402
@@ -63,22 +67,33 @@ async def raw(adapter: CeleryAdapter, waiters: Waiters) -> float:
     return time.perf_counter() - started
 
 
+class NoopCelery(CeleryAdapter):
+    """The Celery adapter, sending the no-op task under the leg's id whatever the leg's job (bench only)."""
+
+    def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        return self.send(names.NOOP, {}, leg_id)
+
+
 async def through_gateway(state: GatewayState, waiters: Waiters) -> float:
     (row,), (leg,) = rows_and_legs(1)
     row["version_identifier"] = leg["id"]  # a new commit every time
-    # As on the submit path: the request sends it; the outbox would take over only after the grace.
-    leg.update(dispatch_state=DispatchState.PENDING.value, dispatch_attempts=0, deadline=None, dispatched_at=None,
-               next_attempt_at=utcnow() + timedelta(seconds=15))  # fmt: skip
-    waiters[leg["id"]] = done = asyncio.Event()
-    adapter = state.dispatcher.adapter("celery")
-    assert isinstance(adapter, CeleryAdapter)
-    started = time.perf_counter()
-    assert await insert_run(state.engine, row, leg)  # durable before the send, as on the submit path
-    await asyncio.get_running_loop().run_in_executor(None, adapter.send, names.NOOP, {}, leg["id"])
+    # As the submit path commits a Celery job: pending, due at once; the relay sends it.
     now = utcnow()
-    await machine.record_sent(state.engine, leg["id"], leg["id"], now, now + timedelta(days=1))
+    leg.update(dispatch_state=DispatchState.PENDING.value, dispatch_attempts=0, deadline=None, dispatched_at=None,
+               engine_run_id=None, next_attempt_at=now, created_at=now, updated_at=now)  # fmt: skip
+    waiters[leg["id"]] = done = asyncio.Event()
+    started = time.perf_counter()
+    assert await insert_run(state.engine, row, leg)  # durable before anything is sent
+    state.reconciler.wake_outbox()  # as the submit path does (the insert's NOTIFY wakes it too)
     await asyncio.wait_for(done.wait(), 30)
     return time.perf_counter() - started
+
+
+async def ticks_and_outbox(state: GatewayState, stop: asyncio.Event) -> None:
+    """The reconciler without its completion feed: ticks, outbox wake-ups and the outbox listener."""
+    await asyncio.gather(
+        state.reconciler._tick_loop(stop), state.reconciler.flush_woken(stop), state.reconciler.listen_outbox(stop)
+    )
 
 
 async def bench(settings: Any, jobs: int, rounds: int) -> None:
@@ -101,13 +116,13 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
             await raw(raw_client, waiters)
         for n in range(rounds):
             for variant in times:
-                state = start_gateway(settings)
+                state = start_gateway(settings, Dispatcher(settings, adapter_factory=lambda _e, s: NoopCelery(s)))
                 stop = asyncio.Event()
                 if variant == "gateway-push":
                     loop = asyncio.create_task(state.reconciler.run(stop))
                     assert await state.reconciler.wait_following("celery", 30)
                 elif variant == "gateway-poll":
-                    loop = asyncio.create_task(state.reconciler._tick_loop(stop))
+                    loop = asyncio.create_task(ticks_and_outbox(state, stop))
                 try:
                     got = []
                     for _ in range(jobs):

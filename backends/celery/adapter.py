@@ -36,8 +36,27 @@ def _plain(value: Any) -> Any:
     return dump(mode="json") if callable(dump) else value
 
 
+# The keys of a job that say which run it is: what a task's kwargs read as in Flower and `celery inspect`.
+_RUN_KEYS = ("user_id", "course_member_id", "course_content_id")
+
+
+def kwargs_summary(kwargs: dict[str, Any]) -> str:
+    """The task's `kwargsrepr`: the run's ids and commit, not a repr of the whole job.
+
+    Why: Celery otherwise renders every message's kwargs with its `saferepr`, a pure-Python walk of the whole
+    test job that was a sixth of a send's CPU; the task still receives the whole job in its body."""
+    job = kwargs.get("test_job") or kwargs.get("submission")
+    if not isinstance(job, dict):
+        return repr(sorted(kwargs))
+    module = job.get("module") if isinstance(job.get("module"), dict) else {}
+    run = {key: job[key] for key in _RUN_KEYS if key in job} | {"commit": module.get("commit")}
+    return repr({("test_job" if "test_job" in kwargs else "submission"): run})
+
+
 class CeleryAdapter:
     engine = "celery"
+    # The broker queues whatever it is sent: the outbox relay sends, the request only commits (see the interface).
+    refuses_at_submit = False
 
     # Short on purpose: a request thread may be waiting. `limit` makes inspect return before it in steady state.
     ping_timeout: float = 0.5
@@ -114,7 +133,8 @@ class CeleryAdapter:
         else:
             kwargs = {"submission": _plain(job.params["submission"])}
         headers = {SHADOW_HEADER: True} if job.shadow else None
-        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers)
+        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers,
+                         kwargsrepr=kwargs_summary(kwargs))  # fmt: skip
 
     def rerun(self, job: JobSpec, leg_id: str, priority: int = names.STUDENT_TESTING_PRIORITY) -> str:
         """Drop the failed attempt's `celery_taskmeta` row, then send the task again under the same id.
@@ -136,6 +156,7 @@ class CeleryAdapter:
         task_id: str,
         priority: int | None = None,
         headers: dict[str, Any] | None = None,
+        kwargsrepr: str | None = None,
     ) -> str:
         """Any task by name, routed to its queue (also used for the no-op task by health checks and the bench).
 
@@ -153,6 +174,8 @@ class CeleryAdapter:
             # The send time gives the queue's oldest-message age (`queue_ages`); a shadow run is marked too.
             headers={SENT_AT_HEADER: time.time(), **(headers or {})},
             declare=[],
+            # None: Celery's own repr of the kwargs.
+            kwargsrepr=kwargsrepr,
         )
         return task_id
 

@@ -108,9 +108,13 @@ class MemoryEngine:
 class MemoryAdapter:
     """The interface over a `MemoryEngine`; several adapters (one per engine name) may share one engine."""
 
-    def __init__(self, engine: str = "memory", backend: MemoryEngine | None = None) -> None:
+    def __init__(
+        self, engine: str = "memory", backend: MemoryEngine | None = None, *, refuses_at_submit: bool = True
+    ) -> None:
         self.engine = engine
         self.backend = backend or MemoryEngine()
+        # True: sent by the request, as Prefect is; False: left to the outbox relay, as Celery is.
+        self.refuses_at_submit = refuses_at_submit
 
     def _call(self, name: str) -> None:
         with self.backend.lock:

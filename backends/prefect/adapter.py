@@ -79,6 +79,8 @@ class PrefectAdapter:
     """`EngineAdapter` for Prefect (engine = "prefect"); thread-safe as httpx.Client is."""
 
     engine = "prefect"
+    # A missing deployment is the contract's 404 at submit: the request sends the run itself.
+    refuses_at_submit = True
 
     def __init__(
         self,

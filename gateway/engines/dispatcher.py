@@ -35,6 +35,13 @@ from gateway.engines import metrics
 log = logging.getLogger(__name__)
 
 
+class DispatchMode(StrEnum):
+    """Who sends a new job's primary leg (`EngineAdapter.refuses_at_submit` decides, per engine)."""
+
+    REQUEST = "request"  # the admitting request, right after its commit: a refusal reaches the client
+    OUTBOX = "outbox"  # the outbox relay (the reconciler), woken by the commit: the request does no engine work
+
+
 class SendStatus(StrEnum):
     SENT = "sent"
     RETRY = "retry"  # engine unreachable: the leg stays in the outbox
@@ -88,6 +95,19 @@ class Dispatcher:
         self._shadow_threads: ThreadPoolExecutor | None = None
         # engine -> monotonic time until which it counts as unreachable (set by a failed send, cleared by a good one)
         self._unreachable_until: dict[str, float] = {}
+        self._modes: dict[str, DispatchMode] = {}
+
+    def dispatch_mode(self, engine: str) -> DispatchMode:
+        """Who sends a new leg for `engine`; an engine this gateway cannot build is the request's (it then hears
+        the error and answers it)."""
+        mode = self._modes.get(engine)
+        if mode is None:
+            try:
+                refuses = self.adapter(engine).refuses_at_submit
+            except Exception:  # noqa: BLE001 - unknown or unbuildable: the request's send reports it
+                return DispatchMode.REQUEST
+            mode = self._modes[engine] = DispatchMode.REQUEST if refuses else DispatchMode.OUTBOX
+        return mode
 
     def reachable(self, engine: str) -> bool:
         """False for a while after a send to the engine found it down (a shadow is then skipped, not queued)."""
@@ -151,20 +171,46 @@ class Dispatcher:
 
     async def send(self, engine: str, spec: dict[str, Any], leg_id: str, rerun: bool = False) -> SendOutcome:
         """Send one leg; a shadow leg (`spec["shadow"]`) goes through the shadow threads."""
-        if spec.get("shadow"):
-            if self._shadow_threads is None:
-                self._shadow_threads = ThreadPoolExecutor(max_workers=SHADOW_THREADS, thread_name_prefix="shadow")
-            threads = self._shadow_threads
-        else:
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
-            threads = self._threads
         loop = asyncio.get_running_loop()
+        threads = self._pool(bool(spec.get("shadow")))
         return await loop.run_in_executor(threads, self.send_blocking, engine, spec, leg_id, rerun)
 
     async def send_many(self, engine: str, legs: list[tuple[str, dict[str, Any], bool]]) -> list[SendOutcome]:
-        """Send a batch (leg id, spec, rerun) to one engine through the send threads at once, outcomes in order."""
-        return list(await asyncio.gather(*(self.send(engine, spec, leg_id, rerun) for leg_id, spec, rerun in legs)))
+        """Send a batch (leg id, spec, rerun) to one engine, outcomes in order.
+
+        The batch is cut into at most `SEND_THREADS` runs, each sent one leg after the other by one thread: the
+        network waits still overlap, but the event loop hands work to a thread once per run, not once per leg
+        (a thread hop per leg, with the GIL passed back and forth each time, cost more than the send itself)."""
+        loop = asyncio.get_running_loop()
+        sends = []
+        slots: list[list[int]] = []
+        for shadow in (False, True):
+            mine = [i for i, (_, spec, _) in enumerate(legs) if bool(spec.get("shadow")) is shadow]
+            if not mine:
+                continue
+            size = -(-len(mine) // (SHADOW_THREADS if shadow else SEND_THREADS))
+            for start in range(0, len(mine), size):
+                slots.append(mine[start : start + size])
+                run = [legs[i] for i in slots[-1]]
+                sends.append(loop.run_in_executor(self._pool(shadow), self._send_run, engine, run))
+        outcomes: list[SendOutcome | None] = [None] * len(legs)
+        for slot, done in zip(slots, await asyncio.gather(*sends), strict=True):
+            for i, outcome in zip(slot, done, strict=True):
+                outcomes[i] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _send_run(self, engine: str, legs: list[tuple[str, dict[str, Any], bool]]) -> list[SendOutcome]:
+        return [self.send_blocking(engine, spec, leg_id, rerun) for leg_id, spec, rerun in legs]
+
+    def _pool(self, shadow: bool) -> ThreadPoolExecutor:
+        """The shadow threads for a shadow leg, the send threads for any other (built on first use)."""
+        if shadow:
+            if self._shadow_threads is None:
+                self._shadow_threads = ThreadPoolExecutor(max_workers=SHADOW_THREADS, thread_name_prefix="shadow")
+            return self._shadow_threads
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="dispatch")
+        return self._threads
 
     def engines(self) -> list[str]:
         """The engines this process has talked to (an adapter was built): the ones whose queues are worth a look."""

@@ -15,12 +15,15 @@ store's NOTIFY): `run` follows every engine's feed beside the ticks and reads th
 a short backoff, and one whose request has not yet recorded the send is closed all the same. A notice is only a
 hint: the ticks still see every open leg, so a lost one costs at most a cycle.
 
-Shadow legs are sent here, never by the API (it answers and moves on): a shadow leg is due at once, but is
-held back until its primary's first send was tried (so it is dispatched after the primary). `wake_outbox()`
-flushes the outbox promptly, outside the ticks: the API calls it in-process after a shadowed job's primary was
-sent, and on PostgreSQL the database announces the same moment to every reconciler (`OUTBOX_CHANNEL`: a trigger
-on the primary leg's first send, migration 0008) so a separate `gateway reconcile` is woken too. The ticks'
-own flush stays the safety net for a lost notice.
+The outbox is also the relay for every leg its request does not send: the primary leg of a job for an engine
+that cannot refuse it (Celery, see `backends.interface.EngineAdapter.refuses_at_submit`), committed due at once,
+and every shadow leg. A shadow leg is due at once too, but is held back until its primary's first send was tried
+(so it is dispatched after the primary). `wake_outbox()` flushes the outbox promptly, outside the ticks: the API
+calls it in-process after such a commit, and on PostgreSQL the database announces the same moments to every
+reconciler (`OUTBOX_CHANNEL`: triggers on a relayed leg's insert, migration 0009, and on a shadowed job's
+primary's first send, migration 0008) so a separate `gateway reconcile` is woken too. A wake-up flushes at once;
+wake-ups that arrive during a flush make one more flush, so a burst of jobs is sent in a few claims, not one
+each. The ticks' own flush stays the safety net for a lost notice.
 
 Several reconcilers may run at once (the API's background task, `gateway reconcile`): on PostgreSQL each takes
 the legs it writes with `FOR UPDATE SKIP LOCKED`, re-checking that they are still open, and holds the locks
@@ -72,11 +75,9 @@ PUSH_RETRIES = 6
 PUSH_FIRST_DELAY = 0.02
 # The outbox is flushed at most this many legs per claim: they stay locked while they are sent.
 OUTBOX_BATCH = 1000
-# PostgreSQL NOTIFY channel: a shadowed job's primary leg was just tried for the first time (its shadow legs are
-# now due). Raised by the trigger of migration 0008 (`leg_shadow_due`).
+# PostgreSQL NOTIFY channel: a leg for the relay was committed (migration 0009, `leg_relay_due`), or a shadowed
+# job's primary leg was just tried for the first time, so its shadow legs are now due (0008, `leg_shadow_due`).
 OUTBOX_CHANNEL = "gateway_outbox"
-# A woken flush waits this long first, so the wake-ups of a burst of jobs are one flush (one claim, one commit).
-OUTBOX_COALESCE = 0.02
 
 
 async def _first(*waits: Awaitable[Any]) -> None:
@@ -110,10 +111,15 @@ class TickReport:
     batches: int = 0
     # What the tick's follow-up steps did, by step name (e.g. comparisons written).
     steps: dict[str, int] = field(default_factory=dict)
+    # The outbox claim came back full: more legs may be due than one claim takes.
+    outbox_full: bool = False
 
     @property
     def busy(self) -> bool:
-        return bool(self.dispatched or self.finished)
+        """Worth another tick at once: only a full outbox claim leaves work behind. A tick polls every open leg
+        and its steps drain their own backlogs, so legs that finished in it are no reason to tick again (under
+        steady load one always does: ticking again at once then kept the reconciler spinning)."""
+        return self.outbox_full
 
 
 def _ran_before(leg: Leg) -> bool:
@@ -271,6 +277,7 @@ class Reconciler:
         )
         async with self._claim(stmt) as (legs, rows):
             metrics.record_batch("flush", len(legs))
+            report.outbox_full = report.outbox_full or len(legs) >= self.flush_size
             by_engine: dict[str, list[Leg]] = defaultdict(list)
             for leg in legs:
                 if machine.past_deadline(leg, now):  # a shadow leg never accepted before its deadline
@@ -297,6 +304,8 @@ class Reconciler:
         if outcome.status == SendStatus.SENT:
             machine.mark_sent(leg, outcome.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
             report.dispatched += 1
+            if leg.role == LegRole.PRIMARY.value and ((leg.routing or {}).get("shadow") or {}).get("legs"):
+                self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
         elif outcome.status == SendStatus.RETRY and outcome.fault:
             # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
             if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
@@ -530,7 +539,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------------ prompt outbox
     def wake_outbox(self) -> None:
-        """Flush the outbox soon (shadow legs just became due); cheap, coalesced, a no-op if no loop runs here."""
+        """Flush the outbox now (legs just became due); cheap, coalesced, a no-op if no loop runs here."""
         self._outbox_due.set()
 
     async def flush_now(self) -> TickReport:
@@ -546,7 +555,6 @@ class Reconciler:
             await _first(self._outbox_due.wait(), stop.wait())
             if stop.is_set():
                 return
-            await asyncio.sleep(OUTBOX_COALESCE)
             self._outbox_due.clear()
             try:
                 report = await self.flush_now()

@@ -2,12 +2,19 @@
 
 The order of the checks is the contract's: content, commit, max submissions, an existing run for the same
 (member, content, commit), backend type. The row and its primary leg are committed *before* dispatch with a
-gateway-chosen leg id (the row's `test_system_id`); dispatch follows right after the commit, and an unreachable
-engine leaves the leg in the outbox for the reconciler (the client still gets its 200 with status 3).
+gateway-chosen leg id (the row's `test_system_id`), in one statement.
+
+Who sends the leg depends on its engine (`GatewayState.relayed`). An engine that may refuse the job at its send
+(Prefect: a missing deployment is the contract's 404) is sent by the request right after the commit; an
+unreachable engine leaves the leg in the outbox for the reconciler (the client still gets its 200 with status 3).
+An engine that takes whatever it is sent (Celery) is not contacted by the request at all: the leg is committed
+due at once and the outbox relay (the reconciler, woken by the commit) sends it. The answer is the same either
+way; what the request saves is the send's CPU, most of the submit path's cost under load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -217,8 +224,12 @@ def _new_run(
     member: CourseMember,
     backend: ExecutionBackend | None,
     cutover: CutoverConfig | None = None,
+    relayed: Callable[[str], bool] = lambda _engine: False,
 ) -> _Run:
-    """Raises the contract's 400s for an unsupported backend or a member without a repository."""
+    """Raises the contract's 400s for an unsupported backend or a member without a repository.
+
+    `relayed(engine)`: the outbox relay sends the primary leg (due at once), not the request (due after a grace,
+    so the reconciler does not race the request's own send)."""
     if backend is None:
         raise BadJobRequest("execution_backend type not supported!")
     try:
@@ -265,8 +276,9 @@ def _new_run(
         spec=spec,
         routing=plan.decision,
         now=now,
-        # The request dispatches right after the commit; the outbox takes over only if that did not happen.
-        due_at=now + OUTBOX_GRACE,
+        # Sent by the request right after the commit (the outbox takes over only if that did not happen), or by
+        # the outbox relay at once.
+        due_at=now if relayed(plan.primary) else now + OUTBOX_GRACE,
     )
     return _Run(row=row, leg=leg, plan=plan, spec=spec)
 
@@ -305,6 +317,16 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
     record = {**decision.record, "legs": [leg["id"] for leg in shadows]} if shadows else decision.record
     leg = {**run.leg, "routing": {**(run.leg["routing"] or {}), "shadow": record}}
     return replace(run, leg=leg, shadows=tuple(shadows))
+
+
+async def _dispatch(state: GatewayState, run: _Run, row_id: str) -> None:
+    """The committed run's primary leg: sent now by this request, or left to the outbox relay (woken here; on
+    PostgreSQL the insert also woke every reconciler); then its shadow legs' wake-up."""
+    if run.leg["next_attempt_at"] > run.leg["created_at"]:
+        await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row_id)
+    else:
+        state.reconciler.wake_outbox()
+    _dispatch_shadows(state, run)
 
 
 def _dispatch_shadows(state: GatewayState, run: _Run) -> None:
@@ -357,7 +379,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         if existing is not None and ResultStatus(existing.status) in KEEP:
             return await _kept(state, existing, body), False
         try:
-            run = _new_run(principal, body, content, member, backend, cutover)
+            run = _new_run(principal, body, content, member, backend, cutover, state.relayed)
         except JobError:
             if not looked:  # the contract checks for an existing run before the backend and the repository
                 looked, existing = True, await _existing(state, member_id, content.id, commit)
@@ -368,8 +390,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         run = await _with_shadows(state, run, content, backend)
         if existing is None:
             if await insert_run(state.engine, run.row, run.leg, *run.shadows):
-                await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, run.row["id"])
-                _dispatch_shadows(state, run)
+                await _dispatch(state, run, run.row["id"])
                 return NewRow(run.row), True
             # A run for this commit exists (an earlier one, or an identical submit that raced this one).
             looked, existing = True, await _existing(state, member_id, content.id, commit)
@@ -378,8 +399,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         if row is None:  # the old run changed under us: look again
             existing = await _existing(state, member_id, content.id, commit)
             continue
-        await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row.id)
-        _dispatch_shadows(state, run)
+        await _dispatch(state, run, row.id)
         return row, True
     raise Conflict("Conflicts with an existing record")
 

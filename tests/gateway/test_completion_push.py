@@ -67,8 +67,14 @@ def run(settings: Settings, test: Any) -> Any:
 
 
 async def submit_and_finish_some(state: GatewayState, prefix: str) -> tuple[list[Result], list[Result]]:
-    """IN_FLIGHT runs through the submit path (all SCHEDULED), then a no-op under each of the last FINISHING ids."""
+    """IN_FLIGHT runs through the submit path (all SCHEDULED) and sent by the outbox relay (as the woken
+    reconciler does), then a no-op under each of the last FINISHING ids."""
     rows = [(await submit_test(state, ADMIN, body(f"{prefix}-{i}")))[0] for i in range(IN_FLIGHT)]
+    sent = 0
+    while sent < IN_FLIGHT:  # flushes of at most the reconciler's batch size
+        dispatched = (await state.reconciler.flush_now()).dispatched
+        assert dispatched > 0, f"the relay sent {sent} of {IN_FLIGHT} legs, then none"
+        sent += dispatched
     adapter = state.dispatcher.adapter("celery")
     assert isinstance(adapter, CeleryAdapter)
     for row in rows[IN_FLIGHT - FINISHING :]:

@@ -19,6 +19,7 @@ from gateway.store.catalog import load_catalog
 from tests.gateway.conftest import PASSWORD, demo_catalog
 from tests.gateway.server import GatewayServer, free_port, running_server, wait_for
 from tests.support.celery_worker import base_env, running_worker, settings_from_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -142,8 +143,14 @@ def test_broker_down_at_submit_every_job_completes_exactly_once(tmp_path: Path) 
                 assert resp.status_code == 200, resp.text
                 assert resp.json()["status"] == 3
                 runs.append(resp.json())
-            waiting = admin.get(f"/api/system/status/{runs[0]['test_system_id']}").json()
-            assert waiting["status"] == "SCHEDULED" and "waiting" in waiting.get("message", "")
+
+            # State and reason visible once the relay's first attempt found the broker down.
+            def explained() -> dict[str, Any] | None:
+                got: dict[str, Any] = admin.get(f"/api/system/status/{runs[0]['test_system_id']}").json()
+                return got if "message" in got else None
+
+            waiting = wait_until(explained, "the status to say why the job waits")
+            assert waiting["status"] == "SCHEDULED" and "waiting" in waiting["message"]
             info = admin.get(f"/api/tasks/{runs[0]['test_system_id']}/status").json()
             assert info["status"] == "queued" and info["error"]  # state and reason visible
         with redis_server(port, tmp_path / "redis"), running_worker(base_env(env, data), concurrency=2) as worker:

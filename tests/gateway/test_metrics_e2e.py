@@ -67,7 +67,16 @@ def test_backlog_then_queue_depth_then_counts(tmp_path: Path) -> None:
                 ).json()
                 for m in ("m-alice", "m-x1")
             ]
-        seen = scrape(server)
+        # The outbox relay tries each leg after its answer, and finds the broker down.
+        seen = wait_for(
+            lambda: (
+                (s := scrape(server))
+                and value(s, "gateway_engine_sends_total", engine="celery", outcome="deferred") >= 2
+                and s
+            ),
+            60,
+            what="both legs deferred by the relay",
+        )
         assert value(seen, "gateway_outbox_backlog", engine="celery") == 2
         assert value(seen, "gateway_outbox_oldest_age_seconds", engine="celery") > 0
         assert value(seen, "gateway_queue_depth_readable", engine="celery") == 0

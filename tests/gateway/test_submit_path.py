@@ -78,11 +78,12 @@ def test_identical_submits_racing_make_one_run(store_env: dict[str, str]) -> Non
             rows = (await session.execute(select(Result).where(Result.version_identifier == "race-1"))).scalars()
             row = rows.one()
             legs = (await session.execute(select(Leg).where(Leg.result_id == row.id))).scalars().all()
-        # One leg, committed with its row under the gateway-chosen id (the row's test_system_id), sent at once.
+        # One leg, committed with its row under the gateway-chosen id (the row's test_system_id), due at once:
+        # Celery's legs are sent by the outbox relay, not by the request.
         assert [leg.id for leg in legs] == [row.test_system_id]
         leg = legs[0]
-        assert (leg.role, leg.engine, leg.dispatch_state, leg.dispatch_attempts) == ("primary", "celery", "sent", 1)
-        assert leg.engine_run_id == leg.id and leg.deadline is not None and leg.next_attempt_at is None
+        assert (leg.role, leg.engine, leg.dispatch_state, leg.dispatch_attempts) == ("primary", "celery", "pending", 0)
+        assert leg.next_attempt_at == leg.created_at and leg.engine_run_id is None
         assert leg.spec["params"]["test_job"]["module"]["commit"] == "race-1"
         assert leg.routing == {
             "rule": "execution_backend.type",
@@ -91,17 +92,28 @@ def test_identical_submits_racing_make_one_run(store_env: dict[str, str]) -> Non
             "shadow": {"skipped": "shadowing_off"},  # the shadow decision is recorded too (none configured)
         }
         assert (row.status, row.submit, row.course_content_id, row.created_by) == (3, False, "cc-main", "u-admin")
+        # The relay's flush (what the woken reconciler runs) sends it, with the leg id as the Celery task id.
+        assert (await state.reconciler.flush_now()).dispatched == 1
+        async with state.sessions() as session:
+            leg = await session.get(Leg, row.test_system_id)
+        assert leg is not None and (leg.dispatch_state, leg.dispatch_attempts) == ("sent", 1)
+        assert leg.engine_run_id == leg.id and leg.deadline is not None and leg.next_attempt_at is None
 
     _with_state(store_env, 60, test)
 
 
-def test_concurrent_submits_each_answer_after_its_leg_is_recorded_sent(store_env: dict[str, str]) -> None:
-    """The "sent" marks of concurrent submits are written together (group commit): still each one is committed
-    before its submit returns, on the leg it names, with that leg's own run id, send time and deadline."""
+def test_concurrent_submits_are_each_committed_and_one_relay_flush_sends_them_all(store_env: dict[str, str]) -> None:
+    """Each submit answers once its row and leg are committed (due at once, nothing sent by the request); one
+    outbox flush then sends every one of them through the real Celery adapter and marks each leg it names with
+    that leg's own run id, send time and deadline."""
 
     async def test(state: GatewayState) -> None:
         answers = await asyncio.gather(*(submit_test(state, ADMIN, _body(f"many-{n}")) for n in range(24)))
         assert all(new for _row, new in answers)
+        async with state.sessions() as session:
+            legs = {leg.result_id: leg for leg in (await session.execute(select(Leg))).scalars()}
+        assert {(leg.dispatch_state, leg.dispatch_attempts) for leg in legs.values()} == {("pending", 0)}
+        assert (await state.reconciler.flush_now()).dispatched == 24
         async with state.sessions() as session:
             legs = {leg.result_id: leg for leg in (await session.execute(select(Leg))).scalars()}
         for row, _new in answers:

@@ -1,0 +1,158 @@
+"""The outbox relay: a job for an engine that cannot refuse it is committed and answered without a send.
+
+Issue 10 (the submit path at the reference's speed): the request's own send was most of its CPU under load.
+An engine that takes whatever it is sent (Celery; here the in-memory engine with `refuses_at_submit=False`)
+gets its legs from the reconciler's outbox flush, woken by the commit; an engine that may refuse (Prefect: a
+missing deployment is the contract's 404) is still sent by the request. The real-engine side of this is every
+Celery test (`tests/gateway`, `tests/conformance`): each of their jobs now travels through the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from backends.memory.adapter import MemoryAdapter, MemoryEngine
+from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendStatus
+from gateway.jobs.bootstrap import start_gateway
+from gateway.jobs.shadow_admin import set_shadow
+from gateway.jobs.submit import submit_test
+from gateway.legs.states import DispatchState, LegRole
+from gateway.runtime import GatewayState
+from gateway.store.models import Leg
+from tests.fast.conftest import ADMIN, MemoryGateway, body
+
+pytestmark = pytest.mark.fast
+
+
+class RelayedCelery(MemoryGateway):
+    """`celery` cannot refuse a job (relayed), `prefect` can (sent by the request); two separate engines."""
+
+    def __init__(self, base: MemoryGateway) -> None:
+        super().__init__(base.settings, base.engine)
+        self.engines = {"celery": MemoryEngine(), "prefect": MemoryEngine()}
+
+    def dispatcher(self) -> Dispatcher:
+        adapters = {
+            "celery": MemoryAdapter("celery", self.engines["celery"], refuses_at_submit=False),
+            "prefect": MemoryAdapter("prefect", self.engines["prefect"], refuses_at_submit=True),
+        }
+        return Dispatcher(self.settings, adapter_factory=lambda name, _settings: adapters[name])
+
+    def run(self, test: Any) -> Any:
+        async def main() -> Any:
+            state = start_gateway(self.settings, self.dispatcher())
+            try:
+                return await test(state)
+            finally:
+                await state.close()
+
+        return asyncio.run(main())
+
+
+@pytest.fixture
+def relayed(memory_gateway: MemoryGateway) -> RelayedCelery:
+    return RelayedCelery(memory_gateway)
+
+
+async def legs_of(state: GatewayState, row_id: str) -> list[Leg]:
+    async with state.sessions() as session:
+        return list((await session.execute(select(Leg).where(Leg.result_id == row_id))).scalars())
+
+
+def test_the_dispatch_mode_follows_whether_the_engine_can_refuse(relayed: RelayedCelery) -> None:
+    dispatcher = relayed.dispatcher()
+    assert dispatcher.dispatch_mode("celery") is DispatchMode.OUTBOX
+    assert dispatcher.dispatch_mode("prefect") is DispatchMode.REQUEST
+    assert dispatcher.dispatch_mode("no-such-engine") is DispatchMode.REQUEST  # the request's send reports it
+
+
+def test_a_relayed_job_is_answered_without_a_send_and_the_next_flush_sends_it(relayed: RelayedCelery) -> None:
+    celery = relayed.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        row, new = await submit_test(state, ADMIN, body("c1"))
+        assert new and row.status == 3
+        [leg] = await legs_of(state, row.id)
+        # Committed, due at once, and no engine work in the request.
+        assert celery.calls["submit"] == 0 and leg.id not in celery.runs
+        assert leg.dispatch_state == DispatchState.PENDING and leg.next_attempt_at == leg.created_at
+        report = await state.reconciler.flush_now()
+        [leg] = await legs_of(state, row.id)
+        assert report.dispatched == 1 and celery.calls["submit"] == 1 and leg.id in celery.runs
+        assert leg.dispatch_state == DispatchState.SENT and leg.dispatch_attempts == 1
+
+    relayed.run(test)
+
+
+def test_a_job_for_an_engine_that_can_refuse_is_still_sent_by_its_request(relayed: RelayedCelery) -> None:
+    prefect = relayed.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        row, _new = await submit_test(state, ADMIN, body("c1", content="week2/ex1"))
+        [leg] = await legs_of(state, row.id)
+        assert prefect.calls["submit"] == 1 and leg.dispatch_state == DispatchState.SENT
+        assert (await state.reconciler.flush_now()).dispatched == 0  # nothing left for the relay
+
+    relayed.run(test)
+
+
+def test_the_commit_wakes_the_in_process_relay_which_sends_at_once(relayed: RelayedCelery) -> None:
+    celery = relayed.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        stop = asyncio.Event()
+        woken = asyncio.create_task(state.reconciler.flush_woken(stop))
+        try:
+            rows = [(await submit_test(state, ADMIN, body(f"c{n}")))[0] for n in range(5)]
+            # No tick runs here: only the wake-ups of the commits can have sent them.
+            await state.reconciler.wait_woken_flushes(1, timeout=30)
+            for _ in range(50):
+                legs = [leg for row in rows for leg in await legs_of(state, row.id)]
+                if all(leg.dispatch_state == DispatchState.SENT for leg in legs):
+                    break
+                await state.reconciler.wait_woken_flushes(state.reconciler.woken_flushes + 1, timeout=1)
+            assert [leg.dispatch_state for leg in legs] == [DispatchState.SENT] * 5
+            assert celery.calls["submit"] == 5
+        finally:
+            stop.set()
+            await woken
+
+    relayed.run(test)
+
+
+def test_a_shadow_of_a_relayed_primary_is_sent_after_it_by_the_relay(relayed: RelayedCelery) -> None:
+    celery, prefect = relayed.engines["celery"], relayed.engines["prefect"]
+
+    async def test(state: GatewayState) -> None:
+        values = {"engine": "prefect", "fraction": 1.0}
+        await set_shadow(state.sessions, backend="celery-main", content=None, values=values, user_id="u-admin")
+        row, _new = await submit_test(state, ADMIN, body("c1"))
+        first = await state.reconciler.flush_now()
+        by_role = {leg.role: leg for leg in await legs_of(state, row.id)}
+        # The first flush takes the primary only: its shadow waits for the primary's first send.
+        assert first.dispatched == 1 and by_role[LegRole.PRIMARY].dispatch_state == DispatchState.SENT
+        assert by_role[LegRole.SHADOW].dispatch_state == DispatchState.PENDING and prefect.calls["submit"] == 0
+        second = await state.reconciler.flush_now()
+        by_role = {leg.role: leg for leg in await legs_of(state, row.id)}
+        assert second.dispatched == 1 and by_role[LegRole.SHADOW].dispatch_state == DispatchState.SENT
+        assert (celery.calls["submit"], prefect.calls["submit"]) == (1, 1)
+
+    relayed.run(test)
+
+
+def test_a_batch_keeps_its_order_with_primaries_and_shadows_mixed(relayed: RelayedCelery) -> None:
+    celery = relayed.engines["celery"]
+    spec = {"kind": "student_testing", "params": {"test_job": {}}, "properties": {}, "priority": 8}
+    legs = [(f"leg-{n}", {**spec, "shadow": n % 3 == 0}, False) for n in range(11)]
+
+    async def test(state: GatewayState) -> None:
+        outcomes = await state.dispatcher.send_many("celery", legs)
+        assert [o.engine_run_id for o in outcomes] == [f"leg-{n}" for n in range(11)]
+        assert {o.status for o in outcomes} == {SendStatus.SENT} and celery.calls["submit"] == 11
+        assert [celery.runs[f"leg-{n}"].job.shadow for n in range(11)] == [n % 3 == 0 for n in range(11)]
+
+    relayed.run(test)
