@@ -74,6 +74,8 @@ class PooledDatabaseBackend(DatabaseBackend):
         # Prebuilt store statements by (dialect, kind), and the columns a store writes (see `_upsert`).
         self._statements: dict[tuple[str, str], Any] = {}
         self._column_names: tuple[str, ...] | None = None
+        # PostgreSQL (psycopg2): each kind's SQL compiled once, with its fixed parameters (see `_execute`).
+        self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ engine
@@ -177,7 +179,7 @@ class PooledDatabaseBackend(DatabaseBackend):
         if state == states.STARTED:
             # The upsert skips a stored SUCCESS: no row back means this id already succeeded (`started_over_success`).
             with target.begin() as conn:
-                written = conn.execute(self._upsert(engine.dialect.name, "started"), values).first() is not None
+                written = self._execute(conn, "started", values).first() is not None
             with self._lock:
                 self._started[task_id] = not written
                 while len(self._started) > _STARTED_KEPT:
@@ -185,8 +187,24 @@ class PooledDatabaseBackend(DatabaseBackend):
             return result
         kind = "final" if final and engine.dialect.name == "postgresql" else "plain"
         with target.begin() as conn:
-            conn.execute(self._upsert(engine.dialect.name, kind), values)
+            self._execute(conn, kind, values)
         return result
+
+    def _execute(self, conn: Any, kind: str, values: dict[str, Any]) -> Any:
+        """Run the `kind` store statement. PostgreSQL: its SQL is compiled once and handed to the driver as is
+        (`exec_driver_sql`: none of the statement's per-call compile-cache lookup and parameter processing; every
+        column's value is already what psycopg2 sends, bytes or text). Elsewhere the prebuilt statement."""
+        dialect = conn.dialect
+        stmt = self._upsert(dialect.name, kind)
+        if dialect.name != "postgresql" or dialect.driver != "psycopg2":
+            return conn.execute(stmt, values)
+        compiled = self._compiled.get(kind)
+        if compiled is None:
+            built = stmt.compile(dialect=dialect)
+            fixed = {k: v for k, v in built.params.items() if k not in values}
+            compiled = self._compiled[kind] = (built.string, fixed)
+        sql, fixed = compiled
+        return conn.exec_driver_sql(sql, {**fixed, **values})
 
     def _columns(self, table: Any) -> tuple[str, ...]:
         if self._column_names is None:
