@@ -66,7 +66,7 @@ class PooledDatabaseBackend(DatabaseBackend):
         self._pid: int | None = None
         self._engine: Engine | None = None
         self._fast_engine: Engine | None = None
-        # PostgreSQL: final states are stored on `_engine`'s pool in autocommit (one round trip, still durable).
+        # PostgreSQL: final states are stored through their own autocommit pool (one round trip, still durable).
         self._final_engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         # Per task id: did its STARTED store meet a stored SUCCESS? Read once by the task (`started_over_success`).
@@ -86,7 +86,7 @@ class PooledDatabaseBackend(DatabaseBackend):
             return self._engine
         with self._lock:
             if self._engine is None or self._pid != pid:
-                for old in (self._engine, self._fast_engine):
+                for old in (self._engine, self._fast_engine, self._final_engine):
                     if old is not None:
                         old.dispose(close=False)
                 engine = create_engine(self.url, **pooled_engine_options(self.url))
@@ -97,8 +97,11 @@ class PooledDatabaseBackend(DatabaseBackend):
                     # A database crash can lose only such an intermediate row, never a final result.
                     self._fast_engine = create_engine(self.url, **_async_commit_options(self.url))
                     # A final state is one statement committed on its own (synchronous commit, so durable when
-                    # the call returns, and its NOTIFY sent): no BEGIN/COMMIT round trips around it.
-                    self._final_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+                    # the call returns, and its NOTIFY sent): no BEGIN/COMMIT round trips around it. Its own
+                    # pool: switching a shared connection to autocommit and back cost a round trip per store.
+                    self._final_engine = create_engine(
+                        self.url, isolation_level="AUTOCOMMIT", **pooled_engine_options(self.url)
+                    )
                 self._engine = engine
                 self._sessions = sessionmaker(bind=engine)
                 self._pid = pid
@@ -107,7 +110,7 @@ class PooledDatabaseBackend(DatabaseBackend):
     def on_backend_retryable_error(self, exc: Exception) -> None:
         """A failed store: drop this process's pools so the retry opens fresh connections."""
         with self._lock:
-            for engine in (self._engine, self._fast_engine):
+            for engine in (self._engine, self._fast_engine, self._final_engine):
                 if engine is not None:
                     engine.dispose()
             self._engine = self._fast_engine = self._final_engine = None
