@@ -226,3 +226,16 @@ class CompletionFeed(Protocol):
         Raises `EngineUnavailable` when the channel is lost; the caller may iterate a fresh call later.
         """
         ...
+
+
+@runtime_checkable
+class OneReadObserver(Protocol):
+    """Optional capability: what `poll` and then `results` tell, in one round trip.
+
+    The gateway reads a leg it was told just ended (`CompletionFeed`) with it: its state, and the result when that
+    state is final, from one consistent read instead of two.
+    """
+
+    def observe(self, leg_ids: list[str]) -> tuple[dict[str, LegState], dict[str, LegResult]]:
+        """(`poll(leg_ids)`, `results(...)` of those whose state is final), from a single read."""
+        ...

@@ -197,7 +197,9 @@ class CeleryAdapter:
         reader = self._taskmeta()
         if reader is None:
             return {leg_id: self._poll_via_backend(leg_id) for leg_id in leg_ids}
-        rows = reader.states(leg_ids)
+        return self._states_of(leg_ids, reader.states(leg_ids))
+
+    def _states_of(self, leg_ids: list[str], rows: dict[str, Any]) -> dict[str, LegState]:
         states: dict[str, LegState] = {}
         for leg_id in leg_ids:
             row = rows.get(leg_id)
@@ -212,6 +214,23 @@ class CeleryAdapter:
             states[leg_id] = self._with_cancel(state)
         self._mark_lost(states)
         return states
+
+    def observe(self, leg_ids: list[str]) -> tuple[dict[str, LegState], dict[str, LegResult]]:
+        """`poll` and the `results` of the legs it finds final, from one `celery_taskmeta` read (`OneReadObserver`):
+        what the gateway runs on a completion notice. Without a result database: `poll`, then `results`."""
+        reader = self._taskmeta()
+        if reader is None:
+            states = self.poll(leg_ids)
+            final = [leg_id for leg_id, state in states.items() if state.phase.is_final]
+            return states, (self.results(final) if final else {})
+        rows = reader.states(leg_ids, results=True)
+        states = self._states_of(leg_ids, rows)
+        results = {
+            leg_id: self._result_of(leg_id, (rows[leg_id].status, rows[leg_id].result))
+            for leg_id, state in states.items()
+            if state.phase.is_final
+        }
+        return states, results
 
     # ------------------------------------------------------------------------------------------- liveness
     def _mark_lost(self, states: dict[str, LegState]) -> None:

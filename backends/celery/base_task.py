@@ -31,6 +31,14 @@ class BaseTask(Task):
     """Every gateway task derives from this; `update_progress` is the only way tasks report progress."""
 
     abstract = True
+    # The last progress stored by this process, (task id, meta): the same progress again is not stored twice (the
+    # task reports "started" and its work reports the same "started" right after). A store round trip saved per
+    # repeat; whatever thread reports, a repeat leaves the row as it is, so no lock is needed. Forgotten when a
+    # task starts, so a new attempt under the same id (a rerun in the same process) stores its progress again.
+    _last_progress: tuple[str, dict[str, Any]] | None = None
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self._last_progress = None
 
     def update_progress(
         self, percentage: int, metadata: dict[str, Any] | None = None, *, task_id: str | None = None
@@ -40,10 +48,15 @@ class BaseTask(Task):
         if not tid:
             # Called outside a task (e.g. a direct call in a test): there is no row to update.
             return
+        meta = progress_meta(percentage, metadata)
+        if self._last_progress == (tid, meta):
+            return
         try:
-            self.update_state(task_id=tid, state=PROGRESS_STATE, meta=progress_meta(percentage, metadata))
+            self.update_state(task_id=tid, state=PROGRESS_STATE, meta=meta)
         except Exception:  # noqa: BLE001 - progress is best effort; the task's result must not depend on it
             logger.warning("could not store progress for %s", tid, exc_info=True)
+        else:
+            self._last_progress = (tid, meta)
 
     async def update_progress_async(
         self, percentage: int, metadata: dict[str, Any] | None = None, *, task_id: str | None = None

@@ -63,6 +63,8 @@ class TaskMetaReader:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._table: Any = None
+        # PostgreSQL: the `states` statements (lean, with results), built once.
+        self._by_ids: dict[bool, Any] = {}
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -109,18 +111,22 @@ class TaskMetaReader:
                     )
         return rows
 
-    def states(self, task_ids: Sequence[str]) -> dict[str, TaskState]:
-        """The lean read behind every poll: only the columns a state needs, results only where they matter.
+    def states(self, task_ids: Sequence[str], results: bool = False) -> dict[str, TaskState]:
+        """The lean read behind every poll: only the columns a state needs, results only where they matter
+        (`results=True`: every result, for a read that also gives the finished legs' results).
 
         On PostgreSQL the ids travel as one array parameter (`task_id = ANY(:ids)`), so a statement over 10,000
-        ids is compiled once and cached instead of expanding 10,000 bound parameters on every call.
+        ids is compiled once and cached instead of expanding 10,000 bound parameters on every call; the
+        statement itself is built once.
         """
         from backends.celery.states import decode_result
 
         engine = self.engine()
         table = self._table
         unique = list(dict.fromkeys(task_ids))
-        result = case((table.c.status.in_(_RESULT_NOT_NEEDED), null()), else_=table.c.result)
+        result = (
+            table.c.result if results else case((table.c.status.in_(_RESULT_NOT_NEEDED), null()), else_=table.c.result)
+        )
         columns = (table.c.task_id, table.c.status, result, table.c.date_done, table.c.worker, table.c.queue)
         postgres = engine.dialect.name == "postgresql"
         chunks = [unique] if postgres else [unique[i : i + CHUNK] for i in range(0, len(unique), CHUNK)]
@@ -128,8 +134,11 @@ class TaskMetaReader:
         with engine.connect() as conn:
             for chunk in chunks:
                 if postgres:
-                    ids = bindparam("ids", type_=ARRAY(String))
-                    rows = conn.execute(select(*columns).where(table.c.task_id == any_(ids)), {"ids": chunk})
+                    stmt = self._by_ids.get(results)
+                    if stmt is None:
+                        ids = bindparam("ids", type_=ARRAY(String))
+                        stmt = self._by_ids[results] = select(*columns).where(table.c.task_id == any_(ids))
+                    rows = conn.execute(stmt, {"ids": chunk})
                 else:
                     rows = conn.execute(select(*columns).where(table.c.task_id.in_(chunk)))
                 for task_id, status, raw, date_done, worker, queue in rows:
@@ -150,3 +159,4 @@ class TaskMetaReader:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+                self._by_ids.clear()

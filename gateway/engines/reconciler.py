@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, exists, or_, select
+from sqlalchemy import Select, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 
-from backends.interface import CompletionFeed, LegResult, LegState
+from backends.interface import CompletionFeed, LegResult, LegState, OneReadObserver
 from common.redact import redact_text
 from common.settings import Settings
 from gateway.engines import metrics
@@ -184,6 +184,17 @@ class Reconciler:
         async with self.sessions() as session, session.begin():
             legs = (await session.execute(self._locked(stmt))).scalars().all()
             rows = await self._rows_for(session, legs) if legs else {}
+            yield legs, rows
+
+    @contextlib.asynccontextmanager
+    async def _claim_joined(self, where: Any) -> AsyncIterator[tuple[Sequence[Leg], dict[str, Result]]]:
+        """`_claim` for `Leg` rows matching `where`, their result rows read by the same statement (one round trip
+        less): the legs locked (`SKIP LOCKED`), the rows read as `_rows_for` does, without a lock."""
+        stmt = select(Leg, Result).outerjoin(Result, Result.id == Leg.result_id).where(where)
+        async with self.sessions() as session, session.begin():
+            pairs = (await session.execute(self._locked(stmt))).all()
+            legs = [leg for leg, _ in pairs]
+            rows = {row.id: row for _, row in pairs if row is not None}
             yield legs, rows
 
     def _locked(self, stmt: Select[Any]) -> Select[Any]:
@@ -386,20 +397,43 @@ class Reconciler:
         return states
 
     async def _advance_group(self, engine: str, legs: list[Leg], rows: dict[str, Result]) -> int:
-        """One poll for the (locked) group, then `_apply`; returns how many finished."""
-        states = await self._poll(engine, [leg.id for leg in legs])
-        return await self._apply(engine, legs, states, rows)
-
-    async def _apply(self, engine: str, legs: list[Leg], states: dict[str, LegState], rows: dict[str, Result]) -> int:
-        """One results call for those that finished, then each observation; returns how many finished."""
+        """One poll for the (locked) group, then `_apply`; returns how many finished. An engine that reads states
+        and results at once (`OneReadObserver`) is read once: no second round trip for the results."""
         adapter = self.dispatcher.adapter(engine)
+        if not isinstance(adapter, OneReadObserver):
+            states = await self._poll(engine, [leg.id for leg in legs])
+            return await self._apply(engine, legs, states, rows)
+        try:
+            states, results = await run_in_threadpool(adapter.observe, [leg.id for leg in legs])
+        except Exception as exc:  # noqa: BLE001 - like a failed poll: no news, the legs stay as they are
+            log.warning(
+                "read of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)), extra={"engine": engine}
+            )
+            states, results = {}, {}
+        return await self._apply(engine, legs, states, rows, results)
+
+    async def _results(self, engine: str, leg_ids: list[str]) -> dict[str, LegResult]:
+        """One `results` round trip; unreadable reads as none (those legs stay open until the next try)."""
+        try:
+            results: dict[str, LegResult] = await run_in_threadpool(self.dispatcher.adapter(engine).results, leg_ids)
+        except Exception as exc:  # noqa: BLE001 - results unreadable now: try again next tick
+            log.warning("results of %d %s legs unreadable: %s", len(leg_ids), engine, redact_text(repr(exc)))
+            return {}
+        return results
+
+    async def _apply(
+        self,
+        engine: str,
+        legs: list[Leg],
+        states: dict[str, LegState],
+        rows: dict[str, Result],
+        results: dict[str, LegResult] | None = None,
+    ) -> int:
+        """One results call for those that finished (unless `results` were read with the states), then each
+        observation; returns how many finished."""
         final_ids = [leg.id for leg in legs if (s := states.get(leg.id)) is not None and s.phase.is_final]
-        results: dict[str, LegResult] = {}
-        if final_ids:
-            try:
-                results = await run_in_threadpool(adapter.results, final_ids)
-            except Exception as exc:  # noqa: BLE001 - results unreadable now: try again next tick
-                log.warning("results of %d %s legs unreadable: %s", len(final_ids), engine, redact_text(repr(exc)))
+        if results is None:
+            results = await self._results(engine, final_ids) if final_ids else {}
         now = utcnow()
         finished = 0
         for leg in legs:
@@ -473,11 +507,9 @@ class Reconciler:
         for start in range(0, len(leg_ids), self.batch_size):
             chunk = leg_ids[start : start + self.batch_size]
             # PENDING too: the engine may finish a leg before its request recorded the send (see `_apply`).
-            stmt = select(Leg).where(
-                Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state != DispatchState.FAILED
-            )
+            where = and_(Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state != DispatchState.FAILED)
             async with self._writer():
-                async with self._claim(stmt) as (legs, rows):
+                async with self._claim_joined(where) as (legs, rows):
                     by_engine: dict[str, list[Leg]] = defaultdict(list)
                     for leg in legs:
                         by_engine[leg.engine].append(leg)

@@ -41,3 +41,83 @@ def test_started_over_a_success_is_known_and_changes_nothing(backend: Any) -> No
     assert backend.started_over_success("new") is False
     assert backend.started_over_success("new") is None  # read once
     assert backend.started_over_success("never-started") is None
+
+
+def _row(backend: Any, task_id: str) -> dict[str, Any]:
+    from backends.celery.taskmeta import TaskMetaReader
+
+    reader = TaskMetaReader(backend.url)
+    try:
+        return dict(reader.fetch([task_id])[task_id].__dict__)
+    finally:
+        reader.dispose()
+
+
+def test_every_store_writes_the_whole_row_and_never_over_a_success(backend: Any) -> None:
+    """The prebuilt upsert: a later state replaces every column (extended ones included, kwargs scrubbed); a
+    stored SUCCESS is never replaced, whatever comes after it."""
+    from celery.app.task import Context
+
+    request = Context(id="t", task="ctutor.x", args=[1], kwargs={"token": "s3cret", "n": 2}, hostname="w@h",
+                      retries=0, delivery_info={"routing_key": "default"})  # fmt: skip
+    backend.store_result("t", {"pid": 1}, "STARTED", request=request)
+    backend.store_result("t", {"progress": {"percentage": 30}}, "PROGRESS", request=request)
+    row = _row(backend, "t")
+    assert (row["status"], row["result"]) == ("PROGRESS", {"progress": {"percentage": 30}})
+    extended = (row["name"], row["args"], row["worker"], row["retries"], row["queue"])
+    assert extended == ("ctutor.x", [1], "w@h", 0, "default")
+    assert row["kwargs"]["n"] == 2 and row["kwargs"]["token"] != "s3cret"
+
+    backend.store_result("t", {"score": 1.0}, "SUCCESS", request=request)
+    backend.store_result("t", {"progress": {"percentage": 95}}, "PROGRESS", request=request)
+    backend.store_result("t", {"exc_type": "X", "exc_message": ["late"]}, "FAILURE", request=request)
+    row = _row(backend, "t")
+    assert (row["status"], row["result"]) == ("SUCCESS", {"score": 1.0})
+
+
+def test_a_final_store_announces_the_committed_row_once(postgres_db: Any, tmp_path: Path) -> None:
+    """PostgreSQL: the final store's NOTIFY carries the task id; a repeat over the stored SUCCESS sends none."""
+    import psycopg2
+
+    env = {"GATEWAY_DATA_DIR": str(tmp_path), "CELERY_BROKER_URL": f"filesystem://{tmp_path}/broker"}
+    with fresh_pg_database(postgres_db) as db:
+        app = create_app(settings_from_env({**env, **db.env()}))
+        backend = app.backend
+        backend.engine()
+        listener = psycopg2.connect(backend.url.replace("postgresql+psycopg2", "postgresql"))
+        try:
+            listener.autocommit = True
+            with listener.cursor() as cur:
+                cur.execute("LISTEN ctutor_task_final")
+            backend.store_result("a", {"pid": 1}, "STARTED")
+            backend.store_result("a", {"progress": {"percentage": 1}}, "PROGRESS")
+            backend.store_result("a", {"score": 1.0}, "SUCCESS")
+            backend.store_result("a", {"score": 0.0}, "SUCCESS")
+            listener.poll()
+            assert [n.payload for n in listener.notifies] == ["a"]
+        finally:
+            listener.close()
+            backend.engine().dispose()
+            app.close()
+
+
+def test_the_same_progress_twice_is_stored_once() -> None:
+    """The task's "started" and its work's "started" are one store; a new attempt under the id stores again."""
+    from backends.celery.base_task import BaseTask
+
+    stored: list[tuple[str, Any]] = []
+
+    class Recording(BaseTask):
+        name = "recording"
+
+        def update_state(self, task_id: Any = None, state: Any = None, meta: Any = None, **kwargs: Any) -> None:
+            stored.append((task_id, meta["progress"]["percentage"]))
+
+    task = Recording()
+    for percentage in (0, 0, 20, 20, 30):
+        task.update_progress(percentage, {"stage": "s"}, task_id="a")
+    task.update_progress(30, {"stage": "other"}, task_id="a")
+    task.update_progress(30, {"stage": "other"}, task_id="b")
+    task.before_start("b", (), {})
+    task.update_progress(30, {"stage": "other"}, task_id="b")
+    assert stored == [("a", 0), ("a", 20), ("a", 30), ("a", 30), ("b", 30), ("b", 30)]

@@ -88,3 +88,31 @@ def test_many_ids_in_one_call(result_url: str) -> None:
     finally:
         reader.dispose()
     assert set(states) == set(ids[::3])
+
+
+def test_one_read_tells_what_a_poll_and_its_results_tell(result_url: str) -> None:
+    """`observe` (the read on a completion notice): the states of `poll` and the results of the final ones."""
+    report = {"score": 1.0, "tests": []}
+    _rows(result_url, [
+        _row("started", "STARTED", {"pid": 1}),
+        _row("progress", "PROGRESS", {"progress": {"percentage": 40, "metadata": {}, "status": "running"}}),
+        _row("crashed", "FAILURE", {"exc_type": "WorkerLostError", "exc_message": ["lost"]}),
+        _row("failed", "FAILURE", {"exc_type": "ValueError", "exc_message": ["bad input"]}),
+        _row("done", "SUCCESS", report),
+        _row("broken", "SUCCESS", [1, 2]),
+    ])  # fmt: skip
+    ids = ["started", "progress", "crashed", "failed", "done", "broken", "queued"]
+    adapter = CeleryAdapter(Settings())
+    adapter._reader, adapter._reader_ready = TaskMetaReader(result_url), True
+    try:
+        states, results = adapter.observe(ids)
+        polled = adapter.poll(ids)
+        final = [leg_id for leg_id, state in polled.items() if state.phase.is_final]
+        assert states == polled
+        assert results == adapter.results(final)
+    finally:
+        adapter.close()
+    assert set(results) == {"crashed", "failed", "done", "broken"}
+    assert results["done"].report == report and results["done"].phase is LegPhase.SUCCEEDED
+    assert results["broken"].phase is LegPhase.FAILED and results["broken"].error_type == "BadResult"
+    assert states["queued"].phase is LegPhase.MISSING and states["progress"].progress is not None
