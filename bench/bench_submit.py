@@ -101,15 +101,20 @@ def start(name: str, app: str, path: str, env: dict[str, str], data: Path, serve
         )
     server = Server(name, process, f"http://127.0.0.1:{port}", path, log_path)
     servers.append(server)
+    return ready(server, "/api/health")
+
+
+def ready(server: Server, probe: str) -> Server:
+    """`server` once `GET probe` answers (60 s at most; its log in the error if it exits or never answers)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log_tail()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
         with contextlib.suppress(httpx.HTTPError):
-            httpx.get(f"{server.url}/api/health", timeout=1).raise_for_status()
+            httpx.get(f"{server.url}{probe}", timeout=1).raise_for_status()
             return server
         time.sleep(0.1)  # polling interval of a deadline loop
-    raise TimeoutError(f"{name} not ready:\n{server.log_tail()}")
+    raise TimeoutError(f"{server.name} not ready:\n{server.log_tail()}")
 
 
 def start_reconciler(env: dict[str, str], data: Path, servers: list[Server]) -> Server:
@@ -129,15 +134,7 @@ def start_reconciler(env: dict[str, str], data: Path, servers: list[Server]) -> 
         )
     server = Server("reconciler", process, f"http://127.0.0.1:{port}", "/metrics", log_path)
     servers.append(server)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"reconciler exited with {process.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(f"{server.url}/metrics", timeout=1).raise_for_status()
-            return server
-        time.sleep(0.1)  # polling interval of a deadline loop
-    raise TimeoutError(f"reconciler not ready:\n{server.log_tail()}")
+    return ready(server, "/metrics")
 
 
 @contextlib.contextmanager

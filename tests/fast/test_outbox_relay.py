@@ -10,14 +10,12 @@ Celery test (`tests/gateway`, `tests/conformance`): each of their jobs now trave
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
 from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendStatus
-from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.shadow_admin import set_shadow
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import DispatchState, LegRole
@@ -41,16 +39,6 @@ class RelayedCelery(MemoryGateway):
             "prefect": MemoryAdapter("prefect", self.engines["prefect"], refuses_at_submit=True),
         }
         return Dispatcher(self.settings, adapter_factory=lambda name, _settings: adapters[name])
-
-    def run(self, test: Any) -> Any:
-        async def main() -> Any:
-            state = start_gateway(self.settings, self.dispatcher())
-            try:
-                return await test(state)
-            finally:
-                await state.close()
-
-        return asyncio.run(main())
 
 
 @pytest.fixture
