@@ -133,8 +133,8 @@ class CeleryAdapter:
         else:
             kwargs = {"submission": _plain(job.params["submission"])}
         headers = {SHADOW_HEADER: True} if job.shadow else None
-        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers,
-                         kwargsrepr=kwargs_summary(kwargs))  # fmt: skip
+        summary = kwargs_summary(kwargs)
+        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers, kwargsrepr=summary)
 
     def rerun(self, job: JobSpec, leg_id: str, priority: int = names.STUDENT_TESTING_PRIORITY) -> str:
         """Drop the failed attempt's `celery_taskmeta` row, then send the task again under the same id.

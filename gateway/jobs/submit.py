@@ -215,6 +215,8 @@ class _Run:
     spec: dict[str, Any]
     # Shadow legs (column values), written with the row and dispatched after the primary, off the request.
     shadows: tuple[dict[str, Any], ...] = ()
+    # The outbox relay sends the primary leg, not this request (`GatewayState.relayed`).
+    relayed: bool = False
 
 
 def _new_run(
@@ -241,6 +243,7 @@ def _new_run(
     leg_id = new_id()
     row_id = new_id()
     now = utcnow()
+    by_relay = relayed(plan.primary)
     row: dict[str, Any] = {
         "id": row_id,
         "submit": bool(body.submit),
@@ -278,9 +281,9 @@ def _new_run(
         now=now,
         # Sent by the request right after the commit (the outbox takes over only if that did not happen), or by
         # the outbox relay at once.
-        due_at=now if relayed(plan.primary) else now + OUTBOX_GRACE,
+        due_at=now if by_relay else now + OUTBOX_GRACE,
     )
-    return _Run(row=row, leg=leg, plan=plan, spec=spec)
+    return _Run(row=row, leg=leg, plan=plan, spec=spec, relayed=by_relay)
 
 
 def shadow_spec(spec: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
@@ -322,10 +325,10 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
 async def _dispatch(state: GatewayState, run: _Run, row_id: str) -> None:
     """The committed run's primary leg: sent now by this request, or left to the outbox relay (woken here; on
     PostgreSQL the insert also woke every reconciler); then its shadow legs' wake-up."""
-    if run.leg["next_attempt_at"] > run.leg["created_at"]:
-        await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row_id)
-    else:
+    if run.relayed:
         state.reconciler.wake_outbox()
+    else:
+        await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row_id)
     _dispatch_shadows(state, run)
 
 
