@@ -82,6 +82,14 @@ def _alive(pid: int, started: str) -> bool:
     return fields[0] != "Z" and fields[19] == started
 
 
+def _cmdline(pid: int) -> bytes:
+    """A process's command line, or nothing once it has exited (a short-lived child may exit after the listing)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def descendants(pid: int) -> dict[int, str]:
     """Every live descendant of `pid` (children of every thread, recursively) with its start time."""
     found: dict[int, str] = {}
@@ -242,8 +250,9 @@ def test_flower_answers_behind_basic_auth(gateway_up: UpProcess) -> None:
     page = httpx.get(url, auth=(user, password), timeout=10)
     assert page.status_code == 200 and "Flower" in page.text
     # The secret is in Flower's environment, never on its command line.
-    flower = [p for p in descendants(gateway_up.process.pid) if b"flower" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert flower and all(password.encode() not in Path(f"/proc/{p}/cmdline").read_bytes() for p in flower)
+    command_lines = [_cmdline(p) for p in descendants(gateway_up.process.pid)]
+    flower = [line for line in command_lines if b"flower" in line]
+    assert flower and all(password.encode() not in line for line in flower)
 
 
 @pytest.mark.slow
