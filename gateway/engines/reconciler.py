@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, or_, select
+from sqlalchemy import Select, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
@@ -69,12 +69,15 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_GRACE = timedelta(minutes=5)
 # With nothing left to prune, look again after this long.
 PRUNE_PAUSE = timedelta(minutes=1)
-# A pushed leg that cannot be taken yet is tried again after 20 ms, 40 ms ... (about 1.3 s in all), then left
-# to the next tick.
-PUSH_RETRIES = 6
-PUSH_FIRST_DELAY = 0.02
-# The outbox is flushed at most this many legs per claim: they stay locked while they are sent.
+# A pushed leg that cannot be taken yet is tried again after 5 ms, 10 ms ... (about 2.5 s in all), then left
+# to the next tick. What holds it is mostly a one-statement write (its send's mark): gone within milliseconds.
+PUSH_RETRIES = 9
+PUSH_FIRST_DELAY = 0.005
+# The outbox is flushed at most this many legs per claim.
 OUTBOX_BATCH = 1000
+# A relay's claim on the legs it is sending: no other relay takes them for this long. A relay that dies
+# mid-send leaves its legs to be sent again after it; a send that hangs longer may be sent twice.
+OUTBOX_LEASE = timedelta(minutes=2)
 # PostgreSQL NOTIFY channel: a leg for the relay was committed (migration 0009, `leg_relay_due`), or a shadowed
 # job's primary leg was just tried for the first time, so its shadow legs are now due (0008, `leg_shadow_due`).
 OUTBOX_CHANNEL = "gateway_outbox"
@@ -125,6 +128,11 @@ class TickReport:
 def _ran_before(leg: Leg) -> bool:
     """A leg back in the outbox after it was sent (an infrastructure retry): the engine must start it over."""
     return leg.dispatched_at is not None and (leg.infra_retries or 0) > 0
+
+
+def _has_shadows(leg: Leg) -> bool:
+    """A primary leg whose job also runs as shadow legs (they are due once it was sent)."""
+    return leg.role == LegRole.PRIMARY.value and bool(((leg.routing or {}).get("shadow") or {}).get("legs"))
 
 
 def _first_shadow_try(leg: Leg) -> bool:
@@ -272,7 +280,35 @@ class Reconciler:
         return deleted
 
     async def flush_outbox(self, report: TickReport) -> None:
+        """Send what is due. Three short steps, no transaction open across a send:
+
+        1. lease: the due legs are locked (`SKIP LOCKED`), the ones past their deadline timed out, the others
+           given `next_attempt_at = now + OUTBOX_LEASE`, committed at once: no other relay takes them meanwhile,
+           and nobody waits on their locks while they are sent;
+        2. send them (engines side by side);
+        3. record: a sent leg's mark is one guarded UPDATE shared with concurrent marks (`machine.record_sent`,
+           only while still pending); the few that were not sent are locked again and given their retry, fault
+           or rejection (only while still pending and open).
+
+        Why: the send used to hold the legs' locks, so a job that finished before its send was recorded (a fast
+        task) found its leg locked, and its pushed completion waited for a retry. A relay that dies between
+        steps leaves its legs due again when the lease ends: they are sent again (at least once, as before).
+        """
         now = utcnow()
+        leased = await self._lease_due(now, report)
+        if not leased:
+            return
+        by_engine: dict[str, list[Leg]] = defaultdict(list)
+        for leg in leased:
+            by_engine[leg.engine].append(leg)
+        # Engines side by side: one that hangs (a shadow engine) never holds up another's legs.
+        sent = await asyncio.gather(*(self._send_group(e, group) for e, group in by_engine.items()))
+        outcomes = {leg_id: outcome for group in sent for leg_id, outcome in group.items()}
+        await self._record_sent(leased, outcomes, report)
+        await self._settle_unsent(leased, outcomes, report)
+
+    async def _lease_due(self, now: datetime, report: TickReport) -> list[Leg]:
+        """Step 1 of `flush_outbox`: the due legs, leased (detached copies, as they were before the lease)."""
         stmt = (
             select(Leg)
             .where(
@@ -286,38 +322,76 @@ class Reconciler:
             .order_by(Leg.next_attempt_at)
             .limit(self.flush_size)
         )
-        async with self._claim(stmt) as (legs, rows):
+        leased: list[Leg] = []
+        async with self.sessions() as session, session.begin():
+            legs = (await session.execute(self._locked(stmt))).scalars().all()
             metrics.record_batch("flush", len(legs))
             report.outbox_full = report.outbox_full or len(legs) >= self.flush_size
-            by_engine: dict[str, list[Leg]] = defaultdict(list)
-            for leg in legs:
-                if machine.past_deadline(leg, now):  # a shadow leg never accepted before its deadline
+            expired = [leg for leg in legs if machine.past_deadline(leg, now)]
+            if expired:  # a shadow leg never accepted before its deadline
+                rows = await self._rows_for(session, expired)
+                for leg in expired:
                     machine.time_out(leg, rows.get(leg.result_id or ""), now)
                     report.finished += 1
-                    continue
-                by_engine[leg.engine].append(leg)
-            # Engines side by side: one that hangs (a shadow engine) never holds up another's legs.
-            await asyncio.gather(*(self._send_group(e, group, rows, report) for e, group in by_engine.items()))
+            leased = [leg for leg in legs if not machine.past_deadline(leg, now)]
+            if leased:
+                await session.execute(
+                    update(Leg)
+                    .where(Leg.id.in_([leg.id for leg in leased]))
+                    .values(next_attempt_at=now + OUTBOX_LEASE)
+                    .execution_options(synchronize_session=False)
+                )
+        return leased
 
-    async def _send_group(self, engine: str, legs: list[Leg], rows: dict[str, Result], report: TickReport) -> None:
-        """The first leg probes the engine; only if it got through are the others sent, all at once."""
+    async def _send_group(self, engine: str, legs: list[Leg]) -> dict[str, SendOutcome]:
+        """The first leg probes the engine; only if it got through are the others sent, all at once. A leg left
+        out (its engine is down) has no outcome."""
         first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id, _ran_before(legs[0]))
-        self._apply_send(legs[0], first, rows, report)
+        outcomes = {legs[0].id: first}
         if (first.status == SendStatus.RETRY and not first.fault) or len(legs) == 1:
-            return  # one failed attempt per engine per tick is enough to know it is still down
+            return outcomes  # one failed attempt per engine per tick is enough to know it is still down
         rest = legs[1:]
-        outcomes = await self.dispatcher.send_many(engine, [(leg.id, leg.spec, _ran_before(leg)) for leg in rest])
-        for leg, outcome in zip(rest, outcomes, strict=True):
-            self._apply_send(leg, outcome, rows, report)
+        sent = await self.dispatcher.send_many(engine, [(leg.id, leg.spec, _ran_before(leg)) for leg in rest])
+        outcomes.update((leg.id, outcome) for leg, outcome in zip(rest, sent, strict=True))
+        return outcomes
+
+    async def _record_sent(self, legs: list[Leg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
+        """Step 3 for the legs their engine accepted: the marks, committed together (`machine.record_sent`)."""
+        now = utcnow()
+        deadline = now + timedelta(seconds=self.settings.gateway_leg_deadline_seconds)
+        sent = [leg for leg in legs if (o := outcomes.get(leg.id)) is not None and o.status == SendStatus.SENT]
+        if not sent:
+            return
+        bind = self.sessions.kw["bind"]
+        await asyncio.gather(
+            *(
+                machine.record_sent(bind, leg.id, outcomes[leg.id].engine_run_id, now, leg.deadline or deadline)
+                for leg in sent
+            )
+        )
+        report.dispatched += len(sent)
+        if any(_has_shadows(leg) for leg in sent):
+            self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
+
+    async def _settle_unsent(self, legs: list[Leg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
+        """Step 3 for the legs not sent: their retry, fault or rejection, or (not tried: their engine is down)
+        their lease handed back; each only while it is still pending and open."""
+        unsent = {leg.id: leg for leg in legs if (o := outcomes.get(leg.id)) is None or o.status != SendStatus.SENT}
+        if not unsent:
+            return
+        where = and_(Leg.id.in_(list(unsent)), Leg.dispatch_state == DispatchState.PENDING, Leg.finished.is_(False))
+        async with self._claim_joined(where) as (current, rows):
+            for leg in current:
+                outcome = outcomes.get(leg.id)
+                if outcome is None:
+                    leg.next_attempt_at = unsent[leg.id].next_attempt_at
+                else:
+                    self._apply_send(leg, outcome, rows, report)
 
     def _apply_send(self, leg: Leg, outcome: SendOutcome, rows: dict[str, Result], report: TickReport) -> None:
+        """A send that did not go through: try again later, count a fault, or reject the leg."""
         now = utcnow()
-        if outcome.status == SendStatus.SENT:
-            machine.mark_sent(leg, outcome.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
-            report.dispatched += 1
-            if leg.role == LegRole.PRIMARY.value and ((leg.routing or {}).get("shadow") or {}).get("legs"):
-                self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
-        elif outcome.status == SendStatus.RETRY and outcome.fault:
+        if outcome.status == SendStatus.RETRY and outcome.fault:
             # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
             if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
                 report.finished += 1

@@ -181,9 +181,14 @@ def mark_sent(leg: Leg, run_id: str | None, now: datetime, deadline_seconds: int
 
 _RECORD_SENT = (
     update(LEGS)
-    .where(LEGS.c.id == bindparam("leg_id"), LEGS.c.dispatch_state == DispatchState.PENDING.value)
+    .where(
+        LEGS.c.id == bindparam("leg_id"),
+        LEGS.c.dispatch_state == DispatchState.PENDING.value,
+        LEGS.c.finished.is_(False),
+    )
     .values(
         dispatch_state=DispatchState.SENT.value,
+        last_error=None,
         dispatch_attempts=LEGS.c.dispatch_attempts + 1,
         engine_run_id=bindparam("run_id"),
         dispatched_at=bindparam("now", type_=LEGS.c.dispatched_at.type),
@@ -199,9 +204,9 @@ _RECORD_SENT = (
 _RECORD_SENT_MANY = f"""
 UPDATE leg SET dispatch_state = '{DispatchState.SENT.value}', dispatch_attempts = leg.dispatch_attempts + 1,
     engine_run_id = sent.run_id, dispatched_at = sent.at, next_attempt_at = NULL,
-    deadline = coalesce(leg.deadline, sent.deadline), updated_at = sent.at
+    deadline = coalesce(leg.deadline, sent.deadline), updated_at = sent.at, last_error = NULL
 FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::timestamptz[]) AS sent(id, run_id, at, deadline)
-WHERE leg.id = sent.id AND leg.dispatch_state = '{DispatchState.PENDING.value}'
+WHERE leg.id = sent.id AND leg.dispatch_state = '{DispatchState.PENDING.value}' AND NOT leg.finished
 """
 
 _SentMark = tuple[str, str, datetime, datetime]  # leg id, engine run id, sent at, deadline
@@ -234,8 +239,8 @@ class _SentWriter:
 
 
 async def record_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now: datetime, deadline: datetime) -> None:
-    """`mark_sent` as an autocommit UPDATE (only a still-pending leg: the reconciler may have won the race),
-    committed before this returns. Concurrent calls share one statement (`GroupCommit`): under load the mark
+    """`mark_sent` as an autocommit UPDATE (only a still-pending, open leg: a pushed completion may have won the
+    race), committed before this returns. Concurrent calls share one statement (`GroupCommit`): under load the mark
     costs a fraction of a statement per leg instead of one each."""
     found = _SENT_MARKS.get(engine.sync_engine)
     if found is None:

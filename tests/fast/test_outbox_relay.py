@@ -10,17 +10,19 @@ Celery test (`tests/gateway`, `tests/conformance`): each of their jobs now trave
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from sqlalchemy import select
 
+from backends.interface import JobSpec
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
 from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendStatus
 from gateway.jobs.shadow_admin import set_shadow
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
-from gateway.store.models import Leg
+from gateway.store.models import Leg, Result
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
@@ -142,5 +144,74 @@ def test_a_batch_keeps_its_order_with_primaries_and_shadows_mixed(relayed: Relay
         assert [o.engine_run_id for o in outcomes] == [f"leg-{n}" for n in range(11)]
         assert {o.status for o in outcomes} == {SendStatus.SENT} and celery.calls["submit"] == 11
         assert [celery.runs[f"leg-{n}"].job.shadow for n in range(11)] == [n % 3 == 0 for n in range(11)]
+
+    relayed.run(test)
+
+
+class HeldSend(MemoryAdapter):
+    """A send that the engine has taken (the run exists and may finish) but that has not returned yet: what a
+    fast Celery task looks like from the relay, whose `send_task` returns after the worker is done."""
+
+    def __init__(self, engine: MemoryEngine) -> None:
+        super().__init__("celery", engine, refuses_at_submit=False)
+        self.taken = threading.Event()
+        self.release = threading.Event()
+
+    def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
+        run_id = super().submit(job, leg_id, priority)
+        self.taken.set()
+        assert self.release.wait(30), "the test never released the send"
+        return run_id
+
+
+def test_a_job_that_ends_while_its_send_is_out_is_closed_at_once(memory_gateway_pg: MemoryGateway) -> None:
+    """PostgreSQL: the relay holds no lock while it sends (its claim is a committed lease), so the engine's
+    completion closes the leg at once; another flush meanwhile does not send it again, and the relay's own
+    sent mark afterwards changes nothing."""
+    engine = MemoryEngine()
+    held = HeldSend(engine)
+
+    class Gateway(MemoryGateway):
+        def dispatcher(self) -> Dispatcher:
+            prefect = MemoryAdapter("prefect", engine)
+            return Dispatcher(self.settings, adapter_factory=lambda name, _s: held if name == "celery" else prefect)
+
+    async def test(state: GatewayState) -> None:
+        row, _new = await submit_test(state, ADMIN, body("c1"))
+        [leg] = await legs_of(state, row.id)
+        flush = asyncio.create_task(state.reconciler.flush_now())
+        try:
+            assert await asyncio.to_thread(held.taken.wait, 30)
+            engine.succeed(leg.id, {"tests": [], "summary": {"total": 1, "passed": 1}})
+            assert await state.reconciler.apply_completions([leg.id]) == 1  # not locked: closed on the first try
+            again = await state.reconciler.flush_now()  # the lease keeps it from a second send
+            assert again.dispatched == 0 and engine.calls["submit"] == 1
+        finally:
+            held.release.set()
+            report = await flush
+        assert report.dispatched == 1
+        [leg] = await legs_of(state, row.id)
+        assert (leg.finished, leg.dispatch_state, leg.dispatch_attempts) == (True, DispatchState.SENT, 1)
+        async with state.sessions() as session:
+            assert (await session.get(Result, row.id)).status == 0  # COMPLETED
+
+    Gateway(memory_gateway_pg.settings, engine).run(test)
+
+
+def test_legs_not_tried_while_their_engine_is_down_stay_due(relayed: RelayedCelery) -> None:
+    """One failed probe per engine and flush: the legs behind it were not tried, so they are due again at once
+    (their lease is handed back), while the probed one waits for its backoff."""
+    celery = relayed.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        rows = [(await submit_test(state, ADMIN, body(f"c{n}")))[0] for n in range(3)]
+        celery.down = True
+        down = await state.reconciler.flush_now()
+        assert (down.dispatched, down.deferred) == (0, 1)
+        celery.down = False
+        back = await state.reconciler.flush_now()
+        legs = [leg for row in rows for leg in await legs_of(state, row.id)]
+        assert back.dispatched == 2 and sorted(leg.dispatch_attempts for leg in legs) == [1, 1, 1]
+        assert sorted(leg.dispatch_state for leg in legs) == [DispatchState.PENDING] + [DispatchState.SENT] * 2
 
     relayed.run(test)
