@@ -5,8 +5,8 @@ job at a time, interleaved round by round:
 
 - `raw-celery` (the reference): `send_task` of the no-op, done when the result store's row is committed (seen
   through its NOTIFY, the fastest a client can learn it);
-- `gateway-push`: the gateway's durable path for a Celery job: row and leg inserted due at once (as the submit
-  path commits them), the outbox relay woken by the insert's NOTIFY sends the task and records the send, done
+- `gateway-push`: the gateway's durable path for a Celery job: row and leg inserted as the submit path commits
+  them (under the in-process relay's lease, handed over to it), the relay sends the task and records the send, done
   when the reconciler closed the leg and wrote the row; the reconciler runs as in the API (ticks every
   `GATEWAY_RECONCILE_INTERVAL`, 1 s, the outbox wake-ups and listener, the completion feed). The relay sends
   through `NoopCelery`, the Celery adapter with the no-op task in place of the job's (bench only);
@@ -38,8 +38,9 @@ from backends.celery.adapter import CeleryAdapter  # noqa: E402
 from backends.interface import JobSpec  # noqa: E402
 from bench.bench_reconciler import rows_and_legs  # noqa: E402
 from bench.bench_submit import environment, seed  # noqa: E402
-from gateway.engines.dispatcher import Dispatcher  # noqa: E402
+from gateway.engines.dispatcher import Dispatcher, SendBy  # noqa: E402
 from gateway.jobs.bootstrap import start_gateway  # noqa: E402
+from gateway.jobs.submit import DUE_AFTER  # noqa: E402
 from gateway.legs import machine  # noqa: E402
 from gateway.legs.states import DispatchState  # noqa: E402
 from gateway.runtime import GatewayState  # noqa: E402
@@ -77,14 +78,19 @@ class NoopCelery(CeleryAdapter):
 async def through_gateway(state: GatewayState, waiters: Waiters) -> float:
     (row,), (leg,) = rows_and_legs(1)
     row["version_identifier"] = leg["id"]  # a new commit every time
-    # As the submit path commits a Celery job: pending, due at once; the relay sends it.
+    # As the submit path commits a Celery job: pending, for the relay (here the one in this process, running:
+    # committed under its lease and handed over, `SendBy.HAND_OVER`).
     now = utcnow()
+    sender = state.send_by("celery")
     leg.update(dispatch_state=DispatchState.PENDING.value, dispatch_attempts=0, deadline=None, dispatched_at=None,
-               engine_run_id=None, next_attempt_at=now, created_at=now, updated_at=now)  # fmt: skip
+               engine_run_id=None, next_attempt_at=now + DUE_AFTER[sender], created_at=now, updated_at=now)  # fmt: skip
     waiters[leg["id"]] = done = asyncio.Event()
     started = time.perf_counter()
     assert await insert_run(state.engine, row, leg)  # durable before anything is sent
-    state.reconciler.wake_outbox()  # as the submit path does (the insert's NOTIFY wakes it too)
+    if sender is SendBy.HAND_OVER:  # as `gateway.jobs.submit._dispatch` does
+        state.reconciler.hand_over(leg)
+    else:
+        state.reconciler.wake_outbox()
     await asyncio.wait_for(done.wait(), 30)
     return time.perf_counter() - started
 

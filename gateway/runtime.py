@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.settings import Settings
-from gateway.engines.dispatcher import Dispatcher, DispatchMode
+from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendBy
 from gateway.engines.health import HealthMonitor
 from gateway.engines.reconciler import Reconciler
 from gateway.engines.shadowing import ShadowPolicy
@@ -46,16 +46,21 @@ class GatewayState:
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
-    def relayed(self, engine: str) -> bool:
-        """Whether a new leg for `engine` is left to the outbox relay rather than sent by its request.
+    def send_by(self, engine: str) -> SendBy:
+        """Who sends a new leg for `engine`: its request, or the outbox relay.
 
-        Only for an engine that cannot refuse a job at its send (`DispatchMode.OUTBOX`), and only where a relay
-        hears of the leg at once: the reconciler in this process (woken directly), or any reconciler on
-        PostgreSQL (the leg's insert raises a NOTIFY, migration 0009). With SQLite and the reconciler in another
-        process the request keeps sending, so no job waits for a tick."""
+        The relay only for an engine that cannot refuse a job at its send (`DispatchMode.OUTBOX`), and only where
+        a relay hears of the leg at once: the reconciler in this process (handed the leg directly while its
+        wake-up loop runs, woken otherwise), or any reconciler on PostgreSQL (the leg's insert raises a NOTIFY,
+        migration 0009). With SQLite and the reconciler in another process the request keeps sending, so no job
+        waits for a tick."""
         if self.dispatcher.dispatch_mode(engine) is not DispatchMode.OUTBOX:
-            return False
-        return self.settings.gateway_reconcile_in_api or self.is_postgres
+            return SendBy.REQUEST
+        if self.reconciler.relaying:
+            return SendBy.HAND_OVER
+        if self.settings.gateway_reconcile_in_api or self.is_postgres:
+            return SendBy.RELAY
+        return SendBy.REQUEST
 
     @classmethod
     def build(cls, settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:

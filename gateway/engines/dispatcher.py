@@ -42,6 +42,18 @@ class DispatchMode(StrEnum):
     OUTBOX = "outbox"  # the outbox relay (the reconciler), woken by the commit: the request does no engine work
 
 
+class SendBy(StrEnum):
+    """Who sends one new job's primary leg, and how the leg is committed for it (`GatewayState.send_by`)."""
+
+    # The admitting request, right after its commit (due after a grace: the outbox takes over if it did not).
+    REQUEST = "request"
+    # A relay woken by the commit (in-process wake-up or PostgreSQL NOTIFY) claims it: committed due at once.
+    RELAY = "relay"
+    # This process's relay, which is running: committed under its lease and handed over in memory, so no relay
+    # has to claim it back from the store.
+    HAND_OVER = "hand_over"
+
+
 class SendStatus(StrEnum):
     SENT = "sent"
     RETRY = "retry"  # engine unreachable: the leg stays in the outbox

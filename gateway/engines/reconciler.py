@@ -125,12 +125,44 @@ class TickReport:
         return self.outbox_full
 
 
-def _ran_before(leg: Leg) -> bool:
+@dataclass(frozen=True)
+class OutboxLeg:
+    """What the relay needs of a leg it sends: read from a claim, or handed over by the request that inserted it
+    (`Reconciler.hand_over`), which saves the claim's round trip."""
+
+    id: str
+    engine: str
+    spec: dict[str, Any]
+    role: str
+    routing: dict[str, Any] | None
+    deadline: datetime | None
+    dispatched_at: datetime | None
+    infra_retries: int
+    # When it was due before the relay leased it: handed back if it was not tried.
+    next_attempt_at: datetime | None
+
+    @classmethod
+    def of(cls, leg: Leg | dict[str, Any]) -> OutboxLeg:
+        get = leg.get if isinstance(leg, dict) else lambda name: getattr(leg, name)
+        return cls(
+            id=get("id"),
+            engine=get("engine"),
+            spec=get("spec"),
+            role=get("role"),
+            routing=get("routing"),
+            deadline=get("deadline"),
+            dispatched_at=get("dispatched_at"),
+            infra_retries=get("infra_retries") or 0,
+            next_attempt_at=get("next_attempt_at"),
+        )
+
+
+def _ran_before(leg: OutboxLeg) -> bool:
     """A leg back in the outbox after it was sent (an infrastructure retry): the engine must start it over."""
     return leg.dispatched_at is not None and (leg.infra_retries or 0) > 0
 
 
-def _has_shadows(leg: Leg) -> bool:
+def _has_shadows(leg: OutboxLeg) -> bool:
     """A primary leg whose job also runs as shadow legs (they are due once it was sent)."""
     return leg.role == LegRole.PRIMARY.value and bool(((leg.routing or {}).get("shadow") or {}).get("legs"))
 
@@ -172,13 +204,19 @@ class Reconciler:
         self.skips = skips
         # Registered from above (the comparison step is installed by gateway.jobs.bootstrap).
         self.steps: dict[str, TickStep] = {}
-        # Set by `wake_outbox` (or a NOTIFY on OUTBOX_CHANNEL): flush the outbox now, not at the next tick.
+        # Set by `wake_outbox` (or a NOTIFY on OUTBOX_CHANNEL) and `hand_over`: flush the outbox now, not at the
+        # next tick; with a claim of what is due only after a `wake_outbox`.
         self._outbox_due = asyncio.Event()
+        self._claim_wanted = False
         # Outbox flushes run on a wake-up (not by a tick): a figure, and what tests wait on.
         self.woken_flushes = 0
         self._flushed = asyncio.Condition()
         # Set while the PostgreSQL outbox listener listens.
         self.outbox_listening = asyncio.Event()
+        # Legs this process's requests inserted under the relay's lease and handed over (`hand_over`).
+        self._handed: list[OutboxLeg] = []
+        # True while `flush_woken` runs here: only then may a request hand a leg over.
+        self.relaying = False
 
     @property
     def flush_size(self) -> int:
@@ -279,7 +317,7 @@ class Reconciler:
             self._next_prune = now + PRUNE_PAUSE
         return deleted
 
-    async def flush_outbox(self, report: TickReport) -> None:
+    async def flush_outbox(self, report: TickReport, claim: bool = True) -> None:
         """Send what is due. Three short steps, no transaction open across a send:
 
         1. lease: the due legs are locked (`SKIP LOCKED`), the ones past their deadline timed out, the others
@@ -295,10 +333,13 @@ class Reconciler:
         steps leaves its legs due again when the lease ends: they are sent again (at least once, as before).
         """
         now = utcnow()
-        leased = await self._lease_due(now, report)
+        # Legs handed over by this process's requests are leased already: sent without a claim. `claim` off
+        # (a wake-up by hand-overs alone) sends only those.
+        claimed = await self._lease_due(now, report) if claim else []
+        leased, self._handed = [*self._handed, *claimed], []
         if not leased:
             return
-        by_engine: dict[str, list[Leg]] = defaultdict(list)
+        by_engine: dict[str, list[OutboxLeg]] = defaultdict(list)
         for leg in leased:
             by_engine[leg.engine].append(leg)
         # Engines side by side: one that hangs (a shadow engine) never holds up another's legs.
@@ -307,8 +348,8 @@ class Reconciler:
         await self._record_sent(leased, outcomes, report)
         await self._settle_unsent(leased, outcomes, report)
 
-    async def _lease_due(self, now: datetime, report: TickReport) -> list[Leg]:
-        """Step 1 of `flush_outbox`: the due legs, leased (detached copies, as they were before the lease)."""
+    async def _lease_due(self, now: datetime, report: TickReport) -> list[OutboxLeg]:
+        """Step 1 of `flush_outbox`: the due legs, leased (as they were before the lease)."""
         stmt = (
             select(Leg)
             .where(
@@ -322,7 +363,7 @@ class Reconciler:
             .order_by(Leg.next_attempt_at)
             .limit(self.flush_size)
         )
-        leased: list[Leg] = []
+        leased: list[OutboxLeg] = []
         async with self.sessions() as session, session.begin():
             legs = (await session.execute(self._locked(stmt))).scalars().all()
             metrics.record_batch("flush", len(legs))
@@ -333,7 +374,7 @@ class Reconciler:
                 for leg in expired:
                     machine.time_out(leg, rows.get(leg.result_id or ""), now)
                     report.finished += 1
-            leased = [leg for leg in legs if not machine.past_deadline(leg, now)]
+            leased = [OutboxLeg.of(leg) for leg in legs if not machine.past_deadline(leg, now)]
             if leased:
                 await session.execute(
                     update(Leg)
@@ -343,7 +384,7 @@ class Reconciler:
                 )
         return leased
 
-    async def _send_group(self, engine: str, legs: list[Leg]) -> dict[str, SendOutcome]:
+    async def _send_group(self, engine: str, legs: list[OutboxLeg]) -> dict[str, SendOutcome]:
         """The first leg probes the engine; only if it got through are the others sent, all at once. A leg left
         out (its engine is down) has no outcome."""
         first = await self.dispatcher.send(engine, legs[0].spec, legs[0].id, _ran_before(legs[0]))
@@ -355,7 +396,7 @@ class Reconciler:
         outcomes.update((leg.id, outcome) for leg, outcome in zip(rest, sent, strict=True))
         return outcomes
 
-    async def _record_sent(self, legs: list[Leg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
+    async def _record_sent(self, legs: list[OutboxLeg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
         """Step 3 for the legs their engine accepted: the marks, committed together (`machine.record_sent`)."""
         now = utcnow()
         deadline = now + timedelta(seconds=self.settings.gateway_leg_deadline_seconds)
@@ -373,7 +414,7 @@ class Reconciler:
         if any(_has_shadows(leg) for leg in sent):
             self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
 
-    async def _settle_unsent(self, legs: list[Leg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
+    async def _settle_unsent(self, legs: list[OutboxLeg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
         """Step 3 for the legs not sent: their retry, fault or rejection, or (not tried: their engine is down)
         their lease handed back; each only while it is still pending and open."""
         unsent = {leg.id: leg for leg in legs if (o := outcomes.get(leg.id)) is None or o.status != SendStatus.SENT}
@@ -477,8 +518,19 @@ class Reconciler:
         if not isinstance(adapter, OneReadObserver):
             states = await self._poll(engine, [leg.id for leg in legs])
             return await self._apply(engine, legs, states, rows)
+        reading = asyncio.ensure_future(run_in_threadpool(adapter.observe, [leg.id for leg in legs]))
+        return await self._apply_observed(engine, legs, rows, reading)
+
+    async def _apply_observed(
+        self,
+        engine: str,
+        legs: list[Leg],
+        rows: dict[str, Result],
+        observing: asyncio.Future[tuple[dict[str, LegState], dict[str, LegResult]]],
+    ) -> int:
+        """`_advance_group` with the engine's read already under way (`apply_completions`)."""
         try:
-            states, results = await run_in_threadpool(adapter.observe, [leg.id for leg in legs])
+            states, results = await observing
         except Exception as exc:  # noqa: BLE001 - like a failed poll: no news, the legs stay as they are
             log.warning(
                 "read of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)), extra={"engine": engine}
@@ -554,8 +606,12 @@ class Reconciler:
                     await self._advance_group(legs[0].engine, list(legs), rows)
 
     # ----------------------------------------------------------------------------------- pushed completions
-    async def apply_completions(self, leg_ids: list[str]) -> int:
+    async def apply_completions(self, leg_ids: list[str], engine: str | None = None) -> int:
         """The engine says these legs ended: read and close them now; returns how many finished here.
+
+        With the announcing `engine` named, an engine that reads states and results at once (`OneReadObserver`)
+        is read while the legs are being locked, not after: the read is of ends, which do not change, as the
+        ticks' observations are read before their locks too.
 
         A leg still PENDING (the engine finished it before its request recorded the send) is closed all the
         same. Ids of open legs that cannot be taken now (another reconciler holds them) are retried with a
@@ -564,7 +620,7 @@ class Reconciler:
         todo = list(dict.fromkeys(leg_ids))
         finished = 0
         for attempt in range(PUSH_RETRIES):
-            done, todo = await self._refresh_ids(todo)
+            done, todo = await self._refresh_ids(todo, engine)
             finished += done
             if not todo:
                 break
@@ -574,21 +630,30 @@ class Reconciler:
             self._pushed.notify_all()
         return finished
 
-    async def _refresh_ids(self, leg_ids: list[str]) -> tuple[int, list[str]]:
+    async def _refresh_ids(self, leg_ids: list[str], engine: str | None = None) -> tuple[int, list[str]]:
         """One pass: (finished, open legs not taken), in batches of `batch_size`."""
+        adapter = self.dispatcher.adapter(engine) if engine is not None else None
+        observer = adapter if isinstance(adapter, OneReadObserver) else None
         finished = 0
         untaken: list[str] = []
         for start in range(0, len(leg_ids), self.batch_size):
             chunk = leg_ids[start : start + self.batch_size]
             # PENDING too: the engine may finish a leg before its request recorded the send (see `_apply`).
             where = and_(Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state != DispatchState.FAILED)
-            async with self._writer():
-                async with self._claim_joined(where) as (legs, rows):
-                    by_engine: dict[str, list[Leg]] = defaultdict(list)
-                    for leg in legs:
-                        by_engine[leg.engine].append(leg)
-                    for engine, group in by_engine.items():
-                        finished += await self._advance_group(engine, group, rows)
+            observing = asyncio.ensure_future(run_in_threadpool(observer.observe, chunk)) if observer else None
+            async with self._writer(), self._claim_joined(where) as (legs, rows):
+                by_engine: dict[str, list[Leg]] = defaultdict(list)
+                for leg in legs:
+                    by_engine[leg.engine].append(leg)
+                for name, group in by_engine.items():
+                    if observing is not None and name == engine:
+                        finished += await self._apply_observed(name, group, rows, observing)
+                        observing = None
+                    else:
+                        finished += await self._advance_group(name, group, rows)
+            if observing is not None:  # none of its legs could be taken: the read is not needed
+                observing.add_done_callback(lambda done: done.cancelled() or done.exception())  # never unretrieved
+                observing.cancel()
                 taken = {leg.id for leg in legs}
                 if len(taken) < len(chunk):
                     async with self.sessions() as session:
@@ -634,7 +699,7 @@ class Reconciler:
                     if engine not in self.following:
                         await self._set_following(engine, True)
                     if leg_ids:
-                        await self.apply_completions(leg_ids)
+                        await self.apply_completions(leg_ids, engine)
                 return  # the feed ended by itself: this setup cannot push, polling alone applies
             except Exception as exc:  # noqa: BLE001 - a lost feed is reopened; polling covers the gap
                 log.warning("%s completion feed lost: %s", engine, redact_text(repr(exc)))
@@ -644,34 +709,53 @@ class Reconciler:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.gateway_reconcile_interval)
 
     # ------------------------------------------------------------------------------------------ prompt outbox
-    def wake_outbox(self) -> None:
-        """Flush the outbox now (legs just became due); cheap, coalesced, a no-op if no loop runs here."""
+    def hand_over(self, leg: dict[str, Any]) -> None:
+        """A leg just committed by this process under the relay's lease (`OUTBOX_LEASE`, its `next_attempt_at`):
+        sent by the next flush, with no claim to read it back. Only while `relaying`; if this process stops
+        before the send, the lease ends and any reconciler sends it."""
+        self._handed.append(OutboxLeg.of({**leg, "next_attempt_at": leg["created_at"]}))
         self._outbox_due.set()
 
-    async def flush_now(self) -> TickReport:
-        """One outbox flush outside the ticks (what a wake-up runs): due legs sent, shadow legs among them."""
+    def wake_outbox(self) -> None:
+        """Flush the outbox now (legs just became due); cheap, coalesced, a no-op if no loop runs here."""
+        self._claim_wanted = True
+        self._outbox_due.set()
+
+    async def flush_now(self, claim: bool = True) -> TickReport:
+        """One outbox flush outside the ticks (what a wake-up runs): the handed-over legs and (`claim`) the due
+        ones sent, shadow legs among them."""
         report = TickReport()
         async with self._writer():
-            await self.flush_outbox(report)
+            await self.flush_outbox(report, claim)
         return report
 
     async def flush_woken(self, stop: asyncio.Event) -> None:
         """Flush the outbox each time it is woken, until `stop`; wake-ups during a flush make one more flush."""
+        self.relaying = True
+        try:
+            await self._flush_woken(stop)
+        finally:
+            self.relaying = False
+            if self._handed:  # stopped before their send: they wait for their lease to end
+                log.warning("%d handed-over legs left to the outbox's next claim", len(self._handed))
+
+    async def _flush_woken(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _first(self._outbox_due.wait(), stop.wait())
             if stop.is_set():
                 return
             self._outbox_due.clear()
+            claim, self._claim_wanted = self._claim_wanted, False
             try:
-                report = await self.flush_now()
+                report = await self.flush_now(claim)
             except Exception as exc:  # noqa: BLE001 - the ticks' flush is the safety net
                 log.warning("outbox flush failed: %s", redact_text(repr(exc)))
                 continue
             async with self._flushed:
                 self.woken_flushes += 1
                 self._flushed.notify_all()
-            if report.dispatched + report.deferred + report.finished >= self.flush_size:
-                self._outbox_due.set()  # a full batch: there may be more
+            if report.outbox_full:
+                self.wake_outbox()  # a full claim: there may be more
 
     async def wait_woken_flushes(self, count: int, timeout: float) -> int:
         """Until at least `count` woken flushes ran (or `timeout`); returns how many did."""

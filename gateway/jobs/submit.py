@@ -4,11 +4,12 @@ The order of the checks is the contract's: content, commit, max submissions, an 
 (member, content, commit), backend type. The row and its primary leg are committed *before* dispatch with a
 gateway-chosen leg id (the row's `test_system_id`), in one statement.
 
-Who sends the leg depends on its engine (`GatewayState.relayed`). An engine that may refuse the job at its send
+Who sends the leg depends on its engine (`GatewayState.send_by`). An engine that may refuse the job at its send
 (Prefect: a missing deployment is the contract's 404) is sent by the request right after the commit; an
 unreachable engine leaves the leg in the outbox for the reconciler (the client still gets its 200 with status 3).
 An engine that takes whatever it is sent (Celery) is not contacted by the request at all: the leg is committed
-due at once and the outbox relay (the reconciler, woken by the commit) sends it. The answer is the same either
+due at once and the outbox relay (the reconciler, woken by the commit) sends it; when that relay runs in this
+process, the leg is committed under its lease and handed to it, so it needs no claim. The answer is the same either
 way; what the request saves is the send's CPU, most of the submit path's cost under load.
 """
 
@@ -28,7 +29,8 @@ from backends.interface import TaskKind
 from common.legacy import Repository, ResultStatus, TestJob
 from common.redact import strip_credentials
 from gateway.cutover.stages import CutoverConfig
-from gateway.engines.dispatcher import SendStatus
+from gateway.engines.dispatcher import SendBy, SendStatus
+from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
 from gateway.jobs.follow_ups import request_submission
@@ -57,6 +59,10 @@ RERUN = {
 }
 # A fresh leg belongs to its request for this long; the reconciler must not race it for the first send.
 OUTBOX_GRACE = timedelta(seconds=15)
+# When a new primary leg is due in the outbox, by who sends it: the request right after its commit (the outbox
+# takes over after a grace, if that did not happen), a relay woken by the commit (at once), or this process's
+# relay, handed the leg (its lease: any reconciler takes over only if this process stopped before the send).
+DUE_AFTER = {SendBy.REQUEST: OUTBOX_GRACE, SendBy.RELAY: timedelta(0), SendBy.HAND_OVER: OUTBOX_LEASE}
 # The legacy task name of a test run, looked up once (not per request).
 STUDENT_TESTING_TASK = task_name_of(TaskKind.STUDENT_TESTING)
 # Runs that broke do not count against the maximum: the student did not get a verdict from them.
@@ -215,8 +221,8 @@ class _Run:
     spec: dict[str, Any]
     # Shadow legs (column values), written with the row and dispatched after the primary, off the request.
     shadows: tuple[dict[str, Any], ...] = ()
-    # The outbox relay sends the primary leg, not this request (`GatewayState.relayed`).
-    relayed: bool = False
+    # Who sends the primary leg (`GatewayState.send_by`): this request, or the outbox relay.
+    send_by: SendBy = SendBy.REQUEST
 
 
 def _new_run(
@@ -226,12 +232,11 @@ def _new_run(
     member: CourseMember,
     backend: ExecutionBackend | None,
     cutover: CutoverConfig | None = None,
-    relayed: Callable[[str], bool] = lambda _engine: False,
+    send_by: Callable[[str], SendBy] = lambda _engine: SendBy.REQUEST,
 ) -> _Run:
     """Raises the contract's 400s for an unsupported backend or a member without a repository.
 
-    `relayed(engine)`: the outbox relay sends the primary leg (due at once), not the request (due after a grace,
-    so the reconciler does not race the request's own send)."""
+    `send_by(engine)`: who sends the primary leg, which decides when it is due (`DUE_AFTER`)."""
     if backend is None:
         raise BadJobRequest("execution_backend type not supported!")
     try:
@@ -243,7 +248,7 @@ def _new_run(
     leg_id = new_id()
     row_id = new_id()
     now = utcnow()
-    by_relay = relayed(plan.primary)
+    sender = send_by(plan.primary)
     row: dict[str, Any] = {
         "id": row_id,
         "submit": bool(body.submit),
@@ -279,11 +284,9 @@ def _new_run(
         spec=spec,
         routing=plan.decision,
         now=now,
-        # Sent by the request right after the commit (the outbox takes over only if that did not happen), or by
-        # the outbox relay at once.
-        due_at=now if by_relay else now + OUTBOX_GRACE,
+        due_at=now + DUE_AFTER[sender],
     )
-    return _Run(row=row, leg=leg, plan=plan, spec=spec, relayed=by_relay)
+    return _Run(row=row, leg=leg, plan=plan, spec=spec, send_by=sender)
 
 
 def shadow_spec(spec: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +328,9 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
 async def _dispatch(state: GatewayState, run: _Run, row_id: str) -> None:
     """The committed run's primary leg: sent now by this request, or left to the outbox relay (woken here; on
     PostgreSQL the insert also woke every reconciler); then its shadow legs' wake-up."""
-    if run.relayed:
+    if run.send_by is SendBy.HAND_OVER:
+        state.reconciler.hand_over(run.leg)
+    elif run.send_by is SendBy.RELAY:
         state.reconciler.wake_outbox()
     else:
         await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row_id)
@@ -382,7 +387,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         if existing is not None and ResultStatus(existing.status) in KEEP:
             return await _kept(state, existing, body), False
         try:
-            run = _new_run(principal, body, content, member, backend, cutover, state.relayed)
+            run = _new_run(principal, body, content, member, backend, cutover, state.send_by)
         except JobError:
             if not looked:  # the contract checks for an existing run before the backend and the repository
                 looked, existing = True, await _existing(state, member_id, content.id, commit)

@@ -13,16 +13,17 @@ import asyncio
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backends.interface import JobSpec
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
-from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendStatus
+from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendBy, SendStatus
+from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.jobs.shadow_admin import set_shadow
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
-from gateway.store.models import Leg, Result
+from gateway.store.models import Leg, Result, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
@@ -213,5 +214,33 @@ def test_legs_not_tried_while_their_engine_is_down_stay_due(relayed: RelayedCele
         legs = [leg for row in rows for leg in await legs_of(state, row.id)]
         assert back.dispatched == 2 and sorted(leg.dispatch_attempts for leg in legs) == [1, 1, 1]
         assert sorted(leg.dispatch_state for leg in legs) == [DispatchState.PENDING] + [DispatchState.SENT] * 2
+
+    relayed.run(test)
+
+
+def test_a_leg_handed_to_the_running_relay_is_leased_and_needs_no_claim(relayed: RelayedCelery) -> None:
+    """While this process's relay runs, a relayed leg is committed under its lease and handed over in memory:
+    the next flush sends it without reading it back; if the process stops first, the lease keeps other relays
+    off it until it ends, and then any relay sends it."""
+    celery = relayed.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        assert state.send_by("celery") is SendBy.RELAY  # no wake-up loop runs yet
+        state.reconciler.relaying = True  # as while `flush_woken` runs
+        assert state.send_by("celery") is SendBy.HAND_OVER and state.send_by("prefect") is SendBy.REQUEST
+        row, _new = await submit_test(state, ADMIN, body("c1"))
+        [leg] = await legs_of(state, row.id)
+        assert leg.next_attempt_at == leg.created_at + OUTBOX_LEASE and celery.calls["submit"] == 0
+        handed = await state.reconciler.flush_now()
+        [leg] = await legs_of(state, row.id)
+        assert handed.dispatched == 1 and leg.dispatch_state == DispatchState.SENT and celery.calls["submit"] == 1
+
+        # The same, but the process stops before the send: its hand-over is lost with it.
+        row, _new = await submit_test(state, ADMIN, body("c2"))
+        state.reconciler._handed.clear()
+        assert (await state.reconciler.flush_now()).dispatched == 0  # leased: nobody else sends it yet
+        async with state.sessions() as session, session.begin():  # the lease ends
+            await session.execute(update(Leg).where(Leg.result_id == row.id).values(next_attempt_at=utcnow()))
+        assert (await state.reconciler.flush_now()).dispatched == 1 and celery.calls["submit"] == 2
 
     relayed.run(test)
