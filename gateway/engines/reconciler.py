@@ -518,19 +518,8 @@ class Reconciler:
         if not isinstance(adapter, OneReadObserver):
             states = await self._poll(engine, [leg.id for leg in legs])
             return await self._apply(engine, legs, states, rows)
-        reading = asyncio.ensure_future(run_in_threadpool(adapter.observe, [leg.id for leg in legs]))
-        return await self._apply_observed(engine, legs, rows, reading)
-
-    async def _apply_observed(
-        self,
-        engine: str,
-        legs: list[Leg],
-        rows: dict[str, Result],
-        observing: asyncio.Future[tuple[dict[str, LegState], dict[str, LegResult]]],
-    ) -> int:
-        """`_advance_group` with the engine's read already under way (`apply_completions`)."""
         try:
-            states, results = await observing
+            states, results = await run_in_threadpool(adapter.observe, [leg.id for leg in legs])
         except Exception as exc:  # noqa: BLE001 - like a failed poll: no news, the legs stay as they are
             log.warning(
                 "read of %d %s legs failed: %s", len(legs), engine, redact_text(repr(exc)), extra={"engine": engine}
@@ -606,12 +595,8 @@ class Reconciler:
                     await self._advance_group(legs[0].engine, list(legs), rows)
 
     # ----------------------------------------------------------------------------------- pushed completions
-    async def apply_completions(self, leg_ids: list[str], engine: str | None = None) -> int:
+    async def apply_completions(self, leg_ids: list[str]) -> int:
         """The engine says these legs ended: read and close them now; returns how many finished here.
-
-        With the announcing `engine` named, an engine that reads states and results at once (`OneReadObserver`)
-        is read while the legs are being locked, not after: the read is of ends, which do not change, as the
-        ticks' observations are read before their locks too.
 
         A leg still PENDING (the engine finished it before its request recorded the send) is closed all the
         same. Ids of open legs that cannot be taken now (another reconciler holds them) are retried with a
@@ -620,7 +605,7 @@ class Reconciler:
         todo = list(dict.fromkeys(leg_ids))
         finished = 0
         for attempt in range(PUSH_RETRIES):
-            done, todo = await self._refresh_ids(todo, engine)
+            done, todo = await self._refresh_ids(todo)
             finished += done
             if not todo:
                 break
@@ -630,30 +615,24 @@ class Reconciler:
             self._pushed.notify_all()
         return finished
 
-    async def _refresh_ids(self, leg_ids: list[str], engine: str | None = None) -> tuple[int, list[str]]:
-        """One pass: (finished, open legs not taken), in batches of `batch_size`."""
-        adapter = self.dispatcher.adapter(engine) if engine is not None else None
-        observer = adapter if isinstance(adapter, OneReadObserver) else None
+    async def _refresh_ids(self, leg_ids: list[str]) -> tuple[int, list[str]]:
+        """One pass: (finished, open legs not taken), in batches of `batch_size`.
+
+        The engine is read after the legs are locked, not beside the lock: a read in a thread while the event
+        loop takes the locks made both wait for the GIL (measured: 15.8 against 8.6 ms per no-op job)."""
         finished = 0
         untaken: list[str] = []
         for start in range(0, len(leg_ids), self.batch_size):
             chunk = leg_ids[start : start + self.batch_size]
             # PENDING too: the engine may finish a leg before its request recorded the send (see `_apply`).
             where = and_(Leg.id.in_(chunk), Leg.finished.is_(False), Leg.dispatch_state != DispatchState.FAILED)
-            observing = asyncio.ensure_future(run_in_threadpool(observer.observe, chunk)) if observer else None
-            async with self._writer(), self._claim_joined(where) as (legs, rows):
-                by_engine: dict[str, list[Leg]] = defaultdict(list)
-                for leg in legs:
-                    by_engine[leg.engine].append(leg)
-                for name, group in by_engine.items():
-                    if observing is not None and name == engine:
-                        finished += await self._apply_observed(name, group, rows, observing)
-                        observing = None
-                    else:
-                        finished += await self._advance_group(name, group, rows)
-            if observing is not None:  # none of its legs could be taken: the read is not needed
-                observing.add_done_callback(lambda done: done.cancelled() or done.exception())  # never unretrieved
-                observing.cancel()
+            async with self._writer():
+                async with self._claim_joined(where) as (legs, rows):
+                    by_engine: dict[str, list[Leg]] = defaultdict(list)
+                    for leg in legs:
+                        by_engine[leg.engine].append(leg)
+                    for engine, group in by_engine.items():
+                        finished += await self._advance_group(engine, group, rows)
                 taken = {leg.id for leg in legs}
                 if len(taken) < len(chunk):
                     async with self.sessions() as session:
@@ -699,7 +678,7 @@ class Reconciler:
                     if engine not in self.following:
                         await self._set_following(engine, True)
                     if leg_ids:
-                        await self.apply_completions(leg_ids, engine)
+                        await self.apply_completions(leg_ids)
                 return  # the feed ended by itself: this setup cannot push, polling alone applies
             except Exception as exc:  # noqa: BLE001 - a lost feed is reopened; polling covers the gap
                 log.warning("%s completion feed lost: %s", engine, redact_text(repr(exc)))

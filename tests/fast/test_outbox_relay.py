@@ -244,3 +244,34 @@ def test_a_leg_handed_to_the_running_relay_is_leased_and_needs_no_claim(relayed:
         assert (await state.reconciler.flush_now()).dispatched == 1 and celery.calls["submit"] == 2
 
     relayed.run(test)
+
+
+def test_a_pushed_completion_for_a_leg_held_elsewhere_is_retried(memory_gateway_pg: MemoryGateway) -> None:
+    """PostgreSQL: a completion whose leg another writer holds is not dropped: it is tried again once the lock
+    is gone, and closes the leg then."""
+    relayed = RelayedCelery(memory_gateway_pg)
+    celery = relayed.engines["celery"]
+
+    async def test(state: GatewayState) -> None:
+        row, _new = await submit_test(state, ADMIN, body("c1"))
+        await state.reconciler.flush_now()
+        [leg] = await legs_of(state, row.id)
+        celery.succeed(leg.id, {"tests": [], "summary": {"total": 1, "passed": 1}})
+        first_try = asyncio.Event()
+        refresh = state.reconciler._refresh_ids
+
+        async def counted(ids: list[str]) -> tuple[int, list[str]]:
+            found = await refresh(ids)
+            first_try.set()
+            return found
+
+        state.reconciler._refresh_ids = counted  # type: ignore[method-assign]
+        async with state.sessions() as holder, holder.begin():  # another writer holds the leg
+            await holder.execute(select(Leg).where(Leg.id == leg.id).with_for_update())
+            pushed = asyncio.create_task(state.reconciler.apply_completions([leg.id]))
+            await asyncio.wait_for(first_try.wait(), 30)
+        assert await pushed == 1
+        [leg] = await legs_of(state, row.id)
+        assert leg.finished
+
+    relayed.run(test)
