@@ -324,8 +324,8 @@ class Reconciler:
            given `next_attempt_at = now + OUTBOX_LEASE`, committed at once: no other relay takes them meanwhile,
            and nobody waits on their locks while they are sent;
         2. send them (engines side by side);
-        3. record: a sent leg's mark is one guarded UPDATE shared with concurrent marks (`machine.record_sent`,
-           only while still pending); the few that were not sent are locked again and given their retry, fault
+        3. record: the sent legs' marks are one guarded UPDATE (`machine.record_sent_many`, only while still
+           pending and open); the few that were not sent are locked again and given their retry, fault
            or rejection (only while still pending and open).
 
         Why: the send used to hold the legs' locks, so a job that finished before its send was recorded (a fast
@@ -397,19 +397,14 @@ class Reconciler:
         return outcomes
 
     async def _record_sent(self, legs: list[OutboxLeg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
-        """Step 3 for the legs their engine accepted: the marks, committed together (`machine.record_sent`)."""
+        """Step 3 for the legs their engine accepted: their marks in one statement (`machine.record_sent_many`)."""
         now = utcnow()
         deadline = now + timedelta(seconds=self.settings.gateway_leg_deadline_seconds)
         sent = [leg for leg in legs if (o := outcomes.get(leg.id)) is not None and o.status == SendStatus.SENT]
         if not sent:
             return
-        bind = self.sessions.kw["bind"]
-        await asyncio.gather(
-            *(
-                machine.record_sent(bind, leg.id, outcomes[leg.id].engine_run_id, now, leg.deadline or deadline)
-                for leg in sent
-            )
-        )
+        marks = [(leg.id, outcomes[leg.id].engine_run_id, now, leg.deadline or deadline) for leg in sent]
+        await machine.record_sent_many(self.sessions.kw["bind"], marks)
         report.dispatched += len(sent)
         if any(_has_shadows(leg) for leg in sent):
             self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now

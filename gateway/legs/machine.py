@@ -250,6 +250,13 @@ async def record_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now:
     await marks.add((leg_id, run_id or leg_id, now, deadline))
 
 
+async def record_sent_many(engine: AsyncEngine, sent: list[tuple[str, str | None, datetime, datetime]]) -> None:
+    """`record_sent` for a batch the caller already holds (the relay's sends: leg id, engine run id, sent at,
+    deadline): one statement, no group to join."""
+    if sent:
+        await _write_sent_marks(engine, [(leg_id, run or leg_id, at, deadline) for leg_id, run, at, deadline in sent])
+
+
 # ------------------------------------------------------------------------------------------- retry later
 def backoff_seconds(attempts: int, cap: float = 60.0) -> float:
     """0.5 s, 1 s, 2 s ... capped: fast recovery after a short outage, no hammering during a long one."""
