@@ -402,6 +402,11 @@ def test_leftovers_of_a_killed_up_are_stopped_first(tmp_path: Path) -> None:
         group = {leftover.pid: _proc_start_time(leftover.pid) or "", **descendants(leftover.pid)}
         entries = [{"name": "celery-worker", "pid": leftover.pid, "start": _proc_start_time(leftover.pid)}]
         (data / "up-children.json").write_text(json.dumps(entries))
+        # The leftover is reaped the moment it exits, as init reaps the orphan of a killed `gateway up`. Left a
+        # zombie of this process, it would keep its pid and start time, and the stop would wait out both of its
+        # 10 s graces (SIGTERM, then SIGKILL) for a process that is already gone.
+        reaper = threading.Thread(target=leftover.wait, daemon=True)
+        reaper.start()
         with socket.socket() as taken:  # keeps the run short: it stops the leftovers, then refuses the port
             taken.bind(("127.0.0.1", 0))
             taken.listen()

@@ -264,4 +264,4 @@ def running_stack(
         finally:
             result.release_slow_runs()  # nothing left blocking a worker slot while the stack stops
             for worker in result.workers:
-                stop_worker(worker)
+                stop_worker(worker, graceful=False)  # the module is over: no warm shutdown (see stop_worker)

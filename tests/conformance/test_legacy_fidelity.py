@@ -262,7 +262,7 @@ def test_the_celery_era_task_views_over_both_engines(stack: Stack) -> None:
 def legacy_worker_only(stack: Stack) -> Iterator[Any]:
     """The stack's own workers stopped, an old worker started in their place; the gateway's back afterwards."""
     for worker in stack.workers:
-        stop_worker(worker)
+        stop_worker(worker, graceful=False)  # gone before the test begins: how they stop is not what it tests
     started: list[WorkerProcess] = []
 
     def start(serializer: str) -> WorkerProcess:
@@ -284,7 +284,7 @@ def legacy_worker_only(stack: Stack) -> Iterator[Any]:
         yield start
     finally:
         for old in started:
-            stop_worker(old)
+            stop_worker(old, graceful=False)
         stack.start_worker()
 
 

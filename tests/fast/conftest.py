@@ -88,10 +88,20 @@ def memory_gateway(tmp_path: Path, seeded_sqlite: Path) -> MemoryGateway:
     return MemoryGateway(settings, MemoryEngine())
 
 
-@pytest.fixture
-def memory_gateway_pg(tmp_path: Path, postgres_db: Any) -> Iterator[MemoryGateway]:
+@pytest.fixture(scope="session")
+def seeded_pg(tmp_path_factory: pytest.TempPathFactory, postgres_db: Any) -> Iterator[Any]:
+    """The migrated, seeded PostgreSQL store, made once per session: each test's database is created from it as
+    a template (the PostgreSQL twin of `seeded_sqlite`; the migrations are most of a fresh store's cost)."""
     with fresh_pg_database(postgres_db) as db:
-        yield _gateway({"GATEWAY_DATA_DIR": str(tmp_path), **db.env()})
+        _gateway({"GATEWAY_DATA_DIR": str(tmp_path_factory.mktemp("seeded-pg")), **db.env()})
+        yield db
+
+
+@pytest.fixture
+def memory_gateway_pg(tmp_path: Path, postgres_db: Any, seeded_pg: Any) -> Iterator[MemoryGateway]:
+    with fresh_pg_database(postgres_db, template=seeded_pg) as db:
+        env = {"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CATALOG_CACHE_SECONDS": "60", **db.env()}
+        yield MemoryGateway(settings_from_env(env), MemoryEngine())
 
 
 def body(commit: str, content: str = "week1/ex1", member: str = "m-alice", submit: bool = False) -> TestCreate:

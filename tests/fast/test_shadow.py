@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from gateway.legs.states import DispatchState, LegOutcome, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
 from gateway.store.models import Comparison, FlakeStat, Leg, Result, utcnow
-from tests.fast.conftest import ADMIN, MemoryGateway, _gateway, body
+from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
 
@@ -78,8 +76,9 @@ class TwoEngines(MemoryGateway):
 
 
 @pytest.fixture
-def gw(tmp_path: Path) -> Iterator[TwoEngines]:
-    yield TwoEngines(_gateway({"GATEWAY_DATA_DIR": str(tmp_path)}))
+def gw(memory_gateway: MemoryGateway) -> TwoEngines:
+    """Its own store, a copy of the session's seeded one (migrating a new file per test was most of its setup)."""
+    return TwoEngines(memory_gateway)
 
 
 async def shadow_on(state: GatewayState, **values: Any) -> None:

@@ -205,4 +205,4 @@ def fault_stack(
         finally:
             release_slow_runs(sandboxes)  # nothing left blocking a worker slot while the stack stops
             for worker in stack.workers:
-                stop_worker(worker)
+                stop_worker(worker, graceful=False)  # the module is over: no warm shutdown (see stop_worker)

@@ -13,13 +13,16 @@ from tests.conftest import PostgresDB
 
 
 @contextlib.contextmanager
-def fresh_pg_database(base: PostgresDB) -> Iterator[PostgresDB]:
-    """A database of its own next to the session's one, dropped afterwards (the API owns its whole schema)."""
+def fresh_pg_database(base: PostgresDB, template: PostgresDB | None = None) -> Iterator[PostgresDB]:
+    """A database of its own next to the session's one, dropped afterwards (the API owns its whole schema).
+
+    With `template`, the new database starts as a copy of it (`CREATE DATABASE ... TEMPLATE`): a migrated and
+    seeded store in a fraction of the time the migrations take; nothing may be connected to the template."""
     name = f"{base.name}_{uuid.uuid4().hex[:6]}"
     admin = psycopg2.connect(host=base.host, port=base.port, user=base.user, dbname="postgres")
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template.name}"' if template else ""))
     try:
         yield PostgresDB(base.host, base.port, base.user, name)
     finally:
