@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gateway.legs.machine import FinishedLeg, FinishHooks
-from gateway.legs.states import LegRole
+from gateway.legs.states import LegRole, is_shadowed_primary
 from gateway.store.models import Base, Leg
 
 NAME = "comparison"
@@ -20,10 +20,7 @@ NAME = "comparison"
 def takes_part(leg: Leg) -> bool:
     if leg.result_id is None:
         return False
-    if leg.role == LegRole.SHADOW:
-        return True
-    shadow = (leg.routing or {}).get("shadow") or {}
-    return leg.role == LegRole.PRIMARY and bool(shadow.get("legs"))
+    return leg.role == LegRole.SHADOW or is_shadowed_primary(leg.role, leg.routing)
 
 
 def mark_for_comparison(finished: FinishedLeg) -> Iterable[Base]:

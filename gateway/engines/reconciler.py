@@ -56,7 +56,7 @@ from common.settings import Settings
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.legs import machine
-from gateway.legs.states import DispatchState, LegRole
+from gateway.legs.states import DispatchState, LegRole, is_shadowed_primary
 from gateway.store import open_legs, retention
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.shadow_settings import SkipCounter
@@ -159,12 +159,7 @@ class OutboxLeg:
 
 def _ran_before(leg: OutboxLeg) -> bool:
     """A leg back in the outbox after it was sent (an infrastructure retry): the engine must start it over."""
-    return leg.dispatched_at is not None and (leg.infra_retries or 0) > 0
-
-
-def _has_shadows(leg: OutboxLeg) -> bool:
-    """A primary leg whose job also runs as shadow legs (they are due once it was sent)."""
-    return leg.role == LegRole.PRIMARY.value and bool(((leg.routing or {}).get("shadow") or {}).get("legs"))
+    return leg.dispatched_at is not None and leg.infra_retries > 0
 
 
 def _first_shadow_try(leg: Leg) -> bool:
@@ -374,7 +369,7 @@ class Reconciler:
                 for leg in expired:
                     machine.time_out(leg, rows.get(leg.result_id or ""), now)
                     report.finished += 1
-            leased = [OutboxLeg.of(leg) for leg in legs if not machine.past_deadline(leg, now)]
+            leased = [OutboxLeg.of(leg) for leg in legs if not leg.finished]  # the timed-out ones are finished
             if leased:
                 await session.execute(
                     update(Leg)
@@ -406,7 +401,7 @@ class Reconciler:
         marks = [(leg.id, outcomes[leg.id].engine_run_id, now, leg.deadline or deadline) for leg in sent]
         await machine.record_sent_many(self.sessions.kw["bind"], marks)
         report.dispatched += len(sent)
-        if any(_has_shadows(leg) for leg in sent):
+        if any(is_shadowed_primary(leg.role, leg.routing) for leg in sent):
             self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
 
     async def _settle_unsent(self, legs: list[OutboxLeg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:

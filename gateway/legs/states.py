@@ -7,6 +7,7 @@ Stored as these strings in the `leg` table (`role`, `dispatch_state`, `outcome`)
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class LegRole(StrEnum):
@@ -17,6 +18,11 @@ class LegRole(StrEnum):
     SHADOW = "shadow"
     # Submission processing started by a completed primary leg of a `submit=true` row.
     SUBMISSION = "submission"
+
+
+def is_shadowed_primary(role: str, routing: dict[str, Any] | None) -> bool:
+    """A primary leg whose job also runs as shadow legs: its routing record lists them (`routing.shadow.legs`)."""
+    return role == LegRole.PRIMARY and bool(((routing or {}).get("shadow") or {}).get("legs"))
 
 
 class DispatchState(StrEnum):
