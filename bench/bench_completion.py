@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backends.celery import names  # noqa: E402
 from backends.celery.adapter import CeleryAdapter  # noqa: E402
-from backends.interface import JobSpec  # noqa: E402
+from backends.interface import EngineAdapter, JobSpec  # noqa: E402
+from backends.registry import make_adapter  # noqa: E402
 from bench.bench_reconciler import rows_and_legs  # noqa: E402
 from bench.bench_submit import environment, seed  # noqa: E402
+from common.settings import Settings  # noqa: E402
 from gateway.engines.dispatcher import Dispatcher, SendBy  # noqa: E402
 from gateway.jobs.bootstrap import start_gateway  # noqa: E402
 from gateway.jobs.submit import DUE_AFTER  # noqa: E402
@@ -73,6 +75,12 @@ class NoopCelery(CeleryAdapter):
 
     def submit(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
         return self.send(names.NOOP, {}, leg_id)
+
+
+def noop_celery(engine: str, settings: Settings) -> EngineAdapter:
+    """`NoopCelery` for the Celery engine, the usual adapter for any other: one completion feed, as deployed (an
+    adapter per engine name that all listened to the result store would apply every completion twice)."""
+    return NoopCelery(settings) if engine == "celery" else make_adapter(engine, settings)
 
 
 async def through_gateway(state: GatewayState, waiters: Waiters) -> float:
@@ -122,7 +130,7 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
             await raw(raw_client, waiters)
         for n in range(rounds):
             for variant in times:
-                state = start_gateway(settings, Dispatcher(settings, adapter_factory=lambda _e, s: NoopCelery(s)))
+                state = start_gateway(settings, Dispatcher(settings, adapter_factory=noop_celery))
                 stop = asyncio.Event()
                 if variant == "gateway-push":
                     loop = asyncio.create_task(state.reconciler.run(stop))
