@@ -2,21 +2,21 @@
 
 Celery's `update_state()` without a `task_id` reads `self.request.id`, which is thread-local: called from a
 helper thread (the work's subprocess reader, an executor) it stores a row with a NULL id. `update_progress`
-therefore always passes the task id explicitly; the id is captured on the task's own thread.
+therefore always passes the task id explicitly; the id is captured on the task's own thread. Progress stores are
+coalesced (`backends.celery.progress`): a test run reports per test, a client reads about once a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
 
+from backends.celery.progress import ProgressCoalescer
 from common.legacy import Progress
-
-logger = logging.getLogger(__name__)
+from common.settings import get_settings
 
 PROGRESS_STATE = "PROGRESS"
 
@@ -31,32 +31,48 @@ class BaseTask(Task):
     """Every gateway task derives from this; `update_progress` is the only way tasks report progress."""
 
     abstract = True
-    # The last progress stored by this process, (task id, meta): the same progress again is not stored twice (the
-    # task reports "started" and its work reports the same "started" right after). A store round trip saved per
-    # repeat; whatever thread reports, a repeat leaves the row as it is, so no lock is needed. Forgotten when a
-    # task starts, so a new attempt under the same id (a rerun in the same process) stores its progress again.
-    _last_progress: tuple[str, dict[str, Any]] | None = None
+    # This process's progress stores for this task type, made on first use (in the pool process that runs it).
+    _coalescer: ProgressCoalescer | None = None
+
+    @property
+    def progress(self) -> ProgressCoalescer:
+        if self._coalescer is None:
+            self._coalescer = ProgressCoalescer(self._store_progress, get_settings().celery_progress_interval)
+        return self._coalescer
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        self._last_progress = None
+        """Bind this run's progress store to its backend and request, taken here on the task's thread: Celery keeps
+        both per thread, and a held progress is stored by a timer thread, which would otherwise build a backend of
+        its own (engine, pool, tables: measured 28 ms per job) and store a row without the task's name and args."""
+        backend, request = self.backend, self.request
+
+        def store(tid: str, meta: dict[str, Any]) -> None:
+            backend.store_result(tid, meta, PROGRESS_STATE, request=request)
+
+        self.progress.start(task_id, store)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The task's body, then its progress closed: a progress held back is dropped, and none is stored once
+        the body ended, so none can land after (and over) the final state the tracer stores next."""
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            if self.request.id:
+                self.progress.close(self.request.id)
 
     def update_progress(
         self, percentage: int, metadata: dict[str, Any] | None = None, *, task_id: str | None = None
     ) -> None:
-        """Store PROGRESS for `task_id` (default: the task running on this thread). Never raises into the work."""
+        """Report PROGRESS for `task_id` (default: the task running on this thread). Stored at once, or folded
+        into the next store when one was made less than `celery_progress_interval` ago. Never raises."""
         tid = task_id or self.request.id
         if not tid:
             # Called outside a task (e.g. a direct call in a test): there is no row to update.
             return
-        meta = progress_meta(percentage, metadata)
-        if self._last_progress == (tid, meta):
-            return
-        try:
-            self.update_state(task_id=tid, state=PROGRESS_STATE, meta=meta)
-        except Exception:  # noqa: BLE001 - progress is best effort; the task's result must not depend on it
-            logger.warning("could not store progress for %s", tid, exc_info=True)
-        else:
-            self._last_progress = (tid, meta)
+        self.progress.report(tid, progress_meta(percentage, metadata))
+
+    def _store_progress(self, task_id: str, meta: dict[str, Any]) -> None:
+        self.update_state(task_id=task_id, state=PROGRESS_STATE, meta=meta)
 
     async def update_progress_async(
         self, percentage: int, metadata: dict[str, Any] | None = None, *, task_id: str | None = None

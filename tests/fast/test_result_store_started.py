@@ -108,25 +108,3 @@ def test_a_final_store_announces_the_committed_row_once(postgres_db: Any, tmp_pa
             listener.close()
             backend.engine().dispose()
             app.close()
-
-
-def test_the_same_progress_twice_is_stored_once() -> None:
-    """The task's "started" and its work's "started" are one store; a new attempt under the id stores again."""
-    from backends.celery.base_task import BaseTask
-
-    stored: list[tuple[str, Any]] = []
-
-    class Recording(BaseTask):
-        name = "recording"
-
-        def update_state(self, task_id: Any = None, state: Any = None, meta: Any = None, **kwargs: Any) -> None:
-            stored.append((task_id, meta["progress"]["percentage"]))
-
-    task = Recording()
-    for percentage in (0, 0, 20, 20, 30):
-        task.update_progress(percentage, {"stage": "s"}, task_id="a")
-    task.update_progress(30, {"stage": "other"}, task_id="a")
-    task.update_progress(30, {"stage": "other"}, task_id="b")
-    task.before_start("b", (), {})
-    task.update_progress(30, {"stage": "other"}, task_id="b")
-    assert stored == [("a", 0), ("a", 20), ("a", 30), ("a", 30), ("b", 30), ("b", 30)]
