@@ -112,32 +112,35 @@ def test_a_failed_store_is_retried_by_the_next_report_and_never_raises() -> None
     assert calls == [0, 0]
 
 
+class RecordingBackend:
+    """The task's Celery backend: records (percentage, request id, storing thread) for each PROGRESS store."""
+
+    def __init__(self) -> None:
+        self.stores = Stores()
+
+    def store_result(self, task_id: str, meta: Any, state: str, request: Any = None) -> None:
+        assert state == "PROGRESS"
+        self.stores(task_id, {"n": (meta["progress"]["percentage"], request.id, threading.current_thread().name)})
+
+
+def recorded_task(name: str, run: Any) -> tuple[Any, Stores]:
+    """`run` as a bound `BaseTask` on its own app, its progress coalesced every 0.05 s on a test clock."""
+    task: Any = Celery("progress-test", set_as_current=False).task(bind=True, base=BaseTask, name=name)(run)
+    backend = task.backend = RecordingBackend()
+    task._coalescer = ProgressCoalescer(task._store_progress, interval=0.05, clock=Clock())
+    return task, backend.stores
+
+
 def test_the_task_reports_through_the_coalescer_and_closes_it_when_its_body_ends() -> None:
-    """`BaseTask`: the body's reports are stored at once, then coalesced; after the body, none is stored."""
-    stored: list[tuple[str, int]] = []
+    """`BaseTask`: the body's first report is stored at once, the next held; when the body ends the held one is
+    dropped and a late report stores nothing."""
 
-    class Backend:
-        """Celery's backend is per thread: a held report must be stored through the run's own (bound at start)."""
-
-        def store_result(self, task_id: str, meta: Any, state: str, request: Any = None) -> None:
-            assert (state, request.id, threading.current_thread()) == ("PROGRESS", "t1", starter)
-            stored.append((task_id, meta["progress"]["percentage"]))
-
-    class Recording(BaseTask):
-        pass
-
-    starter = threading.current_thread()
-    app = Celery("progress-test", set_as_current=False)
-
-    @app.task(bind=True, base=Recording, name="recording-progress")
     def body(self: BaseTask) -> str:
         self.update_progress(10, {"stage": "s"})
         self.update_progress(20, {"stage": "s"})  # held (the test clock stands still)
         return "ok"
 
-    task: Any = body
-    task.backend = Backend()
-    task._coalescer = ProgressCoalescer(task._store_progress, interval=0.05, clock=Clock())
+    task, stores = recorded_task("recording-progress", body)
     task.push_request(id="t1")
     try:
         task.before_start("t1", (), {})
@@ -147,25 +150,16 @@ def test_the_task_reports_through_the_coalescer_and_closes_it_when_its_body_ends
     finally:
         task.pop_request()
     task.update_progress(40, {"stage": "outside a task"})
-    assert stored == [("t1", 10)]
+    assert stores.done == [("t1", (10, "t1", threading.current_thread().name))]
 
 
 def test_a_held_report_is_stored_by_the_timer_through_the_run_s_own_backend_and_request() -> None:
     """Celery's backend and request are per thread: the timer thread stores through those bound at `before_start`."""
-    stores = Stores()
-    app = Celery("progress-test", set_as_current=False)
 
-    class Backend:
-        def store_result(self, task_id: str, meta: Any, state: str, request: Any = None) -> None:
-            stores(task_id, {"n": (meta["progress"]["percentage"], request.id, threading.current_thread().name)})
-
-    @app.task(bind=True, base=BaseTask, name="held-progress")
     def body(self: BaseTask) -> None:
         return None
 
-    task: Any = body
-    task.backend = Backend()
-    task._coalescer = ProgressCoalescer(task._store_progress, interval=0.05, clock=Clock())
+    task, stores = recorded_task("held-progress", body)
     task.push_request(id="t2")
     try:
         task.before_start("t2", (), {})
