@@ -14,6 +14,8 @@ repositories. The pool lives for the whole run, like the worker.
 Half of the jobs test the passing student, half the failing one; every job's score is checked (passing 1.0,
 failing below 1.0) on both sides. Rounds interleave (reference, gateway, reference, ...), each with
 `--jobs / --rounds` jobs in flight at once; jobs/s is the total over the rounds; the ratio is gateway/reference.
+The order within a round alternates (reference first in rounds 1, 3, ..., the gateway first in rounds 2, 4, ...):
+the machine's speed drifts during a run, and a fixed order would hand one side the later machine every time.
 
     .venv/bin/python bench/bench_e2e.py [--jobs 200] [--rounds 4]
 """
@@ -249,15 +251,25 @@ def main() -> None:
             gateway_pids = {"gateway api": api.process.pid, "gateway worker": worker.pid}
             for n, batch in enumerate(batches):
                 pool_pids = {"reference pool": [process.pid for process in pool._processes.values()]}
-                with cpu_meter("reference", pool_pids) as ref_cpu:
-                    ref = reference_round(pool, repos, pool_settings, per_round)
-                with cpu_meter("gateway", {name: [pid] for name, pid in gateway_pids.items()}) as gw_cpu:
-                    gw = gateway_round(api, client, env["POSTGRES_DB"], repos, batch)
+                measured: dict[str, tuple[float, dict[str, float]]] = {}
+                # Counterbalanced (reference first in odd rounds, gateway first in even ones): the machine's speed
+                # drifts over a run, and a side that always went second would always meet the later machine.
+                order = ("reference", "gateway") if n % 2 == 0 else ("gateway", "reference")
+                for side in order:
+                    if side == "reference":
+                        with cpu_meter(side, pool_pids) as spent:
+                            elapsed = reference_round(pool, repos, pool_settings, per_round)
+                    else:
+                        with cpu_meter(side, {name: [pid] for name, pid in gateway_pids.items()}) as spent:
+                            elapsed = gateway_round(api, client, env["POSTGRES_DB"], repos, batch)
+                    measured[side] = (elapsed, spent)
+                (ref, ref_cpu), (gw, gw_cpu) = measured["reference"], measured["gateway"]
                 totals["reference"] += ref
                 totals["gateway"] += gw
                 for name, seconds in {**ref_cpu, **gw_cpu}.items():
                     cpu[name] = cpu.get(name, 0.0) + seconds
-                print(f"round {n + 1}: reference {per_round / ref:.2f} jobs/s, gateway {per_round / gw:.2f} jobs/s "
+                print(f"round {n + 1} ({order[0]} first): reference {per_round / ref:.2f} jobs/s, "
+                      f"gateway {per_round / gw:.2f} jobs/s "
                       f"(ratio {ref / gw:.2f}); CPU ms/job: " + ", ".join(
                           f"{name} {1000 * value / per_round:.0f}" for name, value in {**ref_cpu, **gw_cpu}.items()),
                       flush=True)  # fmt: skip
