@@ -49,7 +49,8 @@ class BaseTask(Task):
         def store(tid: str, meta: dict[str, Any]) -> None:
             backend.store_result(tid, meta, PROGRESS_STATE, request=request)
 
-        self.progress.start(task_id, store)
+        # Celery's tracer stored STARTED just before this call (with `task_track_started`): the first interval is on.
+        self.progress.start(task_id, store, row_written=bool(self.track_started))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The task's body, then its progress closed: a progress held back is dropped, and none is stored once

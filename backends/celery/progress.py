@@ -6,7 +6,8 @@ and then a leg rewrite in the gateway's next poll. A client reads progress every
 not change when reports closer together than `interval` are folded into the latest one.
 
 The rules, per task id:
-- the first report, and any report at least `interval` after the last store, is stored at once;
+- the first report, and any report at least `interval` after the last store, is stored at once; Celery's STARTED
+  store counts as the first store (a task's "started" at 0 % tells nothing the STARTED row does not);
 - a report sooner than that is held; when the interval ends a timer stores the latest one held;
 - a report equal to the last stored one (nothing held) is not stored again;
 - `close` (the task's work returned or raised, before Celery stores the final state) drops what is held and
@@ -53,15 +54,16 @@ class ProgressCoalescer:
         # Closed runs stay known for a while, so a late report (a helper thread of the work) stores nothing.
         self._tasks: OrderedDict[str, _TaskProgress] = OrderedDict()
 
-    def start(self, task_id: str, store: Store | None = None) -> None:
-        """A (new) run of `task_id` in this process: it starts with nothing stored, so its first report is stored.
+    def start(self, task_id: str, store: Store | None = None, row_written: bool = False) -> None:
+        """A (new) run of `task_id` in this process: nothing of it stored yet, so its first report is stored at once.
 
         `store`: how this run's progress is written, from whichever thread stores it (a held report is stored by a
-        timer thread)."""
+        timer thread). `row_written`: the run's row was written just now (Celery's STARTED store), which opens the
+        first interval: a report right after it (the task's "started" at 0 %) is held like any other."""
         with self._lock:
             if (earlier := self._tasks.pop(task_id, None)) is not None:
                 _end(earlier)
-            self._tasks[task_id] = _TaskProgress(store=store)
+            self._tasks[task_id] = _TaskProgress(store=store, stored_at=self._clock() if row_written else None)
 
     def report(self, task_id: str, meta: Meta) -> None:
         with self._lock:

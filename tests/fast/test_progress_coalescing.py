@@ -68,6 +68,16 @@ def test_reports_within_the_interval_are_folded_into_the_latest_stored_when_it_e
     assert stores.done == [("a", 0), ("a", 3), ("a", 4)]
 
 
+def test_the_started_row_opens_the_first_interval() -> None:
+    """With Celery's STARTED just stored, the task's "started" at 0 % is held, then superseded by the next report."""
+    stores, clock = Stores(), Clock()
+    progress = ProgressCoalescer(stores, interval=0.05, clock=clock)
+    progress.start("a", row_written=True)
+    progress.report("a", {"n": 0})
+    progress.report("a", {"n": 20})
+    assert stores.wait_for(1) == [("a", 20)]
+
+
 def test_a_held_report_equal_to_the_stored_one_is_not_stored_again() -> None:
     stores, clock = Stores(), Clock()
     progress = ProgressCoalescer(stores, interval=0.05, clock=clock)
