@@ -27,9 +27,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Meta = dict[str, Any]
+Store = Callable[[str, Meta], None]
+
 # How many ended runs a process remembers (to ignore their late reports); older ones are forgotten.
 _CLOSED_KEPT = 64
-Store = Callable[[str, Meta], None]
 
 
 @dataclass
