@@ -288,6 +288,22 @@ def test_metrics_show_the_runs_that_happened_on_both_engines(gateway_up: UpProce
 
 
 @pytest.mark.slow
+def test_a_second_shell_gets_the_stack_settings(gateway_up: UpProcess) -> None:
+    """`eval "$(gateway env)"` in a shell that knows only the data folder: the same API, Prefect API and home."""
+    env = _clean_env(gateway_up.data_dir, free_port())
+    env.pop("PREFECT_API_URL")
+    script = f'eval "$({GATEWAY} env)" && echo "$GATEWAY_URL|$PREFECT_API_URL|$PREFECT_HOME|$FLOWER_URL"'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    url, prefect_api, prefect_home, flower = done.stdout.strip().split("|")
+    assert url == f"http://127.0.0.1:{gateway_up.port}", done.stdout
+    assert f"Prefect API at {prefect_api}" in gateway_up.output() and f"Flower at {flower} " in gateway_up.output()
+    assert prefect_home == str(gateway_up.data_dir / "prefect-home")
+    assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+    assert httpx.get(f"{prefect_api}/health", timeout=30).status_code == 200
+    assert (gateway_up.data_dir / "stack.env").stat().st_mode & 0o077 == 0  # it may hold the Prefect auth string
+
+
+@pytest.mark.slow
 def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     """Last in the module: Ctrl-C leaves no process behind, however deep (worker pool, flow runs, uvicorn)."""
     process = gateway_up.process
@@ -300,6 +316,7 @@ def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     os.kill(process.pid, signal.SIGINT)
     assert process.wait(timeout=90) == 0, gateway_up.output()[-3000:]
     assert gateway_up.output().rstrip().endswith("stopped")
+    assert not (gateway_up.data_dir / "stack.env").exists(), "a stopped stack leaves no settings for `gateway env`"
     wait_for(
         lambda: not [pid for pid, started in children.items() if _alive(pid, started)],
         30,
@@ -420,3 +437,42 @@ def test_leftovers_of_a_killed_up_are_stopped_first(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(leftover.pid, signal.SIGKILL)
         leftover.wait(timeout=10)
+
+
+def test_env_without_a_running_stack_says_so_in_one_line(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path, free_port())
+    done = subprocess.run([str(GATEWAY), "env"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"gateway env: no `gateway up` is running on {tmp_path} (no stack.env there)"
+    ]
+
+
+def test_stack_env_lines_survive_the_shell(tmp_path: Path) -> None:
+    """Values with spaces or quotes come back unchanged through `eval`; absent ones are not exported."""
+    from gateway.devstack.stack_env import write_stack_env
+
+    odd = str(tmp_path / "it's a dir")
+    write_stack_env(tmp_path, {"GATEWAY_DATA_DIR": odd, "GATEWAY_PORT": "8123", "PREFECT_API_URL": None})
+    env = _clean_env(tmp_path, free_port())
+    env.pop("PREFECT_API_URL")
+    script = (
+        f'eval "$({GATEWAY} env)" && printf "%s|%s|%s" "$GATEWAY_DATA_DIR" "$GATEWAY_PORT" "${{PREFECT_API_URL-unset}}"'
+    )
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == f"{odd}|8123|unset"
+
+
+def test_the_quickstart_lists_every_option_of_up() -> None:
+    import typer.main
+
+    from gateway.cli import app
+
+    up_command = typer.main.get_command(app).commands["up"]  # type: ignore[attr-defined]
+    declared = {
+        name for param in up_command.params for name in (*param.opts, *getattr(param, "secondary_opts", []))
+    } - {"--help"}
+    quickstart = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.md").read_text()
+    table = quickstart.split("| Option | Meaning |", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"`(--[a-z-]+)", table))
+    assert declared == listed, f"undocumented: {sorted(declared - listed)}; gone: {sorted(listed - declared)}"

@@ -31,6 +31,10 @@ def child_env(settings: Settings, prefect_api: str) -> dict[str, str]:
     return env
 
 
+# Flow runs the Prefect runner of `gateway up` executes at once (`--runner-limit`; `gateway prefect serve --limit`).
+RUNNER_LIMIT = 4
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to start and where."""
@@ -41,6 +45,7 @@ class Plan:
     # Flower's port and login; None: no Flower (`--no-flower`).
     flower_port: int | None = None
     flower_login: FlowerLogin | None = None
+    runner_limit: int = RUNNER_LIMIT
 
     @property
     def base_url(self) -> str:
@@ -81,7 +86,7 @@ def service_specs(plan: Plan, settings: Settings, supervisor: Supervisor) -> dic
         )
         specs["prefect-runner"] = ServiceSpec(
             "prefect-runner",
-            [*gw, "prefect", "serve"],
+            [*gw, "prefect", "serve", "--limit", str(plan.runner_limit)],
             RunnerPolled(api, PREFECT_DEPLOYMENT, runner_pid),
             start_timeout=180,
         )
