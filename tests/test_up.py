@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import SERVICE_VARS
-from tests.gateway.server import free_port, wait_for
+from tests.service.server import free_port, wait_for
 
 GATEWAY = Path(sys.executable).with_name("gateway")
 FINAL = {0, 1, 2, 6}
