@@ -22,27 +22,31 @@ import pytest
 
 from common.settings import get_settings
 
-# The checkout under test: `gateway`, `backends` and `common` must be imported from here, never from another
-# checkout or an installed copy (a test passing against other code proves nothing about this code).
+# The checkout under test: its packages must be imported from here, never from another checkout or an installed
+# copy (a test passing against other code proves nothing about this code). Package name → its folder.
 CHECKOUT = Path(__file__).resolve().parents[1]
-CHECKED_PACKAGES = ("gateway", "backends", "common")
+CHECKED_PACKAGES = {
+    "gateway": "gateway",
+    "backends": "backends",
+    "common": "common",
+    "gateway_migrations": "migrations",
+}
 
 
-def packages_outside(root: Path, names: tuple[str, ...] = CHECKED_PACKAGES) -> dict[str, str]:
-    """The packages among `names` that do not resolve to `root/<name>/` (name → where they resolved instead).
+def packages_outside(root: Path, packages: dict[str, str] = CHECKED_PACKAGES) -> dict[str, str]:
+    """The packages that do not resolve to their folder under `root` (name → where they resolved instead).
 
     Inside the checkout is not enough: the old `tests/gateway` test package was inside it too.
-
     Asked through `importlib.util.find_spec`: an imported package answers with where it was imported from, one
     not imported yet with where the next import would find it, without importing it. A package that cannot be
-    found at all is reported too."""
+    found at all is reported too (a venv installed before the package existed: re-run `ensure_venv`)."""
     outside: dict[str, str] = {}
-    for name in names:
+    for name, folder in packages.items():
         spec = importlib.util.find_spec(name)
         origin = spec.origin if spec is not None else None
         if origin is None:
-            outside[name] = "not found"
-        elif Path(origin).resolve().parent != root / name:
+            outside[name] = "not found (re-install: `source scripts/lib.sh && ensure_venv`)"
+        elif Path(origin).resolve().parent != root / folder:
             outside[name] = origin
     return outside
 

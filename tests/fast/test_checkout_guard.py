@@ -33,9 +33,11 @@ def test_a_same_named_package_inside_the_checkout_counts_as_outside(
         (where / "guardprobe").mkdir(parents=True)
         (where / "guardprobe" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert packages_outside(tmp_path, ("guardprobe",)) == {}
+    assert packages_outside(tmp_path, {"guardprobe": "guardprobe"}) == {}
     monkeypatch.syspath_prepend(str(tmp_path / "tests"))
-    assert packages_outside(tmp_path, ("guardprobe",)) == {"guardprobe": str(tmp_path / "tests/guardprobe/__init__.py")}
+    assert packages_outside(tmp_path, {"guardprobe": "guardprobe"}) == {
+        "guardprobe": str(tmp_path / "tests/guardprobe/__init__.py")
+    }
 
 
 def test_a_shadowing_package_stops_the_run_before_collection(tmp_path: Path) -> None:
