@@ -262,7 +262,7 @@ class CutoverEvent(Base):
     scope: Mapped[str] = mapped_column(String(16))
     scope_id: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)  # the version this change produced
-    action: Mapped[str] = mapped_column(String(16))  # gateway.cutover.machine.Action
+    action: Mapped[str] = mapped_column(String(16))  # gateway.cutover.stage_machine.Action
     actor: Mapped[str] = mapped_column(String(255))  # a user name, `cli:<user>`, or `gate` for automatic steps
     at: Mapped[datetime] = mapped_column(default=utcnow)
     from_stage: Mapped[str | None] = mapped_column(String(16))
