@@ -34,7 +34,7 @@ from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
 from gateway.jobs.submission_follow_up import request_submission
-from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent, reject
+from gateway.legs.machine import new_leg, record_retry, record_sent, reject
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
@@ -497,7 +497,3 @@ async def dispatch_after_commit(
 
 def _deadline(state: GatewayState) -> timedelta:
     return timedelta(seconds=state.settings.gateway_leg_deadline_seconds)
-
-
-def is_final_status(status: int) -> bool:
-    return status in FINAL_ROW
