@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.api.app import DOCS_ASSETS
-from tests.gateway.server import GatewayServer, running_server, wait_for
-from tests.gateway.test_scorecard_browser import TIMEOUT, DevTools, running_chromium
+from tests.service.server import GatewayServer, running_server, wait_for
+from tests.service.test_scorecard_browser import TIMEOUT, DevTools, running_chromium
 from tests.support.celery_worker import settings_from_env
 
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
