@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the embedded `filesystem://` broker keeps its messages (shared by every local process)."""
         path = self.data_dir / "broker"
-        for sub in ("out", "processed", "control"):
+        for sub in ("out", "processed", "control", "staging"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         return path
 

@@ -252,6 +252,24 @@ def test_flower_answers_behind_basic_auth(gateway_up: UpProcess) -> None:
 
 
 @pytest.mark.slow
+def test_flower_inspects_the_embedded_worker(gateway_up: UpProcess) -> None:
+    """Flower's worker view on the embedded broker: its inspect broadcast reaches the worker and the reply comes
+    back through the broker folder (fs_transport.py). Queue lengths Flower cannot read there (README)."""
+    found = re.search(r"Flower at (http://\S+) \(login (\S+) / (\S+)\)", gateway_up.output())
+    assert found, gateway_up.output()
+    url, user, password = found.groups()
+
+    def workers() -> dict[str, Any] | None:
+        answer = httpx.get(f"{url}/api/workers", params={"refresh": "1"}, auth=(user, password), timeout=30)
+        answer.raise_for_status()
+        found = answer.json()
+        return found if any(isinstance(w, dict) and w.get("stats") for w in found.values()) else None
+
+    seen = wait_for(workers, 120, interval=1.0, what="Flower to list the worker with its stats")
+    assert any(name.startswith("celery-system-worker@") for name in seen), seen
+
+
+@pytest.mark.slow
 def test_metrics_show_the_runs_that_happened_on_both_engines(gateway_up: UpProcess) -> None:
     """After one run on each engine (the tests above): one accepted send and one success per engine, none open."""
     from prometheus_client.parser import text_string_to_metric_families
