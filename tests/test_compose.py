@@ -149,3 +149,12 @@ def test_the_graders_may_create_the_sandboxes_namespaces() -> None:
             assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= opts, name
         else:
             assert not opts and not svc.get("cap_add"), f"{name} does not grade and needs no relaxed profile"
+
+
+def test_the_prefect_server_requires_the_auth_string_every_gateway_process_sends() -> None:
+    server = SERVICES["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert re.fullmatch(r"\$\{PREFECT_AUTH_STRING:-[^}]+\}", server), server
+    for name, svc in OURS.items():
+        assert svc["environment"]["PREFECT_API_AUTH_STRING"] == server, name
+    # The healthcheck stays unauthenticated: Prefect exempts GET /api/health.
+    assert "/api/health" in " ".join(SERVICES["prefect-server"]["healthcheck"]["test"])

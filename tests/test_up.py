@@ -314,7 +314,24 @@ def test_a_second_shell_gets_the_stack_settings(gateway_up: UpProcess) -> None:
     assert prefect_home == str(gateway_up.data_dir / "prefect-home")
     assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
     assert httpx.get(f"{prefect_api}/health", timeout=30).status_code == 200
-    assert (gateway_up.data_dir / "stack.env").stat().st_mode & 0o077 == 0  # it may hold the Prefect auth string
+    assert (gateway_up.data_dir / "stack.env").stat().st_mode & 0o077 == 0  # it holds the Prefect auth string
+
+
+@pytest.mark.slow
+def test_the_prefect_server_accepts_only_the_stacks_auth_string(gateway_up: UpProcess) -> None:
+    """Anyone on the host could drive an unauthenticated Prefect server; `gateway up` turns its auth on."""
+    env = _clean_env(gateway_up.data_dir, free_port())
+    script = f'eval "$({GATEWAY} env)" && printf "%s|%s" "$PREFECT_API_URL" "$PREFECT_API_AUTH_STRING"'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    prefect_api, auth = done.stdout.split("|")
+    user, _, password = auth.partition(":")
+    assert user == "gateway" and len(password) >= 24
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, timeout=30).status_code == 401
+    wrong = httpx.post(f"{prefect_api}/flows/filter", json={}, auth=(user, "wrong"), timeout=30)
+    assert wrong.status_code == 401
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=(user, password), timeout=30).status_code == 200
+    # Every child was given it; none has it on its command line.
+    assert all(password not in _cmdline(pid) for pid in descendants(gateway_up.process.pid))
 
 
 @pytest.mark.slow
@@ -491,3 +508,19 @@ def test_the_quickstart_lists_every_option_of_up() -> None:
     table = quickstart.split("| Option | Meaning |", 1)[1].split("\n\n", 1)[0]
     listed = set(re.findall(r"`(--[a-z-]+)", table))
     assert declared == listed, f"undocumented: {sorted(declared - listed)}; gone: {sorted(listed - declared)}"
+
+
+def test_every_child_gets_the_prefect_auth_string_the_server_checks(tmp_path: Path) -> None:
+    import base64
+
+    from pydantic import SecretStr
+
+    from common.settings import Settings
+    from gateway.devstack.services import child_env
+
+    settings = Settings(_env_file=None, gateway_data_dir=tmp_path, prefect_api_auth_string=SecretStr("gateway:s3c"))
+    env = child_env(settings, "http://127.0.0.1:4321/api")
+    assert env["PREFECT_API_AUTH_STRING"] == env["PREFECT_SERVER_API_AUTH_STRING"] == "gateway:s3c"
+    token = base64.b64encode(b"gateway:s3c").decode()
+    assert settings.prefect_api_headers() == {"Authorization": f"Basic {token}"}
+    assert Settings(_env_file=None, gateway_data_dir=tmp_path).prefect_api_headers() == {}

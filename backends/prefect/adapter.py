@@ -100,6 +100,7 @@ class PrefectAdapter:
         self.cancel_grace_seconds = cancel_grace_seconds
         self._client = httpx.Client(
             base_url=self.api_url + "/",
+            headers=self.settings.prefect_api_headers(),
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),

@@ -13,9 +13,11 @@ every URL, and no Prefect process ever falls back to an ephemeral server of its 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 
 from common.settings import get_settings
@@ -61,9 +63,11 @@ def up(
         typer.echo(f"gateway up: {exc}", err=True)
         raise typer.Exit(1) from None
     login = flower_login(settings) if chosen_flower_port is not None else None
+    # The Prefect server accepts only the stack's own processes: PREFECT_API_AUTH_STRING as given, else a new one.
+    auth = settings.prefect_api_auth_string or SecretStr(f"gateway:{secrets.token_urlsafe(24)}")
     plan = Plan(plan_host, plan_port, prefect_api, chosen_flower_port, login, runner_limit)
     if prefect_api is not None:
-        settings = settings.model_copy(update={"prefect_api_url": prefect_api})
+        settings = settings.model_copy(update={"prefect_api_url": prefect_api, "prefect_api_auth_string": auth})
     env = child_env(settings, prefect_api or settings.prefect_api())
     supervisor = Supervisor(settings.data_dir / "logs", env)
     write_stack_env(settings.data_dir, stack_values(plan, env))
