@@ -1,16 +1,30 @@
-"""HTTP Basic as FastAPI dependencies: the logged-in principal, or the contract's 401; role checks, or 403.
+"""HTTP Basic and roles as FastAPI dependencies: the logged-in principal or the contract's 401; a role or 403.
 
-Every failure answers the same 401, so the answer never tells which part of a login was wrong. Checking the
-password itself is `gateway.store.accounts.Authenticator`'s job.
+- `LegacyBasic` is FastAPI's `HTTPBasic` (so the OpenAPI spec declares the scheme) with the contract's stricter
+  reading: strict base64, UTF-8, a non-empty username; every failure is the same 401, so the answer never
+  tells which part of a login was wrong. Checking the password is `gateway.store.accounts.Authenticator`'s job.
+- `require_role(Role.ADMIN, ...)` builds a dependency that admits only those roles. Its 403 comes *after* the
+  request has validated, as when the check sat at the top of each route: a malformed body or query is a 422
+  whoever sends it, a missing login a 401 before anything. FastAPI resolves dependencies before it validates
+  the route's own parameters, so the dependency hands back a `Refusal` instead of raising, and `GuardedRoute`
+  (the route class of every router here) raises it right before the endpoint runs. On a route of another
+  class the dependency raises at once: a refusal is never lost.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.requests import HTTPConnection
 
-from gateway.store.accounts import Principal
+from gateway.store.accounts import Principal, Role
 
 UNAUTHORIZED = "Could not validate credentials"
 
@@ -21,34 +35,89 @@ def _unauthorized() -> HTTPException:
     )
 
 
-def _basic_credentials(request: Request) -> tuple[str, str]:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        raise _unauthorized()
-    try:
-        decoded = base64.b64decode(value, validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        raise _unauthorized() from None
-    username, sep, password = decoded.partition(":")
-    if not sep or not username:
-        raise _unauthorized()
-    return username, password
+def forbidden() -> HTTPException:
+    return HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail="Not allowed")
 
 
-async def current_principal(request: Request) -> Principal:
+class LegacyBasic(HTTPBasic):
+    """`HTTPBasic`, reading the header as the contract does (FastAPI's own accepts lax base64, ASCII only and
+    an empty username, and answers "Not authenticated")."""
+
+    def make_not_authenticated_error(self) -> HTTPException:
+        return _unauthorized()
+
+    async def __call__(self, request: HTTPConnection) -> HTTPBasicCredentials:  # type: ignore[override]
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic" or not value:
+            raise _unauthorized()
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise _unauthorized() from None
+        username, sep, password = decoded.partition(":")
+        if not sep or not username:
+            raise _unauthorized()
+        return HTTPBasicCredentials(username=username, password=password)
+
+
+basic = LegacyBasic()
+
+
+async def current_principal(
+    request: Request, credentials: Annotated[HTTPBasicCredentials, Depends(basic)]
+) -> Principal:
     """FastAPI dependency: the logged-in principal, or 401."""
-    username, password = _basic_credentials(request)
-    principal = await request.app.state.gw.auth.login(username, password)
+    principal = await request.app.state.gw.auth.login(credentials.username, credentials.password)
     if principal is None:
         raise _unauthorized()
     return principal
 
 
-def forbidden() -> HTTPException:
-    return HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail="Not allowed")
+class Refusal:
+    """A login whose role a route does not admit: raised as 403 by `GuardedRoute` once the request validated.
+
+    Deliberately not a `Principal` (no role, no ids): code that received one by mistake fails, never grants."""
+
+    __slots__ = ()
+
+    def error(self) -> HTTPException:
+        return forbidden()
 
 
-def require(principal: Principal, *roles: str) -> None:
-    if principal.role not in roles:
+def require_role(*roles: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting only `roles` (403 for the others, after validation: see the module's note)."""
+    allowed = frozenset(roles)
+
+    async def principal_in_role(request: Request, principal: Annotated[Principal, Depends(current_principal)]) -> Any:
+        if principal.role in allowed:
+            return principal
+        if isinstance(request.scope.get("route"), GuardedRoute):
+            return Refusal()
         raise forbidden()
+
+    principal_in_role.__name__ = "role_" + "_or_".join(sorted(allowed))
+    return principal_in_role
+
+
+class GuardedRoute(APIRoute):
+    """The route class of the API's routers: raises a role dependency's `Refusal` just before the endpoint."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, _raising_refusals(endpoint), **kwargs)
+
+
+def _raising_refusals(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    if getattr(endpoint, "__guarded__", False):
+        return endpoint
+    if not inspect.iscoroutinefunction(endpoint):
+        raise TypeError(f"{endpoint.__qualname__}: the API's endpoints are async")
+
+    @functools.wraps(endpoint)  # FastAPI reads the endpoint's own signature through __wrapped__
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        for value in kwargs.values():
+            if isinstance(value, Refusal):
+                raise value.error()
+        return await endpoint(*args, **kwargs)
+
+    guarded.__guarded__ = True  # type: ignore[attr-defined]
+    return guarded

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
@@ -30,11 +30,9 @@ from prometheus_client.registry import Collector
 from backends.interface import LegPhase
 from common.redact import redact_text
 from gateway.cutover.stages import STAGE_ORDER
+from gateway.jobs.metrics_snapshot import StoreSnapshot, store_snapshot
 from gateway.legs.states import DispatchState
 from gateway.runtime import GatewayState
-from gateway.store.cutover import StageRow, stage_rows
-from gateway.store.leg_stats import OpenLegGroup, open_leg_groups
-from gateway.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +48,9 @@ class Snapshot:
     taken: float
     now: datetime
     engines: list[str]
-    groups: list[OpenLegGroup] = field(default_factory=list)
+    store: StoreSnapshot
     depths: dict[str, dict[str, int] | None] = field(default_factory=dict)
     ages: dict[str, dict[str, float]] = field(default_factory=dict)
-    stages: list[StageRow] = field(default_factory=list)
 
 
 def _age(now: datetime, since: datetime | None) -> float:
@@ -95,7 +92,7 @@ class SnapshotCollector(Collector):
         pending: dict[str, int] = dict.fromkeys(snap.engines, 0)
         pending_since: dict[str, datetime | None] = dict.fromkeys(snap.engines)
         waiting_since: dict[str, datetime | None] = dict.fromkeys(snap.engines)
-        for group in snap.groups:
+        for group in snap.store.groups:
             if group.dispatch_state == DispatchState.PENDING:
                 pending[group.engine] = pending.get(group.engine, 0) + group.count
                 pending_since[group.engine] = _earliest(pending_since.get(group.engine), group.oldest_created)
@@ -140,7 +137,7 @@ class SnapshotCollector(Collector):
             "Each migration's stage as its rank: " + ", ".join(f"{s.rank} {s.value}" for s in STAGE_ORDER) + ".",
             labels=["scope", "target", "old_engine", "new_engine"],
         )
-        for row in snap.stages:
+        for row in snap.store.stages:
             stage.add_metric([row.scope, row.target, row.old_engine, row.new_engine], row.stage.rank)
         yield stage
 
@@ -182,23 +179,20 @@ class MetricsView:
         async with self._lock:
             if self._fresh():
                 return
-            async with self.state.sessions() as session:
-                groups = await open_leg_groups(session)
-                stages = await stage_rows(session)
+            store = await store_snapshot(self.state.sessions)
             engines = sorted(
                 set(self.state.dispatcher.engines())
-                | {g.engine for g in groups}
+                | {g.engine for g in store.groups}
                 | {self.state.settings.gateway_tasks_engine}
             )
             queues = await asyncio.gather(*(self._queues(engine) for engine in engines))
             self.collector.snapshot = Snapshot(
                 taken=time.monotonic(),
-                now=utcnow(),
+                now=datetime.now(UTC),
                 engines=engines,
-                groups=groups,
+                store=store,
                 depths={engine: depths for engine, (depths, _) in zip(engines, queues, strict=True)},
                 ages={engine: ages for engine, (_, ages) in zip(engines, queues, strict=True)},
-                stages=stages,
             )
 
     async def _queues(self, engine: str) -> tuple[dict[str, int] | None, dict[str, float]]:

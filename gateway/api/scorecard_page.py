@@ -13,14 +13,14 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from gateway.api.auth import require
-from gateway.api.deps import Login, State
+from gateway.api.auth import GuardedRoute
+from gateway.api.deps import Admin, State
 from gateway.cutover.machine import Action
 from gateway.cutover.stages import Scope
 from gateway.jobs import cutover as service
 from gateway.jobs.scorecard import scorecard
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=GuardedRoute)
 REFRESH_SECONDS = 30
 
 STYLE = """
@@ -133,19 +133,17 @@ def render(cards: list[dict[str, Any]]) -> str:
 
 
 @router.get("/scorecard", response_class=HTMLResponse)
-async def page(state: State, principal: Login) -> HTMLResponse:
-    require(principal, "admin")
+async def page(state: State, principal: Admin) -> HTMLResponse:
     return HTMLResponse(render(await scorecard(state.sessions)))
 
 
 @router.post("/scorecard/{scope}/{scope_id}/{action}")
 async def act(
-    scope: Scope, scope_id: str, action: Action, request: Request, state: State, principal: Login
+    scope: Scope, scope_id: str, action: Action, request: Request, state: State, principal: Admin
 ) -> RedirectResponse:
     """Only promote and rollback are offered on the page; the change is logged like any other.
 
     The form body is parsed by hand (urlencoded): no multipart dependency for one optional field."""
-    require(principal, "admin")
     reason = parse_qs((await request.body()).decode(errors="replace")).get("reason", [""])[0]
     if action not in (Action.PROMOTE, Action.ROLLBACK):
         return RedirectResponse("/scorecard", status_code=303)

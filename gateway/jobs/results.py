@@ -20,12 +20,36 @@ from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal, Role
+from gateway.store.leg_reads import newest_leg_id
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.result_list import ResultFilter, result_page
 from gateway.store.runs import find_leg
 
 RESULT_NOT_FOUND = "Result not found"
 RUN_NOT_FOUND = "Test run not found"
 WRITABLE = ("result", "result_json", "properties")
+
+
+async def list_results(
+    state: GatewayState, principal: Principal, query: ResultFilter, skip: int, limit: int
+) -> tuple[int, list[Result]]:
+    """The total and one page, newest first; a student sees only their own rows.
+
+    A lookup by run id alone that finds no row may be a shadow run's (a flow the gateway did not write, knowing
+    only its run id): answered with the shadow leg's view (`shadow_lookup`)."""
+    own = principal.course_member_ids if principal.role == Role.STUDENT else None
+    total, rows = await result_page(state.sessions, query, own, skip, limit, LegRole.PRIMARY)
+    if not total and query.only_by_run_id() and own is None:
+        assert query.test_system_id is not None
+        shadow = await shadow_lookup(state, principal, query.test_system_id)
+        if shadow is not None:
+            return 1, [shadow] if skip == 0 else []
+    return total, rows
+
+
+async def submission_run_id(state: GatewayState, result_id: str) -> str | None:
+    """The id of the newest submission-processing leg a `submit=true` row started, if any."""
+    return await newest_leg_id(state.sessions, result_id, LegRole.SUBMISSION)
 
 
 async def visible_row(state: GatewayState, principal: Principal, result_id: str) -> Result:
@@ -35,6 +59,11 @@ async def visible_row(state: GatewayState, principal: Principal, result_id: str)
     if row is None or not principal.may_see_member(row.course_member_id):
         raise NotFound(RESULT_NOT_FOUND)
     return row
+
+
+async def fresh_visible_row(state: GatewayState, principal: Principal, result_id: str) -> Result:
+    """`visible_row`, refreshed from its engine while in flight."""
+    return await refreshed(state, await visible_row(state, principal, result_id))
 
 
 async def refreshed(state: GatewayState, row: Result) -> Result:
