@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cachetools import TTLCache
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # A broker or engine API slower than this is reported as unreadable for this scrape instead of holding it.
 QUEUE_READ_TIMEOUT = 3.0
 WAITING_PHASES = {LegPhase.QUEUED.value, LegPhase.MISSING.value}
+SNAPSHOT = "snapshot"  # the one key of the snapshot's cache
 
 
 @dataclass
@@ -158,26 +160,31 @@ def process_registry() -> CollectorRegistry:
 
 
 class MetricsView:
-    """One per API process: the cached snapshot and the two registries it renders."""
+    """One per API process: the snapshot (kept `ttl` seconds in a one-entry `cachetools.TTLCache`) and the two
+    registries it renders. Concurrent scrapes of an expired snapshot share one refresh (the lock)."""
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self.ttl = state.settings.gateway_metrics_cache_seconds
         self.collector = SnapshotCollector()
         self.snapshot_registry = CollectorRegistry(auto_describe=False)
         self.snapshot_registry.register(self.collector)
         self.processes = process_registry()
         self._lock = asyncio.Lock()
+        self.ttl = state.settings.gateway_metrics_cache_seconds
 
-    def _fresh(self) -> bool:
-        snap = self.collector.snapshot
-        return snap is not None and time.monotonic() - snap.taken < self.ttl
+    @property
+    def ttl(self) -> float:
+        return float(self._cache.ttl)
+
+    @ttl.setter
+    def ttl(self, seconds: float) -> None:
+        self._cache: TTLCache[str, Snapshot] = TTLCache(maxsize=1, ttl=seconds, timer=time.monotonic)
 
     async def refresh(self) -> None:
-        if self._fresh():
+        if SNAPSHOT in self._cache:
             return
         async with self._lock:
-            if self._fresh():
+            if SNAPSHOT in self._cache:
                 return
             store = await store_snapshot(self.state.sessions)
             engines = sorted(
@@ -186,7 +193,7 @@ class MetricsView:
                 | {self.state.settings.gateway_tasks_engine}
             )
             queues = await asyncio.gather(*(self._queues(engine) for engine in engines))
-            self.collector.snapshot = Snapshot(
+            snapshot = Snapshot(
                 taken=time.monotonic(),
                 now=datetime.now(UTC),
                 engines=engines,
@@ -194,6 +201,7 @@ class MetricsView:
                 depths={engine: depths for engine, (depths, _) in zip(engines, queues, strict=True)},
                 ages={engine: ages for engine, (_, ages) in zip(engines, queues, strict=True)},
             )
+            self._cache[SNAPSHOT] = self.collector.snapshot = snapshot
 
     async def _queues(self, engine: str) -> tuple[dict[str, int] | None, dict[str, float]]:
         """The engine's queue depths and oldest-message ages (None, {} when it cannot be read now)."""
