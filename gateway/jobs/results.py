@@ -4,6 +4,11 @@ A student sees only their own rows (someone else's answers 404, so existence doe
 an in-flight row polls its leg first, so a client sees completion as soon as the engine knows it. The
 write-back is the legacy path of a flow the gateway did not write: it updates the row and moves the leg to
 match through the leg state machine (so the same follow-ups run as when the reconciler closes a leg).
+
+A worker account exists for that write-back alone, so it reaches only runs that are open on an engine, and
+only while they are: it finds a row by its run id (the one a flow was given), sees nothing of a closed or
+unknown run, and a PATCH of a row whose leg has finished, or of an unknown id, is 403 (but for the merge
+request's note, `merge_request_note`). Admins are not scoped.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from sqlalchemy import or_, select
 from backends.interface import LegPhase
 from common.legacy import ResultStatus, status_name
 from common.scoring import score
-from gateway.jobs.errors import NotFound
+from gateway.jobs.errors import NotAllowed, NotFound
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
@@ -37,8 +42,11 @@ async def list_results(
 
     A lookup by run id alone that finds no row may be a shadow run's (a flow the gateway did not write, knowing
     only its run id): answered with the shadow leg's view (`shadow_lookup`)."""
+    worker = principal.role == Role.WORKER
+    if worker and query.test_system_id is None:
+        raise NotAllowed()  # a worker looks up the run it was given; it never browses the rows
     own = principal.course_member_ids if principal.role == Role.STUDENT else None
-    total, rows = await result_page(state.sessions, query, own, skip, limit, LegRole.PRIMARY)
+    total, rows = await result_page(state.sessions, query, own, skip, limit, LegRole.PRIMARY, open_runs_only=worker)
     if not total and query.only_by_run_id() and own is None:
         assert query.test_system_id is not None
         shadow = await shadow_lookup(state, principal, query.test_system_id)
@@ -80,6 +88,7 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
     """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status.
 
     The id of a shadow leg (what `shadow_view` answered a shadow run's lookup with) writes to that leg only."""
+    worker = principal.role == Role.WORKER
     # The same discipline as a cancel: serialised with refreshes on SQLite; on PostgreSQL the leg is locked first
     # (the reconciler's lock order), so a refresh cannot write a stale status over this one.
     async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
@@ -87,7 +96,9 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         if row is None:
             shadow = await session.get(Leg, result_id, with_for_update=state.is_postgres)
             if shadow is None or shadow.role != LegRole.SHADOW or shadow.result_id is None:
-                raise NotFound(RESULT_NOT_FOUND)
+                raise NotAllowed() if worker else NotFound(RESULT_NOT_FOUND)
+            if worker and shadow.finished:
+                raise NotAllowed()
             status = changes.get("status")
             report = changes.get("result_json")
             machine.apply_shadow_write_back(shadow, int(status) if status is not None else None, report, utcnow())
@@ -99,6 +110,8 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
             if row.test_system_id
             else None
         )
+        if worker and (leg is None or leg.finished) and not merge_request_note(principal, row, changes):
+            raise NotAllowed()  # checked under the leg's lock: the run cannot close between check and write
         if state.is_postgres:
             row = await session.get(Result, result_id, with_for_update=True, populate_existing=True) or row
         for name in WRITABLE:
@@ -116,6 +129,13 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         if leg is not None and status is not None:
             machine.apply_write_back(leg, row, int(status), utcnow())
     return row
+
+
+def merge_request_note(principal: Principal, row: Result, changes: dict[str, Any]) -> bool:
+    """The one write a worker may make after its run closed: the platform's flow writes its verdict (closing the
+    run), opens the merge request, then records it with `{"submit": true}`. Only that flag, only set, and only
+    on a row whose last write was this worker's own verdict."""
+    return changes == {"submit": True} and row.updated_by == principal.user_id
 
 
 def shadow_view(row: Result, leg: Leg) -> Result:
@@ -141,7 +161,9 @@ async def shadow_lookup(state: GatewayState, principal: Principal, test_system_i
         )
         leg = (await session.execute(stmt.limit(1))).scalar_one_or_none()
         row = await session.get(Result, leg.result_id) if leg is not None and leg.result_id else None
-    return shadow_view(row, leg) if row is not None and leg is not None else None
+    if leg is None or row is None or (principal.role == Role.WORKER and leg.finished):
+        return None
+    return shadow_view(row, leg)
 
 
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:

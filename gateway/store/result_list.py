@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -32,7 +33,7 @@ class ResultFilter:
         return self.test_system_id is not None and not self.latest and all(v is None for v in others)
 
 
-def _conditions(f: ResultFilter, member_ids: frozenset[str] | None, run_role: str) -> list:  # type: ignore[type-arg]
+def _conditions(f: ResultFilter, member_ids: frozenset[str] | None, run_role: str, open_runs_only: bool) -> list[Any]:
     conditions = []
     for column, value in (
         (Result.id, f.id),
@@ -63,6 +64,8 @@ def _conditions(f: ResultFilter, member_ids: frozenset[str] | None, run_role: st
         )
     if member_ids is not None:
         conditions.append(Result.course_member_id.in_(sorted(member_ids)))
+    if open_runs_only:
+        conditions.append(Result.test_system_id.in_(select(Leg.id).where(Leg.finished == false())))
     return conditions
 
 
@@ -73,12 +76,14 @@ async def result_page(
     skip: int,
     limit: int,
     run_role: str,
+    open_runs_only: bool = False,
 ) -> tuple[int, list[Result]]:
     """The total that match, and the page: newest first (`created_at`, then id, descending).
 
     `member_ids`: only rows of these members (a student's own), or None for every row. `run_role`: the role
-    of the leg whose engine run id `test_system_id` may name (the primary's)."""
-    conditions = _conditions(f, member_ids, run_role)
+    of the leg whose engine run id `test_system_id` may name (the primary's). `open_runs_only`: only rows whose
+    run is still open on its engine (its leg not finished)."""
+    conditions = _conditions(f, member_ids, run_role, open_runs_only)
     async with sessions() as session:
         total = await session.scalar(select(func.count(Result.id)).where(*conditions))
         stmt = select(Result).where(*conditions).order_by(Result.created_at.desc(), Result.id.desc())
