@@ -18,6 +18,7 @@ from backends.registry import UnknownEngineError, canonical_engine
 from gateway.cutover.decide import decide
 from gateway.cutover.machine import Action, Change, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
+from gateway.jobs import cutover_gates as gates
 from gateway.jobs.errors import Conflict, JobError, NotFound
 from gateway.store import cutover as store
 from gateway.store.leg_reads import job_legs
@@ -261,3 +262,13 @@ async def result_routing(sessions: async_sessionmaker[AsyncSession], result_id: 
             for leg in legs
         ],
     }
+
+
+async def evaluate_scope(
+    sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str, dry_run: bool
+) -> dict[str, Any]:
+    """Evaluate one migration's gate now and take the policy's step (unless `dry_run`); 404 when none is set."""
+    _ref, config = await current(sessions, scope, key)
+    if config is None:
+        raise NotFound(f"no migration for {scope.value} {key}")
+    return (await gates.evaluate_one(sessions, config, dry_run=dry_run)).to_dict()

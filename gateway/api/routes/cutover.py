@@ -16,7 +16,6 @@ from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs import cutover_triage as triage
-from gateway.jobs.errors import NotFound
 from gateway.jobs.scorecard import scorecard
 from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn
 
@@ -42,10 +41,7 @@ async def evaluate_all(state: State, principal: Admin, dry_run: bool = False) ->
 
 @router.post("/admin/cutover/{scope}/{key}/evaluate")
 async def evaluate_one(scope: Scope, key: str, state: State, principal: Admin, dry_run: bool = False) -> dict[str, Any]:
-    _ref, config = await service.current(state.sessions, scope, key)
-    if config is None:
-        raise NotFound(f"no migration for {scope.value} {key}")
-    return (await gates.evaluate_one(state.sessions, config, dry_run=dry_run)).to_dict()
+    return await service.evaluate_scope(state.sessions, scope, key, dry_run)
 
 
 @router.get("/admin/cutover/history")
