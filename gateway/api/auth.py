@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.requests import HTTPConnection
 
-from gateway.store.accounts import Role
+from gateway.schemas import Role
 
 UNAUTHORIZED = "Could not validate credentials"
 

@@ -12,7 +12,8 @@ from fastapi import Depends, Request
 
 from gateway.api.auth import current_principal, require_role
 from gateway.runtime import GatewayState
-from gateway.store.accounts import Principal, Role
+from gateway.schemas import Role
+from gateway.store.accounts import Principal
 
 
 async def get_state(request: Request) -> GatewayState:

@@ -18,9 +18,9 @@ from markupsafe import Markup
 
 from gateway.api.auth import GuardedRoute
 from gateway.api.deps import Admin, State
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs.scorecard import scorecard
 
 router = APIRouter(include_in_schema=False, route_class=GuardedRoute)

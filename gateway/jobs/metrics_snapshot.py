@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.store.cutover import StageRow, stage_rows
+from gateway.store.cutover_configs import StageRow, stage_rows
 from gateway.store.leg_stats import OpenLegGroup, open_leg_groups
 
 

@@ -24,7 +24,8 @@ from gateway.jobs.errors import NotAllowed, NotFound
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
-from gateway.store.accounts import Principal, Role
+from gateway.schemas import Role
+from gateway.store.accounts import Principal
 from gateway.store.leg_reads import newest_leg_id
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.result_list import ResultFilter, result_page

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.store.accounts import Role
+from gateway.schemas import Role
 from gateway.store.models import CourseContent, User
 
 # Called inside the write's transaction before a change (values) or a delete (None) is applied to `row`.

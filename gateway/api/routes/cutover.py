@@ -1,6 +1,6 @@
 """Admin API of the cutover: list migrations, change one (set/promote/demote/rollback/configure, with dry run),
 read its history, accept or withdraw a mismatch cluster, and see how a job was routed. Thin: the services are
-`gateway.jobs.cutover` and `gateway.jobs.cutover_triage`.
+`gateway.jobs.cutover_changes` and `gateway.jobs.cutover_triage`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from fastapi import APIRouter
 
 from gateway.api.auth import GuardedRoute
 from gateway.api.deps import Admin, State
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs import cutover_triage as triage
 from gateway.jobs.scorecard import scorecard
