@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from gateway.api.app import create_app
-from gateway.schemas import CourseContentIn, ResultUpdate
+from gateway.api.auth import GuardedRoute
+from gateway.api.deps import Admin
+from gateway.schemas import CourseContentIn, ResultUpdate, Role
+from gateway.store.accounts import Principal
 from gateway.store.catalog import load_catalog
 from tests.support.celery_worker import settings_from_env
 
@@ -82,3 +87,32 @@ def test_login_then_validation_then_role(tmp_path: Path) -> None:
         assert client.get("/api/user", headers=admin).json()["username"] == "ada"
         spec = client.get("/openapi.json").json()
         assert spec["components"]["securitySchemes"]["LegacyBasic"] == {"type": "http", "scheme": "basic"}
+
+
+def test_a_refusal_is_never_lost_on_a_route_of_another_class() -> None:
+    """The role dependency defers its 403 only on a `GuardedRoute`; anywhere else it raises at once (fail closed)."""
+
+    class OneStudent:
+        async def login(self, username: str, password: str) -> Principal:
+            return Principal("u-stu", username, Role.STUDENT)
+
+    app = FastAPI()
+    app.state.gw = SimpleNamespace(auth=OneStudent())
+
+    @app.post("/plain")
+    async def plain(body: dict[str, int], principal: Admin) -> str:
+        return "reached"
+
+    guarded = APIRouter(route_class=GuardedRoute)
+
+    @guarded.post("/guarded")
+    async def guarded_route(body: dict[str, int], principal: Admin) -> str:
+        return "reached"
+
+    app.include_router(guarded)
+    with TestClient(app) as client:
+        login = _basic("stu", "any")
+        assert client.post("/plain", json={"a": 1}, headers=login).status_code == 403
+        assert client.post("/plain", json={"a": "x"}, headers=login).status_code == 403  # before validation
+        assert client.post("/guarded", json={"a": 1}, headers=login).status_code == 403
+        assert client.post("/guarded", json={"a": "x"}, headers=login).status_code == 422  # after validation
