@@ -33,6 +33,9 @@ class TestCreate(BaseModel):
 
 
 class TestRunResponse(BaseModel):
+    """The contract's keys, plus `ResultGet`'s: the platform's CLI parses this answer as a `ResultGet` (which
+    requires `course_content_type_id`), and keys are additive (no client breaks on one it does not read)."""
+
     __test__ = False
 
     id: str
@@ -48,6 +51,11 @@ class TestRunResponse(BaseModel):
     version_identifier: str | None
     status: int
     submission_flow_run_id: str | None = None
+    course_content_type_id: str
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+    updated_by: str | None
 
 
 class ResultList(BaseModel):

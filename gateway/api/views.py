@@ -37,9 +37,10 @@ def _fields(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
 def test_run_response(row: Any, submission_run_id: str | None = None) -> TestRunResponse:
     """`row`: a `Result` or anything with its attributes (the submit path's `NewRow`).
 
-    `submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started."""
+    `submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started. The
+    `ResultGet` keys come along (a superset of the contract's keys): the platform's CLI parses this as one."""
     return TestRunResponse(
-        **_fields(row, _COMMON), result_json=row.result_json, submission_flow_run_id=submission_run_id
+        **_fields(row, _COMMON + _META), result_json=row.result_json, submission_flow_run_id=submission_run_id
     )
 
 

@@ -34,7 +34,7 @@ from tests.support.contract_keys import (
     GET_KEYS,
     LIST_KEYS,
     PROGRESS_KEYS,
-    RUN_KEYS,
+    RUN_ANSWER_KEYS,
     TASK_INFO_KEYS,
     TASK_RESULT_KEYS,
 )
@@ -83,7 +83,7 @@ def poll_result_status(client: httpx.Client, result_id: str, timeout: float = 15
 
 
 def assert_run_shape(run: dict[str, Any]) -> None:
-    assert set(run) == RUN_KEYS
+    assert set(run) == RUN_ANSWER_KEYS
     assert type(run["status"]) is int and type(run["result"]) is float
     assert isinstance(run["id"], str) and isinstance(run["test_system_id"], str)
     assert run["result_json"] is None or isinstance(run["result_json"], dict)

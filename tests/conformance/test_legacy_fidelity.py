@@ -69,6 +69,29 @@ class LegacyResultGet(LegacyResultList):
     result_json: dict[str, Any] | None
 
 
+class CliResultGet(BaseModel):
+    """How the platform's CLI reads the `POST /tests` answer: as its `ResultGet` (pydantic's default: extra keys
+    ignored; `course_content_type_id` and the dates required)."""
+
+    id: str
+    submit: bool
+    course_member_id: str
+    course_content_id: str
+    course_content_type_id: str
+    course_submission_group_id: str | None = None
+    execution_backend_id: str
+    test_system_id: str
+    result: float
+    result_json: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    version_identifier: str
+    status: int
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = None
+    updated_by: str | None = None
+
+
 def submit(client: httpx.Client, key: str, commit: str, **extra: Any) -> dict[str, Any]:
     answer = client.post("/api/tests", json={"directory": DIRS[key], "version_identifier": commit, **extra})
     assert answer.status_code == 200, answer.text
@@ -216,6 +239,27 @@ def test_rows_parse_with_the_legacy_models_newest_first_and_large_limits(stack: 
         every = admin.get("/api/results", params={"limit": 100_000}).json()
     for row in every:
         LegacyResultList.model_validate(row)
+
+
+def test_the_cli_parses_the_post_answer_as_result_get(stack: Stack) -> None:
+    """25.2: the answer is a superset of `TestRunResponse`: the CLI's `ResultGet` parse needs the meta keys,
+    on a new run and on a kept one alike, on both submit routes."""
+    commit = f"cli-{uuid.uuid4().hex[:8]}"
+    with stack.client(SLOW) as slow, stack.client(ADMIN) as admin:
+        try:
+            new = slow.post("/api/tests", json={"directory": DIRS["celery"], "version_identifier": commit})
+            kept = slow.post("/tests-celery", json={"directory": DIRS["celery"], "version_identifier": commit})
+            assert new.status_code == kept.status_code == 200, (new.text, kept.text)
+            for answer in (new.json(), kept.json()):
+                parsed = CliResultGet.model_validate(answer)
+                assert parsed.course_content_type_id == "assignment" and parsed.status == 3
+                assert "submission_flow_run_id" in answer  # the contract's keys stay
+            assert kept.json()["id"] == new.json()["id"]
+            row = CliResultGet.model_validate(slow.get(f"/api/results/{new.json()['id']}").json())
+            answered = CliResultGet.model_validate(new.json())
+            assert answered.created_at == row.created_at and answered.created_by == row.created_by
+        finally:
+            admin.delete(f"/api/tasks/{new.json()['test_system_id']}")
 
 
 def test_the_current_login_for_the_cli(stack: Stack) -> None:
