@@ -106,7 +106,9 @@ async def through_gateway(state: GatewayState, waiters: Waiters) -> float:
 async def ticks_and_outbox(state: GatewayState, stop: asyncio.Event) -> None:
     """The reconciler without its completion feed: ticks, outbox wake-ups and the outbox listener."""
     await asyncio.gather(
-        state.reconciler._tick_loop(stop), state.reconciler.flush_woken(stop), state.reconciler.listen_outbox(stop)
+        state.reconciler.tick_loop(stop),
+        state.reconciler.relay.flush_woken(stop),
+        state.reconciler.listener.listen(stop),
     )
 
 
@@ -134,7 +136,7 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
                 stop = asyncio.Event()
                 if variant == "gateway-push":
                     loop = asyncio.create_task(state.reconciler.run(stop))
-                    assert await state.reconciler.wait_following("celery", 30)
+                    assert await state.reconciler.completions.wait_following("celery", 30)
                 elif variant == "gateway-poll":
                     loop = asyncio.create_task(ticks_and_outbox(state, stop))
                 try:

@@ -102,8 +102,8 @@ async def bench(settings: Any, jobs: int, rounds: int, settle: bool) -> None:
     times: dict[str, list[float]] = {"shadow off": [], "shadow on": []}
     cpu: dict[str, float] = {"shadow off": 0.0, "shadow on": 0.0}
     try:
-        assert await state.reconciler.wait_following("celery", 30)
-        await asyncio.wait_for(state.reconciler.outbox_listening.wait(), 30)
+        assert await state.reconciler.completions.wait_following("celery", 30)
+        await asyncio.wait_for(state.reconciler.listener.listening.wait(), 30)
         for _ in range(3):  # warm-up: connections, the worker's pool
             await one_job(state, waiters, True, settle)
         for n in range(rounds):

@@ -30,7 +30,6 @@ from common.legacy import Repository, ResultStatus, TestJob
 from common.redact import strip_credentials
 from gateway.cutover.stages import CutoverConfig
 from gateway.engines.dispatcher import SendBy, SendStatus
-from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
 from gateway.jobs.follow_ups import request_submission
@@ -41,6 +40,7 @@ from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal, Role
 from gateway.store.cutover import effective_config
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Leg, Result, new_id, utcnow
+from gateway.store.outbox import OUTBOX_LEASE
 from gateway.store.runs import insert_run
 
 KEEP = {
@@ -341,7 +341,7 @@ def _dispatch_shadows(state: GatewayState, run: _Run) -> None:
     """After the primary was sent: the shadow legs are the reconciler's to send, never this process's request work.
 
     Here only the in-process reconciler (if it runs here) is woken; on PostgreSQL the primary's first send also
-    raises a NOTIFY that wakes every reconciler (`gateway.engines.reconciler.OUTBOX_CHANNEL`). A shadow engine
+    raises a NOTIFY that wakes every reconciler (`gateway.store.outbox.OUTBOX_CHANNEL`). A shadow engine
     that is down only leaves its leg in the outbox (retried, then timed out at its deadline)."""
     if run.shadows:
         state.reconciler.wake_outbox()
