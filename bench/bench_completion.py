@@ -121,7 +121,6 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
             event.set()
         return []
 
-    machine.on_finish.connect("bench", finished)
     raw_client = CeleryAdapter(settings)
     ready = asyncio.Event()
     feed = asyncio.create_task(follow(raw_client, waiters, ready))
@@ -133,6 +132,7 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
         for n in range(rounds):
             for variant in times:
                 state = start_gateway(settings, Dispatcher(settings, adapter_factory=noop_celery))
+                state.finish_hooks.connect("bench", finished)
                 stop = asyncio.Event()
                 if variant == "gateway-push":
                     loop = asyncio.create_task(state.reconciler.run(stop))
@@ -158,7 +158,6 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await feed
         raw_client.close()
-        machine.on_finish.disconnect("bench")
 
     print(f"\n{jobs} no-op jobs one at a time per variant and round, {rounds} interleaved rounds (all jobs pooled):")
     ref = statistics.median(times["raw-celery"])

@@ -43,6 +43,7 @@ from gateway.jobs.bootstrap import start_gateway  # noqa: E402
 from gateway.legs import machine  # noqa: E402
 from gateway.legs.states import DispatchState, LegRole  # noqa: E402
 from gateway.runtime import GatewayState  # noqa: E402
+from gateway.store import leg_writer  # noqa: E402
 from gateway.store.models import new_id, utcnow  # noqa: E402
 from gateway.store.runs import insert_run  # noqa: E402
 from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
@@ -77,7 +78,7 @@ async def one_job(state: GatewayState, waiters: Waiters, shadow: bool, settle: b
     assert await insert_run(state.engine, row, leg, *shadows)
     await asyncio.get_running_loop().run_in_executor(None, adapter.send, names.NOOP, {}, leg["id"])
     sent = utcnow()
-    await machine.record_sent(state.engine, leg["id"], leg["id"], sent, sent + timedelta(days=1))
+    await leg_writer.record_sent(state.engine, leg["id"], leg["id"], sent, sent + timedelta(days=1))
     await asyncio.wait_for(done.wait(), 60)
     elapsed = time.perf_counter() - started
     if settle:  # the next job starts once this one's shadow ended: each primary is timed beside its own shadow
@@ -95,8 +96,8 @@ async def bench(settings: Any, jobs: int, rounds: int, settle: bool) -> None:
             event.set()
         return []
 
-    machine.on_finish.connect("bench", finished)
     state = start_gateway(settings)
+    state.finish_hooks.connect("bench", finished)
     stop = asyncio.Event()
     loop = asyncio.create_task(state.reconciler.run(stop))
     times: dict[str, list[float]] = {"shadow off": [], "shadow on": []}
@@ -117,7 +118,6 @@ async def bench(settings: Any, jobs: int, rounds: int, settle: bool) -> None:
         stop.set()
         await loop
         await state.close()
-        machine.on_finish.disconnect("bench")
 
     print(f"\n{jobs} no-op jobs one at a time per variant and round, {rounds} interleaved rounds (all jobs pooled); "
           f"load average {os.getloadavg()[0]:.2f} (a shared 2-core machine)")  # fmt: skip

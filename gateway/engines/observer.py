@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 class Observer:
     """Reads engines for open legs and applies what changed, on a tick or for one leg on demand."""
 
-    def __init__(self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(
+        self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings, hooks: machine.FinishHooks
+    ) -> None:
         self.claims = claims
+        self.hooks = hooks
         self.dispatcher = dispatcher
         self.settings = settings
 
@@ -169,12 +172,12 @@ class Observer:
         if state is not None and state.phase.is_final:
             if result is None:
                 return False  # the result could not be read: the leg stays open until it can
-            machine.finish_observed(leg, row, state, result, now)
+            machine.finish_observed(leg, row, state, result, now, hooks=self.hooks)
             return True
         if state is not None:
             machine.apply_state(leg, state, row)
         if machine.past_deadline(leg, now):
-            machine.time_out(leg, row, now)
+            machine.time_out(leg, row, now, hooks=self.hooks)
             return True
         return False
 

@@ -28,6 +28,7 @@ from gateway.engines.leg_claims import LegClaims, TickReport
 from gateway.engines.observer import Observer
 from gateway.engines.outbox_listener import OutboxListener
 from gateway.engines.relay import Relay
+from gateway.legs.machine import FinishHooks
 from gateway.store import retention
 from gateway.store.models import utcnow
 from gateway.store.shadow_settings import SkipCounter
@@ -52,12 +53,15 @@ class Reconciler:
         settings: Settings,
         batch_size: int = 5000,
         skips: SkipCounter | None = None,
+        hooks: FinishHooks | None = None,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.claims = LegClaims(sessions, batch_size)
-        self.relay = Relay(self.claims, dispatcher, settings)
-        self.observer = Observer(self.claims, dispatcher, settings)
+        # What runs when a leg finishes (none unless handed in: `gateway.jobs.bootstrap` builds the app's).
+        hooks = hooks or FinishHooks()
+        self.relay = Relay(self.claims, dispatcher, settings, hooks)
+        self.observer = Observer(self.claims, dispatcher, settings, hooks)
         interval = settings.gateway_reconcile_interval
         self.completions = Completions(self.claims, self.observer, dispatcher, interval)
         self.listener = OutboxListener(sessions, self.relay, interval)

@@ -31,6 +31,7 @@ from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
 from gateway.engines.leg_claims import LegClaims, TickReport
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole, is_shadowed_primary
+from gateway.store import leg_writer
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.outbox import OUTBOX_BATCH, OUTBOX_LEASE
 
@@ -110,8 +111,11 @@ def _first_shadow_try(leg: Leg) -> bool:
 class Relay:
     """Sends due legs through the dispatcher, on a tick or as soon as it is woken."""
 
-    def __init__(self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(
+        self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings, hooks: machine.FinishHooks
+    ) -> None:
         self.claims = claims
+        self.hooks = hooks
         self.dispatcher = dispatcher
         self.settings = settings
         # Set by `wake_outbox` (or a NOTIFY on OUTBOX_CHANNEL) and `hand_over`: flush the outbox now, not at the
@@ -138,7 +142,7 @@ class Relay:
            given `next_attempt_at = now + OUTBOX_LEASE`, committed at once: no other relay takes them meanwhile,
            and nobody waits on their locks while they are sent;
         2. send them (engines side by side);
-        3. record: the sent legs' marks are one guarded UPDATE (`machine.record_sent_many`, only while still
+        3. record: the sent legs' marks are one guarded UPDATE (`leg_writer.record_sent_many`, only while still
            pending and open); the few that were not sent are locked again and given their retry, fault
            or rejection (only while still pending and open).
 
@@ -186,7 +190,7 @@ class Relay:
             if expired:  # a shadow leg never accepted before its deadline
                 rows = await self.claims.rows_for(session, expired)
                 for leg in expired:
-                    machine.time_out(leg, rows.get(leg.result_id or ""), now)
+                    machine.time_out(leg, rows.get(leg.result_id or ""), now, hooks=self.hooks)
                     report.finished += 1
             leased = [OutboxLeg.of(leg) for leg in legs if not leg.finished]  # the timed-out ones are finished
             if leased:
@@ -211,14 +215,14 @@ class Relay:
         return outcomes
 
     async def _record_sent(self, legs: list[OutboxLeg], outcomes: dict[str, SendOutcome], report: TickReport) -> None:
-        """Step 3 for the legs their engine accepted: their marks in one statement (`machine.record_sent_many`)."""
+        """Step 3 for the legs their engine accepted: their marks in one statement (`leg_writer.record_sent_many`)."""
         now = utcnow()
         deadline = now + timedelta(seconds=self.settings.gateway_leg_deadline_seconds)
         sent = [leg for leg in legs if (o := outcomes.get(leg.id)) is not None and o.status == SendStatus.SENT]
         if not sent:
             return
         marks = [(leg.id, outcomes[leg.id].engine_run_id, now, leg.deadline or deadline) for leg in sent]
-        await machine.record_sent_many(self.claims.sessions.kw["bind"], marks)
+        await leg_writer.record_sent_many(self.claims.sessions.kw["bind"], marks)
         report.dispatched += len(sent)
         if any(is_shadowed_primary(leg.role, leg.routing) for leg in sent):
             self.wake_outbox()  # a relayed primary was just sent: its shadow legs are due now
@@ -243,7 +247,7 @@ class Relay:
         now = utcnow()
         if outcome.status == SendStatus.RETRY and outcome.fault:
             # Not an outage: this job itself fails to dispatch. Bounded, and the reason ends on the leg.
-            if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now):
+            if machine.retry_fault(leg, rows.get(leg.result_id or ""), outcome.error, now, hooks=self.hooks):
                 report.finished += 1
             else:
                 report.deferred += 1
@@ -253,7 +257,7 @@ class Relay:
             machine.retry_later(leg, outcome.error, now)
             report.deferred += 1
         else:
-            machine.reject(leg, rows.get(leg.result_id or ""), now, outcome.error)
+            machine.reject(leg, rows.get(leg.result_id or ""), now, outcome.error, hooks=self.hooks)
             report.finished += 1
 
     # ------------------------------------------------------------------------------------------ prompt outbox

@@ -33,12 +33,13 @@ from gateway.engines.dispatcher import SendBy, SendStatus
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
 from gateway.jobs.follow_ups import request_submission
-from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent, reject
+from gateway.legs.machine import FINAL_ROW, new_leg, next_attempt, reject
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal, Role
 from gateway.store.cutover import effective_config
+from gateway.store.leg_writer import record_retry, record_sent
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Leg, Result, new_id, utcnow
 from gateway.store.outbox import OUTBOX_LEASE
 from gateway.store.runs import insert_run
@@ -477,12 +478,12 @@ async def dispatch_after_commit(
         return
     async with state.sessions() as session, session.begin():
         if outcome.status == SendStatus.RETRY:
-            await record_retry(session, leg_id, outcome.error, now, fault=outcome.fault)
+            await record_retry(session, leg_id, outcome.error, now, next_attempt(now, 1), fault=outcome.fault)
             return
         if shadow:  # refused for good: the leg ends (an infra error of the shadow side), the job goes on
             leg = await session.get(Leg, leg_id)
             if leg is not None and not leg.finished:
-                reject(leg, None, now, outcome.error)
+                reject(leg, None, now, outcome.error, hooks=state.finish_hooks)
             return
         # Rejected by configuration: the client gets an error, so no run may remain behind it.
         if row_id is not None:

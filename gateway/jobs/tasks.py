@@ -141,4 +141,4 @@ async def cancel_task(state: GatewayState, task_id: str) -> None:
         if leg is None or leg.finished:
             return
         row = await session.get(Result, leg.result_id) if leg.result_id else None
-        machine.cancel(leg, row, utcnow())
+        machine.cancel(leg, row, utcnow(), hooks=state.finish_hooks)

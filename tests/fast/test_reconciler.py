@@ -163,7 +163,9 @@ def test_two_reconcilers_on_postgres_never_finish_the_same_leg_twice(memory_gate
         rows = await submit_many(state, 120)
         for row in rows:
             engine.succeed(row.test_system_id, report(1, 1))
+        state.finish_hooks.connect("count", count)
         other = start_gateway(memory_gateway_pg.settings, memory_gateway_pg.dispatcher())
+        other.finish_hooks.connect("count", count)
         try:
             first, second = state.reconciler, other.reconciler
             first.batch_size = second.batch_size = 20
@@ -174,11 +176,7 @@ def test_two_reconcilers_on_postgres_never_finish_the_same_leg_twice(memory_gate
         assert set(finishes) == {row.test_system_id for row in rows}
         assert set(finishes.values()) == {1}
 
-    machine.on_finish.connect("count", count)
-    try:
-        memory_gateway_pg.run(test)
-    finally:
-        machine.on_finish.disconnect("count")
+    memory_gateway_pg.run(test)
 
 
 def test_reconciler_needs_no_app_state(memory_gateway: MemoryGateway) -> None:

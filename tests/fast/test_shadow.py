@@ -20,10 +20,11 @@ from gateway.jobs import results
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.shadow_admin import set_shadow, show_shadow
 from gateway.jobs.submit import submit_test
-from gateway.legs.machine import record_retry
+from gateway.legs.machine import next_attempt
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
+from gateway.store.leg_writer import record_retry
 from gateway.store.models import Comparison, FlakeStat, Leg, Result, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
@@ -187,7 +188,8 @@ def test_the_answer_sends_no_shadow_the_reconciler_does_once_the_primary_was_tri
             )
         assert (await state.reconciler.relay.flush_now()).dispatched == 0 and shadow2.id not in prefect.runs
         async with state.sessions() as session, session.begin():
-            await record_retry(session, primary2.id, "celery down", utcnow())
+            now = utcnow()
+            await record_retry(session, primary2.id, "celery down", now, next_attempt(now, 1))
         assert (await state.reconciler.relay.flush_now()).dispatched == 1 and shadow2.id in prefect.runs
 
     gw.run(test)
