@@ -42,7 +42,7 @@ from bench.bench_submit import environment, seed  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from gateway.engines.dispatcher import Dispatcher, SendBy  # noqa: E402
 from gateway.jobs.bootstrap import start_gateway  # noqa: E402
-from gateway.jobs.submit import DUE_AFTER  # noqa: E402
+from gateway.jobs.submit_plan import DUE_AFTER  # noqa: E402
 from gateway.legs import machine  # noqa: E402
 from gateway.legs.states import DispatchState  # noqa: E402
 from gateway.runtime import GatewayState  # noqa: E402

@@ -18,7 +18,8 @@ from common.legacy import TestJob
 from common.redact import find_secret_key, redact_text, scrub
 from gateway.engines.routing import task_kind, task_name_of
 from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
-from gateway.jobs.submit import OUTBOX_GRACE, dispatch_after_commit
+from gateway.jobs.submit import dispatch_after_commit
+from gateway.jobs.submit_plan import OUTBOX_GRACE
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
