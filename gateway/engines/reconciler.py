@@ -31,7 +31,7 @@ from gateway.engines.relay import Relay
 from gateway.legs.machine import FinishHooks
 from gateway.store import retention
 from gateway.store.models import utcnow
-from gateway.store.shadow_settings import SkipCounter
+from gateway.store.shadow_counters import SkipCounter
 
 log = logging.getLogger(__name__)
 
