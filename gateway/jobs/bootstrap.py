@@ -10,11 +10,11 @@ from __future__ import annotations
 import gc
 
 from common.settings import Settings
-from gateway.compare import follow_up as comparison
+from gateway.compare import mark_due as comparison
 from gateway.compare.step import CompareStep
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
-from gateway.jobs import follow_ups
+from gateway.jobs import submission_follow_up
 from gateway.jobs.cutover_gates import GateStep
 from gateway.legs.machine import FinishHooks
 from gateway.runtime import GatewayState
@@ -24,7 +24,7 @@ from gateway.store.leg_writer import join_leg
 def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
     # The follow-ups of a finished leg, explicit here and handed to everything that finishes legs.
     hooks = FinishHooks(join=join_leg)
-    follow_ups.install(hooks)
+    submission_follow_up.install(hooks)
     metrics.install(hooks, settings.gateway_metrics_enabled)
     comparison.install(hooks)
     state = GatewayState.build(settings, dispatcher, hooks)

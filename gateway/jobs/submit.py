@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common.legacy import ResultStatus
 from gateway.engines.dispatcher import SendBy, SendStatus
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, WorkerUnavailable
-from gateway.jobs.follow_ups import request_submission
+from gateway.jobs.submission_follow_up import request_submission
 from gateway.jobs.submit_plan import NewRun, new_run, with_shadows
 from gateway.jobs.submit_rules import (
     KEEP,
@@ -41,11 +41,11 @@ from gateway.jobs.submit_rules import (
     member_id_for,
     member_of,
 )
-from gateway.legs.machine import FINAL_ROW, next_attempt, reject
+from gateway.legs.machine import next_attempt, reject
 from gateway.runtime import GatewayState
-from gateway.schemas import TestCreate
-from gateway.store.accounts import Principal, Role
-from gateway.store.cutover import effective_config
+from gateway.schemas import Role, TestCreate
+from gateway.store.accounts import Principal
+from gateway.store.cutover_configs import effective_config
 from gateway.store.leg_writer import record_retry, record_sent
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.runs import insert_run
@@ -219,7 +219,3 @@ async def dispatch_after_commit(
 
 def _deadline(state: GatewayState) -> timedelta:
     return timedelta(seconds=state.settings.gateway_leg_deadline_seconds)
-
-
-def is_final_status(status: int) -> bool:
-    return status in FINAL_ROW

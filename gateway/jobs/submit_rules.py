@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.legacy import ResultStatus
 from gateway.jobs.errors import BadJobRequest, NotAllowed, NotFound
-from gateway.schemas import TestCreate
-from gateway.store.accounts import Principal, Role
+from gateway.schemas import Role, TestCreate
+from gateway.store.accounts import Principal
 from gateway.store.catalog_cache import CatalogCache
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Result
 

@@ -15,13 +15,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from gateway.schemas import Role
 from gateway.store.models import User
 
 _N, _R, _P = 2**14, 8, 1
@@ -29,14 +29,6 @@ _N, _R, _P = 2**14, 8, 1
 _MAX_LOGINS = 10_000
 
 _Login = tuple[str, bytes]  # username, SHA-256 of the password
-
-
-class Role(StrEnum):
-    """The three roles of the legacy API; stored as these strings in `users.role`."""
-
-    ADMIN = "admin"
-    WORKER = "worker"
-    STUDENT = "student"
 
 
 def hash_password(password: str) -> str:

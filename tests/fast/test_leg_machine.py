@@ -9,7 +9,7 @@ import pytest
 
 from backends.interface import LegPhase, LegResult, LegState
 from common.legacy import Progress, ResultStatus
-from gateway.jobs import follow_ups
+from gateway.jobs import submission_follow_up
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
 from gateway.store.models import Leg, Result
@@ -22,7 +22,7 @@ REPORT = {"summary": {"total": 4, "passed": 3, "failed": 1}, "result": "FAILED"}
 
 # The process's follow-ups, as `start_gateway` installs them (rows join no session here: these legs are in none).
 HOOKS = machine.FinishHooks()
-follow_ups.install(HOOKS)
+submission_follow_up.install(HOOKS)
 
 
 def leg(role: LegRole = LegRole.PRIMARY, submit_job: bool = True, **values: Any) -> Leg:
@@ -173,10 +173,10 @@ def test_the_finish_hook_starts_submission_processing(
     result = LegResult("leg-1", phase, report=REPORT if phase == LegPhase.SUCCEEDED else None)
     captured: list[Any] = []
     hooks = machine.FinishHooks()
-    follow_ups.install(hooks)
+    submission_follow_up.install(hooks)
     hooks.connect("capture", lambda finished: captured.append(finished) or [])
     machine.finish(the_leg, the_row, NOW, phase, result, hooks=hooks)
-    new_legs = follow_ups.submission_leg(captured[0])
+    new_legs = submission_follow_up.submission_leg(captured[0])
     assert bool(new_legs) is follows
     if follows:
         (submission,) = new_legs
