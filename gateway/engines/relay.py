@@ -17,7 +17,6 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +32,7 @@ from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole, is_shadowed_primary
 from gateway.store import leg_writer
 from gateway.store.models import Leg, Result, utcnow
-from gateway.store.outbox import OUTBOX_BATCH, OUTBOX_LEASE
+from gateway.store.outbox import OUTBOX_BATCH, OUTBOX_LEASE, OutboxLeg
 
 log = logging.getLogger(__name__)
 
@@ -63,38 +62,6 @@ def _primary_not_tried_yet() -> Any:
         primary.dispatch_attempts == 0,
         primary.finished.is_(False),
     )
-
-
-@dataclass(frozen=True)
-class OutboxLeg:
-    """What the relay needs of a leg it sends: read from a claim, or handed over by the request that inserted it
-    (`Relay.hand_over`), which saves the claim's round trip."""
-
-    id: str
-    engine: str
-    spec: dict[str, Any]
-    role: str
-    routing: dict[str, Any] | None
-    deadline: datetime | None
-    dispatched_at: datetime | None
-    infra_retries: int
-    # When it was due before the relay leased it: handed back if it was not tried.
-    next_attempt_at: datetime | None
-
-    @classmethod
-    def of(cls, leg: Leg | dict[str, Any]) -> OutboxLeg:
-        get = leg.get if isinstance(leg, dict) else lambda name: getattr(leg, name)
-        return cls(
-            id=get("id"),
-            engine=get("engine"),
-            spec=get("spec"),
-            role=get("role"),
-            routing=get("routing"),
-            deadline=get("deadline"),
-            dispatched_at=get("dispatched_at"),
-            infra_retries=get("infra_retries") or 0,
-            next_attempt_at=get("next_attempt_at"),
-        )
 
 
 def _ran_before(leg: OutboxLeg) -> bool:
