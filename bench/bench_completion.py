@@ -13,7 +13,7 @@ job at a time, interleaved round by round:
 - `gateway-poll`: the same with the completion feed off (ticks and outbox wake-ups alone): what completion cost
   before it was pushed.
 
-"Done" for the gateway is the leg state machine's finish hook (`machine.on_finish`), which runs inside the
+"Done" for the gateway is a finish hook of the leg state machine (`state.finish_hooks`), which runs inside the
 transaction that writes the row, just before its commit. Prints p50/p99 per variant and the ratio to raw.
 
     .venv/bin/python bench/bench_completion.py [--jobs 40] [--rounds 3]

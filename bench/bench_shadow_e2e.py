@@ -12,11 +12,11 @@ Two variants, one job at a time, interleaved round by round:
   worker ends at once (failed): what is measured is the shadow's dispatch and bookkeeping beside the primary, not a
   long shadow run.
 
-"Done" is the primary leg's finish (the leg state machine's `on_finish` hook, inside the transaction that writes
-the row). By default the next job starts once this job's shadow has ended too, so each primary is timed beside
-its own shadow; `--back-to-back` starts it as soon as the primary ended, so the previous job's shadow (its send,
-its run, its completion) overlaps the next primary in the same process. Prints p50/p99 per variant, the ratio
-on/off, and the process's CPU per job.
+"Done" is the primary leg's finish (a finish hook of the leg state machine, `state.finish_hooks`, inside the
+transaction that writes the row). By default the next job starts once this job's shadow has ended too, so each
+primary is timed beside its own shadow; `--back-to-back` starts it as soon as the primary ended, so the previous
+job's shadow (its send, its run, its completion) overlaps the next primary in the same process. Prints p50/p99 per
+variant, the ratio on/off, and the process's CPU per job.
 
     .venv/bin/python bench/bench_shadow_e2e.py [--jobs 40] [--rounds 3] [--back-to-back]
 """
