@@ -167,13 +167,25 @@ class TaskInfo(BaseModel):
     retries: int | None = None
 
 
-class TaskList(BaseModel):
-    """`GET /api/tasks`: one page of tasks, newest first, with the total."""
+class TaskListItem(TaskInfo):
+    """One task of `GET /api/tasks`: `TaskInfo`'s keys plus the platform's list keys (`date_done`, `has_result`,
+    `has_error`). `status` is in Celery's words there (`SUCCESS`, `FAILURE`, `PENDING`, `STARTED`, `REVOKED`),
+    as the platform's front end switches on them; `task_status` keeps the gateway's `TaskStatus` word."""
 
-    tasks: list[TaskInfo]
+    task_status: str
+    date_done: datetime | None = None
+    has_result: bool
+    has_error: bool
+
+
+class TaskList(BaseModel):
+    """`GET /api/tasks`: one page of tasks, newest first, with the total and whether more follow."""
+
+    tasks: list[TaskListItem]
     total: int
     limit: int
     offset: int
+    has_more: bool
 
 
 class TaskResult(BaseModel):

@@ -35,7 +35,7 @@ from legacy_stack import (
 from pydantic import BaseModel, ConfigDict
 
 from tests.support.celery_worker import WorkerProcess, base_env, stop_worker, wait_until_ready
-from tests.support.contract_keys import TASK_INFO_KEYS
+from tests.support.contract_keys import TASK_INFO_KEYS, TASK_LIST_ITEM_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -289,10 +289,11 @@ def test_the_celery_era_task_views_over_both_engines(stack: Stack) -> None:
         # The slow student's commit: it runs until released, so each DELETE certainly meets a job in flight.
         runs = [submit(slow, key, stack.repos.commit("slow")) for key in ("celery", "prefect")]
         page = admin.get("/api/tasks", params={"limit": 2, "offset": 0})
-        assert page.status_code == 200 and set(page.json()) == {"tasks", "total", "limit", "offset"}
+        assert page.status_code == 200 and set(page.json()) == {"tasks", "total", "limit", "offset", "has_more"}
         assert page.headers["X-Total-Count"] == str(page.json()["total"])
+        assert page.json()["has_more"] is (page.json()["total"] > 2)
         assert [t["task_id"] for t in page.json()["tasks"]] == [r["test_system_id"] for r in reversed(runs)]
-        assert all(set(t) == TASK_INFO_KEYS for t in page.json()["tasks"])
+        assert all(set(t) == TASK_LIST_ITEM_KEYS for t in page.json()["tasks"])
         second = admin.get("/api/tasks", params={"limit": 1, "offset": 1}).json()["tasks"]
         assert [t["task_id"] for t in second] == [runs[0]["test_system_id"]]
         for run in runs:
@@ -303,6 +304,21 @@ def test_the_celery_era_task_views_over_both_engines(stack: Stack) -> None:
             assert deleted.status_code == 200 and deleted.json()["status"] == "cancelled"
             assert slow.get(f"/api/results/{run['id']}/status").json() == 2
         assert admin.get(f"/api/tasks/{uuid.uuid4()}").status_code == 404
+        # 25.3: the platform's front end filters and switches on Celery's words.
+        revoked = admin.get("/api/tasks", params={"status": "REVOKED", "limit": 1000}).json()
+        ours = {r["test_system_id"] for r in runs}
+        assert ours <= {t["task_id"] for t in revoked["tasks"]} and revoked["has_more"] is False
+        assert all(t["status"] == "REVOKED" and t["task_status"] == "cancelled" for t in revoked["tasks"])
+        assert all(
+            t["date_done"] is not None and t["has_result"] is False for t in revoked["tasks"] if t["task_id"] in ours
+        )
+        for word, gateway_word in (("SUCCESS", "finished"), ("PENDING", None), ("STARTED", "started")):
+            listed = admin.get("/api/tasks", params={"status": word, "limit": 1000}).json()
+            assert not ours & {t["task_id"] for t in listed["tasks"]}
+            assert all(t["status"] == word for t in listed["tasks"]) and listed["total"] == len(listed["tasks"])
+            assert gateway_word is None or all(t["task_status"] == gateway_word for t in listed["tasks"])
+        assert admin.get("/api/tasks", params={"status": "cancelled"}).json()["total"] == revoked["total"]
+        assert admin.get("/api/tasks", params={"status": "NOPE"}).status_code == 400
 
 
 # ----------------------------------------------------------------------------------------------- mixed fleet

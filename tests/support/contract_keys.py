@@ -16,6 +16,8 @@ TASK_INFO_KEYS = {
     "task_id", "task_name", "status", "created_at", "started_at", "finished_at", "progress", "error", "worker",
     "queue", "retries",
 }  # fmt: skip
+# `GET /tasks` items: `TaskInfo` plus the platform's list keys (and the gateway's own status word).
+TASK_LIST_ITEM_KEYS = TASK_INFO_KEYS | {"task_status", "date_done", "has_result", "has_error"}
 TASK_RESULT_KEYS = {"task_id", "status", "result", "error", "created_at", "started_at", "finished_at", "progress"}
 PROGRESS_KEYS = {"percentage", "metadata", "status"}
 BACKEND_KEYS = {"id", "type", "slug", "properties", "created_at", "updated_at"}
