@@ -36,7 +36,6 @@ from gateway.jobs.submit_rules import (
     check_student_repository,
     content_for,
     count_and_existing,
-    counted_already,
     existing_run,
     member_id_for,
     member_of,
@@ -106,8 +105,9 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if content.max_submissions is not None:
         count, existing = await count_and_existing(state.sessions, member_id, content.id, commit)
         looked = True
-        # Asking again for a run that already counts is idempotent, not one submission too many.
-        if count >= content.max_submissions and not counted_already(existing):
+        # The contract's order: the limit before any look at an existing run (asking again for a run that
+        # already counts is refused too once the limit is reached, as the platform refused it).
+        if count >= content.max_submissions:
             raise BadJobRequest("Reached max submissions for this course_content")
     for _attempt in range(3):
         if existing is not None and ResultStatus(existing.status) in KEEP:

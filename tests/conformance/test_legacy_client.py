@@ -265,11 +265,18 @@ def test_error_texts_of_the_contract(both_engines: Stack) -> None:
 
 
 def test_max_submissions_counts_submitted_runs(both_engines: Stack) -> None:
+    """And (25.8) the limit comes first, as in the contract: the same commit asked again is refused too."""
+    commit = f"max-{uuid.uuid4().hex[:8]}"
     with both_engines.client(BOB) as bob:
-        first = submit(bob, "capped", f"max-{uuid.uuid4().hex[:8]}", submit=True)
+        first = submit(bob, "capped", commit, submit=True)
         assert first.status_code == 200, first.text
         over = submit(bob, "capped", f"max-{uuid.uuid4().hex[:8]}", submit=True)
-    assert (over.status_code, over.json()) == (400, {"detail": "Reached max submissions for this course_content"})
+        again = submit(bob, "capped", commit, submit=True)
+    for refused in (over, again):
+        assert (refused.status_code, refused.json()) == (
+            400,
+            {"detail": "Reached max submissions for this course_content"},
+        )
 
 
 # ----------------------------------------------------------------------------------------------- write-back
@@ -360,6 +367,12 @@ def test_task_api_shapes(both_engines: Stack) -> None:
         assert unknown.status_code == 400 and isinstance(unknown.json()["detail"], str)
         workers = admin.get("/api/tasks/workers/status")  # fix: reachable, not shadowed by /{task_id}/status
         assert workers.status_code == 200 and isinstance(workers.json(), dict)
+        # 25.3: the platform's keys beside the gateway's (engines, worker_list, queues by `engine:name`).
+        shown = workers.json()
+        assert shown["status"] == "connected" and shown["workers"]["active_count"] >= 1
+        assert set(shown["workers"]["workers"]) == {w["name"] for w in shown["worker_list"]}
+        assert isinstance(shown["queues"]["high_priority"], int) and "celery:high_priority" in shown["queues"]
+        assert {"celery", "prefect"} <= set(shown["engines"])
         assert "redis://" not in workers.text and "postgresql" not in workers.text
         missing = admin.get(f"/api/tasks/{uuid.uuid4()}/status")
         assert missing.status_code == 404
