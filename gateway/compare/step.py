@@ -24,6 +24,7 @@ from gateway.engines import metrics
 from gateway.engines.shadowing import ExperimentKind
 from gateway.legs.states import LegRole
 from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
+from gateway.store.runs import is_run_of
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -144,7 +145,7 @@ def _primary_of(legs: list[Leg], row: Result | None) -> Leg | None:
     primaries = [leg for leg in legs if leg.role == LegRole.PRIMARY]
     if row is not None:
         for leg in primaries:
-            if leg.id == row.test_system_id:
+            if is_run_of(leg, row):
                 return leg
     return primaries[0] if primaries else None
 

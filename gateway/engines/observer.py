@@ -156,6 +156,7 @@ class Observer:
                     continue  # its request is still sending it: nothing to learn yet
                 # The engine ran it, so it was sent: record that first (the request's own mark then no-ops).
                 machine.mark_sent(leg, state.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
+                machine.adopt_run_id(leg, rows.get(leg.result_id or ""))
             if self._advance(leg, states.get(leg.id), results.get(leg.id), rows.get(leg.result_id or ""), now):
                 finished += 1
         return finished

@@ -234,6 +234,17 @@ def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime, 
     return False
 
 
+def adopt_run_id(leg: Leg, row: Result | None, previous: str | None = None) -> None:
+    """A primary leg's row shows the engine's run id as its `test_system_id` (the contract: the Prefect flow run
+    id) once the engine has one, unless the row already moved on to another run. `previous`: the leg's run id
+    before this observation. The gateway's leg id keeps resolving everywhere (`store.runs.find_leg`)."""
+    run_id = leg.engine_run_id
+    if row is None or leg.role != LegRole.PRIMARY or not run_id or row.test_system_id == run_id:
+        return
+    if row.test_system_id in {leg.id, previous}:
+        row.test_system_id = run_id
+
+
 # ------------------------------------------------------------------------------------------ state applied
 def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
     """Record a non-final observation (phase, native state, progress, worker) on the leg and its row."""
@@ -247,7 +258,8 @@ def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
     leg.worker = state.worker or leg.worker
     leg.queue = state.queue or leg.queue
     if state.engine_run_id:
-        leg.engine_run_id = state.engine_run_id
+        previous, leg.engine_run_id = leg.engine_run_id, state.engine_run_id
+        adopt_run_id(leg, row, previous)
     if state.stalled:
         leg.last_error = state.stalled
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):

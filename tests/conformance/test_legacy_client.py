@@ -207,21 +207,20 @@ def test_a_clone_failure_reads_the_same_on_both_engines(both_engines: Stack) -> 
 
 
 def test_a_prefect_run_is_found_by_its_test_system_id_and_every_route_takes_either_id(both_engines: Stack) -> None:
-    """The flow run is named and tagged with the gateway's id; the gateway answers to the flow run's own id too."""
+    """25.7: `test_system_id` is the Prefect flow run id (Prefect accepted the run before the answer), so a
+    client reading Prefect with it finds the run; the flow run is named and tagged with the gateway's own id,
+    and every route answers to that one too."""
     api = both_engines.prefect_api
     assert api is not None
     with both_engines.client(SLOW) as slow, both_engines.client(ADMIN) as admin:
         run = submit(slow, "legacy", both_engines.repos.commit("slow")).json()
-        test_system_id = run["test_system_id"]
-
-        def flow_runs(criteria: dict[str, Any]) -> list[dict[str, Any]]:
-            return httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": criteria}, timeout=30).json()
-
-        by_name = wait_until(lambda: flow_runs({"name": {"any_": [test_system_id]}}), f"flow run {test_system_id}")
-        by_tag = flow_runs({"tags": {"all_": [test_system_id]}})
-        assert [r["id"] for r in by_name] == [r["id"] for r in by_tag] and len(by_name) == 1
-        flow_run_id = by_name[0]["id"]
-        assert flow_run_id != test_system_id and by_name[0]["name"] == test_system_id
+        flow_run_id = run["test_system_id"]
+        read = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30)  # what the platform's CLI does with it
+        assert read.status_code == 200, read.text
+        gateway_id = read.json()["name"]
+        assert gateway_id != flow_run_id and read.json()["idempotency_key"] == gateway_id
+        assert gateway_id in read.json()["tags"]
+        assert slow.get(f"/api/results/{run['id']}").json()["test_system_id"] == flow_run_id
 
         def running() -> dict[str, Any] | None:
             info = admin.get(f"/api/tasks/{flow_run_id}/status")
@@ -229,15 +228,17 @@ def test_a_prefect_run_is_found_by_its_test_system_id_and_every_route_takes_eith
             return info.json() if info.json()["status"] == "started" else None
 
         info = wait_until(running, f"{flow_run_id} running", timeout=150, interval=0.1)
-        assert info["task_id"] == test_system_id
-        assert slow.get(f"/api/system/status/{flow_run_id}").json()["status"] == "RUNNING"  # until released
-        assert admin.get(f"/api/tasks/{flow_run_id}/result").json()["task_id"] == test_system_id
+        assert info["task_id"] == gateway_id
+        for run_id in (flow_run_id, gateway_id):
+            assert slow.get(f"/api/system/status/{run_id}").json()["status"] == "RUNNING"  # until released
+            assert admin.get(f"/api/tasks/{run_id}/result").json()["task_id"] == gateway_id
+            listed = slow.get("/api/results", params={"test_system_id": run_id})
+            assert listed.headers["X-Total-Count"] == "1" and listed.json()[0]["id"] == run["id"]
         cancel = admin.delete(f"/api/tasks/{flow_run_id}/cancel")
         assert cancel.status_code == 200 and cancel.json()["task_id"] == flow_run_id
         assert poll_result_status(slow, run["id"]) == 2
-        assert slow.get(f"/api/system/status/{flow_run_id}").json() == {"status": "CANCELLED"}
-        listed = slow.get("/api/results", params={"test_system_id": flow_run_id})
-    assert listed.headers["X-Total-Count"] == "1" and listed.json()[0]["id"] == run["id"]
+        for run_id in (flow_run_id, gateway_id):
+            assert slow.get(f"/api/system/status/{run_id}").json() == {"status": "CANCELLED"}
 
 
 # --------------------------------------------------------------------------------------------------- errors
