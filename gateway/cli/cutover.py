@@ -139,10 +139,11 @@ def set_(
     shadow_fraction: float | None = typer.Option(None, help="0..1 of jobs the other engine shadows."),
     canary_steps: str | None = typer.Option(None, help="Comma-separated percentages, e.g. 5,25,50,100."),
     min_stage_seconds: float | None = typer.Option(None, help="Minimum time in a stage before auto promotion."),
-    min_samples: int | None = typer.Option(None, help="Gate: comparisons needed."),
+    min_samples: int | None = typer.Option(None, help="Gate: no rate is judged on fewer comparisons (a floor)."),
     max_mismatch_rate: float | None = typer.Option(None, help="Gate: noise-adjusted mismatch rate, 0..1."),
     max_infra_error_rate: float | None = typer.Option(None, help="Gate: the new engine's infra-error rate, 0..1."),
     max_p99_ratio: float | None = typer.Option(None, help="Gate: new p99 run time / old p99 run time."),
+    confidence: float | None = typer.Option(None, help="Gate: level of the rates' intervals, e.g. 0.95."),
     reason: str = REASON,
     dry_run: bool = DRY_RUN,
     member: list[str] | None = MEMBER,
@@ -159,6 +160,7 @@ def set_(
             "max_mismatch_rate": max_mismatch_rate,
             "max_infra_error_rate": max_infra_error_rate,
             "max_p99_ratio": max_p99_ratio,
+            "confidence": confidence,
         }.items()
         if v is not None
     }

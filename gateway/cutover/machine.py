@@ -88,6 +88,8 @@ def validate(config: CutoverConfig) -> None:
         raise InvalidChange("rates must be within 0..1")
     if t.max_p99_ratio <= 0:
         raise InvalidChange("max_p99_ratio must be positive")
+    if not 0.5 <= t.confidence < 1:
+        raise InvalidChange("confidence must be within [0.5, 1)")
     if implied_percentage(config.stage, config.percentage) != config.percentage:
         implied = implied_percentage(config.stage, config.percentage)
         raise InvalidChange(f"stage {config.stage.value} implies a percentage of {implied:g}")

@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.cutover.confidence import DEFAULT_CONFIDENCE
+
 
 class Stage(StrEnum):
     """In order. Who answers, and who shadows:
@@ -61,10 +63,13 @@ DEFAULT_CANARY_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
 class GateThresholds:
     """What a gate needs before it lets a stage move forward (and what makes it demote)."""
 
+    # A floor: no rate is judged on fewer comparisons (the interval decides, this only keeps tiny samples out).
     min_samples: int = 100
     max_mismatch_rate: float = 0.01  # noise-adjusted, accepted clusters excluded
     max_infra_error_rate: float = 0.02  # of the new engine's legs
     max_p99_ratio: float = 1.5  # the new engine's p99 run time over the old one's
+    # The level of every rate's interval (gateway.cutover.confidence): how sure a Successful or Failed is.
+    confidence: float = DEFAULT_CONFIDENCE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,7 @@ class GateThresholds:
             "max_mismatch_rate": self.max_mismatch_rate,
             "max_infra_error_rate": self.max_infra_error_rate,
             "max_p99_ratio": self.max_p99_ratio,
+            "confidence": self.confidence,
         }
 
     @classmethod
@@ -83,6 +89,7 @@ class GateThresholds:
             max_mismatch_rate=float(data.get("max_mismatch_rate", default.max_mismatch_rate)),
             max_infra_error_rate=float(data.get("max_infra_error_rate", default.max_infra_error_rate)),
             max_p99_ratio=float(data.get("max_p99_ratio", default.max_p99_ratio)),
+            confidence=float(data.get("confidence", default.confidence)),
         )
 
 

@@ -21,7 +21,14 @@ from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
 
-FAST = {"min_samples": 4, "max_mismatch_rate": 0.2, "max_infra_error_rate": 0.2, "max_p99_ratio": 2.0}
+# A low confidence level, so that a handful of rows decides (the intervals are judged in test_gate_confidence).
+FAST = {
+    "min_samples": 4,
+    "max_mismatch_rate": 0.2,
+    "max_infra_error_rate": 0.2,
+    "max_p99_ratio": 2.0,
+    "confidence": 0.5,
+}
 
 
 async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list[str], **extra: Any) -> None:
@@ -97,7 +104,7 @@ def test_a_failed_gate_in_canary_demotes_in_every_policy(memory_gateway: MemoryG
         assert run.applied and (await config_of(state)).stage == Stage.SHADOW
         (event, *_rest) = await store.history(state.sessions, Scope.CONTENT, "cc-prefect")
         assert (event.actor, event.action, event.from_stage, event.to_stage) == ("gate", "demote", "canary", "shadow")
-        assert "mismatch rate 50 % > 20 %" in event.reason
+        assert "mismatch 50 % (50 %: 34–66 %) above 20 %" in event.reason
 
     memory_gateway.run(test)
 
@@ -119,7 +126,7 @@ def test_noise_and_new_engine_infra_errors_are_judged_apart(memory_gateway: Memo
         assert (card["parity_raw"], card["parity"]) == (0.5, 1.0)
         assert card["engines"]["celery"]["infra_errors"] == 3 and card["engines"]["prefect"]["infra_errors"] == 3
         assert card["engines"]["celery"]["p99_seconds"] == 1.2 and card["engines"]["prefect"]["p50_seconds"] == 1.0
-        assert card["needs"] and card["needs"][0].startswith("new engine infra-error rate")
+        assert card["needs"] and card["needs"][0].startswith("new engine infra error 30 %")
         assert sum(point["samples"] for point in card["series"]) == 4
 
     memory_gateway.run(test)
