@@ -298,7 +298,8 @@ def status(as_json: bool = AS_JSON) -> None:
         typer.echo(json.dumps(cards, indent=2, default=str))
         return
     table = Table(
-        "migration", "engines", "stage", "in stage", "samples", "parity (raw)", "infra err new", "p99 old/new",
+        "migration", "engines", "stage", "in stage", "samples", "mismatch (interval)", "parity (raw)", "infra err new",
+        "p99 old/new",
         "gate", "next gate needs", "clusters open / accepted",
     )  # fmt: skip
     for c in cards:
@@ -309,8 +310,9 @@ def status(as_json: bool = AS_JSON) -> None:
             c["stage"] + (f" {c['percentage']:g}%" if c["stage"] == "canary" else ""),
             _duration(c["seconds_in_stage"]),
             str(c["samples"]),
+            c["mismatch"]["text"] if c.get("mismatch") else "-",
             f"{_pct(c['parity'])} ({_pct(c['parity_raw'])})",
-            _pct(new["infra_error_rate"]),
+            new["infra_error"]["text"],
             f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
             f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
             "; ".join(c["needs"]) or "-",

@@ -1,7 +1,8 @@
 """The scorecard: per migration, where it stands and what its next gate still needs, from the comparisons.
 
 One read model for the API (`GET /api/cutover/scorecard`), `gateway cutover status` and the `/scorecard` page:
-stage and time in it, samples, raw and noise-adjusted parity, infra-error rate and p50/p99 run time per engine,
+stage and time in it, samples, raw and noise-adjusted parity, the judged mismatch rate and each engine's
+infra-error rate with their confidence intervals (`gateway.cutover.confidence`), p50/p99 run time per engine,
 the last recorded evaluation, a fresh evaluation's needs, an hourly series (parity, p50 run time) for the chart,
 and the mismatch clusters (same signature: outcome, tests and differing paths) with a sample diff each, the open
 ones (counting against the gate) apart from those an admin accepted.
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome
+from gateway.cutover.confidence import RateInterval
 from gateway.cutover.gates import evaluate, next_step, still_needs
 from gateway.cutover.stages import CutoverConfig
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
@@ -124,6 +126,9 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "comparisons": len(rows),
         "parity_raw": None if evidence.raw_mismatch_rate is None else 1 - evidence.raw_mismatch_rate,
         "parity": None if evidence.mismatch_rate is None else 1 - evidence.mismatch_rate,
+        # The judged (noise-adjusted, accepted clusters excluded) mismatch rate with its interval, as the gate saw it.
+        "confidence": config.thresholds.confidence,
+        "mismatch": evaluation.mismatch.to_dict() if evaluation.mismatch else None,
         "mismatches": evidence.mismatches,
         "noise_mismatches": evidence.noise_mismatches,
         "accepted_mismatches": evidence.accepted_mismatches,
@@ -133,6 +138,7 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
                 "legs": side.legs,
                 "infra_errors": side.infra_errors,
                 "infra_error_rate": _rate(side.infra_errors, side.legs),
+                "infra_error": RateInterval(side.infra_errors, side.legs, config.thresholds.confidence).to_dict(),
                 "p50_seconds": percentile(side.run_seconds, 0.5),
                 "p99_seconds": percentile(side.run_seconds, 0.99),
             }

@@ -125,6 +125,9 @@ def test_noise_and_new_engine_infra_errors_are_judged_apart(memory_gateway: Memo
         assert card["label"] == "week2.ex1" and card["samples"] == 4
         assert (card["parity_raw"], card["parity"]) == (0.5, 1.0)
         assert card["engines"]["celery"]["infra_errors"] == 3 and card["engines"]["prefect"]["infra_errors"] == 3
+        # every rate with its interval, at the migration's confidence level (one source: the gate's evaluation)
+        assert card["mismatch"]["text"] == "0 % (50 %: 0–10.2 %)" and card["confidence"] == 0.5
+        assert card["engines"]["celery"]["infra_error"]["text"] == "30 % (50 %: 21.3–40.5 %)"
         assert card["engines"]["celery"]["p99_seconds"] == 1.2 and card["engines"]["prefect"]["p50_seconds"] == 1.0
         assert card["needs"] and card["needs"][0].startswith("new engine infra error 30 %")
         assert sum(point["samples"] for point in card["series"]) == 4
