@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.cutover.confidence import DEFAULT_CONFIDENCE, RateDecision, Side, decide_rate, pct
+from gateway.cutover.hold import Hold
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Stage
 
 
@@ -210,8 +211,9 @@ class Next:
 ANSWERING = (Stage.CANARY, Stage.NEW_PRIMARY)
 
 
-def next_step(config: CutoverConfig, evaluation: Evaluation | None, now: datetime) -> Next:
-    """Failed in CANARY/NEW_PRIMARY → demote (any policy). AUTO: Successful and the minimum time served → promote.
+def next_step(config: CutoverConfig, evaluation: Evaluation | None, now: datetime, hold: Hold | None = None) -> Next:
+    """Failed in CANARY/NEW_PRIMARY → demote (any policy). AUTO: Successful and the minimum time served → promote,
+    unless an operator's rollback (or pause) holds automation (`gateway.cutover.hold`): then it waits.
 
     OLD_ONLY has no evidence to wait for (nothing is compared yet), so AUTO starts it into SHADOW after the
     minimum time; NEW_ONLY is the end.
@@ -229,6 +231,8 @@ def next_step(config: CutoverConfig, evaluation: Evaluation | None, now: datetim
         return Next(Step.HOLD, f"{config.min_stage_seconds - waited:.0f} s more in this stage")
     if config.policy != Policy.AUTO:
         return Next(Step.RECOMMEND_PROMOTE, "manual policy: the gate allows a promotion")
+    if hold is not None:
+        return Next(Step.HOLD, hold.describe())
     return Next(Step.PROMOTE, "gate Successful" if config.stage != Stage.OLD_ONLY else "auto policy starts shadowing")
 
 

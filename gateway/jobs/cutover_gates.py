@@ -1,8 +1,12 @@
 """Gates over comparisons: gather one migration's evidence, evaluate it, and take the step the policy says.
 
-Evidence is the window of comparisons since the migration entered its current stage (or canary step), between
-its two engines, live or replayed (A/A runs are the noise baseline, not evidence); mismatches in clusters an
-admin accepted (and whose acceptance has not expired) are counted apart (`gateway.cutover.triage`). The verdict
+Evidence is the comparisons of the jobs the current stage routed: a live shadow comparison counts only when its
+job's primary leg was routed (its `leg.routing` record) by this migration at its current stage, canary step and
+config version - so canary 25 % is judged on the jobs canary 25 % routed, not on those routed in shadow before
+it; replays (finished jobs run again on the new engine) count while the migration is in `old_only` or `shadow`,
+since it entered that stage (A/A runs are the noise baseline, not evidence). Mismatches in clusters an admin
+accepted (and whose acceptance has not expired) are counted apart (`gateway.cutover.triage`). An operator's
+rollback holds automatic promotion until resumed (`gateway.cutover.hold`). The verdict
 and the step are pure (`gateway.cutover.gates`); this module reads the comparison table and saves the outcome:
 the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached
 (actor `gate`).
@@ -21,22 +25,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, select, text, union_all
+from sqlalchemy import and_, false, func, not_, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome, Side
 from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step
+from gateway.cutover.hold import GATE_ACTOR
 from gateway.cutover.machine import Action, InvalidChange, plan_change
-from gateway.cutover.stages import CutoverConfig, Scope
+from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.cutover.triage import active_signatures
 from gateway.store import cutover as store
-from gateway.store.models import Comparison, CutoverMigration, utcnow
+from gateway.store.cutover_holds import current_hold
+from gateway.store.models import Comparison, CutoverMigration, Leg, utcnow
 
 log = logging.getLogger(__name__)
-GATE_ACTOR = "gate"
 # Any fixed 64-bit key: the advisory lock that makes one process at a time run the periodic evaluation.
 ADVISORY_KEY = 0x6375_746F_7665_7231
 EVIDENCE_KINDS = ("shadow", "replay")
+# Stages in which a replay (the new engine re-running finished jobs) is evidence: before it answers anyone.
+REPLAY_STAGES = (Stage.OLD_ONLY, Stage.SHADOW)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -60,7 +67,31 @@ def scope_filter(config: CutoverConfig) -> Any:
     return Comparison.execution_backend_id == config.scope_id
 
 
-async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: datetime | None) -> Sequence[Any]:
+def routed_by(config: CutoverConfig) -> Any:
+    """The comparison's job was routed by this migration at its current stage, canary step and config version
+    (the record `gateway.cutover.decide` wrote on the primary leg; a canary step or any setting bumps the
+    version), or it is a replay made in a stage where replays are evidence."""
+    routing = Leg.routing
+    routed = (
+        select(Leg.id)
+        .where(
+            Leg.id == Comparison.primary_leg_id,
+            routing["config_scope"].as_string() == config.scope.value,
+            routing["stage"].as_string() == config.stage.value,
+            routing["config_version"].as_integer() == config.version,
+        )
+        .exists()
+    )
+    live = and_(Comparison.kind == "shadow", routed)
+    replay = Comparison.kind == "replay" if config.stage in REPLAY_STAGES else false()
+    return or_(live, replay)
+
+
+async def comparison_rows(
+    session: AsyncSession, config: CutoverConfig, since: datetime | None, routed: bool = False
+) -> Sequence[Any]:
+    """The rows behind the scorecard: `routed` for the gate's evidence (this stage's traffic), else every
+    comparison between the two engines since `since` (the chart's history across stages)."""
     stmt = select(
         Comparison.outcome,
         Comparison.side,
@@ -78,6 +109,8 @@ async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: d
     )
     if since is not None:
         stmt = stmt.where(Comparison.created_at >= since)
+    if routed:
+        stmt = stmt.where(routed_by(config))
     return (await session.execute(stmt)).all()
 
 
@@ -126,7 +159,8 @@ def evidence_of(
 
 
 def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
-    """The gate's window: this scope's live or replayed comparisons between the two engines, since `since`."""
+    """The gate's window: this scope's comparisons between the two engines, since `since`, of the jobs the current
+    stage routed (`routed_by`)."""
     engines = (config.old_engine, config.new_engine)
     where = [
         scope_filter(config),
@@ -134,6 +168,7 @@ def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
         Comparison.primary_engine.in_(engines),
         Comparison.shadow_engine.in_(engines),
         Comparison.primary_engine != Comparison.shadow_engine,
+        routed_by(config),
     ]
     if since is not None:
         where.append(Comparison.created_at >= since)
@@ -262,8 +297,9 @@ async def evaluate_one(
     async with sessions() as session:
         accepted = active_signatures((await store.acceptances(session, config.scope, config.scope_id)).values(), now)
         evidence = await gate_evidence(session, config, config.stage_since, accepted)
+        hold = await current_hold(session, config.scope, config.scope_id)
     evaluation = evaluate(evidence, config.thresholds)
-    step = next_step(config, evaluation, now)
+    step = next_step(config, evaluation, now, hold)
     run = GateRun(config, evaluation, step, accepted=accepted)
     if dry_run:
         return run
@@ -273,6 +309,7 @@ async def evaluate_one(
         "next": run.to_dict()["next"],
         "version": config.version,
         "accepted_clusters": sorted(accepted),  # which acceptances this verdict relied on
+        "hold": hold.to_dict() if hold else None,
     }
     await store.record_evaluation(sessions, config, record, now)
     if step.step not in (Step.PROMOTE, Step.DEMOTE):

@@ -23,6 +23,7 @@ from gateway.cutover.stages import CutoverConfig
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
 from gateway.jobs.cutover_gates import comparison_rows, evidence_of, evidence_window, percentile
 from gateway.store import cutover as store
+from gateway.store.cutover_holds import current_hold
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 
 SERIES_WINDOW = timedelta(hours=48)
@@ -109,11 +110,12 @@ async def _labels(session: AsyncSession) -> dict[str, str]:
 async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration, now: datetime) -> dict[str, Any]:
     config = store.to_config(row)
     async with sessions() as session:
-        rows = await comparison_rows(session, config, config.stage_since)
+        rows = await comparison_rows(session, config, config.stage_since, routed=True)
         # The chart looks further back than the current stage: how parity and run time moved across stages.
         history = await comparison_rows(session, config, now - SERIES_WINDOW)
         acceptances = await store.acceptances(session, config.scope, config.scope_id)
         clusters = await _clusters(session, config, acceptances, now)
+        hold = await current_hold(session, config.scope, config.scope_id)
     accepted = active_signatures(acceptances.values(), now)
     evidence, sides = evidence_of(config, rows, accepted)
     evaluation = evaluate(evidence, config.thresholds)
@@ -145,7 +147,10 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
             for engine, side in sides.items()
         },
         "evaluation": evaluation.to_dict(),
-        "next": {"step": (nxt := next_step(config, evaluation, now)).step.value, "why": nxt.why},
+        "next": {"step": (nxt := next_step(config, evaluation, now, hold)).step.value, "why": nxt.why},
+        # An operator's rollback (or pause) holds automatic promotion until resumed.
+        "paused": hold is not None,
+        "hold": hold.to_dict() if hold else None,
         "needs": still_needs(config, evaluation, now),
         "last_evaluation": row.last_evaluation,
         "last_evaluated_at": row.last_evaluated_at.isoformat() if row.last_evaluated_at else None,

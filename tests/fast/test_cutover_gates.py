@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from gateway.cutover.machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
@@ -16,7 +17,7 @@ from gateway.jobs import cutover_gates as gates
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState
 from gateway.store import cutover as store
-from gateway.store.models import Comparison, new_id, utcnow
+from gateway.store.models import Comparison, Leg, new_id, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
@@ -38,10 +39,13 @@ async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list
     row, _ = await submit_test(state, ADMIN, body(new_id()[:8], content="week2/ex1"))
     now = utcnow()
     async with state.sessions() as session, session.begin():
+        # The job's primary leg, routed by the migration as it is now: the gate weighs only this stage's jobs.
+        primary = (await session.execute(
+            select(Leg.id).where(Leg.result_id == row.id, Leg.role == "primary"))).scalar_one()  # fmt: skip
         for outcome in outcomes:
             session.add(
                 Comparison(
-                    id=new_id(), result_id=row.id, primary_leg_id=new_id(), shadow_leg_id=new_id(), kind="shadow",
+                    id=new_id(), result_id=row.id, primary_leg_id=primary, shadow_leg_id=new_id(), kind="shadow",
                     execution_backend_id=row.execution_backend_id, course_content_id="cc-prefect",
                     primary_engine=config.old_engine, shadow_engine=config.new_engine, outcome=outcome,
                     side=extra.get("side"), primary_run_seconds=1.0, shadow_run_seconds=extra.get("new_run", 1.2),
