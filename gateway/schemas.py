@@ -361,7 +361,7 @@ class CutoverChangeIn(BaseModel):
     shadow_fraction: float | None = None
     canary_steps: list[float] | None = None
     min_stage_seconds: float | None = None
-    thresholds: dict[str, float] | None = None
+    thresholds: dict[str, float | list[str]] | None = None  # `parity` is a list of field names
     salt: str | None = None
     # Preview: where these members' (and a sample's) next jobs go, before and after.
     members: list[str] = Field(default_factory=list)

@@ -144,6 +144,10 @@ def set_(
     max_infra_error_rate: float | None = typer.Option(None, help="Gate: the new engine's infra-error rate, 0..1."),
     max_p99_ratio: float | None = typer.Option(None, help="Gate: new p99 run time / old p99 run time."),
     confidence: float | None = typer.Option(None, help="Gate: level of the rates' intervals, e.g. 0.95."),
+    parity: str | None = typer.Option(
+        None,
+        help="Gate: environment fields that must be equal, comma-separated (e.g. python,pytest,limits); '-': none.",
+    ),
     reason: str = REASON,
     dry_run: bool = DRY_RUN,
     member: list[str] | None = MEMBER,
@@ -161,6 +165,7 @@ def set_(
             "max_infra_error_rate": max_infra_error_rate,
             "max_p99_ratio": max_p99_ratio,
             "confidence": confidence,
+            "parity": None if parity is None else [f.strip() for f in parity.split(",") if f.strip() not in ("", "-")],
         }.items()
         if v is not None
     }
@@ -299,7 +304,7 @@ def status(as_json: bool = AS_JSON) -> None:
         return
     table = Table(
         "migration", "engines", "stage", "in stage", "samples", "mismatch (interval)", "parity (raw)", "infra err new",
-        "p99 old/new",
+        "p99 old/new", "environment",
         "gate", "next gate needs", "clusters open / accepted",
     )  # fmt: skip
     for c in cards:
@@ -314,7 +319,9 @@ def status(as_json: bool = AS_JSON) -> None:
             f"{_pct(c['parity'])} ({_pct(c['parity_raw'])})",
             new["infra_error"]["text"],
             f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
-            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
+            (c.get("environment") or {}).get("text", "-"),
+            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})"
+            + (" · paused" if c.get("paused") else ""),
             "; ".join(c["needs"]) or "-",
             f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({_mismatches(c['accepted_mismatches'])})",
         )

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.redact import redact_text
+from gateway.compare.environment import comparison_environment
 from gateway.compare.experiment import Experiment, LegRun, Verdict
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.compare.rules import Rules
@@ -187,6 +188,8 @@ def _comparison_row(
         shadow_queue_seconds=s.queue_seconds(),
         primary_run_seconds=p.run_seconds(),
         shadow_run_seconds=s.run_seconds(),
+        environment=(env := comparison_environment(p.report, s.report)),
+        environment_differs=bool(env and env["differences"]),
         created_at=utcnow(),
     )
 

@@ -1,5 +1,7 @@
 """Gates: an evaluation of one migration over a window of comparison evidence, and what the policy does next.
 
+Engines whose environments differ on a field the migration requires equal (`thresholds.parity`: limits,
+versions, isolation by default) are Failed on `environment_parity` from the first comparison that shows it.
 Each rate is judged by its confidence interval (`gateway.cutover.confidence`, Wilson, at the migration's
 `confidence` level, 95 % by default), never by its point estimate (Flagger/Argo's Successful / Failed /
 Inconclusive):
@@ -35,6 +37,7 @@ class Verdict(StrEnum):
 
 
 class Criterion(StrEnum):
+    PARITY = "environment_parity"
     SAMPLES = "samples"
     MISMATCH_RATE = "mismatch_rate"
     INFRA_ERROR_RATE = "infra_error_rate"
@@ -56,6 +59,9 @@ class Evidence:
     old_infra_errors: int = 0
     old_p99_seconds: float | None = None
     new_p99_seconds: float | None = None
+    # Comparisons whose legs' environments differ on a field the migration requires equal, and one in words.
+    parity_breaks: int = 0
+    parity_example: str | None = None
 
     @property
     def real_mismatches(self) -> int:
@@ -101,6 +107,8 @@ class Evidence:
             "old_p99_seconds": self.old_p99_seconds,
             "new_p99_seconds": self.new_p99_seconds,
             "p99_ratio": self.p99_ratio,
+            "parity_breaks": self.parity_breaks,
+            "parity_example": self.parity_example,
         }
 
 
@@ -127,6 +135,11 @@ class Evaluation:
             "mismatch": self.mismatch.to_dict() if self.mismatch else None,
             "infra_error": self.infra.to_dict() if self.infra else None,
         }
+
+
+def parity_required(field: str, parity: tuple[str, ...]) -> bool:
+    """`limits` requires every `limits.*` field; a full name requires itself."""
+    return any(field == p or field.startswith(f"{p}.") for p in parity)
 
 
 def judge_rates(evidence: Evidence, thresholds: GateThresholds) -> tuple[RateDecision, RateDecision]:
@@ -161,6 +174,11 @@ def evaluate(evidence: Evidence, thresholds: GateThresholds) -> Evaluation:
     floor = thresholds.min_samples
     failing: list[Criterion] = []
     needs: list[str] = []
+    # Engines configured differently are named before any grade is compared: one comparison is enough.
+    if evidence.parity_breaks:
+        failing.append(Criterion.PARITY)
+        noun = "comparison" if evidence.parity_breaks == 1 else "comparisons"
+        needs.append(f"environments differ on {evidence.parity_breaks} {noun}: {evidence.parity_example or '?'}")
     if evidence.comparable >= floor and mismatch.side == Side.ABOVE:
         failing.append(Criterion.MISMATCH_RATE)
         needs.append(_above(mismatch, "mismatch"))

@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Stage
+from gateway.cutover.stages import PARITY_FIELDS, CutoverConfig, GateThresholds, Policy, Stage
 
 
 class Action(StrEnum):
@@ -90,6 +90,9 @@ def validate(config: CutoverConfig) -> None:
         raise InvalidChange("max_p99_ratio must be positive")
     if not 0.5 <= t.confidence < 1:
         raise InvalidChange("confidence must be within [0.5, 1)")
+    unknown = sorted(set(t.parity) - set(PARITY_FIELDS))
+    if unknown:
+        raise InvalidChange(f"parity fields unknown: {', '.join(unknown)} (known: {', '.join(PARITY_FIELDS)})")
     if implied_percentage(config.stage, config.percentage) != config.percentage:
         implied = implied_percentage(config.stage, config.percentage)
         raise InvalidChange(f"stage {config.stage.value} implies a percentage of {implied:g}")

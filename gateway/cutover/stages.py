@@ -55,6 +55,13 @@ class Scope(StrEnum):
     CONTENT = "content"
 
 
+# The environment fields (gateway/compare/environment.py) a migration requires equal on both engines unless told
+# otherwise: everything a grade can depend on. `process` (a warm or a cold start) is shown but not required.
+DEFAULT_PARITY: tuple[str, ...] = ("python", "pytest", "distributions", "isolation", "limits")
+_LIMITS = ("time_seconds", "cpu_seconds", "memory_mb", "processes", "file_mb")
+PARITY_FIELDS: tuple[str, ...] = (
+    "python", "pytest", "distributions", "isolation", "process", "runner", "limits", *(f"limits.{x}" for x in _LIMITS)
+)  # fmt: skip
 BUCKETS = 10_000
 DEFAULT_CANARY_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
 
@@ -70,6 +77,8 @@ class GateThresholds:
     max_p99_ratio: float = 1.5  # the new engine's p99 run time over the old one's
     # The level of every rate's interval (gateway.cutover.confidence): how sure a Successful or Failed is.
     confidence: float = DEFAULT_CONFIDENCE
+    # Environment fields that must be equal on both legs: one comparison showing a difference fails the gate.
+    parity: tuple[str, ...] = DEFAULT_PARITY
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +87,7 @@ class GateThresholds:
             "max_infra_error_rate": self.max_infra_error_rate,
             "max_p99_ratio": self.max_p99_ratio,
             "confidence": self.confidence,
+            "parity": list(self.parity),
         }
 
     @classmethod
@@ -90,6 +100,7 @@ class GateThresholds:
             max_infra_error_rate=float(data.get("max_infra_error_rate", default.max_infra_error_rate)),
             max_p99_ratio=float(data.get("max_p99_ratio", default.max_p99_ratio)),
             confidence=float(data.get("confidence", default.confidence)),
+            parity=tuple(str(f) for f in data.get("parity", default.parity)),
         )
 
 

@@ -28,8 +28,9 @@ from typing import Any
 from sqlalchemy import and_, false, func, not_, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.compare.environment import describe as describe_environment
 from gateway.compare.outcomes import ComparisonOutcome, Side
-from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step
+from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step, parity_required
 from gateway.cutover.hold import GATE_ACTOR
 from gateway.cutover.machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
@@ -158,9 +159,9 @@ def evidence_of(
     return evidence, sides
 
 
-def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
+def evidence_window(config: CutoverConfig, since: datetime | None, routed: bool = True) -> list[Any]:
     """The gate's window: this scope's comparisons between the two engines, since `since`, of the jobs the current
-    stage routed (`routed_by`)."""
+    stage routed (`routed_by`; `routed` False: whatever routed them)."""
     engines = (config.old_engine, config.new_engine)
     where = [
         scope_filter(config),
@@ -168,8 +169,9 @@ def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
         Comparison.primary_engine.in_(engines),
         Comparison.shadow_engine.in_(engines),
         Comparison.primary_engine != Comparison.shadow_engine,
-        routed_by(config),
     ]
+    if routed:
+        where.append(routed_by(config))
     if since is not None:
         where.append(Comparison.created_at >= since)
     return where
@@ -247,6 +249,7 @@ async def gate_evidence(
         elif outcome == ComparisonOutcome.SHADOW_TIMEOUT:
             errors[shadow] += n
     mismatch, noise = counts.get(ComparisonOutcome.MISMATCH, 0), counts.get(ComparisonOutcome.NOISE, 0)
+    parity_breaks, parity_example = await parity_evidence(session, config, where)
     return Evidence(
         comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
         mismatches=mismatch + noise,
@@ -258,7 +261,55 @@ async def gate_evidence(
         old_infra_errors=errors[config.old_engine],
         old_p99_seconds=await _p99(session, where, config.old_engine),
         new_p99_seconds=await _p99(session, where, config.new_engine),
+        parity_breaks=parity_breaks,
+        parity_example=parity_example,
     )
+
+
+PARITY_LOOK = 500  # environment differences counted per evaluation at most (one is enough to fail)
+
+
+async def parity_evidence(session: AsyncSession, config: CutoverConfig, where: list[Any]) -> tuple[int, str | None]:
+    """How many of the window's comparisons show the two environments differing on a field the migration requires
+    equal, and the first of them in words ("celery: time limit 4 s, prefect: 10 s")."""
+    parity = config.thresholds.parity
+    if not parity:
+        return 0, None
+    stmt = (
+        select(Comparison.environment, Comparison.primary_engine, Comparison.shadow_engine)
+        .where(*where, Comparison.environment_differs.is_(True))
+        .order_by(Comparison.created_at)
+        .limit(PARITY_LOOK)
+    )
+    breaks, example = 0, None
+    for environment, primary, shadow in (await session.execute(stmt)).all():
+        found = [d for d in (environment or {}).get("differences", []) if parity_required(d["field"], parity)]
+        if found:
+            breaks += 1
+            example = example or describe_environment(found, primary, shadow)
+    return breaks, example
+
+
+async def latest_environment(session: AsyncSession, config: CutoverConfig) -> dict[str, Any] | None:
+    """Each engine's effective environment as the latest comparison between them recorded it, the differences,
+    and the differences in words: what the scorecard and `gateway cutover status` show."""
+    stmt = (
+        select(Comparison.environment, Comparison.primary_engine, Comparison.shadow_engine)
+        .where(*evidence_window(config, None, routed=False), Comparison.environment.is_not(None))
+        .order_by(Comparison.created_at.desc())
+        .limit(1)
+    )
+    found = (await session.execute(stmt)).first()
+    if found is None:
+        return None
+    environment, primary, shadow = found
+    differences = environment.get("differences", [])
+    return {
+        "engines": {primary: environment.get("primary", {}), shadow: environment.get("shadow", {})},
+        "differences": differences,
+        "text": describe_environment(differences, primary, shadow) or "same",
+        "required": list(config.thresholds.parity),
+    }
 
 
 @dataclass

@@ -10,6 +10,7 @@ ones (counting against the gate) apart from those an admin accepted.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,14 @@ from gateway.cutover.confidence import RateInterval
 from gateway.cutover.gates import evaluate, next_step, still_needs
 from gateway.cutover.stages import CutoverConfig
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
-from gateway.jobs.cutover_gates import comparison_rows, evidence_of, evidence_window, percentile
+from gateway.jobs.cutover_gates import (
+    comparison_rows,
+    evidence_of,
+    evidence_window,
+    latest_environment,
+    parity_evidence,
+    percentile,
+)
 from gateway.store import cutover as store
 from gateway.store.cutover_holds import current_hold
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
@@ -116,8 +124,13 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         acceptances = await store.acceptances(session, config.scope, config.scope_id)
         clusters = await _clusters(session, config, acceptances, now)
         hold = await current_hold(session, config.scope, config.scope_id)
+        parity_breaks, parity_example = await parity_evidence(
+            session, config, evidence_window(config, config.stage_since)
+        )
+        environments = await latest_environment(session, config)
     accepted = active_signatures(acceptances.values(), now)
     evidence, sides = evidence_of(config, rows, accepted)
+    evidence = replace(evidence, parity_breaks=parity_breaks, parity_example=parity_example)
     evaluation = evaluate(evidence, config.thresholds)
     since = config.stage_since
     return {
@@ -148,6 +161,8 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         },
         "evaluation": evaluation.to_dict(),
         "next": {"step": (nxt := next_step(config, evaluation, now, hold)).step.value, "why": nxt.why},
+        # Both engines' effective environments (the latest comparison that carried them) and where they differ.
+        "environment": environments,
         # An operator's rollback (or pause) holds automatic promotion until resumed.
         "paused": hold is not None,
         "hold": hold.to_dict() if hold else None,

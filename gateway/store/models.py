@@ -370,6 +370,9 @@ class Comparison(Base):
     shadow_queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     primary_run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     shadow_run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Both legs' effective environments and where they differ (gateway.compare.environment), and whether they do.
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    environment_differs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
