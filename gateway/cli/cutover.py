@@ -406,6 +406,37 @@ def _triage(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[st
     Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: {_event_why(event)}")
 
 
+def _hold(action: str, backend: str | None, content: str | None, reason: str, as_json: bool) -> None:
+    from gateway.cutover.hold import HoldAction
+    from gateway.jobs.cutover_holds import set_hold
+
+    scope, key = _scope(backend, content)
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        return await set_hold(sessions, scope, key, HoldAction(action), f"cli:{getpass.getuser()}", reason)
+
+    out = _run_or_fail(work, as_json)
+    if out is None:
+        return
+    event = out["event"]
+    state = "paused" if out["paused"] else "running"
+    Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: automation {state}")
+
+
+@cutover_app.command()
+def pause(backend: str | None = BACKEND, content: str | None = CONTENT, reason: str = REASON,
+          as_json: bool = AS_JSON) -> None:  # fmt: skip
+    """Pause automatic promotion (a manual rollback or demotion does this on its own); the gate still demotes."""
+    _hold("pause", backend, content, reason, as_json)
+
+
+@cutover_app.command()
+def resume(backend: str | None = BACKEND, content: str | None = CONTENT, reason: str = REASON,
+           as_json: bool = AS_JSON) -> None:  # fmt: skip
+    """Let the gate promote again after an operator's rollback, demotion or pause."""
+    _hold("resume", backend, content, reason, as_json)
+
+
 @cutover_app.command()
 def accept(
     signature: str = typer.Argument(..., help="The cluster's signature (see `gateway cutover status`)."),

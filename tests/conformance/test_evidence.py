@@ -1,0 +1,69 @@
+"""Evidence a gate can trust, on the real engines (issue 27): engines configured differently are named on the
+first comparison, and the gate fails on it before any grade decides.
+
+One stack for the module: the Celery worker's sandbox time limit is 4 s, Prefect's the default (60 s); the
+content `untimed-prefect` sets no limit of its own, so each engine's default applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from legacy_stack import ADMIN, DIRS, Stack, running_stack, wait_until
+
+from tests.conftest import PostgresDB, RedisDB
+from tests.gateway.conftest import fresh_pg_database
+
+pytestmark = [pytest.mark.slow]
+CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: PostgresDB, redis_db: RedisDB) -> Iterator[Stack]:
+    with (
+        fresh_pg_database(postgres_db) as db,
+        running_stack(
+            tmp_path_factory.mktemp("evidence"), db.env(), redis_db.env(), prefect=True, worker_extra=CELERY_LIMIT
+        ) as found,
+    ):
+        yield found
+
+
+def change(client: httpx.Client, key: str, action: str, **body: Any) -> dict[str, Any]:
+    answer = client.post(f"/api/admin/cutover/content/{key}/{action}", json=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def comparison_of(client: httpx.Client, result_id: str, timeout: float = 240) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        answer = client.get(f"/api/results/{result_id}/comparison")
+        return answer.json() if answer.status_code == 200 else None
+
+    return wait_until(found, f"the comparison of {result_id}", timeout)
+
+
+def test_a_lower_time_limit_is_named_on_the_first_comparison_and_fails_the_gate(stack: Stack) -> None:
+    with stack.client(ADMIN) as admin:
+        change(admin, "cc-untimed-prefect", "set", new_engine="celery", stage="shadow", shadow_fraction=1.0,
+               reason="evidence: parity")  # fmt: skip
+        body = {"directory": DIRS["untimed-prefect"], "course_member_id": "m-alice",
+                "version_identifier": stack.repos.commit("passing")}  # fmt: skip
+        answer = admin.post("/api/tests", json=body)
+        assert answer.status_code == 200, answer.text
+        found = comparison_of(admin, answer.json()["id"])
+        # The grades agree (the passing solution is fast): only the environments tell the engines apart.
+        assert found["outcome"] == "match", found
+        environment = found["environment"]
+        assert environment["text"] == "prefect: time limit 60 s, celery: 4 s", environment
+        assert environment["shadow"]["pytest"] == environment["primary"]["pytest"]
+        run = admin.post("/api/admin/cutover/content/cc-untimed-prefect/evaluate").json()
+        evaluation = run["evaluation"]
+        assert (evaluation["verdict"], evaluation["decided_by"]) == ("Failed", "environment_parity"), evaluation
+        assert evaluation["evidence"]["parity_breaks"] == 1
+        assert "prefect: time limit 60 s, celery: 4 s" in evaluation["needs"][0]
+        (card,) = [c for c in admin.get("/api/cutover/scorecard").json() if c["scope_id"] == "cc-untimed-prefect"]
+        assert card["environment"]["text"] == "prefect: time limit 60 s, celery: 4 s"
