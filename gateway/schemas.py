@@ -368,6 +368,14 @@ class CutoverChangeIn(BaseModel):
     sample: int = Field(default=0, ge=0, le=1000)
 
 
+class CutoverHoldIn(BaseModel):
+    """Pause or resume a migration's automation (`POST /api/admin/cutover/{scope}/{key}/pause|resume`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000)
+
+
 class CutoverAcceptanceIn(BaseModel):
     """Accept a mismatch cluster (`PUT /api/admin/cutover/{scope}/{key}/clusters/{signature}/acceptance`): why,
     and until when - an instant (`expires_at`, ISO 8601 with a zone) or a duration (`expires_in`, e.g. "P14D")."""

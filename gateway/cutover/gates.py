@@ -1,7 +1,9 @@
 """Gates: an evaluation of one migration over a window of comparison evidence, and what the policy does next.
 
 Engines whose environments differ on a field the migration requires equal (`thresholds.parity`: limits,
-versions, isolation by default) are Failed on `environment_parity` from the first comparison that shows it.
+versions, isolation by default) are Failed on `environment_parity` from the first comparison that shows it; a new
+engine with legs sent and not started within `start_timeout_seconds` and no live worker is Failed on
+`infra_error_rate` at once (a dead engine gives no comparison to count).
 Each rate is judged by its confidence interval (`gateway.cutover.confidence`, Wilson, at the migration's
 `confidence` level, 95 % by default), never by its point estimate (Flagger/Argo's Successful / Failed /
 Inconclusive):
@@ -62,6 +64,10 @@ class Evidence:
     # Comparisons whose legs' environments differ on a field the migration requires equal, and one in words.
     parity_breaks: int = 0
     parity_example: str | None = None
+    # The new engine's legs sent longer than `start_timeout_seconds` ago and not started, and whether the engine
+    # reports a live worker (None: not asked). Unstarted legs and no live worker: a dead engine, seen in seconds.
+    new_unstarted: int = 0
+    new_alive: bool | None = None
 
     @property
     def real_mismatches(self) -> int:
@@ -109,6 +115,8 @@ class Evidence:
             "p99_ratio": self.p99_ratio,
             "parity_breaks": self.parity_breaks,
             "parity_example": self.parity_example,
+            "new_unstarted": self.new_unstarted,
+            "new_alive": self.new_alive,
         }
 
 
@@ -182,9 +190,18 @@ def evaluate(evidence: Evidence, thresholds: GateThresholds) -> Evaluation:
     if evidence.comparable >= floor and mismatch.side == Side.ABOVE:
         failing.append(Criterion.MISMATCH_RATE)
         needs.append(_above(mismatch, "mismatch"))
+    # A dead engine gives no sample at all while the broker holds its messages: its unstarted legs and its
+    # workers' liveness decide at once. A busy but alive engine (a Prefect runner at its limit) is waited for.
+    if evidence.new_unstarted and evidence.new_alive is False:
+        failing.append(Criterion.INFRA_ERROR_RATE)
+        noun = "leg" if evidence.new_unstarted == 1 else "legs"
+        needs.append(
+            f"new engine dead: {evidence.new_unstarted} {noun} not started within "
+            f"{thresholds.start_timeout_seconds:g} s and no live worker"
+        )
     # An engine that stopped gives no comparable sample at all (every leg of it an infra error or a timeout):
     # its legs alone decide once there are enough of them.
-    if evidence.new_legs >= floor and infra.side == Side.ABOVE:
+    elif evidence.new_legs >= floor and infra.side == Side.ABOVE:
         failing.append(Criterion.INFRA_ERROR_RATE)
         needs.append(_above(infra, "new engine infra error"))
     ratio = evidence.p99_ratio

@@ -90,6 +90,8 @@ def validate(config: CutoverConfig) -> None:
         raise InvalidChange("max_p99_ratio must be positive")
     if not 0.5 <= t.confidence < 1:
         raise InvalidChange("confidence must be within [0.5, 1)")
+    if t.start_timeout_seconds <= 0:
+        raise InvalidChange("start_timeout_seconds must be positive")
     unknown = sorted(set(t.parity) - set(PARITY_FIELDS))
     if unknown:
         raise InvalidChange(f"parity fields unknown: {', '.join(unknown)} (known: {', '.join(PARITY_FIELDS)})")

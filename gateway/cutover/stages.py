@@ -79,6 +79,9 @@ class GateThresholds:
     confidence: float = DEFAULT_CONFIDENCE
     # Environment fields that must be equal on both legs: one comparison showing a difference fails the gate.
     parity: tuple[str, ...] = DEFAULT_PARITY
+    # A new-engine leg sent this long ago and not started, while the engine reports no live worker, is a dead
+    # engine: the gate fails on it at once, whatever the shadow deadline.
+    start_timeout_seconds: float = 20.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,7 @@ class GateThresholds:
             "max_p99_ratio": self.max_p99_ratio,
             "confidence": self.confidence,
             "parity": list(self.parity),
+            "start_timeout_seconds": self.start_timeout_seconds,
         }
 
     @classmethod
@@ -101,6 +105,7 @@ class GateThresholds:
             max_p99_ratio=float(data.get("max_p99_ratio", default.max_p99_ratio)),
             confidence=float(data.get("confidence", default.confidence)),
             parity=tuple(str(f) for f in data.get("parity", default.parity)),
+            start_timeout_seconds=float(data.get("start_timeout_seconds", default.start_timeout_seconds)),
         )
 
 

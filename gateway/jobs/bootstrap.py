@@ -29,7 +29,7 @@ def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> G
     state.reconciler.steps[comparison.NAME] = CompareStep(state.sessions, state.is_postgres)
     # Cutover gates are evaluated after the comparisons, on their own (slower) clock.
     state.reconciler.steps["cutover_gates"] = GateStep(
-        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds
+        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds, state.health.alive
     )
     return state
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, false, func, not_, or_, select, text, union_all
@@ -35,9 +35,10 @@ from gateway.cutover.hold import GATE_ACTOR
 from gateway.cutover.machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.cutover.triage import active_signatures
+from gateway.legs.states import DispatchState
 from gateway.store import cutover as store
 from gateway.store.cutover_holds import current_hold
-from gateway.store.models import Comparison, CutoverMigration, Leg, utcnow
+from gateway.store.models import Comparison, CutoverMigration, Leg, Result, utcnow
 
 log = logging.getLogger(__name__)
 # Any fixed 64-bit key: the advisory lock that makes one process at a time run the periodic evaluation.
@@ -266,6 +267,37 @@ async def gate_evidence(
     )
 
 
+# Whether an engine reports a live worker (None: cannot tell); the API and the reconciler pass their health monitor.
+Liveness = Callable[[str], Awaitable[bool | None]]
+
+
+async def unstarted_legs(session: AsyncSession, config: CutoverConfig, now: datetime) -> int:
+    """The new engine's legs of this scope, admitted in this stage, sent more than `start_timeout_seconds` ago and
+    neither started nor finished: what a dead engine leaves behind while the broker holds its messages."""
+    cutoff = now - timedelta(seconds=config.thresholds.start_timeout_seconds)
+    scoped = (
+        Result.course_content_id == config.scope_id
+        if config.scope == Scope.CONTENT
+        else Result.execution_backend_id == config.scope_id
+    )
+    stmt = (
+        select(func.count())
+        .select_from(Leg)
+        .join(Result, Result.id == Leg.result_id)
+        .where(
+            scoped,
+            Leg.engine == config.new_engine,
+            Leg.finished.is_(False),
+            Leg.started_at.is_(None),
+            Leg.dispatch_state == DispatchState.SENT.value,
+            Leg.dispatched_at < cutoff,
+        )
+    )
+    if config.stage_since is not None:
+        stmt = stmt.where(Leg.created_at >= config.stage_since)
+    return int(await session.scalar(stmt) or 0)
+
+
 PARITY_LOOK = 500  # environment differences counted per evaluation at most (one is enough to fail)
 
 
@@ -342,6 +374,7 @@ async def evaluate_one(
     config: CutoverConfig,
     now: datetime | None = None,
     dry_run: bool = False,
+    liveness: Liveness | None = None,
 ) -> GateRun:
     """Evaluate one migration and (unless a dry run) record it and take the step: demote, promote, or hold."""
     now = now or utcnow()
@@ -349,6 +382,11 @@ async def evaluate_one(
         accepted = active_signatures((await store.acceptances(session, config.scope, config.scope_id)).values(), now)
         evidence = await gate_evidence(session, config, config.stage_since, accepted)
         hold = await current_hold(session, config.scope, config.scope_id)
+        unstarted = await unstarted_legs(session, config, now)
+    if unstarted:
+        # Only asked when it matters (a health probe talks to the engine).
+        alive = await liveness(config.new_engine) if liveness is not None else None
+        evidence = replace(evidence, new_unstarted=unstarted, new_alive=alive)
     evaluation = evaluate(evidence, config.thresholds)
     step = next_step(config, evaluation, now, hold)
     run = GateRun(config, evaluation, step, accepted=accepted)
@@ -377,20 +415,30 @@ async def evaluate_one(
 
 
 async def evaluate_all(
-    sessions: async_sessionmaker[AsyncSession], now: datetime | None = None, dry_run: bool = False
+    sessions: async_sessionmaker[AsyncSession],
+    now: datetime | None = None,
+    dry_run: bool = False,
+    liveness: Liveness | None = None,
 ) -> list[GateRun]:
     async with sessions() as session:
         rows = list((await session.execute(select(CutoverMigration))).scalars())
-    return [await evaluate_one(sessions, store.to_config(row), now, dry_run) for row in rows]
+    return [await evaluate_one(sessions, store.to_config(row), now, dry_run, liveness) for row in rows]
 
 
 class GateStep:
     """The periodic evaluation as a reconciler step: at most every `interval` seconds, one process at a time."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], is_postgres: bool, interval: float) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        is_postgres: bool,
+        interval: float,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.sessions = sessions
         self.is_postgres = is_postgres
         self.interval = interval
+        self.liveness = liveness
         self._next = 0.0
 
     async def __call__(self) -> int:
@@ -398,9 +446,9 @@ class GateStep:
             return 0
         self._next = time.monotonic() + self.interval
         if not self.is_postgres:
-            return sum(run.applied for run in await evaluate_all(self.sessions))
+            return sum(run.applied for run in await evaluate_all(self.sessions, liveness=self.liveness))
         async with self.sessions() as session, session.begin():
             got = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
             if not got:  # another process is evaluating right now
                 return 0
-            return sum(run.applied for run in await evaluate_all(self.sessions))
+            return sum(run.applied for run in await evaluate_all(self.sessions, liveness=self.liveness))

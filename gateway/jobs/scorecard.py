@@ -29,6 +29,7 @@ from gateway.jobs.cutover_gates import (
     latest_environment,
     parity_evidence,
     percentile,
+    unstarted_legs,
 )
 from gateway.store import cutover as store
 from gateway.store.cutover_holds import current_hold
@@ -128,6 +129,7 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
             session, config, evidence_window(config, config.stage_since)
         )
         environments = await latest_environment(session, config)
+        unstarted = await unstarted_legs(session, config, now)
     accepted = active_signatures(acceptances.values(), now)
     evidence, sides = evidence_of(config, rows, accepted)
     evidence = replace(evidence, parity_breaks=parity_breaks, parity_example=parity_example)
@@ -163,6 +165,8 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "next": {"step": (nxt := next_step(config, evaluation, now, hold)).step.value, "why": nxt.why},
         # Both engines' effective environments (the latest comparison that carried them) and where they differ.
         "environment": environments,
+        # New-engine legs sent and not started within the start timeout (the gate asks the engine's liveness).
+        "new_unstarted": unstarted,
         # An operator's rollback (or pause) holds automatic promotion until resumed.
         "paused": hold is not None,
         "hold": hold.to_dict() if hold else None,

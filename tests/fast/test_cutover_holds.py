@@ -150,3 +150,53 @@ def test_pause_without_a_stage_change_and_the_gates_own_demotion_does_not_pause(
         assert not run.applied and "paused by bob's pause" in run.next.why
 
     memory_gateway.run(test)
+
+
+# --- a dead engine, seen in seconds ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "unstarted,alive,verdict",
+    [
+        (3, False, "Failed"),  # legs not taken and no live worker: dead, whatever the shadow deadline
+        (3, True, "Inconclusive"),  # busy but alive (a Prefect runner at its limit): waited for
+        (3, None, "Inconclusive"),  # liveness not asked (a dry run from the CLI): not judged on it
+        (0, False, "Inconclusive"),  # no leg waiting: nothing to say yet
+    ],
+)
+def test_unstarted_legs_and_no_live_worker_fail_at_once(unstarted: int, alive: bool | None, verdict: str) -> None:
+    from gateway.cutover.gates import Evidence, evaluate
+    from gateway.cutover.stages import GateThresholds
+
+    result = evaluate(Evidence(new_unstarted=unstarted, new_alive=alive), GateThresholds())
+    assert result.verdict.value == verdict
+    if verdict == "Failed":
+        assert result.decided_by.value == "infra_error_rate"
+        assert result.needs[0] == "new engine dead: 3 legs not started within 20 s and no live worker"
+
+
+def test_a_dead_new_engine_demotes_the_canary_within_its_start_timeout(memory_gateway: MemoryGateway) -> None:
+    async def test(state: GatewayState) -> None:
+        from sqlalchemy import update
+
+        canary = await migration(state, Stage.CANARY, percentage=100)
+        routed = await jobs(state, 2)
+        asked: list[str] = []
+
+        async def dead(engine: str) -> bool:
+            asked.append(engine)
+            return False
+
+        async with state.sessions() as session, session.begin():
+            await session.execute(
+                update(Leg)
+                .where(Leg.id.in_([leg for _r, leg in routed]))
+                .values(dispatch_state="sent", dispatched_at=utcnow() - timedelta(seconds=5), started_at=None,
+                        finished=False)
+            )  # fmt: skip
+        early = await gates.evaluate_one(state.sessions, canary, dry_run=True, liveness=dead)
+        assert early.evaluation.verdict.value == "Inconclusive" and asked == []  # within the start timeout
+        later = utcnow() + timedelta(seconds=30)
+        run = await gates.evaluate_one(state.sessions, canary, now=later, liveness=dead)
+        assert run.applied and asked == ["celery"] and (await config_of(state)).stage == Stage.SHADOW
+        assert run.evaluation.needs[0].startswith("new engine dead: 2 legs not started within 20 s")
+
+    memory_gateway.run(test)

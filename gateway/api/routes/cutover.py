@@ -1,5 +1,6 @@
 """Admin API of the cutover: list migrations, change one (set/promote/demote/rollback/configure, with dry run),
-read its history, accept or withdraw a mismatch cluster, and see how a job was routed. Thin: the services are
+read its history, accept or withdraw a mismatch cluster, pause or resume its automation, and see how a job was
+routed. Thin: the services are
 `gateway.jobs.cutover` and `gateway.jobs.cutover_triage`.
 """
 
@@ -12,14 +13,16 @@ from sqlalchemy import select
 
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
+from gateway.cutover.hold import HoldAction
 from gateway.cutover.machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover as service
 from gateway.jobs import cutover_gates as gates
+from gateway.jobs import cutover_holds as holds
 from gateway.jobs import cutover_triage as triage
 from gateway.jobs.errors import NotFound
 from gateway.jobs.scorecard import scorecard
-from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn
+from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn, CutoverHoldIn
 from gateway.store import cutover as store
 from gateway.store.models import Leg, Result
 
@@ -43,7 +46,8 @@ async def get_scorecard(state: State, principal: Login) -> list[dict[str, Any]]:
 async def evaluate_all(state: State, principal: Login, dry_run: bool = False) -> list[dict[str, Any]]:
     """Evaluate every migration now and take the policy's step (unless `dry_run`)."""
     require(principal, "admin")
-    return [run.to_dict() for run in await gates.evaluate_all(state.sessions, dry_run=dry_run)]
+    runs = await gates.evaluate_all(state.sessions, dry_run=dry_run, liveness=state.health.alive)
+    return [run.to_dict() for run in runs]
 
 
 @router.post("/admin/cutover/{scope}/{key}/evaluate")
@@ -52,7 +56,7 @@ async def evaluate_one(scope: Scope, key: str, state: State, principal: Login, d
     _ref, config = await service.current(state.sessions, scope, key)
     if config is None:
         raise NotFound(f"no migration for {scope.value} {key}")
-    return (await gates.evaluate_one(state.sessions, config, dry_run=dry_run)).to_dict()
+    return (await gates.evaluate_one(state.sessions, config, dry_run=dry_run, liveness=state.health.alive)).to_dict()
 
 
 @router.get("/admin/cutover/history")
@@ -107,6 +111,29 @@ async def unaccept_cluster(
     """Withdraw an acceptance: the cluster counts against the gate again."""
     require(principal, "admin")
     return await triage.unaccept_cluster(state.sessions, scope, key, signature, principal.username, reason)
+
+
+@router.get("/admin/cutover/{scope}/{key}/hold")
+async def get_hold(scope: Scope, key: str, state: State, principal: Login) -> dict[str, Any]:
+    """Whether automation is paused (an operator's rollback, demotion or pause) and by what."""
+    require(principal, "admin")
+    ref, _config = await service.current(state.sessions, scope, key)
+    return await holds.hold_status(state.sessions, scope, ref.scope_id)
+
+
+# Declared before the change route, whose `{action}` would take these paths.
+@router.post("/admin/cutover/{scope}/{key}/pause")
+async def pause(scope: Scope, key: str, body: CutoverHoldIn, state: State, principal: Login) -> dict[str, Any]:
+    """Pause automatic promotion until resumed; the gate still demotes a failing answering stage."""
+    require(principal, "admin")
+    return await holds.set_hold(state.sessions, scope, key, HoldAction.PAUSE, principal.username, body.reason)
+
+
+@router.post("/admin/cutover/{scope}/{key}/resume")
+async def resume(scope: Scope, key: str, body: CutoverHoldIn, state: State, principal: Login) -> dict[str, Any]:
+    """Let the gate promote again after an operator's rollback, demotion or pause."""
+    require(principal, "admin")
+    return await holds.set_hold(state.sessions, scope, key, HoldAction.RESUME, principal.username, body.reason)
 
 
 @router.post("/admin/cutover/{scope}/{key}/{action}")
