@@ -1,5 +1,6 @@
 """Evidence a gate can trust, on the real engines (issue 27): engines configured differently are named on the
-first comparison, and the gate fails on it before any grade decides.
+first comparison, and the gate fails on it before any grade decides; a killed new-engine worker fails the gate
+within a minute, whatever the shadow deadline.
 
 One stack for the module: the Celery worker's sandbox time limit is 4 s, Prefect's the default (60 s); the
 content `untimed-prefect` sets no limit of its own, so each engine's default applies.
@@ -7,6 +8,7 @@ content `untimed-prefect` sets no limit of its own, so each engine's default app
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from legacy_stack import ADMIN, DIRS, Stack, running_stack, wait_until
 
 from tests.conftest import PostgresDB, RedisDB
 from tests.gateway.conftest import fresh_pg_database
+from tests.support.celery_worker import stop_worker
 
 pytestmark = [pytest.mark.slow]
 CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
@@ -67,3 +70,33 @@ def test_a_lower_time_limit_is_named_on_the_first_comparison_and_fails_the_gate(
         assert "prefect: time limit 60 s, celery: 4 s" in evaluation["needs"][0]
         (card,) = [c for c in admin.get("/api/cutover/scorecard").json() if c["scope_id"] == "cc-untimed-prefect"]
         assert card["environment"]["text"] == "prefect: time limit 60 s, celery: 4 s"
+
+
+def test_a_killed_worker_fails_the_gate_within_a_minute(stack: Stack) -> None:
+    """Canary 100 % to Celery (its time limit equals Prefect's here: the content sets 10 s), then its worker is
+    killed: the jobs wait in the broker, no leg ends, and the shadow deadline (30 min) is far. The gate sees the
+    new engine's legs not started within 20 s and no live worker, is Failed on infra_error_rate and demotes."""
+    with stack.client(ADMIN) as admin:
+        change(admin, "cc-demote", "set", new_engine="celery", stage="canary", percentage=100, shadow_fraction=1.0,
+               reason="evidence: dead engine")  # fmt: skip
+        stop_worker(stack.worker, graceful=False)
+        killed = time.monotonic()
+        try:
+            for member in ("m-alice", "m-bob"):
+                body = {"directory": DIRS["demote"], "course_member_id": member,
+                        "version_identifier": stack.repos.commit("passing")}  # fmt: skip
+                assert admin.post("/api/tests", json=body).status_code == 200
+
+            def failed() -> dict[str, Any] | None:
+                run = admin.post("/api/admin/cutover/content/cc-demote/evaluate").json()
+                return run if run["evaluation"]["verdict"] == "Failed" else None
+
+            run = wait_until(failed, "the gate to fail on the dead engine", 90)
+            seconds = time.monotonic() - killed
+        finally:
+            stack.start_worker(CELERY_LIMIT)
+    evaluation = run["evaluation"]
+    assert evaluation["decided_by"] == "infra_error_rate", evaluation
+    assert evaluation["needs"][0].startswith("new engine dead: 2 legs not started within 20 s"), evaluation
+    assert run["applied"] and run["after"]["stage"] == "shadow", run
+    assert seconds < 60, seconds
