@@ -66,6 +66,8 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
         "difference_count": c.difference_count,
         "differences": c.differences or [],
         "environment": _environment_json(c),
+        # A mismatch's re-judgement: running, or done with its verdict (reproduced / noise / incomplete).
+        "rejudge": c.rejudge,
         "created_at": c.created_at.isoformat() if c.created_at else None,
     }
 

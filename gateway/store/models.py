@@ -373,6 +373,8 @@ class Comparison(Base):
     # Both legs' effective environments and where they differ (gateway.compare.environment), and whether they do.
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     environment_differs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A mismatch's re-judgement (gateway.compare.rejudge): its state, re-run legs, verdict and the class before.
+    rejudge: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
