@@ -32,11 +32,11 @@ from gateway.compare.environment import describe as describe_environment
 from gateway.compare.outcomes import ComparisonOutcome, Side
 from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step, parity_required
 from gateway.cutover.hold import GATE_ACTOR
-from gateway.cutover.machine import Action, InvalidChange, plan_change
+from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.cutover.triage import active_signatures
 from gateway.legs.states import DispatchState
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.cutover_holds import current_hold
 from gateway.store.models import Comparison, CutoverMigration, Leg, Result, utcnow
 

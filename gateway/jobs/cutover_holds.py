@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cutover.hold import HoldAction
 from gateway.cutover.stages import Scope
-from gateway.jobs.cutover import event_dict
+from gateway.jobs.cutover_changes import event_dict
 from gateway.jobs.errors import Conflict, NotFound
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store import cutover_holds
 from gateway.store.models import CutoverMigration, utcnow
 

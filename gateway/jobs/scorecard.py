@@ -31,7 +31,7 @@ from gateway.jobs.cutover_gates import (
     percentile,
     unstarted_legs,
 )
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.cutover_holds import current_hold
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cutover.hold import Hold, HoldAction, LogEntry, hold_of
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope
 from gateway.store.models import CutoverEvent, CutoverMigration, new_id
 

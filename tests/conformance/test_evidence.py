@@ -17,7 +17,7 @@ import pytest
 from legacy_stack import ADMIN, DIRS, Stack, running_stack, wait_until
 
 from tests.conftest import PostgresDB, RedisDB
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import stop_worker
 
 pytestmark = [pytest.mark.slow]

@@ -8,15 +8,15 @@ import pytest
 from sqlalchemy import select
 
 from gateway.cutover.hold import GATE_ACTOR, HoldAction, LogEntry, hold_of
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs.cutover_holds import hold_status, set_hold
 from gateway.jobs.errors import Conflict
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import Comparison, Leg, new_id, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 from tests.fast.test_cutover_gates import FAST, config_of

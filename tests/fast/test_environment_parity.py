@@ -8,9 +8,9 @@ import pytest
 
 from gateway.compare.environment import comparison_environment, describe, differences
 from gateway.cutover.gates import Criterion, Evidence, Verdict, evaluate
-from gateway.cutover.machine import Action, InvalidChange, plan_change
+from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Scope, Stage
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState

@@ -13,9 +13,9 @@ from gateway.compare.outcomes import ComparisonOutcome
 from gateway.compare.rejudge import RejudgeVerdict, rejudge
 from gateway.compare.rules import Rules
 from gateway.compare.step import CompareStep
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.runtime import GatewayState
 from gateway.store.models import Comparison, FlakeStat, Leg
 from tests.fast.conftest import MemoryGateway
