@@ -369,6 +369,7 @@ class CutoverChangeIn(BaseModel):
     old_engine: str | None = None
     new_engine: str | None = None
     policy: str | None = None
+    answer_policy: str | None = None
     shadow_fraction: float | None = None
     canary_steps: list[float] | None = None
     min_stage_seconds: float | None = None

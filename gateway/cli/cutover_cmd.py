@@ -136,6 +136,9 @@ def set_(
     new_engine: str | None = typer.Option(None, help="The engine to move to (needed for a new migration)."),
     old_engine: str | None = typer.Option(None, help="The engine to move from (default: the backend's type)."),
     policy: str | None = typer.Option(None, help="manual | auto"),
+    answer_policy: str | None = typer.Option(
+        None, help="primary | verified: in canary, whether a row waits for the old engine's verdict (default verified)."
+    ),
     shadow_fraction: float | None = typer.Option(None, help="0..1 of jobs the other engine shadows."),
     canary_steps: str | None = typer.Option(None, help="Comma-separated percentages, e.g. 5,25,50,100."),
     min_stage_seconds: float | None = typer.Option(None, help="Minimum time in a stage before auto promotion."),
@@ -179,6 +182,7 @@ def set_(
         new_engine=new_engine,
         old_engine=old_engine,
         policy=policy,
+        answer_policy=answer_policy,
         shadow_fraction=shadow_fraction,
         canary_steps=[float(s) for s in canary_steps.split(",")] if canary_steps else None,
         min_stage_seconds=min_stage_seconds,

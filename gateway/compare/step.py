@@ -9,6 +9,9 @@ A live (or replayed) mismatch is re-judged (`gateway.compare.rejudge`), at most 
 content: the step writes two re-run legs (the job again on each engine, fenced like any shadow leg, sent by the
 outbox), and when both have ended it judges the four reports and updates the comparison's class (`noise` or a
 reproduced `mismatch`) and the flake statistics.
+
+Under the `verified` answer policy a canary job's row waits for its pair: written here, from the new engine's
+answer where the engines agree and from the old engine's where they disagree (`gateway.compare.answer`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.redact import redact_text
+from gateway.compare.answer import verified_answer
 from gateway.compare.environment import comparison_environment
 from gateway.compare.experiment import Experiment, LegRun, Verdict
-from gateway.compare.outcomes import ComparisonOutcome
+from gateway.compare.outcomes import ComparisonOutcome, Side
 from gateway.compare.rejudge import RejudgeState, rejudge
 from gateway.compare.rules import Rules
 from gateway.cutover.triage import signature_of
 from gateway.engines import metrics
 from gateway.engines.shadowing import ExperimentKind
-from gateway.legs.machine import new_leg
-from gateway.legs.states import LegRole
+from gateway.legs.machine import new_leg, row_is_final, write_row_from
+from gateway.legs.states import LegRole, verifier_of
 from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
 
 log = logging.getLogger(__name__)
@@ -154,6 +158,8 @@ class CompareStep:
                     await flakes.record(content, verdict.tests_seen, verdict.tests_flipped)
                 compared.add(shadow.id)
                 written.append(comparison)
+                if verifier_of(primary.role, primary.routing) == shadow.id and not row_is_final(row):
+                    _write_verified(row, primary, shadow, verdict)
                 rejudgeable = verdict.outcome == ComparisonOutcome.MISMATCH and kind in REJUDGED_KINDS
                 if rejudgeable and await budget.take(row):
                     _start_rejudge(session, row, primary, shadow, comparison)
@@ -213,6 +219,15 @@ def _comparison_row(
         environment_differs=bool(env and env["differences"]),
         created_at=utcnow(),
     )
+
+
+def _write_verified(row: Result, primary: Leg, shadow: Leg, verdict: Verdict) -> None:
+    """The `verified` answer policy's row: the new engine's answer where the engines agree, the old engine's where
+    they disagree (gateway.compare.answer); the choice is recorded on the primary leg's routing."""
+    answer = verified_answer(verdict.outcome, verdict.side)
+    source = primary if answer.source == Side.PRIMARY else shadow
+    write_row_from(source, row)
+    primary.routing = {**(primary.routing or {}), "answered": answer.to_dict(source.engine)}
 
 
 class _RejudgeBudget:

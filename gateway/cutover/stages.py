@@ -48,6 +48,19 @@ class Policy(StrEnum):
     AUTO = "auto"
 
 
+class AnswerPolicy(StrEnum):
+    """Who answers a job that both engines run while the new engine answers some students (CANARY).
+
+    - PRIMARY: the answering engine's grade is written as soon as it has one (the stage's primary answers).
+    - VERIFIED: the row waits for both: if they agree, as PRIMARY; if they disagree, the OLD engine's grade is
+      written (Scientist's rule: the control answers) and the disagreement is a comparison the gate sees; if the
+      old engine misses its deadline, the new engine's grade is written, marked unverified.
+    """
+
+    PRIMARY = "primary"
+    VERIFIED = "verified"
+
+
 class Scope(StrEnum):
     """A migration is set for a whole execution backend, or for one course content (which then wins)."""
 
@@ -123,6 +136,8 @@ class CutoverConfig:
     # Fraction of jobs (0..1) the non-answering engine shadows in SHADOW, CANARY and NEW_PRIMARY.
     shadow_fraction: float = 1.0
     policy: Policy = Policy.MANUAL
+    # How a canary job's row is written (AnswerPolicy); applies where the new engine answers with the old shadowing.
+    answer_policy: AnswerPolicy = AnswerPolicy.VERIFIED
     canary_steps: tuple[float, ...] = DEFAULT_CANARY_STEPS
     min_stage_seconds: float = 3600.0
     thresholds: GateThresholds = field(default_factory=GateThresholds)
@@ -144,6 +159,7 @@ class CutoverConfig:
             "percentage": self.percentage,
             "shadow_fraction": self.shadow_fraction,
             "policy": self.policy.value,
+            "answer_policy": self.answer_policy.value,
             "canary_steps": list(self.canary_steps),
             "min_stage_seconds": self.min_stage_seconds,
             "thresholds": self.thresholds.to_dict(),

@@ -28,10 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backends.interface import TaskKind
 from common.legacy import Repository, ResultStatus, TestJob
 from common.redact import strip_credentials
-from gateway.cutover.stages import CutoverConfig
+from gateway.cutover.stages import AnswerPolicy, CutoverConfig
 from gateway.engines.dispatcher import SendBy, SendStatus
 from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
+from gateway.engines.shadowing import ExperimentKind, ShadowDecision
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
 from gateway.jobs.submission_follow_up import request_submission
 from gateway.legs.machine import new_leg, record_retry, record_sent, reject
@@ -321,8 +322,25 @@ async def _with_shadows(state: GatewayState, run: _Run, content: CourseContent, 
             )
         )
     record = {**decision.record, "legs": [leg["id"] for leg in shadows]} if shadows else decision.record
+    verifier = _verifier(run, decision, shadows)
+    if verifier is not None:
+        record = {**record, "verify": verifier}
     leg = {**run.leg, "routing": {**(run.leg["routing"] or {}), "shadow": record}}
     return replace(run, leg=leg, shadows=tuple(shadows))
+
+
+def _verifier(run: _Run, decision: ShadowDecision, shadows: list[dict[str, Any]]) -> str | None:
+    """Under the `verified` answer policy, the old engine's shadow leg whose verdict the row waits for (None: the
+    primary answers at once - no such leg was admitted, or the job also submits, which follows its answer)."""
+    if run.plan.decision.get("answer") != AnswerPolicy.VERIFIED.value:
+        return None
+    test_job = run.spec.get("params", {}).get("test_job")
+    if isinstance(test_job, dict) and test_job.get("submit"):
+        return None
+    for planned, leg in zip(decision.legs, shadows, strict=True):
+        if planned.kind == ExperimentKind.SHADOW:
+            return str(leg["id"])
+    return None
 
 
 async def _dispatch(state: GatewayState, run: _Run, row_id: str) -> None:

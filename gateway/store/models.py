@@ -239,6 +239,7 @@ class CutoverMigration(Base):
     percentage: Mapped[float] = mapped_column(Float, default=0.0)
     shadow_fraction: Mapped[float] = mapped_column(Float, default=1.0)
     policy: Mapped[str] = mapped_column(String(16), default="manual")
+    answer_policy: Mapped[str] = mapped_column(String(16), default="verified", server_default="verified")
     canary_steps: Mapped[list[float]] = mapped_column(JSON)
     min_stage_seconds: Mapped[float] = mapped_column(Float, default=3600.0)
     thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
