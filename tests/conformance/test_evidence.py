@@ -1,5 +1,6 @@
 """Evidence a gate can trust, on the real engines (issue 27): engines configured differently are named on the
-first comparison, and the gate fails on it before any grade decides; a killed new-engine worker fails the gate
+first comparison, and the gate fails on it before any grade decides; a `verified` canary gives a student the old
+engine's grade where the new engine's lower limit would have cut it; a killed new-engine worker fails the gate
 within a minute, whatever the shadow deadline.
 
 One stack for the module: the Celery worker's sandbox time limit is 4 s, Prefect's the default (60 s); the
@@ -15,10 +16,13 @@ from typing import Any
 import httpx
 import pytest
 from legacy_stack import ADMIN, DIRS, Stack, running_stack, wait_until
+from sqlalchemy import select
 
+from gateway.store.db import make_sync_engine
+from gateway.store.models import Leg
 from tests.conftest import PostgresDB, RedisDB
 from tests.service.conftest import fresh_pg_database
-from tests.support.celery_worker import stop_worker
+from tests.support.celery_worker import settings_from_env, stop_worker
 
 pytestmark = [pytest.mark.slow]
 CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
@@ -70,6 +74,55 @@ def test_a_lower_time_limit_is_named_on_the_first_comparison_and_fails_the_gate(
         assert "prefect: time limit 60 s, celery: 4 s" in evaluation["needs"][0]
         (card,) = [c for c in admin.get("/api/cutover/scorecard").json() if c["scope_id"] == "cc-untimed-prefect"]
         assert card["environment"]["text"] == "prefect: time limit 60 s, celery: 4 s"
+
+
+def leg_finished(stack: Stack, result_id: str, engine: str) -> bool:
+    """Whether the job's leg on `engine` (primary or shadow, not a re-run) is final, read from the store."""
+    store = make_sync_engine(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}))
+    try:
+        with store.connect() as conn:
+            stmt = select(Leg.finished).where(Leg.result_id == result_id, Leg.engine == engine,
+                                              Leg.role.in_(("primary", "shadow")))  # fmt: skip
+            return any(conn.execute(stmt).scalars())
+    finally:
+        store.dispose()
+
+
+def test_a_verified_canary_gives_the_old_engines_grade_where_the_new_engines_limit_cuts(stack: Stack) -> None:
+    """Canary 100 % to Celery (limit 4 s) under `verified`: the slow student's Celery run times out (a grade below
+    1), the Prefect shadow (60 s) is released after that and passes: the row gets Prefect's 1.0, the mismatch is
+    a comparison, and the primary leg records which engine's answer was written."""
+    with stack.client(ADMIN) as admin:
+        change(admin, "cc-untimed-prefect", "set", new_engine="celery", stage="canary", percentage=100,
+               shadow_fraction=1.0, answer_policy="verified", thresholds={"parity": []},
+               reason="evidence: verified canary")  # fmt: skip
+        body = {"directory": DIRS["untimed-prefect"], "course_member_id": "m-slow",
+                "version_identifier": stack.repos.commit("slow")}  # fmt: skip
+        answer = admin.post("/api/tests", json=body)
+        assert answer.status_code == 200, answer.text
+        run = answer.json()
+        try:
+            wait_until(
+                lambda: leg_finished(stack, run["id"], "celery") and stack.release_slow_runs() > 0,
+                "the Celery run to time out and the Prefect run to wait for its release",
+                180,
+            )
+            found = comparison_of(admin, run["id"])
+
+            def final() -> dict[str, Any] | None:
+                row = admin.get(f"/api/results/{run['id']}").json()
+                return row if row["status"] in (0, 1) else None
+
+            row = wait_until(final, "the verified row", 120)
+            routing = admin.get(f"/api/admin/results/{run['id']}/routing").json()
+        finally:
+            stack.release_slow_runs()  # the re-judgement's Prefect re-run waits too
+    assert found["outcome"] == "mismatch", found
+    assert (found["primary"]["engine"], found["shadow"]["engine"]) == ("celery", "prefect")
+    assert found["primary"]["score"] < 1.0 and found["shadow"]["score"] == 1.0, found
+    assert row["result"] == 1.0, row  # the old engine's grade, not the new engine's cut one
+    (primary,) = [leg for leg in routing["legs"] if leg["role"] == "primary"]
+    assert primary["routing"]["answered"]["written_from"] == "shadow", primary["routing"]
 
 
 def test_a_killed_worker_fails_the_gate_within_a_minute(stack: Stack) -> None:
