@@ -1,7 +1,8 @@
 """Evidence a gate can trust, on the real engines (issue 27): engines configured differently are named on the
 first comparison, and the gate fails on it before any grade decides; a `verified` canary gives a student the old
-engine's grade where the new engine's lower limit would have cut it; a killed new-engine worker fails the gate
-within a minute, whatever the shadow deadline.
+engine's grade where the new engine's lower limit would have cut it; its mismatch, re-run on both engines,
+is re-judged a reproducible mismatch; a killed new-engine worker fails the gate within a minute, whatever the
+shadow deadline.
 
 One stack for the module: the Celery worker's sandbox time limit is 4 s, Prefect's the default (60 s); the
 content `untimed-prefect` sets no limit of its own, so each engine's default applies.
@@ -118,6 +119,13 @@ def test_a_verified_canary_gives_the_old_engines_grade_where_the_new_engines_lim
 
             row = wait_until(final, "the verified row", 120)
             routing = admin.get(f"/api/admin/results/{run['id']}/routing").json()
+
+            def rejudged() -> dict[str, Any] | None:
+                stack.release_slow_runs()  # the re-run on Prefect waits for its release like the first run
+                got = admin.get(f"/api/results/{run['id']}/comparison").json()
+                return got if (got.get("rejudge") or {}).get("state") == "done" else None
+
+            again = wait_until(rejudged, "the mismatch's re-judgement", 240)
         finally:
             stack.release_slow_runs()  # the re-judgement's Prefect re-run waits too
     assert found["outcome"] == "mismatch", found
@@ -126,6 +134,8 @@ def test_a_verified_canary_gives_the_old_engines_grade_where_the_new_engines_lim
     assert row["result"] == 1.0, row  # the old engine's grade, not the new engine's cut one
     (primary,) = [leg for leg in routing["legs"] if leg["role"] == "primary"]
     assert primary["routing"]["answered"]["written_from"] == "shadow", primary["routing"]
+    # Re-run on both engines, each agrees with itself: a reproducible mismatch, not noise.
+    assert (again["rejudge"]["verdict"], again["outcome"]) == ("reproduced", "mismatch"), again["rejudge"]
 
 
 def test_a_killed_worker_fails_the_gate_within_a_minute(stack: Stack) -> None:

@@ -33,6 +33,9 @@ from tests.support.prefect_server import running_runner
 pytestmark = [pytest.mark.slow]
 FINAL = {0, 1, 2, 6}
 CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
+# These tests pin what one comparison says; a mismatch's re-judgement (re-runs of a slow student that wait for a
+# release, holding runner slots) is tested on its own in test_evidence.py.
+NO_REJUDGE = {"GATEWAY_REJUDGE_PER_HOUR": "0"}
 
 # A student whose whole solution is right or wrong by a coin toss per run: the A/A baseline's flaky test.
 DICE_CALC = """import random
@@ -59,7 +62,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: PostgresDB, red
     with (
         fresh_pg_database(postgres_db) as db,
         running_stack(
-            tmp_path_factory.mktemp("shadow"), db.env(), redis_db.env(), prefect=True, worker_extra=CELERY_LIMIT
+            tmp_path_factory.mktemp("shadow"),
+            db.env(),
+            redis_db.env(),
+            prefect=True,
+            worker_extra=CELERY_LIMIT,
+            gateway_extra=NO_REJUDGE,
         ) as found,
     ):
         yield found
