@@ -39,6 +39,13 @@ async def hold_status(sessions: async_sessionmaker[AsyncSession], scope: Scope, 
     return {"paused": hold is not None, "hold": hold.to_dict() if hold else None}
 
 
+async def hold_of_scope(sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str) -> dict[str, Any]:
+    """`hold_status` of a migration named by its scope's key (a backend's slug or id, a content's path or id)."""
+    async with sessions() as session:
+        row = await _migration(session, scope, key)
+    return await hold_status(sessions, scope, row.scope_id)
+
+
 async def set_hold(
     sessions: async_sessionmaker[AsyncSession],
     scope: Scope,

@@ -16,7 +16,7 @@ from gateway.compare.step import CompareStep
 from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover_changes as service
-from gateway.legs.machine import finish
+from gateway.legs.machine import FinishHooks, finish
 from gateway.runtime import GatewayState
 from gateway.store.models import Comparison, Leg, Result, utcnow
 from tests.fast.conftest import MemoryGateway
@@ -63,7 +63,8 @@ async def finish_primary(state: GatewayState, result_id: str, leg_id: str, found
         leg = await session.get(Leg, leg_id)
         row = await session.get(Result, result_id)
         assert leg is not None and row is not None
-        finish(leg, row, utcnow(), LegPhase.SUCCEEDED, LegResult(leg_id, LegPhase.SUCCEEDED, copy.deepcopy(found)))
+        result = LegResult(leg_id, LegPhase.SUCCEEDED, copy.deepcopy(found))
+        finish(leg, row, utcnow(), LegPhase.SUCCEEDED, result, hooks=FinishHooks())
         return row
 
 
