@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gateway.compare.diff import diff_reports, flips
+from gateway.compare.diff import flips
 from gateway.compare.experiment import LegRun
 from gateway.compare.normalise import strip_keys
 from gateway.compare.outcomes import ComparisonOutcome
@@ -81,9 +81,9 @@ def rejudge(
     for first, again in ((primary.report, primary_again.report), (shadow.report, shadow_again.report)):
         left, right = strip_keys(first, rules), strip_keys(again, rules)
         seen, flips_here = flips(left, right)
-        # A test whose message changed but not its verdict is not a flip; a verdict flip is.
-        found = {d.test for d in diff_reports(left, right, rules) if d.test is not None}
-        changed = frozenset(set(flips_here) | (found & set(seen)))
+        # Only a verdict that flips is flaky: a message that differs between two runs (a timing in it, which test
+        # the time limit caught) is not, or every timed-out student would be noise.
+        changed = frozenset(flips_here)
         evidence.append((frozenset(seen), changed))
         flipped.append(changed)
     tests = differing_tests(differences)
