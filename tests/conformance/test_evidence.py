@@ -10,6 +10,7 @@ content `untimed-prefect` sets no limit of its own, so each engine's default app
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -177,6 +178,8 @@ def test_a_killed_worker_fails_the_gate_within_a_minute(stack: Stack) -> None:
             stack.start_worker(CELERY_LIMIT)
     evaluation = run["evaluation"]
     assert evaluation["decided_by"] == "infra_error_rate", evaluation
-    assert evaluation["needs"][0].startswith("new engine dead: 2 legs not started within 20 s"), evaluation
+    # One or both of the two jobs, whichever has waited 20 s when the gate looks.
+    assert re.fullmatch(r"new engine dead: [12] legs? not started within 20 s and no live worker",
+                        evaluation["needs"][0]), evaluation  # fmt: skip
     assert run["applied"] and run["after"]["stage"] == "shadow", run
     assert seconds < 60, seconds
