@@ -81,12 +81,9 @@ async def refreshed(state: GatewayState, row: Result) -> Result:
     """An in-flight row is refreshed from its engine first."""
     if machine.row_is_final(row) or not row.test_system_id:
         return row
-    leg_id = row.test_system_id
-    if row.execution_backend_id is not None:  # the run id may be the engine's (a flow run id): the leg's own id
-        async with state.sessions() as session:
-            leg = await row_leg(session, row)
-        leg_id = leg.id if leg is not None else leg_id
-    await state.reconciler.refresh(leg_id)
+    async with state.sessions() as session:  # the run id may be the engine's (a flow run id): the leg's own id
+        leg = await row_leg(session, row)
+    await state.reconciler.refresh(leg.id if leg is not None else row.test_system_id)
     async with state.sessions() as session:
         fresh = await session.get(Result, row.id)
     return fresh or row

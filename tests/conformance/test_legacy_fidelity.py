@@ -156,10 +156,12 @@ def test_a_run_closed_by_a_legacy_write_back_through_the_bare_url_is_submitted(s
             assert at_root.status_code == 200 and at_root.json() == by_engine.json()
 
 
-def test_a_custom_submission_deployment_receives_the_legacy_parameter_set(stack: Stack) -> None:
-    """12.4: `properties.submission_deployment` names a deployment with the platform's `submit-result` signature
-    (every parameter required); it gets exactly that set, `token` is the credential's name, and the secret that
-    was (wrongly) inside the member's repository URL appears nowhere: not in Prefect, not in what the gateway shows."""
+def test_a_custom_submission_deployment_receives_what_the_platform_sent(stack: Stack) -> None:
+    """12.4 + 25.1: `properties.submission_deployment` names a deployment with the platform's `submit-result`
+    signature (one parameter, `submission: Submission`, Prefect checks runs against it); it gets exactly
+    `{"submission": Submission.model_dump(exclude_none=True)}`, `token` is the credential's name, and the secret
+    that was (wrongly) inside the member's repository URL appears nowhere: not in Prefect, not in what the
+    gateway shows. The row says the submission ran; `submission_flow_run_id` is the Prefect flow run id."""
     commit = stack.repos.commit("passing")
     ref_url, ref_commit = stack.repos.reference
     with stack.client(DAVE) as dave, stack.client(ADMIN) as admin:
@@ -169,24 +171,37 @@ def test_a_custom_submission_deployment_receives_the_legacy_parameter_set(stack:
         assert isinstance(sub_id, str)
         info = task_finished(admin, sub_id)
         assert info["status"] == "finished", info
-        received = admin.get(f"/api/tasks/{sub_id}/result").json()["result"]
-        shown = [info, received, admin.get(f"/api/results/{run['id']}").json(), admin.get("/api/tasks").json()]
-    runs = flow_runs_by_leg(stack.prefect_api or "", [sub_id, run["test_system_id"]])
-    (flow_run,) = runs[sub_id]
-    assert flow_run["parameters"] == received  # the flow recorded exactly what Prefect handed it
-    assert set(received) == {"submission", "provider", "full_path", "token", "assignment", "module", "user_id"}
-    assert received["provider"] == "https://git.example.invalid" and received["full_path"] == "course/dave"
-    assert received["token"] == DAVE_CREDENTIAL and received["user_id"] == "u-dave"
-    submission = received["submission"]
-    assert submission["id"] == submission["result_id"] == run["id"] and submission["status"] == 0
-    assert submission["test_system_id"] == run["test_system_id"] and submission["version_identifier"] == commit
-    module, assignment = received["module"], received["assignment"]
-    assert module["url"] == "https://git.example.invalid/course/dave.git" and module["commit"] == commit
-    assert module["path"] == DIRS["legacy-submit"] and module["token"] is None
-    assert module["credential"] == DAVE_CREDENTIAL
-    assert (assignment["url"], assignment["commit"], assignment["path"]) == (ref_url, ref_commit, DIRS["legacy-submit"])
+        parsed = admin.get(f"/api/tasks/{sub_id}/result").json()["result"]
+        row = admin.get(f"/api/results/{run['id']}").json()
+        # Asked again once Prefect has the run: the answer names the flow run itself (the first answer came
+        # before the run existed: the gateway's id, which still resolves above).
+        flow_run_id = submit(dave, "legacy-submit", commit, submit=True)["submission_flow_run_id"]
+        shown = [info, parsed, row, admin.get("/api/tasks").json()]
+    assert stack.prefect_api is not None
+    read = httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=30)
+    assert read.status_code == 200, read.text
+    flow_run = read.json()
+    assert flow_run["idempotency_key"] == info["task_id"] and flow_run_id != info["task_id"]
+    (sent,) = flow_run["parameters"].values()
+    assert list(flow_run["parameters"]) == ["submission"]
+    # The platform's types parsed exactly what was sent (nothing missing or defaulted); the one key they ignore
+    # is each repository's credential name, which a gateway-aware worker resolves.
+    names = {key: sent[key].pop("credential") for key in ("submission", "module")}
+    assert parsed == sent and names == {"submission": DAVE_CREDENTIAL, "module": DAVE_CREDENTIAL}
+    assert sent["provider"] == "https://git.example.invalid" and sent["full_path"] == "course/dave"
+    assert sent["token"] == DAVE_CREDENTIAL and sent["user_id"] == "u-dave" and sent["result_id"] == run["id"]
+    assert sent["submission"] == {"url": "https://git.example.invalid/course/dave.git", "branch": "main"}
+    assert sent["module"] == {"url": "https://git.example.invalid/course/dave.git", "branch": "main",
+                              "commit": commit, "path": DIRS["legacy-submit"]}  # fmt: skip
+    assignment = sent["assignment"]
+    assert assignment["id"] == "cc-legacy-submit" and assignment["path"] == DIRS["legacy-submit"].replace("/", ".")
+    assert assignment["properties"]["gitlab"]["directory"] == DIRS["legacy-submit"]
+    assert assignment["version_identifier"] == ref_commit and assignment["course_content_type_id"] == "assignment"
+    assert ref_url not in repr(sent)  # the course's repository is the worker's to know, by its credential
     assert "user:u-dave" in flow_run["tags"]
-    everything = repr([runs, shown])
+    assert row["submit"] is True and row["properties"]["submission"]["status"] == "COMPLETED"
+    assert row["properties"]["submission"]["run_id"] == flow_run_id
+    everything = repr([flow_run, shown])
     assert DAVE_TOKEN not in everything and "dave:" not in everything
 
 
