@@ -22,7 +22,7 @@ are `gateway.store.leg_writer`'s.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +193,25 @@ def retry_later(leg: Leg, error: str | None, now: datetime) -> None:
 
 # ------------------------------------------------------------------------------------- infrastructure retry
 INFRA_PHASES = {LegPhase.CRASHED}
+# Why a finished run's report could not be read (the adapters' `error_type`): the run may have been fine, the
+# reading was not; never the student's doing.
+UNREADABLE_TYPES = frozenset({"ResultUnavailable", "UndecodableResult", "BadResult"})
+UNREADABLE_ERROR = "the run ended but its report could not be read"
+
+
+def report_unreadable(state: LegState, result: LegResult) -> bool:
+    """A final observation whose report the adapter could not read or decode (a pickled or foreign Celery result:
+    another worker on the shared queues answered). An infrastructure failure (re-run within the budget, avoiding
+    that worker where the engine allows, then FAILED), never a score. `state`: the observation it belongs to."""
+    return state.phase.is_final and result.error_type in UNREADABLE_TYPES
+
+
+def as_unreadable(state: LegState, result: LegResult) -> tuple[LegState, LegResult]:
+    """The same observation as the infrastructure failure it is: CRASHED, with the reading's error."""
+    error = result.error or UNREADABLE_ERROR
+    error_type = result.error_type if result.error_type in UNREADABLE_TYPES else "ResultUnavailable"
+    crashed = LegResult(leg_id=result.leg_id, phase=LegPhase.CRASHED, error=error, error_type=error_type)
+    return replace(state, phase=LegPhase.CRASHED, error=error), crashed
 
 
 def infra_retry_allowed(leg: Leg, state: LegState, budget: int) -> bool:

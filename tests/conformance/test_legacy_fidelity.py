@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tests.support.celery_worker import WorkerProcess, base_env, stop_worker, wait_until_ready
 from tests.support.contract_keys import TASK_INFO_KEYS, TASK_LIST_ITEM_KEYS
+from tests.support.platform_celery_worker import PLATFORM_SCORE
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -340,51 +341,57 @@ def test_the_celery_era_task_views_over_both_engines(stack: Stack) -> None:
 
 # ----------------------------------------------------------------------------------------------- mixed fleet
 @pytest.fixture
-def legacy_worker_only(stack: Stack) -> Iterator[Any]:
-    """The stack's own workers stopped, an old worker started in their place; the gateway's back afterwards."""
+def platform_worker_only(stack: Stack) -> Iterator[WorkerProcess]:
+    """The stack's own workers stopped, the platform's Celery worker (its own app and task names, Celery's stock
+    database result backend) on the platform's queues in their place; the gateway's back afterwards."""
     for worker in stack.workers:
         stop_worker(worker, graceful=False)  # gone before the test begins: how they stop is not what it tests
-    started: list[WorkerProcess] = []
-
-    def start(serializer: str) -> WorkerProcess:
-        for old in started:
-            stop_worker(old)
-        name = f"legacy-{uuid.uuid4().hex[:6]}@localhost"
-        env = base_env({**stack.env, "LEGACY_RESULT_SERIALIZER": serializer}, stack.data)
-        log_path = stack.log_dir / f"{name.split('@')[0]}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.support.legacy_celery_worker", "worker",
-               "-Q", "high_priority", "-c", "1", "-P", "solo", f"--hostname={name}", "--loglevel=INFO"]  # fmt: skip
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        worker = WorkerProcess(process=process, hostname=name, log_path=log_path, env=env)
-        started.append(worker)
-        wait_until_ready(worker, 90)
-        return worker
-
+    name = f"platform-{uuid.uuid4().hex[:6]}@localhost"
+    env = base_env(stack.env, stack.data)
+    log_path = stack.log_dir / f"{name.split('@')[0]}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "tests.support.platform_celery_worker", "worker",
+           "-Q", "high_priority,default,low_priority", "-c", "1", "-P", "solo", f"--hostname={name}",
+           "--loglevel=INFO"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = WorkerProcess(process=process, hostname=name, log_path=log_path, env=env)
     try:
-        yield start
+        wait_until_ready(worker, 90)
+        yield worker
     finally:
-        for old in started:
-            stop_worker(old, graceful=False)
-        stack.start_worker()
+        stop_worker(worker, graceful=False)
+        if not any(w.process.poll() is None for w in stack.workers):
+            stack.start_worker()
 
 
-def test_an_old_worker_on_the_gateway_queue_is_never_graded_from_what_the_gateway_cannot_read(
-    stack: Stack, legacy_worker_only: Any
+def test_a_platform_worker_on_the_shared_queues_causes_a_rerun_never_a_grade(
+    stack: Stack, platform_worker_only: WorkerProcess
 ) -> None:
-    """12.11: pickle is refused (FAILED, infrastructure, retryable); the legacy JSON shape is mapped."""
-    commit = f"fleet-{uuid.uuid4().hex[:8]}"
-    with stack.client(BOB) as bob:
-        legacy_worker_only("pickle")
-        pickled = submit(bob, "celery", commit)
-        assert final_status(bob, pickled["id"]) == 1
-        row = bob.get(f"/api/results/{pickled['id']}").json()
-        assert row["result"] == 0.0 and row["result_json"]["celery_exception"] == "UndecodableResult"
-        assert row["result_json"]["message"] == "The test run's result could not be read."
-        assert "pickle" in row["result_json"]["details"]  # why, kept apart from the stable message
-        legacy_worker_only("json")
-        again = submit(bob, "celery", commit)  # FAILED allows a new run: the student is not stuck
-        assert again["id"] != pickled["id"]
-        assert final_status(bob, again["id"]) == 0
-        graded = bob.get(f"/api/results/{again['id']}").json()
-    assert graded["result"] == 0.75 and graded["result_json"]["summary"]["passed"] == 3
+    """25.4: the platform's worker takes the job and stores its pickled `{success, results: {score: 80}}` with
+    Celery's stock backend: an infrastructure error, re-run within GATEWAY_INFRA_RETRIES on the queue only the
+    gateway's workers consume (so the platform's worker, still running, cannot take it again); the row never
+    shows the platform's score and is graded from the gateway worker's report."""
+    commit = stack.repos.commit("failing")
+    with stack.client(BOB) as bob, stack.client(ADMIN) as admin:
+        run = submit(bob, "celery", commit)
+        task = admin.get(f"/api/tasks/{run['test_system_id']}").json()["task_id"]
+
+        def rerun_waiting() -> dict[str, Any] | None:
+            info = admin.get(f"/api/tasks/{task}").json()
+            return info if "running it again" in (info["error"] or "") else None
+
+        waiting = wait_until(rerun_waiting, "the unreadable result to be run again", timeout=150)
+        assert "pickle" in waiting["error"] and waiting["status"] in {"queued", "deferred"}
+        row = bob.get(f"/api/results/{run['id']}").json()
+        assert (row["status"], row["result"], row["result_json"]) == (3, 0.0, None)  # nothing graded
+        # The rerun waits where the platform's worker does not listen.
+        wait_until(lambda: admin.get("/api/tasks/workers/status").json()["queues"]["gateway_only"] == 1 or None,
+                   "the rerun on the gateway-only queue", timeout=60)  # fmt: skip
+        gateway = stack.start_worker()
+        assert final_status(bob, run["id"]) == 0
+        graded = bob.get(f"/api/results/{run['id']}").json()
+        info = admin.get(f"/api/tasks/{task}").json()
+    assert info["worker"] == gateway.hostname and info["queue"] == "gateway_only"
+    assert graded["result"] != PLATFORM_SCORE / 100 and "score" not in graded["result_json"]
+    assert graded["result_json"]["summary"]["total"] > 0  # the gateway's own report
+    assert platform_worker_only.process.poll() is None  # it ran all along: avoided, not stopped
