@@ -31,7 +31,8 @@ app.conf.update(
     result_extended=True,
     result_serializer="pickle",
     task_serializer="json",
-    accept_content=["json", "pickle"],
+    # The gateway's messages are JSON; only what it stores is pickled (accepting pickle would refuse root, too).
+    accept_content=["json"],
     task_track_started=True,
     include=[],
 )
