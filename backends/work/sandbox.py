@@ -19,9 +19,11 @@ while the run goes (live progress) and `verdict.decide` turns it into outcomes. 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -34,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
-from backends.work import sandbox_launch, sandbox_plugin
+from backends.work import sandbox_guard, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_uids import kill_uid, run_uid
@@ -82,6 +84,7 @@ class RunOutcome:
     junit_xml: str | None
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
+    channel_key: bytes = b""  # the run's key: every line on the channel carries its HMAC (`sandbox_guard`)
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
@@ -117,7 +120,11 @@ def make_run_dir(settings: Settings) -> RunDir:
     rd = RunDir(Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base)))
     for sub in (rd.runner, rd.work, rd.out):
         sub.mkdir()
-    for module, name in ((sandbox_launch, "launch.py"), (sandbox_plugin, "gateway_verdict.py")):
+    for module, name in (
+        (sandbox_launch, "launch.py"),
+        (sandbox_plugin, "gateway_verdict.py"),
+        (sandbox_guard, "gateway_guard.py"),
+    ):
         (rd.runner / name).write_text(Path(module.__file__).read_text())  # type: ignore[arg-type]
     (rd.runner / "pytest.ini").write_text(_PYTEST_INI)
     return rd
@@ -350,11 +357,20 @@ def _read_capped(path: Path, cap: int) -> str:
     return text + ("\n[output truncated]" if len(data) > cap else "")
 
 
-class _ChannelReader:
-    """Collects the verdict pipe's complete lines; hands each new batch of parsed events to a callback."""
+def signed_body(line: bytes, key: bytes, seq: int) -> bytes | None:
+    """The JSON of a channel line `<hmac> <json>` when its HMAC is the guard's for sequence number `seq`."""
+    mac, _, body = line.partition(b" ")
+    expected = hmac.digest(key, str(seq).encode() + b":" + body, "sha256").hex().encode()
+    return body if hmac.compare_digest(mac, expected) else None
 
-    def __init__(self, fd: int, on_events: Callable[[list[dict[str, object]]], None] | None) -> None:
+
+class _ChannelReader:
+    """Collects the verdict pipe's complete lines; hands each new batch of signed events to a callback."""
+
+    def __init__(self, fd: int, on_events: Callable[[list[dict[str, object]]], None] | None, key: bytes) -> None:
         self.fd = fd
+        self.key = key
+        self.signed = 0
         self.on_events = on_events
         self.lines: list[bytes] = []
         self.partial = b""
@@ -382,8 +398,12 @@ class _ChannelReader:
         self.lines.extend(complete)
         events = []
         for line in complete:
+            body = signed_body(line, self.key, self.signed)
+            if body is None:
+                continue  # not the guard's: the verdict will say so
+            self.signed += 1
             with contextlib.suppress(ValueError):
-                record = json.loads(line)
+                record = json.loads(body)
                 if isinstance(record, dict):
                     events.append(record)
         if self.collected_at is None and any(e.get("event") == "collected" for e in events):
@@ -399,7 +419,7 @@ class _ChannelReader:
             self.partial = b""
 
 
-def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
+def _env(view: _View, channel_fd: int, protected: list[str], key: bytes = b"") -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": view.work,
@@ -410,6 +430,7 @@ def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
         "PYTHONIOENCODING": "utf-8",
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
         "GATEWAY_VERDICT_FD": str(channel_fd),
+        "GATEWAY_VERDICT_KEY": (key or secrets.token_bytes(32)).hex(),
         "GATEWAY_REFERENCE_FILES": json.dumps(protected),
     }
 
@@ -434,7 +455,7 @@ _Fds = tuple[int, BinaryIO, BinaryIO]  # the channel's write end, stdout, stderr
 
 def _start_cold(
     rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
-    uid: int | None, fds: _Fds, isolation: SandboxIsolation,
+    uid: int | None, fds: _Fds, isolation: SandboxIsolation, key: bytes,
 ) -> subprocess.Popen[bytes]:  # fmt: skip
     """A new interpreter per run: bwrap (or nothing, with isolation none) + `python -I -S launch.py`."""
     channel, out, err = fds
@@ -447,7 +468,7 @@ def _start_cold(
     try:
         return subprocess.Popen(
             [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-            env=_env(view, channel, protected), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            env=_env(view, channel, protected, key), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
             extra_groups=[] if uid is not None else None,
         )  # fmt: skip
@@ -457,7 +478,7 @@ def _start_cold(
 
 def _start_warm(
     rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
-    uid: int, fds: _Fds,
+    uid: int, fds: _Fds, key: bytes,
 ) -> WarmProcess:  # fmt: skip
     """A fork of the worker's warm runner, in the same view, namespaces, uid and limits as a cold run."""
     channel, out, err = fds
@@ -469,7 +490,7 @@ def _start_warm(
         "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
         "cwd": view.work, "pycache": view.pycache, "reference": protected,
         "limits": [limits.cpu_seconds, limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
-        "args": _pytest_args(view, test_files, "conftest.py" in protected),
+        "args": _pytest_args(view, test_files, "conftest.py" in protected), "key": key.hex(),
     }  # fmt: skip
     return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
 
@@ -493,7 +514,8 @@ def run_pytest(
         _hand_over(rd, uid, protected)
         warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
-        reader = _ChannelReader(read_fd, on_events)
+        key = secrets.token_bytes(32)
+        reader = _ChannelReader(read_fd, on_events, key)
         started = time.monotonic()
         timed_out = False
         proc: subprocess.Popen[bytes] | WarmProcess
@@ -501,10 +523,11 @@ def run_pytest(
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
                 try:
                     if warm:
-                        proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err))
+                        proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
+                                           key)  # fmt: skip
                     else:
                         proc = _start_cold(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
-                                           isolation)  # fmt: skip
+                                           isolation, key)  # fmt: skip
                 finally:
                     os.close(write_fd)
                 try:
@@ -546,6 +569,7 @@ def run_pytest(
         junit_xml=xml,
         channel=reader.lines,
         channel_flooded=reader.flooded,
+        channel_key=key,
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
         isolation=isolation.value,
