@@ -347,14 +347,31 @@ def sandbox_health(settings: Settings) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------- the run
-def _read_capped(path: Path, cap: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(cap + 1)
-    except OSError:
-        return ""
-    text = data[:cap].decode("utf-8", "replace")
-    return text + ("\n[output truncated]" if len(data) > cap else "")
+class _OutputReader:
+    """A run's stdout or stderr: a pipe the worker drains while the run goes, keeping the first `cap` bytes.
+
+    A pipe, not a file: RLIMIT_FSIZE does not apply to it, so a run that prints without end never fails in
+    pytest's own summary (which would read as tampering); what is beyond the cap is dropped and said so."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.kept = bytearray()
+        self.dropped = 0
+        self.eof = False
+
+    def read_ready(self) -> None:
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            self.eof = True
+            return
+        room = max(self.cap - len(self.kept), 0)
+        self.kept += chunk[:room]
+        self.dropped += len(chunk) - min(room, len(chunk))
+
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", "replace")
+        return text + (f"\n[output truncated: {self.dropped} more bytes not kept]" if self.dropped else "")
 
 
 def signed_body(line: bytes, key: bytes, seq: int) -> bytes | None:
@@ -379,12 +396,22 @@ class _ChannelReader:
         self.eof = False
         self.collected_at: float | None = None
 
-    def pump(self, timeout: float) -> None:
-        if self.eof:
+    def pump(self, timeout: float, outputs: tuple[_OutputReader, ...] = ()) -> None:
+        """Wait up to `timeout` for the channel or an output pipe, and read what is ready."""
+        waiting = {o.fd: o for o in outputs if not o.eof}
+        if not self.eof:
+            waiting[self.fd] = None  # type: ignore[assignment]
+        if not waiting:
             return
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return
+        ready, _, _ = select.select(list(waiting), [], [], timeout)
+        for fd in ready:
+            output = waiting[fd]
+            if output is not None:
+                output.read_ready()
+            else:
+                self._read_ready()
+
+    def _read_ready(self) -> None:
         chunk = os.read(self.fd, 1 << 16)
         if not chunk:
             self.eof = True
@@ -411,9 +438,9 @@ class _ChannelReader:
         if events and self.on_events is not None:
             self.on_events(events)
 
-    def drain(self, deadline: float) -> None:
-        while not self.eof and time.monotonic() < deadline:
-            self.pump(0.05)
+    def drain(self, deadline: float, outputs: tuple[_OutputReader, ...] = ()) -> None:
+        while not (self.eof and all(o.eof for o in outputs)) and time.monotonic() < deadline:
+            self.pump(0.05, outputs)
         if self.partial:
             self.lines.append(self.partial)  # an unterminated line: the verdict will call it malformed
             self.partial = b""
@@ -509,18 +536,19 @@ def run_pytest(
     isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
     view = _view(rd, runtime, isolation)
-    stdout_path, stderr_path = rd.root / "stdout.txt", rd.root / "stderr.txt"
     with _uid_for_run(settings) as uid:
         _hand_over(rd, uid, protected)
         warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
         key = secrets.token_bytes(32)
         reader = _ChannelReader(read_fd, on_events, key)
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        outputs = (_OutputReader(out_r, limits.output_cap), _OutputReader(err_r, limits.output_cap))
         started = time.monotonic()
         timed_out = False
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
-            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            with open(out_w, "wb") as out, open(err_w, "wb") as err:
                 try:
                     if warm:
                         proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
@@ -530,26 +558,27 @@ def run_pytest(
                                            isolation, key)  # fmt: skip
                 finally:
                     os.close(write_fd)
-                try:
-                    deadline = started + limits.timeout
-                    while proc.poll() is None:
-                        if time.monotonic() >= deadline:
-                            timed_out = True
-                            break
-                        reader.pump(0.05)
-                finally:
-                    # Ending the run's pid 1 (bwrap's init, the warm run's init) ends its pid namespace and all in
-                    # it; the process group and the uid are the fallbacks.
-                    if isinstance(proc, WarmProcess):
-                        kill_uid(uid)  # type: ignore[arg-type]
-                    else:
-                        _kill_group(proc.pid)
-                    proc.wait()
-                    if uid is not None:
-                        kill_uid(uid)
-            reader.drain(time.monotonic() + 5)
+            try:
+                deadline = started + limits.timeout
+                while proc.poll() is None:
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    reader.pump(0.05, outputs)
+            finally:
+                # Ending the run's pid 1 (bwrap's init, the warm run's init) ends its pid namespace and all in
+                # it; the process group and the uid are the fallbacks.
+                if isinstance(proc, WarmProcess):
+                    kill_uid(uid)  # type: ignore[arg-type]
+                else:
+                    _kill_group(proc.pid)
+                proc.wait()
+                if uid is not None:
+                    kill_uid(uid)
+            reader.drain(time.monotonic() + 5, outputs)
         finally:
-            os.close(read_fd)
+            for fd in (read_fd, out_r, err_r):
+                os.close(fd)
     returncode = proc.returncode
     sig = None
     if returncode < 0:
@@ -564,8 +593,8 @@ def run_pytest(
         returncode=None if timed_out else returncode,
         signal=None if timed_out else sig,
         timed_out=timed_out,
-        stdout=_read_capped(stdout_path, limits.output_cap),
-        stderr=_read_capped(stderr_path, limits.output_cap),
+        stdout=outputs[0].text(),
+        stderr=outputs[1].text(),
         junit_xml=xml,
         channel=reader.lines,
         channel_flooded=reader.flooded,

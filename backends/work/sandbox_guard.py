@@ -124,6 +124,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     hook_caller_type, hook_impl_type = pluggy._hooks.HookCaller, pluggy._hooks.HookImpl
     fixture_info_type = _pytest.fixtures.FuncFixtureInfo
     cached = functools.cached_property  # caches its value in the instance: not a shadow
+    descriptor_types = (property, staticmethod, classmethod, cached)
     _getattr = getattr
 
     def resolve(path: str) -> str:
@@ -283,6 +284,10 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
                         found[("?", "?")] = found  # never equal to the snapshot
                     elif (_callable(value) or _type(value) is module_type) and (name, attr) not in _SET_BY_PYTEST:
                         found[(name, attr)] = value
+                        if _id(value) in pytest_types and _vars(value).get("__module__") == name:
+                            for cattr, cvalue in _list(_vars(value).items()):  # its methods, properties, ...
+                                if _callable(cvalue) or _type(cvalue) in descriptor_types:
+                                    found[(name, attr, cattr)] = cvalue
         return found
 
     def hook_impls() -> dict[str, Any]:
@@ -376,7 +381,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         snap = state["snap"]
         changed = diff(machinery(), snap["machinery"])
         if changed:
-            tamper(f"pytest's {changed[0]}.{changed[1]} was replaced during the run")
+            tamper(f"pytest's {'.'.join(changed)} was replaced during the run")
         now_hooks = hook_impls()
         for name in set(now_hooks) | set(snap["hooks"]):
             if now_hooks.get(name) != snap["hooks"].get(name):
