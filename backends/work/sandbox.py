@@ -85,6 +85,7 @@ class RunOutcome:
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
     channel_key: bytes = b""  # the run's key: every line on the channel carries its HMAC (`sandbox_guard`)
+    output_dropped: dict[str, int] = field(default_factory=dict)  # bytes of stdout/stderr beyond the cap
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
@@ -595,6 +596,7 @@ def run_pytest(
         timed_out=timed_out,
         stdout=outputs[0].text(),
         stderr=outputs[1].text(),
+        output_dropped={name: o.dropped for name, o in zip(("stdout", "stderr"), outputs, strict=True) if o.dropped},
         junit_xml=xml,
         channel=reader.lines,
         channel_flooded=reader.flooded,

@@ -121,6 +121,8 @@ def run_student_testing(
             "runner": outcome.runner,
             "phases": {k: round(v, 4) for k, v in timings.items()},
         }
+        if outcome.output_dropped:
+            run.properties["outputTruncated"] = outcome.output_dropped  # bytes beyond the cap; never a verdict
         report = build_report(student_plan.path, outcomes, run)
     except (OSError, ValueError) as exc:
         raise InfrastructureError(f"test run failed on the worker: {redact_text(str(exc))[:300]}") from None
