@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     # --- the work: checkout and sandbox ---------------------------------------------------------------------
     allowed_git_schemes: list[str] = Field(default_factory=lambda: ["https", "http", "ssh", "file", "local"])
     secrets_file: Path | None = None
+    # CA bundle git trusts for https remotes (a course's own GitLab behind a private CA); git's default if unset.
+    git_ssl_ca_file: Path | None = None
     secret_env_prefix: str = "GATEWAY_SECRET_"
     sandbox_timeout_seconds: int = 60
     sandbox_cpu_seconds: int = 60

@@ -32,6 +32,7 @@ from gateway.cutover.stages import CutoverConfig
 from gateway.engines.dispatcher import SendBy, SendStatus
 from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
+from gateway.jobs.credential_binding import bound, check_student_provider
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
 from gateway.jobs.follow_ups import request_submission
 from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent, reject
@@ -126,7 +127,7 @@ def _member_id(principal: Principal, body: TestCreate) -> str:
     return sorted(principal.course_member_ids)[0]
 
 
-PROVIDER_SCHEMES = ("https", "http", "ssh")
+PROVIDER_SCHEMES = ("https", "ssh")
 
 
 def check_student_repository(body: TestCreate, allowed_hosts: list[str]) -> None:
@@ -158,17 +159,17 @@ def _test_job(
     reference = None
     if content.reference_url:
         reference = Repository(
-            url=strip_credentials(content.reference_url),
-            commit=content.reference_commit,
-            path=content.directory,
-            credential=content.reference_credential,
+            url=strip_credentials(content.reference_url), commit=content.reference_commit, path=content.directory
         )
+        reference = bound(reference, content.reference_credential, content.reference_url)
     return TestJob(
         user_id=member.user_id,
         course_member_id=member.id,
         course_content_id=content.id,
         execution_backend_id=backend.id,
-        module=Repository(url=url, commit=commit, path=content.directory, credential=member.credential),
+        module=bound(
+            Repository(url=url, commit=commit, path=content.directory), member.credential, member.repository_url
+        ),  # fmt: skip
         reference=reference,
     )
 
@@ -373,6 +374,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if not commit:
         raise BadJobRequest("commit is None")
     member = await _member(state, member_id)
+    if principal.role == Role.STUDENT:
+        check_student_provider(body.provider_url, state.settings.gateway_student_providers, member.repository_url)
     # The stage decides new jobs only: a job admitted earlier keeps its leg's engine (pinning).
     cutover = await effective_config(state.sessions, state.catalog, backend.id if backend else None, content.id)
     existing: Result | None = None
