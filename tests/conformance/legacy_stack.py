@@ -239,9 +239,14 @@ def running_stack(
     with contextlib.ExitStack() as stack:
         prefect_api = None
         sandboxes = stack.enter_context(sandbox_root())
-        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes),
-               # the provider a student names in the clone-failure case (an empty list no longer means any host)
-               "GATEWAY_STUDENT_PROVIDERS": '["no-such-provider.invalid"]'}
+        env = {
+            **pg_env,
+            **redis_env,
+            "GATEWAY_RECONCILE_INTERVAL": "0.3",
+            "SANDBOX_ROOT": str(sandboxes),
+            # the provider a student names in the clone-failure case (an empty list no longer means any host)
+            "GATEWAY_STUDENT_PROVIDERS": '["no-such-provider.invalid"]',
+        }
         if prefect:
             prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))
             env["PREFECT_API_URL"] = prefect_api
