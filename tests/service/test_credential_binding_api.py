@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from gateway.store.catalog import load_catalog
-from tests.gateway.conftest import PASSWORD, demo_catalog
-from tests.gateway.server import GatewayServer, running_server
+from tests.service.conftest import PASSWORD, demo_catalog
+from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import settings_from_env
 
 CAROL = ("carol", PASSWORD)
