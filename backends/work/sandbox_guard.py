@@ -48,6 +48,9 @@ _TAMPER_EVENTS = frozenset({
 _SET_BY_PYTEST = frozenset({("_pytest.assertion.util", "_reprcompare"), ("_pytest.assertion.util", "_assertion_pass"),
                             ("_pytest.assertion.util", "_config"), ("_pytest.doctest", "RUNNER_CLASS"),
                             ("_pytest.doctest", "CHECKER_CLASS")})  # fmt: skip
+# Events the hook never looks at, and those it looks at only while it runs itself (a request then is not its own).
+_IGNORED = frozenset({"builtins.id", "exec", "os.putenv", "os.unsetenv", "sys.excepthook", "time.sleep"})
+_ONLY_INSIDE = frozenset({"object.__getattr__", "sys._getframe"})
 _PARENT_KEYS = ("_obj", "session", "config", "path", "parent", "_id", "name", "_fixtureinfo", "callspec")
 # Instance attributes pytest itself sets on nodes; any other instance attribute named like a class attribute
 # (`item.runtest = int`, `module.setup = ...`) shadows pytest's code.
@@ -125,6 +128,13 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     fixture_info_type = _pytest.fixtures.FuncFixtureInfo
     cached = functools.cached_property  # caches its value in the instance: not a shadow
     descriptor_types = (property, staticmethod, classmethod, cached)
+    class_keys = frozenset(
+        (name, attr)
+        for name, module in list(sys.modules.items())
+        if name.startswith(("_pytest", "pluggy", "pytest", "gateway_"))
+        for attr, value in list(vars(module).items())
+        if isinstance(value, type) and vars(value).get("__module__") == name
+    )  # pytest's own classes, by where they live: their methods and properties are snapshotted too
     _getattr = getattr
 
     def resolve(path: str) -> str:
@@ -190,7 +200,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         "test": {_code(_pytest.runner, "call_and_report")},
     }
     state: dict[str, Any] = {"seq": 0, "inside": set(), "tamper": [], "config": None, "nodes": {},
-                             "snap": None, "builtins": None, "reference_mods": {}}  # fmt: skip
+                             "snap": None, "builtins": None, "reference_mods": {}, "reference_list": []}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- the channel
     def encode(value: Any) -> str:
@@ -284,7 +294,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
                         found[("?", "?")] = found  # never equal to the snapshot
                     elif (_callable(value) or _type(value) is module_type) and (name, attr) not in _SET_BY_PYTEST:
                         found[(name, attr)] = value
-                        if _id(value) in pytest_types and _vars(value).get("__module__") == name:
+                        if (name, attr) in class_keys:
                             for cattr, cvalue in _list(_vars(value).items()):  # its methods, properties, ...
                                 if _callable(cvalue) or _type(cvalue) in descriptor_types:
                                     found[(name, attr, cattr)] = cvalue
@@ -356,16 +366,22 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
             node = _getattr(node, "parent", None)
         return _tuple(found)
 
-    def reference_globals() -> dict[Any, Any]:
-        found = {}
+    def reference_modules() -> list[tuple[str, Any]]:
+        found = []
         for name, module in _list(_modules.items()):
             file = _vars(module).get("__file__") if _type(module) is module_type else None
-            if _type(file) is _str and resolve(file) in reference_files:
-                for attr, value in _list(_vars(module).items()):
-                    if _type(attr) is not _str:
-                        found[("?", "?")] = found
-                    elif _callable(value) or _type(value) is module_type or attr == "__builtins__":
-                        found[(name, attr)] = value
+            if _type(name) is _str and _type(file) is _str and resolve(file) in reference_files:
+                found.append((name, module))
+        return found
+
+    def reference_globals() -> dict[Any, Any]:
+        found = {}
+        for name, module in state["reference_list"]:
+            for attr, value in _list(_vars(module).items()):
+                if _type(attr) is not _str:
+                    found[("?", "?")] = found
+                elif _callable(value) or _type(value) is module_type or attr == "__builtins__":
+                    found[(name, attr)] = value
         return found
 
     def diff(now: dict[Any, Any], then: dict[Any, Any]) -> Any:
@@ -458,12 +474,11 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
             send({"event": "collect_error", "nodeid": args[4], "message": args[2],
                   "details": args[3][-16000:]})  # fmt: skip
         elif kind == "collected":
-            for module in _list(_modules.values()):
-                file = _vars(module).get("__file__") if _type(module) is module_type else None
-                if _type(file) is _str and resolve(file) in reference_files:
-                    for code in reference_codes(_list(_vars(module).values())):
-                        trusted.add(code)
-                        known.add(code)
+            state["reference_list"] = reference_modules()  # the reference's modules, once (the test modules)
+            for _name, module in state["reference_list"]:
+                for code in reference_codes(_list(_vars(module).values())):
+                    trusted.add(code)
+                    known.add(code)
             state["reference_mods"] = reference_globals()
             nodeids = []
             items, names = _list(obj), args[2]
@@ -550,10 +565,13 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
             if _type(data) is _bytes and _any(ref in data for ref in reference_bytes):
                 over("refused: unmarshalling code under a reference file's name")
 
+    inside: set[int] = state["inside"]
+
     def hook(event: str, args: Any) -> None:
         """No exception ever leaves this function (it would carry the guard's frames): a refusal ends the run."""
+        if event in _IGNORED or (event in _ONLY_INSIDE and not inside):
+            return  # the frequent events that matter only while the hook itself runs (or never): fast
         me = _get_ident()
-        inside = state["inside"]
         nested = me in inside
         enabled = _gc_isenabled()
         _gc_disable()  # no collection, so no student `__del__`, while the hook runs
