@@ -3,8 +3,8 @@
 Input: the lines that arrived on the pipe (`sandbox_plugin` speaks the protocol), how the process ended, and the
 JUnit XML if one was left in `/out`. Rules, in order:
 - the wall-clock limit hit → finished tests keep their channel verdict, the rest TIMEDOUT;
-- the channel broke its protocol (a line that is not an event, an unknown test, a test reported twice, anything
-  after `end`, a flood), the plugin reported a `tamper` event, the exit status disagrees with `end`, or the
+- the channel broke its protocol (a line without the guard's HMAC for its place in the sequence, a line that
+  is not an event, an unknown test, a test reported twice, anything after `end`, a flood), the plugin reported a `tamper` event, the exit status disagrees with `end`, or the
   JUnit XML disagrees with the channel, is not JUnit or is missing after tests ran → **tampering**: every
   test CRASHED/FAILED (score 0) and the root says why; never PASSED;
 - no `end` (the process died: a limit's signal, `os._exit`, killed) → finished tests keep their verdict, the
