@@ -50,7 +50,7 @@ _SET_BY_PYTEST = frozenset({("_pytest.assertion.util", "_reprcompare"), ("_pytes
                             ("_pytest.doctest", "CHECKER_CLASS")})  # fmt: skip
 # Events the hook never looks at, and those it looks at only while it runs itself (a request then is not its own).
 _IGNORED = frozenset({"builtins.id", "exec", "os.putenv", "os.unsetenv", "sys.excepthook", "time.sleep"})
-_ONLY_INSIDE = frozenset({"object.__getattr__", "sys._getframe"})
+_ONLY_INSIDE = frozenset({"sys._getframe"})
 _PARENT_KEYS = ("_obj", "session", "config", "path", "parent", "_id", "name", "_fixtureinfo", "callspec")
 # Instance attributes pytest itself sets on nodes; any other instance attribute named like a class attribute
 # (`item.runtest = int`, `module.setup = ...`) shadows pytest's code.
@@ -264,6 +264,13 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
                 found.append(f)
             f = f.f_back
         return found
+
+    def reaches_guard(f: Any) -> bool:
+        while f is not None:
+            if f.f_code in guard_codes:
+                return True
+            f = f.f_back
+        return False
 
     def untrusted(frames: list[Any], allowed: set[Any]) -> bool:
         return _any(f.f_code not in allowed for f in frames[1:])  # [0] is the hook itself
@@ -520,9 +527,22 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
 
     # ------------------------------------------------------------------------------------------- the hook
     def decide(event: str, args: Any, me: int, nested: bool) -> None:  # noqa: C901, PLR0912
-        if event == "object.__getattr__" and _len(args) > 1 and args[1] in _FRAME_ATTRS:
-            if nested and not (own and args[0] is own[-1]):
-                over("refused: frame introspection inside the verdict's guard")
+        if event == "object.__getattr__":
+            if _len(args) < 2 or args[1] not in _FRAME_ATTRS:
+                return
+            if nested:
+                if not (own and args[0] is own[-1]):
+                    over("refused: frame introspection inside the verdict's guard")
+                return
+            # A traceback may lead into the guard (an exception a signal handler raised while the hook ran):
+            # student code may not have that frame; pytest, formatting the failure, may.
+            own.append(args[0])
+            try:
+                target = _getattr(args[0], args[1])
+            finally:
+                own.pop()
+            if reaches_guard(target) and (me != main_thread or untrusted(stack(), known)):
+                over("refused: a frame of the verdict's guard")
         elif event == "sys._getframe":
             if nested:
                 over("refused: frame introspection inside the verdict's guard")
@@ -571,6 +591,8 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         """No exception ever leaves this function (it would carry the guard's frames): a refusal ends the run."""
         if event in _IGNORED or (event in _ONLY_INSIDE and not inside):
             return  # the frequent events that matter only while the hook itself runs (or never): fast
+        if event == "object.__getattr__" and not inside and (_len(args) < 2 or args[1] not in _FRAME_ATTRS):
+            return
         me = _get_ident()
         nested = me in inside
         enabled = _gc_isenabled()

@@ -4,9 +4,10 @@ Input: the lines that arrived on the pipe (`sandbox_plugin` speaks the protocol)
 JUnit XML if one was left in `/out`. Rules, in order:
 - the wall-clock limit hit → finished tests keep their channel verdict, the rest TIMEDOUT;
 - the channel broke its protocol (a line without the guard's HMAC for its place in the sequence, a line that
-  is not an event, an unknown test, a test reported twice, anything after `end`, a flood), the plugin reported a `tamper` event, the exit status disagrees with `end`, or the
-  JUnit XML disagrees with the channel, is not JUnit or is missing after tests ran → **tampering**: every
-  test CRASHED/FAILED (score 0) and the root says why; never PASSED;
+  is not an event, an unknown test, a test reported twice, anything after `end`, a flood), the plugin reported
+  a `tamper` event, the exit status disagrees with `end`, or the JUnit XML disagrees with the channel, is not
+  JUnit or is missing after tests ran → **tampering**: every test CRASHED/FAILED (score 0) and the root says
+  why; never PASSED;
 - no `end` (the process died: a limit's signal, `os._exit`, killed) → finished tests keep their verdict, the
   rest CRASHED (or TIMEDOUT for the CPU limit); with nothing collected and no collection error, the runner
   itself broke → `InfrastructureError`;
