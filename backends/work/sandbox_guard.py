@@ -57,7 +57,8 @@ _PARENT_KEYS = ("_obj", "session", "config", "path", "parent", "_id", "name", "_
 _NODE_OWN = frozenset({"_obj", "obj", "name", "parent", "config", "session", "path", "keywords", "own_markers",
                        "extra_keyword_matches", "stash", "_nodeid", "_store", "funcargs", "fixturenames",
                        "_fixtureinfo", "_request", "originalname", "callspec", "_report_sections",
-                       "user_properties", "_instance", "_location", "_mod"})  # fmt: skip
+                       "user_properties", "_instance", "_location", "_mod", "_excinfo", "_explicit_tearDown",
+                       "_cached_errors_and_skips"})  # fmt: skip
 
 
 def codes_of(objects: Any, into: set[Any]) -> None:
@@ -106,6 +107,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     import _pytest.nodes  # noqa: PLC0415
     import _pytest.reports  # noqa: PLC0415
     import _pytest.runner  # noqa: PLC0415
+    import _pytest.unittest  # noqa: PLC0415
     import gateway_verdict  # noqa: PLC0415
     import pluggy._callers  # noqa: PLC0415
     import pluggy._hooks  # noqa: PLC0415
@@ -126,6 +128,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         _pytest.nodes.Item  # fmt: skip
     hook_caller_type, hook_impl_type = pluggy._hooks.HookCaller, pluggy._hooks.HookImpl
     fixture_info_type = _pytest.fixtures.FuncFixtureInfo
+    unittest_item_type = _pytest.unittest.TestCaseFunction
     cached = functools.cached_property  # caches its value in the instance: not a shadow
     descriptor_types = (property, staticmethod, classmethod, cached)
     class_keys = frozenset(
@@ -359,7 +362,8 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
                 elif k not in _NODE_OWN and k in class_names(cls):
                     found.append(k)  # an instance attribute shadowing pytest's method or property
             for k in _PARENT_KEYS:
-                found.append(_id(_getattr(node, k, None)))
+                if not (k == "_obj" and cls is unittest_item_type):  # pytest makes a unittest's anew per run
+                    found.append(_id(_getattr(node, k, None)))
             info = own.get("_fixtureinfo")
             if info is not None:
                 if _type(info) is not fixture_info_type:

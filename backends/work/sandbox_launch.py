@@ -20,6 +20,7 @@ before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shad
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import resource
@@ -58,6 +59,11 @@ def main(argv: list[str]) -> None:
     import gateway_guard  # noqa: PLC0415 - only after sys.path holds the runtime dir
     import gateway_verdict  # noqa: PLC0415
     import pytest  # noqa: PLC0415
+    from _pytest.config import default_plugins  # noqa: PLC0415
+
+    for name in default_plugins:  # loaded before the guard is armed, as in the warm runner: all of them trusted
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"_pytest.{name}")
 
     plugin = gateway_verdict.VerdictChannel()
     gateway_guard.arm(channel_fd, key, os.getcwd(), reference)

@@ -250,3 +250,30 @@ def test_honest_code_is_graded_honestly(make_job: Callable[..., Any], solution: 
     report = run_student_testing(make_job(tests, {"calc.py": HONEST[solution]}))
     assert report["summary"] == {"total": 3, "passed": 3, "failed": 0, "skipped": 0}, report["statusMessage"]
     assert report["status"] == "COMPLETED"
+
+
+RICH_REFERENCE = {
+    "conftest.py": (
+        "import pytest\n\n@pytest.fixture\ndef numbers():\n    return [1, 2, 3]\n\n"
+        "@pytest.fixture(scope='module')\ndef shared():\n    return {'n': 0}\n"
+    ),
+    "test_rich.py": (
+        "import unittest\nimport pytest\nfrom calc import add, mean\n\n"
+        "@pytest.mark.parametrize(('a', 'b', 'c'), [(1, 2, 3), (2, 2, 4), (0, 0, 0)])\n"
+        "def test_param(a, b, c):\n    assert add(a, b) == c\n\n"
+        "class TestGroup:\n    def test_mean(self, numbers):\n        assert mean(numbers) == 2\n\n"
+        "    def test_shared(self, shared):\n        shared['n'] += 1\n        assert shared['n'] >= 1\n\n"
+        "def test_output(capsys, tmp_path):\n    print(add(1, 1))\n    (tmp_path / 'x').write_text('y')\n"
+        "    assert capsys.readouterr().out == '2\\n'\n\n"
+        "def test_raises():\n    with pytest.raises(TypeError):\n        add(1, None)\n\n"
+        "@pytest.mark.skip(reason='not this week')\ndef test_skipped():\n    assert False\n\n"
+        "class TestCase(unittest.TestCase):\n    def test_unit(self):\n        self.assertEqual(add(2, 5), 7)\n"
+    ),
+}
+
+
+def test_a_rich_honest_reference_is_graded_honestly(make_job: Callable[..., Any]) -> None:
+    """Fixtures from the reference's conftest, parametrize, classes, capsys, tmp_path, skip, unittest."""
+    report = run_student_testing(make_job(RICH_REFERENCE, {"calc.py": RIGHT}))
+    assert report["status"] == "COMPLETED", report["statusMessage"]
+    assert report["summary"] == {"total": 9, "passed": 8, "failed": 0, "skipped": 1}
