@@ -86,6 +86,39 @@ def codes_of(objects: Any, into: set[Any]) -> None:
                 todo.append(obj.__dict__["__wrapped__"])
 
 
+def _is_ctypes(name: str) -> bool:
+    return name == "ctypes" or name.startswith(("ctypes.", "_ctypes"))
+
+
+def _code_sets() -> tuple[set[Any], set[Any]]:
+    """(trusted, known): the code of pytest's, pluggy's, the plugin's and the launcher's modules, and of every
+    module loaded so far."""
+    trusted: set[Any] = set()  # code that may be on the stack when the plugin reports
+    known: set[Any] = set()  # code loaded before the session (the standard library too)
+    for name, module in list(sys.modules.items()):
+        values = list(vars(module).values())
+        codes_of(values, known)
+        if name.startswith(TRUSTED_PREFIXES):
+            codes_of(values, trusted)
+    return trusted, known
+
+
+_prepared: tuple[set[Any], set[Any], frozenset[str]] | None = None
+
+
+def prepare() -> None:
+    """The warm runner's zygote computes the code sets once, before any job; each run's `arm` copies them (when
+    no module was loaded since) instead of walking every module again, and drops them: no student code runs
+    between the two."""
+    global _prepared  # noqa: PLW0603
+    import _hashlib, _json, _thread, functools  # noqa: E401, F401, I001, PLC0415 - what arm imports
+    import _pytest.fixtures, _pytest.main, _pytest.nodes, _pytest.reports, _pytest.runner, _pytest.unittest  # noqa: E401, F401, PLC0415
+    import gateway_verdict, pluggy._callers, pluggy._hooks, pluggy._manager  # noqa: E401, F401, PLC0415
+
+    trusted, known = _code_sets()
+    _prepared = (trusted, known, frozenset(n for n in sys.modules if not _is_ctypes(n)))
+
+
 def _code(owner: Any, name: str) -> Any:
     value = vars(owner)[name]
     value = getattr(value, "__func__", value)
@@ -113,7 +146,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     import pluggy._hooks  # noqa: PLC0415
     import pluggy._manager  # noqa: PLC0415
 
-    for name in [n for n in sys.modules if n == "ctypes" or n.startswith(("ctypes.", "_ctypes"))]:
+    for name in [n for n in sys.modules if _is_ctypes(n)]:
         del sys.modules[name]  # the caller dropped its own references; importing it again is refused
 
     _type, _len, _isinstance, _id, _str, _int, _float, _bool = type, len, isinstance, id, str, int, float, bool
@@ -172,13 +205,13 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     reference_bytes = _tuple(p.encode() for p in reference_files)
     pid, main_thread = _getpid(), _get_ident()
 
-    trusted: set[Any] = set()  # code that may be on the stack when the plugin reports
-    known: set[Any] = set()  # code loaded before the session (the standard library too)
-    for name, module in list(sys.modules.items()):
-        values = list(vars(module).values())
-        codes_of(values, known)
-        if name.startswith(TRUSTED_PREFIXES):
-            codes_of(values, trusted)
+    global _prepared  # noqa: PLW0603
+    prepared, _prepared = _prepared, None
+    if prepared is not None and prepared[2] == frozenset(sys.modules):  # (ctypes is already gone from both)
+        trusted, known = set(prepared[0]), set(prepared[1])  # copies: nothing outside the hook holds these
+    else:
+        trusted, known = _code_sets()
+    del prepared
     frame = _getframe(0).f_back
     while frame is not None:  # the launcher's own frames (its module code is in no module's dict)
         trusted.add(frame.f_code)

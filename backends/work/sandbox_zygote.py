@@ -214,7 +214,7 @@ def _receive(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
 def main(argv: list[str]) -> None:
     site, runner, control_fd = argv[0], argv[1], int(argv[2])
     sys.path[:0] = [runner, site]
-    import gateway_guard  # noqa: F401 - imported once here, inherited by every run
+    import gateway_guard  # imported once here, inherited by every run
     import gateway_verdict  # noqa: F401
     import pytest  # noqa: F401
     from _pytest.config import default_plugins
@@ -222,6 +222,7 @@ def main(argv: list[str]) -> None:
     for name in default_plugins:
         with contextlib.suppress(ImportError):
             importlib.import_module(f"_pytest.{name}")
+    gateway_guard.prepare()  # the code sets each run's guard starts from (copied, then dropped, by `arm`)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
     control = socket.socket(fileno=control_fd)
     control.sendall(b"ready\n")
