@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
@@ -168,6 +169,24 @@ class Leg(Base):
         Index("ix_leg_result_role", "result_id", "role"),
         # A foreign Prefect flow writes back knowing only its flow run id (`GET /results?test_system_id=`).
         Index("ix_leg_engine_run_id", "engine_run_id"),
+        # The shadow decision's reads, bounded whatever the backlog (migration 0010; the queries render these
+        # predicates literally: `gateway.store.shadow_counters`).
+        Index(
+            "ix_leg_shadow_open",
+            "result_id",
+            postgresql_where=text("role = 'shadow' AND finished IS false"),
+            sqlite_where=text("role = 'shadow' AND finished IS 0"),
+        ),
+        Index(
+            "ix_leg_shadow_stalled",
+            "updated_at",
+            postgresql_where=text(
+                "role = 'shadow' AND dispatch_state = 'pending' AND finished IS false AND last_error IS NOT NULL"
+            ),
+            sqlite_where=text(
+                "role = 'shadow' AND dispatch_state = 'pending' AND finished IS 0 AND last_error IS NOT NULL"
+            ),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True, default=new_id)
