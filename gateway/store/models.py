@@ -358,14 +358,28 @@ class ShadowSkip(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+# What the cutover gate reads of each comparison in its window (`gateway.jobs.cutover_gates`).
+GATE_COLUMNS = (
+    "kind",
+    "primary_engine",
+    "shadow_engine",
+    "outcome",
+    "side",
+    "primary_run_seconds",
+    "shadow_run_seconds",
+    "signature",
+)
+
+
 class Comparison(Base):
     """One comparison of a job's primary leg with one of its shadow legs (`kind` "shadow", "aa" or "replay")."""
 
     __tablename__ = "comparison"
     __table_args__ = (
         UniqueConstraint("shadow_leg_id", name="uq_comparison_shadow_leg_id"),
-        Index("ix_comparison_backend_created", "execution_backend_id", "created_at"),
-        Index("ix_comparison_content_created", "course_content_id", "created_at"),
+        # Covering the cutover gate's window (PostgreSQL: index-only scans, migration 0011).
+        Index("ix_comparison_backend_created", "execution_backend_id", "created_at", postgresql_include=GATE_COLUMNS),
+        Index("ix_comparison_content_created", "course_content_id", "created_at", postgresql_include=GATE_COLUMNS),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
