@@ -3,18 +3,20 @@
     PYTHONPATH=. .venv/bin/python bench/bench_cutover_gate.py [--rows 1000000] [--rounds 5] [--explain]
 
 Creates a dedicated scratch database on the local PostgreSQL (TEST_POSTGRES_* or 127.0.0.1:5432, user postgres),
-upgrades it, sets a content migration in `canary`, inserts the comparison rows of its window in the database
-itself (`generate_series`, seeded: the same rows every run; 95 % matches, the rest mismatches, noise, infra
-errors, timeouts and compare errors, run times 2-9 s), plus as many rows of another content (outside the
-window), then `VACUUM ANALYZE`s the table as autovacuum would, and times `evaluate_one` (the grouped counts,
-both engines' p99, the accepted mismatches, the record of the evaluation). Prints the median, the spread, and
-(`--explain`) each query's plan with its buffers: the gate must read an index, not the table's rows.
+upgrades it, sets a content migration in `canary`, inserts the comparison rows of its window, each with its
+primary leg routed by the stage (the gate weighs only those), in the database itself (`generate_series`, seeded:
+the same rows every run; 95 % matches, the rest mismatches, noise, infra errors, timeouts and compare errors, run
+times 2-9 s), plus as many rows of another content (outside the window), then `VACUUM ANALYZE`s the tables as
+autovacuum would, and times `evaluate_one` (the grouped counts, both engines' p99, the accepted mismatches, the
+parity check, the record of the evaluation). Prints the median, the spread, and (`--explain`) each query's plan
+with its buffers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
@@ -36,13 +38,20 @@ from tests.fast.conftest import catalog
 from tests.support.celery_worker import settings_from_env
 
 CONTENT = "cc-prefect"
-# The window's rows, made by PostgreSQL from a seeded generator (setseed): the same rows every run.
+# The window's rows, made by PostgreSQL from a seeded generator (setseed): the same rows every run. Every
+# comparison of the window has its primary leg, routed by the migration's current stage and config version (the
+# gate weighs only those: `gateway.jobs.cutover_gates.routed_by`); the other content's rows have none.
 FILL = """
 SELECT setseed(0.29);
 INSERT INTO result (id, submit, course_content_id, version_identifier, status, result, version, created_at,
                     updated_at)
 VALUES ('r-bench', false, %(content)s, 'b', 0, 0, 0, now(), now()), ('r-other', false, 'cc-other', 'b', 0, 0, 0,
         now(), now());
+INSERT INTO leg (id, result_id, role, engine, task_name, phase, finished, spec, routing, created_at, updated_at,
+                 dispatch_state, dispatch_attempts, dispatch_faults, infra_retries, compare_due)
+SELECT 'p-' || g, 'r-bench', 'primary', 'prefect', 'student_testing', 'succeeded', true, '{}', %(routing)s::json,
+       now(), now(), 'sent', 1, 0, 0, false
+FROM generate_series(2, %(total)s, 2) g;
 INSERT INTO comparison (id, result_id, primary_leg_id, shadow_leg_id, kind, course_content_id, primary_engine,
                         shadow_engine, outcome, side, primary_run_seconds, shadow_run_seconds, difference_count,
                         created_at)
@@ -53,6 +62,20 @@ SELECT 'c-' || g, CASE WHEN g %% 2 = 0 THEN 'r-bench' ELSE 'r-other' END, 'p-' |
        'shadow', 2 + 7 * random(), 2 + 7 * random(), 0, now() - interval '1 minute'
 FROM (SELECT g, random() AS r FROM generate_series(1, %(total)s) g) s;
 """
+
+
+def fill(dsn: dict[str, Any], rows: int, config: Any) -> None:
+    routing = {"rule": "stage:canary:out_of_bucket", "stage": config.stage.value, "config_scope": config.scope.value,
+               "config_scope_id": config.scope_id, "config_version": config.version}  # fmt: skip
+    started = time.perf_counter()
+    conn = psycopg2.connect(**dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(FILL, {"content": CONTENT, "total": 2 * rows, "routing": json.dumps(routing)})
+        cur.execute("VACUUM ANALYZE comparison")
+        cur.execute("VACUUM ANALYZE leg")
+    conn.close()
+    print(f"{2 * rows} comparisons written ({rows} in the window) in {time.perf_counter() - started:.0f} s")
 
 
 def main() -> None:
@@ -103,7 +126,7 @@ async def explain(sessions: Any, config: Any) -> None:
             print(f"--- {title}\n" + "\n".join(plan))
 
 
-async def run(settings: object, rows: int, rounds: int, show_plans: bool) -> None:
+async def run(settings: object, dsn: dict[str, Any], rows: int, rounds: int, show_plans: bool) -> None:
     engine = make_async_engine(settings)  # type: ignore[arg-type]
     sessions = make_sessionmaker(engine)
     await service.change_migration(sessions, Scope.CONTENT, CONTENT, Action.SET, "bench", new_engine="celery",
@@ -113,6 +136,7 @@ async def run(settings: object, rows: int, rounds: int, show_plans: bool) -> Non
         await session.execute(text("UPDATE cutover_migration SET stage_since = now() - interval '1 hour'"))
     _ref, config = await service.current(sessions, Scope.CONTENT, CONTENT)
     assert config is not None
+    await asyncio.to_thread(fill, dsn, rows, config)
     if show_plans:
         await explain(sessions, config)
     times = []

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
 
     # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
     gateway_cutover_evaluate_seconds: float = 60.0
+    # Mismatches re-run on both engines to tell a reproducible difference from a flaky test, per course content
+    # (or backend) and hour (0: never re-judge).
+    gateway_rejudge_per_hour: int = 20
 
     # ------------------------------------------------------------------------------------------------------------
     @property

@@ -3,7 +3,7 @@
 Skipped shadows are counted in memory on the hot path and added to `shadow_skip` by the reconciler's tick
 (`SkipCounter.flush`): a count is never dropped silently, and a submit never pays a write for it. The in-flight
 counts and the stalled engines are read from the store by one reader at a time and refreshed ahead of their
-`ttl` (`gateway.store.refresh_ahead`), each through a partial index that bounds its work (migration 0010).
+`ttl` (`gateway.store.refresh_ahead`), each through a partial index that bounds its work (migration 0013).
 The settings rows themselves are `gateway.store.shadow_settings`.
 """
 
@@ -95,7 +95,7 @@ class _Count:
 def in_flight_count(scope: ShadowScope, scope_id: str, cap: int) -> Any:
     """Unfinished shadow legs of one scope, counted up to `cap` (the decision only asks "under the cap?").
 
-    Read through the partial index of unfinished shadow legs (`ix_leg_shadow_open`, migration 0010), stopping at
+    Read through the partial index of unfinished shadow legs (`ix_leg_shadow_open`, migration 0013), stopping at
     `cap` rows: the work is bounded by the cap, not by the backlog, however many shadow legs are still open."""
     column = Result.execution_backend_id if scope == ShadowScope.BACKEND else Result.course_content_id
     open_legs = (
@@ -168,7 +168,7 @@ class StalledEngines:
     engine that is down from the legs a reconciler (maybe in another process) left in the outbox with an error.
 
     The read goes through the partial index of shadow legs waiting in the outbox with an error
-    (`ix_leg_shadow_stalled`, migration 0010): it touches the legs that failed lately, not the whole outbox."""
+    (`ix_leg_shadow_stalled`, migration 0013): it touches the legs that failed lately, not the whole outbox."""
 
     def __init__(self, ttl: float = 1.0, window: float = 30.0) -> None:
         self.window = window

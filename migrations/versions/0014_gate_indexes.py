@@ -7,16 +7,16 @@ table, row by row. The same keys now carry those columns (`INCLUDE`, PostgreSQL 
 index-only scans (comparisons are only inserted: autovacuum keeps the visibility map current). SQLite has no
 `INCLUDE`: there the indexes are left as they were.
 
-Revision ID: 0011_gate_indexes
-Revises: 0010_shadow_backlog_indexes
+Revision ID: 0014_gate_indexes
+Revises: 0013_shadow_backlog_indexes
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0011_gate_indexes"
-down_revision = "0010_shadow_backlog_indexes"
+revision = "0014_gate_indexes"
+down_revision = "0013_shadow_backlog_indexes"
 branch_labels = None
 depends_on = None
 

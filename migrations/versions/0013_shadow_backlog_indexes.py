@@ -12,8 +12,8 @@ stalled read walked every pending leg. Now:
 The predicates are written as the queries render them (`finished IS false`, literal roles and states), so
 PostgreSQL proves the index applies also for a generic prepared plan.
 
-Revision ID: 0010_shadow_backlog_indexes
-Revises: 0009_outbox_relay_notify
+Revision ID: 0013_shadow_backlog_indexes
+Revises: 0012_evidence_answer_policy
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_shadow_backlog_indexes"
-down_revision = "0009_outbox_relay_notify"
+revision = "0013_shadow_backlog_indexes"
+down_revision = "0012_evidence_answer_policy"
 branch_labels = None
 depends_on = None
 
