@@ -29,7 +29,15 @@ from gateway.jobs.scorecard import card
 from gateway.legs.states import LegOutcome, LegRole
 from gateway.store import console_reads as reads
 from gateway.store import cutover_configs as store
-from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, FlakeStat, utcnow
+from gateway.store.models import (
+    Comparison,
+    CourseContent,
+    CutoverMigration,
+    ExecutionBackend,
+    FlakeStat,
+    User,
+    utcnow,
+)
 
 JobFilter = reads.JobFilter  # the jobs list's filters, for the console's routes
 STAGES = (Stage.OLD_ONLY, Stage.SHADOW, Stage.CANARY, Stage.NEW_PRIMARY, Stage.NEW_ONLY)
@@ -66,6 +74,15 @@ async def labels(session: AsyncSession) -> dict[str, str]:
     backends = (await session.execute(select(ExecutionBackend.id, ExecutionBackend.slug))).all()
     contents = (await session.execute(select(CourseContent.id, CourseContent.path))).all()
     return {**dict(backends), **dict(contents)}
+
+
+async def student_names(session: AsyncSession) -> dict[str, str]:
+    """Course member id → the login name of the user it belongs to (a member without a login keeps its id)."""
+    names: dict[str, str] = {}
+    for username, members in (await session.execute(select(User.username, User.course_member_ids))).all():
+        for member in members or ():
+            names.setdefault(member, username)
+    return names
 
 
 async def _migration_row(session: AsyncSession, scope: Scope, key: str) -> tuple[store.ScopeRef, CutoverMigration]:
@@ -325,8 +342,11 @@ def side_by_side(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) 
     return rows
 
 
-def _summary(report: dict[str, Any] | None) -> dict[str, Any]:
-    return dict((report or {}).get("summary") or {})
+def summary_rows(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Both reports' summaries key by key, the differing ones marked."""
+    a, b = (primary or {}).get("summary") or {}, (shadow or {}).get("summary") or {}
+    return [{"key": k, "primary": a.get(k), "shadow": b.get(k), "differs": a.get(k) != b.get(k)}
+            for k in sorted(set(a) | set(b))]  # fmt: skip
 
 
 async def migration_of(session: AsyncSession, comparison: Comparison) -> CutoverMigration | None:
@@ -350,6 +370,7 @@ async def comparison_page(sessions: async_sessionmaker[AsyncSession], comparison
         comparison, result, legs = found
         migration = await migration_of(session, comparison)
         names = await labels(session)
+        students = await student_names(session)
         acceptances = await store.acceptances(session, Scope(migration.scope), migration.scope_id) if migration else {}
     by_id = {leg.id: leg for leg in legs}
     primary, shadow = by_id.get(comparison.primary_leg_id), by_id.get(comparison.shadow_leg_id)
@@ -370,11 +391,12 @@ async def comparison_page(sessions: async_sessionmaker[AsyncSession], comparison
         "queue_seconds": {"primary": comparison.primary_queue_seconds, "shadow": comparison.shadow_queue_seconds},
         "differences": comparison.differences or [],
         "tests": side_by_side(p_report, s_report),
-        "summaries": {"primary": _summary(p_report), "shadow": _summary(s_report)},
+        "summary": summary_rows(p_report, s_report),
         "has_reports": {"primary": p_report is not None, "shadow": s_report is not None},
         "job": {
             "result_id": comparison.result_id,
             "student": result.course_member_id if result else None,
+            "student_name": students.get(result.course_member_id or "", result.course_member_id) if result else None,
             "commit": result.version_identifier if result else None,
             "content": names.get(comparison.course_content_id or "", comparison.course_content_id),
             "backend": names.get(comparison.execution_backend_id or "", comparison.execution_backend_id),
@@ -401,6 +423,7 @@ async def cluster_page(
         ref, row = await _migration_row(session, scope, key)
         config = store.to_config(row)
         found = await reads.comparisons_of_cluster(session, [scope_filter(config)], signature)
+        students = await student_names(session)
     return {
         "key": ref.label,
         "scope": scope.value,
@@ -411,7 +434,7 @@ async def cluster_page(
                 "kind": c.kind,
                 "outcome": c.outcome,
                 "at": c.created_at.isoformat(),
-                "student": r.course_member_id if r else None,
+                "student": students.get(r.course_member_id or "", r.course_member_id) if r else None,
                 "commit": r.version_identifier if r else None,
                 "result_id": c.result_id,
                 "engines": f"{c.primary_engine} → {c.shadow_engine}",
@@ -428,11 +451,13 @@ async def jobs_page(
     async with sessions() as session:
         rows = await reads.jobs(session, None, f, limit)
         names = await labels(session)
+        students = await student_names(session)
     return [
         {
             "result_id": r.id,
             "at": r.created_at.isoformat() if r.created_at else None,
             "student": r.course_member_id,
+            "student_name": students.get(r.course_member_id or "", r.course_member_id),
             "content": names.get(r.course_content_id or "", r.course_content_id),
             "commit": r.version_identifier,
             "grade": r.result,

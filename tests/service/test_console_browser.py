@@ -139,12 +139,12 @@ def _text(devtools: DevTools, selector: str = "body") -> str:
     return devtools.evaluate(f"document.querySelector({selector!r}).innerText") or ""
 
 
-def _shot(devtools: DevTools, name: str) -> None:
+def _shot(devtools: DevTools, name: str, width: int = 1400) -> None:
     if target := os.environ.get("CONSOLE_SCREENSHOTS"):
         Path(target).mkdir(parents=True, exist_ok=True)
         height = devtools.evaluate("document.documentElement.scrollHeight")
-        devtools.call("Emulation.setDeviceMetricsOverride", width=1400, height=min(int(height), 2400),
-                      deviceScaleFactor=1, mobile=False)  # fmt: skip
+        devtools.call("Emulation.setDeviceMetricsOverride", width=width, height=min(int(height), 2400),
+                      deviceScaleFactor=1, mobile=width < 700)  # fmt: skip
         shot = devtools.call("Page.captureScreenshot", format="png")["data"]
         Path(target, f"{name}.png").write_bytes(base64.b64decode(shot))
         devtools.call("Emulation.clearDeviceMetricsOverride")
@@ -171,6 +171,13 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
     assert "test_calc.py::test_div" in clusters and "1 of 1 A/A pairs" in clusters
     assert "http://" not in chromium.evaluate("document.documentElement.outerHTML")  # nothing from elsewhere
     _shot(chromium, "migration")
+    # Readable on a narrow screen: nothing wider than the viewport (wide tables scroll inside their box).
+    chromium.call("Emulation.setDeviceMetricsOverride", width=400, height=800, deviceScaleFactor=1, mobile=True)
+    _go(chromium, chromium.evaluate("location.href"))
+    assert chromium.evaluate("document.documentElement.scrollWidth") <= 400
+    _shot(chromium, "migration-narrow", width=400)
+    chromium.call("Emulation.clearDeviceMetricsOverride")
+    _go(chromium, chromium.evaluate("location.href"))
 
     # Walk one step: the confirmation names what changes; the form carries the version.
     _click(chromium, "#actions a[data-action=promote]")
