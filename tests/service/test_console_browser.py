@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -292,3 +295,38 @@ def test_a_cross_site_post_is_refused(chromium: DevTools, console: tuple[Gateway
                             headers={"Origin": api.url})  # fmt: skip
         assert forged.status_code == 403 and "token" in forged.text
         assert admin.get("/api/admin/cutover/content/week2.ex1").json()["stage"] == "shadow"
+
+
+def test_one_parity_in_the_console_the_api_and_the_cli(console: tuple[GatewayServer, str]) -> None:
+    """The same scope's parity is one number in the console, `GET /api/cutover/scorecard`, `gateway cutover
+    status` and `gateway compare summary`; the CLI names the content (never its id) and, piped, folds no row."""
+    api, _signature = console
+    gateway = [str(Path(sys.executable).with_name("gateway"))]
+    env = {k: v for k, v in api.env.items() if k != "COLUMNS"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([*gateway, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    with api.client(ADMIN) as admin:
+        (card,) = admin.get("/api/cutover/scorecard").json()
+        page = admin.get("/console/m/content/week2.ex1").text
+        api_summary = admin.get("/api/comparisons/summary", params={"group_by": "content"}).json()
+    (cli_card,) = json.loads(cli("cutover", "status", "--json"))
+    (group,) = json.loads(cli("compare", "summary", "--by", "content", "--json"))
+    assert card["parity"] == cli_card["parity"] == group["gate"]["parity"] == api_summary[0]["gate"]["parity"] == 0.875
+    assert re.search(r'id="parity">87\.5 %<', page)
+    assert group["label"] == "week2.ex1"
+
+    table = cli("cutover", "status")  # piped: no terminal, no COLUMNS
+    (row,) = [line for line in table.splitlines() if "Inconclusive" in line]
+    assert "week2.ex1" in row and "87.5" in row and "more comparisons" in row, table  # one line, not folded
+    assert "cc-prefect" not in table
+    history = cli("cutover", "history", "--content", "week2.ex1")
+    assert "content week2.ex1" in history and "cc-prefect" not in history
+    summary = cli("compare", "summary", "--by", "content")
+    (row,) = [line for line in summary.splitlines() if "week2.ex1" in line]
+    assert "87.5% (shadow, 24)" in row
+    for args in (["shadow", "show"], ["compare", "list"], ["cutover", "evaluate", "--dry-run"], ["cutover", "history"]):
+        json.loads(cli(*args, "--json"))
