@@ -9,7 +9,8 @@ not write: submit, state and progress come from the API; the result only where t
   gateway's `test_system_id` is what an operator searches for in Prefect.
 - poll: one `POST /flow_runs/filter` by idempotency key for many legs; progress rides along as labels.
   Non-final runs are also checked against their deployment's `last_polled`/status (one more call, only when
-  something is in flight), so a Late run or a runner that stopped polling shows up as `LegState.stalled`.
+  something is in flight), so a runner that stopped polling shows up as `LegState.stalled`; a `Late` run whose
+  runner still polls is only queued behind a busy runner and is not stalled.
 - cancel: propose CANCELLING (the server cancels a SCHEDULED run at once, a runner kills a running one); a
   run left CANCELLING longer than the grace period while no runner polls is forced to CANCELLED.
 """
@@ -277,11 +278,14 @@ class PrefectAdapter:
         phase = phase_for(state.get("type"))
         native = state.get("name") or state.get("type") or "UNKNOWN"
         stalled = None
-        if not phase.is_final:
-            if native == "Late":
-                stalled = f"run is Late: no runner picked it up (expected {run.get('expected_start_time')})"
-            elif run.get("deployment_id"):
-                stalled = gone.get(run["deployment_id"])
+        if not phase.is_final and run.get("deployment_id"):
+            # A Late run whose runner still polls is queued behind a busy runner (at its limit): late, waited for
+            # up to its deadline, not a dead engine. Only a runner that stopped polling makes it stalled.
+            reason = gone.get(run["deployment_id"])
+            if reason and native == "Late":
+                stalled = f"run is Late: {reason} (expected {run.get('expected_start_time')})"
+            else:
+                stalled = reason
         error = None
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
             error = state.get("message")

@@ -28,6 +28,7 @@ from gateway.api.deps import Admin, State
 from gateway.cutover.stages import Scope
 from gateway.jobs import console as service
 from gateway.jobs import cutover_changes as changes
+from gateway.jobs import cutover_holds as holds
 from gateway.jobs import cutover_triage as triage
 from gateway.jobs.errors import JobError
 from gateway.store.accounts import Principal
@@ -216,7 +217,9 @@ async def act(
             )  # fmt: skip
         else:
             service.check_version(await service.current_version(state.sessions, scope, key), version)
-            if action == service.ConsoleAction.ACCEPT:
+            if action in service.HOLD_ACTIONS:
+                await holds.set_hold(state.sessions, scope, key, service.HOLD_ACTIONS[action], actor, reason)
+            elif action == service.ConsoleAction.ACCEPT:
                 await triage.accept_cluster(state.sessions, scope, key, signature, actor, note,
                                             expires_in=timedelta(hours=expires_in_hours))  # fmt: skip
             else:

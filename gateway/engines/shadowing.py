@@ -28,6 +28,9 @@ class ExperimentKind(StrEnum):
     SHADOW = "shadow"
     AA = "aa"
     REPLAY = "replay"
+    # A re-run of a mismatched pair's job on one of its engines (gateway.compare.rejudge): judged with its twin,
+    # never compared as a pair of its own.
+    REJUDGE = "rejudge"
 
 
 @dataclass(frozen=True)

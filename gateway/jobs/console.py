@@ -19,7 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.diff import tests_by_identity, verdict
+from gateway.compare.environment import LABELS, flatten
 from gateway.compare.outcomes import ComparisonOutcome
+from gateway.cutover.hold import HoldAction
 from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.jobs import cutover_changes as changes
@@ -52,19 +54,26 @@ class ConsoleAction(StrEnum):
     ROLLBACK = "rollback"
     ACCEPT = "accept"
     UNACCEPT = "unaccept"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 STAGE_ACTIONS = {ConsoleAction.PROMOTE: Action.PROMOTE, ConsoleAction.DEMOTE: Action.DEMOTE,
                  ConsoleAction.ROLLBACK: Action.ROLLBACK}  # fmt: skip
 
 
-def offered(stage: Stage) -> list[ConsoleAction]:
-    """The stage moves that make sense here: no Promote at new_only, no Demote or Roll back at old_only."""
+HOLD_ACTIONS = {ConsoleAction.PAUSE: HoldAction.PAUSE, ConsoleAction.RESUME: HoldAction.RESUME}
+
+
+def offered(stage: Stage, paused: bool) -> list[ConsoleAction]:
+    """The moves that make sense here: no Promote at new_only, no Demote or Roll back at old_only; Pause while
+    automation runs, Resume while it is paused."""
     found = []
     if stage != Stage.NEW_ONLY:
         found.append(ConsoleAction.PROMOTE)
     if stage != Stage.OLD_ONLY:
         found += [ConsoleAction.DEMOTE, ConsoleAction.ROLLBACK]
+    found.append(ConsoleAction.RESUME if paused else ConsoleAction.PAUSE)
     return found
 
 
@@ -233,7 +242,7 @@ async def migration_page(sessions: async_sessionmaker[AsyncSession], scope: Scop
         "timeline": timeline,
         "last_evaluation": _evaluation_line(row.last_evaluation),
         "traffic": traffic(legs),
-        "offered": [a.value for a in offered(config.stage)],
+        "offered": [a.value for a in offered(config.stage, found["paused"])],
         "names": names,
     }
 
@@ -290,13 +299,16 @@ async def preview(
             f"{ref.label}: {config.stage.value} → {target} (version {config.version} → {config.version + 1})",
             f"jobs in flight stay on the engine that took them: {pinned}",
         ]
+        if action in (ConsoleAction.ROLLBACK, ConsoleAction.DEMOTE):
+            details.append("automation is paused until an operator resumes it (the gate will not walk it forward)")
         return Preview(action, summary, details, config.version, sum(len(m) for m in by_engine.values()), flying)
     if action in (ConsoleAction.ACCEPT, ConsoleAction.UNACCEPT):
         async with sessions() as session:
             n = int(
                 await session.scalar(
                     select(func.count()).where(
-                        *evidence_window(config, None),  # live evidence only: the A/A baseline is not gated
+                        # Live evidence of any stage (not the A/A baseline): what the acceptance takes out of the gate.
+                        *evidence_window(config, None, routed=False),
                         Comparison.signature == signature,
                         Comparison.outcome == ComparisonOutcome.MISMATCH.value,
                     )
@@ -307,6 +319,15 @@ async def preview(
         summary = f"{action.value} cluster {signature} of {ref.label}: {_plural(n, 'mismatch')} {verb} the gate"
         return Preview(action, summary, [f"only this cluster, only in {scope.value} {ref.label}"], config.version, 0,
                        flying)  # fmt: skip
+    if action in HOLD_ACTIONS:
+        if action == ConsoleAction.PAUSE:
+            summary = (
+                f"pause automation of {ref.label}: the gate stops promoting it (it still demotes on a Failed gate)"
+            )
+        else:
+            summary = f"resume automation of {ref.label}: the gate may promote it again ({config.policy.value} policy)"
+        return Preview(action, summary, [f"stage stays {config.stage.value}; no student changes engine"],
+                       config.version, 0, flying)  # fmt: skip
     raise NotFound(f"unknown action {action}")
 
 
@@ -340,6 +361,23 @@ def side_by_side(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) 
             }
         )
     return rows
+
+
+def environment_rows(environment: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Both legs' effective environments field by field (interpreter, pytest, limits...), the differing marked."""
+    if not environment:
+        return []
+    left, right = flatten(environment.get("primary")), flatten(environment.get("shadow"))
+    return [
+        {
+            "field": k,
+            "label": LABELS.get(k, (k, ""))[0],
+            "primary": left.get(k),
+            "shadow": right.get(k),
+            "differs": k in left and k in right and left[k] != right[k],
+        }  # fmt: skip
+        for k in sorted(left.keys() | right.keys())
+    ]
 
 
 def summary_rows(primary: dict[str, Any] | None, shadow: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -392,6 +430,7 @@ async def comparison_page(sessions: async_sessionmaker[AsyncSession], comparison
         "differences": comparison.differences or [],
         "tests": side_by_side(p_report, s_report),
         "summary": summary_rows(p_report, s_report),
+        "environment": environment_rows(comparison.environment),
         "has_reports": {"primary": p_report is not None, "shadow": s_report is not None},
         "job": {
             "result_id": comparison.result_id,

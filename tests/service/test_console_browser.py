@@ -37,6 +37,7 @@ from tests.service.test_scorecard_browser import DevTools, running_chromium
 from tests.support.celery_worker import settings_from_env
 
 STUDENTS = [f"m-s{i:02d}" for i in range(24)]
+ENVIRONMENT = {"python": "3.11.2", "pytest": "8.3.4", "limits": {"time_seconds": 60, "memory_mb": 1024}}
 IN_FLIGHT = 2  # unfinished Celery legs: a rollback leaves them where they are
 DIFF = [{"path": '$.tests["test_calc.py"].tests["test_div"].result', "primary": "PASSED", "shadow": "FAILED",
          "test": "test_calc.py::test_div"}]  # fmt: skip
@@ -63,7 +64,7 @@ def _evidence(settings: Any) -> str:
     """Jobs of 24 students in shadow (Prefect answers, Celery shadows): legs with reports, comparisons (three
     mismatches on test_div, one A/A pair showing the same), and two Celery legs still in flight."""
     signature = signature_of("mismatch", DIFF)
-    routing = {"stage": "shadow", "percentage": 0.0, "config_version": 1}
+    routing = {"stage": "shadow", "percentage": 0.0, "config_scope": "content", "config_version": 1}
     now = utcnow()
     with Session(make_sync_engine(settings)) as db, db.begin():
         for i, member in enumerate(STUDENTS):
@@ -86,6 +87,7 @@ def _evidence(settings: Any) -> str:
                 primary_score=1.0, shadow_score=0.5 if mismatch else 1.0, primary_run_seconds=4.0,
                 shadow_run_seconds=3.0, primary_queue_seconds=2.0, shadow_queue_seconds=2.0,
                 created_at=at + timedelta(seconds=10) + timedelta(hours=2),
+                environment={"primary": ENVIRONMENT, "shadow": ENVIRONMENT, "differences": []},
             ))  # fmt: skip
             if i < IN_FLIGHT:
                 db.add(_leg(rid, "shadow", "celery", routing, None, now, finished=False))
@@ -169,9 +171,10 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
     assert re.search(r"shadow\s+prefect\s+24\s+24", traffic), traffic  # 24 jobs of 24 students answered by Prefect
     assert chromium.evaluate("document.querySelector('#traffic tr[data-engine=celery] .in-flight').innerText") == "2"
     offered = chromium.evaluate("[...document.querySelectorAll('#actions a')].map(a => a.dataset.action)")
-    assert offered == ["promote", "demote", "rollback"]
+    assert offered == ["promote", "demote", "rollback", "pause"]
     clusters = _text(chromium, "#clusters")
     assert "test_calc.py::test_div" in clusters and "1 of 1 A/A pairs" in clusters
+    assert _text(chromium, "#environment") == "same"  # environment parity: nothing differs
     assert "http://" not in chromium.evaluate("document.documentElement.outerHTML")  # nothing from elsewhere
     _shot(chromium, "migration")
     # Readable on a narrow screen: nothing wider than the viewport (wide tables scroll inside their box).
@@ -181,16 +184,6 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
     _shot(chromium, "migration-narrow", width=400)
     chromium.call("Emulation.clearDeviceMetricsOverride")
     _go(chromium, chromium.evaluate("location.href"))
-
-    # Walk one step: the confirmation names what changes; the form carries the version.
-    _click(chromium, "#actions a[data-action=promote]")
-    summary = _text(chromium, "#summary")
-    moving = re.fullmatch(r"promote to canary 50 %: (\d+) students move to Celery", summary)
-    assert moving and 0 < int(moving[1]) < len(STUDENTS), summary
-    _shot(chromium, "confirm")
-    _click(chromium, "#confirm")
-    assert chromium.evaluate("location.search") == "?done=promote"
-    assert _text(chromium, "#stage") == "canary 50 %"
 
     # Drill from the cluster into a comparison: both reports side by side, the difference highlighted.
     _click(chromium, f"#clusters tr[data-signature='{signature}'] a.button")
@@ -203,6 +196,7 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
         "test_calc.py::test_div"
     ]
     assert "PASSED" in _text(chromium, "#differences") and "FAILED" in _text(chromium, "#differences")
+    assert "time limit\t60\t60" in _text(chromium, "#environment")  # both legs' environments, field by field
     _shot(chromium, "comparison")
 
     # Accept this cluster only, in this migration only, for three days.
@@ -221,6 +215,16 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
     assert (acceptance["signature"], acceptance["active"]) == (signature, True)
     assert timedelta(hours=71) < _until(expires) <= timedelta(hours=72)
 
+    # Walk one step: the confirmation names what changes; the form carries the version.
+    _click(chromium, "#actions a[data-action=promote]")
+    summary = _text(chromium, "#summary")
+    moving = re.fullmatch(r"promote to canary 50 %: (\d+) students move to Celery", summary)
+    assert moving and 0 < int(moving[1]) < len(STUDENTS), summary
+    _shot(chromium, "confirm")
+    _click(chromium, "#confirm")
+    assert chromium.evaluate("location.search") == "?done=promote"
+    assert _text(chromium, "#stage") == "canary 50 %"
+
     # Roll back: the students that move back and the jobs in flight that stay.
     _click(chromium, "#actions a[data-action=rollback]")
     summary = _text(chromium, "#summary")
@@ -230,11 +234,12 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
     _click(chromium, "#confirm")
     assert _text(chromium, "#stage") == "old_only"
     offered = chromium.evaluate("[...document.querySelectorAll('#actions a')].map(a => a.dataset.action)")
-    assert offered == ["promote"]  # no Roll back or Demote at old_only
+    assert offered == ["promote", "resume"]  # no Roll back or Demote at old_only; the rollback paused automation
+    assert "The gate will not promote until resumed" in _text(chromium, "#paused")
     timeline = chromium.evaluate(
         "[...document.querySelectorAll('#timeline tr[data-action]')].map(r => r.dataset.action)"
     )
-    assert timeline[:3] == ["rollback", "accept", "promote"]
+    assert timeline[:3] == ["rollback", "promote", "accept"]
 
     _go(chromium, f"{api.url}/console/jobs?outcome=mismatch")
     assert chromium.evaluate("document.querySelectorAll('#jobs tr[data-result]').length") == 3

@@ -100,6 +100,7 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert str(page.url).endswith("/console")
         assert 'data-key="week1.ex1"' in page.text and "100 more comparisons" in page.text
+        assert "mismatch — (no samples)" in page.text  # every rate with its interval (none yet)
         assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
         # The old page's form (no token, no version, no confirmation) is gone; the console's refuses without both.
         form = {"content-type": "application/x-www-form-urlencoded"}
