@@ -116,17 +116,21 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
 
 def _mismatches(api: GatewayServer, result_id: str, differences: list[dict[str, Any]], count: int) -> str:
     """Mismatch comparisons of cc-prefect (Prefect primary, Celery shadow) as the compare step writes them."""
+    from sqlalchemy import select
+
     from gateway.store.db import make_sync_engine
-    from gateway.store.models import Comparison, new_id, utcnow
+    from gateway.store.models import Comparison, Leg, new_id, utcnow
 
     signature = signature_of("mismatch", differences)
     engine = make_sync_engine(settings_from_env(api.env))
     try:
         with Session(engine) as session, session.begin():
+            # The job's own primary leg: its routing record makes the comparisons this stage's evidence.
+            primary = session.scalar(select(Leg.id).where(Leg.result_id == result_id, Leg.role == "primary"))
             for _ in range(count):
                 session.add(
                     Comparison(
-                        id=new_id(), result_id=result_id, primary_leg_id=new_id(), shadow_leg_id=new_id(),
+                        id=new_id(), result_id=result_id, primary_leg_id=primary, shadow_leg_id=new_id(),
                         kind="shadow", course_content_id="cc-prefect", primary_engine="prefect",
                         shadow_engine="celery", outcome="mismatch", differences=differences,
                         difference_count=len(differences), signature=signature, primary_run_seconds=1.0,
