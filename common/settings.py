@@ -165,6 +165,9 @@ class Settings(BaseSettings):
 
     # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
     gateway_cutover_evaluate_seconds: float = 60.0
+    # The key of the console's anti-CSRF tokens (an HMAC of the login). Unset: a random key per process, so a
+    # page's token is refused after a restart or by another API process (the page says so; reload it).
+    gateway_console_secret: SecretStr | None = None
     # Mismatches re-run on both engines to tell a reproducible difference from a flaky test, per course content
     # (or backend) and hour (0: never re-judge).
     gateway_rejudge_per_hour: int = 20
