@@ -46,9 +46,10 @@ def provider_and_full_path(url: str) -> tuple[str, str]:
 
 def _repository(repo: Repository) -> dict[str, Any]:
     """A repository as the platform dumped it (`exclude_none`), minus any secret: URL stripped, no `token`, the
-    `credential` name kept (an extra key the platform's model ignores; the worker resolves it)."""
+    `credential` name kept (an extra key the platform's model ignores; the worker resolves it). The gateway's own
+    `credential_hosts` binding stays out: it is not part of the platform's set."""
     plain = repo.model_copy(update={"url": strip_credentials(repo.url), "token": None})
-    return plain.model_dump(mode="json", exclude_none=True)
+    return plain.model_dump(mode="json", exclude_none=True, exclude={"credential_hosts"})
 
 
 def assignment_of(content: Any) -> dict[str, Any]:
