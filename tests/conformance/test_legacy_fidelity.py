@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tests.support.celery_worker import WorkerProcess, base_env, stop_worker, wait_until_ready
 from tests.support.contract_keys import TASK_INFO_KEYS, TASK_LIST_ITEM_KEYS
+from tests.support.git import git
 from tests.support.platform_celery_worker import PLATFORM_SCORE
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -136,6 +138,31 @@ def test_test_then_submit_the_same_commit_starts_submission_once(stack: Stack) -
         assert info["status"] == "finished" and info["task_name"] == "ctutor_backend.tasks.submission_processing"
         recorded = admin.get(f"/api/tasks/{sub_id}/result").json()["result"]
     assert recorded["commit"] == commit and recorded["result_id"] == tested["id"]
+
+
+def test_two_submissions_of_one_member_and_content_at_once_are_both_recorded(stack: Stack) -> None:
+    """25.5: two commits of the same member and content submitted together (their submissions race for the same
+    branch of the submissions repository on a worker with two slots): both submissions finish and both commits
+    are recorded; the branch holds one of them."""
+    repo = Path(stack.repos.students["passing"][0].removeprefix("file://"))
+    commits = []
+    for i in range(2):
+        git(["commit", "-q", "--allow-empty", "--no-gpg-sign", "-m", f"again {i} {uuid.uuid4().hex[:6]}"], repo)
+        commits.append(git(["rev-parse", "HEAD"], repo))
+    with stack.client(CAROL) as carol, stack.client(ADMIN) as admin:
+        runs = [submit(carol, "celery", commit, submit=True) for commit in commits]
+        for run in runs:
+            assert final_status(carol, run["id"]) == 0
+        sub_ids = [submit(carol, "celery", c, submit=True)["submission_flow_run_id"] for c in commits]
+        infos = [task_finished(admin, sub_id) for sub_id in sub_ids]
+        rows = [carol.get(f"/api/results/{run['id']}").json() for run in runs]
+    assert [info["status"] for info in infos] == ["finished", "finished"], infos
+    assert all(row["submit"] is True and row["properties"]["submission"]["status"] == "COMPLETED" for row in rows)
+    bare = stack.data / "submissions.git"
+    for commit in commits:
+        recorded = git(["--git-dir", str(bare), "rev-parse", f"refs/submissions/m-carol/c.ex1/{commit}"], bare)
+        assert recorded == commit
+    assert git(["--git-dir", str(bare), "rev-parse", "refs/heads/submissions/m-carol/c.ex1"], bare) in commits
 
 
 def test_a_run_closed_by_a_legacy_write_back_through_the_bare_url_is_submitted(stack: Stack) -> None:
