@@ -68,26 +68,35 @@ _ADOPT_RUN_ID = (
 
 
 # The same transition for a batch of legs on PostgreSQL, one statement: each leg's own run id, send time and
-# deadline come in as parallel arrays. The rows adopt their runs' ids in the same statement (a data-modifying
-# CTE: both parts read the legs as they were before it).
-_RECORD_SENT_MANY = f"""
+# deadline come in as parallel arrays.
+_SENT_FROM = """
 WITH sent AS (
     SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::timestamptz[])
         AS s(id, run_id, at, deadline)
-), adopted AS (
-    UPDATE result SET test_system_id = sent.run_id
-    FROM sent, leg
-    WHERE leg.id = sent.id AND sent.run_id <> sent.id AND leg.role = '{PRIMARY}' AND result.id = leg.result_id
-      AND leg.dispatch_state = '{PENDING}' AND NOT leg.finished
-      AND result.test_system_id IN (leg.id, coalesce(leg.engine_run_id, leg.id))
-    RETURNING result.id
-)
+)"""
+_MARK_SENT = f"""
 UPDATE leg SET dispatch_state = '{SENT}', dispatch_attempts = leg.dispatch_attempts + 1,
     engine_run_id = sent.run_id, dispatched_at = sent.at, next_attempt_at = NULL,
     deadline = coalesce(leg.deadline, sent.deadline), updated_at = sent.at, last_error = NULL
 FROM sent
 WHERE leg.id = sent.id AND leg.dispatch_state = '{PENDING}' AND NOT leg.finished
 """
+_RECORD_SENT_MANY = _SENT_FROM + _MARK_SENT
+# A batch where an engine chose its own run ids (Prefect): the rows adopt them in the same statement (a
+# data-modifying CTE; both parts read the legs as they were before it). Celery's batches (run id = leg id) keep
+# the plain statement above.
+_RECORD_SENT_ADOPTING = (
+    _SENT_FROM
+    + f""", adopted AS (
+    UPDATE result SET test_system_id = sent.run_id
+    FROM sent, leg
+    WHERE leg.id = sent.id AND sent.run_id <> sent.id AND leg.role = '{PRIMARY}' AND result.id = leg.result_id
+      AND leg.dispatch_state = '{PENDING}' AND NOT leg.finished
+      AND result.test_system_id IN (leg.id, coalesce(leg.engine_run_id, leg.id))
+    RETURNING result.id
+)"""
+    + _MARK_SENT
+)
 
 _SentMark = tuple[str, str, datetime, datetime]  # leg id, engine run id, sent at, deadline
 # Keyed by the sync engine (plain identity hashing; an AsyncEngine proxy compares through a slower path).
@@ -97,7 +106,8 @@ _SENT_MARKS: weakref.WeakKeyDictionary[Engine, tuple[GroupCommit[_SentMark], _Se
 async def _write_sent_marks(engine: AsyncEngine, marks: list[_SentMark]) -> None:
     if driver.supported(engine):
         ids, run_ids, times, deadlines = (list(column) for column in zip(*marks, strict=True))
-        await driver.execute(engine, _RECORD_SENT_MANY, [ids, run_ids, times, deadlines])
+        statement = _RECORD_SENT_ADOPTING if run_ids != ids else _RECORD_SENT_MANY
+        await driver.execute(engine, statement, [ids, run_ids, times, deadlines])
         return
     params = [{"leg_id": leg, "run_id": run, "now": at, "deadline": deadline} for leg, run, at, deadline in marks]
     adopting = [{"leg_id": leg, "run_id": run} for leg, run, _at, _deadline in marks if run != leg]
