@@ -303,6 +303,9 @@ def test_a_cross_site_post_is_refused(chromium: DevTools, console: tuple[Gateway
         forged = admin.post("/console/m/content/week2.ex1/rollback", data={"version": "1"},
                             headers={"Origin": api.url})  # fmt: skip
         assert forged.status_code == 403 and "token" in forged.text
+        token_only = admin.post("/console/m/content/week2.ex1/rollback", data={"csrf": token},
+                                headers={"Origin": api.url})  # fmt: skip
+        assert token_only.status_code == 422 and "no version" in token_only.text  # the stale check cannot be skipped
         assert admin.get("/api/admin/cutover/content/week2.ex1").json()["stage"] == "shadow"
 
 
