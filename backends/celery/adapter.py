@@ -79,6 +79,7 @@ class CeleryAdapter:
         self._queues_declared = False
         self._silent_since: dict[str, float] = {}
         self._pinged_at = 0.0
+        self._connection_errors: tuple[type[BaseException], ...] | None = None
 
     # ------------------------------------------------------------------------------------------ lazy parts
     @property
@@ -403,8 +404,8 @@ class CeleryAdapter:
     # ----------------------------------------------------------------------------------------------- workers
     def _expected_workers(self) -> int:
         now = time.monotonic()
-        ttl = self.worker_count_ttl if self._known_workers else min(self.worker_count_ttl, 5.0)
-        if self._known_workers is None or now - self._known_at > ttl:
+        # No worker known: ask every time (a worker coming back, e.g. after a broker restart, is seen at once).
+        if not self._known_workers or now - self._known_at > self.worker_count_ttl:
             # The filesystem broker is polled, not pushed: give its replies a little longer.
             polled = self._settings.broker_url().startswith("filesystem://")
             replies = self.control_app.control.ping(timeout=self.ping_timeout * (3 if polled else 1)) or []
@@ -462,18 +463,42 @@ class CeleryAdapter:
         except Exception:  # noqa: BLE001
             return False
 
+    def _broker_connection_errors(self) -> tuple[type[BaseException], ...]:
+        """What the broker's transport raises when a connection is gone (redis-py's ConnectionError for Redis)."""
+        if self._connection_errors is None:
+            conn = self.control_app.connection_for_write()
+            try:
+                self._connection_errors = tuple(conn.connection_errors) + (OSError,)
+            finally:
+                conn.release()
+        return self._connection_errors
+
     def health(self) -> Health:
+        """Broker, result store and workers; a probe that met a dead pooled broker connection is made once more.
+
+        Why: the broker connections pooled for broadcasts die with the broker; after a restart the first broadcast
+        through one fails ("Connection closed by server") although the broker is back. The transport resets a
+        connection on that error, so a second probe reconnects; what it finds is the answer."""
+        health, stale = self._probe()
+        if stale:
+            health, _ = self._probe()
+        return health
+
+    def _probe(self) -> tuple[Health, bool]:
         checks = {"broker": self.broker_reachable(), "backend": self.backend_reachable()}
-        count, error = 0, None
+        count, error, stale = 0, None, False
         if checks["broker"]:
             try:
                 count = len(self.workers())
+            except self._broker_connection_errors() as exc:
+                error, stale = redact_text(f"{type(exc).__name__}: {exc}"), True
             except Exception as exc:  # noqa: BLE001
                 error = redact_text(f"{type(exc).__name__}: {exc}")
         checks["workers"] = count > 0
         if error is None and not all(checks.values()):
             error = "unreachable: " + ", ".join(name for name, ok in checks.items() if not ok)
-        return Health(healthy=all(checks.values()), engine=self.engine, checks=checks, workers=count, error=error)
+        health = Health(healthy=all(checks.values()), engine=self.engine, checks=checks, workers=count, error=error)
+        return health, stale
 
     # ---------------------------------------------------------------------------------------------- queues
     def queue_depths(self) -> dict[str, int]:
