@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # A worker holding a running leg that answers no ping for this long is declared gone, and the gateway runs
     # the leg again at once instead of waiting for the visibility timeout (see docs/reliability.md).
     celery_worker_lost_seconds: float = 15.0
+    # A leg that no answering worker holds and no queue holds (a worker restarted under the same name, a task
+    # cancelled on a broker connection loss, a lost message) for this long is run again (backends/celery/liveness.py).
+    celery_unheld_lost_seconds: float = 10.0
     # A task stores its progress at most this often (seconds); reports in between are folded into the latest
     # (`backends.celery.progress`). 0 stores every report.
     celery_progress_interval: float = 0.25
