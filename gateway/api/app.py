@@ -12,13 +12,10 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from common.redact import redact_text
 from common.settings import Settings, get_settings
 from gateway.api import scorecard_page
 from gateway.api.metrics import metrics_router
@@ -29,7 +26,7 @@ from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import freeze_startup_heap, start_gateway
 from gateway.jobs.errors import JobError
 from gateway.runtime import GatewayState
-from gateway.store.db import database_unavailable
+from gateway.store.db_errors import HANDLED, DbFault, classify, describe
 from gateway.store.migrate import ensure_schema
 
 log = logging.getLogger("uvicorn.error").getChild("gateway")  # shown by uvicorn's own handler
@@ -98,39 +95,24 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             return JSONResponse(status_code=422, content={"detail": [error]})
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
-    @app.exception_handler(IntegrityError)
-    async def _conflict(_request: Request, exc: IntegrityError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": "Conflicts with an existing record"})
-
-    @app.exception_handler(OverflowError)
-    async def _too_large(_request: Request, exc: OverflowError) -> JSONResponse:
-        # SQLite's driver refuses integers beyond 64 bits outside the DBAPI error tree (e.g. ?skip=2**70).
-        return JSONResponse(status_code=400, content={"detail": "Invalid value in the request: number too large"})
-
-    @app.exception_handler(DBAPIError)
-    async def _database_down(_request: Request, exc: DBAPIError) -> JSONResponse:
-        if _refused_value(exc):
-            # The database refused a value from the request (a NUL byte, an integer out of range): the
-            # client's error, and retrying will not help, so not a 503.
-            log.info("database refused a value: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
+    async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+        """A database or driver error: the request's fault (400, 409), an outage (503, retry) or a bug (500)."""
+        fault = classify(exc)
+        if fault is DbFault.CONFLICT:
+            return JSONResponse(status_code=409, content={"detail": "Conflicts with an existing record"})
+        if fault is DbFault.TOO_LARGE:
+            return JSONResponse(status_code=400, content={"detail": "Invalid value in the request: number too large"})
+        if fault is DbFault.REFUSED_VALUE:  # the request's value, not the database, is at fault: retrying won't help
+            log.info("database refused a value: %s", describe(exc))
             return JSONResponse(status_code=400, content={"detail": "Invalid value in the request"})
-        log.warning("database error: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
-        return database_unavailable_response()
-
-    async def _unreachable(_request: Request, exc: Exception) -> JSONResponse:
-        """A driver error that escaped SQLAlchemy's wrapping (a refused connection is a bare OSError), or one
-        from a statement run on the driver's connection directly (the submit path's, `gateway.store.driver`)."""
-        if _refused_value(exc):  # as for a wrapped one: the request's value, not the database, is at fault
-            log.info("database refused a value: %s", redact_text(f"{type(exc).__name__}: {exc}"))
-            return JSONResponse(status_code=400, content={"detail": "Invalid value in the request"})
-        if not database_unavailable(exc):
-            log.error("unexpected error: %s", redact_text(f"{type(exc).__name__}: {exc}"), exc_info=exc)
+        if fault is DbFault.UNEXPECTED:
+            log.error("unexpected error: %s", describe(exc), exc_info=exc)
             return JSONResponse(status_code=500, content={"detail": "Internal error"})
-        log.warning("database unreachable: %s", redact_text(f"{type(exc).__name__}: {exc}"))
+        log.warning("database unavailable: %s", describe(exc))
         return database_unavailable_response()
 
-    for kind in (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        app.add_exception_handler(kind, _unreachable)
+    for kind in HANDLED:
+        app.add_exception_handler(kind, _database_error)
 
     return app
 
@@ -142,22 +124,3 @@ def database_unavailable_response() -> JSONResponse:
         content={"detail": "Database unavailable, try again"},
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-
-
-def _refused_value(exc: BaseException) -> bool:
-    """A data exception (SQLSTATE class 22) or a driver's refusal to encode a value, anywhere in the chain.
-
-    asyncpg's adapter raises a generic DBAPI `Error` for both; the cause is asyncpg's DataError (a ValueError)
-    or a server error whose sqlstate starts with 22; psycopg2 raises DataError with such a pgcode.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, DataError | ValueError | OverflowError):
-            return True
-        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if isinstance(code, str) and code.startswith("22"):
-            return True
-        current = getattr(current, "orig", None) or current.__cause__
-    return False
