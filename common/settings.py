@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     postgres_db: str = "postgres"
 
     prefect_api_url: str | None = None
+    # A flow run a runner claimed (PENDING: "Submitting", "Pending") but did not start for this long is lost: its
+    # runner died with it (issue 24); the gateway schedules the same run again for a live runner.
+    prefect_pending_lost_seconds: float = 120.0
 
     # --- embedded default ---------------------------------------------------------------------------------
     gateway_data_dir: Path = Field(default_factory=_default_data_dir)

@@ -79,6 +79,8 @@ class HoldWatch:
     lost_after: float
     interval: float = 3.0
     clock: Callable[[], float] = time.monotonic
+    # How a check is run: on a thread of its own (the fast layer runs it in place).
+    start: Callable[[Callable[[], None]], None] = field(default=lambda check: _on_a_thread(check))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _unheld: dict[str, _Unheld] = field(default_factory=dict, repr=False)
     _pending: dict[str, Candidate] = field(default_factory=dict, repr=False)
@@ -115,7 +117,7 @@ class HoldWatch:
                 if leg_id in candidates and unheld.checks >= 2 and now - unheld.since >= self.lost_after
             }
         if due:
-            threading.Thread(target=self._check, args=(batch,), daemon=True, name="hold-check").start()
+            self.start(lambda: self._check(batch))
         return lost
 
     def forget(self, leg_id: str) -> None:
@@ -172,6 +174,10 @@ class HoldWatch:
             or (c.holding is Holding.WAITING and queued is not None and len(replies) >= self.known_workers())
         }
         return held, judged
+
+
+def _on_a_thread(check: Callable[[], None]) -> None:
+    threading.Thread(target=check, daemon=True, name="hold-check").start()
 
 
 def _holds(info: Any) -> bool:
