@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from common.settings import Settings, get_settings
@@ -29,6 +30,8 @@ from gateway.runtime import GatewayState
 from gateway.store.db_errors import HANDLED, DbFault, classify, describe
 from gateway.store.migrate import ensure_schema
 
+# Where /docs loads Swagger UI's files from (this server, never a CDN).
+DOCS_ASSETS = "/docs-assets"
 log = logging.getLogger("uvicorn.error").getChild("gateway")  # shown by uvicorn's own handler
 # What a 503 asks the client to wait before it sends the same request again (an outage of the database).
 RETRY_AFTER_SECONDS = 5
@@ -72,7 +75,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                     await asyncio.wait_for(task, timeout=10)
             await state.close()
 
-    app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
+    # /docs with Swagger UI's assets served from the fastapi-offline package: it works with no internet. No /redoc:
+    # ReDoc's page still fetches its logo from a CDN.
+    app = FastAPIOffline(
+        title="ctutor gateway", version="0.1.0", lifespan=lifespan, static_url=DOCS_ASSETS, redoc_url=None
+    )
     add_submit_routes_first(app, ("/api", "") if settings.gateway_serve_at_root else ("/api",))
     app.include_router(api_router(), prefix="/api")
     app.include_router(metrics_router())

@@ -18,15 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.engines.dispatcher import Dispatcher
 from gateway.store.catalog_cache import CatalogCache
-from gateway.store.shadow_settings import (
-    EffectiveShadow,
-    InFlight,
-    ShadowScope,
-    SkipCounter,
-    SkipReason,
-    StalledEngines,
-    effective_setting,
-)
+from gateway.store.shadow_counters import InFlight, SkipCounter, StalledEngines
+from gateway.store.shadow_settings import EffectiveShadow, ShadowScope, SkipReason, effective_setting
 
 
 class ExperimentKind(StrEnum):

@@ -102,7 +102,9 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
                 raise NotAllowed()
             status = changes.get("status")
             report = changes.get("result_json")
-            machine.apply_shadow_write_back(shadow, int(status) if status is not None else None, report, utcnow())
+            machine.apply_shadow_write_back(
+                shadow, int(status) if status is not None else None, report, utcnow(), hooks=state.finish_hooks
+            )
             job = await session.get(Result, shadow.result_id)
             assert job is not None
             return shadow_view(job, shadow)
@@ -128,7 +130,7 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         row.updated_by = principal.user_id
         row.updated_at = utcnow()
         if leg is not None and status is not None:
-            machine.apply_write_back(leg, row, int(status), utcnow())
+            machine.apply_write_back(leg, row, int(status), utcnow(), hooks=state.finish_hooks)
     return row
 
 

@@ -19,7 +19,8 @@ from common.legacy import TestJob
 from common.redact import find_secret_key, redact_text, scrub
 from gateway.engines.routing import task_kind, task_name_of
 from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
-from gateway.jobs.submit import OUTBOX_GRACE, dispatch_after_commit
+from gateway.jobs.submit import dispatch_after_commit
+from gateway.jobs.submit_plan import OUTBOX_GRACE
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
@@ -143,7 +144,7 @@ async def cancel_task(state: GatewayState, task_id: str) -> None:
         if leg is None or leg.finished:
             return
         row = await session.get(Result, leg.result_id) if leg.result_id else None
-        machine.cancel(leg, row, utcnow())
+        machine.cancel(leg, row, utcnow(), hooks=state.finish_hooks)
 
 
 async def workers_status(state: GatewayState) -> dict[str, Any]:

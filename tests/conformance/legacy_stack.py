@@ -24,6 +24,7 @@ from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
 from tests.support.git import git as _git
 from tests.support.prefect_server import (
+    STARTUP,
     free_port,
     prefect_process_env,
     running_prefect_server,
@@ -148,7 +149,7 @@ def catalog(repos: Repos) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ Prefect
-def prefect_server_on(port: int, root: Path, timeout: float = 120.0) -> contextlib.AbstractContextManager[str]:
+def prefect_server_on(port: int, root: Path, timeout: float = STARTUP) -> contextlib.AbstractContextManager[str]:
     """`prefect server start` on a given port with its database under `root`, so it can come back the same."""
     return running_prefect_server(root, port=port, timeout=timeout)
 
