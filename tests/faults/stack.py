@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,12 +77,16 @@ class FaultStack:
         return taken
 
     def start_worker(
-        self, extra: Mapping[str, str] | None = None, hostname: str | None = None, log_dir: Path | None = None
+        self,
+        extra: Mapping[str, str] | None = None,
+        hostname: str | None = None,
+        log_dir: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> WorkerProcess:
         """A worker on the stack (`hostname`: e.g. a killed one's, as a restart under the same name; give it another
-        `log_dir` then, so the first one's log is kept)."""
+        `log_dir` then, so the first one's log is kept; `prefix`: e.g. on another host, `ip netns exec NAME`)."""
         env = base_env({**self.env, **(extra or {})}, self.data)
-        worker = start_worker(env, concurrency=2, hostname=hostname, log_dir=log_dir or self.log_dir)
+        worker = start_worker(env, concurrency=2, hostname=hostname, log_dir=log_dir or self.log_dir, prefix=prefix)
         self.workers.append(worker)
         return worker
 

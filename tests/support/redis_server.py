@@ -27,6 +27,7 @@ class RedisServer:
     port: int
     workdir: Path
     persistent: bool
+    bind: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def url(self, db: int = 0) -> str:
@@ -52,8 +53,10 @@ class RedisServer:
     def start(self) -> None:
         """Start (again) on the same port and directory; returns once it answers PING."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
+        options = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        # Bound beyond loopback (a test's link to its second host): Redis refuses such clients without a password.
+        options += ["--protected-mode", "no" if self.bind != "127.0.0.1" else "yes"]
+        cmd = ["redis-server", "--port", str(self.port), "--bind", *self.bind.split(), "--save", "", *options,
                "--dir", str(self.workdir)]  # fmt: skip
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -73,8 +76,10 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, *, persistent: bool = False, port: int | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(port or free_port(), workdir, persistent)
+def redis_server(
+    workdir: Path, *, persistent: bool = False, port: int | None = None, bind: str = "127.0.0.1"
+) -> Iterator[RedisServer]:
+    server = RedisServer(port or free_port(), workdir, persistent, bind)
     server.start()
     try:
         yield server
