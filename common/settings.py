@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     # connection instead. PostgreSQL's 100 connections are shared with the engines and other processes.
     gateway_db_pool_size: int = 24
     gateway_db_max_overflow: int = 0
+    # Bounds on the API's and reconciler's PostgreSQL calls: a database host cut off (no answer, no reset) would
+    # otherwise hold a request for the kernel's TCP timeout (minutes); bounded, it answers 503 with Retry-After.
+    gateway_db_connect_timeout_seconds: float = 5.0
+    gateway_db_command_timeout_seconds: float = 15.0
 
     # --- operations --------------------------------------------------------------------------------------------
     # `/metrics` (Prometheus) and the counters behind it; off, the route answers 404 and nothing is recorded.
