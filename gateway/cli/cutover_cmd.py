@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.settings import get_settings
+from gateway.cli import output
 
 cutover_app = typer.Typer(help="Move a backend or a course content from one engine to another, stage by stage.")
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def _run_or_fail(
     from gateway.jobs.errors import JobError
 
     try:
-        out = _run(work)
+        out = _run(output.named(work))
     except JobError as exc:
         _fail(exc)
         return None
@@ -100,7 +100,7 @@ def _change(action: str, backend: str | None, content: str | None, as_json: bool
 
 
 def _print_change(out: dict[str, Any]) -> None:
-    console = Console()
+    console = output.console()
     after = out["after"]
     if out["noop"]:
         verb = "nothing to change"
@@ -108,7 +108,7 @@ def _print_change(out: dict[str, Any]) -> None:
         verb = "dry run: would change"
     else:
         verb = f"changed (version {after['version']})"
-    console.print(f"[bold]{out['action']}[/] {after['scope']} {after['scope_id']}: {verb}")
+    console.print(f"[bold]{out['action']}[/] {after['scope']} {after['label']}: {verb}")
     table = Table("field", "from", "to")
     for name, pair in out["changed"].items():
         table.add_row(name, json.dumps(pair["from"]), json.dumps(pair["to"]))
@@ -119,9 +119,7 @@ def _print_change(out: dict[str, Any]) -> None:
         for p in out["preview"]:
             now = p["before"] + (f" (+{p['before_shadow']} shadow)" if p["before_shadow"] else "")
             then = p["after"] + (f" (+{p['after_shadow']} shadow)" if p["after_shadow"] else "")
-            preview.add_row(
-                p["course_content_id"], p["course_member_id"], str(p["bucket"]), now, then, "yes" if p["moves"] else ""
-            )
+            preview.add_row(p["content"], p["member"], str(p["bucket"]), now, then, "yes" if p["moves"] else "")
         console.print(preview)
         s = out["preview_summary"]
         console.print(f"{s['moving']} of {s['members']} previewed (content, member) pairs change engine")
@@ -136,13 +134,21 @@ def set_(
     new_engine: str | None = typer.Option(None, help="The engine to move to (needed for a new migration)."),
     old_engine: str | None = typer.Option(None, help="The engine to move from (default: the backend's type)."),
     policy: str | None = typer.Option(None, help="manual | auto"),
+    answer_policy: str | None = typer.Option(
+        None, help="primary | verified: in canary, whether a row waits for the old engine's verdict (default verified)."
+    ),
     shadow_fraction: float | None = typer.Option(None, help="0..1 of jobs the other engine shadows."),
     canary_steps: str | None = typer.Option(None, help="Comma-separated percentages, e.g. 5,25,50,100."),
     min_stage_seconds: float | None = typer.Option(None, help="Minimum time in a stage before auto promotion."),
-    min_samples: int | None = typer.Option(None, help="Gate: comparisons needed."),
+    min_samples: int | None = typer.Option(None, help="Gate: no rate is judged on fewer comparisons (a floor)."),
     max_mismatch_rate: float | None = typer.Option(None, help="Gate: noise-adjusted mismatch rate, 0..1."),
     max_infra_error_rate: float | None = typer.Option(None, help="Gate: the new engine's infra-error rate, 0..1."),
     max_p99_ratio: float | None = typer.Option(None, help="Gate: new p99 run time / old p99 run time."),
+    confidence: float | None = typer.Option(None, help="Gate: level of the rates' intervals, e.g. 0.95."),
+    parity: str | None = typer.Option(
+        None,
+        help="Gate: environment fields that must be equal, comma-separated (e.g. python,pytest,limits); '-': none.",
+    ),
     reason: str = REASON,
     dry_run: bool = DRY_RUN,
     member: list[str] | None = MEMBER,
@@ -159,6 +165,8 @@ def set_(
             "max_mismatch_rate": max_mismatch_rate,
             "max_infra_error_rate": max_infra_error_rate,
             "max_p99_ratio": max_p99_ratio,
+            "confidence": confidence,
+            "parity": None if parity is None else [f.strip() for f in parity.split(",") if f.strip() not in ("", "-")],
         }.items()
         if v is not None
     }
@@ -172,6 +180,7 @@ def set_(
         new_engine=new_engine,
         old_engine=old_engine,
         policy=policy,
+        answer_policy=answer_policy,
         shadow_fraction=shadow_fraction,
         canary_steps=[float(s) for s in canary_steps.split(",")] if canary_steps else None,
         min_stage_seconds=min_stage_seconds,
@@ -258,7 +267,7 @@ def history(
             events = await store.history(sessions, limit=limit)
         return [service.event_dict(e) for e in events]
 
-    rows = _run(work)
+    rows = _run(output.named(work))
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -267,7 +276,7 @@ def history(
         old = f"{e['from_stage']} {e['from_percentage']:g}%" if e["from_stage"] else "-"
         table.add_row(
             e["at"][:19],
-            f"{e['scope']} {e['scope_id']}",
+            f"{e['scope']} {e['label']}",
             str(e["version"]),
             e["action"],
             e["actor"],
@@ -275,7 +284,7 @@ def history(
             f"{e['to_stage']} {e['to_percentage']:g}%",
             _event_why(e),
         )
-    Console().print(table)
+    output.console().print(table)
 
 
 def _event_why(event: dict[str, Any]) -> str:
@@ -296,7 +305,8 @@ def status(as_json: bool = AS_JSON) -> None:
         typer.echo(json.dumps(cards, indent=2, default=str))
         return
     table = Table(
-        "migration", "engines", "stage", "in stage", "samples", "parity (raw)", "infra err new", "p99 old/new",
+        "migration", "engines", "stage", "in stage", "samples", "mismatch (interval)", "parity (raw)", "infra err new",
+        "p99 old/new", "environment",
         "gate", "next gate needs", "clusters open / accepted",
     )  # fmt: skip
     for c in cards:
@@ -307,14 +317,17 @@ def status(as_json: bool = AS_JSON) -> None:
             c["stage"] + (f" {c['percentage']:g}%" if c["stage"] == "canary" else ""),
             _duration(c["seconds_in_stage"]),
             str(c["samples"]),
+            c["mismatch"]["text"] if c.get("mismatch") else "-",
             f"{_pct(c['parity'])} ({_pct(c['parity_raw'])})",
-            _pct(new["infra_error_rate"]),
+            new["infra_error"]["text"],
             f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
-            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
+            (c.get("environment") or {}).get("text", "-"),
+            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})"
+            + (" · paused" if c.get("paused") else ""),
             "; ".join(c["needs"]) or "-",
             f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({_mismatches(c['accepted_mismatches'])})",
         )
-    console = Console()
+    console = output.console()
     console.print(table)
     clusters = Table("migration", "signature", "status", "count", "tests / paths", "acceptance")
     for c in cards:
@@ -355,7 +368,7 @@ def evaluate(
             return [(await gates.evaluate_one(sessions, config, dry_run=dry_run)).to_dict()]
         return [run.to_dict() for run in await gates.evaluate_all(sessions, dry_run=dry_run)]
 
-    runs = _run(work)
+    runs = _run(output.named(work))
     if as_json:
         typer.echo(json.dumps(runs, indent=2, default=str))
         return
@@ -363,7 +376,7 @@ def evaluate(
     for r in runs:
         ev = r["evaluation"]
         table.add_row(
-            f"{r['scope']} {r['scope_id']}",
+            f"{r['scope']} {r['label']}",
             r["stage"] + (f" {r['percentage']:g}%" if r["stage"] == "canary" else ""),
             ev["verdict"],
             ev["decided_by"],
@@ -371,7 +384,7 @@ def evaluate(
             f"{r['next']['step']}: {r['next']['why']}",
             "yes" if r["applied"] else ("dry run" if dry_run else "no"),
         )
-    Console().print(table)
+    output.console().print(table)
 
 
 def _expiry(text: str) -> tuple[datetime | None, timedelta | None]:
@@ -392,7 +405,38 @@ def _triage(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[st
     if out is None:
         return
     event = out["event"]
-    Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: {_event_why(event)}")
+    output.console().print(f"[bold]{event['action']}[/] {event['scope']} {event['label']}: {_event_why(event)}")
+
+
+def _hold(action: str, backend: str | None, content: str | None, reason: str, as_json: bool) -> None:
+    from gateway.cutover.hold import HoldAction
+    from gateway.jobs.cutover_holds import set_hold
+
+    scope, key = _scope(backend, content)
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        return await set_hold(sessions, scope, key, HoldAction(action), f"cli:{getpass.getuser()}", reason)
+
+    out = _run_or_fail(work, as_json)
+    if out is None:
+        return
+    event = out["event"]
+    state = "paused" if out["paused"] else "running"
+    output.console().print(f"[bold]{event['action']}[/] {event['scope']} {event['label']}: automation {state}")
+
+
+@cutover_app.command()
+def pause(backend: str | None = BACKEND, content: str | None = CONTENT, reason: str = REASON,
+          as_json: bool = AS_JSON) -> None:  # fmt: skip
+    """Pause automatic promotion (a manual rollback or demotion does this on its own); the gate still demotes."""
+    _hold("pause", backend, content, reason, as_json)
+
+
+@cutover_app.command()
+def resume(backend: str | None = BACKEND, content: str | None = CONTENT, reason: str = REASON,
+           as_json: bool = AS_JSON) -> None:  # fmt: skip
+    """Let the gate promote again after an operator's rollback, demotion or pause."""
+    _hold("resume", backend, content, reason, as_json)
 
 
 @cutover_app.command()

@@ -49,6 +49,17 @@ class HealthMonitor:
         except TimeoutError:
             return Health(healthy=False, engine=engine, error=f"no answer from the engine within {self.timeout:g} s")
 
+    async def alive(self, engine: str) -> bool | None:
+        """Whether the engine reports a live worker (a Celery worker answering the ping, a Prefect runner whose
+        heartbeat is recent): a busy engine is alive, a dead one is not. None when the probe said nothing (no
+        answer in time): a slow probe on a loaded machine must not make a live engine look dead."""
+        health = await self.check(engine)
+        if health.workers > 0:
+            return True
+        if health.checks.get("workers") is False or health.checks.get("runner") is False:
+            return False
+        return None
+
     async def _probe(self, engine: str) -> Health:
         threads = self._threads.get(engine)
         if threads is None:

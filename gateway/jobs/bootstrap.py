@@ -29,10 +29,12 @@ def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> G
     comparison.install(hooks)
     state = GatewayState.build(settings, dispatcher, hooks)
     # Comparisons are written by the reconciler after each tick, for every pair whose two legs are final.
-    state.reconciler.steps[comparison.NAME] = CompareStep(state.sessions, state.is_postgres)
+    state.reconciler.steps[comparison.NAME] = CompareStep(
+        state.sessions, state.is_postgres, settings.gateway_rejudge_per_hour
+    )
     # Cutover gates are evaluated after the comparisons, on their own (slower) clock.
     state.reconciler.steps["cutover_gates"] = GateStep(
-        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds
+        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds, state.health.alive
     )
     return state
 

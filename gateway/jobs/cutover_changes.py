@@ -265,10 +265,15 @@ async def result_routing(sessions: async_sessionmaker[AsyncSession], result_id: 
 
 
 async def evaluate_scope(
-    sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str, dry_run: bool
+    sessions: async_sessionmaker[AsyncSession],
+    scope: Scope,
+    key: str,
+    dry_run: bool,
+    liveness: gates.Liveness | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one migration's gate now and take the policy's step (unless `dry_run`); 404 when none is set."""
+    """Evaluate one migration's gate now and take the policy's step (unless `dry_run`); 404 when none is set.
+    `liveness`: whether an engine reports a live worker (the API's health monitor), for a dead engine's legs."""
     _ref, config = await current(sessions, scope, key)
     if config is None:
         raise NotFound(f"no migration for {scope.value} {key}")
-    return (await gates.evaluate_one(sessions, config, dry_run=dry_run)).to_dict()
+    return (await gates.evaluate_one(sessions, config, dry_run=dry_run, liveness=liveness)).to_dict()

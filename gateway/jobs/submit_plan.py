@@ -15,10 +15,11 @@ from typing import Any
 from backends.interface import TaskKind
 from common.legacy import Repository, ResultStatus, TestJob
 from common.redact import strip_credentials
-from gateway.cutover.stages import CutoverConfig
+from gateway.cutover.stages import AnswerPolicy, CutoverConfig
 from gateway.engines.dispatcher import SendBy
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
-from gateway.engines.shadowing import ShadowPolicy
+from gateway.engines.shadowing import ExperimentKind, ShadowDecision, ShadowPolicy
+from gateway.jobs.credential_binding import bound
 from gateway.jobs.errors import BadJobRequest
 from gateway.legs.machine import new_leg
 from gateway.legs.states import LegRole
@@ -52,17 +53,17 @@ def _test_job(
     reference = None
     if content.reference_url:
         reference = Repository(
-            url=strip_credentials(content.reference_url),
-            commit=content.reference_commit,
-            path=content.directory,
-            credential=content.reference_credential,
+            url=strip_credentials(content.reference_url), commit=content.reference_commit, path=content.directory
         )
+        reference = bound(reference, content.reference_credential, content.reference_url)
     return TestJob(
         user_id=member.user_id,
         course_member_id=member.id,
         course_content_id=content.id,
         execution_backend_id=backend.id,
-        module=Repository(url=url, commit=commit, path=content.directory, credential=member.credential),
+        module=bound(
+            Repository(url=url, commit=commit, path=content.directory), member.credential, member.repository_url
+        ),  # fmt: skip
         reference=reference,
     )
 
@@ -177,5 +178,22 @@ async def with_shadows(shadow: ShadowPolicy, run: NewRun, content: CourseContent
             )
         )
     record = {**decision.record, "legs": [leg["id"] for leg in shadows]} if shadows else decision.record
+    verifier = _verifier(run, decision, shadows)
+    if verifier is not None:
+        record = {**record, "verify": verifier}
     leg = {**run.leg, "routing": {**(run.leg["routing"] or {}), "shadow": record}}
     return replace(run, leg=leg, shadows=tuple(shadows))
+
+
+def _verifier(run: NewRun, decision: ShadowDecision, shadows: list[dict[str, Any]]) -> str | None:
+    """Under the `verified` answer policy, the old engine's shadow leg whose verdict the row waits for (None: the
+    primary answers at once - no such leg was admitted, or the job also submits, which follows its answer)."""
+    if run.plan.decision.get("answer") != AnswerPolicy.VERIFIED.value:
+        return None
+    test_job = run.spec.get("params", {}).get("test_job")
+    if isinstance(test_job, dict) and test_job.get("submit"):
+        return None
+    for planned, leg in zip(decision.legs, shadows, strict=True):
+        if planned.kind == ExperimentKind.SHADOW:
+            return str(leg["id"])
+    return None

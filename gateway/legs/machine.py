@@ -30,7 +30,7 @@ from backends.interface import LegPhase, LegResult, LegState
 from common.failures import Failure, InfraMessage, describe_failure
 from common.legacy import ResultStatus
 from common.scoring import score
-from gateway.legs.states import DispatchState, LegOutcome, LegRole
+from gateway.legs.states import DispatchState, LegOutcome, LegRole, verifier_of
 
 if TYPE_CHECKING:  # the rows it moves; it never reads or writes the database itself
     from gateway.store.models import Leg, Result
@@ -311,7 +311,10 @@ def finish(
         leg.payload = failure.as_result_json(leg.engine)
     if leg.progress is not None and phase == LegPhase.SUCCEEDED:
         leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
-    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
+    # Under the `verified` answer policy the row waits for the old engine's verdict (gateway.compare.answer);
+    # a cancellation is written at once.
+    waits = phase != LegPhase.CANCELLED and verifier_of(leg.role, leg.routing) is not None
+    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row) and not waits:
         _write_row(leg, row, phase, result, report, failure)
     hooks.run(FinishedLeg(leg, row, now))
 
@@ -335,6 +338,21 @@ def _write_row(
         row.status = int(ResultStatus.FAILED)
         row.result = 0.0
         row.result_json = (failure or failure_of(leg, None, None)).as_result_json(leg.engine)
+
+
+def write_row_from(leg: Leg, row: Result) -> None:
+    """Write the row from a finished leg's stored answer (its report, or its failure in the one vocabulary): how a
+    verified canary job's row is written once both engines have spoken, from whichever leg answers."""
+    phase = LegPhase(leg.phase)
+    report = leg.payload if phase == LegPhase.SUCCEEDED and isinstance(leg.payload, dict) else None
+    if phase in (LegPhase.FAILED, LegPhase.CRASHED):
+        row.status = int(ResultStatus.FAILED)
+        row.result = 0.0
+        row.result_json = (
+            leg.payload if isinstance(leg.payload, dict) else failure_of(leg, None, None).as_result_json(leg.engine)
+        )
+        return
+    _write_row(leg, row, phase, None, report, None)
 
 
 def finish_observed(

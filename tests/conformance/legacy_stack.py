@@ -231,23 +231,28 @@ def running_stack(
     *,
     prefect: bool,
     worker_extra: Mapping[str, str] | None = None,
+    gateway_extra: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """The API on PostgreSQL, a Celery worker on Redis + PostgreSQL and (optionally) a Prefect server + runner.
 
-    `worker_extra`: settings for the Celery worker only (e.g. a sandbox limit that differs from Prefect's)."""
+    `worker_extra`: settings for the Celery worker only (e.g. a sandbox limit that differs from Prefect's);
+    `gateway_extra`: settings for the API (and the worker), e.g. `GATEWAY_REJUDGE_PER_HOUR`."""
     data = tmp / "data"
     repos = build_repos(tmp / "repos")
     with contextlib.ExitStack() as stack:
         prefect_api = None
         sandboxes = stack.enter_context(sandbox_root())
-        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes)}
+        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes),
+               **(gateway_extra or {})}  # fmt: skip
         if prefect:
             prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))
             env["PREFECT_API_URL"] = prefect_api
         settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
         upgrade(settings)
         load_catalog(catalog(repos), settings)
-        server = stack.enter_context(running_server(env, data))
+        # The provider a student names in the clone-failure case (an empty list no longer means any host).
+        providers = {"GATEWAY_STUDENT_PROVIDERS": '["no-such-provider.invalid"]'}
+        server = stack.enter_context(running_server({**env, **providers}, data))
         result = Stack(server=server, data=data, env=env, repos=repos, log_dir=tmp, prefect_api=prefect_api)
         if prefect_api is not None:
             stack.enter_context(

@@ -34,6 +34,9 @@ from tests.support.slow_student import sandbox_root
 pytestmark = [pytest.mark.slow]
 FINAL = {0, 1, 2, 6}
 CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
+# These tests pin what one comparison says; a mismatch's re-judgement (re-runs of a slow student that wait for a
+# release, holding runner slots) is tested on its own in test_evidence.py.
+NO_REJUDGE = {"GATEWAY_REJUDGE_PER_HOUR": "0"}
 
 # A student whose solution is wrong in a way the test chooses per run, as a flaky one would be by chance: each run
 # waits (with a deadline) for a `verdict` file in its work dir, then "add" or "mul" makes that function wrong and
@@ -74,7 +77,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: PostgresDB, red
     with (
         fresh_pg_database(postgres_db) as db,
         running_stack(
-            tmp_path_factory.mktemp("shadow"), db.env(), redis_db.env(), prefect=True, worker_extra=CELERY_LIMIT
+            tmp_path_factory.mktemp("shadow"),
+            db.env(),
+            redis_db.env(),
+            prefect=True,
+            worker_extra=CELERY_LIMIT,
+            gateway_extra=NO_REJUDGE,
         ) as found,
     ):
         yield found
@@ -140,15 +148,18 @@ def test_reports_that_match_and_the_answer_unchanged(stack: Stack, key: str, oth
 
 
 # ---------------------------------------------------------------------------------------------- mismatch
-def celery_leg_finished(stack: Stack, result_id: str) -> bool:
-    """Whether the job's Celery leg (primary or shadow) is final, read from the gateway's store."""
-    engine = make_sync_engine(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}))
+def leg_finished(stack: Stack, result_id: str, engine: str = "celery") -> bool:
+    """Whether the job's first leg on `engine` (primary or shadow; not a re-judgement's re-run) is final, read
+    from the gateway's store."""
+    engine_ = make_sync_engine(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}))
     try:
-        with engine.connect() as conn:
-            stmt = select(Leg.finished).where(Leg.result_id == result_id, Leg.engine == "celery")
-            return bool(conn.execute(stmt).scalar())
+        with engine_.connect() as conn:
+            stmt = select(Leg.finished).where(
+                Leg.result_id == result_id, Leg.engine == engine, Leg.role.in_(("primary", "shadow"))
+            )
+            return bool(conn.execute(stmt.order_by(Leg.created_at).limit(1)).scalar())
     finally:
-        engine.dispose()
+        engine_.dispose()
 
 
 @pytest.mark.parametrize(("key", "other"), [("untimed-celery", "prefect"), ("untimed-prefect", "celery")])
@@ -158,11 +169,16 @@ def test_different_time_limits_are_a_real_mismatch(stack: Stack, key: str, other
     with stack.client(ADMIN) as admin:
         shadow(admin, f"cc-{key}", engine=other)
         run = submit(admin, key, "m-slow", stack.repos.commit("slow")).json()
-        wait_until(
-            lambda: celery_leg_finished(stack, run["id"]) and stack.release_slow_runs() > 0,
-            "the Celery run to time out and the Prefect run to wait for its release",
-            180,
-        )
+
+        def released() -> bool:
+            # Once Celery's run has timed out, release every waiting slow run (an earlier mismatch's re-judgement
+            # re-runs a slow student too) until this job's Prefect run has ended.
+            if not leg_finished(stack, run["id"], "celery"):
+                return False
+            stack.release_slow_runs()
+            return leg_finished(stack, run["id"], "prefect")
+
+        wait_until(released, "the Celery run to time out and the Prefect run to be released and end", 180)
         row = final_row(admin, run["id"])
         found = comparison_of(admin, run["id"])
     assert found["outcome"] == "mismatch", found
@@ -174,6 +190,11 @@ def test_different_time_limits_are_a_real_mismatch(stack: Stack, key: str, other
     assert row["result"] == found["primary"]["score"]  # the row is the primary's, whatever the shadow said
     paths = [d["path"] for d in found["differences"]]
     assert any(p.startswith('$.tests["') for p in paths) and "$.score" in paths
+    # The environments say why, beside the grades (issue 27: parity).
+    limits = {"celery": "4 s", "prefect": "60 s"}
+    primary, shadow_engine = found["primary"]["engine"], found["shadow"]["engine"]
+    expected = f"{primary}: time limit {limits[primary]}, {shadow_engine}: {limits[shadow_engine]}"
+    assert found["environment"]["text"] == expected, found["environment"]
 
 
 # -------------------------------------------------------------------------------------- shadow-side failures

@@ -1,6 +1,7 @@
 """Admin API of the cutover: list migrations, change one (set/promote/demote/rollback/configure, with dry run),
-read its history, accept or withdraw a mismatch cluster, and see how a job was routed. Thin: the services are
-`gateway.jobs.cutover_changes` and `gateway.jobs.cutover_triage`.
+read its history, accept or withdraw a mismatch cluster, pause or resume its automation, and see how a job was
+routed. Thin: the services are `gateway.jobs.cutover_changes`, `gateway.jobs.cutover_triage` and
+`gateway.jobs.cutover_holds`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from fastapi import APIRouter
 
 from gateway.api.auth import GuardedRoute
 from gateway.api.deps import Admin, State
+from gateway.cutover.hold import HoldAction
 from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
+from gateway.jobs import cutover_holds as holds
 from gateway.jobs import cutover_triage as triage
 from gateway.jobs.scorecard import scorecard
-from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn
+from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn, CutoverHoldIn
 
 router = APIRouter(route_class=GuardedRoute)
 
@@ -36,12 +39,13 @@ async def get_scorecard(state: State, principal: Admin) -> list[dict[str, Any]]:
 @router.post("/admin/cutover/evaluate")
 async def evaluate_all(state: State, principal: Admin, dry_run: bool = False) -> list[dict[str, Any]]:
     """Evaluate every migration now and take the policy's step (unless `dry_run`)."""
-    return [run.to_dict() for run in await gates.evaluate_all(state.sessions, dry_run=dry_run)]
+    runs = await gates.evaluate_all(state.sessions, dry_run=dry_run, liveness=state.health.alive)
+    return [run.to_dict() for run in runs]
 
 
 @router.post("/admin/cutover/{scope}/{key}/evaluate")
 async def evaluate_one(scope: Scope, key: str, state: State, principal: Admin, dry_run: bool = False) -> dict[str, Any]:
-    return await service.evaluate_scope(state.sessions, scope, key, dry_run)
+    return await service.evaluate_scope(state.sessions, scope, key, dry_run, liveness=state.health.alive)
 
 
 @router.get("/admin/cutover/history")
@@ -83,6 +87,24 @@ async def unaccept_cluster(
 ) -> dict[str, Any]:
     """Withdraw an acceptance: the cluster counts against the gate again."""
     return await triage.unaccept_cluster(state.sessions, scope, key, signature, principal.username, reason)
+
+
+@router.get("/admin/cutover/{scope}/{key}/hold")
+async def get_hold(scope: Scope, key: str, state: State, principal: Admin) -> dict[str, Any]:
+    """Whether automation is paused (an operator's rollback, demotion or pause) and by what."""
+    return await holds.hold_of_scope(state.sessions, scope, key)
+
+
+@router.post("/admin/cutover/{scope}/{key}/pause")
+async def pause(scope: Scope, key: str, body: CutoverHoldIn, state: State, principal: Admin) -> dict[str, Any]:
+    """Pause automatic promotion until resumed; the gate still demotes a failing answering stage."""
+    return await holds.set_hold(state.sessions, scope, key, HoldAction.PAUSE, principal.username, body.reason)
+
+
+@router.post("/admin/cutover/{scope}/{key}/resume")
+async def resume(scope: Scope, key: str, body: CutoverHoldIn, state: State, principal: Admin) -> dict[str, Any]:
+    """Let the gate promote again after an operator's rollback, demotion or pause."""
+    return await holds.set_hold(state.sessions, scope, key, HoldAction.RESUME, principal.username, body.reason)
 
 
 def _change_route(action: Action) -> Any:
