@@ -83,6 +83,29 @@ class TaskStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class CeleryState(StrEnum):
+    """Celery's own state words: the platform's task list (`GET /tasks`) shows and filters by these, and its
+    front end switches on them (it never learnt the `TaskStatus` words for that view)."""
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    RETRY = "RETRY"
+    REVOKED = "REVOKED"
+
+
+# A task's `TaskStatus` in Celery's words (RETRY is never shown: a re-run is PENDING again, as Celery shows it).
+CELERY_STATE_OF = {
+    TaskStatus.QUEUED: CeleryState.PENDING,
+    TaskStatus.DEFERRED: CeleryState.PENDING,
+    TaskStatus.STARTED: CeleryState.STARTED,
+    TaskStatus.FINISHED: CeleryState.SUCCESS,
+    TaskStatus.FAILED: CeleryState.FAILURE,
+    TaskStatus.CANCELLED: CeleryState.REVOKED,
+}
+
+
 class Progress(BaseModel):
     """Progress as legacy task views show it: `{"percentage": int, "metadata": {...}, "status": "running"}`."""
 

@@ -208,6 +208,9 @@ async def act(
     why = refusal(request, _csrf(request), principal, csrf)
     if why is not None:
         return _page(request, "console_error.html", principal, 403, message=why, back=back)
+    if version is None:  # every console form carries the version it was planned on
+        return _page(request, "console_error.html", principal, 422, back=back,
+                     message="refused: the form names no version of the migration (reload the page)")  # fmt: skip
     actor = principal.username
     try:
         if action in service.STAGE_ACTIONS:

@@ -146,12 +146,25 @@ def plan(config: CutoverConfig) -> dict[str, Any]:
     }
 
 
+def _interval_line(name: str, value: Any) -> str:
+    """One of an evaluation's decisions in words: "mismatch: 12.5 % (95 %: 4.3–31 %), above 1 %, ..." """
+    if isinstance(value, dict) and "text" in value:
+        parts = [f"{name.replace('_', ' ')}: {value['text']}"]
+        if value.get("threshold") is not None:
+            parts.append(f"{value.get('side', '')} the threshold {value['threshold'] * 100:g} %")
+        if value.get("more_trials"):
+            parts.append(f"about {value['more_trials']} more samples would decide")
+        return ", ".join(parts)
+    return f"{name.replace('_', ' ')}: {value}"
+
+
 def _evaluation_line(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     """An evaluation as the timeline shows it: verdict, deciding criterion, needs, and every number it carried."""
     if not evaluation:
         return None
-    numbers = {k: v for k, v in (evaluation.get("evidence") or {}).items() if v is not None}
-    extra = {k: v for k, v in evaluation.items() if k not in ("verdict", "decided_by", "failing", "needs", "evidence")}
+    numbers = {k: v for k, v in (evaluation.get("evidence") or {}).items() if v is not None and k != "parity_example"}
+    extra = [_interval_line(k, v) for k, v in evaluation.items()
+             if k not in ("verdict", "decided_by", "failing", "needs", "evidence") and v is not None]  # fmt: skip
     return {
         "verdict": evaluation.get("verdict"),
         "decided_by": evaluation.get("decided_by"),

@@ -21,6 +21,7 @@ from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, t
 from gateway.engines.shadowing import ExperimentKind, ShadowDecision, ShadowPolicy
 from gateway.jobs.credential_binding import bound
 from gateway.jobs.errors import BadJobRequest
+from gateway.jobs.legacy_submission import assignment_of
 from gateway.legs.machine import new_leg
 from gateway.legs.states import LegRole
 from gateway.schemas import TestCreate
@@ -131,6 +132,8 @@ def new_run(
         "params": {"test_job": job.model_dump(mode="json", exclude={"module": {"token"}, "reference": {"token"}})},
         "properties": backend.properties or {},
         "priority": 8,
+        # The content as a submission deployment the gateway did not write needs it (its `assignment`).
+        "assignment": assignment_of(content),
     }
     leg = new_leg(
         leg_id=leg_id,

@@ -151,7 +151,3 @@ async def count_and_existing(
     async with sessions() as session:
         count, existing = (await session.execute(stmt)).one()
     return int(count or 0), existing
-
-
-def counted_already(existing: Result | None) -> bool:
-    return existing is not None and bool(existing.submit) and ResultStatus(existing.status) in KEEP

@@ -157,6 +157,8 @@ def _shot(devtools: DevTools, name: str, width: int = 1400) -> None:
 
 def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[GatewayServer, str]) -> None:
     api, signature = console
+    with api.client(ADMIN) as admin:  # the gate evaluates once (manual policy: it decides, it does not move)
+        assert admin.post("/api/admin/cutover/content/week2.ex1/evaluate").status_code == 200
     _go(chromium, f"{api.url}/scorecard")  # the old URL lands on the console
     assert chromium.evaluate("location.pathname") == "/console"
     assert chromium.evaluate("[...document.querySelectorAll('#migrations tr')].map(r => r.dataset.key)") == [
@@ -175,6 +177,8 @@ def test_walk_drill_accept_and_roll_back(chromium: DevTools, console: tuple[Gate
     clusters = _text(chromium, "#clusters")
     assert "test_calc.py::test_div" in clusters and "1 of 1 A/A pairs" in clusters
     assert _text(chromium, "#environment") == "same"  # environment parity: nothing differs
+    evaluation = _text(chromium, "#timeline tr.evaluation")  # the evaluation with its numbers and confidence
+    assert "Inconclusive on samples" in evaluation and "mismatch: 12.5 % (95 %: 4.3–31 %)" in evaluation
     assert "http://" not in chromium.evaluate("document.documentElement.outerHTML")  # nothing from elsewhere
     _shot(chromium, "migration")
     # Readable on a narrow screen: nothing wider than the viewport (wide tables scroll inside their box).
@@ -299,6 +303,9 @@ def test_a_cross_site_post_is_refused(chromium: DevTools, console: tuple[Gateway
         forged = admin.post("/console/m/content/week2.ex1/rollback", data={"version": "1"},
                             headers={"Origin": api.url})  # fmt: skip
         assert forged.status_code == 403 and "token" in forged.text
+        token_only = admin.post("/console/m/content/week2.ex1/rollback", data={"csrf": token},
+                                headers={"Origin": api.url})  # fmt: skip
+        assert token_only.status_code == 422 and "no version" in token_only.text  # the stale check cannot be skipped
         assert admin.get("/api/admin/cutover/content/week2.ex1").json()["stage"] == "shadow"
 
 
