@@ -29,6 +29,8 @@ class Repository(BaseModel):
     commit: str | None = None
     # A name in the worker's secret store; the worker resolves it. Secrets never travel in job parameters.
     credential: str | None = None
+    # The hosts the credential is bound to (`common.credential_binding`); it is sent to no other host.
+    credential_hosts: list[str] | None = None
 
 
 class TestJob(BaseModel):

@@ -11,13 +11,17 @@ not write: submit, state and progress come from the API; the result only where t
   Non-final runs are also checked against their deployment's `last_polled`/status (one more call, only when
   something is in flight), so a runner that stopped polling shows up as `LegState.stalled`; a `Late` run whose
   runner still polls is only queued behind a busy runner and is not stalled.
+- completions: Prefect's event stream (`backends.prefect.events`) names the runs that reached a final state, so
+  the gateway closes their legs at once (`CompletionFeed`), not at its next tick; polling stays the safety net.
 - cancel: propose CANCELLING (the server cancels a SCHEDULED run at once, a runner kills a running one); a
   run left CANCELLING longer than the grace period while no runner polls is forced to CANCELLED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +42,7 @@ from backends.interface import (
     WorkerInfo,
 )
 from backends.prefect import labels as label_keys
+from backends.prefect.events import flow_run_completions
 from backends.prefect.names import DEFAULT_DEPLOYMENTS, RESULTS_SUBDIR
 from backends.prefect.results import ResultUnavailable, read_persisted_result
 from backends.prefect.states import ACTIVE_TYPES, WAITING_TYPES, phase_for
@@ -316,6 +321,15 @@ class PrefectAdapter:
             return {}
         now = datetime.now(UTC)
         return {d["id"]: self._runner_gone(d, now) for d in self._deployments(ids)}
+
+    async def completions(self) -> AsyncIterator[list[str]]:
+        """Leg ids whose flow run reached a final state, pushed by Prefect's event stream (`CompletionFeed`,
+        `backends.prefect.events`): the gateway closes such a leg at once instead of at its next tick."""
+        secret = self.settings.prefect_api_auth_string
+        feed = flow_run_completions(self.api_url, secret.get_secret_value() if secret else None)
+        async with contextlib.aclosing(feed):
+            async for leg_ids in feed:
+                yield leg_ids
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         runs = self._runs_by_leg(leg_ids)

@@ -50,7 +50,8 @@ def _repository(repo: Repository | None) -> dict[str, Any] | None:
     """A repository as the legacy flow reads it, minus any secret: URL stripped, `token` null, `credential` kept."""
     if repo is None:
         return None
-    return repo.model_copy(update={"url": strip_credentials(repo.url), "token": None}).model_dump(mode="json")
+    legacy = repo.model_copy(update={"url": strip_credentials(repo.url), "token": None})
+    return legacy.model_dump(mode="json", exclude={"credential_hosts"})  # the gateway's own, not the legacy set
 
 
 def legacy_submission_params(test_job: dict[str, Any], row: Result) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.legacy import ResultStatus
 from gateway.engines.dispatcher import SendBy, SendStatus
+from gateway.jobs.credential_binding import check_student_provider
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, WorkerUnavailable
 from gateway.jobs.submission_follow_up import request_submission
 from gateway.jobs.submit_plan import NewRun, new_run, with_shadows
@@ -99,6 +100,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if not commit:
         raise BadJobRequest("commit is None")
     member = await member_of(state.sessions, state.catalog, member_id)
+    if principal.role == Role.STUDENT:
+        check_student_provider(body.provider_url, state.settings.gateway_student_providers, member.repository_url)
     # The stage decides new jobs only: a job admitted earlier keeps its leg's engine (pinning).
     cutover = await effective_config(state.sessions, state.catalog, backend.id if backend else None, content.id)
     existing: Result | None = None

@@ -19,6 +19,7 @@ from gateway.cutover.stages import AnswerPolicy, CutoverConfig
 from gateway.engines.dispatcher import SendBy
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.engines.shadowing import ExperimentKind, ShadowDecision, ShadowPolicy
+from gateway.jobs.credential_binding import bound
 from gateway.jobs.errors import BadJobRequest
 from gateway.legs.machine import new_leg
 from gateway.legs.states import LegRole
@@ -52,17 +53,17 @@ def _test_job(
     reference = None
     if content.reference_url:
         reference = Repository(
-            url=strip_credentials(content.reference_url),
-            commit=content.reference_commit,
-            path=content.directory,
-            credential=content.reference_credential,
+            url=strip_credentials(content.reference_url), commit=content.reference_commit, path=content.directory
         )
+        reference = bound(reference, content.reference_credential, content.reference_url)
     return TestJob(
         user_id=member.user_id,
         course_member_id=member.id,
         course_content_id=content.id,
         execution_backend_id=backend.id,
-        module=Repository(url=url, commit=commit, path=content.directory, credential=member.credential),
+        module=bound(
+            Repository(url=url, commit=commit, path=content.directory), member.credential, member.repository_url
+        ),  # fmt: skip
         reference=reference,
     )
 

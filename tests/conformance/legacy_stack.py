@@ -250,7 +250,9 @@ def running_stack(
         settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
         upgrade(settings)
         load_catalog(catalog(repos), settings)
-        server = stack.enter_context(running_server(env, data))
+        # The provider a student names in the clone-failure case (an empty list no longer means any host).
+        providers = {"GATEWAY_STUDENT_PROVIDERS": '["no-such-provider.invalid"]'}
+        server = stack.enter_context(running_server({**env, **providers}, data))
         result = Stack(server=server, data=data, env=env, repos=repos, log_dir=tmp, prefect_api=prefect_api)
         if prefect_api is not None:
             stack.enter_context(
