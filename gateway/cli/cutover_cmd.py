@@ -192,32 +192,26 @@ def set_(
     )
 
 
-@cutover_app.command()
-def promote(
-    backend: str | None = BACKEND,
-    content: str | None = CONTENT,
-    reason: str = REASON,
-    dry_run: bool = DRY_RUN,
-    member: list[str] | None = MEMBER,
-    sample: int = SAMPLE,
-    as_json: bool = AS_JSON,
-) -> None:
-    """One step forward (shadow → canary 5 % → 25 % → ... → new_primary → new_only)."""
-    _change("promote", backend, content, as_json, reason=reason, dry_run=dry_run, members=member or [], sample=sample)
+def _step_command(action: str, doc: str) -> None:
+    """Register `gateway cutover <action>`: one stage move with no arguments of its own (promote, demote)."""
+
+    def step(
+        backend: str | None = BACKEND,
+        content: str | None = CONTENT,
+        reason: str = REASON,
+        dry_run: bool = DRY_RUN,
+        member: list[str] | None = MEMBER,
+        sample: int = SAMPLE,
+        as_json: bool = AS_JSON,
+    ) -> None:
+        _change(action, backend, content, as_json, reason=reason, dry_run=dry_run, members=member or [], sample=sample)
+
+    step.__doc__ = doc
+    cutover_app.command(action)(step)
 
 
-@cutover_app.command()
-def demote(
-    backend: str | None = BACKEND,
-    content: str | None = CONTENT,
-    reason: str = REASON,
-    dry_run: bool = DRY_RUN,
-    member: list[str] | None = MEMBER,
-    sample: int = SAMPLE,
-    as_json: bool = AS_JSON,
-) -> None:
-    """One stage back."""
-    _change("demote", backend, content, as_json, reason=reason, dry_run=dry_run, members=member or [], sample=sample)
+_step_command("promote", "One step forward (shadow → canary 5 % → 25 % → ... → new_primary → new_only).")
+_step_command("demote", "One stage back.")
 
 
 @cutover_app.command()
@@ -315,7 +309,7 @@ def status(as_json: bool = AS_JSON) -> None:
             f"{c['scope']} {c['label']}",
             f"{c['old_engine']} → {c['new_engine']}",
             c["stage"] + (f" {c['percentage']:g}%" if c["stage"] == "canary" else ""),
-            _duration(c["seconds_in_stage"]),
+            output.duration(c["seconds_in_stage"]),
             str(c["samples"]),
             c["mismatch"]["text"] if c.get("mismatch") else "-",
             f"{_pct(c['parity'])} ({_pct(c['parity_raw'])})",
@@ -491,14 +485,6 @@ def _pct(rate: float | None) -> str:
 
 def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""Where the CLI's tables go: a Rich console as wide as the terminal, and not cut at 80 columns when piped.
+"""Where the CLI's tables go: a Rich console as wide as the terminal, and not cut at 80 columns when piped; and
+the cells those tables share (a duration), so every command writes them alike.
 
 Rich falls back to 80 columns when standard output is not a terminal, so `gateway cutover status | less` or a
 redirect to a file cut every wide table. Here: a terminal's own width; when piped, `COLUMNS` if set, else wide
@@ -29,6 +30,17 @@ def width() -> int | None:
 
 def console() -> Console:
     return Console(width=width())
+
+
+def duration(seconds: float | None, keep_seconds: bool = False) -> str:
+    """`4m05s`, or `1h02m` past the hour (`1h02m05s` with `keep_seconds`, for a worker's uptime); `-` for None."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes}m{secs:02d}s"
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if keep_seconds else f"{hours}h{minutes:02d}m"
 
 
 def named(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> Callable[..., Awaitable[T]]:

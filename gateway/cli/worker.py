@@ -90,14 +90,6 @@ def _prefect_reachable(settings: Settings) -> bool:
         return False
 
 
-def _uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
-
-
 def _engine_status(adapter: EngineAdapter, settings: Settings, console: Console) -> int:
     """Print one engine's tables; return how many workers answered."""
     health = adapter.health()
@@ -123,7 +115,9 @@ def _engine_status(adapter: EngineAdapter, settings: Settings, console: Console)
     for column in ("name", "queues", "active", "uptime"):
         table.add_column(column)
     for info in workers:
-        table.add_row(info.name, ", ".join(info.queues), str(info.active), _uptime(info.uptime_seconds))
+        table.add_row(
+            info.name, ", ".join(info.queues), str(info.active), output.duration(info.uptime_seconds, keep_seconds=True)
+        )
     console.print(table)
     try:
         depths = adapter.queue_depths()

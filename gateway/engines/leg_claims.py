@@ -8,7 +8,8 @@ writes it back (a cancel, a worker's write-back) takes the same lock through `ex
 rows across the engine call, so without it the refresh could commit what it read before a cancel over the
 cancel's write (a row left CANCELLING for ever, issue 16).
 
-The relay, the observer and the completion follower share one `LegClaims`, so they share its lock.
+The relay, the observer and the completion follower share one `LegClaims`, so they share its lock; the two rooms
+that send and read legs (the relay, the observer) are `LegRoom`s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from common.settings import Settings
+from gateway.engines.dispatcher import Dispatcher
+from gateway.legs.machine import FinishHooks
 from gateway.store.models import Leg, Result
 
 
@@ -111,3 +115,14 @@ class LegClaims:
             return {}
         rows = (await session.execute(select(Result).where(Result.id.in_(ids)))).scalars().all()
         return {row.id: row for row in rows}
+
+
+class LegRoom:
+    """What the relay and the observer are built from: the shared claims, the dispatcher that reaches the engines,
+    the settings, and the hooks run when a leg finishes."""
+
+    def __init__(self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings, hooks: FinishHooks) -> None:
+        self.claims = claims
+        self.hooks = hooks
+        self.dispatcher = dispatcher
+        self.settings = settings

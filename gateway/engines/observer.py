@@ -24,7 +24,7 @@ from common.redact import redact_text
 from common.settings import Settings
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
-from gateway.engines.leg_claims import LegClaims, TickReport
+from gateway.engines.leg_claims import LegClaims, LegRoom, TickReport
 from gateway.legs import machine
 from gateway.legs.states import DispatchState
 from gateway.store import open_legs
@@ -33,16 +33,13 @@ from gateway.store.models import Leg, Result, utcnow
 log = logging.getLogger(__name__)
 
 
-class Observer:
+class Observer(LegRoom):
     """Reads engines for open legs and applies what changed, on a tick or for one leg on demand."""
 
     def __init__(
         self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings, hooks: machine.FinishHooks
     ) -> None:
-        self.claims = claims
-        self.hooks = hooks
-        self.dispatcher = dispatcher
-        self.settings = settings
+        super().__init__(claims, dispatcher, settings, hooks)
         # Legs timed out in a claim not yet committed: cancelled on their engines once it is (`cancel_given_up`).
         self._given_up: list[tuple[str, str]] = []
 

@@ -27,7 +27,7 @@ from common.redact import redact_text
 from common.settings import Settings
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher, SendOutcome, SendStatus
-from gateway.engines.leg_claims import LegClaims, TickReport
+from gateway.engines.leg_claims import LegClaims, LegRoom, TickReport
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole, is_shadowed_primary
 from gateway.store import leg_writer
@@ -75,16 +75,13 @@ def _first_shadow_try(leg: Leg) -> bool:
     return leg.role == LegRole.SHADOW.value and not leg.dispatch_attempts
 
 
-class Relay:
+class Relay(LegRoom):
     """Sends due legs through the dispatcher, on a tick or as soon as it is woken."""
 
     def __init__(
         self, claims: LegClaims, dispatcher: Dispatcher, settings: Settings, hooks: machine.FinishHooks
     ) -> None:
-        self.claims = claims
-        self.hooks = hooks
-        self.dispatcher = dispatcher
-        self.settings = settings
+        super().__init__(claims, dispatcher, settings, hooks)
         # Set by `wake_outbox` (or a NOTIFY on OUTBOX_CHANNEL) and `hand_over`: flush the outbox now, not at the
         # next tick; with a claim of what is due only after a `wake_outbox`.
         self._outbox_due = asyncio.Event()

@@ -94,17 +94,6 @@ async def student_names(session: AsyncSession) -> dict[str, str]:
     return names
 
 
-async def _migration_row(session: AsyncSession, scope: Scope, key: str) -> tuple[store.ScopeRef, CutoverMigration]:
-    try:
-        ref = await store.resolve_scope(session, scope, key)
-    except store.UnknownScope as exc:
-        raise NotFound(str(exc)) from None
-    row = await store.load(session, scope, ref.scope_id)
-    if row is None:
-        raise NotFound(f"no migration for {scope.value} {key}")
-    return ref, row
-
-
 async def migrations(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
     """The migrations list: each scorecard card with its name."""
     now = utcnow()
@@ -239,7 +228,7 @@ async def migration_page(sessions: async_sessionmaker[AsyncSession], scope: Scop
     """Everything the migration page shows, in one read."""
     now = utcnow()
     async with sessions() as session:
-        ref, row = await _migration_row(session, scope, key)
+        ref, row = await changes.migration_row(session, scope, key)
     found = await card(sessions, row, now)
     config = store.to_config(row)
     async with sessions() as session:
@@ -287,7 +276,7 @@ async def preview(
     """Plan `action` without saving it and say what it changes: students whose next job moves engine, jobs in
     flight (they stay where they are: a leg is pinned to its engine), or the cluster an acceptance covers."""
     async with sessions() as session:
-        ref, row = await _migration_row(session, scope, key)
+        ref, row = await changes.migration_row(session, scope, key)
         config = store.to_config(row)
         pairs = await reads.scope_members(session, config)
         flying = await reads.in_flight(session, config)
@@ -352,7 +341,7 @@ def check_version(config_version: int, expected: int | None) -> None:
 
 async def current_version(sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str) -> int:
     async with sessions() as session:
-        _ref, row = await _migration_row(session, scope, key)
+        _ref, row = await changes.migration_row(session, scope, key)
     return row.version
 
 
@@ -472,7 +461,7 @@ async def cluster_page(
 ) -> dict[str, Any]:
     """A cluster's comparisons (each student, commit and job) within the migration's scope, newest first."""
     async with sessions() as session:
-        ref, row = await _migration_row(session, scope, key)
+        ref, row = await changes.migration_row(session, scope, key)
         config = store.to_config(row)
         found = await reads.comparisons_of_cluster(session, [scope_filter(config)], signature)
         students = await student_names(session)

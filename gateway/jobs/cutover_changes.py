@@ -22,7 +22,7 @@ from gateway.jobs import cutover_gates as gates
 from gateway.jobs.errors import Conflict, JobError, NotFound
 from gateway.store import cutover_configs as store
 from gateway.store.leg_reads import job_legs
-from gateway.store.models import CourseContent, CourseMember, utcnow
+from gateway.store.models import CourseContent, CourseMember, CutoverMigration, utcnow
 
 
 class InvalidCutover(JobError):
@@ -95,6 +95,15 @@ async def _ref(session: AsyncSession, scope: Scope, key: str) -> store.ScopeRef:
         return await store.resolve_scope(session, scope, key)
     except store.UnknownScope as exc:
         raise NotFound(str(exc)) from None
+
+
+async def migration_row(session: AsyncSession, scope: Scope, key: str) -> tuple[store.ScopeRef, CutoverMigration]:
+    """The scope a key names and its migration's row; 404 for an unknown key or a scope with no migration set."""
+    ref = await _ref(session, scope, key)
+    row = await store.load(session, scope, ref.scope_id)
+    if row is None:
+        raise NotFound(f"no migration for {scope.value} {key}")
+    return ref, row
 
 
 async def current(
@@ -230,10 +239,7 @@ async def list_migrations(sessions: async_sessionmaker[AsyncSession]) -> list[di
 async def migration(sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str) -> dict[str, Any]:
     """One migration by its scope and key (an id, a slug or a path); 404 when none is set there."""
     async with sessions() as session:
-        ref = await _ref(session, scope, key)
-        row = await store.load(session, scope, ref.scope_id)
-    if row is None:
-        raise NotFound(f"no migration for {scope.value} {key}")
+        _found, row = await migration_row(session, scope, key)
     return migration_dict(row)
 
 

@@ -14,22 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cutover.hold import HoldAction
 from gateway.cutover.stages import Scope
-from gateway.jobs.cutover_changes import event_dict
-from gateway.jobs.errors import Conflict, NotFound
+from gateway.jobs.cutover_changes import event_dict, migration_row
+from gateway.jobs.errors import Conflict
 from gateway.store import cutover_configs as store
 from gateway.store import cutover_holds
-from gateway.store.models import CutoverMigration, utcnow
-
-
-async def _migration(session: AsyncSession, scope: Scope, key: str) -> CutoverMigration:
-    try:
-        ref = await store.resolve_scope(session, scope, key)
-    except store.UnknownScope as exc:
-        raise NotFound(str(exc)) from None
-    row = await store.load(session, scope, ref.scope_id)
-    if row is None:
-        raise NotFound(f"no migration for {scope.value} {key}")
-    return row
+from gateway.store.models import utcnow
 
 
 async def hold_status(sessions: async_sessionmaker[AsyncSession], scope: Scope, scope_id: str) -> dict[str, Any]:
@@ -42,7 +31,7 @@ async def hold_status(sessions: async_sessionmaker[AsyncSession], scope: Scope, 
 async def hold_of_scope(sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str) -> dict[str, Any]:
     """`hold_status` of a migration named by its scope's key (a backend's slug or id, a content's path or id)."""
     async with sessions() as session:
-        row = await _migration(session, scope, key)
+        _ref, row = await migration_row(session, scope, key)
     return await hold_status(sessions, scope, row.scope_id)
 
 
@@ -58,7 +47,7 @@ async def set_hold(
     """Pause or resume; pausing a paused migration (or resuming a running one) is refused (409), not logged."""
     now = now or utcnow()
     async with sessions() as session:
-        row = await _migration(session, scope, key)
+        _ref, row = await migration_row(session, scope, key)
         hold = await cutover_holds.current_hold(session, scope, row.scope_id)
     if (hold is not None) == (action == HoldAction.PAUSE):
         state = "paused" if hold is not None else "not paused"

@@ -16,22 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cutover.stages import Scope
 from gateway.cutover.triage import Acceptance, InvalidAcceptance, validate
-from gateway.jobs.cutover_changes import InvalidCutover, event_dict
+from gateway.jobs.cutover_changes import InvalidCutover, event_dict, migration_row
 from gateway.jobs.cutover_gates import scope_filter
 from gateway.jobs.errors import Conflict, NotFound
 from gateway.store import cutover_configs as store
-from gateway.store.models import Comparison, CutoverMigration, utcnow
-
-
-async def _migration(session: AsyncSession, scope: Scope, key: str) -> CutoverMigration:
-    try:
-        ref = await store.resolve_scope(session, scope, key)
-    except store.UnknownScope as exc:
-        raise NotFound(str(exc)) from None
-    row = await store.load(session, scope, ref.scope_id)
-    if row is None:
-        raise NotFound(f"no migration for {scope.value} {key}")
-    return row
+from gateway.store.models import Comparison, utcnow
 
 
 def expiry(now: datetime, expires_at: datetime | None, expires_in: timedelta | None) -> datetime:
@@ -60,7 +49,7 @@ async def accept_cluster(
     except InvalidAcceptance as exc:
         raise InvalidCutover(str(exc)) from None
     async with sessions() as session:
-        row = await _migration(session, scope, key)
+        _ref, row = await migration_row(session, scope, key)
         seen = select(Comparison.id).where(scope_filter(store.to_config(row)), Comparison.signature == signature)
         if (await session.execute(seen.limit(1))).first() is None:
             raise NotFound(f"no comparison of {scope.value} {key} has the signature {signature}")
@@ -84,7 +73,7 @@ async def unaccept_cluster(
     """Withdraw an acceptance: the cluster's mismatches count against the gate again."""
     now = now or utcnow()
     async with sessions() as session:
-        row = await _migration(session, scope, key)
+        _ref, row = await migration_row(session, scope, key)
     event = await store.delete_acceptance(sessions, row, signature, actor, reason, now)
     if event is None:
         raise NotFound(f"no acceptance of {signature} for {scope.value} {key}")
@@ -97,6 +86,6 @@ async def list_acceptances(
     """Every acceptance of this scope, expired ones too (`active` says which still count)."""
     now = now or utcnow()
     async with sessions() as session:
-        row = await _migration(session, scope, key)
+        _ref, row = await migration_row(session, scope, key)
         found = await store.acceptances(session, scope, row.scope_id)
     return [a.to_dict(now) for a in sorted(found.values(), key=lambda a: a.expires_at)]

@@ -220,18 +220,26 @@ async def acceptances(session: AsyncSession, scope: Scope, scope_id: str) -> dic
     return {row.signature: to_acceptance(row) for row in (await session.execute(stmt)).scalars()}
 
 
-def _triage_event(
-    row: CutoverMigration, action: TriageAction, actor: str, now: datetime, reason: str, cluster: dict[str, Any]
+def standstill_event(
+    row: CutoverMigration,
+    action: str,
+    actor: str,
+    now: datetime,
+    reason: str,
+    config: CutoverConfig | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> CutoverEvent:
-    """A triage event: the migration's stage and config as they are (triage changes neither), and the cluster."""
-    config = to_config(row)
+    """An event that changes neither stage, config nor version (a triage or a hold action): the migration as it is
+    (`config`, else the row's), and the triage's cluster. With no cluster the column stays SQL NULL, not JSON null."""
+    config = config if config is not None else to_config(row)
+    extra = {} if cluster is None else {"cluster": cluster}
     return CutoverEvent(
         id=new_id(),
         migration_id=row.id,
         scope=row.scope,
         scope_id=row.scope_id,
         version=row.version,
-        action=action.value,
+        action=action,
         actor=actor,
         at=now,
         from_stage=row.stage,
@@ -239,7 +247,7 @@ def _triage_event(
         from_config=config.to_dict(),
         to_config=config.to_dict(),
         reason=reason,
-        cluster=cluster,
+        **extra,
     )
 
 
@@ -277,8 +285,13 @@ async def save_acceptance(
             cluster["replaces"] = _cluster(to_acceptance(found))
             found.note, found.expires_at = acceptance.note, acceptance.expires_at
             found.accepted_by, found.accepted_at = acceptance.accepted_by, acceptance.accepted_at
-        event = _triage_event(
-            row, TriageAction.ACCEPT, acceptance.accepted_by, acceptance.accepted_at, acceptance.note, cluster
+        event = standstill_event(
+            row,
+            TriageAction.ACCEPT.value,
+            acceptance.accepted_by,
+            acceptance.accepted_at,
+            acceptance.note,
+            cluster=cluster,
         )
         session.add(event)
         try:
@@ -306,7 +319,9 @@ async def delete_acceptance(
         found = (await session.execute(stmt.with_for_update())).scalar()
         if found is None:
             return None
-        event = _triage_event(row, TriageAction.UNACCEPT, actor, now, reason, _cluster(to_acceptance(found)))
+        event = standstill_event(
+            row, TriageAction.UNACCEPT.value, actor, now, reason, cluster=_cluster(to_acceptance(found))
+        )
         await session.delete(found)
         session.add(event)
     return event

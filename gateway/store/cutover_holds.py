@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.cutover.hold import Hold, HoldAction, LogEntry, hold_of
 from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope
-from gateway.store.models import CutoverEvent, CutoverMigration, new_id
+from gateway.store.cutover_configs import standstill_event
+from gateway.store.models import CutoverEvent, CutoverMigration
 
 # The actions that can say anything about the hold (triage and configure events never do).
 HOLD_ACTIONS = (
@@ -60,21 +61,7 @@ async def save_hold_event(
     now: datetime,
 ) -> CutoverEvent:
     """A `pause` or `resume` event: the config as it is (the hold changes neither stage nor version)."""
-    event = CutoverEvent(
-        id=new_id(),
-        migration_id=row.id,
-        scope=row.scope,
-        scope_id=row.scope_id,
-        version=row.version,
-        action=action.value,
-        actor=actor,
-        at=now,
-        from_stage=row.stage,
-        to_stage=row.stage,
-        from_config=config.to_dict(),
-        to_config=config.to_dict(),
-        reason=reason,
-    )
+    event = standstill_event(row, action.value, actor, now, reason, config=config)
     async with sessions() as session, session.begin():
         session.add(event)
     return event
