@@ -88,6 +88,11 @@ def test_cli_reads_and_writes_the_same_log(api: GatewayServer) -> None:
     with api.client(ADMIN) as admin:
         (event,) = [e for e in admin.get("/api/admin/cutover/history").json() if e["reason"] == "from cli"]
     assert event["actor"].startswith("cli:") and event["to_stage"] == "shadow"
+    for action, stage in (("promote", "canary"), ("demote", "shadow")):  # both built by one command factory
+        step = subprocess.run([*gateway, "cutover", action, "--backend", "prefect-main", "--reason", action, "--json"],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert step.returncode == 0, step.stderr
+        assert json.loads(step.stdout)["after"]["stage"] == stage
     status = subprocess.run([*gateway, "cutover", "status", "--json"], env=env, capture_output=True, text=True,
                             timeout=60, check=True)  # fmt: skip
     assert {m["stage"] for m in json.loads(status.stdout)} >= {"shadow"}
