@@ -75,29 +75,29 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-def https_server(certificate: tuple[Path, Path]) -> Iterator[Recorder]:
+def _recording_server(certificate: tuple[Path, Path] | None) -> Iterator[Recorder]:
+    """A local git-over-HTTP(S) stand-in that records what it is sent; TLS with `certificate`."""
     recorder = Recorder(0)
     server = http.server.HTTPServer(("127.0.0.1", 0), _handler(recorder))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     recorder.port = server.server_address[1]
     _serve(server)
     yield recorder
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def https_server(certificate: tuple[Path, Path]) -> Iterator[Recorder]:
+    yield from _recording_server(certificate)
 
 
 @pytest.fixture
 def http_server() -> Iterator[Recorder]:
-    recorder = Recorder(0)
-    server = http.server.HTTPServer(("127.0.0.1", 0), _handler(recorder))
-    recorder.port = server.server_address[1]
-    _serve(server)
-    yield recorder
-    server.shutdown()
-    server.server_close()
+    yield from _recording_server(None)
 
 
 @pytest.fixture
