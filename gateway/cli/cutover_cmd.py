@@ -77,7 +77,7 @@ def _run_or_fail(
         _fail(exc)
         return None
     if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
+        output.print_json(out)
         return None
     return out
 
@@ -263,7 +263,7 @@ def history(
 
     rows = _run(output.named(work))
     if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+        output.print_json(rows)
         return
     table = Table("at", "scope", "version", "action", "actor", "from", "to", "reason")
     for e in rows:
@@ -296,7 +296,7 @@ def status(as_json: bool = AS_JSON) -> None:
 
     cards = _run(scorecard)
     if as_json:
-        typer.echo(json.dumps(cards, indent=2, default=str))
+        output.print_json(cards)
         return
     table = Table(
         "migration", "engines", "stage", "in stage", "samples", "mismatch (interval)", "parity (raw)", "infra err new",
@@ -364,7 +364,7 @@ def evaluate(
 
     runs = _run(output.named(work))
     if as_json:
-        typer.echo(json.dumps(runs, indent=2, default=str))
+        output.print_json(runs)
         return
     table = Table("migration", "stage", "verdict", "decided by", "needs", "step", "applied")
     for r in runs:

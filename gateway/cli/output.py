@@ -1,5 +1,5 @@
 """Where the CLI's tables go: a Rich console as wide as the terminal, and not cut at 80 columns when piped; and
-the cells those tables share (a duration), so every command writes them alike.
+the cells those tables share (a duration) and what `--json` prints, so every command writes them alike.
 
 Rich falls back to 80 columns when standard output is not a terminal, so `gateway cutover status | less` or a
 redirect to a file cut every wide table. Here: a terminal's own width; when piped, `COLUMNS` if set, else wide
@@ -8,11 +8,13 @@ enough that a row is never folded (the reader's pager or editor wraps, not us).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,6 +32,11 @@ def width() -> int | None:
 
 def console() -> Console:
     return Console(width=width())
+
+
+def print_json(value: Any) -> None:
+    """What `--json` prints: indented, and anything JSON has no type for (a datetime) as its string."""
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def duration(seconds: float | None, keep_seconds: bool = False) -> str:

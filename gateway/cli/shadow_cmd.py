@@ -72,7 +72,7 @@ def shadow_set(
         lambda sessions: set_shadow(sessions, backend=backend, content=content, values=values, user_id=None)
     )
     if as_json:
-        typer.echo(json.dumps(saved, indent=2, default=str))
+        output.print_json(saved)
         return
     console.print(f"shadow setting saved for {saved['scope']} {saved['label']}")
     _settings_table([saved])
@@ -210,7 +210,7 @@ def compare_list(
         lambda sessions: page(sessions, _filter(backend, content, outcome, since), skip, limit)
     )
     if as_json:
-        typer.echo(json.dumps({"total": total, "items": items}, indent=2, default=str))
+        output.print_json({"total": total, "items": items})
         return
     table = Table(title=f"Comparisons ({len(items)} of {total})")
     for column in (

@@ -541,15 +541,18 @@ def test_the_cli_sets_and_shows_shadowing(gw: TwoEngines, monkeypatch: pytest.Mo
     try:
         runner = CliRunner()
         done = runner.invoke(
-            app, ["shadow", "set", "--backend", "celery-main", "--engine", "prefect", "--fraction", "0.25"]
+            app, ["shadow", "set", "--backend", "celery-main", "--engine", "prefect", "--fraction", "0.25", "--json"]
         )
         assert done.exit_code == 0, done.output
+        assert (json.loads(done.output)["engine"], json.loads(done.output)["fraction"]) == ("prefect", 0.25)
         shown = runner.invoke(app, ["shadow", "show", "--json"])
         (setting,) = json.loads(shown.output)["settings"]
         assert (setting["backend_slug"], setting["engine"], setting["fraction"]) == ("celery-main", "prefect", 0.25)
         refused = runner.invoke(app, ["shadow", "set", "--backend", "nope", "--fraction", "0.5"])
         assert refused.exit_code == 1 and "not found" in refused.output
         assert runner.invoke(app, ["compare", "summary"]).exit_code == 0
+        listed = runner.invoke(app, ["compare", "list", "--json"])
+        assert listed.exit_code == 0 and set(json.loads(listed.output)) == {"total", "items"}
     finally:
         get_settings.cache_clear()
 
