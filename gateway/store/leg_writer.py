@@ -29,13 +29,16 @@ PRIMARY = "primary"  # `gateway.legs.states.LegRole.PRIMARY`
 LEGS: Table = Leg.__table__  # type: ignore[assignment]
 RESULTS: Table = Result.__table__  # type: ignore[assignment]
 
+# The leg a sent mark may write: still pending and open (a leg a poll finished or a cancel took meanwhile is not).
+_STILL_PENDING = (
+    LEGS.c.id == bindparam("leg_id"),
+    LEGS.c.dispatch_state == PENDING,
+    LEGS.c.finished.is_(False),
+)
+
 _RECORD_SENT = (
     update(LEGS)
-    .where(
-        LEGS.c.id == bindparam("leg_id"),
-        LEGS.c.dispatch_state == PENDING,
-        LEGS.c.finished.is_(False),
-    )
+    .where(*_STILL_PENDING)
     .values(
         dispatch_state=SENT,
         last_error=None,
@@ -56,9 +59,7 @@ _RECORD_SENT = (
 _ADOPT_RUN_ID = (
     update(RESULTS)
     .where(
-        LEGS.c.id == bindparam("leg_id"),
-        LEGS.c.dispatch_state == PENDING,
-        LEGS.c.finished.is_(False),
+        *_STILL_PENDING,
         LEGS.c.role == PRIMARY,
         RESULTS.c.id == LEGS.c.result_id,
         RESULTS.c.test_system_id.in_([LEGS.c.id, func.coalesce(LEGS.c.engine_run_id, LEGS.c.id)]),
