@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import select
 import shutil
@@ -34,9 +35,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
-from backends.work import sandbox_launch, sandbox_plugin
+from backends.work import sandbox_clock, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
+from backends.work.sandbox_slots import SlotUsage, run_slot, slot_count, slot_usage
 from backends.work.sandbox_uids import kill_uid, run_uid
 from backends.work.sandbox_warm import WarmProcess, warm_runner
 from common.settings import SandboxIsolation, SandboxRunner, Settings
@@ -49,20 +51,31 @@ _IN = Path("/opt/gateway")  # where the runner and the runtime appear inside a b
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits of one run; `from_settings` reads the defaults, meta.yaml may change `timeout`."""
+    """The limits of one run; `from_settings` reads the defaults, meta.yaml may change `timeout`.
+
+    `timeout` is the assignment's time limit; it is enforced as `cpu_seconds` of CPU time of the test process
+    from the pytest session's start (`sandbox_clock`), and the wall clock from the same start is limited to
+    `wall_seconds` (generous: a sleep or a deadlock, not a computation slowed by load). `startup_seconds` bounds
+    the time from the sandbox's start to the session's start; past it the run is an infrastructure error.
+    """
 
     timeout: float
-    cpu_seconds: int
+    cpu_seconds: float
     memory_bytes: int
     max_processes: int
     max_file_bytes: int
     output_cap: int
+    wall_seconds: float = 0.0
+    startup_seconds: float = 120.0
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float | None = None) -> Limits:
+        limit = float(timeout if timeout is not None else settings.sandbox_timeout_seconds)
         return cls(
-            timeout=float(timeout if timeout is not None else settings.sandbox_timeout_seconds),
-            cpu_seconds=settings.sandbox_cpu_seconds,
+            timeout=limit,
+            cpu_seconds=min(limit, float(settings.sandbox_cpu_seconds)),
+            wall_seconds=max(limit * settings.sandbox_wall_factor, limit + settings.sandbox_wall_min_extra_seconds),
+            startup_seconds=float(settings.sandbox_startup_seconds),
             memory_bytes=settings.sandbox_memory_mb * 1024 * 1024,
             max_processes=settings.sandbox_max_processes,
             max_file_bytes=settings.sandbox_max_file_mb * 1024 * 1024,
@@ -82,6 +95,8 @@ class RunOutcome:
     junit_xml: str | None
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
+    wall_limit: float = 0.0  # the wall clock's limit from the session's start (for the verdict's message)
+    cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
@@ -117,7 +132,9 @@ def make_run_dir(settings: Settings) -> RunDir:
     rd = RunDir(Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base)))
     for sub in (rd.runner, rd.work, rd.out):
         sub.mkdir()
-    for module, name in ((sandbox_launch, "launch.py"), (sandbox_plugin, "gateway_verdict.py")):
+    for module, name in (
+        (sandbox_launch, "launch.py"), (sandbox_plugin, "gateway_verdict.py"), (sandbox_clock, "gateway_clock.py"),
+    ):  # fmt: skip
         (rd.runner / name).write_text(Path(module.__file__).read_text())  # type: ignore[arg-type]
     (rd.runner / "pytest.ini").write_text(_PYTEST_INI)
     return rd
@@ -330,6 +347,15 @@ def sandbox_runtime(settings: Settings) -> Runtime:
                         settings.sandbox_uid_base, settings.sandbox_uid_count)  # fmt: skip
 
 
+def _slot_dir(settings: Settings) -> Path:
+    return _base(settings) / ".gateway-sandbox-slots"
+
+
+def sandbox_slot_usage(settings: Settings) -> SlotUsage:
+    """How many sandboxes run on this machine now (all workers sharing the sandbox root), and how many may."""
+    return slot_usage(_slot_dir(settings), slot_count(settings.sandbox_slots))
+
+
 def sandbox_health(settings: Settings) -> str | None:
     """For start-up and health checks: None when runs can be graded, else the reason they cannot."""
     try:
@@ -362,6 +388,7 @@ class _ChannelReader:
         self.flooded = False
         self.eof = False
         self.collected_at: float | None = None
+        self.session_at: float | None = None  # when the `start` event arrived: the time limit counts from here
 
     def pump(self, timeout: float) -> None:
         if self.eof:
@@ -386,6 +413,8 @@ class _ChannelReader:
                 record = json.loads(line)
                 if isinstance(record, dict):
                     events.append(record)
+        if self.session_at is None and any(e.get("event") == "start" for e in events):
+            self.session_at = time.monotonic()
         if self.collected_at is None and any(e.get("event") == "collected" for e in events):
             self.collected_at = time.monotonic()
         if events and self.on_events is not None:
@@ -399,7 +428,7 @@ class _ChannelReader:
             self.partial = b""
 
 
-def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
+def _env(view: _View, channel_fd: int, protected: list[str], cpu_seconds: float = 300.0) -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": view.work,
@@ -411,6 +440,7 @@ def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
         "GATEWAY_VERDICT_FD": str(channel_fd),
         "GATEWAY_REFERENCE_FILES": json.dumps(protected),
+        "GATEWAY_CPU_SECONDS": repr(float(cpu_seconds)),
     }
 
 
@@ -422,6 +452,11 @@ def _pytest_args(view: _View, test_files: list[str], has_conftest: bool) -> list
         *([] if has_conftest else ["--noconftest"]),
         f"--junitxml={view.out}/junit.xml", "-q", "--tb=short", "--color=no", "--", *test_files,
     ]  # fmt: skip
+
+
+def _startup_cpu(limits: Limits) -> int:
+    """RLIMIT_CPU until the session starts: start-up plus the session's own budget (the clock lowers it then)."""
+    return math.ceil(limits.startup_seconds + limits.cpu_seconds) + 1
 
 
 def _kill_group(pgid: int) -> None:
@@ -440,14 +475,14 @@ def _start_cold(
     channel, out, err = fds
     launch = [
         runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache,
-        str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
+        str(_startup_cpu(limits)), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
         "--", *_pytest_args(view, test_files, "conftest.py" in protected),
     ]  # fmt: skip
     prefix = _bwrap_args(rd, runtime, protected) if isolation is SandboxIsolation.BWRAP else []
     try:
         return subprocess.Popen(
             [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-            env=_env(view, channel, protected), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            env=_env(view, channel, protected, limits.cpu_seconds), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
             extra_groups=[] if uid is not None else None,
         )  # fmt: skip
@@ -468,7 +503,8 @@ def _start_warm(
     job = {
         "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
         "cwd": view.work, "pycache": view.pycache, "reference": protected,
-        "limits": [limits.cpu_seconds, limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
+        "limits": [_startup_cpu(limits), limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
+        "cpu_seconds": limits.cpu_seconds,
         "args": _pytest_args(view, test_files, "conftest.py" in protected),
     }  # fmt: skip
     return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
@@ -483,19 +519,23 @@ def run_pytest(
     on_events: Callable[[list[dict[str, object]]], None] | None = None,
 ) -> RunOutcome:
     """Run pytest on `test_files` (relative to `rd.work`) under the limits; `protected` are the reference's files
-    (read-only to the run). Always kills what it started."""
+    (read-only to the run). Waits for a free slot first (`sandbox_slots`). Always kills what it started.
+
+    Clocks: the run's wall clock starts when the pytest session does (the `start` event), not when the sandbox
+    does; until then only `limits.startup_seconds` applies, and passing it is an `InfrastructureError` (a
+    machine too slow to start a run is not the student's fault)."""
     runtime = sandbox_runtime(settings)
     isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
     view = _view(rd, runtime, isolation)
     stdout_path, stderr_path = rd.root / "stdout.txt", rd.root / "stderr.txt"
-    with _uid_for_run(settings) as uid:
+    with run_slot(_slot_dir(settings), slot_count(settings.sandbox_slots)), _uid_for_run(settings) as uid:
         _hand_over(rd, uid, protected)
         warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
         reader = _ChannelReader(read_fd, on_events)
         started = time.monotonic()
-        timed_out = False
+        timed_out = startup_timed_out = False
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
@@ -508,9 +548,12 @@ def run_pytest(
                 finally:
                     os.close(write_fd)
                 try:
-                    deadline = started + limits.timeout
                     while proc.poll() is None:
-                        if time.monotonic() >= deadline:
+                        now = time.monotonic()
+                        if reader.session_at is None and now >= started + limits.startup_seconds:
+                            startup_timed_out = True
+                            break
+                        if reader.session_at is not None and now >= reader.session_at + limits.wall_seconds:
                             timed_out = True
                             break
                         reader.pump(0.05)
@@ -527,6 +570,10 @@ def run_pytest(
             reader.drain(time.monotonic() + 5)
         finally:
             os.close(read_fd)
+    if startup_timed_out:
+        raise InfrastructureError(
+            f"the test session did not start within {limits.startup_seconds:g}s of the sandbox's start"
+        )
     returncode = proc.returncode
     sig = None
     if returncode < 0:
@@ -546,6 +593,8 @@ def run_pytest(
         junit_xml=xml,
         channel=reader.lines,
         channel_flooded=reader.flooded,
+        wall_limit=limits.wall_seconds,
+        cpu_limit=limits.cpu_seconds,
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
         isolation=isolation.value,

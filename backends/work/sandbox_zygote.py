@@ -113,11 +113,12 @@ def _test(job: dict[str, Any], channel: int) -> None:
         os.chdir(job["cwd"])
         sys.pycache_prefix = job["pycache"]
         sys.dont_write_bytecode = True
+        import gateway_clock
         import gateway_verdict
         import pytest
 
         plugin = gateway_verdict.VerdictChannel(channel, job["cwd"], job["reference"])
-        code = int(pytest.main(job["args"], plugins=[plugin]))
+        code = int(pytest.main(job["args"], plugins=[plugin, gateway_clock.CpuClock(job["cpu_seconds"])]))
     except BaseException as exc:  # noqa: BLE001 - the channel, not this code, tells the worker what happened
         with contextlib.suppress(Exception):
             os.write(2, f"warm runner: {type(exc).__name__}: {exc}\n".encode())
@@ -207,7 +208,8 @@ def _receive(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
 def main(argv: list[str]) -> None:
     site, runner, control_fd = argv[0], argv[1], int(argv[2])
     sys.path[:0] = [runner, site]
-    import gateway_verdict  # noqa: F401 - imported once here, inherited by every run
+    import gateway_clock  # noqa: F401 - imported once here, inherited by every run
+    import gateway_verdict  # noqa: F401
     import pytest  # noqa: F401
     from _pytest.config import default_plugins
 

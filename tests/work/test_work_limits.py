@@ -42,15 +42,56 @@ def _tests(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for c in report["tests"] for t in c["tests"]}
 
 
-def test_endless_loop_hits_the_wall_clock_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
-    report = run_student_testing(make_job(LOOP_TESTS, LOOP_STUDENT), settings=settings_for(sandbox_timeout_seconds=3))
+def test_endless_loop_hits_the_time_limit_as_cpu_time(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """The time limit is the tests' CPU time from the session's start: an endless computation is cut by it."""
+    report = run_student_testing(make_job(LOOP_TESTS, LOOP_STUDENT), settings=settings_for(sandbox_timeout_seconds=2))
     assert report["status"] == "TIMEDOUT"
-    assert "time limit of 3s exceeded" in report["statusMessage"]
+    assert "CPU time limit of 2s exceeded" in report["statusMessage"]
     tests = _tests(report)
     assert tests["test_fast"]["result"] == "PASSED"
     assert tests["test_spin"]["status"] == "TIMEDOUT" and tests["test_spin"]["result"] == "FAILED"
     assert tests["test_after"]["status"] == "TIMEDOUT" and "not run" in tests["test_after"]["resultMessage"]
     assert report["summary"] == {"total": 3, "passed": 1, "failed": 2, "skipped": 0}
+
+
+SLEEP_TESTS = {
+    "test_wait.py": (
+        "from solution import fast, wait\n\ndef test_fast():\n    assert fast() == 1\n\ndef test_wait():\n    wait()\n"
+    )
+}
+
+
+def test_a_sleep_hits_the_wall_clock_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """What CPU time cannot see (a sleep, a deadlock) the wall clock catches: the time limit × the wall factor."""
+    student = {"solution.py": "import time\n\ndef fast():\n    return 1\n\ndef wait():\n    time.sleep(1000)\n"}
+    settings = settings_for(sandbox_timeout_seconds=1, sandbox_wall_factor=3, sandbox_wall_min_extra_seconds=0)
+    report = run_student_testing(make_job(SLEEP_TESTS, student), settings=settings)
+    assert report["status"] == "TIMEDOUT"
+    assert "3s of wall-clock time" in report["statusMessage"]
+    tests = _tests(report)
+    assert tests["test_fast"]["result"] == "PASSED"
+    assert tests["test_wait"]["status"] == "TIMEDOUT" and tests["test_wait"]["result"] == "FAILED"
+
+
+def test_a_run_whose_tests_all_finished_is_not_timed_out(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """The last test finishes, then the session lingers (a module fixture's teardown that never returns) until the
+    wall clock cuts it: every test has its verdict, so the run is graded by them, not TIMEDOUT at the root."""
+    tests = {
+        "test_linger.py": (
+            "import pytest\nfrom solution import fast, linger\n\n"
+            "@pytest.fixture(scope='module', autouse=True)\ndef cleanup():\n    yield\n    linger()\n\n"
+            "def test_one():\n    assert fast() == 1\n\n"
+            "def test_two():\n    assert fast() == 2\n"
+        )
+    }
+    student = {"solution.py": "import time\n\ndef fast():\n    return 1\n\ndef linger():\n    time.sleep(1000)\n"}
+    settings = settings_for(sandbox_timeout_seconds=1, sandbox_wall_factor=3, sandbox_wall_min_extra_seconds=0)
+    report = run_student_testing(make_job(tests, student), settings=settings)
+    assert report["status"] == "COMPLETED", report["statusMessage"]
+    found = _tests(report)
+    assert found["test_one"]["result"] == "PASSED"
+    assert found["test_two"]["status"] == "COMPLETED" and found["test_two"]["result"] == "FAILED"
+    assert report["summary"] == {"total": 2, "passed": 1, "failed": 1, "skipped": 0}
 
 
 def test_meta_yaml_time_limit_applies(make_job: Callable[..., Any], settings_for: Any) -> None:
