@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = 1024
     sandbox_max_processes: int = 256
     sandbox_max_file_mb: int = 64
+    # Each run's writable space (its work dir and /out) is a tmpfs of this size when the worker is root
+    # (`backends/work/sandbox_space.py`): filling it fails only that run. It lives in memory (docs/work.md).
+    sandbox_disk_mb: int = 256
     sandbox_output_cap_bytes: int = 64 * 1024
     submissions_repo_url: str | None = None
     # How student code is kept away from the worker (docs/work.md): "bwrap" = bubblewrap namespaces (no network,

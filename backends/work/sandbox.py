@@ -39,6 +39,7 @@ from backends.work import sandbox_clock, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_slots import SlotUsage, run_slot, slot_count, slot_usage
+from backends.work.sandbox_space import mount_space, release_space, space_full
 from backends.work.sandbox_uids import kill_uid, run_uid
 from backends.work.sandbox_warm import WarmProcess, warm_runner
 from common.settings import SandboxIsolation, SandboxRunner, Settings
@@ -97,6 +98,7 @@ class RunOutcome:
     channel_flooded: bool = False
     wall_limit: float = 0.0  # the wall clock's limit from the session's start (for the verdict's message)
     cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start
+    space_full: bool = False  # the run used all of its writable space (`sandbox_space`)
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
@@ -113,12 +115,17 @@ class RunDir:
         return self.root / "runner"
 
     @property
+    def space(self) -> Path:
+        """The run's writable space (`sandbox_space`: a tmpfs of its own when the worker is root)."""
+        return self.root / "space"
+
+    @property
     def work(self) -> Path:
-        return self.root / "work"
+        return self.space / "work"
 
     @property
     def out(self) -> Path:
-        return self.root / "out"
+        return self.space / "out"
 
 
 def _base(settings: Settings) -> Path:
@@ -130,6 +137,12 @@ def make_run_dir(settings: Settings) -> RunDir:
     base = _base(settings)
     base.mkdir(parents=True, exist_ok=True)
     rd = RunDir(Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base)))
+    rd.space.mkdir()
+    try:
+        mount_space(rd.space, settings.sandbox_disk_mb * 1024 * 1024)
+    except OSError as exc:
+        remove_run_dir(rd)
+        raise InfrastructureError(f"the run's disk space could not be made: {exc.strerror or exc}") from None
     for sub in (rd.runner, rd.work, rd.out):
         sub.mkdir()
     for module, name in (
@@ -143,6 +156,7 @@ def make_run_dir(settings: Settings) -> RunDir:
 def _hand_over(rd: RunDir, uid: int | None, protected: list[str]) -> None:
     """Give `work/` and `out/` to the run's uid; the runner and the reference's files stay root's, read-only."""
     os.chmod(rd.root, 0o711)
+    os.chmod(rd.space, 0o711)
     for path in (rd.runner, *rd.runner.iterdir()):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     (rd.runner / "passwd").write_text(f"sandbox:x:{uid if uid is not None else os.getuid()}:0::/work:/bin/false\n")
@@ -163,6 +177,8 @@ def _hand_over(rd: RunDir, uid: int | None, protected: list[str]) -> None:
 
 
 def remove_run_dir(rd: RunDir) -> None:
+    with contextlib.suppress(OSError):
+        release_space(rd.space)
     shutil.rmtree(rd.root, ignore_errors=True)
 
 
@@ -595,6 +611,7 @@ def run_pytest(
         channel_flooded=reader.flooded,
         wall_limit=limits.wall_seconds,
         cpu_limit=limits.cpu_seconds,
+        space_full=space_full(rd.space),
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
         isolation=isolation.value,

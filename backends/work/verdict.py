@@ -44,7 +44,8 @@ _LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGPROF: "CPU time li
 _CPU_SIGNALS = (signal.SIGXCPU, signal.SIGPROF)  # the time limit's CPU clock (`sandbox_clock`)
 TAMPERING = "tampering detected"
 _RAN_TESTS = (0, 1)  # pytest.ExitCode.OK, TESTS_FAILED
-_INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED: collection errors stop the session before any test
+_INTERRUPTED = 2
+_SPACE_FULL = "the run's writable space was full: the session's summary (JUnit XML) could not be written"  # pytest.ExitCode.INTERRUPTED: collection errors stop the session before any test
 
 
 class Event(StrEnum):
@@ -218,6 +219,9 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
     if channel.end_status is None:
         if channel.problems:
             return _tampered(channel, test_files, channel.problems)
+        if outcome.space_full and _all_finished(channel):
+            # pytest died writing its summary into a disk the student's code filled: the tests had their verdicts.
+            return _cut(channel, test_files, CRASHED, ""), RunSummary(status_message=_SPACE_FULL)
         sig = outcome.signal
         if sig is not None and sig in _LIMIT_SIGNALS:
             if sig in _CPU_SIGNALS:
@@ -252,7 +256,7 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
         disagreement = _junit_disagrees(outcome.junit_xml, outcomes)
         if disagreement:
             problems.append(disagreement)
-    elif outcome.junit_xml is None and channel.end_status in _RAN_TESTS:
+    elif outcome.junit_xml is None and channel.end_status in _RAN_TESTS and not outcome.space_full:
         # pytest writes the XML before the session's end event: a session that "ended" without it was not pytest's.
         problems.append("the session ended without the JUnit XML pytest writes before its end")
     if problems:

@@ -244,3 +244,50 @@ def test_a_sandbox_dies_with_the_worker_that_owns_it(make_job: Callable[..., Any
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+FILL_TESTS = {
+    "test_fill.py": (
+        "from solution import fill, honest\n\n"
+        "def test_fill():\n    assert fill() == 'ENOSPC'\n\n"
+        "def test_honest():\n    assert honest() == 42\n"
+    )
+}
+FILL_STUDENT = {
+    "solution.py": (
+        "import errno, os\n\n"
+        "def fill():\n"
+        "    size = os.statvfs('.').f_blocks * os.statvfs('.').f_frsize\n"
+        "    assert size <= 16 << 20, size  # the run's own space, not the host's disk\n"
+        "    chunk = b'x' * (1 << 20)\n"
+        "    for n in range(10_000):\n"
+        "        try:\n"
+        "            with open(f'blob{n}', 'wb') as handle:\n"
+        "                handle.write(chunk)\n"
+        "        except OSError as exc:\n"
+        "            return errno.errorcode[exc.errno]\n"
+        "    return 'never full'\n\n"
+        "def honest():\n    return 42\n"
+    )
+}
+HONEST_TESTS = {"test_calc.py": "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n"}
+HONEST_STUDENT = {"calc.py": "def add(a, b):\n    return a + b\n"}
+
+
+@ROOT_ONLY
+def test_a_run_that_fills_its_disk_fails_alone(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """Each run writes into a tmpfs of its own (`sandbox_disk_mb`): filling it gives that run ENOSPC, and an honest
+    run beside it is graded as usual. The filler's own verdicts stand (a full disk is not tampering)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = settings_for(sandbox_disk_mb=16)
+    filler, honest = make_job(FILL_TESTS, FILL_STUDENT), make_job(HONEST_TESTS, HONEST_STUDENT)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        full = pool.submit(run_student_testing, filler, settings=settings)
+        fine = pool.submit(run_student_testing, honest, settings=settings)
+        full_report, honest_report = full.result(), fine.result()
+    assert honest_report["status"] == "COMPLETED" and honest_report["summary"]["passed"] == 1
+    tests = _tests(full_report)
+    assert tests["test_fill"]["result"] == "PASSED", tests["test_fill"]["resultMessage"]
+    assert tests["test_honest"]["result"] == "PASSED"
+    assert full_report["status"] == "COMPLETED" and "space was full" in full_report["statusMessage"]
