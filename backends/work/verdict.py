@@ -44,8 +44,8 @@ _LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGPROF: "CPU time li
 _CPU_SIGNALS = (signal.SIGXCPU, signal.SIGPROF)  # the time limit's CPU clock (`sandbox_clock`)
 TAMPERING = "tampering detected"
 _RAN_TESTS = (0, 1)  # pytest.ExitCode.OK, TESTS_FAILED
-_INTERRUPTED = 2
-_SPACE_FULL = "the run's writable space was full: the session's summary (JUnit XML) could not be written"  # pytest.ExitCode.INTERRUPTED: collection errors stop the session before any test
+_INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED: collection errors stop the session before any test
+_SPACE_FULL = "the run's writable space was full: the session's summary (JUnit XML) could not be written"
 
 
 class Event(StrEnum):
