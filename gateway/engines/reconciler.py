@@ -556,6 +556,13 @@ class Reconciler:
         self, leg: Leg, state: LegState | None, result: LegResult | None, row: Result | None, now: datetime
     ) -> bool:
         """Apply one observation; True when the leg finished."""
+        if (
+            state is not None
+            and state.phase.is_final
+            and result is not None
+            and machine.report_unreadable(state, result)
+        ):
+            state, result = machine.as_unreadable(state, result)  # re-run within the budget, then FAILED
         if state is not None and machine.infra_retry_allowed(leg, state, self.settings.gateway_infra_retries):
             reason = state.lost or state.error or state.native
             log.warning("leg %s failed in the infrastructure (%s): running it again", leg.id, redact_text(reason))

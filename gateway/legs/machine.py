@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -292,6 +292,29 @@ async def record_retry(
 
 # ------------------------------------------------------------------------------------- infrastructure retry
 INFRA_PHASES = {LegPhase.CRASHED}
+# Why a finished run's report could not be read (the adapters' `error_type`): the run may have been fine, the
+# reading was not; never the student's doing.
+UNREADABLE_TYPES = frozenset({"ResultUnavailable", "UndecodableResult", "BadResult"})
+UNREADABLE_ERROR = "the run ended but its report could not be read"
+
+
+def report_unreadable(state: LegState, result: LegResult) -> bool:
+    """A final observation whose report cannot be had: the engine says it succeeded but there is no report object
+    (a Prefect runner whose result storage the API cannot read, a Celery SUCCESS without a usable result, a
+    result gone between the state and the read), or the adapter says it could not read or decode it. An
+    infrastructure failure (re-run within the budget, then FAILED), never a score."""
+    if result.error_type in UNREADABLE_TYPES:
+        return True
+    phase = result.phase if result.phase.is_final else state.phase
+    return phase == LegPhase.SUCCEEDED and not isinstance(result.report, dict)
+
+
+def as_unreadable(state: LegState, result: LegResult) -> tuple[LegState, LegResult]:
+    """The same observation as the infrastructure failure it is: CRASHED, with the reading's error."""
+    error = result.error or UNREADABLE_ERROR
+    error_type = result.error_type if result.error_type in UNREADABLE_TYPES else "ResultUnavailable"
+    crashed = LegResult(leg_id=result.leg_id, phase=LegPhase.CRASHED, error=error, error_type=error_type)
+    return replace(state, phase=LegPhase.CRASHED, error=error), crashed
 
 
 def infra_retry_allowed(leg: Leg, state: LegState, budget: int) -> bool:
@@ -398,8 +421,15 @@ def finish(
     leg.phase = phase.value
     leg.outcome = (outcome or LegOutcome(phase.value)).value
     leg.finished_at = leg.finished_at or now
-    leg.error = error or (result.error if result else None)
     report = result.report if result else None
+    if phase == LegPhase.SUCCEEDED and not isinstance(report, dict) and outcome not in _BY_WRITE_BACK:
+        # Succeeded without a report object: the reading failed, not the student (see `report_unreadable`).
+        phase, outcome = LegPhase.CRASHED, None
+        result = LegResult(leg_id=leg.id, phase=phase, error=UNREADABLE_ERROR, error_type="ResultUnavailable")
+        leg.phase = phase.value
+        leg.outcome = LegOutcome(phase.value).value
+        report = None
+    leg.error = error or (result.error if result else None)
     leg.payload = report
     failure = None
     if phase in (LegPhase.FAILED, LegPhase.CRASHED):
@@ -470,6 +500,7 @@ _WRITE_BACK_OUTCOME = {
     LegPhase.CANCELLED: LegOutcome.CANCELLED_BY_WRITE_BACK,
     LegPhase.CRASHED: LegOutcome.CRASHED_BY_WRITE_BACK,
 }
+_BY_WRITE_BACK = frozenset(_WRITE_BACK_OUTCOME.values())  # the legacy flow wrote the row: it is authoritative
 
 
 def apply_write_back(leg: Leg, row: Result, status: int, now: datetime) -> None:
