@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = 1024
     sandbox_max_processes: int = 256
     sandbox_max_file_mb: int = 64
+    # All of a run's processes together (proportional set size, watched by the worker: `sandbox_memory.py`);
+    # `sandbox_memory_mb` is per process (RLIMIT_AS), `sandbox_max_processes` counts processes and threads.
+    sandbox_run_memory_mb: int = 2048
     # Each run's writable space (its work dir and /out) is a tmpfs of this size when the worker is root
     # (`backends/work/sandbox_space.py`): filling it fails only that run. It lives in memory (docs/work.md).
     sandbox_disk_mb: int = 256

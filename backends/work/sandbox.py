@@ -37,6 +37,7 @@ from typing import BinaryIO
 
 from backends.work import sandbox_clock, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
+from backends.work.sandbox_memory import MemoryWatch
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_slots import SlotUsage, run_slot, slot_count, slot_usage
 from backends.work.sandbox_space import mount_space, release_space, space_full
@@ -68,6 +69,7 @@ class Limits:
     output_cap: int
     wall_seconds: float = 0.0
     startup_seconds: float = 120.0
+    run_memory_bytes: int = 0  # all of the run's processes together (`sandbox_memory`); 0 = not watched
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float | None = None) -> Limits:
@@ -77,6 +79,7 @@ class Limits:
             cpu_seconds=min(limit, float(settings.sandbox_cpu_seconds)),
             wall_seconds=max(limit * settings.sandbox_wall_factor, limit + settings.sandbox_wall_min_extra_seconds),
             startup_seconds=float(settings.sandbox_startup_seconds),
+            run_memory_bytes=settings.sandbox_run_memory_mb * 1024 * 1024,
             memory_bytes=settings.sandbox_memory_mb * 1024 * 1024,
             max_processes=settings.sandbox_max_processes,
             max_file_bytes=settings.sandbox_max_file_mb * 1024 * 1024,
@@ -99,6 +102,9 @@ class RunOutcome:
     wall_limit: float = 0.0  # the wall clock's limit from the session's start (for the verdict's message)
     cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start
     space_full: bool = False  # the run used all of its writable space (`sandbox_space`)
+    memory_limit: int = 0  # the run's memory budget (bytes) ...
+    memory_exceeded: bool = False  # ... which its processes passed together: the worker ended the run
+    memory_peak: int = 0  # the most the worker saw the run's processes hold together (bytes)
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
@@ -552,6 +558,7 @@ def run_pytest(
         reader = _ChannelReader(read_fd, on_events)
         started = time.monotonic()
         timed_out = startup_timed_out = False
+        memory = MemoryWatch(uid, limits.run_memory_bytes)
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
@@ -571,6 +578,8 @@ def run_pytest(
                             break
                         if reader.session_at is not None and now >= reader.session_at + limits.wall_seconds:
                             timed_out = True
+                            break
+                        if memory.check(now):
                             break
                         reader.pump(0.05)
                 finally:
@@ -612,6 +621,9 @@ def run_pytest(
         wall_limit=limits.wall_seconds,
         cpu_limit=limits.cpu_seconds,
         space_full=space_full(rd.space),
+        memory_limit=limits.run_memory_bytes,
+        memory_exceeded=memory.exceeded,
+        memory_peak=memory.peak,
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
         isolation=isolation.value,

@@ -206,6 +206,11 @@ def _tampered(channel: Channel, test_files: list[str], reasons: list[str]) -> tu
 def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tuple[list[TestOutcome], RunSummary]:
     """Outcomes and the run's status; raises `InfrastructureError` when the runner broke before any test."""
     channel = read_channel(outcome.channel, outcome.channel_flooded)
+    if outcome.memory_exceeded and channel.end_status is None:
+        if channel.problems:
+            return _tampered(channel, test_files, channel.problems)
+        message = f"test process stopped: memory limit of the run ({outcome.memory_limit >> 20} MiB) exceeded"
+        return _cut(channel, test_files, CRASHED, message), RunSummary(status=CRASHED, status_message=message)
     if outcome.timed_out:
         if channel.problems:
             return _tampered(channel, test_files, channel.problems)

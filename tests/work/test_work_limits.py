@@ -291,3 +291,46 @@ def test_a_run_that_fills_its_disk_fails_alone(make_job: Callable[..., Any], set
     assert tests["test_fill"]["result"] == "PASSED", tests["test_fill"]["resultMessage"]
     assert tests["test_honest"]["result"] == "PASSED"
     assert full_report["status"] == "COMPLETED" and "space was full" in full_report["statusMessage"]
+
+
+POOL_HOG_TESTS = {
+    "test_pool.py": (
+        "from hog import pool, small\n\ndef test_pool():\n    pool()\n\ndef test_small():\n    assert small() == 3\n"
+    )
+}
+POOL_HOG = {
+    "hog.py": (
+        "import os, time\n\n"
+        "def pool():\n"
+        "    # 6 processes of 300 MiB each: every one within its own RLIMIT_AS, 1.8 GiB together.\n"
+        "    for _ in range(5):\n"
+        "        if os.fork() == 0:\n"
+        "            held = b'x' * (300 << 20)\n"
+        "            time.sleep(1000)\n"
+        "            os._exit(0)\n"
+        "    held = b'x' * (300 << 20)\n"
+        "    time.sleep(1000)\n\n"
+        "def small():\n    return 3\n"
+    )
+}
+
+
+@ROOT_ONLY
+def test_a_run_is_held_to_its_total_memory_beside_an_honest_run(
+    make_job: Callable[..., Any], settings_for: Any
+) -> None:
+    """Processes each within RLIMIT_AS but too many together: the worker ends the run at its total budget
+    (`sandbox_run_memory_mb`), and an honest run beside it is graded as usual."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = settings_for(sandbox_run_memory_mb=768, sandbox_timeout_seconds=60)
+    hog, honest = make_job(POOL_HOG_TESTS, POOL_HOG), make_job(HONEST_TESTS, HONEST_STUDENT)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        hogging = pool.submit(run_student_testing, hog, settings=settings)
+        fine = pool.submit(run_student_testing, honest, settings=settings)
+        hog_report, honest_report = hogging.result(), fine.result()
+    assert honest_report["status"] == "COMPLETED" and honest_report["summary"]["passed"] == 1
+    assert hog_report["status"] == "CRASHED"
+    assert "memory limit of the run (768 MiB) exceeded" in hog_report["statusMessage"]
+    tests = _tests(hog_report)
+    assert tests["test_pool"]["status"] == "CRASHED"
