@@ -13,8 +13,9 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY common ./common
 COPY backends ./backends
 COPY gateway ./gateway
-# A non-editable install: the migrations ship inside the package (gateway/store/migrations), no alembic.ini needed.
-RUN pip install --no-cache-dir -c constraints.txt . && rm -rf /app/common /app/backends /app/gateway
+COPY migrations ./migrations
+# A non-editable install: the migrations ship as the package `gateway_migrations` (from migrations/), no alembic.ini.
+RUN pip install --no-cache-dir -c constraints.txt . && rm -rf /app/common /app/backends /app/gateway /app/migrations
 # The setting and the user agree (the default elsewhere is `nobody`).
 ENV GATEWAY_DATA_DIR=/data \
     SANDBOX_USER=sandbox

@@ -21,9 +21,9 @@ import psycopg2
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.store.catalog import load_catalog
 from gateway.store.db import make_async_engine, make_sessionmaker, make_sync_engine

@@ -54,9 +54,9 @@ from common.settings import Settings  # noqa: E402
 from gateway.compare.experiment import Experiment, LegRun  # noqa: E402
 from gateway.compare.rules import default_rules  # noqa: E402
 from gateway.cutover.buckets import bucket, in_canary  # noqa: E402
-from gateway.cutover.machine import Action  # noqa: E402
+from gateway.cutover.stage_machine import Action  # noqa: E402
 from gateway.cutover.stages import Scope, Stage  # noqa: E402
-from gateway.jobs.cutover import change_migration  # noqa: E402
+from gateway.jobs.cutover_changes import change_migration  # noqa: E402
 from gateway.jobs.shadow_admin import set_shadow  # noqa: E402
 from gateway.store.catalog import load_catalog  # noqa: E402
 from gateway.store.db import make_async_engine, make_sessionmaker  # noqa: E402

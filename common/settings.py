@@ -20,6 +20,8 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.engines import Engine
+
 
 class SandboxIsolation(StrEnum):
     """How the sandbox isolates a run (see `Settings.sandbox_isolation`)."""
@@ -147,7 +149,7 @@ class Settings(BaseSettings):
     # Local paths and file:// are never accepted from a student, whatever this says.
     gateway_student_providers: list[str] = Field(default_factory=list)
     # The engine behind the Celery-era `/api/tasks/*` family when a submit does not name one.
-    gateway_tasks_engine: str = "celery"
+    gateway_tasks_engine: str = Engine.CELERY
     # Verified logins are remembered this long so HTTP Basic does not pay the password hash on every request.
     gateway_auth_cache_seconds: float = 60.0
     # Catalog rows the submit path reads (course content + backend, member) are cached this long in each API

@@ -7,11 +7,8 @@ engine adapter.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -39,8 +36,6 @@ class GatewayState:
     shadow: ShadowPolicy
     # Engine health for the unauthenticated routes: cached, one probe at a time, on threads of its own.
     health: HealthMonitor
-    # Work started after a request answered: kept so it is not collected, awaited on close.
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def is_postgres(self) -> bool:
@@ -81,20 +76,7 @@ class GatewayState:
             health=HealthMonitor(dispatcher),
         )
 
-    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run `work` after the current request without delaying it (the task is kept until it ends)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    async def drain(self) -> None:
-        """Wait for the background work started so far (tests, shutdown)."""
-        while self.background:
-            await asyncio.gather(*list(self.background), return_exceptions=True)
-
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.drain(), timeout=10)
         with contextlib.suppress(Exception):
             await self.shadow.skips.flush(self.sessions)
         self.health.close()

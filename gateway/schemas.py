@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -297,7 +298,17 @@ class CourseMemberGet(CourseMemberIn):
         return strip_credentials(url) if url else url
 
 
-ROLES = ("admin", "worker", "student")
+class Role(StrEnum):
+    """The three roles of the legacy API; stored as these strings in `users.role`.
+
+    Here, at the bottom of the service's layers, so the API's role checks, the services and the store share it."""
+
+    ADMIN = "admin"
+    WORKER = "worker"
+    STUDENT = "student"
+
+
+ROLES = tuple(Role)
 
 
 class UserIn(BaseModel):
@@ -306,7 +317,7 @@ class UserIn(BaseModel):
     id: str | None = None
     username: str = Field(min_length=1, max_length=255)
     password: str = Field(min_length=1)
-    role: str = "student"
+    role: str = Role.STUDENT.value
     course_member_ids: list[str] = Field(default_factory=list)
 
     @field_validator("role")

@@ -10,6 +10,7 @@ Tests that need a service that is not running skip with a one-line reason, and f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import uuid
@@ -20,6 +21,53 @@ from pathlib import Path
 import pytest
 
 from common.settings import get_settings
+
+# The checkout under test: its packages must be imported from here, never from another checkout or an installed
+# copy (a test passing against other code proves nothing about this code). Package name → its folder.
+CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKED_PACKAGES = {
+    "gateway": "gateway",
+    "backends": "backends",
+    "common": "common",
+    "gateway_migrations": "migrations",
+}
+
+
+def packages_outside(root: Path, packages: dict[str, str] = CHECKED_PACKAGES) -> dict[str, str]:
+    """The packages that do not resolve to their folder under `root` (name → where they resolved instead).
+
+    Inside the checkout is not enough: the old `tests/gateway` test package was inside it too.
+    Asked through `importlib.util.find_spec`: an imported package answers with where it was imported from, one
+    not imported yet with where the next import would find it, without importing it. A package that cannot be
+    found at all is reported too (a venv installed before the package existed: re-run `ensure_venv`)."""
+    outside: dict[str, str] = {}
+    for name, folder in packages.items():
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        if origin is None:
+            outside[name] = "not found (re-install: `source scripts/lib.sh && ensure_venv`)"
+        elif Path(origin).resolve().parent != root / folder:
+            outside[name] = origin
+    return outside
+
+
+def _require_this_checkout() -> None:
+    outside = packages_outside(CHECKOUT)
+    if outside:
+        where = ", ".join(f"{name} -> {origin}" for name, origin in sorted(outside.items()))
+        pytest.exit(f"the packages under test are not the checkout's own ({CHECKOUT}): {where}", returncode=4)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop the run before it collects anything when the code under test is not this checkout's."""
+    _require_this_checkout()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Again once the test modules are imported: a test package named like a real one (the old `tests/gateway`)
+    would have taken the real one's name in `sys.modules` while they were collected."""
+    _require_this_checkout()
+
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TEST_POSTGRES_PORT", "5432"))

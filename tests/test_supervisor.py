@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from gateway.devstack.supervisor import ServiceFailedError, ServiceSpec, Supervisor
@@ -24,13 +25,11 @@ def _http_ok(port: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Running and not a zombie (a zombie still answers kill(0))."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    # A zombie still answers kill(0); read its state to tell.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 # A server that also forks a grandchild which would outlive a naive kill of the leader.

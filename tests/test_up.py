@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import SERVICE_VARS
-from tests.gateway.server import free_port, wait_for
+from tests.service.server import free_port, wait_for
 
 GATEWAY = Path(sys.executable).with_name("gateway")
 FINAL = {0, 1, 2, 6}
@@ -63,50 +64,45 @@ def _read_into(stream: Any, lines: list[str]) -> None:
         lines.append(line.rstrip("\n"))
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time in ticks): tells a pid from a later process reusing it."""
+def _proc_start_time(pid: int) -> float | None:
+    """psutil's `create_time` (what `gateway up` records too): tells a pid from a later process reusing it."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int, started: str) -> bool:
+def _alive(pid: int, started: float) -> bool:
     """Running (not a zombie) and still the same process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() == started
+    except psutil.Error:
         return False
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[0] != "Z" and fields[19] == started
 
 
-def _cmdline(pid: int) -> bytes:
+def _cmdline(pid: int) -> str:
     """A process's command line, or nothing once it has exited (a short-lived child may exit after the listing)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """Every live descendant of `pid` (children of every thread, recursively) with its start time."""
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                for child in children.read_text().split():
-                    started = _proc_start_time(int(child))
-                    if started is not None and int(child) not in found:
-                        found[int(child)] = started
-                        todo.append(int(child))
+def descendants(pid: int) -> dict[int, float]:
+    """Every live descendant of `pid` (recursively) with its start time."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    found: dict[int, float] = {}
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            found[child.pid] = child.create_time()
     return found
 
 
-def _kill_groups(pids: dict[int, str]) -> None:
+def _kill_groups(pids: dict[int, float]) -> None:
     """Teardown of last resort: SIGKILL the process group of every recorded child still alive."""
     for pid, started in pids.items():
         if _alive(pid, started):
@@ -251,8 +247,8 @@ def test_flower_answers_behind_basic_auth(gateway_up: UpProcess) -> None:
     assert page.status_code == 200 and "Flower" in page.text
     # The secret is in Flower's environment, never on its command line.
     command_lines = [_cmdline(p) for p in descendants(gateway_up.process.pid)]
-    flower = [line for line in command_lines if b"flower" in line]
-    assert flower and all(password.encode() not in line for line in flower)
+    flower = [line for line in command_lines if "flower" in line]
+    assert flower and all(password not in line for line in flower)
 
 
 @pytest.mark.slow
@@ -292,7 +288,7 @@ def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     """Last in the module: Ctrl-C leaves no process behind, however deep (worker pool, flow runs, uvicorn)."""
     process = gateway_up.process
     children = descendants(process.pid)
-    names = {Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children}
+    names = {_cmdline(pid) for pid in children}
     assert any("prefect server start" in n for n in names) and any("worker start" in n for n in names), names
     assert any(" serve " in n or n.rstrip().endswith(" serve") for n in names), names
     assert any(" flower " in n for n in names), names
@@ -305,16 +301,17 @@ def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
         30,
         what="every child to be gone",
     )
-    in_groups = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _in_groups(int(p.name), groups)]
+    in_groups = [p.pid for p in psutil.process_iter(["status"]) if _in_groups(p, groups)]
     assert in_groups == []
 
 
-def _in_groups(pid: int, groups: set[int]) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+def _in_groups(process: psutil.Process, groups: set[int]) -> bool:
+    if process.info["status"] == psutil.STATUS_ZOMBIE:
         return False
-    return fields[0] != "Z" and int(fields[2]) in groups
+    try:
+        return os.getpgid(process.pid) in groups
+    except ProcessLookupError:
+        return False
 
 
 # ------------------------------------------------------------------------------------- fast, no stack started
@@ -399,7 +396,7 @@ def test_leftovers_of_a_killed_up_are_stopped_first(tmp_path: Path) -> None:
     leftover = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], start_new_session=True)
     try:
         wait_for(lambda: descendants(leftover.pid), 10, what="the leftover's child")
-        group = {leftover.pid: _proc_start_time(leftover.pid) or "", **descendants(leftover.pid)}
+        group = {leftover.pid: _proc_start_time(leftover.pid) or 0.0, **descendants(leftover.pid)}
         entries = [{"name": "celery-worker", "pid": leftover.pid, "start": _proc_start_time(leftover.pid)}]
         (data / "up-children.json").write_text(json.dumps(entries))
         # The leftover is reaped the moment it exits, as init reaps the orphan of a killed `gateway up`. Left a

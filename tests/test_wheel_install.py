@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import PostgresDB
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,6 +23,7 @@ from backends.celery import names
 from backends.celery.queues import SENT_AT_HEADER
 from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
 from backends.interface import EngineUnavailable, Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
+from common.engines import Engine
 from common.redact import redact_text
 from common.settings import Settings
 
@@ -54,7 +55,7 @@ def kwargs_summary(kwargs: dict[str, Any]) -> str:
 
 
 class CeleryAdapter:
-    engine = "celery"
+    engine = Engine.CELERY
     # The broker queues whatever it is sent: the outbox relay sends, the request only commits (see the interface).
     refuses_at_submit = False
 

@@ -29,6 +29,7 @@ from backends.interface import (
     TaskKind,
     WorkerInfo,
 )
+from common.engines import Engine
 
 NEEDED = {TaskKind.STUDENT_TESTING: "test_job", TaskKind.SUBMISSION_PROCESSING: "submission"}
 
@@ -119,7 +120,7 @@ class MemoryAdapter:
     """The interface over a `MemoryEngine`; several adapters (one per engine name) may share one engine."""
 
     def __init__(
-        self, engine: str = "memory", backend: MemoryEngine | None = None, *, refuses_at_submit: bool = True
+        self, engine: str = Engine.MEMORY, backend: MemoryEngine | None = None, *, refuses_at_submit: bool = True
     ) -> None:
         self.engine = engine
         self.backend = backend or MemoryEngine()

@@ -40,6 +40,7 @@ from backends.prefect import labels as label_keys
 from backends.prefect.names import DEFAULT_DEPLOYMENTS, RESULTS_SUBDIR
 from backends.prefect.results import ResultUnavailable, read_persisted_result
 from backends.prefect.states import ACTIVE_TYPES, WAITING_TYPES, phase_for
+from common.engines import Engine
 from common.redact import redact_text, redact_url
 from common.settings import Settings, get_settings
 
@@ -76,9 +77,9 @@ def _user_id(params: dict[str, Any]) -> str | None:
 
 
 class PrefectAdapter:
-    """`EngineAdapter` for Prefect (engine = "prefect"); thread-safe as httpx.Client is."""
+    """`EngineAdapter` for Prefect (engine = `Engine.PREFECT`); thread-safe as httpx.Client is."""
 
-    engine = "prefect"
+    engine = Engine.PREFECT
     # A missing deployment is the contract's 404 at submit: the request sends the run itself.
     refuses_at_submit = True
 

@@ -14,20 +14,19 @@ time, and never past the hard bound RLIMIT_AS × RLIMIT_NPROC (docs/work.md, "Me
 
 from __future__ import annotations
 
+import psutil
+
 from backends.work.sandbox_uids import processes_of
 
 _EVERY = 0.1  # seconds between two looks
 
 
 def _pss(pid: int) -> int:
+    """psutil reads `/proc/<pid>/smaps_rollup` where the kernel has it (one line per field, cheap)."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0  # gone meanwhile, or a kernel thread
-    return 0
+        return int(psutil.Process(pid).memory_full_info().pss)
+    except psutil.Error:
+        return 0  # gone meanwhile
 
 
 def run_memory(uid: int) -> int:

@@ -4,7 +4,7 @@ Two sources, one text:
 - the event counters and histograms of `gateway.engines.metrics` (this process's, or every process's when
   `PROMETHEUS_MULTIPROC_DIR` is set: prometheus-client's multiprocess mode adds up the files in that folder);
 - a snapshot of the open legs (one grouped query, `gateway.store.leg_stats`), of the cutover stages (one query
-  over the migrations, `gateway.store.cutover.stage_rows`) and of every engine's queue
+  over the migrations, `gateway.store.cutover_configs.stage_rows`) and of every engine's queue
   depths (`EngineAdapter.queue_depths`), taken at most once per `gateway_metrics_cache_seconds` per process
   however often it is scraped, so a scrape never scans the history and concurrent scrapes share one refresh.
 
@@ -32,7 +32,7 @@ from common.redact import redact_text
 from gateway.cutover.stages import STAGE_ORDER
 from gateway.legs.states import DispatchState
 from gateway.runtime import GatewayState
-from gateway.store.cutover import StageRow, stage_rows
+from gateway.store.cutover_configs import StageRow, stage_rows
 from gateway.store.leg_stats import OpenLegGroup, open_leg_groups
 from gateway.store.models import utcnow
 

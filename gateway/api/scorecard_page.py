@@ -15,9 +15,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs.scorecard import scorecard
 
 router = APIRouter(include_in_schema=False)

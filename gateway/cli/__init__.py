@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # Each module defines `register(app)`; the order is the order of `gateway --help`.
-_COMMAND_MODULES = ("run_tests", "worker", "prefect_cmd", "server", "up", "shadow_cmd", "cutover")
+_COMMAND_MODULES = ("run_tests", "worker", "prefect_cmd", "server", "up", "shadow_cmd", "cutover_cmd")
 
 
 def _register_all() -> None:

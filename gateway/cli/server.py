@@ -14,6 +14,7 @@ import typer
 from common.logs import configure_json_logging, wants_json
 from common.redact import redact_url
 from common.settings import get_settings
+from gateway.schemas import Role
 
 db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
 catalog_app = typer.Typer(help="The course catalog the dispatcher routes by.", no_args_is_help=True)
@@ -160,7 +161,7 @@ def catalog_load(file: Path = typer.Argument(..., exists=True, dir_okay=False, r
 @user_app.command("add")
 def user_add(
     username: str,
-    role: str = typer.Option("student", help="admin, worker or student."),
+    role: str = typer.Option(Role.STUDENT.value, help=", ".join(Role) + "."),
     password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
     member: list[str] = typer.Option([], "--member", help="A course member id (students; repeatable)."),
 ) -> None:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from backends.celery import names
 from backends.interface import DeploymentNotFound, EngineAdapter, JobSpec, LegPhase, TaskKind
+from common.engines import Engine
 from common.redact import redact_text, redact_url
 from common.settings import Settings, get_settings
 
@@ -65,11 +66,11 @@ def _adapters(settings: Settings, console: Console) -> list[EngineAdapter]:
     """Celery always; Prefect too when its adapter exists and its API answers."""
     from backends.registry import make_adapter
 
-    adapters = [make_adapter("celery", settings)]
+    adapters = [make_adapter(Engine.CELERY, settings)]
     if settings.prefect_api_url is None:
         return adapters
     try:
-        prefect = make_adapter("prefect", settings)
+        prefect = make_adapter(Engine.PREFECT, settings)
     except ImportError:
         return adapters
     if _prefect_reachable(settings):
@@ -100,8 +101,10 @@ def _engine_status(adapter: EngineAdapter, settings: Settings, console: Console)
     """Print one engine's tables; return how many workers answered."""
     health = adapter.health()
     where = {
-        "celery": f"broker {redact_url(settings.broker_url())}, results {redact_url(settings.result_backend_url())}",
-        "prefect": f"api {redact_url(settings.prefect_api())}",
+        Engine.CELERY: (
+            f"broker {redact_url(settings.broker_url())}, results {redact_url(settings.result_backend_url())}"
+        ),
+        Engine.PREFECT: f"api {redact_url(settings.prefect_api())}",
     }.get(adapter.engine, "")
     marks = {True: "[green]ok[/green]", False: "[red]unreachable[/red]"}
     checks = "  ".join(f"{name}: {marks[bool(ok)]}" for name, ok in health.checks.items())
@@ -239,7 +242,7 @@ def _summary(report: dict[str, Any] | None) -> str:
 @worker_app.command("test-job")
 def test_job(
     task: str = typer.Option("student_testing", "--task", help=f"One of: {', '.join(TEST_TASKS)}."),
-    backend: str = typer.Option("celery", "--backend", help="celery or prefect."),
+    backend: str = typer.Option(Engine.CELERY.value, "--backend", help="celery or prefect."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end and print the result."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
     deployment: str | None = typer.Option(None, "--deployment", help="Prefect: `flow/deployment` to run instead."),

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from backends.examples import ExampleRepos, materialize_example
+from common.engines import Engine
 from common.legacy import DEFAULT_CONTENT_TYPE
 from common.settings import Settings
+from gateway.schemas import Role
 
 STUDENT = "demo-student"
 ADMIN = "demo-admin"
@@ -36,15 +38,15 @@ PREFECT_DEPLOYMENT = "test-assignment/system"
 class DemoContent:
     """One course content of the demo and the engine its backend runs on."""
 
-    engine: str
+    engine: Engine
     content_id: str
     path: str
     backend_slug: str
 
 
 CONTENTS = (
-    DemoContent("celery", "demo-week1-ex1-celery", "week1.ex1", "demo-celery"),
-    DemoContent("prefect", "demo-week1-ex1-prefect", "week1.ex1_prefect", "demo-prefect"),
+    DemoContent(Engine.CELERY, "demo-week1-ex1-celery", "week1.ex1", "demo-celery"),
+    DemoContent(Engine.PREFECT, "demo-week1-ex1-prefect", "week1.ex1_prefect", "demo-prefect"),
 )
 
 
@@ -112,11 +114,11 @@ def demo_catalog(repos: ExampleRepos, creds: DemoCredentials) -> dict[str, Any]:
         ],
         "course_members": [{"id": MEMBER_ID, "user_id": STUDENT, "repository_url": repos.passing_url}],
         "users": [
-            {"username": ADMIN, "password": creds.admin_password, "role": "admin"},
+            {"username": ADMIN, "password": creds.admin_password, "role": Role.ADMIN},
             {
                 "username": STUDENT,
                 "password": creds.student_password,
-                "role": "student",
+                "role": Role.STUDENT,
                 "course_member_ids": [MEMBER_ID],
             },
         ],

@@ -9,16 +9,18 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from gateway.devstack.supervisor import Supervisor
 
 CHILDREN_FILE = "up-children.json"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (/proc): tells a pid from a later process that reuses it."""
+def _start_time(pid: int) -> float | None:
+    """The process's start time (psutil's `create_time`): tells a pid from a later process that reuses it."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
 
 

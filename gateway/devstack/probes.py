@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from common.engines import Engine
 from common.settings import Settings
 
 
@@ -49,7 +50,7 @@ def celery_workers_up(settings: Settings) -> bool:
     """
     from backends.registry import make_adapter
 
-    adapter = make_adapter("celery", settings)
+    adapter = make_adapter(Engine.CELERY, settings)
     try:
         return adapter.health().workers >= 1
     finally:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
+from common.engines import Engine
 from gateway.devstack.services import Plan
 from gateway.devstack.supervisor import Supervisor
 
@@ -30,7 +31,7 @@ def print_ready(plan: Plan, demo: Any, supervisor: Supervisor, console: Console)
     out.write(f"\ndemo logins: student {STUDENT} / {demo.credentials.student_password}")
     out.write(f"   admin {ADMIN} / {demo.credentials.admin_password}\n")
     for content in CONTENTS:
-        if content.engine == "prefect" and plan.prefect_api is None:
+        if content.engine == Engine.PREFECT and plan.prefect_api is None:
             continue
         out.write(f"\n# {content.engine}: submit the passing example ({content.path}), poll its status, read it\n")
         for line in curl_lines(demo, plan.base_url, content):

@@ -10,18 +10,18 @@ from __future__ import annotations
 import gc
 
 from common.settings import Settings
-from gateway.compare import follow_up as comparison
+from gateway.compare import mark_due as comparison
 from gateway.compare.step import CompareStep
 from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
-from gateway.jobs import follow_ups
+from gateway.jobs import submission_follow_up
 from gateway.jobs.cutover_gates import GateStep
 from gateway.legs.machine import on_finish
 from gateway.runtime import GatewayState
 
 
 def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
-    follow_ups.install(on_finish)
+    submission_follow_up.install(on_finish)
     metrics.install(on_finish, settings.gateway_metrics_enabled)
     comparison.install(on_finish)
     state = GatewayState.build(settings, dispatcher)

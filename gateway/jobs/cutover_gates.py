@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome, Side
 from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step
-from gateway.cutover.machine import Action, InvalidChange, plan_change
+from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope
 from gateway.cutover.triage import active_signatures
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import Comparison, CutoverMigration, utcnow
 
 log = logging.getLogger(__name__)

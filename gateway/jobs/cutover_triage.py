@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cutover.stages import Scope
 from gateway.cutover.triage import Acceptance, InvalidAcceptance, validate
-from gateway.jobs.cutover import InvalidCutover, event_dict
+from gateway.jobs.cutover_changes import InvalidCutover, event_dict
 from gateway.jobs.cutover_gates import scope_filter
 from gateway.jobs.errors import Conflict, NotFound
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import Comparison, CutoverMigration, utcnow
 
 

@@ -20,7 +20,7 @@ from gateway.cutover.gates import evaluate, next_step, still_needs
 from gateway.cutover.stages import CutoverConfig
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
 from gateway.jobs.cutover_gates import comparison_rows, evidence_of, evidence_window, percentile
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 
 SERIES_WINDOW = timedelta(hours=48)

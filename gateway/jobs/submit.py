@@ -33,13 +33,13 @@ from gateway.engines.dispatcher import SendBy, SendStatus
 from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, NotAllowed, NotFound, WorkerUnavailable
-from gateway.jobs.follow_ups import request_submission
-from gateway.legs.machine import FINAL_ROW, new_leg, record_retry, record_sent, reject
+from gateway.jobs.submission_follow_up import request_submission
+from gateway.legs.machine import new_leg, record_retry, record_sent, reject
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal, Role
-from gateway.store.cutover import effective_config
+from gateway.store.cutover_configs import effective_config
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, Leg, Result, new_id, utcnow
 from gateway.store.runs import insert_run
 
@@ -497,7 +497,3 @@ async def dispatch_after_commit(
 
 def _deadline(state: GatewayState) -> timedelta:
     return timedelta(seconds=state.settings.gateway_leg_deadline_seconds)
-
-
-def is_final_status(status: int) -> bool:
-    return status in FINAL_ROW

@@ -13,23 +13,15 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from gateway.schemas import Role
 from gateway.store.models import User
 
 _N, _R, _P = 2**14, 8, 1
-
-
-class Role(StrEnum):
-    """The three roles of the legacy API; stored as these strings in `users.role`."""
-
-    ADMIN = "admin"
-    WORKER = "worker"
-    STUDENT = "student"
 
 
 def hash_password(password: str) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.settings import Settings, get_settings
-from gateway.schemas import CourseContentIn, CourseMemberIn, ExecutionBackendCreate, UserIn
+from gateway.schemas import CourseContentIn, CourseMemberIn, ExecutionBackendCreate, Role, UserIn
 from gateway.store.accounts import hash_password, verify_password
 from gateway.store.db import make_sync_engine
 from gateway.store.migrate import ensure_schema
@@ -107,7 +107,7 @@ def load_catalog(source: str | Path | Mapping[str, Any], settings: Settings | No
 def add_user(
     username: str,
     password: str,
-    role: str = "student",
+    role: str = Role.STUDENT.value,
     course_member_ids: list[str] | None = None,
     settings: Settings | None = None,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 from alembic import command
@@ -14,8 +15,9 @@ from common.redact import redact_url
 from common.settings import Settings
 from gateway.store.db import make_sync_engine
 
-# Shipped inside the package, so a non-editable install (the Docker image) finds them.
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The checkout's top-level `migrations/`, installed as the package `gateway_migrations` (pyproject's package-dir):
+# found by that name, so a non-editable install (the Docker image) finds its own copy.
+MIGRATIONS = Path(str(importlib.resources.files("gateway_migrations")))
 
 
 class SchemaOutOfDate(RuntimeError):

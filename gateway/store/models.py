@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
 from common.redact import strip_credentials
+from gateway.schemas import Role
 
 
 def new_id() -> str:
@@ -213,7 +214,7 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     username: Mapped[str] = mapped_column(String(255), unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
-    role: Mapped[str] = mapped_column(String(16), default="student")
+    role: Mapped[str] = mapped_column(String(16), default=Role.STUDENT.value)
     course_member_ids: Mapped[list[str] | None] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -262,7 +263,7 @@ class CutoverEvent(Base):
     scope: Mapped[str] = mapped_column(String(16))
     scope_id: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)  # the version this change produced
-    action: Mapped[str] = mapped_column(String(16))  # gateway.cutover.machine.Action
+    action: Mapped[str] = mapped_column(String(16))  # gateway.cutover.stage_machine.Action
     actor: Mapped[str] = mapped_column(String(255))  # a user name, `cli:<user>`, or `gate` for automatic steps
     at: Mapped[datetime] = mapped_column(default=utcnow)
     from_stage: Mapped[str | None] = mapped_column(String(16))

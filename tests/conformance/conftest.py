@@ -12,7 +12,7 @@ import pytest
 from legacy_stack import Stack, running_stack
 
 from tests.conftest import PostgresDB, RedisDB
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from legacy_stack import ADMIN, DIRS, FINAL, SLOW, Stack, build_repos, catalog, wait_until
 
 from gateway.store.catalog import load_catalog
-from tests.gateway.server import GatewayServer, running_server
+from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import base_env, running_worker, settings_from_env
 
 pytestmark = [pytest.mark.slow]

@@ -1,5 +1,5 @@
 """Faults a legacy client must not notice (beyond a delay): bad input, a Celery worker killed mid-job, and the
-Prefect server down while jobs are submitted. (Redis down at submit is tests/gateway/test_e2e_celery.py.)"""
+Prefect server down while jobs are submitted. (Redis down at submit is tests/service/test_e2e_celery.py.)"""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from gateway.engines.reconciler import DEPLOYMENT_GRACE
 from gateway.store.catalog import load_catalog
 from gateway.store.db import make_sync_engine
 from gateway.store.models import Leg
-from tests.gateway.server import running_server
+from tests.service.server import running_server
 from tests.support.celery_worker import kill_worker, settings_from_env
 from tests.support.prefect_server import free_port, running_runner
 

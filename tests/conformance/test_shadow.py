@@ -26,7 +26,7 @@ from sqlalchemy import select
 from gateway.store.db import make_sync_engine
 from gateway.store.models import Leg
 from tests.conftest import PostgresDB, RedisDB
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import base_env, settings_from_env, stop_worker
 from tests.support.prefect_server import running_runner
 

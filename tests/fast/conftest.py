@@ -25,7 +25,7 @@ from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal
 from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
-from tests.gateway.conftest import demo_catalog, fresh_pg_database
+from tests.service.conftest import demo_catalog, fresh_pg_database
 from tests.support.celery_worker import settings_from_env
 
 ADMIN = Principal("u-admin", "admin", "admin")

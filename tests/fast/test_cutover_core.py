@@ -11,7 +11,7 @@ import pytest
 from gateway.cutover.buckets import bucket, in_canary
 from gateway.cutover.decide import Rule, decide
 from gateway.cutover.gates import Criterion, Evidence, Step, Verdict, evaluate, next_step, still_needs
-from gateway.cutover.machine import Action, InvalidChange, plan_change
+from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Scope, Stage
 
 pytestmark = pytest.mark.fast

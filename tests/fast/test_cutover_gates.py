@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.cutover.triage import signature_of
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import Comparison, new_id, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 

@@ -13,15 +13,15 @@ from sqlalchemy import func, select
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
 from common.legacy import ResultStatus
 from gateway.cutover.buckets import bucket, in_canary
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.engines.dispatcher import Dispatcher
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.errors import JobError
 from gateway.jobs.submit import submit_test
 from gateway.runtime import GatewayState
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import CourseMember, CutoverEvent, CutoverMigration, Leg, Result
 from tests.fast.conftest import ADMIN, MemoryGateway, body, report
 

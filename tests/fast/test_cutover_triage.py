@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.cutover.triage import (
     Acceptance,
@@ -19,13 +19,13 @@ from gateway.cutover.triage import (
     status_of,
     validate,
 )
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs import cutover_triage as triage
 from gateway.jobs.errors import NotFound
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import utcnow
 from tests.fast.conftest import MemoryGateway
 from tests.fast.test_cutover_gates import FAST, comparisons, config_of

@@ -9,7 +9,7 @@ import pytest
 
 from backends.interface import LegPhase, LegResult, LegState
 from common.legacy import Progress, ResultStatus
-from gateway.jobs import follow_ups
+from gateway.jobs import submission_follow_up
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
 from gateway.store.models import Leg, Result
@@ -22,7 +22,7 @@ REPORT = {"summary": {"total": 4, "passed": 3, "failed": 1}, "result": "FAILED"}
 
 @pytest.fixture(autouse=True)
 def follow_ups_installed() -> None:
-    follow_ups.install(machine.on_finish)
+    submission_follow_up.install(machine.on_finish)
 
 
 def leg(role: LegRole = LegRole.PRIMARY, submit_job: bool = True, **values: Any) -> Leg:
@@ -175,7 +175,7 @@ def test_the_finish_hook_starts_submission_processing(
         machine.finish(the_leg, the_row, NOW, phase, result)
     finally:
         machine.on_finish.disconnect("capture")
-    new_legs = follow_ups.submission_leg(captured[0])
+    new_legs = submission_follow_up.submission_leg(captured[0])
     assert bool(new_legs) is follows
     if follows:
         (submission,) = new_legs

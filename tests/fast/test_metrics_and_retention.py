@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from gateway.api.metrics import MetricsView
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
-from gateway.jobs import cutover
+from gateway.jobs import cutover_changes
 from gateway.jobs.shadow_admin import set_shadow
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import LegOutcome
@@ -116,15 +116,15 @@ def test_comparisons_count_by_outcome_and_the_cutover_stage_is_a_gauge(memory_ga
         await state.reconciler.tick()
         moved = {o: sample("gateway_comparisons_total", **pair, outcome=o) - before[o] for o in before}
         assert moved == {"match": 1, "mismatch": 1}
-        await cutover.change_migration(state.sessions, Scope.BACKEND, "celery-main", Action.SET, "admin",
+        await cutover_changes.change_migration(state.sessions, Scope.BACKEND, "celery-main", Action.SET, "admin",
                                        new_engine="prefect", stage=Stage.SHADOW)  # fmt: skip
-        await cutover.change_migration(state.sessions, Scope.CONTENT, "week2.ex1", Action.SET, "admin",
+        await cutover_changes.change_migration(state.sessions, Scope.CONTENT, "week2.ex1", Action.SET, "admin",
                                        new_engine="celery", stage=Stage.NEW_ONLY)  # fmt: skip
         seen = scraped(await view.render())
         assert (seen[backend], seen[content]) == (Stage.SHADOW.rank, Stage.NEW_ONLY.rank) == (1, 4)
         match = tuple(sorted({**pair, "outcome": "match"}.items()))
         assert seen[("gateway_comparisons_total", match)] >= 1  # the counters are on the same page
-        await cutover.change_migration(state.sessions, Scope.BACKEND, "celery-main", Action.SET, "admin",
+        await cutover_changes.change_migration(state.sessions, Scope.BACKEND, "celery-main", Action.SET, "admin",
                                        stage=Stage.OLD_ONLY)  # fmt: skip
         assert scraped(await view.render())[backend] == 0
 

@@ -4,7 +4,7 @@ Issue 10 (the submit path at the reference's speed): the request's own send was 
 An engine that takes whatever it is sent (Celery; here the in-memory engine with `refuses_at_submit=False`)
 gets its legs from the reconciler's outbox flush, woken by the commit; an engine that may refuse (Prefect: a
 missing deployment is the contract's 404) is still sent by the request. The real-engine side of this is every
-Celery test (`tests/gateway`, `tests/conformance`): each of their jobs now travels through the relay.
+Celery test (`tests/service`, `tests/conformance`): each of their jobs now travels through the relay.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from backends.celery.factory import create_app
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import settings_from_env
 
 pytestmark = pytest.mark.fast

@@ -20,7 +20,7 @@ from backends.celery.adapter import CeleryAdapter
 from backends.celery.taskmeta import TaskMetaReader
 from backends.interface import LegPhase
 from common.settings import Settings
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 
 pytestmark = pytest.mark.fast
 

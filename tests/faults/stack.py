@@ -21,7 +21,7 @@ import httpx
 from backends.examples import DATA as EXAMPLE_DATA
 from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
-from tests.gateway.server import GatewayServer, running_server
+from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
 from tests.support.git import git as _git
 from tests.support.pg_cluster import PgCluster

@@ -6,11 +6,13 @@ final "nothing of that uid is left" check cannot be disturbed by (or disturb) ot
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from backends.work.student_testing import run_student_testing
@@ -186,20 +188,17 @@ def test_sandbox_runs_as_the_unprivileged_user(make_job: Callable[..., Any], set
     assert f"uid={uid}" in _tests(report)["test_uid"]["resultMessage"]
 
 
-def _cmdlines(uid: int) -> list[bytes]:
+def _cmdlines(uid: int) -> list[str]:
     found = []
     for pid in processes_of_uid(uid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                found.append(handle.read())
-        except OSError:
-            continue
+        with contextlib.suppress(psutil.Error):
+            found.append(" ".join(psutil.Process(pid).cmdline()))
     return found
 
 
 def _running_pytest(uid: int) -> bool:
     """A process of `uid` started as the cold launcher or forked from the warm runner."""
-    return any(b"launch.py" in cmd or b"sandbox_zygote.py" in cmd for cmd in _cmdlines(uid))
+    return any("launch.py" in cmd or "sandbox_zygote.py" in cmd for cmd in _cmdlines(uid))
 
 
 @ROOT_ONLY

@@ -1,6 +1,6 @@
 """Admin API of the cutover: list migrations, change one (set/promote/demote/rollback/configure, with dry run),
 read its history, accept or withdraw a mismatch cluster, and see how a job was routed. Thin: the services are
-`gateway.jobs.cutover` and `gateway.jobs.cutover_triage`.
+`gateway.jobs.cutover_changes` and `gateway.jobs.cutover_triage`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from sqlalchemy import select
 
 from gateway.api.auth import require
 from gateway.api.deps import Login, State
-from gateway.cutover.machine import Action
+from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
-from gateway.jobs import cutover as service
+from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs import cutover_triage as triage
 from gateway.jobs.errors import NotFound
 from gateway.jobs.scorecard import scorecard
 from gateway.schemas import CutoverAcceptanceIn, CutoverChangeIn
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import Leg, Result
 
 router = APIRouter()

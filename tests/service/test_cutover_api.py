@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from gateway.cutover.triage import signature_of
 from gateway.store.catalog import load_catalog
 from tests.fast.conftest import catalog
-from tests.gateway.conftest import PASSWORD
-from tests.gateway.server import GatewayServer, running_server
+from tests.service.conftest import PASSWORD
+from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import settings_from_env
 
 ADMIN = ("admin", PASSWORD)

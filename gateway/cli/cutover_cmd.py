@@ -83,8 +83,8 @@ def _run_or_fail(
 
 
 def _change(action: str, backend: str | None, content: str | None, as_json: bool, **kw: Any) -> None:
-    from gateway.cutover.machine import Action
-    from gateway.jobs import cutover as service
+    from gateway.cutover.stage_machine import Action
+    from gateway.jobs import cutover_changes as service
 
     scope, key = _scope(backend, content)
 
@@ -246,8 +246,8 @@ def history(
     as_json: bool = AS_JSON,
 ) -> None:
     """Every change: who, when, from, to, why."""
-    from gateway.jobs import cutover as service
-    from gateway.store import cutover as store
+    from gateway.jobs import cutover_changes as service
+    from gateway.store import cutover_configs as store
 
     async def work(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
         if backend or content:
@@ -343,7 +343,7 @@ def evaluate(
     as_json: bool = AS_JSON,
 ) -> None:
     """Evaluate the gates now (one migration, or all) and take the policy's step unless --dry-run."""
-    from gateway.jobs import cutover as service
+    from gateway.jobs import cutover_changes as service
     from gateway.jobs import cutover_gates as gates
 
     async def work(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:

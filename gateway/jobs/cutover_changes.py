@@ -1,6 +1,6 @@
 """The cutover service behind the admin API and the CLI: change a migration (or preview the change), list them.
 
-Every change is planned by the pure stage machine (`gateway.cutover.machine`), previewed for a list of members
+Every change is planned by the pure stage machine (`gateway.cutover.stage_machine`), previewed for a list of members
 or a sample ("where would their next job go, before and after"), and saved with its event unless it is a dry
 run. Errors are `JobError`s: 404 for an unknown scope, 422 for a change the machine refuses, 409 for a stale one.
 """
@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.cutover.decide import decide
-from gateway.cutover.machine import Action, Change, InvalidChange, plan_change
+from gateway.cutover.stage_machine import Action, Change, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.jobs.errors import Conflict, JobError, NotFound
-from gateway.store import cutover as store
+from gateway.store import cutover_configs as store
 from gateway.store.models import CourseContent, CourseMember, utcnow
 
 

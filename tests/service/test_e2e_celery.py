@@ -16,8 +16,8 @@ import pytest
 
 from backends.examples import materialize_example
 from gateway.store.catalog import load_catalog
-from tests.gateway.conftest import PASSWORD, demo_catalog
-from tests.gateway.server import GatewayServer, free_port, running_server, wait_for
+from tests.service.conftest import PASSWORD, demo_catalog
+from tests.service.server import GatewayServer, free_port, running_server, wait_for
 from tests.support.celery_worker import base_env, running_worker, settings_from_env
 from tests.support.waiting import wait_until
 

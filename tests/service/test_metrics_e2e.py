@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
-from tests.gateway.conftest import PASSWORD
-from tests.gateway.server import GatewayServer, free_port, running_server, wait_for
-from tests.gateway.test_e2e_celery import example_catalog, poll_result_status, redis_server
+from tests.service.conftest import PASSWORD
+from tests.service.server import GatewayServer, free_port, running_server, wait_for
+from tests.service.test_e2e_celery import example_catalog, poll_result_status, redis_server
 from tests.support.celery_worker import base_env, running_worker, settings_from_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -111,8 +111,8 @@ def test_backlog_then_queue_depth_then_counts(tmp_path: Path) -> None:
 def test_several_api_processes_report_one_total_in_multiprocess_mode(tmp_path: Path, postgres_db: Any) -> None:
     """`uvicorn --workers 2` with PROMETHEUS_MULTIPROC_DIR: whichever process answers a scrape, it shows every
     process's sends (the documented setup for several processes on one host)."""
-    from tests.gateway.conftest import demo_catalog, fresh_pg_database
-    from tests.gateway.server import stop_server
+    from tests.service.conftest import demo_catalog, fresh_pg_database
+    from tests.service.server import stop_server
 
     data = tmp_path / "gw-multi"
     prom = tmp_path / "prometheus"

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backends.registry import UnknownEngineError, canonical_engine
-from gateway.cutover.machine import Change
+from gateway.cutover.stage_machine import Change
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Scope, Stage
 from gateway.cutover.triage import Acceptance, TriageAction
 from gateway.store import lookup

@@ -29,7 +29,7 @@ from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from gateway.store.models import Result
 from tests.fast.conftest import ADMIN, body, catalog
-from tests.gateway.conftest import fresh_pg_database
+from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import base_env, running_worker, settings_from_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

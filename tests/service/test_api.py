@@ -15,8 +15,8 @@ import pytest
 from common.settings import Settings
 from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
-from tests.gateway.conftest import PASSWORD, demo_catalog, fresh_pg_database
-from tests.gateway.server import GatewayServer, running_server
+from tests.service.conftest import PASSWORD, demo_catalog, fresh_pg_database
+from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import settings_from_env
 from tests.support.contract_keys import GET_KEYS, LIST_KEYS, RUN_KEYS, TASK_INFO_KEYS
 
@@ -263,7 +263,7 @@ def test_served_at_root_by_setting(api: GatewayServer) -> None:
 def test_postgres_api_refuses_an_out_of_date_schema(postgres_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import subprocess
 
-    from tests.gateway.server import free_port
+    from tests.service.server import free_port
     from tests.support.celery_worker import GATEWAY_BIN, base_env
 
     with fresh_pg_database(postgres_db) as db:

@@ -28,9 +28,9 @@ from gateway.store.db import make_sync_engine
 from gateway.store.models import Comparison, Result, new_id, utcnow
 from tests.conftest import service_missing
 from tests.fast.conftest import catalog
-from tests.gateway.conftest import PASSWORD
-from tests.gateway.server import GatewayServer, running_server, wait_for
-from tests.gateway.test_cutover_api import ADMIN
+from tests.service.conftest import PASSWORD
+from tests.service.server import GatewayServer, running_server, wait_for
+from tests.service.test_cutover_api import ADMIN
 from tests.support.celery_worker import settings_from_env
 
 TIMEOUT = 30.0
