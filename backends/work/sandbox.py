@@ -42,6 +42,7 @@ from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candi
 from backends.work.sandbox_slots import SlotUsage, run_slot, slot_count, slot_usage
 from backends.work.sandbox_space import mount_space, release_space, space_full
 from backends.work.sandbox_uids import kill_uid, run_uid
+from backends.work.sandbox_wall import WallClock
 from backends.work.sandbox_warm import WarmProcess, warm_runner
 from common.settings import SandboxIsolation, SandboxRunner, Settings
 
@@ -544,8 +545,9 @@ def run_pytest(
     (read-only to the run). Waits for a free slot first (`sandbox_slots`). Always kills what it started.
 
     Clocks: the run's wall clock starts when the pytest session does (the `start` event), not when the sandbox
-    does; until then only `limits.startup_seconds` applies, and passing it is an `InfrastructureError` (a
-    machine too slow to start a run is not the student's fault)."""
+    does, and does not count the test process's waits for a CPU (`sandbox_wall`); until the session starts only
+    `limits.startup_seconds` applies, and passing it is an `InfrastructureError` (a machine too slow to start a
+    run is not the student's fault)."""
     runtime = sandbox_runtime(settings)
     isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
@@ -559,6 +561,7 @@ def run_pytest(
         started = time.monotonic()
         timed_out = startup_timed_out = False
         memory = MemoryWatch(uid, limits.run_memory_bytes)
+        wall = WallClock(limits.wall_seconds)
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
@@ -576,7 +579,10 @@ def run_pytest(
                         if reader.session_at is None and now >= started + limits.startup_seconds:
                             startup_timed_out = True
                             break
-                        if reader.session_at is not None and now >= reader.session_at + limits.wall_seconds:
+                        if reader.session_at is not None and wall.started_at is None:
+                            known = proc.pid if isolation is SandboxIsolation.NONE else None
+                            wall.start(reader.session_at, uid if isolation is SandboxIsolation.BWRAP else None, known)
+                        if wall.expired(now):
                             timed_out = True
                             break
                         if memory.check(now):
