@@ -7,18 +7,22 @@ honest job failed at checkout ("No space left on device"). Each run's `space/` i
 the student's files are copied in, `nosuid,nodev`, and detached when the run dir is removed. Filling it gives
 the run ENOSPC and nothing else notices. A tmpfs lives in memory: its size counts in the run's memory bound
 (docs/work.md, "Memory"). A worker that is not root cannot mount: the run's space is then a plain directory
-(per-file limit only), and the host's disk must be guarded otherwise (`SANDBOX_ROOT` on a filesystem of its own).
+(per-file limit only), and the host's disk must be guarded otherwise (`SANDBOX_ROOT` on a filesystem of its own);
+so is a root worker the kernel does not let mount (a container without CAP_SYS_ADMIN), with a warning in its log.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from pathlib import Path
 
 _MNT_DETACH = 2
 _MS_NOSUID, _MS_NODEV = 2, 4
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger(__name__)
+_warned = False
 
 
 def can_mount() -> bool:
@@ -35,6 +39,14 @@ def mount_space(path: Path, size_bytes: int) -> bool:
     flags = ctypes.c_ulong(_MS_NOSUID | _MS_NODEV)
     if _libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", flags, options) != 0:
         errno = ctypes.get_errno()
+        if errno in (1, 13):  # EPERM, EACCES: root without CAP_SYS_ADMIN (a container): as for a non-root worker
+            global _warned
+            if not _warned:
+                _warned = True
+                log.warning(
+                    "runs get no tmpfs of their own here (%s): their space is the host's disk", os.strerror(errno)
+                )
+            return False
         raise OSError(errno, f"mount a tmpfs on {path}: {os.strerror(errno)}")
     return True
 
