@@ -228,6 +228,9 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
             # pytest died writing its summary into a disk the student's code filled: the tests had their verdicts.
             return _cut(channel, test_files, CRASHED, ""), RunSummary(status_message=_SPACE_FULL)
         sig = outcome.signal
+        if sig in _CPU_SIGNALS and _all_finished(channel):
+            # The CPU clock ran out after the last test's verdict: the tests, not the session's tail, are graded.
+            return _cut(channel, test_files, TIMEDOUT, ""), RunSummary()
         if sig is not None and sig in _LIMIT_SIGNALS:
             if sig in _CPU_SIGNALS:
                 cpu = outcome.cpu_limit or time_limit
