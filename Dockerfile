@@ -2,10 +2,12 @@
 # Flower. Never built on the development machines (no Docker engine there): see docs/operations.md for what was
 # and was not checked.
 FROM python:3.11-slim
-# git: checkouts of student and reference repositories. The sandbox drops to the unprivileged `sandbox` user
-# (the worker runs as root in the container only to be able to drop; Linux does not enforce RLIMIT_NPROC for root).
+# git: checkouts of student and reference repositories. bubblewrap: the default sandbox (SANDBOX_ISOLATION=bwrap),
+# whose namespaces the worker container must be allowed to create (docs/operations.md: cap_add, security_opt).
+# The sandbox drops to the unprivileged `sandbox` user (the worker runs as root in the container only to be able
+# to drop; Linux does not enforce RLIMIT_NPROC for root).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin sandbox
 WORKDIR /app

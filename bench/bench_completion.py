@@ -13,7 +13,7 @@ job at a time, interleaved round by round:
 - `gateway-poll`: the same with the completion feed off (ticks and outbox wake-ups alone): what completion cost
   before it was pushed.
 
-"Done" for the gateway is the leg state machine's finish hook (`machine.on_finish`), which runs inside the
+"Done" for the gateway is a finish hook of the leg state machine (`state.finish_hooks`), which runs inside the
 transaction that writes the row, just before its commit. Prints p50/p99 per variant and the ratio to raw.
 
     .venv/bin/python bench/bench_completion.py [--jobs 40] [--rounds 3]
@@ -42,7 +42,7 @@ from bench.bench_submit import environment, seed  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from gateway.engines.dispatcher import Dispatcher, SendBy  # noqa: E402
 from gateway.jobs.bootstrap import start_gateway  # noqa: E402
-from gateway.jobs.submit import DUE_AFTER  # noqa: E402
+from gateway.jobs.submit_plan import DUE_AFTER  # noqa: E402
 from gateway.legs import machine  # noqa: E402
 from gateway.legs.states import DispatchState  # noqa: E402
 from gateway.runtime import GatewayState  # noqa: E402
@@ -106,7 +106,9 @@ async def through_gateway(state: GatewayState, waiters: Waiters) -> float:
 async def ticks_and_outbox(state: GatewayState, stop: asyncio.Event) -> None:
     """The reconciler without its completion feed: ticks, outbox wake-ups and the outbox listener."""
     await asyncio.gather(
-        state.reconciler._tick_loop(stop), state.reconciler.flush_woken(stop), state.reconciler.listen_outbox(stop)
+        state.reconciler.tick_loop(stop),
+        state.reconciler.relay.flush_woken(stop),
+        state.reconciler.listener.listen(stop),
     )
 
 
@@ -119,7 +121,6 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
             event.set()
         return []
 
-    machine.on_finish.connect("bench", finished)
     raw_client = CeleryAdapter(settings)
     ready = asyncio.Event()
     feed = asyncio.create_task(follow(raw_client, waiters, ready))
@@ -131,10 +132,11 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
         for n in range(rounds):
             for variant in times:
                 state = start_gateway(settings, Dispatcher(settings, adapter_factory=noop_celery))
+                state.finish_hooks.connect("bench", finished)
                 stop = asyncio.Event()
                 if variant == "gateway-push":
                     loop = asyncio.create_task(state.reconciler.run(stop))
-                    assert await state.reconciler.wait_following("celery", 30)
+                    assert await state.reconciler.completions.wait_following("celery", 30)
                 elif variant == "gateway-poll":
                     loop = asyncio.create_task(ticks_and_outbox(state, stop))
                 try:
@@ -156,7 +158,6 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await feed
         raw_client.close()
-        machine.on_finish.disconnect("bench")
 
     print(f"\n{jobs} no-op jobs one at a time per variant and round, {rounds} interleaved rounds (all jobs pooled):")
     ref = statistics.median(times["raw-celery"])

@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_cutover_gate.py [--rows 100000] [--rounds 5]
 
 Creates a scratch database on the local PostgreSQL (TEST_POSTGRES_* or 127.0.0.1:5432, user postgres), upgrades
-it, sets a content migration in `canary`, bulk-inserts comparison rows in its window, then times
+it, sets a content migration in `canary`, bulk-inserts comparison rows in its window (each with a primary leg
+routed by that stage and config version: the gate weighs only those), then times
 `evaluate_one` (read the window, count, percentiles, record the evaluation) and prints the median.
 """
 
@@ -25,10 +26,12 @@ from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import Scope, Stage
 from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
+from gateway.legs.machine import new_leg
+from gateway.legs.states import LegRole
 from gateway.store.catalog import load_catalog
 from gateway.store.db import make_async_engine, make_sessionmaker, make_sync_engine
 from gateway.store.migrate import upgrade
-from gateway.store.models import Comparison, Result, new_id, utcnow
+from gateway.store.models import Comparison, Leg, Result, new_id, utcnow
 from tests.fast.conftest import catalog
 from tests.support.celery_worker import settings_from_env
 
@@ -60,6 +63,11 @@ async def run(settings: object, rows: int, rounds: int) -> None:
     sessions = make_sessionmaker(engine)
     await service.change_migration(sessions, Scope.CONTENT, "cc-prefect", Action.SET, "bench", new_engine="celery",
                                    stage=Stage.CANARY, percentage=25)  # fmt: skip
+    _ref, config = await service.current(sessions, Scope.CONTENT, "cc-prefect")
+    assert config is not None
+    # Every comparison's job was routed by this stage (the gate weighs only those): its primary leg says so.
+    routing = {"rule": "stage:canary:out_of_bucket", "stage": config.stage.value, "config_scope": config.scope.value,
+               "config_scope_id": config.scope_id, "config_version": config.version}  # fmt: skip
     rng = random.Random(1)
     now = utcnow()
     with Session(make_sync_engine(settings)) as db, db.begin():  # type: ignore[arg-type]
@@ -76,9 +84,14 @@ async def run(settings: object, rows: int, rounds: int) -> None:
             }
             for _ in range(rows)
         ]  # fmt: skip
+        legs = [
+            new_leg(leg_id=c["primary_leg_id"], result_id="r-bench", role=LegRole.PRIMARY, engine="prefect",
+                    task_name="student_testing", spec={"kind": "student_testing", "params": {}}, routing=routing,
+                    now=now, due_at=now)
+            for c in batch
+        ]  # fmt: skip
+        db.execute(insert(Leg), legs)
         db.execute(insert(Comparison), batch)
-    _ref, config = await service.current(sessions, Scope.CONTENT, "cc-prefect")
-    assert config is not None
     times = []
     for _ in range(rounds):
         start = time.perf_counter()

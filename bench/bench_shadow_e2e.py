@@ -12,11 +12,11 @@ Two variants, one job at a time, interleaved round by round:
   worker ends at once (failed): what is measured is the shadow's dispatch and bookkeeping beside the primary, not a
   long shadow run.
 
-"Done" is the primary leg's finish (the leg state machine's `on_finish` hook, inside the transaction that writes
-the row). By default the next job starts once this job's shadow has ended too, so each primary is timed beside
-its own shadow; `--back-to-back` starts it as soon as the primary ended, so the previous job's shadow (its send,
-its run, its completion) overlaps the next primary in the same process. Prints p50/p99 per variant, the ratio
-on/off, and the process's CPU per job.
+"Done" is the primary leg's finish (a finish hook of the leg state machine, `state.finish_hooks`, inside the
+transaction that writes the row). By default the next job starts once this job's shadow has ended too, so each
+primary is timed beside its own shadow; `--back-to-back` starts it as soon as the primary ended, so the previous
+job's shadow (its send, its run, its completion) overlaps the next primary in the same process. Prints p50/p99 per
+variant, the ratio on/off, and the process's CPU per job.
 
     .venv/bin/python bench/bench_shadow_e2e.py [--jobs 40] [--rounds 3] [--back-to-back]
 """
@@ -43,6 +43,7 @@ from gateway.jobs.bootstrap import start_gateway  # noqa: E402
 from gateway.legs import machine  # noqa: E402
 from gateway.legs.states import DispatchState, LegRole  # noqa: E402
 from gateway.runtime import GatewayState  # noqa: E402
+from gateway.store import leg_writer  # noqa: E402
 from gateway.store.models import new_id, utcnow  # noqa: E402
 from gateway.store.runs import insert_run  # noqa: E402
 from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
@@ -77,7 +78,7 @@ async def one_job(state: GatewayState, waiters: Waiters, shadow: bool, settle: b
     assert await insert_run(state.engine, row, leg, *shadows)
     await asyncio.get_running_loop().run_in_executor(None, adapter.send, names.NOOP, {}, leg["id"])
     sent = utcnow()
-    await machine.record_sent(state.engine, leg["id"], leg["id"], sent, sent + timedelta(days=1))
+    await leg_writer.record_sent(state.engine, leg["id"], leg["id"], sent, sent + timedelta(days=1))
     await asyncio.wait_for(done.wait(), 60)
     elapsed = time.perf_counter() - started
     if settle:  # the next job starts once this one's shadow ended: each primary is timed beside its own shadow
@@ -95,15 +96,15 @@ async def bench(settings: Any, jobs: int, rounds: int, settle: bool) -> None:
             event.set()
         return []
 
-    machine.on_finish.connect("bench", finished)
     state = start_gateway(settings)
+    state.finish_hooks.connect("bench", finished)
     stop = asyncio.Event()
     loop = asyncio.create_task(state.reconciler.run(stop))
     times: dict[str, list[float]] = {"shadow off": [], "shadow on": []}
     cpu: dict[str, float] = {"shadow off": 0.0, "shadow on": 0.0}
     try:
-        assert await state.reconciler.wait_following("celery", 30)
-        await asyncio.wait_for(state.reconciler.outbox_listening.wait(), 30)
+        assert await state.reconciler.completions.wait_following("celery", 30)
+        await asyncio.wait_for(state.reconciler.listener.listening.wait(), 30)
         for _ in range(3):  # warm-up: connections, the worker's pool
             await one_job(state, waiters, True, settle)
         for n in range(rounds):
@@ -117,7 +118,6 @@ async def bench(settings: Any, jobs: int, rounds: int, settle: bool) -> None:
         stop.set()
         await loop
         await state.close()
-        machine.on_finish.disconnect("bench")
 
     print(f"\n{jobs} no-op jobs one at a time per variant and round, {rounds} interleaved rounds (all jobs pooled); "
           f"load average {os.getloadavg()[0]:.2f} (a shared 2-core machine)")  # fmt: skip

@@ -11,6 +11,7 @@ Passwords are `SecretStr`; URLs that carry one are built on demand and only ever
 
 from __future__ import annotations
 
+import base64
 import os
 from enum import StrEnum
 from functools import lru_cache
@@ -60,6 +61,10 @@ class Settings(BaseSettings):
     postgres_db: str = "postgres"
 
     prefect_api_url: str | None = None
+    # Prefect 3's basic auth (`PREFECT_API_AUTH_STRING`, the client's name; the server checks
+    # `PREFECT_SERVER_API_AUTH_STRING`): sent by every gateway process that calls the Prefect API. `gateway up`
+    # and compose turn it on; unset, requests go without it (a server without auth).
+    prefect_api_auth_string: SecretStr | None = None
 
     # --- embedded default ---------------------------------------------------------------------------------
     gateway_data_dir: Path = Field(default_factory=_default_data_dir)
@@ -178,6 +183,9 @@ class Settings(BaseSettings):
 
     # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
     gateway_cutover_evaluate_seconds: float = 60.0
+    # Mismatches re-run on both engines to tell a reproducible difference from a flaky test, per course content
+    # (or backend) and hour (0: never re-judge).
+    gateway_rejudge_per_hour: int = 20
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -221,7 +229,7 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the embedded `filesystem://` broker keeps its messages (shared by every local process)."""
         path = self.data_dir / "broker"
-        for sub in ("out", "processed", "control"):
+        for sub in ("out", "processed", "control", "staging"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         return path
 
@@ -253,6 +261,14 @@ class Settings(BaseSettings):
     def prefect_api(self) -> str:
         """The Prefect API every Prefect process must use (never Prefect's per-process ephemeral server)."""
         return self.prefect_api_url or "http://127.0.0.1:4200/api"
+
+    def prefect_api_headers(self) -> dict[str, str]:
+        """What a plain HTTP client adds to reach the Prefect API: the auth string as Prefect's client sends it
+        (`Authorization: Basic base64(auth string)`), or nothing."""
+        if self.prefect_api_auth_string is None:
+            return {}
+        token = base64.b64encode(self.prefect_api_auth_string.get_secret_value().encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendBy
 from gateway.engines.health import HealthMonitor
 from gateway.engines.reconciler import Reconciler
 from gateway.engines.shadowing import ShadowPolicy
+from gateway.legs.machine import FinishHooks
 from gateway.store.accounts import Authenticator
 from gateway.store.catalog_cache import CatalogCache
 from gateway.store.db import make_async_engine, make_sessionmaker
@@ -30,6 +31,9 @@ class GatewayState:
     dispatcher: Dispatcher
     auth: Authenticator
     reconciler: Reconciler
+    # What runs when a leg finishes, wherever it finishes (reconciler, write-back, cancel): built by
+    # `gateway.jobs.bootstrap.start_gateway` with every follow-up, handed to whoever finishes legs.
+    finish_hooks: FinishHooks
     # Course contents/backends/members for the submit path (see gateway.store.catalog_cache).
     catalog: CatalogCache
     # Which shadow legs a new job gets, and the counters of the ones it did not.
@@ -58,19 +62,23 @@ class GatewayState:
         return SendBy.REQUEST
 
     @classmethod
-    def build(cls, settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
+    def build(
+        cls, settings: Settings, dispatcher: Dispatcher | None = None, finish_hooks: FinishHooks | None = None
+    ) -> GatewayState:
         engine = make_async_engine(settings)
         sessions = make_sessionmaker(engine)
         dispatcher = dispatcher or Dispatcher(settings)
         catalog = CatalogCache(settings.gateway_catalog_cache_seconds)
         shadow = ShadowPolicy(sessions, catalog, dispatcher)
+        finish_hooks = finish_hooks or FinishHooks()
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             dispatcher=dispatcher,
             auth=Authenticator(sessions, settings.gateway_auth_cache_seconds),
-            reconciler=Reconciler(sessions, dispatcher, settings, skips=shadow.skips),
+            reconciler=Reconciler(sessions, dispatcher, settings, skips=shadow.skips, hooks=finish_hooks),
+            finish_hooks=finish_hooks,
             catalog=catalog,
             shadow=shadow,
             health=HealthMonitor(dispatcher),

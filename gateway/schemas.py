@@ -369,14 +369,23 @@ class CutoverChangeIn(BaseModel):
     old_engine: str | None = None
     new_engine: str | None = None
     policy: str | None = None
+    answer_policy: str | None = None
     shadow_fraction: float | None = None
     canary_steps: list[float] | None = None
     min_stage_seconds: float | None = None
-    thresholds: dict[str, float] | None = None
+    thresholds: dict[str, float | list[str]] | None = None  # `parity` is a list of field names
     salt: str | None = None
     # Preview: where these members' (and a sample's) next jobs go, before and after.
     members: list[str] = Field(default_factory=list)
     sample: int = Field(default=0, ge=0, le=1000)
+
+
+class CutoverHoldIn(BaseModel):
+    """Pause or resume a migration's automation (`POST /api/admin/cutover/{scope}/{key}/pause|resume`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000)
 
 
 class CutoverAcceptanceIn(BaseModel):

@@ -2,7 +2,8 @@
 
 The file parses (anchors and merge keys resolved), every reference resolves (services, volumes, files), every
 command of a gateway-image service exists in the installed entry points with the options it is given, exactly
-one process runs Celery beat, Flower has a login, and the image's sandbox user is the one the setting names.
+one process runs Celery beat, Flower has a login, the image's sandbox user is the one the setting names, and
+the image installs every system tool the settings it runs with require (bubblewrap for the default sandbox).
 What this cannot show (an image that builds, containers that start and talk) is listed in docs/operations.md.
 """
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from common.settings import SandboxIsolation, Settings
 from gateway.cli import app
 
 pytestmark = pytest.mark.fast
@@ -98,3 +100,61 @@ def test_doc_examples_parse_and_name_metrics_that_exist(example: str) -> None:
     sources = "".join((ROOT / "gateway" / part / "metrics.py").read_text() for part in ("engines", "api"))
     for name in set(re.findall(r"\b(gateway_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", text)):
         assert f'"{name}"' in sources, f"{example} names {name}, which no code exports"
+
+
+# The system tools the worker runs, by the Debian package that ships each (the image is Debian-based).
+DEBIAN_PACKAGE = {"git": "git", "bwrap": "bubblewrap"}
+GRADING_COMMANDS = (["gateway", "worker", "start"], ["gateway", "prefect", "serve"])
+
+
+def _image_settings(svc: dict[str, Any]) -> Settings:
+    """The settings a service of the image runs with: the Dockerfile's ENV, then the compose environment."""
+    env: dict[str, str] = {}
+    for block in re.findall(r"^ENV ((?:.*\\\n)*.*)$", DOCKERFILE, re.MULTILINE):
+        env.update(re.findall(r"(\w+)=(\S+)", block))
+    env.update({k: str(v) for k, v in svc.get("environment", {}).items()})
+    fields = {name: env[name.upper()] for name in Settings.model_fields if name.upper() in env}
+    return Settings(_env_file=None, **fields)
+
+
+def _tools_required(settings: Settings) -> set[str]:
+    tools = {"git"}  # checkouts of the student's and the reference repository
+    if settings.sandbox_isolation is SandboxIsolation.BWRAP:
+        tools.add("bwrap")
+    return tools
+
+
+def _apt_packages() -> set[str]:
+    installs = re.findall(r"apt-get install ([^\n&]*)", DOCKERFILE)
+    assert installs, "the Dockerfile installs no system package"
+    return {word for line in installs for word in line.replace("\\", " ").split() if not word.startswith("-")}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in OURS.items() if s["command"][:3] in GRADING_COMMANDS))
+def test_the_image_has_the_tools_its_graders_settings_require(name: str) -> None:
+    settings = _image_settings(OURS[name])
+    assert settings.sandbox_isolation is SandboxIsolation.BWRAP, "the image grades in the default sandbox"
+    missing = {DEBIAN_PACKAGE[tool] for tool in _tools_required(settings)} - _apt_packages()
+    assert not missing, f"{name} needs {sorted(missing)}, which the Dockerfile does not install"
+
+
+def test_the_graders_may_create_the_sandboxes_namespaces() -> None:
+    """bubblewrap in a container: Docker's default seccomp and AppArmor profiles forbid its namespaces and mounts."""
+    graders = {n for n, s in OURS.items() if s["command"][:3] in GRADING_COMMANDS}
+    assert graders == {"celery-system-worker", "prefect-runner"}, graders
+    for name, svc in OURS.items():
+        opts = set(svc.get("security_opt", []))
+        if name in graders:
+            assert "SYS_ADMIN" in svc.get("cap_add", []), name
+            assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= opts, name
+        else:
+            assert not opts and not svc.get("cap_add"), f"{name} does not grade and needs no relaxed profile"
+
+
+def test_the_prefect_server_requires_the_auth_string_every_gateway_process_sends() -> None:
+    server = SERVICES["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert re.fullmatch(r"\$\{PREFECT_AUTH_STRING:-[^}]+\}", server), server
+    for name, svc in OURS.items():
+        assert svc["environment"]["PREFECT_API_AUTH_STRING"] == server, name
+    # The healthcheck stays unauthenticated: Prefect exempts GET /api/health.
+    assert "/api/health" in " ".join(SERVICES["prefect-server"]["healthcheck"]["test"])

@@ -252,6 +252,24 @@ def test_flower_answers_behind_basic_auth(gateway_up: UpProcess) -> None:
 
 
 @pytest.mark.slow
+def test_flower_inspects_the_embedded_worker(gateway_up: UpProcess) -> None:
+    """Flower's worker view on the embedded broker: its inspect broadcast reaches the worker and the reply comes
+    back through the broker folder (fs_transport.py). Queue lengths Flower cannot read there (README)."""
+    found = re.search(r"Flower at (http://\S+) \(login (\S+) / (\S+)\)", gateway_up.output())
+    assert found, gateway_up.output()
+    url, user, password = found.groups()
+
+    def workers() -> dict[str, Any] | None:
+        answer = httpx.get(f"{url}/api/workers", params={"refresh": "1"}, auth=(user, password), timeout=30)
+        answer.raise_for_status()
+        found = answer.json()
+        return found if any(isinstance(w, dict) and w.get("stats") for w in found.values()) else None
+
+    seen = wait_for(workers, 120, interval=1.0, what="Flower to list the worker with its stats")
+    assert any(name.startswith("celery-system-worker@") for name in seen), seen
+
+
+@pytest.mark.slow
 def test_metrics_show_the_runs_that_happened_on_both_engines(gateway_up: UpProcess) -> None:
     """After one run on each engine (the tests above): one accepted send and one success per engine, none open."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -284,6 +302,39 @@ def test_metrics_show_the_runs_that_happened_on_both_engines(gateway_up: UpProce
 
 
 @pytest.mark.slow
+def test_a_second_shell_gets_the_stack_settings(gateway_up: UpProcess) -> None:
+    """`eval "$(gateway env)"` in a shell that knows only the data folder: the same API, Prefect API and home."""
+    env = _clean_env(gateway_up.data_dir, free_port())
+    env.pop("PREFECT_API_URL")
+    script = f'eval "$({GATEWAY} env)" && echo "$GATEWAY_URL|$PREFECT_API_URL|$PREFECT_HOME|$FLOWER_URL"'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    url, prefect_api, prefect_home, flower = done.stdout.strip().split("|")
+    assert url == f"http://127.0.0.1:{gateway_up.port}", done.stdout
+    assert f"Prefect API at {prefect_api}" in gateway_up.output() and f"Flower at {flower} " in gateway_up.output()
+    assert prefect_home == str(gateway_up.data_dir / "prefect-home")
+    assert httpx.get(f"{url}/api/health", timeout=30).status_code == 200
+    assert httpx.get(f"{prefect_api}/health", timeout=30).status_code == 200
+    assert (gateway_up.data_dir / "stack.env").stat().st_mode & 0o077 == 0  # it holds the Prefect auth string
+
+
+@pytest.mark.slow
+def test_the_prefect_server_accepts_only_the_stacks_auth_string(gateway_up: UpProcess) -> None:
+    """Anyone on the host could drive an unauthenticated Prefect server; `gateway up` turns its auth on."""
+    env = _clean_env(gateway_up.data_dir, free_port())
+    script = f'eval "$({GATEWAY} env)" && printf "%s|%s" "$PREFECT_API_URL" "$PREFECT_API_AUTH_STRING"'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    prefect_api, auth = done.stdout.split("|")
+    user, _, password = auth.partition(":")
+    assert user == "gateway" and len(password) >= 24
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, timeout=30).status_code == 401
+    wrong = httpx.post(f"{prefect_api}/flows/filter", json={}, auth=(user, "wrong"), timeout=30)
+    assert wrong.status_code == 401
+    assert httpx.post(f"{prefect_api}/flows/filter", json={}, auth=(user, password), timeout=30).status_code == 200
+    # Every child was given it; none has it on its command line.
+    assert all(password not in _cmdline(pid) for pid in descendants(gateway_up.process.pid))
+
+
+@pytest.mark.slow
 def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     """Last in the module: Ctrl-C leaves no process behind, however deep (worker pool, flow runs, uvicorn)."""
     process = gateway_up.process
@@ -296,6 +347,7 @@ def test_sigint_stops_every_child(gateway_up: UpProcess) -> None:
     os.kill(process.pid, signal.SIGINT)
     assert process.wait(timeout=90) == 0, gateway_up.output()[-3000:]
     assert gateway_up.output().rstrip().endswith("stopped")
+    assert not (gateway_up.data_dir / "stack.env").exists(), "a stopped stack leaves no settings for `gateway env`"
     wait_for(
         lambda: not [pid for pid, started in children.items() if _alive(pid, started)],
         30,
@@ -417,3 +469,58 @@ def test_leftovers_of_a_killed_up_are_stopped_first(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(leftover.pid, signal.SIGKILL)
         leftover.wait(timeout=10)
+
+
+def test_env_without_a_running_stack_says_so_in_one_line(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path, free_port())
+    done = subprocess.run([str(GATEWAY), "env"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"gateway env: no `gateway up` is running on {tmp_path} (no stack.env there)"
+    ]
+
+
+def test_stack_env_lines_survive_the_shell(tmp_path: Path) -> None:
+    """Values with spaces or quotes come back unchanged through `eval`; absent ones are not exported."""
+    from gateway.devstack.stack_env import write_stack_env
+
+    odd = str(tmp_path / "it's a dir")
+    write_stack_env(tmp_path, {"GATEWAY_DATA_DIR": odd, "GATEWAY_PORT": "8123", "PREFECT_API_URL": None})
+    env = _clean_env(tmp_path, free_port())
+    env.pop("PREFECT_API_URL")
+    script = (
+        f'eval "$({GATEWAY} env)" && printf "%s|%s|%s" "$GATEWAY_DATA_DIR" "$GATEWAY_PORT" "${{PREFECT_API_URL-unset}}"'
+    )
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == f"{odd}|8123|unset"
+
+
+def test_the_quickstart_lists_every_option_of_up() -> None:
+    import typer.main
+
+    from gateway.cli import app
+
+    up_command = typer.main.get_command(app).commands["up"]  # type: ignore[attr-defined]
+    declared = {
+        name for param in up_command.params for name in (*param.opts, *getattr(param, "secondary_opts", []))
+    } - {"--help"}
+    quickstart = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.md").read_text()
+    table = quickstart.split("| Option | Meaning |", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"`(--[a-z-]+)", table))
+    assert declared == listed, f"undocumented: {sorted(declared - listed)}; gone: {sorted(listed - declared)}"
+
+
+def test_every_child_gets_the_prefect_auth_string_the_server_checks(tmp_path: Path) -> None:
+    import base64
+
+    from pydantic import SecretStr
+
+    from common.settings import Settings
+    from gateway.devstack.services import child_env
+
+    settings = Settings(_env_file=None, gateway_data_dir=tmp_path, prefect_api_auth_string=SecretStr("gateway:s3c"))
+    env = child_env(settings, "http://127.0.0.1:4321/api")
+    assert env["PREFECT_API_AUTH_STRING"] == env["PREFECT_SERVER_API_AUTH_STRING"] == "gateway:s3c"
+    token = base64.b64encode(b"gateway:s3c").decode()
+    assert settings.prefect_api_headers() == {"Authorization": f"Basic {token}"}
+    assert Settings(_env_file=None, gateway_data_dir=tmp_path).prefect_api_headers() == {}

@@ -12,7 +12,7 @@ from typing import Any
 from celery.schedules import crontab
 from kombu import Queue
 
-from backends.celery import names
+from backends.celery import fs_transport, names
 from common.settings import Settings
 
 POOLED_BACKEND = "backends.celery.result_store:PooledDatabaseBackend"
@@ -62,6 +62,8 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
             # The exchange table for fanout: broadcast (inspect, revoke) works across processes.
             "control_folder": str(folder / "control"),
+            # Messages and exchange tables are written here first, then renamed into place (fs_transport.py).
+            "staging_folder": str(folder / fs_transport.STAGING),
             # The transport polls the folder; 0.2 s keeps a job's and a ping's latency low for one listdir.
             "polling_interval": 0.2,
         }
@@ -79,6 +81,7 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Everything the app needs; the same dict for worker, adapter and benchmark."""
+    fs_transport.install()  # `filesystem://` is the embedded broker's safe channel in every process
     config: dict[str, Any] = {
         "broker_url": settings.broker_url(),
         "broker_transport_options": _transport_options(settings),

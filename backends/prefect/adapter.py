@@ -9,7 +9,8 @@ not write: submit, state and progress come from the API; the result only where t
   gateway's `test_system_id` is what an operator searches for in Prefect.
 - poll: one `POST /flow_runs/filter` by idempotency key for many legs; progress rides along as labels.
   Non-final runs are also checked against their deployment's `last_polled`/status (one more call, only when
-  something is in flight), so a Late run or a runner that stopped polling shows up as `LegState.stalled`.
+  something is in flight), so a runner that stopped polling shows up as `LegState.stalled`; a `Late` run whose
+  runner still polls is only queued behind a busy runner and is not stalled.
 - cancel: propose CANCELLING (the server cancels a SCHEDULED run at once, a runner kills a running one); a
   run left CANCELLING longer than the grace period while no runner polls is forced to CANCELLED.
 """
@@ -17,12 +18,12 @@ not write: submit, state and progress come from the API; the result only where t
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from tenacity import RetryCallState, retry, retry_if_result, stop_after_attempt, wait_exponential
 
 from backends.interface import (
     DeploymentNotFound,
@@ -45,7 +46,22 @@ from common.redact import redact_text, redact_url
 from common.settings import Settings, get_settings
 
 _RETRY_STATUS = {429, 502, 503, 504}
-_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)
+# A busy answer is retried after 0.1 s, 0.2 s ... 1.6 s (five retries), then it stands.
+_RETRIES = 5
+_FIRST_DELAY = 0.1
+
+
+def _busy(response: httpx.Response) -> bool:
+    return response.status_code in _RETRY_STATUS
+
+
+def _last_answer(state: RetryCallState) -> httpx.Response:
+    """Out of retries: the last busy answer is the answer (`_request` turns a 5xx into EngineUnavailable)."""
+    assert state.outcome is not None
+    response: httpx.Response = state.outcome.result()
+    return response
+
+
 SHADOW_TAG = "shadow"  # the tag of a shadow run (a comparison leg), beside `user:<id>` and the leg id
 PAGE = 200  # the server's default maximum page size (PREFECT_API_DEFAULT_LIMIT)
 _EXC_TYPE = re.compile(r"exception: (?P<type>[A-Za-z_][\w.]*):")
@@ -100,6 +116,7 @@ class PrefectAdapter:
         self.cancel_grace_seconds = cancel_grace_seconds
         self._client = httpx.Client(
             base_url=self.api_url + "/",
+            headers=self.settings.prefect_api_headers(),
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
@@ -119,21 +136,27 @@ class PrefectAdapter:
         retried briefly here, as Prefect's own client does. Every call is safe to repeat: creates carry the
         idempotency key, state proposals are idempotent.
         """
-        for delay in (*_RETRY_DELAYS, None):
-            try:
-                response = self._client.request(method, path.lstrip("/"), **kwargs)
-            except httpx.TransportError as exc:
-                raise EngineUnavailable(
-                    f"Prefect API unreachable at {redact_url(self.api_url)}: {type(exc).__name__}"
-                ) from exc
-            if response.status_code not in _RETRY_STATUS or delay is None:
-                break
-            time.sleep(delay)  # back off before retrying a busy server
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 500:
             raise EngineUnavailable(
                 f"Prefect API {method} {path} answered {response.status_code}: {redact_text(response.text[:200])}"
             )
         return response
+
+    @retry(
+        retry=retry_if_result(_busy),
+        wait=wait_exponential(multiplier=_FIRST_DELAY),
+        stop=stop_after_attempt(1 + _RETRIES),
+        retry_error_callback=_last_answer,
+    )
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, repeated while the server answers busy; an unreachable server is not retried here."""
+        try:
+            return self._client.request(method, path.lstrip("/"), **kwargs)
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(
+                f"Prefect API unreachable at {redact_url(self.api_url)}: {type(exc).__name__}"
+            ) from exc
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
@@ -257,11 +280,14 @@ class PrefectAdapter:
         phase = phase_for(state.get("type"))
         native = state.get("name") or state.get("type") or "UNKNOWN"
         stalled = None
-        if not phase.is_final:
-            if native == "Late":
-                stalled = f"run is Late: no runner picked it up (expected {run.get('expected_start_time')})"
-            elif run.get("deployment_id"):
-                stalled = gone.get(run["deployment_id"])
+        if not phase.is_final and run.get("deployment_id"):
+            # A Late run whose runner still polls is queued behind a busy runner (at its limit): late, waited for
+            # up to its deadline, not a dead engine. Only a runner that stopped polling makes it stalled.
+            reason = gone.get(run["deployment_id"])
+            if reason and native == "Late":
+                stalled = f"run is Late: {reason} (expected {run.get('expected_start_time')})"
+            else:
+                stalled = reason
         error = None
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
             error = state.get("message")

@@ -18,6 +18,8 @@ def export_prefect_env(settings: Settings, poll_seconds: float) -> None:
     os.environ["PREFECT_API_URL"] = settings.prefect_api()
     os.environ["PREFECT_RUNNER_POLL_FREQUENCY"] = str(max(1, int(poll_seconds)))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if settings.prefect_api_auth_string is not None:  # the server's basic auth, sent by Prefect's own client
+        os.environ["PREFECT_API_AUTH_STRING"] = settings.prefect_api_auth_string.get_secret_value()
 
 
 def serve_deployments(

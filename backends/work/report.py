@@ -50,6 +50,8 @@ class RunSummary:
     status: str = COMPLETED
     status_message: str = ""
     properties: dict[str, Any] = field(default_factory=dict)
+    # The run's effective environment (backends.work.environment); the minimal one when not known.
+    environment: dict[str, Any] | None = None
 
 
 def _now() -> str:
@@ -130,7 +132,8 @@ def build_report(name: str, outcomes: list[TestOutcome], run: RunSummary) -> dic
     return _node(
         name, "report", status, _verdict(summary), summary, tests=collections, duration=run.duration,
         resultMessage=f"{summary['passed']} of {summary['total']} tests passed", statusMessage=run.status_message,
-        environment={"python": platform.python_version(), "runner": "pytest"}, properties=run.properties,
+        environment=run.environment or {"python": platform.python_version(), "runner": "pytest"},
+        properties=run.properties,
     )  # fmt: skip
 
 

@@ -53,6 +53,11 @@ def _distributions() -> list[metadata.Distribution]:
     return list(seen.values())
 
 
+def distribution_versions() -> list[tuple[str, str]]:
+    """(name, version) of every distribution a run can import, sorted by name (the report's environment)."""
+    return sorted((d.metadata["Name"].lower(), d.version) for d in _distributions())
+
+
 def _copy_distribution(dist: metadata.Distribution, site: Path) -> None:
     for entry in dist.files or []:
         rel = Path(str(entry))

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from backends.work.assignment import assemble, read_assignment
 from backends.work.checkout import checkout, plan_checkout
+from backends.work.environment import effective_environment
 from backends.work.errors import BadJobError, InfrastructureError
 from backends.work.progress import ProgressCallback, ProgressEvent, no_progress
 from backends.work.report import build_report
@@ -84,7 +85,7 @@ def run_student_testing(
     # Validate both repositories before anything runs: a refused job starts no process and makes no directory.
     student_plan = plan_checkout(job.module, "student", settings)
     reference_plan = plan_checkout(job.reference, "reference", settings)
-    sandbox_runtime(settings)  # refuses to grade when the sandbox cannot isolate (checked once per worker)
+    runtime = sandbox_runtime(settings)  # refuses to grade when the sandbox cannot isolate (checked once per worker)
     reporter = _Progress(progress)
     reporter.emit(0, "started")
     timings: dict[str, float] = {}
@@ -121,6 +122,7 @@ def run_student_testing(
             "runner": outcome.runner,
             "phases": {k: round(v, 4) for k, v in timings.items()},
         }
+        run.environment = effective_environment(limits, outcome.isolation, outcome.runner, runtime.python)
         report = build_report(student_plan.path, outcomes, run)
     except (OSError, ValueError) as exc:
         raise InfrastructureError(f"test run failed on the worker: {redact_text(str(exc))[:300]}") from None

@@ -12,13 +12,11 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
-from common.redact import redact_text
 from common.settings import Settings, get_settings
 from gateway.api import scorecard_page
 from gateway.api.metrics import metrics_router
@@ -29,9 +27,11 @@ from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs.bootstrap import freeze_startup_heap, start_gateway
 from gateway.jobs.errors import JobError
 from gateway.runtime import GatewayState
-from gateway.store.db import database_unavailable
+from gateway.store.db_errors import HANDLED, DbFault, classify, describe
 from gateway.store.migrate import ensure_schema
 
+# Where /docs loads Swagger UI's files from (this server, never a CDN).
+DOCS_ASSETS = "/docs-assets"
 log = logging.getLogger("uvicorn.error").getChild("gateway")  # shown by uvicorn's own handler
 # What a 503 asks the client to wait before it sends the same request again (an outage of the database).
 RETRY_AFTER_SECONDS = 5
@@ -75,7 +75,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                     await asyncio.wait_for(task, timeout=10)
             await state.close()
 
-    app = FastAPI(title="ctutor gateway", version="0.1.0", lifespan=lifespan)
+    # /docs with Swagger UI's assets served from the fastapi-offline package: it works with no internet. No /redoc:
+    # ReDoc's page still fetches its logo from a CDN.
+    app = FastAPIOffline(
+        title="ctutor gateway", version="0.1.0", lifespan=lifespan, static_url=DOCS_ASSETS, redoc_url=None
+    )
     add_submit_routes_first(app, ("/api", "") if settings.gateway_serve_at_root else ("/api",))
     app.include_router(api_router(), prefix="/api")
     app.include_router(metrics_router())
@@ -94,39 +98,24 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     async def _job_error(_request: Request, exc: JobError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
-    @app.exception_handler(IntegrityError)
-    async def _conflict(_request: Request, exc: IntegrityError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": "Conflicts with an existing record"})
-
-    @app.exception_handler(OverflowError)
-    async def _too_large(_request: Request, exc: OverflowError) -> JSONResponse:
-        # SQLite's driver refuses integers beyond 64 bits outside the DBAPI error tree (e.g. ?skip=2**70).
-        return JSONResponse(status_code=400, content={"detail": "Invalid value in the request: number too large"})
-
-    @app.exception_handler(DBAPIError)
-    async def _database_down(_request: Request, exc: DBAPIError) -> JSONResponse:
-        if _refused_value(exc):
-            # The database refused a value from the request (a NUL byte, an integer out of range): the
-            # client's error, and retrying will not help, so not a 503.
-            log.info("database refused a value: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
+    async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+        """A database or driver error: the request's fault (400, 409), an outage (503, retry) or a bug (500)."""
+        fault = classify(exc)
+        if fault is DbFault.CONFLICT:
+            return JSONResponse(status_code=409, content={"detail": "Conflicts with an existing record"})
+        if fault is DbFault.TOO_LARGE:
+            return JSONResponse(status_code=400, content={"detail": "Invalid value in the request: number too large"})
+        if fault is DbFault.REFUSED_VALUE:  # the request's value, not the database, is at fault: retrying won't help
+            log.info("database refused a value: %s", describe(exc))
             return JSONResponse(status_code=400, content={"detail": "Invalid value in the request"})
-        log.warning("database error: %s", redact_text(f"{type(exc.orig).__name__}: {exc.orig}"))
-        return database_unavailable_response()
-
-    async def _unreachable(_request: Request, exc: Exception) -> JSONResponse:
-        """A driver error that escaped SQLAlchemy's wrapping (a refused connection is a bare OSError), or one
-        from a statement run on the driver's connection directly (the submit path's, `gateway.store.driver`)."""
-        if _refused_value(exc):  # as for a wrapped one: the request's value, not the database, is at fault
-            log.info("database refused a value: %s", redact_text(f"{type(exc).__name__}: {exc}"))
-            return JSONResponse(status_code=400, content={"detail": "Invalid value in the request"})
-        if not database_unavailable(exc):
-            log.error("unexpected error: %s", redact_text(f"{type(exc).__name__}: {exc}"), exc_info=exc)
+        if fault is DbFault.UNEXPECTED:
+            log.error("unexpected error: %s", describe(exc), exc_info=exc)
             return JSONResponse(status_code=500, content={"detail": "Internal error"})
-        log.warning("database unreachable: %s", redact_text(f"{type(exc).__name__}: {exc}"))
+        log.warning("database unavailable: %s", describe(exc))
         return database_unavailable_response()
 
-    for kind in (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        app.add_exception_handler(kind, _unreachable)
+    for kind in HANDLED:
+        app.add_exception_handler(kind, _database_error)
 
     return app
 
@@ -138,22 +127,3 @@ def database_unavailable_response() -> JSONResponse:
         content={"detail": "Database unavailable, try again"},
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-
-
-def _refused_value(exc: BaseException) -> bool:
-    """A data exception (SQLSTATE class 22) or a driver's refusal to encode a value, anywhere in the chain.
-
-    asyncpg's adapter raises a generic DBAPI `Error` for both; the cause is asyncpg's DataError (a ValueError)
-    or a server error whose sqlstate starts with 22; psycopg2 raises DataError with such a pgcode.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, DataError | ValueError | OverflowError):
-            return True
-        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if isinstance(code, str) and code.startswith("22"):
-            return True
-        current = getattr(current, "orig", None) or current.__cause__
-    return False

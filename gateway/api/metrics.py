@@ -20,8 +20,9 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
+from cachetools import TTLCache
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -30,17 +31,16 @@ from prometheus_client.registry import Collector
 from backends.interface import LegPhase
 from common.redact import redact_text
 from gateway.cutover.stages import STAGE_ORDER
+from gateway.jobs.metrics_snapshot import StoreSnapshot, store_snapshot
 from gateway.legs.states import DispatchState
 from gateway.runtime import GatewayState
-from gateway.store.cutover_configs import StageRow, stage_rows
-from gateway.store.leg_stats import OpenLegGroup, open_leg_groups
-from gateway.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
 # A broker or engine API slower than this is reported as unreadable for this scrape instead of holding it.
 QUEUE_READ_TIMEOUT = 3.0
 WAITING_PHASES = {LegPhase.QUEUED.value, LegPhase.MISSING.value}
+SNAPSHOT = "snapshot"  # the one key of the snapshot's cache
 
 
 @dataclass
@@ -50,10 +50,9 @@ class Snapshot:
     taken: float
     now: datetime
     engines: list[str]
-    groups: list[OpenLegGroup] = field(default_factory=list)
+    store: StoreSnapshot
     depths: dict[str, dict[str, int] | None] = field(default_factory=dict)
     ages: dict[str, dict[str, float]] = field(default_factory=dict)
-    stages: list[StageRow] = field(default_factory=list)
 
 
 def _age(now: datetime, since: datetime | None) -> float:
@@ -95,7 +94,7 @@ class SnapshotCollector(Collector):
         pending: dict[str, int] = dict.fromkeys(snap.engines, 0)
         pending_since: dict[str, datetime | None] = dict.fromkeys(snap.engines)
         waiting_since: dict[str, datetime | None] = dict.fromkeys(snap.engines)
-        for group in snap.groups:
+        for group in snap.store.groups:
             if group.dispatch_state == DispatchState.PENDING:
                 pending[group.engine] = pending.get(group.engine, 0) + group.count
                 pending_since[group.engine] = _earliest(pending_since.get(group.engine), group.oldest_created)
@@ -140,7 +139,7 @@ class SnapshotCollector(Collector):
             "Each migration's stage as its rank: " + ", ".join(f"{s.rank} {s.value}" for s in STAGE_ORDER) + ".",
             labels=["scope", "target", "old_engine", "new_engine"],
         )
-        for row in snap.stages:
+        for row in snap.store.stages:
             stage.add_metric([row.scope, row.target, row.old_engine, row.new_engine], row.stage.rank)
         yield stage
 
@@ -161,45 +160,48 @@ def process_registry() -> CollectorRegistry:
 
 
 class MetricsView:
-    """One per API process: the cached snapshot and the two registries it renders."""
+    """One per API process: the snapshot (kept `ttl` seconds in a one-entry `cachetools.TTLCache`) and the two
+    registries it renders. Concurrent scrapes of an expired snapshot share one refresh (the lock)."""
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self.ttl = state.settings.gateway_metrics_cache_seconds
         self.collector = SnapshotCollector()
         self.snapshot_registry = CollectorRegistry(auto_describe=False)
         self.snapshot_registry.register(self.collector)
         self.processes = process_registry()
         self._lock = asyncio.Lock()
+        self.ttl = state.settings.gateway_metrics_cache_seconds
 
-    def _fresh(self) -> bool:
-        snap = self.collector.snapshot
-        return snap is not None and time.monotonic() - snap.taken < self.ttl
+    @property
+    def ttl(self) -> float:
+        return float(self._cache.ttl)
+
+    @ttl.setter
+    def ttl(self, seconds: float) -> None:
+        self._cache: TTLCache[str, Snapshot] = TTLCache(maxsize=1, ttl=seconds, timer=time.monotonic)
 
     async def refresh(self) -> None:
-        if self._fresh():
+        if SNAPSHOT in self._cache:
             return
         async with self._lock:
-            if self._fresh():
+            if SNAPSHOT in self._cache:
                 return
-            async with self.state.sessions() as session:
-                groups = await open_leg_groups(session)
-                stages = await stage_rows(session)
+            store = await store_snapshot(self.state.sessions)
             engines = sorted(
                 set(self.state.dispatcher.engines())
-                | {g.engine for g in groups}
+                | {g.engine for g in store.groups}
                 | {self.state.settings.gateway_tasks_engine}
             )
             queues = await asyncio.gather(*(self._queues(engine) for engine in engines))
-            self.collector.snapshot = Snapshot(
+            snapshot = Snapshot(
                 taken=time.monotonic(),
-                now=utcnow(),
+                now=datetime.now(UTC),
                 engines=engines,
-                groups=groups,
+                store=store,
                 depths={engine: depths for engine, (depths, _) in zip(engines, queues, strict=True)},
                 ages={engine: ages for engine, (_, ages) in zip(engines, queues, strict=True)},
-                stages=stages,
             )
+            self._cache[SNAPSHOT] = self.collector.snapshot = snapshot
 
     async def _queues(self, engine: str) -> tuple[dict[str, int] | None, dict[str, float]]:
         """The engine's queue depths and oldest-message ages (None, {} when it cannot be read now)."""

@@ -136,13 +136,21 @@ def set_(
     new_engine: str | None = typer.Option(None, help="The engine to move to (needed for a new migration)."),
     old_engine: str | None = typer.Option(None, help="The engine to move from (default: the backend's type)."),
     policy: str | None = typer.Option(None, help="manual | auto"),
+    answer_policy: str | None = typer.Option(
+        None, help="primary | verified: in canary, whether a row waits for the old engine's verdict (default verified)."
+    ),
     shadow_fraction: float | None = typer.Option(None, help="0..1 of jobs the other engine shadows."),
     canary_steps: str | None = typer.Option(None, help="Comma-separated percentages, e.g. 5,25,50,100."),
     min_stage_seconds: float | None = typer.Option(None, help="Minimum time in a stage before auto promotion."),
-    min_samples: int | None = typer.Option(None, help="Gate: comparisons needed."),
+    min_samples: int | None = typer.Option(None, help="Gate: no rate is judged on fewer comparisons (a floor)."),
     max_mismatch_rate: float | None = typer.Option(None, help="Gate: noise-adjusted mismatch rate, 0..1."),
     max_infra_error_rate: float | None = typer.Option(None, help="Gate: the new engine's infra-error rate, 0..1."),
     max_p99_ratio: float | None = typer.Option(None, help="Gate: new p99 run time / old p99 run time."),
+    confidence: float | None = typer.Option(None, help="Gate: level of the rates' intervals, e.g. 0.95."),
+    parity: str | None = typer.Option(
+        None,
+        help="Gate: environment fields that must be equal, comma-separated (e.g. python,pytest,limits); '-': none.",
+    ),
     reason: str = REASON,
     dry_run: bool = DRY_RUN,
     member: list[str] | None = MEMBER,
@@ -159,6 +167,8 @@ def set_(
             "max_mismatch_rate": max_mismatch_rate,
             "max_infra_error_rate": max_infra_error_rate,
             "max_p99_ratio": max_p99_ratio,
+            "confidence": confidence,
+            "parity": None if parity is None else [f.strip() for f in parity.split(",") if f.strip() not in ("", "-")],
         }.items()
         if v is not None
     }
@@ -172,6 +182,7 @@ def set_(
         new_engine=new_engine,
         old_engine=old_engine,
         policy=policy,
+        answer_policy=answer_policy,
         shadow_fraction=shadow_fraction,
         canary_steps=[float(s) for s in canary_steps.split(",")] if canary_steps else None,
         min_stage_seconds=min_stage_seconds,
@@ -296,7 +307,8 @@ def status(as_json: bool = AS_JSON) -> None:
         typer.echo(json.dumps(cards, indent=2, default=str))
         return
     table = Table(
-        "migration", "engines", "stage", "in stage", "samples", "parity (raw)", "infra err new", "p99 old/new",
+        "migration", "engines", "stage", "in stage", "samples", "mismatch (interval)", "parity (raw)", "infra err new",
+        "p99 old/new", "environment",
         "gate", "next gate needs", "clusters open / accepted",
     )  # fmt: skip
     for c in cards:
@@ -307,10 +319,13 @@ def status(as_json: bool = AS_JSON) -> None:
             c["stage"] + (f" {c['percentage']:g}%" if c["stage"] == "canary" else ""),
             _duration(c["seconds_in_stage"]),
             str(c["samples"]),
+            c["mismatch"]["text"] if c.get("mismatch") else "-",
             f"{_pct(c['parity'])} ({_pct(c['parity_raw'])})",
-            _pct(new["infra_error_rate"]),
+            new["infra_error"]["text"],
             f"{_secs(old['p99_seconds'])} / {_secs(new['p99_seconds'])}",
-            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})",
+            (c.get("environment") or {}).get("text", "-"),
+            f"{c['evaluation']['verdict']} ({c['evaluation']['decided_by']})"
+            + (" · paused" if c.get("paused") else ""),
             "; ".join(c["needs"]) or "-",
             f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({_mismatches(c['accepted_mismatches'])})",
         )
@@ -393,6 +408,37 @@ def _triage(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[st
         return
     event = out["event"]
     Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: {_event_why(event)}")
+
+
+def _hold(action: str, backend: str | None, content: str | None, reason: str, as_json: bool) -> None:
+    from gateway.cutover.hold import HoldAction
+    from gateway.jobs.cutover_holds import set_hold
+
+    scope, key = _scope(backend, content)
+
+    async def work(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        return await set_hold(sessions, scope, key, HoldAction(action), f"cli:{getpass.getuser()}", reason)
+
+    out = _run_or_fail(work, as_json)
+    if out is None:
+        return
+    event = out["event"]
+    state = "paused" if out["paused"] else "running"
+    Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: automation {state}")
+
+
+@cutover_app.command()
+def pause(backend: str | None = BACKEND, content: str | None = CONTENT, reason: str = REASON,
+          as_json: bool = AS_JSON) -> None:  # fmt: skip
+    """Pause automatic promotion (a manual rollback or demotion does this on its own); the gate still demotes."""
+    _hold("pause", backend, content, reason, as_json)
+
+
+@cutover_app.command()
+def resume(backend: str | None = BACKEND, content: str | None = CONTENT, reason: str = REASON,
+           as_json: bool = AS_JSON) -> None:  # fmt: skip
+    """Let the gate promote again after an operator's rollback, demotion or pause."""
+    _hold("resume", backend, content, reason, as_json)
 
 
 @cutover_app.command()

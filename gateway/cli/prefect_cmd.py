@@ -57,6 +57,9 @@ def server_env(settings: Settings, base: dict[str, str] | None = None) -> dict[s
     env.setdefault("PREFECT_SERVER_API_HOST", api.hostname or "127.0.0.1")
     env.setdefault("PREFECT_SERVER_API_PORT", str(api.port or 4200))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if settings.prefect_api_auth_string is not None:
+        # The server checks the string its clients send (Prefect names the two settings differently).
+        env.setdefault("PREFECT_SERVER_API_AUTH_STRING", settings.prefect_api_auth_string.get_secret_value())
     return env
 
 

@@ -158,6 +158,26 @@ def catalog_load(file: Path = typer.Argument(..., exists=True, dir_okay=False, r
     typer.echo(", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
 
+@catalog_app.command("check")
+def catalog_check(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
+    """Check a catalog file without loading it: one line per problem; exit 1 if any is an error."""
+    from gateway.store.catalog_check import check_catalog, errors, read_catalog_file
+
+    try:
+        problems = check_catalog(read_catalog_file(file))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    found = errors(problems)
+    if found:
+        typer.echo(f"{file}: {len(found)} error(s); not loadable", err=True)
+        raise typer.Exit(1)
+    notes = len(problems)
+    typer.echo(f"{file}: ok" + (f" ({notes} note(s))" if notes else ""))
+
+
 @user_app.command("add")
 def user_add(
     username: str,

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.compare.environment import describe
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.engines.shadowing import ExperimentKind
 from gateway.store import lookup
@@ -64,7 +65,23 @@ def comparison_json(c: Comparison) -> dict[str, Any]:
         },
         "difference_count": c.difference_count,
         "differences": c.differences or [],
+        "environment": _environment_json(c),
+        # A mismatch's re-judgement: running, or done with its verdict (reproduced / noise / incomplete).
+        "rejudge": c.rejudge,
         "created_at": c.created_at.isoformat() if c.created_at else None,
+    }
+
+
+def _environment_json(c: Comparison) -> dict[str, Any] | None:
+    """Both legs' environments, where they differ, and the differences in words ("celery: time limit 4 s, ...")."""
+    if not c.environment:
+        return None
+    found = c.environment.get("differences", [])
+    return {
+        "primary": c.environment.get("primary", {}),
+        "shadow": c.environment.get("shadow", {}),
+        "differences": found,
+        "text": describe(found, c.primary_engine, c.shadow_engine) or "same",
     }
 
 

@@ -4,6 +4,14 @@ It takes the legs the finish hook marked `compare_due` (a small set: only legs t
 jobs' legs, and for every (primary, shadow) pair of which both are final and that has no comparison yet runs an
 `Experiment`. An A/A pair also updates the flake statistics of its course content. A comparator that raises is
 recorded as `compare_error` and never stops the step; the marks are cleared in the same transaction.
+
+A live (or replayed) mismatch is re-judged (`gateway.compare.rejudge`), at most `rejudge_per_hour` per course
+content: the step writes two re-run legs (the job again on each engine, fenced like any shadow leg, sent by the
+outbox), and when both have ended it judges the four reports and updates the comparison's class (`noise` or a
+reproduced `mismatch`) and the flake statistics.
+
+Under the `verified` answer policy a canary job's row waits for its pair: written here, from the new engine's
+answer where the engines agree and from the old engine's where they disagree (`gateway.compare.answer`).
 """
 
 from __future__ import annotations
@@ -11,22 +19,30 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.redact import redact_text
+from gateway.compare.answer import verified_answer
+from gateway.compare.environment import comparison_environment
 from gateway.compare.experiment import Experiment, LegRun, Verdict
-from gateway.compare.outcomes import ComparisonOutcome
+from gateway.compare.outcomes import ComparisonOutcome, Side
+from gateway.compare.rejudge import RejudgeState, rejudge
 from gateway.compare.rules import Rules
 from gateway.cutover.triage import signature_of
 from gateway.engines import metrics
 from gateway.engines.shadowing import ExperimentKind
-from gateway.legs.states import LegRole
+from gateway.legs.machine import new_leg, row_is_final, write_row_from
+from gateway.legs.states import LegRole, verifier_of
 from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
 
 log = logging.getLogger(__name__)
 BATCH = 200
+REJUDGE_DEADLINE = timedelta(minutes=30)  # a re-run's deadline when its original shadow leg had none
+# The kinds whose mismatches are evidence for a gate, and so worth re-judging.
+REJUDGED_KINDS = (ExperimentKind.SHADOW, ExperimentKind.REPLAY)
 
 
 async def load_rules(session: AsyncSession) -> Rules:
@@ -67,9 +83,12 @@ def experiment_kind(leg: Leg) -> ExperimentKind:
 class CompareStep:
     """Callable as a reconciler tick step; returns how many comparisons it wrote."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], is_postgres: bool) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], is_postgres: bool, rejudge_per_hour: int = 0
+    ) -> None:
         self.sessions = sessions
         self.is_postgres = is_postgres
+        self.rejudge_per_hour = rejudge_per_hour
 
     async def __call__(self) -> int:
         written = 0
@@ -116,6 +135,7 @@ class CompareStep:
             by_job[leg.result_id or ""].append(leg)
         written: list[Comparison] = []
         flakes = _FlakeBook(session)
+        budget = _RejudgeBudget(session, self.rejudge_per_hour)
         for result_id, job_legs in by_job.items():
             row = rows.get(result_id)
             primary = _primary_of(job_legs, row)
@@ -126,6 +146,8 @@ class CompareStep:
                 if shadow.role != LegRole.SHADOW or not shadow.finished or shadow.id in compared:
                     continue
                 kind = experiment_kind(shadow)
+                if kind == ExperimentKind.REJUDGE:
+                    continue  # judged with its twin below, never as a pair of its own
                 content = row.course_content_id or ""
                 flaky = await flakes.flaky_tests(content, rules.flaky_threshold)
                 runs = leg_run(primary), leg_run(shadow)
@@ -136,6 +158,12 @@ class CompareStep:
                     await flakes.record(content, verdict.tests_seen, verdict.tests_flipped)
                 compared.add(shadow.id)
                 written.append(comparison)
+                if verifier_of(primary.role, primary.routing) == shadow.id and not row_is_final(row):
+                    _write_verified(row, primary, shadow, verdict)
+                rejudgeable = verdict.outcome == ComparisonOutcome.MISMATCH and kind in REJUDGED_KINDS
+                if rejudgeable and await budget.take(row):
+                    _start_rejudge(session, row, primary, shadow, comparison)
+            await _finish_rejudges(session, row, job_legs, rules, flakes)
         return written
 
 
@@ -187,8 +215,111 @@ def _comparison_row(
         shadow_queue_seconds=s.queue_seconds(),
         primary_run_seconds=p.run_seconds(),
         shadow_run_seconds=s.run_seconds(),
+        environment=(env := comparison_environment(p.report, s.report)),
+        environment_differs=bool(env and env["differences"]),
         created_at=utcnow(),
     )
+
+
+def _write_verified(row: Result, primary: Leg, shadow: Leg, verdict: Verdict) -> None:
+    """The `verified` answer policy's row: the new engine's answer where the engines agree, the old engine's where
+    they disagree (gateway.compare.answer); the choice is recorded on the primary leg's routing."""
+    answer = verified_answer(verdict.outcome, verdict.side)
+    source = primary if answer.source == Side.PRIMARY else shadow
+    write_row_from(source, row)
+    primary.routing = {**(primary.routing or {}), "answered": answer.to_dict(source.engine)}
+
+
+class _RejudgeBudget:
+    """At most `per_hour` re-judgements per course content (or backend) and hour, counted in the store."""
+
+    def __init__(self, session: AsyncSession, per_hour: int) -> None:
+        self.session = session
+        self.per_hour = per_hour
+        self._used: dict[str, int] = {}
+
+    async def take(self, row: Result) -> bool:
+        if self.per_hour <= 0:
+            return False
+        key = row.course_content_id or row.execution_backend_id or ""
+        used = self._used.get(key)
+        if used is None:
+            scope = (
+                Comparison.course_content_id == row.course_content_id
+                if row.course_content_id
+                else Comparison.execution_backend_id == row.execution_backend_id
+            )
+            since = utcnow() - timedelta(hours=1)
+            stmt = select(func.count()).where(scope, Comparison.rejudge.is_not(None), Comparison.created_at >= since)
+            used = int(await self.session.scalar(stmt) or 0)
+        if used >= self.per_hour:
+            self._used[key] = used
+            return False
+        self._used[key] = used + 1
+        return True
+
+
+def _start_rejudge(session: AsyncSession, row: Result, primary: Leg, shadow: Leg, comparison: Comparison) -> None:
+    """Two re-run legs - the job again on the primary's engine and on the shadow's - fenced like the shadow leg
+    (`submit` false, no row write) and due at once (the outbox sends them)."""
+    now = utcnow()
+    span = shadow.deadline - shadow.created_at if shadow.deadline and shadow.created_at else REJUDGE_DEADLINE
+    base = {"experiment": ExperimentKind.REJUDGE.value, "comparison": comparison.id, "primary_leg": primary.id}
+    # The shadow's spec is already fenced; the primary engine's re-run keeps the primary's own properties.
+    again = {
+        "primary": (primary.engine, primary.task_name, {**shadow.spec, "properties": primary.spec.get("properties")}),
+        "shadow": (shadow.engine, shadow.task_name, shadow.spec),
+    }
+    legs = {}
+    for side, (engine, task_name, spec) in again.items():
+        values = new_leg(
+            leg_id=new_id(), result_id=row.id, role=LegRole.SHADOW, engine=engine, task_name=task_name,
+            spec={**spec, "properties": spec.get("properties") or {}}, routing={**base, "rejudges": side},
+            now=now, due_at=now, deadline=now + span,
+        )  # fmt: skip
+        session.add(Leg(**values))
+        legs[side] = values["id"]
+    comparison.rejudge = {
+        "state": RejudgeState.RUNNING.value,
+        "legs": legs,
+        "original_outcome": comparison.outcome,
+        "requested_at": now.isoformat(),
+    }
+
+
+async def _finish_rejudges(
+    session: AsyncSession, row: Result, legs: Sequence[Leg], rules: Rules, flakes: _FlakeBook
+) -> None:
+    """Judge every re-judgement of this job whose two re-runs have ended; update the comparison's class."""
+    twins: dict[str, dict[str, Leg]] = defaultdict(dict)
+    for leg in legs:
+        if leg.role == LegRole.SHADOW and leg.finished and experiment_kind(leg) == ExperimentKind.REJUDGE:
+            routing = leg.routing or {}
+            twins[str(routing.get("comparison"))][str(routing.get("rejudges"))] = leg
+    by_id = {leg.id: leg for leg in legs}
+    for comparison_id, pair in twins.items():
+        if set(pair) != {"primary", "shadow"}:
+            continue
+        comparison = await session.get(Comparison, comparison_id)
+        if comparison is None or (comparison.rejudge or {}).get("state") != RejudgeState.RUNNING:
+            continue
+        first, second = by_id.get(comparison.primary_leg_id), by_id.get(comparison.shadow_leg_id)
+        if first is None or second is None:
+            continue
+        try:
+            judged = rejudge(rules, comparison.differences, leg_run(first), leg_run(second),
+                             leg_run(pair["primary"]), leg_run(pair["shadow"]))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a judge that raises leaves the class as it was
+            log.warning("re-judgement of comparison %s failed: %s", comparison_id, redact_text(repr(exc)))
+            comparison.rejudge = {**comparison.rejudge, "state": RejudgeState.DONE.value, "error": repr(exc)[:300]}
+            continue
+        comparison.outcome = judged.outcome.value
+        comparison.signature = signature_of(judged.outcome.value, comparison.differences)
+        comparison.rejudge = {
+            **comparison.rejudge, "state": RejudgeState.DONE.value, **judged.to_dict(), "at": utcnow().isoformat(),
+        }  # fmt: skip
+        for seen, flipped in judged.flake_evidence:
+            await flakes.record(row.course_content_id or "", seen, flipped)
 
 
 class _FlakeBook:

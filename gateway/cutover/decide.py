@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.cutover.buckets import bucket, in_canary
-from gateway.cutover.stages import CutoverConfig, Stage
+from gateway.cutover.stages import AnswerPolicy, CutoverConfig, Stage
 
 
 class Rule(StrEnum):
@@ -71,4 +71,7 @@ def decide(config: CutoverConfig | None, legacy_engine: str, content_id: str, me
         "shadow_engine": shadow,
         "shadow_fraction": fraction if shadow else 0.0,
     }
+    if rule == Rule.CANARY_IN and shadow and config.answer_policy == AnswerPolicy.VERIFIED:
+        # The new engine answers, the old one shadows: the row waits for both (gateway.compare.answer).
+        record["answer"] = AnswerPolicy.VERIFIED.value
     return RouteDecision(primary, shadow, fraction if shadow else 0.0, rule, record)

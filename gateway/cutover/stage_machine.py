@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Stage
+from gateway.cutover.stages import PARITY_FIELDS, AnswerPolicy, CutoverConfig, GateThresholds, Policy, Stage
 
 
 class Action(StrEnum):
@@ -88,6 +88,13 @@ def validate(config: CutoverConfig) -> None:
         raise InvalidChange("rates must be within 0..1")
     if t.max_p99_ratio <= 0:
         raise InvalidChange("max_p99_ratio must be positive")
+    if not 0.5 <= t.confidence < 1:
+        raise InvalidChange("confidence must be within [0.5, 1)")
+    if t.start_timeout_seconds <= 0:
+        raise InvalidChange("start_timeout_seconds must be positive")
+    unknown = sorted(set(t.parity) - set(PARITY_FIELDS))
+    if unknown:
+        raise InvalidChange(f"parity fields unknown: {', '.join(unknown)} (known: {', '.join(PARITY_FIELDS)})")
     if implied_percentage(config.stage, config.percentage) != config.percentage:
         implied = implied_percentage(config.stage, config.percentage)
         raise InvalidChange(f"stage {config.stage.value} implies a percentage of {implied:g}")
@@ -119,7 +126,7 @@ def _demoted(config: CutoverConfig) -> tuple[Stage, float]:
     raise InvalidChange("old_only is the first stage: nothing to demote to")
 
 
-CONFIGURABLE = {"policy", "shadow_fraction", "canary_steps", "min_stage_seconds", "thresholds", "salt"}
+CONFIGURABLE = {"policy", "answer_policy", "shadow_fraction", "canary_steps", "min_stage_seconds", "thresholds", "salt"}
 
 
 def plan_change(
@@ -158,6 +165,11 @@ def plan_change(
     values = {k: v for k, v in settings.items() if v is not None}
     if "policy" in values:
         values["policy"] = Policy(values["policy"])
+    if "answer_policy" in values:
+        try:
+            values["answer_policy"] = AnswerPolicy(values["answer_policy"])
+        except ValueError:
+            raise InvalidChange("answer_policy must be primary or verified") from None
     if "canary_steps" in values:
         values["canary_steps"] = tuple(float(s) for s in values["canary_steps"])
     if isinstance(values.get("thresholds"), dict):

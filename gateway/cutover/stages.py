@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.cutover.confidence import DEFAULT_CONFIDENCE
+
 
 class Stage(StrEnum):
     """In order. Who answers, and who shadows:
@@ -46,6 +48,19 @@ class Policy(StrEnum):
     AUTO = "auto"
 
 
+class AnswerPolicy(StrEnum):
+    """Who answers a job that both engines run while the new engine answers some students (CANARY).
+
+    - PRIMARY: the answering engine's grade is written as soon as it has one (the stage's primary answers).
+    - VERIFIED: the row waits for both: if they agree, as PRIMARY; if they disagree, the OLD engine's grade is
+      written (Scientist's rule: the control answers) and the disagreement is a comparison the gate sees; if the
+      old engine misses its deadline, the new engine's grade is written, marked unverified.
+    """
+
+    PRIMARY = "primary"
+    VERIFIED = "verified"
+
+
 class Scope(StrEnum):
     """A migration is set for a whole execution backend, or for one course content (which then wins)."""
 
@@ -53,6 +68,13 @@ class Scope(StrEnum):
     CONTENT = "content"
 
 
+# The environment fields (gateway/compare/environment.py) a migration requires equal on both engines unless told
+# otherwise: everything a grade can depend on. `process` (a warm or a cold start) is shown but not required.
+DEFAULT_PARITY: tuple[str, ...] = ("python", "pytest", "distributions", "isolation", "limits")
+_LIMITS = ("time_seconds", "cpu_seconds", "memory_mb", "processes", "file_mb")
+PARITY_FIELDS: tuple[str, ...] = (
+    "python", "pytest", "distributions", "isolation", "process", "runner", "limits", *(f"limits.{x}" for x in _LIMITS)
+)  # fmt: skip
 BUCKETS = 10_000
 DEFAULT_CANARY_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
 
@@ -61,10 +83,18 @@ DEFAULT_CANARY_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
 class GateThresholds:
     """What a gate needs before it lets a stage move forward (and what makes it demote)."""
 
+    # A floor: no rate is judged on fewer comparisons (the interval decides, this only keeps tiny samples out).
     min_samples: int = 100
     max_mismatch_rate: float = 0.01  # noise-adjusted, accepted clusters excluded
     max_infra_error_rate: float = 0.02  # of the new engine's legs
     max_p99_ratio: float = 1.5  # the new engine's p99 run time over the old one's
+    # The level of every rate's interval (gateway.cutover.confidence): how sure a Successful or Failed is.
+    confidence: float = DEFAULT_CONFIDENCE
+    # Environment fields that must be equal on both legs: one comparison showing a difference fails the gate.
+    parity: tuple[str, ...] = DEFAULT_PARITY
+    # A new-engine leg sent this long ago and not started, while the engine reports no live worker, is a dead
+    # engine: the gate fails on it at once, whatever the shadow deadline.
+    start_timeout_seconds: float = 20.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +102,9 @@ class GateThresholds:
             "max_mismatch_rate": self.max_mismatch_rate,
             "max_infra_error_rate": self.max_infra_error_rate,
             "max_p99_ratio": self.max_p99_ratio,
+            "confidence": self.confidence,
+            "parity": list(self.parity),
+            "start_timeout_seconds": self.start_timeout_seconds,
         }
 
     @classmethod
@@ -83,6 +116,9 @@ class GateThresholds:
             max_mismatch_rate=float(data.get("max_mismatch_rate", default.max_mismatch_rate)),
             max_infra_error_rate=float(data.get("max_infra_error_rate", default.max_infra_error_rate)),
             max_p99_ratio=float(data.get("max_p99_ratio", default.max_p99_ratio)),
+            confidence=float(data.get("confidence", default.confidence)),
+            parity=tuple(str(f) for f in data.get("parity", default.parity)),
+            start_timeout_seconds=float(data.get("start_timeout_seconds", default.start_timeout_seconds)),
         )
 
 
@@ -100,6 +136,8 @@ class CutoverConfig:
     # Fraction of jobs (0..1) the non-answering engine shadows in SHADOW, CANARY and NEW_PRIMARY.
     shadow_fraction: float = 1.0
     policy: Policy = Policy.MANUAL
+    # How a canary job's row is written (AnswerPolicy); applies where the new engine answers with the old shadowing.
+    answer_policy: AnswerPolicy = AnswerPolicy.VERIFIED
     canary_steps: tuple[float, ...] = DEFAULT_CANARY_STEPS
     min_stage_seconds: float = 3600.0
     thresholds: GateThresholds = field(default_factory=GateThresholds)
@@ -121,6 +159,7 @@ class CutoverConfig:
             "percentage": self.percentage,
             "shadow_fraction": self.shadow_fraction,
             "policy": self.policy.value,
+            "answer_policy": self.answer_policy.value,
             "canary_steps": list(self.canary_steps),
             "min_stage_seconds": self.min_stage_seconds,
             "thresholds": self.thresholds.to_dict(),

@@ -24,8 +24,11 @@ class RunnerPolled:
     does not count as the new one being ready.
     """
 
-    def __init__(self, api_url: str, deployment: str, current_pid: Callable[[], int]) -> None:
+    def __init__(
+        self, api_url: str, deployment: str, current_pid: Callable[[], int], headers: dict[str, str] | None = None
+    ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.headers = headers or {}  # the Prefect API's auth (Settings.prefect_api_headers)
         self.deployment = deployment
         self.current_pid = current_pid
         self._pid: int | None = None
@@ -35,7 +38,7 @@ class RunnerPolled:
         pid = self.current_pid()
         if pid != self._pid:
             self._pid, self._since = pid, datetime.now(UTC)
-        response = httpx.get(f"{self.api_url}/deployments/name/{self.deployment}", timeout=2.0)
+        response = httpx.get(f"{self.api_url}/deployments/name/{self.deployment}", headers=self.headers, timeout=2.0)
         if response.status_code != 200:
             return False
         last = response.json().get("last_polled")

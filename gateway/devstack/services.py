@@ -21,14 +21,22 @@ def gateway_argv() -> list[str]:
 
 
 def child_env(settings: Settings, prefect_api: str) -> dict[str, str]:
-    """The one environment every child gets: same data folder, same Prefect API, Prefect's home under data."""
+    """The one environment every child gets: same data folder, same Prefect API and its auth string (the
+    server checks it, every client sends it), Prefect's home under data."""
     env = dict(os.environ)
     env["GATEWAY_DATA_DIR"] = str(settings.data_dir)
     env["PREFECT_API_URL"] = prefect_api
+    if settings.prefect_api_auth_string is not None:
+        auth = settings.prefect_api_auth_string.get_secret_value()
+        env["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     env["PREFECT_HOME"] = str(settings.data_dir / "prefect-home")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# Flow runs the Prefect runner of `gateway up` executes at once (`--runner-limit`; `gateway prefect serve --limit`).
+RUNNER_LIMIT = 4
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class Plan:
     # Flower's port and login; None: no Flower (`--no-flower`).
     flower_port: int | None = None
     flower_login: FlowerLogin | None = None
+    runner_limit: int = RUNNER_LIMIT
 
     @property
     def base_url(self) -> str:
@@ -81,8 +90,8 @@ def service_specs(plan: Plan, settings: Settings, supervisor: Supervisor) -> dic
         )
         specs["prefect-runner"] = ServiceSpec(
             "prefect-runner",
-            [*gw, "prefect", "serve"],
-            RunnerPolled(api, PREFECT_DEPLOYMENT, runner_pid),
+            [*gw, "prefect", "serve", "--limit", str(plan.runner_limit)],
+            RunnerPolled(api, PREFECT_DEPLOYMENT, runner_pid, settings.prefect_api_headers()),
             start_timeout=180,
         )
     return specs

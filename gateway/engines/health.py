@@ -4,7 +4,8 @@ Why: a health check talks to the engine (Celery broadcasts a ping over the broke
 straight from a request, a dozen concurrent anonymous calls each held a request thread and a broker connection
 from the pool the submit path sends with, and the pool ran dry: submits and health hung together. Here:
 
-- *cached*: an answer is reused for `ttl` seconds, so a flood costs one probe per engine per `ttl`;
+- *cached*: an answer is reused for `ttl` seconds (`cachetools.TTLCache`), so a flood costs one probe per engine
+  per `ttl`;
 - *bounded*: at most one probe per engine is in flight; every caller in the meantime awaits that same probe;
 - *time-limited*: a caller waits at most `timeout` seconds and then gets "unhealthy: no answer in time" (the probe
   itself goes on and fills the cache when it ends);
@@ -15,8 +16,9 @@ from the pool the submit path sends with, and the pool ran dry: submits and heal
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
+
+from cachetools import TTLCache
 
 from backends.interface import Health
 from common.redact import redact_text
@@ -28,15 +30,15 @@ class HealthMonitor:
         self.dispatcher = dispatcher
         self.ttl = ttl
         self.timeout = timeout
-        self._cache: dict[str, tuple[float, Health]] = {}
+        self._cache: TTLCache[str, Health] = TTLCache(maxsize=64, ttl=ttl)
         self._in_flight: dict[str, asyncio.Future[Health]] = {}
         self._threads: dict[str, ThreadPoolExecutor] = {}
         self.probes = 0  # how many probes really ran (a test proves a flood costs one)
 
     async def check(self, engine: str) -> Health:
         cached = self._cache.get(engine)
-        if cached is not None and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
+        if cached is not None:
+            return cached
         probe = self._in_flight.get(engine)
         if probe is None:
             probe = asyncio.ensure_future(self._probe(engine))
@@ -46,6 +48,17 @@ class HealthMonitor:
             return await asyncio.wait_for(asyncio.shield(probe), self.timeout)
         except TimeoutError:
             return Health(healthy=False, engine=engine, error=f"no answer from the engine within {self.timeout:g} s")
+
+    async def alive(self, engine: str) -> bool | None:
+        """Whether the engine reports a live worker (a Celery worker answering the ping, a Prefect runner whose
+        heartbeat is recent): a busy engine is alive, a dead one is not. None when the probe said nothing (no
+        answer in time): a slow probe on a loaded machine must not make a live engine look dead."""
+        health = await self.check(engine)
+        if health.workers > 0:
+            return True
+        if health.checks.get("workers") is False or health.checks.get("runner") is False:
+            return False
+        return None
 
     async def _probe(self, engine: str) -> Health:
         threads = self._threads.get(engine)
@@ -57,7 +70,7 @@ class HealthMonitor:
             health = await asyncio.get_running_loop().run_in_executor(threads, adapter.health)
         except Exception as exc:  # noqa: BLE001 - health answers, it never fails
             health = Health(healthy=False, engine=engine, error=redact_text(f"{type(exc).__name__}: {exc}"))
-        self._cache[engine] = (time.monotonic(), health)
+        self._cache[engine] = health
         return health
 
     def close(self) -> None:

@@ -18,15 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.engines.dispatcher import Dispatcher
 from gateway.store.catalog_cache import CatalogCache
-from gateway.store.shadow_settings import (
-    EffectiveShadow,
-    InFlight,
-    ShadowScope,
-    SkipCounter,
-    SkipReason,
-    StalledEngines,
-    effective_setting,
-)
+from gateway.store.shadow_counters import InFlight, SkipCounter, StalledEngines
+from gateway.store.shadow_settings import EffectiveShadow, ShadowScope, SkipReason, effective_setting
 
 
 class ExperimentKind(StrEnum):
@@ -35,6 +28,9 @@ class ExperimentKind(StrEnum):
     SHADOW = "shadow"
     AA = "aa"
     REPLAY = "replay"
+    # A re-run of a mismatched pair's job on one of its engines (gateway.compare.rejudge): judged with its twin,
+    # never compared as a pair of its own.
+    REJUDGE = "rejudge"
 
 
 @dataclass(frozen=True)

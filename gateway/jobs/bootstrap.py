@@ -16,20 +16,25 @@ from gateway.engines import metrics
 from gateway.engines.dispatcher import Dispatcher
 from gateway.jobs import submission_follow_up
 from gateway.jobs.cutover_gates import GateStep
-from gateway.legs.machine import on_finish
+from gateway.legs.machine import FinishHooks
 from gateway.runtime import GatewayState
+from gateway.store.leg_writer import join_leg
 
 
 def start_gateway(settings: Settings, dispatcher: Dispatcher | None = None) -> GatewayState:
-    submission_follow_up.install(on_finish)
-    metrics.install(on_finish, settings.gateway_metrics_enabled)
-    comparison.install(on_finish)
-    state = GatewayState.build(settings, dispatcher)
+    # The follow-ups of a finished leg, explicit here and handed to everything that finishes legs.
+    hooks = FinishHooks(join=join_leg)
+    submission_follow_up.install(hooks)
+    metrics.install(hooks, settings.gateway_metrics_enabled)
+    comparison.install(hooks)
+    state = GatewayState.build(settings, dispatcher, hooks)
     # Comparisons are written by the reconciler after each tick, for every pair whose two legs are final.
-    state.reconciler.steps[comparison.NAME] = CompareStep(state.sessions, state.is_postgres)
+    state.reconciler.steps[comparison.NAME] = CompareStep(
+        state.sessions, state.is_postgres, settings.gateway_rejudge_per_hour
+    )
     # Cutover gates are evaluated after the comparisons, on their own (slower) clock.
     state.reconciler.steps["cutover_gates"] = GateStep(
-        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds
+        state.sessions, state.is_postgres, settings.gateway_cutover_evaluate_seconds, state.health.alive
     )
     return state
 

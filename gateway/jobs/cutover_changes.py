@@ -18,8 +18,10 @@ from backends.registry import UnknownEngineError, canonical_engine
 from gateway.cutover.decide import decide
 from gateway.cutover.stage_machine import Action, Change, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
+from gateway.jobs import cutover_gates as gates
 from gateway.jobs.errors import Conflict, JobError, NotFound
 from gateway.store import cutover_configs as store
+from gateway.store.leg_reads import job_legs
 from gateway.store.models import CourseContent, CourseMember, utcnow
 
 
@@ -219,3 +221,59 @@ def migration_dict(row: Any) -> dict[str, Any]:
     data["last_evaluation"] = row.last_evaluation
     data["last_evaluated_at"] = row.last_evaluated_at.isoformat() if row.last_evaluated_at else None
     return data
+
+
+async def list_migrations(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
+    return [migration_dict(row) for row in await store.all_migrations(sessions)]
+
+
+async def migration(sessions: async_sessionmaker[AsyncSession], scope: Scope, key: str) -> dict[str, Any]:
+    """One migration by its scope and key (an id, a slug or a path); 404 when none is set there."""
+    async with sessions() as session:
+        ref = await _ref(session, scope, key)
+        row = await store.load(session, scope, ref.scope_id)
+    if row is None:
+        raise NotFound(f"no migration for {scope.value} {key}")
+    return migration_dict(row)
+
+
+async def history(
+    sessions: async_sessionmaker[AsyncSession], scope: Scope | None, key: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest changes first: every migration's, or one scope's (`scope` and `key` given)."""
+    limit = max(1, min(limit, 1000))
+    if scope is None or key is None:
+        return [event_dict(e) for e in await store.history(sessions, limit=limit)]
+    ref, _config = await current(sessions, scope, key)
+    return [event_dict(e) for e in await store.history(sessions, scope, ref.scope_id, limit=limit)]
+
+
+async def result_routing(sessions: async_sessionmaker[AsyncSession], result_id: str) -> dict[str, Any]:
+    """Every leg of a job with its engine and the routing decision recorded when it was admitted."""
+    found = await job_legs(sessions, result_id)
+    if found is None:
+        raise NotFound("Result not found")
+    row, legs = found
+    return {
+        "result_id": result_id,
+        "test_system_id": row.test_system_id,
+        "legs": [
+            {"id": leg.id, "role": leg.role, "engine": leg.engine, "phase": leg.phase, "routing": leg.routing}
+            for leg in legs
+        ],
+    }
+
+
+async def evaluate_scope(
+    sessions: async_sessionmaker[AsyncSession],
+    scope: Scope,
+    key: str,
+    dry_run: bool,
+    liveness: gates.Liveness | None = None,
+) -> dict[str, Any]:
+    """Evaluate one migration's gate now and take the policy's step (unless `dry_run`); 404 when none is set.
+    `liveness`: whether an engine reports a live worker (the API's health monitor), for a dead engine's legs."""
+    _ref, config = await current(sessions, scope, key)
+    if config is None:
+        raise NotFound(f"no migration for {scope.value} {key}")
+    return (await gates.evaluate_one(sessions, config, dry_run=dry_run, liveness=liveness)).to_dict()

@@ -1,8 +1,12 @@
 """Gates over comparisons: gather one migration's evidence, evaluate it, and take the step the policy says.
 
-Evidence is the window of comparisons since the migration entered its current stage (or canary step), between
-its two engines, live or replayed (A/A runs are the noise baseline, not evidence); mismatches in clusters an
-admin accepted (and whose acceptance has not expired) are counted apart (`gateway.cutover.triage`). The verdict
+Evidence is the comparisons of the jobs the current stage routed: a live shadow comparison counts only when its
+job's primary leg was routed (its `leg.routing` record) by this migration at its current stage, canary step and
+config version - so canary 25 % is judged on the jobs canary 25 % routed, not on those routed in shadow before
+it; replays (finished jobs run again on the new engine) count while the migration is in `old_only` or `shadow`,
+since it entered that stage (A/A runs are the noise baseline, not evidence). Mismatches in clusters an admin
+accepted (and whose acceptance has not expired) are counted apart (`gateway.cutover.triage`). An operator's
+rollback holds automatic promotion until resumed (`gateway.cutover.hold`). The verdict
 and the step are pure (`gateway.cutover.gates`); this module reads the comparison table and saves the outcome:
 the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached
 (actor `gate`).
@@ -16,27 +20,32 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, select, text, union_all
+from sqlalchemy import and_, false, func, not_, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.compare.environment import describe as describe_environment
 from gateway.compare.outcomes import ComparisonOutcome, Side
-from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step
+from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step, parity_required
+from gateway.cutover.hold import GATE_ACTOR
 from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
-from gateway.cutover.stages import CutoverConfig, Scope
+from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.cutover.triage import active_signatures
+from gateway.legs.states import DispatchState
 from gateway.store import cutover_configs as store
-from gateway.store.models import Comparison, CutoverMigration, utcnow
+from gateway.store.cutover_holds import current_hold
+from gateway.store.models import Comparison, CutoverMigration, Leg, Result, utcnow
 
 log = logging.getLogger(__name__)
-GATE_ACTOR = "gate"
 # Any fixed 64-bit key: the advisory lock that makes one process at a time run the periodic evaluation.
 ADVISORY_KEY = 0x6375_746F_7665_7231
 EVIDENCE_KINDS = ("shadow", "replay")
+# Stages in which a replay (the new engine re-running finished jobs) is evidence: before it answers anyone.
+REPLAY_STAGES = (Stage.OLD_ONLY, Stage.SHADOW)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -60,7 +69,31 @@ def scope_filter(config: CutoverConfig) -> Any:
     return Comparison.execution_backend_id == config.scope_id
 
 
-async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: datetime | None) -> Sequence[Any]:
+def routed_by(config: CutoverConfig) -> Any:
+    """The comparison's job was routed by this migration at its current stage, canary step and config version
+    (the record `gateway.cutover.decide` wrote on the primary leg; a canary step or any setting bumps the
+    version), or it is a replay made in a stage where replays are evidence."""
+    routing = Leg.routing
+    routed = (
+        select(Leg.id)
+        .where(
+            Leg.id == Comparison.primary_leg_id,
+            routing["config_scope"].as_string() == config.scope.value,
+            routing["stage"].as_string() == config.stage.value,
+            routing["config_version"].as_integer() == config.version,
+        )
+        .exists()
+    )
+    live = and_(Comparison.kind == "shadow", routed)
+    replay = Comparison.kind == "replay" if config.stage in REPLAY_STAGES else false()
+    return or_(live, replay)
+
+
+async def comparison_rows(
+    session: AsyncSession, config: CutoverConfig, since: datetime | None, routed: bool = False
+) -> Sequence[Any]:
+    """The rows behind the scorecard: `routed` for the gate's evidence (this stage's traffic), else every
+    comparison between the two engines since `since` (the chart's history across stages)."""
     stmt = select(
         Comparison.outcome,
         Comparison.side,
@@ -78,6 +111,8 @@ async def comparison_rows(session: AsyncSession, config: CutoverConfig, since: d
     )
     if since is not None:
         stmt = stmt.where(Comparison.created_at >= since)
+    if routed:
+        stmt = stmt.where(routed_by(config))
     return (await session.execute(stmt)).all()
 
 
@@ -125,8 +160,9 @@ def evidence_of(
     return evidence, sides
 
 
-def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
-    """The gate's window: this scope's live or replayed comparisons between the two engines, since `since`."""
+def evidence_window(config: CutoverConfig, since: datetime | None, routed: bool = True) -> list[Any]:
+    """The gate's window: this scope's comparisons between the two engines, since `since`, of the jobs the current
+    stage routed (`routed_by`; `routed` False: whatever routed them)."""
     engines = (config.old_engine, config.new_engine)
     where = [
         scope_filter(config),
@@ -135,6 +171,8 @@ def evidence_window(config: CutoverConfig, since: datetime | None) -> list[Any]:
         Comparison.shadow_engine.in_(engines),
         Comparison.primary_engine != Comparison.shadow_engine,
     ]
+    if routed:
+        where.append(routed_by(config))
     if since is not None:
         where.append(Comparison.created_at >= since)
     return where
@@ -212,6 +250,7 @@ async def gate_evidence(
         elif outcome == ComparisonOutcome.SHADOW_TIMEOUT:
             errors[shadow] += n
     mismatch, noise = counts.get(ComparisonOutcome.MISMATCH, 0), counts.get(ComparisonOutcome.NOISE, 0)
+    parity_breaks, parity_example = await parity_evidence(session, config, where)
     return Evidence(
         comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
         mismatches=mismatch + noise,
@@ -223,7 +262,86 @@ async def gate_evidence(
         old_infra_errors=errors[config.old_engine],
         old_p99_seconds=await _p99(session, where, config.old_engine),
         new_p99_seconds=await _p99(session, where, config.new_engine),
+        parity_breaks=parity_breaks,
+        parity_example=parity_example,
     )
+
+
+# Whether an engine reports a live worker (None: cannot tell); the API and the reconciler pass their health monitor.
+Liveness = Callable[[str], Awaitable[bool | None]]
+
+
+async def unstarted_legs(session: AsyncSession, config: CutoverConfig, now: datetime) -> int:
+    """The new engine's legs of this scope, admitted in this stage, sent more than `start_timeout_seconds` ago and
+    neither started nor finished: what a dead engine leaves behind while the broker holds its messages."""
+    cutoff = now - timedelta(seconds=config.thresholds.start_timeout_seconds)
+    scoped = (
+        Result.course_content_id == config.scope_id
+        if config.scope == Scope.CONTENT
+        else Result.execution_backend_id == config.scope_id
+    )
+    stmt = (
+        select(func.count())
+        .select_from(Leg)
+        .join(Result, Result.id == Leg.result_id)
+        .where(
+            scoped,
+            Leg.engine == config.new_engine,
+            Leg.finished.is_(False),
+            Leg.started_at.is_(None),
+            Leg.dispatch_state == DispatchState.SENT.value,
+            Leg.dispatched_at < cutoff,
+        )
+    )
+    if config.stage_since is not None:
+        stmt = stmt.where(Leg.created_at >= config.stage_since)
+    return int(await session.scalar(stmt) or 0)
+
+
+PARITY_LOOK = 500  # environment differences counted per evaluation at most (one is enough to fail)
+
+
+async def parity_evidence(session: AsyncSession, config: CutoverConfig, where: list[Any]) -> tuple[int, str | None]:
+    """How many of the window's comparisons show the two environments differing on a field the migration requires
+    equal, and the first of them in words ("celery: time limit 4 s, prefect: 10 s")."""
+    parity = config.thresholds.parity
+    if not parity:
+        return 0, None
+    stmt = (
+        select(Comparison.environment, Comparison.primary_engine, Comparison.shadow_engine)
+        .where(*where, Comparison.environment_differs.is_(True))
+        .order_by(Comparison.created_at)
+        .limit(PARITY_LOOK)
+    )
+    breaks, example = 0, None
+    for environment, primary, shadow in (await session.execute(stmt)).all():
+        found = [d for d in (environment or {}).get("differences", []) if parity_required(d["field"], parity)]
+        if found:
+            breaks += 1
+            example = example or describe_environment(found, primary, shadow)
+    return breaks, example
+
+
+async def latest_environment(session: AsyncSession, config: CutoverConfig) -> dict[str, Any] | None:
+    """Each engine's effective environment as the latest comparison between them recorded it, the differences,
+    and the differences in words: what the scorecard and `gateway cutover status` show."""
+    stmt = (
+        select(Comparison.environment, Comparison.primary_engine, Comparison.shadow_engine)
+        .where(*evidence_window(config, None, routed=False), Comparison.environment.is_not(None))
+        .order_by(Comparison.created_at.desc())
+        .limit(1)
+    )
+    found = (await session.execute(stmt)).first()
+    if found is None:
+        return None
+    environment, primary, shadow = found
+    differences = environment.get("differences", [])
+    return {
+        "engines": {primary: environment.get("primary", {}), shadow: environment.get("shadow", {})},
+        "differences": differences,
+        "text": describe_environment(differences, primary, shadow) or "same",
+        "required": list(config.thresholds.parity),
+    }
 
 
 @dataclass
@@ -256,14 +374,21 @@ async def evaluate_one(
     config: CutoverConfig,
     now: datetime | None = None,
     dry_run: bool = False,
+    liveness: Liveness | None = None,
 ) -> GateRun:
     """Evaluate one migration and (unless a dry run) record it and take the step: demote, promote, or hold."""
     now = now or utcnow()
     async with sessions() as session:
         accepted = active_signatures((await store.acceptances(session, config.scope, config.scope_id)).values(), now)
         evidence = await gate_evidence(session, config, config.stage_since, accepted)
+        hold = await current_hold(session, config.scope, config.scope_id)
+        unstarted = await unstarted_legs(session, config, now)
+    if unstarted:
+        # Only asked when it matters (a health probe talks to the engine).
+        alive = await liveness(config.new_engine) if liveness is not None else None
+        evidence = replace(evidence, new_unstarted=unstarted, new_alive=alive)
     evaluation = evaluate(evidence, config.thresholds)
-    step = next_step(config, evaluation, now)
+    step = next_step(config, evaluation, now, hold)
     run = GateRun(config, evaluation, step, accepted=accepted)
     if dry_run:
         return run
@@ -273,6 +398,7 @@ async def evaluate_one(
         "next": run.to_dict()["next"],
         "version": config.version,
         "accepted_clusters": sorted(accepted),  # which acceptances this verdict relied on
+        "hold": hold.to_dict() if hold else None,
     }
     await store.record_evaluation(sessions, config, record, now)
     if step.step not in (Step.PROMOTE, Step.DEMOTE):
@@ -289,20 +415,30 @@ async def evaluate_one(
 
 
 async def evaluate_all(
-    sessions: async_sessionmaker[AsyncSession], now: datetime | None = None, dry_run: bool = False
+    sessions: async_sessionmaker[AsyncSession],
+    now: datetime | None = None,
+    dry_run: bool = False,
+    liveness: Liveness | None = None,
 ) -> list[GateRun]:
     async with sessions() as session:
         rows = list((await session.execute(select(CutoverMigration))).scalars())
-    return [await evaluate_one(sessions, store.to_config(row), now, dry_run) for row in rows]
+    return [await evaluate_one(sessions, store.to_config(row), now, dry_run, liveness) for row in rows]
 
 
 class GateStep:
     """The periodic evaluation as a reconciler step: at most every `interval` seconds, one process at a time."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], is_postgres: bool, interval: float) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        is_postgres: bool,
+        interval: float,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.sessions = sessions
         self.is_postgres = is_postgres
         self.interval = interval
+        self.liveness = liveness
         self._next = 0.0
 
     async def __call__(self) -> int:
@@ -310,9 +446,9 @@ class GateStep:
             return 0
         self._next = time.monotonic() + self.interval
         if not self.is_postgres:
-            return sum(run.applied for run in await evaluate_all(self.sessions))
+            return sum(run.applied for run in await evaluate_all(self.sessions, liveness=self.liveness))
         async with self.sessions() as session, session.begin():
             got = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
             if not got:  # another process is evaluating right now
                 return 0
-            return sum(run.applied for run in await evaluate_all(self.sessions))
+            return sum(run.applied for run in await evaluate_all(self.sessions, liveness=self.liveness))

@@ -24,7 +24,8 @@ from backends.registry import UnknownEngineError, canonical_engine
 from common.legacy import ResultStatus
 from gateway.engines.shadowing import ExperimentKind
 from gateway.jobs.errors import BadJobRequest
-from gateway.jobs.submit import dispatch_after_commit, shadow_spec
+from gateway.jobs.submit import dispatch_after_commit
+from gateway.jobs.submit_plan import shadow_spec
 from gateway.legs.machine import new_leg
 from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState

@@ -4,6 +4,11 @@ A student sees only their own rows (someone else's answers 404, so existence doe
 an in-flight row polls its leg first, so a client sees completion as soon as the engine knows it. The
 write-back is the legacy path of a flow the gateway did not write: it updates the row and moves the leg to
 match through the leg state machine (so the same follow-ups run as when the reconciler closes a leg).
+
+A worker account exists for that write-back alone, so it reaches only runs that are open on an engine, and
+only while they are: it finds a row by its run id (the one a flow was given), sees nothing of a closed or
+unknown run, and a PATCH of a row whose leg has finished, or of an unknown id, is 403 (but for the merge
+request's note, `merge_request_note`). Admins are not scoped.
 """
 
 from __future__ import annotations
@@ -15,17 +20,45 @@ from sqlalchemy import or_, select
 from backends.interface import LegPhase
 from common.legacy import ResultStatus, status_name
 from common.scoring import score
-from gateway.jobs.errors import NotFound
+from gateway.jobs.errors import NotAllowed, NotFound
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
-from gateway.store.accounts import Principal, Role
+from gateway.schemas import Role
+from gateway.store.accounts import Principal
+from gateway.store.leg_reads import newest_leg_id
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.result_list import ResultFilter, result_page
 from gateway.store.runs import find_leg
 
 RESULT_NOT_FOUND = "Result not found"
 RUN_NOT_FOUND = "Test run not found"
 WRITABLE = ("result", "result_json", "properties")
+
+
+async def list_results(
+    state: GatewayState, principal: Principal, query: ResultFilter, skip: int, limit: int
+) -> tuple[int, list[Result]]:
+    """The total and one page, newest first; a student sees only their own rows.
+
+    A lookup by run id alone that finds no row may be a shadow run's (a flow the gateway did not write, knowing
+    only its run id): answered with the shadow leg's view (`shadow_lookup`)."""
+    worker = principal.role == Role.WORKER
+    if worker and query.test_system_id is None:
+        raise NotAllowed()  # a worker looks up the run it was given; it never browses the rows
+    own = principal.course_member_ids if principal.role == Role.STUDENT else None
+    total, rows = await result_page(state.sessions, query, own, skip, limit, LegRole.PRIMARY, open_runs_only=worker)
+    if not total and query.only_by_run_id() and own is None:
+        assert query.test_system_id is not None
+        shadow = await shadow_lookup(state, principal, query.test_system_id)
+        if shadow is not None:
+            return 1, [shadow] if skip == 0 else []
+    return total, rows
+
+
+async def submission_run_id(state: GatewayState, result_id: str) -> str | None:
+    """The id of the newest submission-processing leg a `submit=true` row started, if any."""
+    return await newest_leg_id(state.sessions, result_id, LegRole.SUBMISSION)
 
 
 async def visible_row(state: GatewayState, principal: Principal, result_id: str) -> Result:
@@ -35,6 +68,11 @@ async def visible_row(state: GatewayState, principal: Principal, result_id: str)
     if row is None or not principal.may_see_member(row.course_member_id):
         raise NotFound(RESULT_NOT_FOUND)
     return row
+
+
+async def fresh_visible_row(state: GatewayState, principal: Principal, result_id: str) -> Result:
+    """`visible_row`, refreshed from its engine while in flight."""
+    return await refreshed(state, await visible_row(state, principal, result_id))
 
 
 async def refreshed(state: GatewayState, row: Result) -> Result:
@@ -51,6 +89,7 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
     """Apply a legacy worker's PATCH to the row, and to its primary leg when it carries a status.
 
     The id of a shadow leg (what `shadow_view` answered a shadow run's lookup with) writes to that leg only."""
+    worker = principal.role == Role.WORKER
     # The same discipline as a cancel: serialised with refreshes on SQLite; on PostgreSQL the leg is locked first
     # (the reconciler's lock order), so a refresh cannot write a stale status over this one.
     async with state.reconciler.exclusive(), state.sessions() as session, session.begin():
@@ -58,10 +97,14 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         if row is None:
             shadow = await session.get(Leg, result_id, with_for_update=state.is_postgres)
             if shadow is None or shadow.role != LegRole.SHADOW or shadow.result_id is None:
-                raise NotFound(RESULT_NOT_FOUND)
+                raise NotAllowed() if worker else NotFound(RESULT_NOT_FOUND)
+            if worker and shadow.finished:
+                raise NotAllowed()
             status = changes.get("status")
             report = changes.get("result_json")
-            machine.apply_shadow_write_back(shadow, int(status) if status is not None else None, report, utcnow())
+            machine.apply_shadow_write_back(
+                shadow, int(status) if status is not None else None, report, utcnow(), hooks=state.finish_hooks
+            )
             job = await session.get(Result, shadow.result_id)
             assert job is not None
             return shadow_view(job, shadow)
@@ -70,6 +113,8 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
             if row.test_system_id
             else None
         )
+        if worker and (leg is None or leg.finished) and not merge_request_note(principal, row, changes):
+            raise NotAllowed()  # checked under the leg's lock: the run cannot close between check and write
         if state.is_postgres:
             row = await session.get(Result, result_id, with_for_update=True, populate_existing=True) or row
         for name in WRITABLE:
@@ -85,8 +130,15 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
         row.updated_by = principal.user_id
         row.updated_at = utcnow()
         if leg is not None and status is not None:
-            machine.apply_write_back(leg, row, int(status), utcnow())
+            machine.apply_write_back(leg, row, int(status), utcnow(), hooks=state.finish_hooks)
     return row
+
+
+def merge_request_note(principal: Principal, row: Result, changes: dict[str, Any]) -> bool:
+    """The one write a worker may make after its run closed: the platform's flow writes its verdict (closing the
+    run), opens the merge request, then records it with `{"submit": true}`. Only that flag, only set, and only
+    on a row whose last write was this worker's own verdict."""
+    return changes == {"submit": True} and row.updated_by == principal.user_id
 
 
 def shadow_view(row: Result, leg: Leg) -> Result:
@@ -112,7 +164,9 @@ async def shadow_lookup(state: GatewayState, principal: Principal, test_system_i
         )
         leg = (await session.execute(stmt.limit(1))).scalar_one_or_none()
         row = await session.get(Result, leg.result_id) if leg is not None and leg.result_id else None
-    return shadow_view(row, leg) if row is not None and leg is not None else None
+    if leg is None or row is None or (principal.role == Role.WORKER and leg.finished):
+        return None
+    return shadow_view(row, leg)
 
 
 async def system_status(state: GatewayState, principal: Principal, test_system_id: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The scorecard: per migration, where it stands and what its next gate still needs, from the comparisons.
 
 One read model for the API (`GET /api/cutover/scorecard`), `gateway cutover status` and the `/scorecard` page:
-stage and time in it, samples, raw and noise-adjusted parity, infra-error rate and p50/p99 run time per engine,
+stage and time in it, samples, raw and noise-adjusted parity, the judged mismatch rate and each engine's
+infra-error rate with their confidence intervals (`gateway.cutover.confidence`), p50/p99 run time per engine,
 the last recorded evaluation, a fresh evaluation's needs, an hourly series (parity, p50 run time) for the chart,
 and the mismatch clusters (same signature: outcome, tests and differing paths) with a sample diff each, the open
 ones (counting against the gate) apart from those an admin accepted.
@@ -9,6 +10,7 @@ ones (counting against the gate) apart from those an admin accepted.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,11 +18,21 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome
+from gateway.cutover.confidence import RateInterval
 from gateway.cutover.gates import evaluate, next_step, still_needs
 from gateway.cutover.stages import CutoverConfig
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
-from gateway.jobs.cutover_gates import comparison_rows, evidence_of, evidence_window, percentile
+from gateway.jobs.cutover_gates import (
+    comparison_rows,
+    evidence_of,
+    evidence_window,
+    latest_environment,
+    parity_evidence,
+    percentile,
+    unstarted_legs,
+)
 from gateway.store import cutover_configs as store
+from gateway.store.cutover_holds import current_hold
 from gateway.store.models import Comparison, CourseContent, CutoverMigration, ExecutionBackend, utcnow
 
 SERIES_WINDOW = timedelta(hours=48)
@@ -107,13 +119,20 @@ async def _labels(session: AsyncSession) -> dict[str, str]:
 async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration, now: datetime) -> dict[str, Any]:
     config = store.to_config(row)
     async with sessions() as session:
-        rows = await comparison_rows(session, config, config.stage_since)
+        rows = await comparison_rows(session, config, config.stage_since, routed=True)
         # The chart looks further back than the current stage: how parity and run time moved across stages.
         history = await comparison_rows(session, config, now - SERIES_WINDOW)
         acceptances = await store.acceptances(session, config.scope, config.scope_id)
         clusters = await _clusters(session, config, acceptances, now)
+        hold = await current_hold(session, config.scope, config.scope_id)
+        parity_breaks, parity_example = await parity_evidence(
+            session, config, evidence_window(config, config.stage_since)
+        )
+        environments = await latest_environment(session, config)
+        unstarted = await unstarted_legs(session, config, now)
     accepted = active_signatures(acceptances.values(), now)
     evidence, sides = evidence_of(config, rows, accepted)
+    evidence = replace(evidence, parity_breaks=parity_breaks, parity_example=parity_example)
     evaluation = evaluate(evidence, config.thresholds)
     since = config.stage_since
     return {
@@ -124,6 +143,9 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
         "comparisons": len(rows),
         "parity_raw": None if evidence.raw_mismatch_rate is None else 1 - evidence.raw_mismatch_rate,
         "parity": None if evidence.mismatch_rate is None else 1 - evidence.mismatch_rate,
+        # The judged (noise-adjusted, accepted clusters excluded) mismatch rate with its interval, as the gate saw it.
+        "confidence": config.thresholds.confidence,
+        "mismatch": evaluation.mismatch.to_dict() if evaluation.mismatch else None,
         "mismatches": evidence.mismatches,
         "noise_mismatches": evidence.noise_mismatches,
         "accepted_mismatches": evidence.accepted_mismatches,
@@ -133,13 +155,21 @@ async def card(sessions: async_sessionmaker[AsyncSession], row: CutoverMigration
                 "legs": side.legs,
                 "infra_errors": side.infra_errors,
                 "infra_error_rate": _rate(side.infra_errors, side.legs),
+                "infra_error": RateInterval(side.infra_errors, side.legs, config.thresholds.confidence).to_dict(),
                 "p50_seconds": percentile(side.run_seconds, 0.5),
                 "p99_seconds": percentile(side.run_seconds, 0.99),
             }
             for engine, side in sides.items()
         },
         "evaluation": evaluation.to_dict(),
-        "next": {"step": (nxt := next_step(config, evaluation, now)).step.value, "why": nxt.why},
+        "next": {"step": (nxt := next_step(config, evaluation, now, hold)).step.value, "why": nxt.why},
+        # Both engines' effective environments (the latest comparison that carried them) and where they differ.
+        "environment": environments,
+        # New-engine legs sent and not started within the start timeout (the gate asks the engine's liveness).
+        "new_unstarted": unstarted,
+        # An operator's rollback (or pause) holds automatic promotion until resumed.
+        "paused": hold is not None,
+        "hold": hold.to_dict() if hold else None,
         "needs": still_needs(config, evaluation, now),
         "last_evaluation": row.last_evaluation,
         "last_evaluated_at": row.last_evaluated_at.isoformat() if row.last_evaluated_at else None,

@@ -14,14 +14,17 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from backends.interface import TaskKind
+from backends.registry import ENGINE_ALIASES
 from common.legacy import TestJob
 from common.redact import find_secret_key, redact_text, scrub
 from gateway.engines.routing import task_kind, task_name_of
 from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
-from gateway.jobs.submit import OUTBOX_GRACE, dispatch_after_commit
+from gateway.jobs.submit import dispatch_after_commit
+from gateway.jobs.submit_plan import OUTBOX_GRACE
 from gateway.legs import machine
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
+from gateway.store.leg_reads import backend_types
 from gateway.store.models import Leg, Result, new_id, utcnow
 from gateway.store.runs import find_leg
 
@@ -141,4 +144,36 @@ async def cancel_task(state: GatewayState, task_id: str) -> None:
         if leg is None or leg.finished:
             return
         row = await session.get(Result, leg.result_id) if leg.result_id else None
-        machine.cancel(leg, row, utcnow())
+        machine.cancel(leg, row, utcnow(), hooks=state.finish_hooks)
+
+
+async def workers_status(state: GatewayState) -> dict[str, Any]:
+    """Workers and queue depths of every engine the catalog's backends name (and the tasks engine), each engine
+    on its own: one that cannot be read is reported unavailable without hiding the other. No URL is shown."""
+    engines: set[str] = {state.settings.gateway_tasks_engine}
+    engines |= {ENGINE_ALIASES[t] for t in await backend_types(state.sessions) if t in ENGINE_ALIASES}
+    answer: dict[str, Any] = {"engines": {}, "workers": [], "queues": {}}
+    for engine in sorted(engines):
+        try:
+            adapter = state.dispatcher.adapter(engine)
+            workers = await run_in_threadpool(adapter.workers)
+            queues = await run_in_threadpool(adapter.queue_depths)
+        except Exception as exc:  # noqa: BLE001 - one engine down must not hide the other
+            answer["engines"][engine] = {"status": "unavailable", "error": redact_text(f"{type(exc).__name__}: {exc}")}
+            continue
+        listed = [
+            {
+                "name": w.name,
+                "engine": engine,
+                "queues": w.queues,
+                "active": w.active,
+                "uptime_seconds": w.uptime_seconds,
+                "last_seen": w.last_seen.isoformat() if w.last_seen else None,
+            }
+            for w in workers
+        ]
+        answer["engines"][engine] = {"status": "ok", "workers": len(listed), "queues": queues}
+        answer["workers"].extend(listed)
+        for name, depth in queues.items():
+            answer["queues"][f"{engine}:{name}"] = depth
+    return answer

@@ -3,46 +3,40 @@
 A leg is one run of a job on one engine. Its transitions (see `docs/architecture.md` for the table):
 
 - `new_leg`: a PENDING leg in the outbox (the submit path, the task API, a follow-up);
-- `mark_sent` / `record_sent`: the engine accepted it (SENT), with its deadline;
-- `retry_later` / `record_retry`: the engine is unreachable; try again after a backoff;
+- `mark_sent`: the engine accepted it (SENT), with its deadline;
+- `retry_later`: the engine is unreachable; try again after a backoff;
 - `reject`: the engine refused it for good (FAILED, outcome `rejected`);
 - `retry_infra`: the run crashed or its worker died (not the student's doing): back into the outbox for a new
   attempt under the same id, counted in `infra_retries`, while the budget lasts (`infra_retry_allowed`);
 - `apply_state`: a non-final observation (phase, progress, worker);
 - `finish`: the end, with the report or error kept on the leg whatever its role; a primary leg writes the
   legacy row (never over a row that is already final: a write-back that arrived first wins); then every
-  registered follow-up runs (`on_finish`);
+  follow-up handed in runs (`FinishHooks`, built where the app is put together);
 - `time_out`, `cancel`, `apply_write_back`: the other ways a leg ends.
 
-The ORM variants work on loaded rows inside the caller's transaction (reconciler, write-back, cancel); the
-`record_*` variants are single Core statements for the submit path's hot path, where a round trip counts.
+Pure: the transitions change loaded rows inside the caller's transaction (reconciler, write-back, cancel) and
+never touch the database; the same marks as single statements for the hot paths (`record_sent`, `record_retry`)
+are `gateway.store.leg_writer`'s.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy import Table, bindparam, func, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import object_session
+from typing import TYPE_CHECKING, Any
 
 from backends.interface import LegPhase, LegResult, LegState
 from common.failures import Failure, InfraMessage, describe_failure
 from common.legacy import ResultStatus
 from common.scoring import score
-from gateway.legs.states import DispatchState, LegOutcome, LegRole
-from gateway.store import driver
-from gateway.store.group_commit import GroupCommit
-from gateway.store.models import Base, Leg, Result
+from gateway.legs.states import DispatchState, LegOutcome, LegRole, verifier_of
+
+if TYPE_CHECKING:  # the rows it moves; it never reads or writes the database itself
+    from gateway.store.models import Leg, Result
 
 FINAL_ROW = {ResultStatus.COMPLETED, ResultStatus.FAILED, ResultStatus.CANCELLED, ResultStatus.CRASHED}
 DEADLINE_MESSAGE = InfraMessage.DEADLINE_EXCEEDED.value
-LEGS: Table = Leg.__table__  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------------------------------------ the row
@@ -94,18 +88,24 @@ class FinishedLeg:
     now: datetime
 
 
-FollowUp = Callable[[FinishedLeg], Iterable[Base]]
+# A follow-up returns the rows to add (new legs, comparisons): ORM objects of `gateway.store.models`.
+FollowUp = Callable[[FinishedLeg], Iterable[Any]]
+# Adds a finished leg's follow-up rows to the leg's own transaction (`gateway.store.leg_writer.join_leg`).
+JoinRows = Callable[["Leg", list[Any]], None]
 
 
 class FinishHooks:
-    """Follow-ups of a finished leg (submission processing, comparisons): each returns rows to add.
+    """Follow-ups of a finished leg (submission processing, comparisons, metrics): each returns rows to add.
 
-    The new rows join the finished leg's own transaction, so a follow-up is committed exactly when the end of
-    its leg is, and a follow-up leg goes through the outbox like any other.
+    One set per process, built where the app is put together (`gateway.jobs.bootstrap.start_gateway`) and handed
+    to whoever finishes legs (the reconciler's rooms, the job services). `join` adds the new rows to the finished
+    leg's own transaction, so a follow-up is committed exactly when the end of its leg is, and a follow-up leg goes
+    through the outbox like any other.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, join: JoinRows | None = None) -> None:
         self._follow_ups: dict[str, FollowUp] = {}
+        self._join = join
 
     def connect(self, name: str, follow_up: FollowUp) -> None:
         """Register (or replace) a follow-up under a name: installing twice is harmless."""
@@ -114,17 +114,13 @@ class FinishHooks:
     def disconnect(self, name: str) -> None:
         self._follow_ups.pop(name, None)
 
-    def run(self, finished: FinishedLeg) -> list[Base]:
-        added: list[Base] = []
+    def run(self, finished: FinishedLeg) -> list[Any]:
+        added: list[Any] = []
         for follow_up in self._follow_ups.values():
             added.extend(follow_up(finished))
-        session = object_session(finished.leg)
-        if session is not None:
-            session.add_all(added)
+        if self._join is not None:
+            self._join(finished.leg, added)
         return added
-
-
-on_finish = FinishHooks()
 
 
 # -------------------------------------------------------------------------------------------------- new
@@ -179,84 +175,6 @@ def mark_sent(leg: Leg, run_id: str | None, now: datetime, deadline_seconds: int
     leg.last_error = None
 
 
-_RECORD_SENT = (
-    update(LEGS)
-    .where(
-        LEGS.c.id == bindparam("leg_id"),
-        LEGS.c.dispatch_state == DispatchState.PENDING.value,
-        LEGS.c.finished.is_(False),
-    )
-    .values(
-        dispatch_state=DispatchState.SENT.value,
-        last_error=None,
-        dispatch_attempts=LEGS.c.dispatch_attempts + 1,
-        engine_run_id=bindparam("run_id"),
-        dispatched_at=bindparam("now", type_=LEGS.c.dispatched_at.type),
-        next_attempt_at=None,
-        deadline=func.coalesce(LEGS.c.deadline, bindparam("deadline", type_=LEGS.c.deadline.type)),
-        updated_at=bindparam("now", type_=LEGS.c.updated_at.type),
-    )
-)
-
-
-# The same transition for a batch of legs on PostgreSQL, one statement: each leg's own run id, send time and
-# deadline come in as parallel arrays.
-_RECORD_SENT_MANY = f"""
-UPDATE leg SET dispatch_state = '{DispatchState.SENT.value}', dispatch_attempts = leg.dispatch_attempts + 1,
-    engine_run_id = sent.run_id, dispatched_at = sent.at, next_attempt_at = NULL,
-    deadline = coalesce(leg.deadline, sent.deadline), updated_at = sent.at, last_error = NULL
-FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::timestamptz[]) AS sent(id, run_id, at, deadline)
-WHERE leg.id = sent.id AND leg.dispatch_state = '{DispatchState.PENDING.value}' AND NOT leg.finished
-"""
-
-_SentMark = tuple[str, str, datetime, datetime]  # leg id, engine run id, sent at, deadline
-# Keyed by the sync engine (plain identity hashing; an AsyncEngine proxy compares through a slower path).
-_SENT_MARKS: weakref.WeakKeyDictionary[Engine, tuple[GroupCommit[_SentMark], _SentWriter]] = weakref.WeakKeyDictionary()
-
-
-async def _write_sent_marks(engine: AsyncEngine, marks: list[_SentMark]) -> None:
-    if driver.supported(engine):
-        ids, run_ids, times, deadlines = (list(column) for column in zip(*marks, strict=True))
-        await driver.execute(engine, _RECORD_SENT_MANY, [ids, run_ids, times, deadlines])
-        return
-    params = [{"leg_id": leg, "run_id": run, "now": at, "deadline": deadline} for leg, run, at, deadline in marks]
-    async with engine.begin() as conn:
-        await conn.execute(_RECORD_SENT, params)
-
-
-class _SentWriter:
-    """The flush of one engine's sent marks. Holds the engine weakly (the cache must not keep a disposed engine
-    alive) and the latest caller's proxy: every caller waits for its flush, so that proxy is alive then."""
-
-    def __init__(self) -> None:
-        self.engine: weakref.ref[AsyncEngine] | None = None
-
-    async def __call__(self, marks: list[_SentMark]) -> None:
-        alive = self.engine() if self.engine is not None else None
-        if alive is None:
-            raise RuntimeError("the database engine was disposed")
-        await _write_sent_marks(alive, marks)
-
-
-async def record_sent(engine: AsyncEngine, leg_id: str, run_id: str | None, now: datetime, deadline: datetime) -> None:
-    """`mark_sent` as an autocommit UPDATE (only a still-pending, open leg: a pushed completion may have won the
-    race), committed before this returns. Concurrent calls share one statement (`GroupCommit`): under load the mark
-    costs a fraction of a statement per leg instead of one each."""
-    found = _SENT_MARKS.get(engine.sync_engine)
-    if found is None:
-        found = _SENT_MARKS[engine.sync_engine] = (GroupCommit(writer := _SentWriter()), writer)
-    marks, writer = found
-    writer.engine = weakref.ref(engine)
-    await marks.add((leg_id, run_id or leg_id, now, deadline))
-
-
-async def record_sent_many(engine: AsyncEngine, sent: list[tuple[str, str | None, datetime, datetime]]) -> None:
-    """`record_sent` for a batch the caller already holds (the relay's sends: leg id, engine run id, sent at,
-    deadline): one statement, no group to join."""
-    if sent:
-        await _write_sent_marks(engine, [(leg_id, run or leg_id, at, deadline) for leg_id, run, at, deadline in sent])
-
-
 # ------------------------------------------------------------------------------------------- retry later
 def backoff_seconds(attempts: int, cap: float = 60.0) -> float:
     """0.5 s, 1 s, 2 s ... capped: fast recovery after a short outage, no hammering during a long one."""
@@ -271,23 +189,6 @@ def retry_later(leg: Leg, error: str | None, now: datetime) -> None:
     leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
     leg.last_error = error
     leg.next_attempt_at = next_attempt(now, leg.dispatch_attempts)
-
-
-async def record_retry(
-    session: AsyncSession, leg_id: str, error: str | None, now: datetime, *, fault: bool = False
-) -> None:
-    """`retry_later` (or a first `retry_fault`) for a leg the caller has not loaded (the submit path's first try)."""
-    await session.execute(
-        update(Leg)
-        .where(Leg.id == leg_id, Leg.dispatch_state == DispatchState.PENDING.value)
-        .values(
-            dispatch_attempts=Leg.dispatch_attempts + 1,
-            dispatch_faults=Leg.dispatch_faults + (1 if fault else 0),
-            last_error=error,
-            next_attempt_at=next_attempt(now, 1),
-            updated_at=now,
-        )
-    )
 
 
 # ------------------------------------------------------------------------------------- infrastructure retry
@@ -345,12 +246,12 @@ def retry_infra(leg: Leg, row: Result | None, now: datetime, reason: str | None)
 DISPATCH_FAULT_LIMIT = 5
 
 
-def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime) -> bool:
+def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime, *, hooks: FinishHooks) -> bool:
     """A send failed for a reason that is not an outage: retry later, or reject at the bound; True if rejected."""
     leg.dispatch_faults = (leg.dispatch_faults or 0) + 1
     if leg.dispatch_faults >= DISPATCH_FAULT_LIMIT:
         leg.dispatch_attempts = (leg.dispatch_attempts or 0) + 1
-        reject(leg, row, now, f"Dispatch failed {leg.dispatch_faults} times, giving up: {error}")
+        reject(leg, row, now, f"Dispatch failed {leg.dispatch_faults} times, giving up: {error}", hooks=hooks)
         return True
     retry_later(leg, error, now)
     return False
@@ -415,6 +316,7 @@ def finish(
     *,
     outcome: LegOutcome | None = None,
     error: str | None = None,
+    hooks: FinishHooks,
 ) -> None:
     """Close a leg for good, keep its report or error, write a primary leg's row, then run the follow-ups."""
     leg.finished = True
@@ -439,9 +341,12 @@ def finish(
         leg.payload = failure.as_result_json(leg.engine)
     if leg.progress is not None and phase == LegPhase.SUCCEEDED:
         leg.progress = {**leg.progress, "percentage": 100, "status": "finished"}
-    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
+    # Under the `verified` answer policy the row waits for the old engine's verdict (gateway.compare.answer);
+    # a cancellation is written at once.
+    waits = phase != LegPhase.CANCELLED and verifier_of(leg.role, leg.routing) is not None
+    if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row) and not waits:
         _write_row(leg, row, phase, result, report, failure)
-    on_finish.run(FinishedLeg(leg, row, now))
+    hooks.run(FinishedLeg(leg, row, now))
 
 
 def _write_row(
@@ -465,33 +370,50 @@ def _write_row(
         row.result_json = (failure or failure_of(leg, None, None)).as_result_json(leg.engine)
 
 
-def finish_observed(leg: Leg, row: Result | None, state: LegState, result: LegResult, now: datetime) -> None:
+def write_row_from(leg: Leg, row: Result) -> None:
+    """Write the row from a finished leg's stored answer (its report, or its failure in the one vocabulary): how a
+    verified canary job's row is written once both engines have spoken, from whichever leg answers."""
+    phase = LegPhase(leg.phase)
+    report = leg.payload if phase == LegPhase.SUCCEEDED and isinstance(leg.payload, dict) else None
+    if phase in (LegPhase.FAILED, LegPhase.CRASHED):
+        row.status = int(ResultStatus.FAILED)
+        row.result = 0.0
+        row.result_json = (
+            leg.payload if isinstance(leg.payload, dict) else failure_of(leg, None, None).as_result_json(leg.engine)
+        )
+        return
+    _write_row(leg, row, phase, None, report, None)
+
+
+def finish_observed(
+    leg: Leg, row: Result | None, state: LegState, result: LegResult, now: datetime, *, hooks: FinishHooks
+) -> None:
     """The engine says the leg is over and its result was read: finish with what the engine reported."""
     apply_state(leg, state, None)
-    finish(leg, row, now, result.phase if result.phase.is_final else state.phase, result)
+    finish(leg, row, now, result.phase if result.phase.is_final else state.phase, result, hooks=hooks)
     leg.finished_at = state.finished_at or now
 
 
-def reject(leg: Leg, row: Result | None, now: datetime, error: str | None) -> None:
+def reject(leg: Leg, row: Result | None, now: datetime, error: str | None, *, hooks: FinishHooks) -> None:
     """The engine refused the leg for good: it leaves the outbox and ends FAILED (its row too)."""
     leg.dispatch_state = DispatchState.FAILED.value
     leg.last_error = error
-    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.REJECTED, error=error)
+    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.REJECTED, error=error, hooks=hooks)
 
 
-def time_out(leg: Leg, row: Result | None, now: datetime) -> None:
-    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.TIMED_OUT, error=DEADLINE_MESSAGE)
+def time_out(leg: Leg, row: Result | None, now: datetime, *, hooks: FinishHooks) -> None:
+    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.TIMED_OUT, error=DEADLINE_MESSAGE, hooks=hooks)
 
 
 def past_deadline(leg: Any, now: datetime) -> bool:
     return leg.deadline is not None and now > leg.deadline
 
 
-def cancel(leg: Leg, row: Result | None, now: datetime) -> None:
+def cancel(leg: Leg, row: Result | None, now: datetime, *, hooks: FinishHooks) -> None:
     """Cancelled by a client; a leg never sent leaves the outbox (there is nothing to tell its engine)."""
     if leg.dispatch_state != DispatchState.SENT:
         leg.dispatch_state = DispatchState.FAILED.value
-    finish(leg, row, now, LegPhase.CANCELLED)
+    finish(leg, row, now, LegPhase.CANCELLED, hooks=hooks)
 
 
 _WRITE_BACK_OUTCOME = {
@@ -503,21 +425,23 @@ _WRITE_BACK_OUTCOME = {
 _BY_WRITE_BACK = frozenset(_WRITE_BACK_OUTCOME.values())  # the legacy flow wrote the row: it is authoritative
 
 
-def apply_write_back(leg: Leg, row: Result, status: int, now: datetime) -> None:
+def apply_write_back(leg: Leg, row: Result, status: int, now: datetime, *, hooks: FinishHooks) -> None:
     """A legacy flow wrote the row itself: move its leg to match (the row already holds what it wrote)."""
     phase = status_to_phase(status)
     if phase is None or leg.finished:
         return
     if phase.is_final:
         result = LegResult(leg_id=leg.id, phase=phase, report=row.result_json if phase == LegPhase.SUCCEEDED else None)
-        finish(leg, row, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase])
+        finish(leg, row, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase], hooks=hooks)
         return
     leg.phase = phase.value
     if phase == LegPhase.RUNNING and leg.started_at is None:
         leg.started_at = now
 
 
-def apply_shadow_write_back(leg: Leg, status: int | None, report: dict[str, Any] | None, now: datetime) -> None:
+def apply_shadow_write_back(
+    leg: Leg, status: int | None, report: dict[str, Any] | None, now: datetime, *, hooks: FinishHooks
+) -> None:
     """A legacy flow running a *shadow* leg wrote back: it lands on the leg, never on the row (fenced).
 
     A report sent before the final status is kept on the leg until the status comes."""
@@ -531,7 +455,7 @@ def apply_shadow_write_back(leg: Leg, status: int | None, report: dict[str, Any]
     if phase.is_final:
         kept = leg.payload if phase == LegPhase.SUCCEEDED else None
         result = LegResult(leg_id=leg.id, phase=phase, report=kept)
-        finish(leg, None, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase])
+        finish(leg, None, now, phase, result, outcome=_WRITE_BACK_OUTCOME[phase], hooks=hooks)
         return
     leg.phase = phase.value
     if phase == LegPhase.RUNNING and leg.started_at is None:

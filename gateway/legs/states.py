@@ -25,6 +25,14 @@ def is_shadowed_primary(role: str, routing: dict[str, Any] | None) -> bool:
     return role == LegRole.PRIMARY and bool(((routing or {}).get("shadow") or {}).get("legs"))
 
 
+def verifier_of(role: str, routing: dict[str, Any] | None) -> str | None:
+    """Under the `verified` answer policy, the shadow leg a primary's row waits for (`routing.shadow.verify`)."""
+    if role != LegRole.PRIMARY:
+        return None
+    found = ((routing or {}).get("shadow") or {}).get("verify")
+    return str(found) if found else None
+
+
 class DispatchState(StrEnum):
     """The outbox: a leg is PENDING until its engine accepted it, then SENT; FAILED when it never will be."""
 

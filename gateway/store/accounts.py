@@ -2,18 +2,21 @@
 
 Hashing is deliberately slow, so a verified (username, password) pair is remembered for a short while (keyed
 by a SHA-256 of the password, never the password itself): the submit path must not pay scrypt per request.
+Concurrent requests with the same login share one check (single flight): a burst of a student's first requests
+costs one scrypt, not one each (issue 29).
 The HTTP side (Basic credentials, 401/403 answers) lives in `gateway.api.auth`; this module knows no HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +25,10 @@ from gateway.schemas import Role
 from gateway.store.models import User
 
 _N, _R, _P = 2**14, 8, 1
+# Verified logins held at once; when full, the least recently used goes.
+_MAX_LOGINS = 10_000
+
+_Login = tuple[str, bytes]  # username, SHA-256 of the password
 
 
 def hash_password(password: str) -> str:
@@ -69,26 +76,46 @@ class Authenticator:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], cache_seconds: float) -> None:
         self.sessions = sessions
         self.cache_seconds = cache_seconds
-        self._cache: dict[tuple[str, bytes], tuple[float, Principal]] = {}
+        # 0 turns the cache off (nothing is stored); TTLCache itself wants a positive ttl.
+        ttl = cache_seconds if cache_seconds > 0 else 1
+        self._cache: TTLCache[_Login, Principal] = TTLCache(maxsize=_MAX_LOGINS, ttl=ttl)
+        # Checks under way, by login: a second request for the same login awaits the first one's.
+        self._checking: dict[_Login, asyncio.Future[Principal | None]] = {}
+        # Bumped by `forget`: a check that began before it does not cache its (maybe stale) answer.
+        self._generation = 0
+        self.checks = 0  # password checks really run (a test proves concurrent logins cost one)
 
     def forget(self) -> None:
         """Called when users change, so a removed user or new password takes effect at once in this process."""
         self._cache.clear()
+        self._generation += 1
 
     async def login(self, username: str, password: str) -> Principal | None:
         """The principal for these credentials, or None; every failure costs the same scrypt."""
         key = (username, hashlib.sha256(password.encode()).digest())
         hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
+        checking = self._checking.get(key)
+        if checking is None:
+            checking = asyncio.ensure_future(self._check(key, username, password, self._generation))
+            self._checking[key] = checking
+            checking.add_done_callback(lambda done: self._done(key, done))
+        # Shielded: a caller that goes away (a closed connection) does not cancel the others' check.
+        return await asyncio.shield(checking)
+
+    def _done(self, key: _Login, done: asyncio.Future[Principal | None]) -> None:
+        if self._checking.get(key) is done:
+            del self._checking[key]
+
+    async def _check(self, key: _Login, username: str, password: str, generation: int) -> Principal | None:
+        self.checks += 1
         async with self.sessions() as session:
             user = (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
         ok = await run_in_threadpool(verify_password, password, user.password_hash if user else _DUMMY_HASH)
         if user is None or not ok:
             return None
         principal = Principal(user.id, user.username, user.role, frozenset(user.course_member_ids or ()))
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (now + self.cache_seconds, principal)
+        if self.cache_seconds > 0 and generation == self._generation:
+            self._cache[key] = principal
         return principal

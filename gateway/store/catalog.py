@@ -2,7 +2,8 @@
 
 Idempotent: each entry is matched by id, or else by its natural key (backend slug, content path, username), and
 updated in place, so loading the same file twice changes nothing. A course content names its backend by `slug`
-(`execution_backend: <slug>`) or by id. Format:
+(`execution_backend: <slug>`) or by id. Checked first (`catalog_check`, `gateway catalog check FILE`); every field
+and an example per backend type in docs/catalog.md. In short:
 
     execution_backends: [{slug: celery, type: celery, properties: {}}]
     course_contents: [{path: week1.ex1, directory: ex1, execution_backend: celery,
@@ -17,13 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.settings import Settings, get_settings
 from gateway.schemas import CourseContentIn, CourseMemberIn, ExecutionBackendCreate, Role, UserIn
 from gateway.store.accounts import hash_password, verify_password
+from gateway.store.catalog_check import check_catalog, errors, read_catalog_file
 from gateway.store.db import make_sync_engine
 from gateway.store.migrate import ensure_schema
 from gateway.store.models import CourseContent, CourseMember, ExecutionBackend, User, new_id
@@ -34,11 +35,15 @@ class CatalogError(ValueError):
 
 
 def _read(source: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(source, Mapping):
-        return source
-    data = yaml.safe_load(Path(source).read_text())
-    if not isinstance(data, Mapping):
-        raise CatalogError(f"{source}: a catalog is a mapping with lists of entries")
+    """The catalog, checked (`catalog_check`): a file with errors is refused whole, every error named."""
+    try:
+        data = source if isinstance(source, Mapping) else read_catalog_file(Path(source))
+    except ValueError as exc:
+        raise CatalogError(str(exc)) from None
+    found = errors(check_catalog(data))
+    if found:
+        raise CatalogError("\n".join(str(p) for p in found))
+    assert isinstance(data, Mapping)
     return data
 
 

@@ -12,10 +12,10 @@ Cached objects are detached ORM instances and are treated as read-only.
 
 from __future__ import annotations
 
-import time
 import weakref
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -30,26 +30,21 @@ _caches: weakref.WeakSet[CatalogCache] = weakref.WeakSet()
 
 
 class CatalogCache:
+    """Found catalog rows by key for `ttl` seconds; when full, the least recently used entry goes."""
+
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[tuple[str, ...], tuple[float, Any]] = {}
+        # ttl 0 (the cache off) stores nothing (`put`); TTLCache itself wants a positive ttl.
+        self._entries: TTLCache[tuple[str, ...], Any] = TTLCache(maxsize=_MAX_ENTRIES, ttl=ttl if ttl > 0 else 1)
         _caches.add(self)
 
     def get(self, key: tuple[str, ...]) -> Any | None:
-        hit = self._entries.get(key)
-        if hit is None:
-            return None
-        if hit[0] < time.monotonic():
-            self._entries.pop(key, None)
-            return None
-        return hit[1]
+        return self._entries.get(key)
 
     def put(self, key: tuple[str, ...], value: Any) -> None:
         if self.ttl <= 0 or value is None:
             return
-        if len(self._entries) >= _MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic() + self.ttl, value)
+        self._entries[key] = value
 
     def clear(self) -> None:
         self._entries.clear()

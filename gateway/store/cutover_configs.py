@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backends.registry import UnknownEngineError, canonical_engine
 from gateway.cutover.stage_machine import Change
-from gateway.cutover.stages import CutoverConfig, GateThresholds, Policy, Scope, Stage
+from gateway.cutover.stages import AnswerPolicy, CutoverConfig, GateThresholds, Policy, Scope, Stage
 from gateway.cutover.triage import Acceptance, TriageAction
 from gateway.store import lookup
 from gateway.store.catalog_cache import CatalogCache
@@ -60,6 +60,7 @@ def to_config(row: CutoverMigration) -> CutoverConfig:
         percentage=row.percentage,
         shadow_fraction=row.shadow_fraction,
         policy=Policy(row.policy),
+        answer_policy=AnswerPolicy(row.answer_policy or AnswerPolicy.VERIFIED.value),
         canary_steps=tuple(row.canary_steps),
         min_stage_seconds=row.min_stage_seconds,
         thresholds=GateThresholds.from_dict(row.thresholds),
@@ -77,6 +78,7 @@ def _columns(config: CutoverConfig) -> dict[str, Any]:
         "percentage": config.percentage,
         "shadow_fraction": config.shadow_fraction,
         "policy": config.policy.value,
+        "answer_policy": config.answer_policy.value,
         "canary_steps": list(config.canary_steps),
         "min_stage_seconds": config.min_stage_seconds,
         "thresholds": config.thresholds.to_dict(),

@@ -239,6 +239,7 @@ class CutoverMigration(Base):
     percentage: Mapped[float] = mapped_column(Float, default=0.0)
     shadow_fraction: Mapped[float] = mapped_column(Float, default=1.0)
     policy: Mapped[str] = mapped_column(String(16), default="manual")
+    answer_policy: Mapped[str] = mapped_column(String(16), default="verified", server_default="verified")
     canary_steps: Mapped[list[float]] = mapped_column(JSON)
     min_stage_seconds: Mapped[float] = mapped_column(Float, default=3600.0)
     thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -371,6 +372,11 @@ class Comparison(Base):
     shadow_queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     primary_run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     shadow_run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Both legs' effective environments and where they differ (gateway.compare.environment), and whether they do.
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    environment_differs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A mismatch's re-judgement (gateway.compare.rejudge): its state, re-run legs, verdict and the class before.
+    rejudge: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

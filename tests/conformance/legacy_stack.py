@@ -24,6 +24,7 @@ from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
 from tests.support.git import git as _git
 from tests.support.prefect_server import (
+    STARTUP,
     free_port,
     prefect_process_env,
     running_prefect_server,
@@ -148,7 +149,7 @@ def catalog(repos: Repos) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ Prefect
-def prefect_server_on(port: int, root: Path, timeout: float = 120.0) -> contextlib.AbstractContextManager[str]:
+def prefect_server_on(port: int, root: Path, timeout: float = STARTUP) -> contextlib.AbstractContextManager[str]:
     """`prefect server start` on a given port with its database under `root`, so it can come back the same."""
     return running_prefect_server(root, port=port, timeout=timeout)
 
@@ -230,16 +231,19 @@ def running_stack(
     *,
     prefect: bool,
     worker_extra: Mapping[str, str] | None = None,
+    gateway_extra: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """The API on PostgreSQL, a Celery worker on Redis + PostgreSQL and (optionally) a Prefect server + runner.
 
-    `worker_extra`: settings for the Celery worker only (e.g. a sandbox limit that differs from Prefect's)."""
+    `worker_extra`: settings for the Celery worker only (e.g. a sandbox limit that differs from Prefect's);
+    `gateway_extra`: settings for the API (and the worker), e.g. `GATEWAY_REJUDGE_PER_HOUR`."""
     data = tmp / "data"
     repos = build_repos(tmp / "repos")
     with contextlib.ExitStack() as stack:
         prefect_api = None
         sandboxes = stack.enter_context(sandbox_root())
-        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes)}
+        env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes),
+               **(gateway_extra or {})}  # fmt: skip
         if prefect:
             prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))
             env["PREFECT_API_URL"] = prefect_api

@@ -29,7 +29,7 @@ from legacy_stack import (
 )
 from sqlalchemy import update
 
-from gateway.engines.reconciler import DEPLOYMENT_GRACE
+from gateway.engines.relay import DEPLOYMENT_GRACE
 from gateway.store.catalog import load_catalog
 from gateway.store.db import make_sync_engine
 from gateway.store.models import Leg

@@ -168,15 +168,19 @@ def test_a_custom_submission_deployment_receives_the_legacy_parameter_set(stack:
 
 
 def test_patch_submit_true_from_a_legacy_worker_is_applied(stack: Stack) -> None:
-    """12.3: the worker's `{"submit": true}` after its merge request, on the bare URL too."""
-    commit = f"mr-{uuid.uuid4().hex[:8]}"
-    with stack.client(BOB) as bob, stack.client(WORKER) as worker:
-        run = submit(bob, "celery", commit)
-        for path in (f"/results/{run['id']}", f"/api/results/{run['id']}"):
-            patched = worker.patch(path, json={"submit": True})
-            assert patched.status_code == 200 and patched.json()["submit"] is True
-        assert worker.patch(f"/results/{run['id']}", json={"submit": "yes"}).status_code == 422
-        assert bob.get(f"/api/results/{run['id']}").json()["submit"] is True
+    """12.3: the worker's `{"submit": true}` after its merge request, on the bare URL too.
+
+    The slow student's run stays open until released: a worker writes only runs open on an engine (23.6)."""
+    with stack.client(SLOW) as slow, stack.client(WORKER) as worker:
+        run = submit(slow, "celery", stack.repos.commit("slow"))
+        try:
+            for path in (f"/results/{run['id']}", f"/api/results/{run['id']}"):
+                patched = worker.patch(path, json={"submit": True})
+                assert patched.status_code == 200 and patched.json()["submit"] is True
+            assert worker.patch(f"/results/{run['id']}", json={"submit": "yes"}).status_code == 422
+            assert slow.get(f"/api/results/{run['id']}").json()["submit"] is True
+        finally:
+            stack.release_slow_runs()
 
 
 # ------------------------------------------------------------------------------------------------ paths

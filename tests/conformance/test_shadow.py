@@ -1,7 +1,7 @@
 """Shadow runs on the real engines, both directions: a job whose reports match, a real mismatch (the engines
 given different time limits), an infra error and a timeout on the shadow side with the primary unaffected, a
 write-back from a Prefect deployment the gateway did not write landing on the shadow leg, the cap and the
-sampling counted, an A/A flake (a test that depends on randomness) counted as noise.
+sampling counted, an A/A flake (a solution whose result the test scripts per run) counted as noise.
 
 One stack for the module: the Celery worker's sandbox limit is 4 s and Prefect's the default (60 s), so a slow
 student (who waits for the test's release) on a content without a time limit of its own times out on Celery and,
@@ -29,29 +29,47 @@ from tests.conftest import PostgresDB, RedisDB
 from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import base_env, settings_from_env, stop_worker
 from tests.support.prefect_server import running_runner
+from tests.support.slow_student import sandbox_root
 
 pytestmark = [pytest.mark.slow]
 FINAL = {0, 1, 2, 6}
 CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
+# These tests pin what one comparison says; a mismatch's re-judgement (re-runs of a slow student that wait for a
+# release, holding runner slots) is tested on its own in test_evidence.py.
+NO_REJUDGE = {"GATEWAY_REJUDGE_PER_HOUR": "0"}
 
-# A student whose whole solution is right or wrong by a coin toss per run: the A/A baseline's flaky test.
-DICE_CALC = """import random
+# A student whose solution is wrong in a way the test chooses per run, as a flaky one would be by chance: each run
+# waits (with a deadline) for a `verdict` file in its work dir, then "add" or "mul" makes that function wrong and
+# "none" leaves both right. Scripted, so every run of the suite sees the same flips (a coin toss missed 0.3 %).
+SCRIPTED_CALC = """import pathlib
+import time
 
-_WRONG = random.random() < 0.5
+_VERDICT = []
+
+
+def _wrong(name):
+    if not _VERDICT:
+        here = pathlib.Path.cwd()
+        (here / "waiting").touch()
+        deadline = time.monotonic() + 300
+        while not (here / "verdict").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the test's verdict file, with a deadline
+        _VERDICT.append((here / "verdict").read_text() if (here / "verdict").exists() else "none")
+    return 1 if _VERDICT[0] == name else 0
 
 
 def add(a, b):
-    return a + b + (1 if _WRONG else 0)
+    return a + b + _wrong("add")
 
 
 def mul(a, b):
-    return a * b + (1 if _WRONG else 0)
+    return a * b + _wrong("mul")
 
 
 def mean(values):
     return sum(values) / len(values)
 """
-DICE_JOBS = 10
+SCRIPTED_JOBS = 2
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +77,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_db: PostgresDB, red
     with (
         fresh_pg_database(postgres_db) as db,
         running_stack(
-            tmp_path_factory.mktemp("shadow"), db.env(), redis_db.env(), prefect=True, worker_extra=CELERY_LIMIT
+            tmp_path_factory.mktemp("shadow"),
+            db.env(),
+            redis_db.env(),
+            prefect=True,
+            worker_extra=CELERY_LIMIT,
+            gateway_extra=NO_REJUDGE,
         ) as found,
     ):
         yield found
@@ -125,15 +148,18 @@ def test_reports_that_match_and_the_answer_unchanged(stack: Stack, key: str, oth
 
 
 # ---------------------------------------------------------------------------------------------- mismatch
-def celery_leg_finished(stack: Stack, result_id: str) -> bool:
-    """Whether the job's Celery leg (primary or shadow) is final, read from the gateway's store."""
-    engine = make_sync_engine(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}))
+def leg_finished(stack: Stack, result_id: str, engine: str = "celery") -> bool:
+    """Whether the job's first leg on `engine` (primary or shadow; not a re-judgement's re-run) is final, read
+    from the gateway's store."""
+    engine_ = make_sync_engine(settings_from_env({**stack.env, "GATEWAY_DATA_DIR": str(stack.data)}))
     try:
-        with engine.connect() as conn:
-            stmt = select(Leg.finished).where(Leg.result_id == result_id, Leg.engine == "celery")
-            return bool(conn.execute(stmt).scalar())
+        with engine_.connect() as conn:
+            stmt = select(Leg.finished).where(
+                Leg.result_id == result_id, Leg.engine == engine, Leg.role.in_(("primary", "shadow"))
+            )
+            return bool(conn.execute(stmt.order_by(Leg.created_at).limit(1)).scalar())
     finally:
-        engine.dispose()
+        engine_.dispose()
 
 
 @pytest.mark.parametrize(("key", "other"), [("untimed-celery", "prefect"), ("untimed-prefect", "celery")])
@@ -143,11 +169,16 @@ def test_different_time_limits_are_a_real_mismatch(stack: Stack, key: str, other
     with stack.client(ADMIN) as admin:
         shadow(admin, f"cc-{key}", engine=other)
         run = submit(admin, key, "m-slow", stack.repos.commit("slow")).json()
-        wait_until(
-            lambda: celery_leg_finished(stack, run["id"]) and stack.release_slow_runs() > 0,
-            "the Celery run to time out and the Prefect run to wait for its release",
-            180,
-        )
+
+        def released() -> bool:
+            # Once Celery's run has timed out, release every waiting slow run (an earlier mismatch's re-judgement
+            # re-runs a slow student too) until this job's Prefect run has ended.
+            if not leg_finished(stack, run["id"], "celery"):
+                return False
+            stack.release_slow_runs()
+            return leg_finished(stack, run["id"], "prefect")
+
+        wait_until(released, "the Celery run to time out and the Prefect run to be released and end", 180)
         row = final_row(admin, run["id"])
         found = comparison_of(admin, run["id"])
     assert found["outcome"] == "mismatch", found
@@ -159,6 +190,11 @@ def test_different_time_limits_are_a_real_mismatch(stack: Stack, key: str, other
     assert row["result"] == found["primary"]["score"]  # the row is the primary's, whatever the shadow said
     paths = [d["path"] for d in found["differences"]]
     assert any(p.startswith('$.tests["') for p in paths) and "$.score" in paths
+    # The environments say why, beside the grades (issue 27: parity).
+    limits = {"celery": "4 s", "prefect": "60 s"}
+    primary, shadow_engine = found["primary"]["engine"], found["shadow"]["engine"]
+    expected = f"{primary}: time limit {limits[primary]}, {shadow_engine}: {limits[shadow_engine]}"
+    assert found["environment"]["text"] == expected, found["environment"]
 
 
 # -------------------------------------------------------------------------------------- shadow-side failures
@@ -248,11 +284,11 @@ def test_the_cap_and_the_sampling_are_counted(stack: Stack) -> None:
 
 # ------------------------------------------------------------------------------------------------- A/A noise
 @contextlib.contextmanager
-def dice_repo(root: Path) -> Iterator[list[str]]:
-    """A student repository (at `<root>/dice.git`) with one commit per job, each the same coin-toss solution."""
-    url, first = _repo(root / "dice.git", {f"{DIRS['celery']}/calc.py": DICE_CALC})
+def scripted_repo(root: Path) -> Iterator[list[str]]:
+    """A student repository (at `<root>/dice.git`) with one commit per job, each the same scripted solution."""
+    url, first = _repo(root / "dice.git", {f"{DIRS['celery']}/calc.py": SCRIPTED_CALC})
     commits = [first]
-    for i in range(DICE_JOBS - 1):
+    for i in range(SCRIPTED_JOBS - 1):
         (root / "dice.git" / "note.txt").write_text(str(i))
         _git(["add", "-A"], root / "dice.git")
         _git(["commit", "-q", "--no-gpg-sign", "-m", f"again {i}"], root / "dice.git")
@@ -260,23 +296,62 @@ def dice_repo(root: Path) -> Iterator[list[str]]:
     yield commits
 
 
+def _give_verdict(work: Path, verdict: str) -> None:
+    staged = work / ".verdict"
+    staged.write_text(verdict)
+    staged.replace(work / "verdict")  # whole or absent: the run never reads half a word
+
+
+def script_one_job(celery_runs: Path, prefect_runs: Path, given: set[Path]) -> None:
+    """The job's three runs, as each starts waiting: its two Celery runs (primary and A/A, in either order) one
+    with `add` wrong and one with `mul` wrong, its Prefect shadow right. Whichever Celery run is the primary, the
+    A/A pair flips on both tests and the shadow differs from the primary on one of them."""
+    celery_verdicts = ["add", "mul"]
+    prefect_verdicts = ["none"]
+
+    def all_given() -> bool:
+        for root, verdicts in ((celery_runs, celery_verdicts), (prefect_runs, prefect_verdicts)):
+            for marker in sorted(root.glob("*/work/waiting")):
+                work = marker.parent
+                if work in given or (work / "release").exists() or not verdicts:
+                    continue  # already scripted, or a slow student of another test
+                _give_verdict(work, verdicts.pop(0))
+                given.add(work)
+        return not celery_verdicts and not prefect_verdicts
+
+    wait_until(all_given, "the job's two Celery runs and its Prefect run to wait for their verdicts", 240)
+
+
 def test_an_aa_flake_is_counted_as_noise(stack: Stack, tmp_path: Path) -> None:
-    with dice_repo(tmp_path) as commits, stack.client(ADMIN) as admin:
-        shadow(admin, "cc-celery", engine="prefect", aa_fraction=1.0, properties={})
-        runs = [
-            submit(admin, "celery", "m-alice", c, provider_url=tmp_path.as_uri(), project="dice").json()
-            for c in commits
-        ]
-        found = [comparison_of(admin, run["id"], kinds=frozenset({"aa", "shadow"})) for run in runs]
+    """Scripted flips: job 1's A/A pair records `add` and `mul` as flaky, so job 2's shadow, which differs from
+    its primary only on one of them, is noise, not a mismatch. The Prefect shadow runs on a runner of its own
+    (its own sandbox root), so the test knows which runs are the engines'."""
+    assert stack.prefect_api is not None
+    given: set[Path] = set()
+    with contextlib.ExitStack() as scope:
+        prefect_runs = scope.enter_context(sandbox_root())
+        env = runner_env(stack.prefect_api, tmp_path / "runner", stack.data, stack.server, str(prefect_runs))
+        scope.enter_context(running_runner(env, deployment_name="scripted", wait_for=["test-assignment/scripted"]))
+        commits = scope.enter_context(scripted_repo(tmp_path))
+        admin = scope.enter_context(stack.client(ADMIN))
+        properties = {"deployment": "test-assignment/scripted"}
+        shadow(admin, "cc-celery", engine="prefect", aa_fraction=1.0, properties=properties)
+        found = []
+        for commit in commits:  # one job at a time: job 1's flake evidence is recorded before job 2 is compared
+            run = submit(admin, "celery", "m-alice", commit, provider_url=tmp_path.as_uri(), project="dice").json()
+            script_one_job(stack.sandbox_root, prefect_runs, given)
+            found.append(comparison_of(admin, run["id"], kinds=frozenset({"aa", "shadow"})))
         kinds = [[c["kind"] for c in [f, *f["other_comparisons"]]] for f in found]
         assert all(sorted(k) == ["aa", "shadow"] for k in kinds), kinds
         aa = [o for f in found for o in f["other_comparisons"] if o["kind"] == "aa"]
-        outcomes = [f["outcome"] for f in found]
-        assert any(o["outcome"] == "mismatch" for o in aa), "no A/A flip in any job"
-        assert "noise" in outcomes, outcomes
+        assert [o["outcome"] for o in aa] == ["mismatch"] * SCRIPTED_JOBS, aa
+        shadows = [f if f["kind"] == "shadow" else next(o for o in f["other_comparisons"] if o["kind"] == "shadow")
+                   for f in found]  # fmt: skip
+        assert shadows[0]["outcome"] in ("mismatch", "noise"), shadows[0]  # noise if its own A/A came first
+        assert shadows[1]["outcome"] == "noise", shadows[1]
         groups = admin.get("/api/comparisons/summary", params={"group_by": "content"}).json()
         group = next(g for g in groups if g["content"] == "cc-celery")
-    assert group["aa"]["flips"] >= 1
+    assert group["aa"]["flips"] >= SCRIPTED_JOBS
     assert group["mismatch_rate_noise_adjusted"] < group["mismatch_rate"]
 
 

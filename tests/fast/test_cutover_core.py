@@ -211,20 +211,28 @@ TIMES = {"old_p99_seconds": 10.0, "new_p99_seconds": 12.0}
         (Evidence(comparable=99, **TIMES), Verdict.INCONCLUSIVE, Criterion.SAMPLES, ["1 more comparison"]),
         # a new engine that stopped: no comparable sample, but 100 of its legs and every one an infra error
         (Evidence(comparable=0, new_legs=100, new_infra_errors=100), Verdict.FAILED, Criterion.INFRA_ERROR_RATE,
-         ["new engine infra-error rate 100 % > 2 %"]),
+         ["new engine infra error 100 % (95 %: 96.3–100 %) above 2 %"]),
         # too few comparable samples and too few of its legs to judge them: still waiting
         (Evidence(comparable=10, new_legs=99, new_infra_errors=89), Verdict.INCONCLUSIVE, Criterion.SAMPLES,
          ["90 more comparisons"]),
-        # enough legs, but their infra errors within the threshold: waiting for comparable samples
+        # enough legs, but their infra errors not conclusively above the threshold: waiting for samples
         (Evidence(comparable=10, new_legs=200, new_infra_errors=4), Verdict.INCONCLUSIVE, Criterion.SAMPLES,
          ["90 more comparisons"]),
-        (Evidence(comparable=100, new_legs=100, **TIMES), Verdict.SUCCESSFUL, Criterion.ALL, []),
-        (Evidence(comparable=100, mismatches=1, new_legs=100, **TIMES), Verdict.SUCCESSFUL, Criterion.ALL, []),
+        # 100 clean comparisons are not enough to say the rate is below 1 % at 95 %: the interval says how many
+        (Evidence(comparable=100, new_legs=100, **TIMES), Verdict.INCONCLUSIVE, Criterion.MISMATCH_RATE,
+         ["mismatch 0 % (95 %: 0–3.7 %) includes 1 %: about 281 more comparisons at this rate would decide",
+          "new engine infra error 0 % (95 %: 0–3.7 %) includes 2 %: about 89 more new-engine legs at this rate"
+          " would decide"]),
+        (Evidence(comparable=400, new_legs=400, **TIMES), Verdict.SUCCESSFUL, Criterion.ALL, []),
+        (Evidence(comparable=1000, mismatches=1, new_legs=1000, **TIMES), Verdict.SUCCESSFUL, Criterion.ALL, []),
+        # one mismatch in a hundred: neither clean nor broken yet
+        (Evidence(comparable=100, mismatches=1, new_legs=400, **TIMES), Verdict.INCONCLUSIVE,
+         Criterion.MISMATCH_RATE, ["mismatch 1 % (95 %: 0.2–5.4 %) includes 1 %: it sits on the threshold"]),
         (
             Evidence(comparable=1000, mismatches=31, new_legs=1000, **TIMES),
             Verdict.FAILED,
             Criterion.MISMATCH_RATE,
-            ["mismatch rate 3.1 % > 1 %"],
+            ["mismatch 3.1 % (95 %: 2.2–4.4 %) above 1 %"],
         ),
         # the same mismatches, but 25 only flaky and 5 accepted: 1 real in 1000
         (
@@ -238,7 +246,7 @@ TIMES = {"old_p99_seconds": 10.0, "new_p99_seconds": 12.0}
             Evidence(comparable=100, new_legs=100, new_infra_errors=5, **TIMES),
             Verdict.FAILED,
             Criterion.INFRA_ERROR_RATE,
-            ["new engine infra-error rate 5 % > 2 %"],
+            ["new engine infra error 5 % (95 %: 2.2–11.2 %) above 2 %"],
         ),
         (
             Evidence(comparable=100, new_legs=100, old_p99_seconds=10.0, new_p99_seconds=20.0),
@@ -251,9 +259,10 @@ TIMES = {"old_p99_seconds": 10.0, "new_p99_seconds": 12.0}
                      new_p99_seconds=9.0),
             Verdict.FAILED,
             Criterion.MISMATCH_RATE,
-            ["mismatch rate 50 % > 1 %", "new engine infra-error rate 50 % > 2 %", "p99 run time ratio 9.00× > 1.50×"],
+            ["mismatch 50 % (95 %: 40.4–59.6 %) above 1 %", "new engine infra error 50 % (95 %: 40.4–59.6 %) above 2 %",
+             "p99 run time ratio 9.00× > 1.50×"],
         ),
-        (Evidence(comparable=100, new_legs=100), Verdict.INCONCLUSIVE, Criterion.P99_RATIO,
+        (Evidence(comparable=400, new_legs=400), Verdict.INCONCLUSIVE, Criterion.P99_RATIO,
          ["run times from both engines"]),
     ],
 )  # fmt: skip
@@ -263,7 +272,7 @@ def test_evaluate(evidence: Evidence, verdict: Verdict, decided_by: Criterion, n
 
 
 FAILED = evaluate(Evidence(comparable=100, mismatches=50, new_legs=100, **TIMES), TH)
-SUCCESS = evaluate(Evidence(comparable=100, new_legs=100, **TIMES), TH)
+SUCCESS = evaluate(Evidence(comparable=400, new_legs=400, **TIMES), TH)
 WAITING = evaluate(Evidence(comparable=3), TH)
 LONG_AGO = T0 - timedelta(hours=2)
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
@@ -16,12 +17,19 @@ from gateway.jobs import cutover_gates as gates
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState
 from gateway.store import cutover_configs as store
-from gateway.store.models import Comparison, new_id, utcnow
+from gateway.store.models import Comparison, Leg, new_id, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
 
-FAST = {"min_samples": 4, "max_mismatch_rate": 0.2, "max_infra_error_rate": 0.2, "max_p99_ratio": 2.0}
+# A low confidence level, so that a handful of rows decides (the intervals are judged in test_gate_confidence).
+FAST = {
+    "min_samples": 4,
+    "max_mismatch_rate": 0.2,
+    "max_infra_error_rate": 0.2,
+    "max_p99_ratio": 2.0,
+    "confidence": 0.5,
+}
 
 
 async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list[str], **extra: Any) -> None:
@@ -31,10 +39,13 @@ async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list
     row, _ = await submit_test(state, ADMIN, body(new_id()[:8], content="week2/ex1"))
     now = utcnow()
     async with state.sessions() as session, session.begin():
+        # The job's primary leg, routed by the migration as it is now: the gate weighs only this stage's jobs.
+        primary = (await session.execute(
+            select(Leg.id).where(Leg.result_id == row.id, Leg.role == "primary"))).scalar_one()  # fmt: skip
         for outcome in outcomes:
             session.add(
                 Comparison(
-                    id=new_id(), result_id=row.id, primary_leg_id=new_id(), shadow_leg_id=new_id(), kind="shadow",
+                    id=new_id(), result_id=row.id, primary_leg_id=primary, shadow_leg_id=new_id(), kind="shadow",
                     execution_backend_id=row.execution_backend_id, course_content_id="cc-prefect",
                     primary_engine=config.old_engine, shadow_engine=config.new_engine, outcome=outcome,
                     side=extra.get("side"), primary_run_seconds=1.0, shadow_run_seconds=extra.get("new_run", 1.2),
@@ -97,7 +108,7 @@ def test_a_failed_gate_in_canary_demotes_in_every_policy(memory_gateway: MemoryG
         assert run.applied and (await config_of(state)).stage == Stage.SHADOW
         (event, *_rest) = await store.history(state.sessions, Scope.CONTENT, "cc-prefect")
         assert (event.actor, event.action, event.from_stage, event.to_stage) == ("gate", "demote", "canary", "shadow")
-        assert "mismatch rate 50 % > 20 %" in event.reason
+        assert "mismatch 50 % (50 %: 34–66 %) above 20 %" in event.reason
 
     memory_gateway.run(test)
 
@@ -118,8 +129,11 @@ def test_noise_and_new_engine_infra_errors_are_judged_apart(memory_gateway: Memo
         assert card["label"] == "week2.ex1" and card["samples"] == 4
         assert (card["parity_raw"], card["parity"]) == (0.5, 1.0)
         assert card["engines"]["celery"]["infra_errors"] == 3 and card["engines"]["prefect"]["infra_errors"] == 3
+        # every rate with its interval, at the migration's confidence level (one source: the gate's evaluation)
+        assert card["mismatch"]["text"] == "0 % (50 %: 0–10.2 %)" and card["confidence"] == 0.5
+        assert card["engines"]["celery"]["infra_error"]["text"] == "30 % (50 %: 21.3–40.5 %)"
         assert card["engines"]["celery"]["p99_seconds"] == 1.2 and card["engines"]["prefect"]["p50_seconds"] == 1.0
-        assert card["needs"] and card["needs"][0].startswith("new engine infra-error rate")
+        assert card["needs"] and card["needs"][0].startswith("new engine infra error 30 %")
         assert sum(point["samples"] for point in card["series"]) == 4
 
     memory_gateway.run(test)

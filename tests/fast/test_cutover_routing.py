@@ -149,7 +149,7 @@ def test_rollback_with_jobs_in_flight_on_both_engines_pins_every_job(memory_gate
         assert [leg.engine for leg in await legs_of(state, late.id)] == ["prefect"]
         # Every leg in flight (primaries and the stage's shadows, on both engines) finishes where it was sent:
         # each scripted engine knows only the legs sent to it.
-        await state.reconciler.flush_now()  # the shadow legs are sent by the reconciler, after the answer
+        await state.reconciler.relay.flush_now()  # the shadow legs are sent by the reconciler, after the answer
         async with state.sessions() as session:
             legs = {leg.id: leg.engine for leg in (await session.execute(select(Leg))).scalars()}
         for name, engine in engines.items():

@@ -20,9 +20,9 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 REPORT = {"summary": {"total": 4, "passed": 3, "failed": 1}, "result": "FAILED"}
 
 
-@pytest.fixture(autouse=True)
-def follow_ups_installed() -> None:
-    submission_follow_up.install(machine.on_finish)
+# The process's follow-ups, as `start_gateway` installs them (rows join no session here: these legs are in none).
+HOOKS = machine.FinishHooks()
+submission_follow_up.install(HOOKS)
 
 
 def leg(role: LegRole = LegRole.PRIMARY, submit_job: bool = True, **values: Any) -> Leg:
@@ -66,7 +66,7 @@ def test_finish_writes_only_a_primary_legs_open_row(
     the_leg, the_row = leg(role), row(before)
     the_row.result = 0.5 if before in machine.FINAL_ROW or role != LegRole.PRIMARY else 0.0
     result = LegResult("leg-1", phase, report=REPORT if phase == LegPhase.SUCCEEDED else None, error="boom")
-    machine.finish(the_leg, the_row, NOW, phase, result)
+    machine.finish(the_leg, the_row, NOW, phase, result, hooks=HOOKS)
     assert the_leg.finished and the_leg.phase == phase.value and the_leg.outcome == phase.value
     assert the_row.status == int(after)
     assert the_row.result == score
@@ -75,9 +75,11 @@ def test_finish_writes_only_a_primary_legs_open_row(
 @pytest.mark.parametrize("role", list(LegRole))
 def test_every_finished_leg_keeps_its_report_and_error(role: LegRole) -> None:
     succeeded, failed = leg(role), leg(role)
-    machine.finish(succeeded, row(), NOW, LegPhase.SUCCEEDED, LegResult("leg-1", LegPhase.SUCCEEDED, report=REPORT))
+    machine.finish(
+        succeeded, row(), NOW, LegPhase.SUCCEEDED, LegResult("leg-1", LegPhase.SUCCEEDED, report=REPORT), hooks=HOOKS
+    )
     error = "Git clone of student repository failed: fatal: no such repository"
-    machine.finish(failed, row(), NOW, LegPhase.FAILED, LegResult("leg-1", LegPhase.FAILED, error=error))
+    machine.finish(failed, row(), NOW, LegPhase.FAILED, LegResult("leg-1", LegPhase.FAILED, error=error), hooks=HOOKS)
     assert succeeded.payload == REPORT and succeeded.error is None
     # A failure keeps the vocabulary's message as its error and the engine's text under `details`.
     assert failed.error == "Git clone of student repository failed."
@@ -88,7 +90,7 @@ def test_a_failed_primary_writes_the_legacy_infrastructure_error() -> None:
     the_leg, the_row = leg(), row(ResultStatus.RUNNING)
     error = "InfrastructureError: Git clone of student repository failed: fatal: no such repository"
     result = LegResult("leg-1", LegPhase.FAILED, error=error, error_type="TaskInfrastructureError")
-    machine.finish(the_leg, the_row, NOW, LegPhase.FAILED, result)
+    machine.finish(the_leg, the_row, NOW, LegPhase.FAILED, result, hooks=HOOKS)
     assert the_row.result_json == {
         "celery_exception": "InfrastructureError",
         "message": "Git clone of student repository failed.",
@@ -98,12 +100,12 @@ def test_a_failed_primary_writes_the_legacy_infrastructure_error() -> None:
 
 def test_time_out_reject_and_cancel_end_with_their_own_outcome() -> None:
     timed, the_row = leg(), row(ResultStatus.RUNNING)
-    machine.time_out(timed, the_row, NOW)
+    machine.time_out(timed, the_row, NOW, hooks=HOOKS)
     assert (timed.outcome, timed.error) == (LegOutcome.TIMED_OUT, machine.DEADLINE_MESSAGE)
     assert the_row.result_json == {"celery_exception": "DeadlineExceeded", "message": machine.DEADLINE_MESSAGE}
 
     rejected, rejected_row = leg(), row()
-    machine.reject(rejected, rejected_row, NOW, "deployment not found: x")
+    machine.reject(rejected, rejected_row, NOW, "deployment not found: x", hooks=HOOKS)
     assert (rejected.dispatch_state, rejected.outcome) == (DispatchState.FAILED, LegOutcome.REJECTED)
     assert rejected_row.status == int(ResultStatus.FAILED)
     assert rejected_row.result_json == {
@@ -113,8 +115,8 @@ def test_time_out_reject_and_cancel_end_with_their_own_outcome() -> None:
     }
 
     never_sent, sent = leg(), leg(dispatch_state=DispatchState.SENT.value)
-    machine.cancel(never_sent, row(), NOW)
-    machine.cancel(sent, row(), NOW)
+    machine.cancel(never_sent, row(), NOW, hooks=HOOKS)
+    machine.cancel(sent, row(), NOW, hooks=HOOKS)
     assert never_sent.dispatch_state == DispatchState.FAILED and sent.dispatch_state == DispatchState.SENT
     assert never_sent.outcome == sent.outcome == LegOutcome.CANCELLED
 
@@ -170,11 +172,10 @@ def test_the_finish_hook_starts_submission_processing(
     the_leg, the_row = leg(role), row(ResultStatus.RUNNING, submit=submit)
     result = LegResult("leg-1", phase, report=REPORT if phase == LegPhase.SUCCEEDED else None)
     captured: list[Any] = []
-    machine.on_finish.connect("capture", lambda finished: captured.append(finished) or [])
-    try:
-        machine.finish(the_leg, the_row, NOW, phase, result)
-    finally:
-        machine.on_finish.disconnect("capture")
+    hooks = machine.FinishHooks()
+    submission_follow_up.install(hooks)
+    hooks.connect("capture", lambda finished: captured.append(finished) or [])
+    machine.finish(the_leg, the_row, NOW, phase, result, hooks=hooks)
     new_legs = submission_follow_up.submission_leg(captured[0])
     assert bool(new_legs) is follows
     if follows:
@@ -200,7 +201,7 @@ def test_a_write_back_moves_the_leg_to_match_the_row(
 ) -> None:
     the_leg, the_row = leg(), row(status)
     the_row.result_json = REPORT if status == ResultStatus.COMPLETED else None
-    machine.apply_write_back(the_leg, the_row, int(status), NOW)
+    machine.apply_write_back(the_leg, the_row, int(status), NOW, hooks=HOOKS)
     assert the_leg.finished is finished and the_leg.outcome == outcome
     assert the_row.status == int(status)  # what the worker wrote stays as it wrote it
     if status == ResultStatus.COMPLETED:

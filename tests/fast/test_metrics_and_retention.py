@@ -104,7 +104,7 @@ def test_comparisons_count_by_outcome_and_the_cutover_stage_is_a_gauge(memory_ga
         values = {"engine": "prefect", "fraction": 1.0}
         await set_shadow(state.sessions, backend="celery-main", content=None, values=values, user_id="u-admin")
         rows = [(await submit_test(state, ADMIN, body(f"s{i}")))[0] for i in range(2)]
-        await state.reconciler.flush_now()  # the reconciler sends the shadow legs
+        await state.reconciler.relay.flush_now()  # the reconciler sends the shadow legs
         async with state.sessions() as session:
             legs = (await session.execute(select(Leg).order_by(Leg.created_at))).scalars().all()
         by_row = {row.id: {leg.role: leg.id for leg in legs if leg.result_id == row.id} for row in rows}

@@ -18,12 +18,12 @@ from sqlalchemy import select, update
 from backends.interface import JobSpec
 from backends.memory.adapter import MemoryAdapter, MemoryEngine
 from gateway.engines.dispatcher import Dispatcher, DispatchMode, SendBy, SendStatus
-from gateway.engines.reconciler import OUTBOX_LEASE
 from gateway.jobs.shadow_admin import set_shadow
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.models import Leg, Result, utcnow
+from gateway.store.outbox import OUTBOX_LEASE
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
@@ -71,7 +71,7 @@ def test_a_relayed_job_is_answered_without_a_send_and_the_next_flush_sends_it(re
         # Committed, due at once, and no engine work in the request.
         assert celery.calls["submit"] == 0 and leg.id not in celery.runs
         assert leg.dispatch_state == DispatchState.PENDING and leg.next_attempt_at == leg.created_at
-        report = await state.reconciler.flush_now()
+        report = await state.reconciler.relay.flush_now()
         [leg] = await legs_of(state, row.id)
         assert report.dispatched == 1 and celery.calls["submit"] == 1 and leg.id in celery.runs
         assert leg.dispatch_state == DispatchState.SENT and leg.dispatch_attempts == 1
@@ -86,7 +86,7 @@ def test_a_job_for_an_engine_that_can_refuse_is_still_sent_by_its_request(relaye
         row, _new = await submit_test(state, ADMIN, body("c1", content="week2/ex1"))
         [leg] = await legs_of(state, row.id)
         assert prefect.calls["submit"] == 1 and leg.dispatch_state == DispatchState.SENT
-        assert (await state.reconciler.flush_now()).dispatched == 0  # nothing left for the relay
+        assert (await state.reconciler.relay.flush_now()).dispatched == 0  # nothing left for the relay
 
     relayed.run(test)
 
@@ -96,16 +96,16 @@ def test_the_commit_wakes_the_in_process_relay_which_sends_at_once(relayed: Rela
 
     async def test(state: GatewayState) -> None:
         stop = asyncio.Event()
-        woken = asyncio.create_task(state.reconciler.flush_woken(stop))
+        woken = asyncio.create_task(state.reconciler.relay.flush_woken(stop))
         try:
             rows = [(await submit_test(state, ADMIN, body(f"c{n}")))[0] for n in range(5)]
             # No tick runs here: only the wake-ups of the commits can have sent them.
-            await state.reconciler.wait_woken_flushes(1, timeout=30)
+            await state.reconciler.relay.wait_woken_flushes(1, timeout=30)
             for _ in range(50):
                 legs = [leg for row in rows for leg in await legs_of(state, row.id)]
                 if all(leg.dispatch_state == DispatchState.SENT for leg in legs):
                     break
-                await state.reconciler.wait_woken_flushes(state.reconciler.woken_flushes + 1, timeout=1)
+                await state.reconciler.relay.wait_woken_flushes(state.reconciler.relay.woken_flushes + 1, timeout=1)
             assert [leg.dispatch_state for leg in legs] == [DispatchState.SENT] * 5
             assert celery.calls["submit"] == 5
         finally:
@@ -122,12 +122,12 @@ def test_a_shadow_of_a_relayed_primary_is_sent_after_it_by_the_relay(relayed: Re
         values = {"engine": "prefect", "fraction": 1.0}
         await set_shadow(state.sessions, backend="celery-main", content=None, values=values, user_id="u-admin")
         row, _new = await submit_test(state, ADMIN, body("c1"))
-        first = await state.reconciler.flush_now()
+        first = await state.reconciler.relay.flush_now()
         by_role = {leg.role: leg for leg in await legs_of(state, row.id)}
         # The first flush takes the primary only: its shadow waits for the primary's first send.
         assert first.dispatched == 1 and by_role[LegRole.PRIMARY].dispatch_state == DispatchState.SENT
         assert by_role[LegRole.SHADOW].dispatch_state == DispatchState.PENDING and prefect.calls["submit"] == 0
-        second = await state.reconciler.flush_now()
+        second = await state.reconciler.relay.flush_now()
         by_role = {leg.role: leg for leg in await legs_of(state, row.id)}
         assert second.dispatched == 1 and by_role[LegRole.SHADOW].dispatch_state == DispatchState.SENT
         assert (celery.calls["submit"], prefect.calls["submit"]) == (1, 1)
@@ -180,12 +180,14 @@ def test_a_job_that_ends_while_its_send_is_out_is_closed_at_once(memory_gateway_
     async def test(state: GatewayState) -> None:
         row, _new = await submit_test(state, ADMIN, body("c1"))
         [leg] = await legs_of(state, row.id)
-        flush = asyncio.create_task(state.reconciler.flush_now())
+        flush = asyncio.create_task(state.reconciler.relay.flush_now())
         try:
             assert await asyncio.to_thread(held.taken.wait, 30)
             engine.succeed(leg.id, {"tests": [], "summary": {"total": 1, "passed": 1}})
-            assert await state.reconciler.apply_completions([leg.id]) == 1  # not locked: closed on the first try
-            again = await state.reconciler.flush_now()  # the lease keeps it from a second send
+            assert (
+                await state.reconciler.completions.apply_completions([leg.id]) == 1
+            )  # not locked: closed on the first try
+            again = await state.reconciler.relay.flush_now()  # the lease keeps it from a second send
             assert again.dispatched == 0 and engine.calls["submit"] == 1
         finally:
             held.release.set()
@@ -207,10 +209,10 @@ def test_legs_not_tried_while_their_engine_is_down_stay_due(relayed: RelayedCele
     async def test(state: GatewayState) -> None:
         rows = [(await submit_test(state, ADMIN, body(f"c{n}")))[0] for n in range(3)]
         celery.down = True
-        down = await state.reconciler.flush_now()
+        down = await state.reconciler.relay.flush_now()
         assert (down.dispatched, down.deferred) == (0, 1)
         celery.down = False
-        back = await state.reconciler.flush_now()
+        back = await state.reconciler.relay.flush_now()
         legs = [leg for row in rows for leg in await legs_of(state, row.id)]
         assert back.dispatched == 2 and sorted(leg.dispatch_attempts for leg in legs) == [1, 1, 1]
         assert sorted(leg.dispatch_state for leg in legs) == [DispatchState.PENDING] + [DispatchState.SENT] * 2
@@ -226,22 +228,22 @@ def test_a_leg_handed_to_the_running_relay_is_leased_and_needs_no_claim(relayed:
 
     async def test(state: GatewayState) -> None:
         assert state.send_by("celery") is SendBy.RELAY  # no wake-up loop runs yet
-        state.reconciler.relaying = True  # as while `flush_woken` runs
+        state.reconciler.relay.relaying = True  # as while `flush_woken` runs
         assert state.send_by("celery") is SendBy.HAND_OVER and state.send_by("prefect") is SendBy.REQUEST
         row, _new = await submit_test(state, ADMIN, body("c1"))
         [leg] = await legs_of(state, row.id)
         assert leg.next_attempt_at == leg.created_at + OUTBOX_LEASE and celery.calls["submit"] == 0
-        handed = await state.reconciler.flush_now()
+        handed = await state.reconciler.relay.flush_now()
         [leg] = await legs_of(state, row.id)
         assert handed.dispatched == 1 and leg.dispatch_state == DispatchState.SENT and celery.calls["submit"] == 1
 
         # The same, but the process stops before the send: its hand-over is lost with it.
         row, _new = await submit_test(state, ADMIN, body("c2"))
-        state.reconciler._handed.clear()
-        assert (await state.reconciler.flush_now()).dispatched == 0  # leased: nobody else sends it yet
+        state.reconciler.relay._handed.clear()
+        assert (await state.reconciler.relay.flush_now()).dispatched == 0  # leased: nobody else sends it yet
         async with state.sessions() as session, session.begin():  # the lease ends
             await session.execute(update(Leg).where(Leg.result_id == row.id).values(next_attempt_at=utcnow()))
-        assert (await state.reconciler.flush_now()).dispatched == 1 and celery.calls["submit"] == 2
+        assert (await state.reconciler.relay.flush_now()).dispatched == 1 and celery.calls["submit"] == 2
 
     relayed.run(test)
 
@@ -254,21 +256,21 @@ def test_a_pushed_completion_for_a_leg_held_elsewhere_is_retried(memory_gateway_
 
     async def test(state: GatewayState) -> None:
         row, _new = await submit_test(state, ADMIN, body("c1"))
-        await state.reconciler.flush_now()
+        await state.reconciler.relay.flush_now()
         [leg] = await legs_of(state, row.id)
         celery.succeed(leg.id, {"tests": [], "summary": {"total": 1, "passed": 1}})
         first_try = asyncio.Event()
-        refresh = state.reconciler._refresh_ids
+        refresh = state.reconciler.completions._refresh_ids
 
         async def counted(ids: list[str]) -> tuple[int, list[str]]:
             found = await refresh(ids)
             first_try.set()
             return found
 
-        state.reconciler._refresh_ids = counted  # type: ignore[method-assign]
+        state.reconciler.completions._refresh_ids = counted  # type: ignore[method-assign]
         async with state.sessions() as holder, holder.begin():  # another writer holds the leg
             await holder.execute(select(Leg).where(Leg.id == leg.id).with_for_update())
-            pushed = asyncio.create_task(state.reconciler.apply_completions([leg.id]))
+            pushed = asyncio.create_task(state.reconciler.completions.apply_completions([leg.id]))
             await asyncio.wait_for(first_try.wait(), 30)
         assert await pushed == 1
         [leg] = await legs_of(state, row.id)

@@ -163,7 +163,9 @@ def test_two_reconcilers_on_postgres_never_finish_the_same_leg_twice(memory_gate
         rows = await submit_many(state, 120)
         for row in rows:
             engine.succeed(row.test_system_id, report(1, 1))
+        state.finish_hooks.connect("count", count)
         other = start_gateway(memory_gateway_pg.settings, memory_gateway_pg.dispatcher())
+        other.finish_hooks.connect("count", count)
         try:
             first, second = state.reconciler, other.reconciler
             first.batch_size = second.batch_size = 20
@@ -174,11 +176,7 @@ def test_two_reconcilers_on_postgres_never_finish_the_same_leg_twice(memory_gate
         assert set(finishes) == {row.test_system_id for row in rows}
         assert set(finishes.values()) == {1}
 
-    machine.on_finish.connect("count", count)
-    try:
-        memory_gateway_pg.run(test)
-    finally:
-        machine.on_finish.disconnect("count")
+    memory_gateway_pg.run(test)
 
 
 def test_reconciler_needs_no_app_state(memory_gateway: MemoryGateway) -> None:
@@ -202,13 +200,13 @@ def test_pushed_completions_finish_legs_without_any_tick(memory_gateway: MemoryG
         state.reconciler.batch_size = 100
         rows = await submit_many(state, 500)
         stop = asyncio.Event()
-        feeds = asyncio.create_task(state.reconciler.follow_completions(stop))
+        feeds = asyncio.create_task(state.reconciler.completions.follow(stop))
         try:
-            assert await state.reconciler.wait_following("celery", timeout=10)
+            assert await state.reconciler.completions.wait_following("celery", timeout=10)
             engine.calls.clear()
             for row in rows[300:]:
                 engine.succeed(row.test_system_id, report(2, 2))
-            assert await state.reconciler.wait_pushed(200, timeout=30) == 200
+            assert await state.reconciler.completions.wait_pushed(200, timeout=30) == 200
         finally:
             stop.set()
             feeds.cancel()
@@ -232,7 +230,7 @@ def test_a_lost_notice_is_caught_by_the_next_tick(memory_gateway: MemoryGateway)
         engine.push = False
         for row in rows[:3]:
             engine.succeed(row.test_system_id, report(1, 1))
-        assert state.reconciler.pushed_finished == 0
+        assert state.reconciler.completions.pushed_finished == 0
         assert (await state.reconciler.tick()).finished == 3
 
     memory_gateway.run(test)
@@ -248,14 +246,14 @@ def test_a_pushed_leg_finished_before_its_send_was_recorded_is_closed(memory_gat
         leg_id = row.test_system_id
         async with state.sessions() as session, session.begin():
             await session.execute(update(Leg).values(dispatch_state=DispatchState.PENDING, dispatched_at=None))
-        assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # still running: nothing to do
+        assert await state.reconciler.completions._refresh_ids([leg_id]) == (0, [])  # still running: nothing to do
         engine.succeed(leg_id, report(1, 1))
-        assert await state.reconciler._refresh_ids([leg_id, "not-a-leg"]) == (1, [])
+        assert await state.reconciler.completions._refresh_ids([leg_id, "not-a-leg"]) == (1, [])
         async with state.sessions() as session:
             leg = await session.get(Leg, leg_id)
         assert leg is not None and (leg.finished, leg.dispatch_state) == (True, DispatchState.SENT)
         assert leg.dispatched_at is not None
         assert (await rows_by_id(state))[row.id].status == int(ResultStatus.COMPLETED)
-        assert await state.reconciler._refresh_ids([leg_id]) == (0, [])  # finished: nothing left to retry
+        assert await state.reconciler.completions._refresh_ids([leg_id]) == (0, [])  # finished: nothing left to retry
 
     memory_gateway.run(test)

@@ -20,10 +20,11 @@ from gateway.jobs import results
 from gateway.jobs.bootstrap import start_gateway
 from gateway.jobs.shadow_admin import set_shadow, show_shadow
 from gateway.jobs.submit import submit_test
-from gateway.legs.machine import record_retry
+from gateway.legs.machine import next_attempt
 from gateway.legs.states import DispatchState, LegOutcome, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
+from gateway.store.leg_writer import record_retry
 from gateway.store.models import Comparison, FlakeStat, Leg, Result, utcnow
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
@@ -106,7 +107,7 @@ async def row_of(state: GatewayState, row_id: str) -> Result:
 
 async def submitted(state: GatewayState, commit: str, submit: bool = False) -> tuple[Result, dict[str, Leg]]:
     row, _new = await submit_test(state, ADMIN, body(commit, submit=submit))
-    await state.reconciler.flush_now()  # what the woken reconciler does: send the shadow legs
+    await state.reconciler.relay.flush_now()  # what the woken reconciler does: send the shadow legs
     return row, await legs_of(state, row.id)
 
 
@@ -170,7 +171,7 @@ def test_the_answer_sends_no_shadow_the_reconciler_does_once_the_primary_was_tri
         assert legs["primary"].dispatch_state == DispatchState.SENT
         assert (shadow.dispatch_state, shadow.dispatch_attempts) == (DispatchState.PENDING, 0)
         assert shadow.id not in prefect.runs
-        assert (await state.reconciler.flush_now()).dispatched == 1
+        assert (await state.reconciler.relay.flush_now()).dispatched == 1
         assert shadow.id in prefect.runs
         assert (await legs_of(state, row.id))["shadow:prefect"].dispatch_state == DispatchState.SENT
 
@@ -185,10 +186,11 @@ def test_the_answer_sends_no_shadow_the_reconciler_does_once_the_primary_was_tri
                 .where(Leg.id == primary2.id)
                 .values(dispatch_state="pending", dispatch_attempts=0, next_attempt_at=utcnow() + timedelta(minutes=1))
             )
-        assert (await state.reconciler.flush_now()).dispatched == 0 and shadow2.id not in prefect.runs
+        assert (await state.reconciler.relay.flush_now()).dispatched == 0 and shadow2.id not in prefect.runs
         async with state.sessions() as session, session.begin():
-            await record_retry(session, primary2.id, "celery down", utcnow())
-        assert (await state.reconciler.flush_now()).dispatched == 1 and shadow2.id in prefect.runs
+            now = utcnow()
+            await record_retry(session, primary2.id, "celery down", now, next_attempt(now, 1))
+        assert (await state.reconciler.relay.flush_now()).dispatched == 1 and shadow2.id in prefect.runs
 
     gw.run(test)
 
@@ -213,7 +215,7 @@ def test_a_shadow_engine_another_process_failed_to_reach_is_skipped_as_unreachab
             prefect.down = False  # back: once its retry is due the outbox empties, and shadows are taken again
             async with api.sessions() as session, session.begin():
                 await session.execute(update(Leg).where(Leg.role == "shadow").values(next_attempt_at=utcnow()))
-            assert (await reconciler.reconciler.flush_now()).dispatched == 1
+            assert (await reconciler.reconciler.relay.flush_now()).dispatched == 1
             _row3, legs3 = await submitted_elsewhere(api, reconciler, "c3")
             assert legs3["shadow:prefect"].dispatch_state == DispatchState.SENT
         finally:
@@ -231,10 +233,10 @@ def test_embedded_the_in_process_reconciler_is_woken_by_the_answer(gw: TwoEngine
         assert not state.is_postgres
         await shadow_on(state)
         stop = asyncio.Event()
-        woken = asyncio.create_task(state.reconciler.flush_woken(stop))
+        woken = asyncio.create_task(state.reconciler.relay.flush_woken(stop))
         try:
             row, _new = await submit_test(state, ADMIN, body("c1"))
-            assert await state.reconciler.wait_woken_flushes(1, 30) >= 1
+            assert await state.reconciler.relay.wait_woken_flushes(1, 30) >= 1
             shadow = (await legs_of(state, row.id))["shadow:prefect"]
             assert shadow.dispatch_state == DispatchState.SENT and shadow.id in prefect.runs
         finally:
@@ -276,7 +278,7 @@ async def submitted_elsewhere(
     api: GatewayState, reconciler: GatewayState, commit: str
 ) -> tuple[Result, dict[str, Leg]]:
     row, _new = await submit_test(api, ADMIN, body(commit))
-    await reconciler.reconciler.flush_now()
+    await reconciler.reconciler.relay.flush_now()
     return row, await legs_of(api, row.id)
 
 
@@ -292,19 +294,19 @@ def test_on_postgres_a_reconciler_in_another_process_is_woken_by_the_primarys_se
         elsewhere = start_gateway(gw.settings, gw.dispatcher())
         stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(elsewhere.reconciler.listen_outbox(stop)),
-            asyncio.create_task(elsewhere.reconciler.flush_woken(stop)),
+            asyncio.create_task(elsewhere.reconciler.listener.listen(stop)),
+            asyncio.create_task(elsewhere.reconciler.relay.flush_woken(stop)),
         ]
         try:
             await shadow_on(api)
-            await asyncio.wait_for(elsewhere.reconciler.outbox_listening.wait(), 30)
-            assert await elsewhere.reconciler.wait_woken_flushes(1, 30) == 1  # the flush on (re)connecting
+            await asyncio.wait_for(elsewhere.reconciler.listener.listening.wait(), 30)
+            assert await elsewhere.reconciler.relay.wait_woken_flushes(1, 30) == 1  # the flush on (re)connecting
             row, _new = await submit_test(api, ADMIN, body("c1"))
-            assert await elsewhere.reconciler.wait_woken_flushes(2, 30) >= 2
+            assert await elsewhere.reconciler.relay.wait_woken_flushes(2, 30) >= 2
             legs = await legs_of(api, row.id)
             assert legs["shadow:prefect"].dispatch_state == DispatchState.SENT
             assert legs["shadow:prefect"].id in prefect.runs
-            assert api.reconciler.woken_flushes == 0  # the API process sent nothing but the primaries
+            assert api.reconciler.relay.woken_flushes == 0  # the API process sent nothing but the primaries
         finally:
             stop.set()
             await asyncio.gather(*tasks)

@@ -6,7 +6,8 @@ import pytest
 
 from gateway.jobs.errors import BadJobRequest
 from gateway.jobs.results import system_status
-from gateway.jobs.submit import check_student_repository, submit_test
+from gateway.jobs.submit import submit_test
+from gateway.jobs.submit_rules import check_student_repository
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal

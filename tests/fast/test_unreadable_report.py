@@ -107,7 +107,8 @@ def test_the_machine_never_writes_a_score_for_a_success_without_a_report() -> No
     leg = Leg(id="leg-1", engine="prefect", role="primary", phase=LegPhase.RUNNING.value, finished=False)
     row = Result(id="row-1", status=int(ResultStatus.RUNNING), result=0.0)
     now = datetime.now(UTC)
-    machine.finish(leg, row, now, LegPhase.SUCCEEDED, LegResult(leg_id="leg-1", phase=LegPhase.SUCCEEDED))
+    result = LegResult(leg_id="leg-1", phase=LegPhase.SUCCEEDED)
+    machine.finish(leg, row, now, LegPhase.SUCCEEDED, result, hooks=machine.FinishHooks())
     assert row.status == int(ResultStatus.FAILED) and leg.outcome == LegOutcome.CRASHED
     assert row.result_json is not None and row.result_json["message"] == InfraMessage.RESULT_UNREADABLE.value
     assert leg.payload == row.result_json

@@ -35,7 +35,7 @@ class PrefectSide:
         self.runner = contextlib.ExitStack()
 
     def start_server(self) -> None:
-        self.server.enter_context(running_prefect_server(self.root, port=self.port, timeout=120))
+        self.server.enter_context(running_prefect_server(self.root, port=self.port))
 
     def stop_server(self) -> None:
         self.server.close()

@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from tests.support import waiting
 from tests.support.celery_worker import base_env
 
 
@@ -44,7 +44,7 @@ class GatewayServer:
         return httpx.Client(base_url=self.url, auth=auth, timeout=30)
 
 
-def start_server(extra_env: Mapping[str, str], data_dir: Path, ready_timeout: float = 60.0) -> GatewayServer:
+def start_server(extra_env: Mapping[str, str], data_dir: Path, ready_timeout: float = waiting.STARTUP) -> GatewayServer:
     port = free_port()
     env = base_env(extra_env, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -54,16 +54,22 @@ def start_server(extra_env: Mapping[str, str], data_dir: Path, ready_timeout: fl
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = GatewayServer(process, port, log_path, env)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{server.log_text()[-4000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200:
-                return server
-        time.sleep(0.1)  # polling interval of a deadline loop
-    stop_server(server)
-    raise TimeoutError(f"gateway not ready after {ready_timeout}s:\n{server.log_text()[-4000:]}")
+        httpx.get(f"{server.url}/api/health", timeout=10).raise_for_status()  # slow or 5xx: not yet
+        return True
+
+    try:
+        waiting.wait_until(healthy, "the gateway's /api/health", ready_timeout, interval=0.1)
+    except AssertionError as exc:
+        stop_server(server)
+        raise TimeoutError(f"gateway not ready ({exc}):\n{server.log_text()[-4000:]}") from None
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
 
 
 def stop_server(server: GatewayServer) -> None:
@@ -88,12 +94,6 @@ def running_server(extra_env: Mapping[str, str], data_dir: Path) -> Iterator[Gat
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)  # polling interval of a deadline loop
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes (AssertionError); a slow
+    answer (timeout, connection error, 5xx) is "not yet" (`tests/support/waiting.py`)."""
+    return waiting.wait_until(predicate, what, timeout, interval)

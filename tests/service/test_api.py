@@ -139,6 +139,42 @@ def test_results_list_and_write_back(api: GatewayServer) -> None:
         assert len(paged.json()) == 1 and int(paged.headers["X-Total-Count"]) > 1
 
 
+def test_the_worker_reaches_only_runs_open_on_an_engine(api: GatewayServer) -> None:
+    """Issue 23.6: the worker account writes back the run it was given while it is open, and nothing else."""
+    run = _submit(api, BOB, directory="week1/ex1", version_identifier=_commit("scope")).json()
+    other = _submit(api, ALICE, directory="week1/ex1", version_identifier=_commit("scope")).json()
+    report = {"summary": {"total": 4, "passed": 3, "failed": 1, "skipped": 0}, "tests": []}
+    with api.client(WORKER) as worker:
+        assert worker.get("/api/results").status_code == 403  # it looks up its run; it never browses
+        assert worker.get("/api/results", params={"course_member_id": "m-alice"}).status_code == 403
+        assert worker.patch("/api/results/does-not-exist", json={"status": 0}).status_code == 403
+        assert worker.patch(f"/api/results/{run['id']}", json={"status": "done"}).status_code == 422  # body first
+        # The platform's flow: RUNNING, the verdict, then the merge request's note.
+        assert worker.patch(f"/api/results/{run['id']}", json={"status": 5}).status_code == 200
+        verdict = {"status": 0, "result": 0.75, "result_json": report}
+        assert worker.patch(f"/api/results/{run['id']}", json=verdict).status_code == 200
+        assert worker.patch(f"/api/results/{run['id']}", json={"submit": True}).status_code == 200
+        # Closed now: no other write, and the lookup finds nothing.
+        assert worker.patch(f"/api/results/{run['id']}", json={"status": 0, "result": 1.0}).status_code == 403
+        assert worker.patch(f"/api/results/{run['id']}", json={"properties": {"x": 1}}).status_code == 403
+        listed = worker.get("/api/results", params={"test_system_id": run["test_system_id"]})
+        assert listed.status_code == 200 and listed.json() == [] and listed.headers["X-Total-Count"] == "0"
+        assert (
+            worker.get("/api/results", params={"test_system_id": other["test_system_id"]}).json()[0]["id"]
+            == (other["id"])
+        )  # still open: found
+    with api.client(ADMIN) as admin:
+        assert admin.patch(f"/api/results/{other['id']}", json={"status": 1}).status_code == 200  # closed by another
+    with api.client(WORKER) as worker:
+        assert worker.patch(f"/api/results/{other['id']}", json={"status": 0, "result": 1.0}).status_code == 403
+        assert worker.patch(f"/api/results/{other['id']}", json={"submit": True}).status_code == 403  # not its verdict
+    with api.client(BOB) as bob, api.client(ALICE) as alice:
+        row = bob.get(f"/api/results/{run['id']}").json()
+        assert (row["status"], row["result"], row["submit"]) == (0, 0.75, True)
+        theirs = alice.get(f"/api/results/{other['id']}").json()
+        assert (theirs["status"], theirs["result"], theirs["submit"]) == (1, 0.0, False)
+
+
 def test_auth_matrix(api: GatewayServer) -> None:
     alice_run = _submit(api, ALICE, directory="week1/ex1", version_identifier=_commit("auth")).json()
     rid = alice_run["id"]

@@ -72,7 +72,7 @@ async def submit_and_finish_some(state: GatewayState, prefix: str) -> tuple[list
     rows = [(await submit_test(state, ADMIN, body(f"{prefix}-{i}")))[0] for i in range(IN_FLIGHT)]
     sent = 0
     while sent < IN_FLIGHT:  # flushes of at most the reconciler's batch size
-        dispatched = (await state.reconciler.flush_now()).dispatched
+        dispatched = (await state.reconciler.relay.flush_now()).dispatched
         assert dispatched > 0, f"the relay sent {sent} of {IN_FLIGHT} legs, then none"
         sent += dispatched
     adapter = state.dispatcher.adapter("celery")
@@ -109,7 +109,7 @@ def test_finished_legs_are_final_within_two_cycles_by_polling_alone(settings: Se
         assert cycles <= 2
         assert await statuses(state, finishing) == {int(ResultStatus.COMPLETED): FINISHING}
         assert await statuses(state, unchanged) == {int(ResultStatus.SCHEDULED): IN_FLIGHT - FINISHING}
-        assert state.reconciler.pushed_finished == 0
+        assert state.reconciler.completions.pushed_finished == 0
 
     run(settings, test)
 
@@ -117,11 +117,11 @@ def test_finished_legs_are_final_within_two_cycles_by_polling_alone(settings: Se
 def test_pushed_completions_finish_legs_with_no_cycle(settings: Settings) -> None:
     async def test(state: GatewayState) -> None:
         stop = asyncio.Event()
-        following = asyncio.create_task(state.reconciler.follow_completions(stop))
+        following = asyncio.create_task(state.reconciler.completions.follow(stop))
         try:
-            assert await state.reconciler.wait_following("celery", timeout=30)
+            assert await state.reconciler.completions.wait_following("celery", timeout=30)
             unchanged, finishing = await submit_and_finish_some(state, "push")
-            assert await state.reconciler.wait_pushed(FINISHING, timeout=60) == FINISHING
+            assert await state.reconciler.completions.wait_pushed(FINISHING, timeout=60) == FINISHING
         finally:
             stop.set()
             following.cancel()

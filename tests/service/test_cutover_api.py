@@ -99,6 +99,7 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
         page = admin.get("/scorecard")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert 'data-scope-id="cc-main"' in page.text and "100 more comparisons" in page.text
+        assert "mismatch — (no samples)" in page.text  # every rate with its interval (none yet)
         assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
         form = {"content-type": "application/x-www-form-urlencoded"}
         back = admin.post(

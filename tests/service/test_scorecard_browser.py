@@ -7,6 +7,7 @@ Set `CUTOVER_SCREENSHOT=docs/scorecard.png` to keep the page's screenshot (the o
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -74,15 +75,15 @@ class DevTools:
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
 
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[DevTools]:
+@contextlib.contextmanager
+def running_chromium(profile: Path, *extra_args: str) -> Iterator[DevTools]:
+    """A headless Chromium driven over DevTools; `extra_args` for its command line (e.g. no network)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         service_missing("chromium is not installed (./scripts/test.sh installs it when run as root)")
-    profile = tmp_path / "profile"
     process = subprocess.Popen(
         [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", "--window-size=1400,700", "about:blank"],
+         f"--user-data-dir={profile}", "--window-size=1400,700", *extra_args, "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -100,6 +101,12 @@ def chromium(tmp_path: Path) -> Iterator[DevTools]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[DevTools]:
+    with running_chromium(tmp_path / "profile") as devtools:
+        yield devtools
 
 
 @pytest.fixture

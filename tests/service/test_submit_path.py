@@ -93,7 +93,7 @@ def test_identical_submits_racing_make_one_run(store_env: dict[str, str]) -> Non
         }
         assert (row.status, row.submit, row.course_content_id, row.created_by) == (3, False, "cc-main", "u-admin")
         # The relay's flush (what the woken reconciler runs) sends it, with the leg id as the Celery task id.
-        assert (await state.reconciler.flush_now()).dispatched == 1
+        assert (await state.reconciler.relay.flush_now()).dispatched == 1
         async with state.sessions() as session:
             leg = await session.get(Leg, row.test_system_id)
         assert leg is not None and (leg.dispatch_state, leg.dispatch_attempts) == ("sent", 1)
@@ -113,7 +113,7 @@ def test_concurrent_submits_are_each_committed_and_one_relay_flush_sends_them_al
         async with state.sessions() as session:
             legs = {leg.result_id: leg for leg in (await session.execute(select(Leg))).scalars()}
         assert {(leg.dispatch_state, leg.dispatch_attempts) for leg in legs.values()} == {("pending", 0)}
-        assert (await state.reconciler.flush_now()).dispatched == 24
+        assert (await state.reconciler.relay.flush_now()).dispatched == 24
         async with state.sessions() as session:
             legs = {leg.result_id: leg for leg in (await session.execute(select(Leg))).scalars()}
         for row, _new in answers:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import Settings
+from tests.support.waiting import STARTUP
 
 ALL_QUEUES: tuple[str, ...] = ("high_priority", "default", "low_priority")
 GATEWAY_BIN = Path(sys.executable).with_name("gateway")
@@ -104,7 +105,7 @@ def start_worker(
     log_dir: Path | None = None,
     beat: bool = False,
     loglevel: str = "INFO",
-    ready_timeout: float = 90.0,
+    ready_timeout: float = STARTUP,
 ) -> WorkerProcess:
     """Start `gateway worker start` and return once it answers a ping (or raise with its log)."""
     name = hostname or f"test-{uuid.uuid4().hex[:8]}@localhost"
@@ -187,7 +188,7 @@ def running_worker(
     include: Sequence[str] = (),
     log_dir: Path | None = None,
     beat: bool = False,
-    ready_timeout: float = 90.0,
+    ready_timeout: float = STARTUP,
 ) -> Iterator[WorkerProcess]:
     """A worker for the duration of the block; always stopped by its process group."""
     worker = start_worker(

@@ -8,11 +8,14 @@ Stable signatures (others import these):
 
 - `free_port() -> int`
 - `prefect_process_env(api_url, prefect_home, extra=None) -> dict[str, str]`
-- `running_prefect_server(tmp_dir, *, database_url=None, extra_env=None, timeout=90.0) -> Iterator[str]` (api url)
+- `running_prefect_server(tmp_dir, *, database_url=None, extra_env=None, timeout=STARTUP) -> Iterator[str]` (api url)
 - `running_runner(env, *, limit=4, test_flows=False, deployment_name="system", wait_for=None, log_path=None,
-  timeout=90.0) -> Iterator[subprocess.Popen[bytes]]` (wait_for defaults to `test-assignment/<deployment_name>`)
+  timeout=STARTUP) -> Iterator[subprocess.Popen[bytes]]` (wait_for defaults to `test-assignment/<deployment_name>`)
 - `stop_process_group(proc, grace=10.0) -> None`
 - `wait_until(check, what, timeout=60.0) -> T` (poll a condition with a deadline)
+
+Every wait here counts a slow answer (a timeout, a refused connection, a 5xx: `tests/support/waiting.py`) as
+"not ready yet" and gives up only at its deadline, or at once when the process it waits for has exited.
 """
 
 from __future__ import annotations
@@ -27,16 +30,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 
+from tests.support import waiting
+
 T = TypeVar("T")
+
+STARTUP = waiting.STARTUP
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -107,15 +113,9 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> No
 
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)  # polling a condition with a deadline
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds (slow answers
+    are "not yet": `tests/support/waiting.py`)."""
+    return waiting.wait_until(check, what, timeout)
 
 
 def _tail(path: Path, size: int = 4000) -> str:
@@ -126,19 +126,20 @@ def _tail(path: Path, size: int = 4000) -> str:
 
 
 def wait_for_health(api_url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
-    """Poll `/health` until it answers true; fail early (with the log) if the server process exits."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
+    """Poll `/health` until it answers 200; a slow or failed answer is "not yet"; fail early (with the log) if the
+    server process exits, or at `timeout`."""
+    with httpx.Client(timeout=10.0) as client:
+
+        def healthy() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                if client.get(f"{api_url}/health").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)  # polling a condition with a deadline, not synchronising on time
-    raise TimeoutError(f"prefect server not healthy after {timeout:.0f}s:\n{_tail(log_path)}")
+            client.get(f"{api_url}/health").raise_for_status()
+            return True
+
+        try:
+            waiting.wait_until(healthy, "prefect server /health", timeout, interval=0.25)
+        except AssertionError as exc:
+            raise TimeoutError(f"prefect server not healthy after {timeout:.0f}s ({exc}):\n{_tail(log_path)}") from None
 
 
 _template_lock = threading.Lock()
@@ -173,7 +174,7 @@ def running_prefect_server(
     *,
     database_url: str | None = None,
     extra_env: Mapping[str, str] | None = None,
-    timeout: float = 90.0,
+    timeout: float = STARTUP,
     port: int | None = None,
 ) -> Iterator[str]:
     """A real `prefect server start` on a free port (or `port`); yields its API URL (`http://127.0.0.1:<port>/api`).
@@ -236,7 +237,7 @@ def deployment_polled(api_url: str, names: Iterable[str], since: datetime) -> bo
     with httpx.Client(base_url=api_url, timeout=5.0) as client:
         for name in names:
             response = client.get(f"/deployments/name/{name}")
-            if response.status_code != 200:
+            if response.status_code != 200:  # 404 before the runner registered it; 5xx while the server is busy
                 return False
             last = response.json().get("last_polled")
             if not last or datetime.fromisoformat(last.replace("Z", "+00:00")) < since:
@@ -253,7 +254,7 @@ def running_runner(
     deployment_name: str = "system",
     wait_for: Iterable[str] | None = None,
     log_path: Path | None = None,
-    timeout: float = 90.0,
+    timeout: float = STARTUP,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`gateway prefect serve` as a subprocess; yields it once every deployment in `wait_for` was polled.
 
@@ -278,14 +279,17 @@ def running_runner(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def polled() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"runner exited with {proc.returncode}:\n{_tail(log_path)}")
+        return deployment_polled(api_url, wait_for, started)
+
     try:
-        deadline = time.monotonic() + timeout
-        while not deployment_polled(api_url, wait_for, started):
-            if proc.poll() is not None:
-                raise RuntimeError(f"runner exited with {proc.returncode}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"runner did not poll {wait_for} within {timeout:.0f}s:\n{_tail(log_path)}")
-            time.sleep(0.25)  # polling a condition with a deadline
+        try:
+            waiting.wait_until(polled, f"the runner to poll {wait_for}", timeout, interval=0.25)
+        except AssertionError as exc:
+            raise TimeoutError(f"runner did not poll {wait_for} ({exc}):\n{_tail(log_path)}") from None
         yield proc
     finally:
         stop_process_group(proc)

@@ -12,20 +12,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, Field
 
-from gateway.api.auth import require
-from gateway.api.deps import Login, State
+from gateway.api.auth import GuardedRoute
+from gateway.api.deps import Admin, State
 from gateway.compare import queries
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.engines.shadowing import ExperimentKind
 from gateway.jobs import shadow_admin
 from gateway.jobs.errors import NotFound
 
-router = APIRouter()
+router = APIRouter(route_class=GuardedRoute)
 
 
 @router.get("/results/{result_id}/comparison")
-async def result_comparison(result_id: str, state: State, principal: Login) -> dict[str, Any]:
-    require(principal, "admin")
+async def result_comparison(result_id: str, state: State, principal: Admin) -> dict[str, Any]:
     found = await queries.for_result(state.sessions, result_id)
     if found is None:
         raise NotFound("No comparison for this result")
@@ -45,7 +44,7 @@ def _filter(
 @router.get("/comparisons")
 async def list_comparisons(
     state: State,
-    principal: Login,
+    principal: Admin,
     response: Response,
     execution_backend: str | None = None,
     course_content_id: str | None = None,
@@ -55,7 +54,6 @@ async def list_comparisons(
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    require(principal, "admin")
     f = _filter(execution_backend, course_content_id, outcome, kind, since)
     total, items = await queries.page(state.sessions, f, skip, limit)
     response.headers["X-Total-Count"] = str(total)
@@ -65,13 +63,12 @@ async def list_comparisons(
 @router.get("/comparisons/summary")
 async def comparison_summary(
     state: State,
-    principal: Login,
+    principal: Admin,
     group_by: queries.GroupBy = queries.GroupBy.BACKEND,
     execution_backend: str | None = None,
     course_content_id: str | None = None,
     since: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    require(principal, "admin")
     f = _filter(execution_backend, course_content_id, None, None, since)
     return await queries.summary(state.sessions, group_by, f)
 
@@ -90,14 +87,12 @@ class ShadowSettingIn(BaseModel):
 
 
 @router.get("/admin/shadow")
-async def show_shadow(state: State, principal: Login) -> dict[str, Any]:
-    require(principal, "admin")
+async def show_shadow(state: State, principal: Admin) -> dict[str, Any]:
     return await shadow_admin.show_shadow(state.sessions)
 
 
 @router.put("/admin/shadow/backends/{backend}")
-async def put_backend_shadow(backend: str, body: ShadowSettingIn, state: State, principal: Login) -> dict[str, Any]:
-    require(principal, "admin")
+async def put_backend_shadow(backend: str, body: ShadowSettingIn, state: State, principal: Admin) -> dict[str, Any]:
     values = body.model_dump(exclude_unset=True)
     return await shadow_admin.set_shadow(
         state.sessions, backend=backend, content=None, values=values, user_id=principal.user_id
@@ -105,8 +100,7 @@ async def put_backend_shadow(backend: str, body: ShadowSettingIn, state: State, 
 
 
 @router.put("/admin/shadow/contents/{content_id}")
-async def put_content_shadow(content_id: str, body: ShadowSettingIn, state: State, principal: Login) -> dict[str, Any]:
-    require(principal, "admin")
+async def put_content_shadow(content_id: str, body: ShadowSettingIn, state: State, principal: Admin) -> dict[str, Any]:
     values = body.model_dump(exclude_unset=True)
     return await shadow_admin.set_shadow(
         state.sessions, backend=None, content=content_id, values=values, user_id=principal.user_id
@@ -114,29 +108,25 @@ async def put_content_shadow(content_id: str, body: ShadowSettingIn, state: Stat
 
 
 @router.delete("/admin/shadow/backends/{backend}")
-async def delete_backend_shadow(backend: str, state: State, principal: Login) -> dict[str, str]:
-    require(principal, "admin")
+async def delete_backend_shadow(backend: str, state: State, principal: Admin) -> dict[str, str]:
     await shadow_admin.delete_shadow(state.sessions, backend=backend, content=None)
     return {"status": "deleted"}
 
 
 @router.delete("/admin/shadow/contents/{content_id}")
-async def delete_content_shadow(content_id: str, state: State, principal: Login) -> dict[str, str]:
-    require(principal, "admin")
+async def delete_content_shadow(content_id: str, state: State, principal: Admin) -> dict[str, str]:
     await shadow_admin.delete_shadow(state.sessions, backend=None, content=content_id)
     return {"status": "deleted"}
 
 
 @router.get("/admin/compare-rules")
-async def get_compare_rules(state: State, principal: Login) -> dict[str, Any]:
+async def get_compare_rules(state: State, principal: Admin) -> dict[str, Any]:
     """The admin's overrides (`{}`: the shipped rules apply as they are)."""
-    require(principal, "admin")
     return await shadow_admin.get_compare_rules(state.sessions)
 
 
 @router.put("/admin/compare-rules")
 async def put_compare_rules(
-    state: State, principal: Login, overrides: Annotated[dict[str, Any], Body()]
+    state: State, principal: Admin, overrides: Annotated[dict[str, Any], Body()]
 ) -> dict[str, Any]:
-    require(principal, "admin")
     return await shadow_admin.put_compare_rules(state.sessions, overrides, principal.user_id)

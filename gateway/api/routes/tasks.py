@@ -5,91 +5,51 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
-from common.redact import redact_text
-from gateway.api.auth import require
-from gateway.api.deps import Login, State
+from gateway.api.auth import GuardedRoute
+from gateway.api.deps import Admin, State
 from gateway.api.views import task_info, task_result
 from gateway.engines.routing import TASK_TYPES
 from gateway.jobs import tasks
 from gateway.schemas import TaskInfo, TaskList, TaskResult, TaskSubmission, TaskSubmitResponse
-from gateway.store.models import ExecutionBackend
 
-router = APIRouter(prefix="/tasks")
+router = APIRouter(prefix="/tasks", route_class=GuardedRoute)
 # The most tasks one list answer holds; a larger `limit` is capped to it.
 TASK_LIST_CAP = 1000
 
 
 @router.post("/submit", response_model=TaskSubmitResponse)
-async def submit_task(body: TaskSubmission, state: State, principal: Login) -> TaskSubmitResponse:
-    require(principal, "admin")
+async def submit_task(body: TaskSubmission, state: State, principal: Admin) -> TaskSubmitResponse:
     task_id = await tasks.submit_task(state, body.task_name, body.parameters, body.priority, body.delay)
     return TaskSubmitResponse(task_id=task_id, status="submitted", message=f"Task {body.task_name} submitted")
 
 
 @router.get("/types", response_model=list[str])
-async def task_types(principal: Login) -> list[str]:
+async def task_types(principal: Admin) -> list[str]:
     """The registry's short names, as the platform listed them; submit accepts these and the full Celery names."""
-    require(principal, "admin")
     return TASK_TYPES
 
 
 @router.get("/workers/status")
-async def workers_status(state: State, principal: Login) -> dict[str, Any]:
+async def workers_status(state: State, principal: Admin) -> dict[str, Any]:
     """Declared before `/{task_id}/status` (**fix**: the old router shadowed it). No URL is ever shown."""
-    require(principal, "admin")
-    async with state.sessions() as session:
-        types = set((await session.execute(select(ExecutionBackend.type).distinct())).scalars().all())
-    engines: set[str] = {state.settings.gateway_tasks_engine}
-    for t in types:
-        if t in ("celery", "prefect", "prefect_builtin"):
-            engines.add("prefect" if t == "prefect_builtin" else t)
-    answer: dict[str, Any] = {"engines": {}, "workers": [], "queues": {}}
-    for engine in sorted(engines):
-        try:
-            adapter = state.dispatcher.adapter(engine)
-            workers = await run_in_threadpool(adapter.workers)
-            queues = await run_in_threadpool(adapter.queue_depths)
-        except Exception as exc:  # noqa: BLE001 - one engine down must not hide the other
-            answer["engines"][engine] = {"status": "unavailable", "error": redact_text(f"{type(exc).__name__}: {exc}")}
-            continue
-        listed = [
-            {
-                "name": w.name,
-                "engine": engine,
-                "queues": w.queues,
-                "active": w.active,
-                "uptime_seconds": w.uptime_seconds,
-                "last_seen": w.last_seen.isoformat() if w.last_seen else None,
-            }
-            for w in workers
-        ]
-        answer["engines"][engine] = {"status": "ok", "workers": len(listed), "queues": queues}
-        answer["workers"].extend(listed)
-        for name, depth in queues.items():
-            answer["queues"][f"{engine}:{name}"] = depth
-    return answer
+    return await tasks.workers_status(state)
 
 
 @router.get("/{task_id}/status", response_model=TaskInfo)
-async def task_status(task_id: str, state: State, principal: Login) -> TaskInfo:
-    require(principal, "admin")
+async def task_status(task_id: str, state: State, principal: Admin) -> TaskInfo:
     leg, _row = await tasks.task_leg(state, task_id, refresh=True)
     return task_info(leg)
 
 
 @router.get("/{task_id}/result", response_model=TaskResult)
-async def task_result_view(task_id: str, state: State, principal: Login) -> TaskResult:
-    require(principal, "admin")
+async def task_result_view(task_id: str, state: State, principal: Admin) -> TaskResult:
     leg, row = await tasks.task_leg(state, task_id, refresh=True)
     return task_result(leg, row)
 
 
 @router.delete("/{task_id}/cancel")
-async def cancel_task(task_id: str, state: State, principal: Login) -> dict[str, str]:
-    require(principal, "admin")
+async def cancel_task(task_id: str, state: State, principal: Admin) -> dict[str, str]:
     await tasks.cancel_task(state, task_id)  # either run id: the answer names the id the client gave
     return {"task_id": task_id, "status": "cancelled", "message": "Task cancelled"}
 
@@ -97,25 +57,24 @@ async def cancel_task(task_id: str, state: State, principal: Login) -> dict[str,
 @router.get("", response_model=TaskList)
 async def list_tasks(
     state: State,
-    principal: Login,
+    principal: Admin,
     response: Response,
     limit: Annotated[int, Query(ge=1)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TaskList:
     """The Celery era's task list, newest first, over both engines (a test run is a task too)."""
-    require(principal, "admin")
     legs, total = await tasks.list_tasks(state, min(limit, TASK_LIST_CAP), offset)
     response.headers["X-Total-Count"] = str(total)
     return TaskList(tasks=[task_info(leg) for leg in legs], total=total, limit=min(limit, TASK_LIST_CAP), offset=offset)
 
 
 @router.get("/{task_id}", response_model=TaskInfo)
-async def get_task(task_id: str, state: State, principal: Login) -> TaskInfo:
+async def get_task(task_id: str, state: State, principal: Admin) -> TaskInfo:
     """The same answer as `/{task_id}/status` (the Celery-era front end reads it here)."""
     return await task_status(task_id, state, principal)
 
 
 @router.delete("/{task_id}")
-async def delete_task(task_id: str, state: State, principal: Login) -> dict[str, str]:
+async def delete_task(task_id: str, state: State, principal: Admin) -> dict[str, str]:
     """The same as `/{task_id}/cancel`: the task's record stays (it is the run's history), the run stops."""
     return await cancel_task(task_id, state, principal)

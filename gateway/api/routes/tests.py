@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Response
-from sqlalchemy import select
 
 from common.redact import redact_text
-from gateway.api.auth import require
-from gateway.api.deps import Login, State
+from gateway.api.auth import GuardedRoute
+from gateway.api.deps import AdminOrStudent, State
 from gateway.api.views import test_run_response
+from gateway.jobs import results
 from gateway.jobs.submit import NewRow, submit_test
-from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import TestCreate, TestRunResponse
-from gateway.store.models import Leg, Result
+from gateway.store.models import Result
 
-router = APIRouter()
+router = APIRouter(route_class=GuardedRoute)
 
 
 async def _answer(state: GatewayState, row: Result | NewRow, new: bool) -> Response:
@@ -25,29 +24,19 @@ async def _answer(state: GatewayState, row: Result | NewRow, new: bool) -> Respo
     it a second time against `response_model` and encode it through `jsonable_encoder`, a sizeable share of
     the submit path's CPU for a body it already knows is valid. `response_model` still documents the answer.
     """
-    run_id = None
-    if not new and row.submit:
-        async with state.sessions() as session:
-            run_id = await session.scalar(
-                select(Leg.id)
-                .where(Leg.result_id == row.id, Leg.role == LegRole.SUBMISSION)
-                .order_by(Leg.created_at.desc())
-                .limit(1)
-            )
+    run_id = await results.submission_run_id(state, row.id) if not new and row.submit else None
     return Response(test_run_response(row, run_id).model_dump_json(), media_type="application/json")
 
 
 @router.post("/tests", response_model=TestRunResponse)
-async def create_test(body: TestCreate, state: State, principal: Login) -> Response:
-    require(principal, "admin", "student")
+async def create_test(body: TestCreate, state: State, principal: AdminOrStudent) -> Response:
     row, new = await submit_test(state, principal, body)
     return await _answer(state, row, new)
 
 
 @router.post("/tests-celery", response_model=TestRunResponse)
-async def create_test_celery(body: TestCreate, state: State, principal: Login) -> Response:
+async def create_test_celery(body: TestCreate, state: State, principal: AdminOrStudent) -> Response:
     """Same body and answer as `/tests`; the course content's backend still decides where the job runs."""
-    require(principal, "admin", "student")
     row, new = await submit_test(state, principal, body)
     return await _answer(state, row, new)
 
@@ -74,6 +63,11 @@ def add_submit_routes_first(app: FastAPI, prefixes: tuple[str, ...]) -> None:
     """
     for prefix in prefixes:
         for path, endpoint in SUBMIT_ROUTES:
-            app.add_api_route(
-                prefix + path, endpoint, methods=["POST"], response_model=TestRunResponse, include_in_schema=False
+            app.router.add_api_route(
+                prefix + path,
+                endpoint,
+                methods=["POST"],
+                response_model=TestRunResponse,
+                include_in_schema=False,
+                route_class_override=GuardedRoute,
             )
