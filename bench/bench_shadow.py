@@ -48,7 +48,7 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_submit import PG, Server, environment, seed, start, stop  # noqa: E402
+from bench.bench_submit import PG, Server, environment, seed, service_cpu, start, stop  # noqa: E402
 from bench.loadgen import run_wrk, server_cpu_seconds  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from gateway.compare.experiment import Experiment, LegRun  # noqa: E402
@@ -168,6 +168,8 @@ def measure(
     server: Server, recon: subprocess.Popen[bytes] | None, payload: str, connections: int, seconds: float
 ) -> dict[str, float]:
     before = server_cpu_seconds(recon.pid) if recon else 0.0
+    services = service_cpu(DATABASE[0])
+    pg_before, redis_before = services.read()
     got = run_wrk(server.url, "/api/tests", server.process.pid, connections=connections, seconds=seconds,
                   body=payload, auth=AUTH)  # fmt: skip
     if got.errors:
@@ -175,7 +177,10 @@ def measure(
     if recon:
         outbox_drained(DATABASE[0])
     recon_ms = 1000 * (server_cpu_seconds(recon.pid) - before) / max(got.requests, 1) if recon else 0.0
-    return {"rps": got.rps, "p50": got.p50_ms, "p99": got.p99_ms, "cpu": got.cpu_ms_per_request, "recon": recon_ms}
+    pg_after, redis_after = services.read()
+    ms = 1000 / max(got.requests, 1)
+    return {"rps": got.rps, "p50": got.p50_ms, "p99": got.p99_ms, "cpu": got.cpu_ms_per_request, "recon": recon_ms,
+            "pg": (pg_after - pg_before) * ms, "redis": (redis_after - redis_before) * ms}  # fmt: skip
 
 
 def profile(server: Server, payload: str, connections: int, seconds: float, out: Path) -> None:
@@ -205,21 +210,27 @@ def profile(server: Server, payload: str, connections: int, seconds: float, out:
         print(f"{100 * n / max(total, 1):5.1f}%  {frame[:160]}")
 
 
+def _total(m: dict[str, float]) -> float:
+    return m["cpu"] + m["recon"] + m["pg"] + m["redis"]
+
+
 def table(title: str, figures: dict[tuple[str, str], list[dict[str, float]]], reference: str) -> None:
     print(f"\n{title}")
-    print("| load | variant | req/s | p50 ms | p99 ms | API CPU ms/req | reconciler CPU ms/req |")
-    print("|---|---|---|---|---|---|---|")
+    print("| load | variant | req/s | p50 ms | p99 ms | API CPU ms/req | reconciler CPU ms/req | PostgreSQL CPU ms/req "
+          "| Redis CPU ms/req |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     med = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for key, rows in figures.items()}
     for (load, name), m in med.items():
         print(f"| {load} | {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.2f} | "
-              f"{m['recon']:.2f} |")  # fmt: skip
+              f"{m['recon']:.2f} | {m['pg']:.2f} | {m['redis']:.2f} |")  # fmt: skip
     for load, name in med:
         if name == reference:
             continue
         v, r = med[(load, name)], med[(load, reference)]
         print(f"ratio {name}/{reference} at {load}: p50 {v['p50'] / r['p50']:.2f}, p99 {v['p99'] / r['p99']:.2f}, "
               f"throughput {v['rps'] / r['rps']:.2f}, API CPU/req {v['cpu'] / r['cpu']:.2f}, "
-              f"API+reconciler CPU/req {(v['cpu'] + v['recon']) / (r['cpu'] + r['recon']):.2f}")  # fmt: skip
+              f"API+reconciler CPU/req {(v['cpu'] + v['recon']) / (r['cpu'] + r['recon']):.2f}, "
+              f"total CPU/req (with PostgreSQL and Redis) {_total(v) / _total(r):.2f}")  # fmt: skip
 
 
 def submit_bench(args: argparse.Namespace, mode: str) -> None:
@@ -257,7 +268,8 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
                             figures.setdefault((load, name), []).append(got)
                             print(f"round {n + 1} {load:8} {name:12}: {got['rps']:7.1f} req/s, "
                                   f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, API CPU {got['cpu']:.2f} ms/req, "
-                                  f"reconciler CPU {got['recon']:.2f} ms/req", flush=True)  # fmt: skip
+                                  f"reconciler CPU {got['recon']:.2f} ms/req, PostgreSQL {got['pg']:.2f}, "
+                                  f"Redis {got['redis']:.2f}", flush=True)  # fmt: skip
             except BaseException:
                 for s in servers:
                     print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)

@@ -39,12 +39,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import httpx
+import psutil
 import psycopg2
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import run_wrk, server_cpu_seconds  # noqa: E402
+from bench.loadgen import ServiceCpu, private_redis, run_wrk, server_cpu_seconds  # noqa: E402
 from gateway.store.catalog import load_catalog  # noqa: E402
 from gateway.store.migrate import upgrade  # noqa: E402
 from tests.support.celery_worker import base_env, settings_from_env  # noqa: E402
@@ -137,31 +137,35 @@ def start_reconciler(env: dict[str, str], data: Path, servers: list[Server]) -> 
     return ready(server, "/metrics")
 
 
+# The bench's own Redis server for this run (`environment`): its CPU is counted as the Redis share.
+REDIS: list[psutil.Process] = []
+
+
 @contextlib.contextmanager
 def environment() -> Iterator[tuple[dict[str, str], Path]]:
-    """A fresh PostgreSQL database, an exclusively held Redis db and a temp dir; all removed afterwards."""
+    """A fresh PostgreSQL database, a Redis server of the bench's own (never the shared one) and a temp dir; all
+    removed afterwards."""
     admin = psycopg2.connect(dbname="postgres", **PG)
     admin.autocommit = True
     name = f"bench_submit_{uuid.uuid4().hex[:8]}"
-    lock = redis.Redis(host="127.0.0.1", port=6379)
-    token = uuid.uuid4().hex
-    db = next((n for n in range(15, 0, -1) if lock.set(f"gateway-tests:lock:{n}", token, nx=True, ex=3600)), None)
-    if db is None:
-        sys.exit("no free Redis database")
     try:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
-        with TemporaryDirectory() as tmp:
-            env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_DB": name, "REDIS_HOST": "127.0.0.1", "REDIS_DB": str(db),
-                   "GATEWAY_RECONCILE_IN_API": "false"}  # fmt: skip
+        with private_redis() as (port, redis_process), TemporaryDirectory() as tmp:
+            REDIS[:] = [redis_process]
+            env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_DB": name, "REDIS_HOST": "127.0.0.1",
+                   "REDIS_PORT": str(port), "REDIS_DB": "0", "GATEWAY_RECONCILE_IN_API": "false"}  # fmt: skip
             yield env, Path(tmp)
     finally:
-        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
-        if lock.get(f"gateway-tests:lock:{db}") == token.encode():
-            lock.delete(f"gateway-tests:lock:{db}")
+        REDIS.clear()
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def service_cpu(database: str) -> ServiceCpu:
+    """PostgreSQL and Redis CPU of this run's database and Redis server (`bench.loadgen.ServiceCpu`)."""
+    return ServiceCpu(database, REDIS[0] if REDIS else None, dict(PG))
 
 
 def seed(env: dict[str, str], data: Path) -> None:
@@ -224,11 +228,14 @@ def measure(
     server: Server, body: str, auth: str, connections: int, seconds: float, database: str, relay: Server | None = None
 ) -> dict[str, float]:
     sessions = pg_sessions(database)
+    services = service_cpu(database)
+    pg_before, redis_before = services.read()
     relay_cpu = server_cpu_seconds(relay.process.pid) if relay else 0.0
     figures = run_wrk(server.url, server.path, server.process.pid, connections=connections, seconds=seconds,
                       body=body, auth=auth)  # fmt: skip
     drained = drain_seconds(database) if relay else 0.0
     relay_cpu = server_cpu_seconds(relay.process.pid) - relay_cpu if relay else 0.0
+    pg_after, redis_after = services.read()
     opened = pg_sessions(database) - sessions - 1 - (1 if relay else 0)  # minus our own probes
     if figures.errors:
         raise RuntimeError(f"{server.name}: {figures.errors} errors\n{server.log_tail()}")
@@ -242,7 +249,12 @@ def measure(
         "p99": figures.p99_ms,
         "cpu": figures.cpu_ms_per_request,
         "relay_cpu": relay_ms,
-        "total_cpu": figures.cpu_ms_per_request + relay_ms,
+        "pg_cpu": 1000 * (pg_after - pg_before) / max(figures.requests, 1),
+        "redis_cpu": 1000 * (redis_after - redis_before) / max(figures.requests, 1),
+        # Everything the request costs the machine but wrk: server, relay, PostgreSQL and Redis.
+        "total_cpu": figures.cpu_ms_per_request
+        + relay_ms
+        + 1000 * (pg_after - pg_before + redis_after - redis_before) / max(figures.requests, 1),
         "conns_per_1k": 1000 * opened / max(figures.requests, 1),
     }
 
@@ -294,23 +306,26 @@ def main() -> None:
                             f"round {n + 1} {load:9} {server.name:9}: {got['rps']:7.1f} req/s sent "
                             f"({got['admitted_rps']:.1f} admitted, outbox drained {got['drain_ms']:.0f} ms after), "
                             f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, CPU {got['cpu']:.2f} ms/req "
-                            f"+ relay {got['relay_cpu']:.2f}, {got['conns_per_1k']:.1f} new PG conns/1k req"
+                            f"+ relay {got['relay_cpu']:.2f} + PostgreSQL {got['pg_cpu']:.2f} + Redis "
+                            f"{got['redis_cpu']:.2f}, {got['conns_per_1k']:.1f} new PG conns/1k req"
                         )
                         print(line, flush=True)
 
     print(f"\nmedian of {args.rounds} interleaved rounds, wrk {args.seconds:.0f} s per run")
-    print("| load | server | req/s (sent) | p50 ms | p99 ms | server CPU ms/req | relay CPU ms/req | new PG conns/1k |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| load | server | req/s (sent) | p50 ms | p99 ms | server CPU ms/req | relay CPU ms/req | PostgreSQL CPU "
+          "ms/req | Redis CPU ms/req | total CPU ms/req | new PG conns/1k |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     med = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for key, rows in figures.items()}
     for (load, name), m in med.items():
         print(f"| {load} | {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.2f} | "
-              f"{m['relay_cpu']:.2f} | {m['conns_per_1k']:.1f} |")  # fmt: skip
+              f"{m['relay_cpu']:.2f} | {m['pg_cpu']:.2f} | {m['redis_cpu']:.2f} | {m['total_cpu']:.2f} | "
+              f"{m['conns_per_1k']:.1f} |")  # fmt: skip
     for load in loads:
         g, r = med[(load, "gateway")], med[(load, "reference")]
         print(
             f"ratio gateway/reference at {load}: throughput {g['rps'] / r['rps']:.2f}, "
             f"p50 {g['p50'] / r['p50']:.2f}, p99 {g['p99'] / r['p99']:.2f}, API CPU/req {g['cpu'] / r['cpu']:.2f}, "
-            f"API+relay CPU/req {g['total_cpu'] / r['total_cpu']:.2f}"
+            f"total CPU/req (server + relay + PostgreSQL + Redis) {g['total_cpu'] / r['total_cpu']:.2f}"
         )
 
 

@@ -3,16 +3,22 @@
 wrk (a native generator: `apt-get install -y wrk`) drives the server, so the client's own cost does not cap
 what is measured. The request body comes from `bench/wrk_post.lua` (a unique value per request, auth header).
 The server's CPU time is read from its process tree (psutil) before and after each run: CPU per request is the
-figure that does not depend on what else the machine is doing.
+figure that does not depend on what else the machine is doing. The services' share is counted too: the CPU of
+the PostgreSQL backends serving the bench's database and of the bench's own Redis server (`ServiceCpu`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -83,3 +89,69 @@ def run_wrk(
         errors=int(data["errors"]),
         cpu_ms_per_request=1000 * cpu / max(requests, 1),
     )
+
+
+# --------------------------------------------------------------------------------------- the services' own CPU
+@contextlib.contextmanager
+def private_redis() -> Iterator[tuple[int, psutil.Process]]:
+    """A redis-server of the bench's own on a free loopback port (no persistence), killed at the end: a bench
+    never locks or uses the shared Redis, and its Redis CPU is that server's alone. Yields (port, process)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed: apt-get install -y redis-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.05)  # polling interval of a deadline loop
+        yield port, psutil.Process(process.pid)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def pg_backend_cpu_seconds(database: str, **connect: Any) -> float:
+    """User + system CPU so far of the PostgreSQL backends connected to `database` (this probe's own excluded):
+    the store's share of a run is the difference across it. A backend that exits during a run takes its CPU with
+    it, so the benches keep their pools open (the figure is then a lower bound only for churned connections)."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(dbname="postgres", **connect)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+        pids = [row[0] for row in cur.fetchall()]
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass
+class ServiceCpu:
+    """PostgreSQL (the bench database's backends) and Redis (the bench's own server) CPU seconds, read together."""
+
+    database: str
+    redis: psutil.Process | None
+    connect: dict[str, Any]
+
+    def read(self) -> tuple[float, float]:
+        redis_cpu = 0.0
+        if self.redis is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = self.redis.cpu_times()
+                redis_cpu = times.user + times.system
+        return pg_backend_cpu_seconds(self.database, **self.connect), redis_cpu

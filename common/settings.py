@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     postgres_db: str = "postgres"
 
     prefect_api_url: str | None = None
+    # A flow run a runner claimed (PENDING: "Submitting", "Pending") but did not start for this long is lost: its
+    # runner died with it (issue 24); the gateway schedules the same run again for a live runner.
+    prefect_pending_lost_seconds: float = 120.0
     # Prefect 3's basic auth (`PREFECT_API_AUTH_STRING`, the client's name; the server checks
     # `PREFECT_SERVER_API_AUTH_STRING`): sent by every gateway process that calls the Prefect API. `gateway up`
     # and compose turn it on; unset, requests go without it (a server without auth).
@@ -84,6 +87,9 @@ class Settings(BaseSettings):
     # A worker holding a running leg that answers no ping for this long is declared gone, and the gateway runs
     # the leg again at once instead of waiting for the visibility timeout (see docs/reliability.md).
     celery_worker_lost_seconds: float = 15.0
+    # A leg that no answering worker holds and no queue holds (a worker restarted under the same name, a task
+    # cancelled on a broker connection loss, a lost message) for this long is run again (backends/celery/liveness.py).
+    celery_unheld_lost_seconds: float = 10.0
     # A task stores its progress at most this often (seconds); reports in between are folded into the latest
     # (`backends.celery.progress`). 0 stores every report.
     celery_progress_interval: float = 0.25
@@ -91,6 +97,8 @@ class Settings(BaseSettings):
     # --- the work: checkout and sandbox ---------------------------------------------------------------------
     allowed_git_schemes: list[str] = Field(default_factory=lambda: ["https", "http", "ssh", "file", "local"])
     secrets_file: Path | None = None
+    # CA bundle git trusts for https remotes (a course's own GitLab behind a private CA); git's default if unset.
+    git_ssl_ca_file: Path | None = None
     secret_env_prefix: str = "GATEWAY_SECRET_"
     # The time limit of a run's tests when meta.yaml names none (`executionTimeLimit`), enforced as the CPU time
     # of the test process from the session's start (`sandbox_clock`): a function of the submission, not of the
@@ -150,7 +158,8 @@ class Settings(BaseSettings):
     # How many times a leg is run again after an infrastructure failure the student did not cause (a crashed
     # Prefect run, a Celery worker that died); after that the row shows the infrastructure error.
     gateway_infra_retries: int = 2
-    # Hosts a student may name in `provider_url` (e.g. ["gitlab.example.org"]); empty: any https/ssh host.
+    # Hosts a student may name in `provider_url` (e.g. ["gitlab.example.org"]) besides their own repository's
+    # host; https/ssh only (gateway/jobs/credential_binding.py).
     # Local paths and file:// are never accepted from a student, whatever this says.
     gateway_student_providers: list[str] = Field(default_factory=list)
     # The engine behind the Celery-era `/api/tasks/*` family when a submit does not name one.
@@ -166,6 +175,10 @@ class Settings(BaseSettings):
     # connection instead. PostgreSQL's 100 connections are shared with the engines and other processes.
     gateway_db_pool_size: int = 24
     gateway_db_max_overflow: int = 0
+    # Bounds on the API's and reconciler's PostgreSQL calls: a database host cut off (no answer, no reset) would
+    # otherwise hold a request for the kernel's TCP timeout (minutes); bounded, it answers 503 with Retry-After.
+    gateway_db_connect_timeout_seconds: float = 5.0
+    gateway_db_command_timeout_seconds: float = 15.0
 
     # --- operations --------------------------------------------------------------------------------------------
     # `/metrics` (Prometheus) and the counters behind it; off, the route answers 404 and nothing is recorded.
@@ -183,6 +196,9 @@ class Settings(BaseSettings):
 
     # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
     gateway_cutover_evaluate_seconds: float = 60.0
+    # The key of the console's anti-CSRF tokens (an HMAC of the login). Unset: a random key per process, so a
+    # page's token is refused after a restart or by another API process (the page says so; reload it).
+    gateway_console_secret: SecretStr | None = None
     # Mismatches re-run on both engines to tell a reproducible difference from a flaky test, per course content
     # (or backend) and hour (0: never re-judge).
     gateway_rejudge_per_hour: int = 20

@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from common.legacy import DEFAULT_CONTENT_TYPE
 from common.redact import strip_credentials
+from gateway.cutover.stages import Stage
 
 SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -33,6 +34,9 @@ class TestCreate(BaseModel):
 
 
 class TestRunResponse(BaseModel):
+    """The contract's keys, plus `ResultGet`'s: the platform's CLI parses this answer as a `ResultGet` (which
+    requires `course_content_type_id`), and keys are additive (no client breaks on one it does not read)."""
+
     __test__ = False
 
     id: str
@@ -48,6 +52,11 @@ class TestRunResponse(BaseModel):
     version_identifier: str | None
     status: int
     submission_flow_run_id: str | None = None
+    course_content_type_id: str
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+    updated_by: str | None
 
 
 class ResultList(BaseModel):
@@ -159,13 +168,25 @@ class TaskInfo(BaseModel):
     retries: int | None = None
 
 
-class TaskList(BaseModel):
-    """`GET /api/tasks`: one page of tasks, newest first, with the total."""
+class TaskListItem(TaskInfo):
+    """One task of `GET /api/tasks`: `TaskInfo`'s keys plus the platform's list keys (`date_done`, `has_result`,
+    `has_error`). `status` is in Celery's words there (`SUCCESS`, `FAILURE`, `PENDING`, `STARTED`, `REVOKED`),
+    as the platform's front end switches on them; `task_status` keeps the gateway's `TaskStatus` word."""
 
-    tasks: list[TaskInfo]
+    task_status: str
+    date_done: datetime | None = None
+    has_result: bool
+    has_error: bool
+
+
+class TaskList(BaseModel):
+    """`GET /api/tasks`: one page of tasks, newest first, with the total and whether more follow."""
+
+    tasks: list[TaskListItem]
     total: int
     limit: int
     offset: int
+    has_more: bool
 
 
 class TaskResult(BaseModel):
@@ -364,7 +385,7 @@ class CutoverChangeIn(BaseModel):
     reason: str = ""
     dry_run: bool = False
     expected_version: int | None = None
-    stage: str | None = None
+    stage: Stage | None = None  # an unknown stage is a 422 naming the allowed ones
     percentage: float | None = None
     old_engine: str | None = None
     new_engine: str | None = None

@@ -11,13 +11,17 @@ not write: submit, state and progress come from the API; the result only where t
   Non-final runs are also checked against their deployment's `last_polled`/status (one more call, only when
   something is in flight), so a runner that stopped polling shows up as `LegState.stalled`; a `Late` run whose
   runner still polls is only queued behind a busy runner and is not stalled.
+- completions: Prefect's event stream (`backends.prefect.events`) names the runs that reached a final state, so
+  the gateway closes their legs at once (`CompletionFeed`), not at its next tick; polling stays the safety net.
 - cancel: propose CANCELLING (the server cancels a SCHEDULED run at once, a runner kills a running one); a
   run left CANCELLING longer than the grace period while no runner polls is forced to CANCELLED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +42,7 @@ from backends.interface import (
     WorkerInfo,
 )
 from backends.prefect import labels as label_keys
+from backends.prefect.events import flow_run_completions
 from backends.prefect.names import DEFAULT_DEPLOYMENTS, RESULTS_SUBDIR
 from backends.prefect.results import ResultUnavailable, read_persisted_result
 from backends.prefect.states import ACTIVE_TYPES, WAITING_TYPES, phase_for
@@ -79,11 +84,13 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
 
 def _user_id(params: dict[str, Any]) -> str | None:
     """The user a run is for, in any parameter shape: `test_job`, the gateway's `submission.test_job`, or the
-    legacy submission set's top-level `user_id` (the adapter sends every shape unchanged)."""
+    platform's `Submission` (`submission.user_id`; the platform tagged its run `user:<id>` from it). The adapter
+    sends every shape unchanged."""
     submission = params.get("submission")
     candidates = (
         params.get("test_job"),
         submission.get("test_job") if isinstance(submission, dict) else None,
+        submission,
         params,
     )
     for value in candidates:
@@ -279,7 +286,9 @@ class PrefectAdapter:
         state = run.get("state") or {}
         phase = phase_for(state.get("type"))
         native = state.get("name") or state.get("type") or "UNKNOWN"
-        stalled = None
+        stalled = lost = None
+        if (state.get("type") or "").upper() == "PENDING":
+            lost = self._claimed_but_dead(state)
         if not phase.is_final and run.get("deployment_id"):
             # A Late run whose runner still polls is queued behind a busy runner (at its limit): late, waited for
             # up to its deadline, not a dead engine. Only a runner that stopped polling makes it stalled.
@@ -303,7 +312,22 @@ class PrefectAdapter:
             queue=self._deployment_names.get(run.get("deployment_id") or ""),
             engine_run_id=str(run["id"]),
             stalled=stalled,
+            lost=lost,
         )
+
+    def _claimed_but_dead(self, state: dict[str, Any]) -> str | None:
+        """A run a runner claimed (PENDING) and never started for `prefect_pending_lost_seconds`: lost.
+
+        Why: a runner moves its claimed run to RUNNING within seconds (the flow's process starting). One that died
+        in between (its process gone, or `serve` exiting on a database outage) leaves it PENDING for ever: no runner
+        queries PENDING runs, and a Late mark applies only to SCHEDULED ones. The gateway schedules it again."""
+        since = _parse_time(state.get("timestamp"))
+        if since is None:
+            return None
+        waited = (datetime.now(UTC) - since).total_seconds()
+        if waited < self.settings.prefect_pending_lost_seconds:
+            return None
+        return f"claimed by a runner {waited:.0f} s ago ({state.get('name') or 'Pending'}) and never started"
 
     def _liveness(self, runs: list[dict[str, Any]]) -> dict[str, str | None]:
         """For the deployments of in-flight runs: why no runner serves them (None = a runner is alive)."""
@@ -318,6 +342,15 @@ class PrefectAdapter:
             return {}
         now = datetime.now(UTC)
         return {d["id"]: self._runner_gone(d, now) for d in self._deployments(ids)}
+
+    async def completions(self) -> AsyncIterator[list[str]]:
+        """Leg ids whose flow run reached a final state, pushed by Prefect's event stream (`CompletionFeed`,
+        `backends.prefect.events`): the gateway closes such a leg at once instead of at its next tick."""
+        secret = self.settings.prefect_api_auth_string
+        feed = flow_run_completions(self.api_url, secret.get_secret_value() if secret else None)
+        async with contextlib.aclosing(feed):
+            async for leg_ids in feed:
+                yield leg_ids
 
     def poll(self, leg_ids: list[str]) -> dict[str, LegState]:
         runs = self._runs_by_leg(leg_ids)

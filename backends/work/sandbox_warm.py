@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.work import sandbox_clock, sandbox_plugin, sandbox_zygote
+from backends.work import sandbox_clock, sandbox_guard, sandbox_plugin, sandbox_zygote
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime
 
@@ -82,8 +82,9 @@ class WarmRunner:
             for module, name in (
                 (sandbox_zygote, "sandbox_zygote.py"),
                 (sandbox_plugin, "gateway_verdict.py"),
+                (sandbox_guard, "gateway_guard.py"),
                 (sandbox_clock, "gateway_clock.py"),
-            )  # fmt: skip
+            )
         }
         digest = hashlib.sha256(b"".join(sources[name] for name in sorted(sources))).hexdigest()[:12]
         runner = runtime.site.parent / f"runner-{digest}"  # a new version of the code gets a new dir

@@ -20,6 +20,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,6 +38,7 @@ from gateway.engines.shadowing import ExperimentKind
 from gateway.legs.machine import new_leg, row_is_final, write_row_from
 from gateway.legs.states import LegRole, verifier_of
 from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
+from gateway.store.runs import is_run_of
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -172,7 +174,7 @@ def _primary_of(legs: list[Leg], row: Result | None) -> Leg | None:
     primaries = [leg for leg in legs if leg.role == LegRole.PRIMARY]
     if row is not None:
         for leg in primaries:
-            if leg.id == row.test_system_id:
+            if is_run_of(leg, row):
                 return leg
     return primaries[0] if primaries else None
 
@@ -215,10 +217,22 @@ def _comparison_row(
         shadow_queue_seconds=s.queue_seconds(),
         primary_run_seconds=p.run_seconds(),
         shadow_run_seconds=s.run_seconds(),
+        **routed_by_record(primary.routing),
         environment=(env := comparison_environment(p.report, s.report)),
         environment_differs=bool(env and env["differences"]),
         created_at=utcnow(),
     )
+
+
+def routed_by_record(routing: dict[str, Any] | None) -> dict[str, Any]:
+    """The comparison's `routed_*` columns from the primary leg's routing record (None outside a migration)."""
+    found = routing or {}
+    version = found.get("config_version")
+    return {
+        "routed_scope": found.get("config_scope"),
+        "routed_stage": found.get("stage"),
+        "routed_version": int(version) if isinstance(version, int | float) else None,
+    }
 
 
 def _write_verified(row: Result, primary: Leg, shadow: Leg, verdict: Verdict) -> None:

@@ -117,7 +117,8 @@ class ShadowPolicy:
 
     async def _under_cap(self, setting: EffectiveShadow, extra: int) -> bool:
         assert setting.scope is not None and setting.scope_id is not None
-        count = await self.in_flight.count(self.sessions, ShadowScope(setting.scope), setting.scope_id)
+        scope = ShadowScope(setting.scope)
+        count = await self.in_flight.count(self.sessions, scope, setting.scope_id, setting.max_in_flight)
         return count + extra < setting.max_in_flight
 
 

@@ -202,8 +202,11 @@ UNREADABLE_ERROR = "the run ended but its report could not be read"
 def report_unreadable(state: LegState, result: LegResult) -> bool:
     """A final observation whose report cannot be had: the engine says it succeeded but there is no report object
     (a Prefect runner whose result storage the API cannot read, a Celery SUCCESS without a usable result, a
-    result gone between the state and the read), or the adapter says it could not read or decode it. An
-    infrastructure failure (re-run within the budget, then FAILED), never a score."""
+    result gone between the state and the read), or the adapter says it could not read or decode it (a pickled
+    or foreign Celery result: another worker on the shared queues answered). An infrastructure failure (re-run
+    within the budget, avoiding that worker where the engine allows, then FAILED), never a score."""
+    if not state.phase.is_final:
+        return False
     if result.error_type in UNREADABLE_TYPES:
         return True
     phase = result.phase if result.phase.is_final else state.phase
@@ -257,6 +260,17 @@ def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime, 
     return False
 
 
+def adopt_run_id(leg: Leg, row: Result | None, previous: str | None = None) -> None:
+    """A primary leg's row shows the engine's run id as its `test_system_id` (the contract: the Prefect flow run
+    id) once the engine has one, unless the row already moved on to another run. `previous`: the leg's run id
+    before this observation. The gateway's leg id keeps resolving everywhere (`store.runs.find_leg`)."""
+    run_id = leg.engine_run_id
+    if row is None or leg.role != LegRole.PRIMARY or not run_id or row.test_system_id == run_id:
+        return
+    if row.test_system_id in {leg.id, previous}:
+        row.test_system_id = run_id
+
+
 # ------------------------------------------------------------------------------------------ state applied
 def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
     """Record a non-final observation (phase, native state, progress, worker) on the leg and its row."""
@@ -270,7 +284,8 @@ def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
     leg.worker = state.worker or leg.worker
     leg.queue = state.queue or leg.queue
     if state.engine_run_id:
-        leg.engine_run_id = state.engine_run_id
+        previous, leg.engine_run_id = leg.engine_run_id, state.engine_run_id
+        adopt_run_id(leg, row, previous)
     if state.stalled:
         leg.last_error = state.stalled
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):
@@ -289,7 +304,7 @@ def needs_update(leg: Any, state: LegState | None, now: datetime) -> bool:
         return True
     if state is None:
         return False
-    if state.phase.is_final:
+    if state.phase.is_final or state.lost:  # a lost run is run again (`infra_retry_allowed`), whatever its phase
         return True
     if state.phase != LegPhase.MISSING and state.phase.value != leg.phase:
         return True

@@ -3,30 +3,35 @@
 Hashing is deliberately slow, so a verified (username, password) pair is remembered for a short while (keyed
 by a SHA-256 of the password, never the password itself): the submit path must not pay scrypt per request.
 Concurrent requests with the same login share one check (single flight): a burst of a student's first requests
-costs one scrypt, not one each (issue 29).
+costs one scrypt, not one each; and a login in use is checked again in the background before it expires
+(refresh-ahead, `gateway.store.refresh_ahead`), so the end of its cache time never makes every request in flight
+wait for a check (issue 29). A changed password or a removed user shows at that re-check, as at expiry before.
 The HTTP side (Basic credentials, 401/403 answers) lives in `gateway.api.auth`; this module knows no HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from gateway.schemas import Role
 from gateway.store.models import User
+from gateway.store.refresh_ahead import RefreshAhead
 
 _N, _R, _P = 2**14, 8, 1
 # Verified logins held at once; when full, the least recently used goes.
 _MAX_LOGINS = 10_000
+# A cached login read after this share of its cache time is checked again in the background.
+REFRESH_AT = 0.75
 
 _Login = tuple[str, bytes]  # username, SHA-256 of the password
 
@@ -73,49 +78,44 @@ class Principal:
 class Authenticator:
     """Checks a username and password; a short in-process cache of successful logins keeps the hot path cheap."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], cache_seconds: float) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        cache_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sessions = sessions
         self.cache_seconds = cache_seconds
-        # 0 turns the cache off (nothing is stored); TTLCache itself wants a positive ttl.
+        # 0 turns the cache off (nothing is kept); the cache itself wants a positive ttl.
         ttl = cache_seconds if cache_seconds > 0 else 1
-        self._cache: TTLCache[_Login, Principal] = TTLCache(maxsize=_MAX_LOGINS, ttl=ttl)
-        # Checks under way, by login: a second request for the same login awaits the first one's.
-        self._checking: dict[_Login, asyncio.Future[Principal | None]] = {}
-        # Bumped by `forget`: a check that began before it does not cache its (maybe stale) answer.
-        self._generation = 0
+        # Checks under way are shared by login (single flight); a failure is shared too, and never cached.
+        self._cache: RefreshAhead[_Login, Principal] = RefreshAhead(
+            ttl=ttl, refresh_after=ttl * REFRESH_AT, maxsize=_MAX_LOGINS, clock=clock
+        )
         self.checks = 0  # password checks really run (a test proves concurrent logins cost one)
 
     def forget(self) -> None:
-        """Called when users change, so a removed user or new password takes effect at once in this process."""
-        self._cache.clear()
-        self._generation += 1
+        """Called when users change, so a removed user or new password takes effect at once in this process;
+        a check that began before it does not cache its (maybe stale) answer."""
+        self._cache.forget()
+
+    async def settled(self) -> None:
+        """Until no check is under way, background re-checks included (for tests)."""
+        await self._cache.settled()
 
     async def login(self, username: str, password: str) -> Principal | None:
         """The principal for these credentials, or None; every failure costs the same scrypt."""
         key = (username, hashlib.sha256(password.encode()).digest())
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        checking = self._checking.get(key)
-        if checking is None:
-            checking = asyncio.ensure_future(self._check(key, username, password, self._generation))
-            self._checking[key] = checking
-            checking.add_done_callback(lambda done: self._done(key, done))
-        # Shielded: a caller that goes away (a closed connection) does not cancel the others' check.
-        return await asyncio.shield(checking)
+        principal = await self._cache.get(key, lambda: self._check(username, password))
+        if self.cache_seconds <= 0:
+            self._cache.discard(key)
+        return principal
 
-    def _done(self, key: _Login, done: asyncio.Future[Principal | None]) -> None:
-        if self._checking.get(key) is done:
-            del self._checking[key]
-
-    async def _check(self, key: _Login, username: str, password: str, generation: int) -> Principal | None:
+    async def _check(self, username: str, password: str) -> Principal | None:
         self.checks += 1
         async with self.sessions() as session:
             user = (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
         ok = await run_in_threadpool(verify_password, password, user.password_hash if user else _DUMMY_HASH)
         if user is None or not ok:
             return None
-        principal = Principal(user.id, user.username, user.role, frozenset(user.course_member_ids or ()))
-        if self.cache_seconds > 0 and generation == self._generation:
-            self._cache[key] = principal
-        return principal
+        return Principal(user.id, user.username, user.role, frozenset(user.course_member_ids or ()))

@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
@@ -168,6 +169,24 @@ class Leg(Base):
         Index("ix_leg_result_role", "result_id", "role"),
         # A foreign Prefect flow writes back knowing only its flow run id (`GET /results?test_system_id=`).
         Index("ix_leg_engine_run_id", "engine_run_id"),
+        # The shadow decision's reads, bounded whatever the backlog (migration 0013; the queries render these
+        # predicates literally: `gateway.store.shadow_counters`).
+        Index(
+            "ix_leg_shadow_open",
+            "result_id",
+            postgresql_where=text("role = 'shadow' AND finished IS false"),
+            sqlite_where=text("role = 'shadow' AND finished IS 0"),
+        ),
+        Index(
+            "ix_leg_shadow_stalled",
+            "updated_at",
+            postgresql_where=text(
+                "role = 'shadow' AND dispatch_state = 'pending' AND finished IS false AND last_error IS NOT NULL"
+            ),
+            sqlite_where=text(
+                "role = 'shadow' AND dispatch_state = 'pending' AND finished IS 0 AND last_error IS NOT NULL"
+            ),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True, default=new_id)
@@ -340,14 +359,32 @@ class ShadowSkip(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+# What the cutover gate reads of each comparison in its window (`gateway.jobs.cutover_gates`).
+GATE_COLUMNS = (
+    "kind",
+    "primary_engine",
+    "shadow_engine",
+    "outcome",
+    "side",
+    "primary_run_seconds",
+    "shadow_run_seconds",
+    "signature",
+    # The stage's own traffic (gateway.jobs.cutover_gates.routed_by).
+    "routed_scope",
+    "routed_stage",
+    "routed_version",
+)
+
+
 class Comparison(Base):
     """One comparison of a job's primary leg with one of its shadow legs (`kind` "shadow", "aa" or "replay")."""
 
     __tablename__ = "comparison"
     __table_args__ = (
         UniqueConstraint("shadow_leg_id", name="uq_comparison_shadow_leg_id"),
-        Index("ix_comparison_backend_created", "execution_backend_id", "created_at"),
-        Index("ix_comparison_content_created", "course_content_id", "created_at"),
+        # Covering the cutover gate's window (PostgreSQL: index-only scans, migration 0014).
+        Index("ix_comparison_backend_created", "execution_backend_id", "created_at", postgresql_include=GATE_COLUMNS),
+        Index("ix_comparison_content_created", "course_content_id", "created_at", postgresql_include=GATE_COLUMNS),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
@@ -375,6 +412,11 @@ class Comparison(Base):
     # Both legs' effective environments and where they differ (gateway.compare.environment), and whether they do.
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     environment_differs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Which migration scope, stage and config version routed this comparison's job (from its primary leg's
+    # routing record): a gate weighs only the comparisons of the jobs its current stage routed.
+    routed_scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    routed_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    routed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # A mismatch's re-judgement (gateway.compare.rejudge): its state, re-run legs, verdict and the class before.
     rejudge: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

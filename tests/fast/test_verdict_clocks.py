@@ -7,6 +7,7 @@ test (seen in bench/bench_load_invariance.py before the clock was stopped at the
 
 from __future__ import annotations
 
+import hmac
 import json
 import signal
 
@@ -18,6 +19,13 @@ from backends.work.verdict import decide
 pytestmark = pytest.mark.fast
 
 FILES = ["test_a.py"]
+KEY = b"k" * 32
+
+
+def _signed(seq: int, event: dict[str, object]) -> bytes:
+    """A channel line as the guard writes it: `<hmac> <json>` over the sequence number and the JSON."""
+    body = json.dumps(event).encode()
+    return hmac.digest(KEY, str(seq).encode() + b":" + body, "sha256").hex().encode() + b" " + body
 
 
 def _outcome(finished: int, *, sig: int | None = None, timed_out: bool = False) -> RunOutcome:
@@ -26,8 +34,8 @@ def _outcome(finished: int, *, sig: int | None = None, timed_out: bool = False) 
         events.append({"event": "test", "nodeid": f"test_a.py::test_{n}", "when": "call", "outcome": "passed",
                        "message": "", "details": "", "duration": 0.1})  # fmt: skip
     return RunOutcome(returncode=None if timed_out else 128 + (sig or 0), signal=sig, timed_out=timed_out, stdout="",
-                      stderr="", junit_xml=None, channel=[json.dumps(e).encode() for e in events], wall_limit=6.0,
-                      cpu_limit=2.0)  # fmt: skip
+                      stderr="", junit_xml=None, channel=[_signed(n, e) for n, e in enumerate(events)],
+                      channel_key=KEY, wall_limit=6.0, cpu_limit=2.0)  # fmt: skip
 
 
 @pytest.mark.parametrize("sig", [signal.SIGPROF, signal.SIGXCPU])

@@ -1,0 +1,53 @@
+"""Covering indexes for the cutover gate: one evaluation reads an index, not a million comparison rows.
+
+The gate's window is one scope's comparisons since the stage began (`gateway.jobs.cutover_gates`): it counts
+them by outcome, side and primary engine, takes both engines' p99 run time, and counts the accepted mismatches.
+The scope's `(…, created_at)` indexes found the rows, but every column the gate reads was then fetched from the
+table, row by row. The same keys now carry those columns (`INCLUDE`, PostgreSQL 11+), so the gate's queries are
+index-only scans (comparisons are only inserted: autovacuum keeps the visibility map current). SQLite has no
+`INCLUDE`: there the indexes are left as they were.
+
+Revision ID: 0014_gate_indexes
+Revises: 0013_shadow_backlog_indexes
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0014_gate_indexes"
+down_revision = "0013_shadow_backlog_indexes"
+branch_labels = None
+depends_on = None
+
+# What the gate reads of each comparison in its window (`gateway.store.models.GATE_COLUMNS`).
+GATE_COLUMNS = [
+    "kind",
+    "primary_engine",
+    "shadow_engine",
+    "outcome",
+    "side",
+    "primary_run_seconds",
+    "shadow_run_seconds",
+    "signature",
+]
+INDEXES = {
+    "ix_comparison_backend_created": ["execution_backend_id", "created_at"],
+    "ix_comparison_content_created": ["course_content_id", "created_at"],
+}
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for name, columns in INDEXES.items():
+        op.drop_index(name, table_name="comparison")
+        op.create_index(name, "comparison", columns, postgresql_include=GATE_COLUMNS)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for name, columns in INDEXES.items():
+        op.drop_index(name, table_name="comparison")
+        op.create_index(name, "comparison", columns)
