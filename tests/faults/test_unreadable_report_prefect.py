@@ -48,7 +48,7 @@ def test_a_report_the_api_cannot_read_is_rerun_then_failed_never_scored(
             "/api/tests", json={"directory": PREFECT_DIRECTORY, "version_identifier": stack.next_commits(1)[0]}
         )
         assert answer.status_code == 200, answer.text
-        row_id, leg_id = answer.json()["id"], answer.json()["test_system_id"]
+        row_id = answer.json()["id"]
     with stack.client() as admin:
 
         def final() -> dict[str, object] | None:
@@ -56,8 +56,6 @@ def test_a_report_the_api_cannot_read_is_rerun_then_failed_never_scored(
             return row if row["status"] in (int(ResultStatus.COMPLETED), int(ResultStatus.FAILED)) else None
 
         row = wait_until(final, "the row to be final", timeout=300, interval=1.0)
-    runs = side.runs_by_leg([leg_id])[leg_id]
-    assert len(runs) == 1, runs  # the same flow run, scheduled again: never a second one
     assert row["status"] == int(ResultStatus.FAILED), row  # never COMPLETED with 0.0
     assert row["result_json"]["message"] == InfraMessage.RESULT_UNREADABLE.value, row
     assert "failed in the infrastructure" in stack.server.log_text()  # it was run again first
