@@ -96,17 +96,8 @@ def main() -> None:
         settings = settings_from_env({**env, "GATEWAY_DATA_DIR": f"/tmp/{name}"})
         upgrade(settings)
         load_catalog(catalog(), settings)
-        started = time.perf_counter()
-        conn = psycopg2.connect(host=host, port=port, user=user, dbname=name)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(FILL, {"content": CONTENT, "total": 2 * args.rows})
-            cur.execute("VACUUM ANALYZE comparison")
-        conn.close()
-        print(
-            f"{2 * args.rows} comparisons written ({args.rows} in the window) in {time.perf_counter() - started:.0f} s"
-        )
-        asyncio.run(run(settings, args.rows, args.rounds, args.explain))
+        dsn = {"host": host, "port": port, "user": user, "dbname": name}
+        asyncio.run(run(settings, dsn, args.rows, args.rounds, args.explain))
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(f"load average {os.getloadavg()[0]:.2f} (a shared 2-core machine)")

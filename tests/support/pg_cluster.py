@@ -38,6 +38,7 @@ class PgCluster:
     root: Path
     port: int
     run_as: str | None  # a user to run the server as (when we are root)
+    options: str = ""  # more server options (`-c name=value ...`), e.g. a bench's `pg_stat_statements`
 
     @property
     def data(self) -> Path:
@@ -51,7 +52,7 @@ class PgCluster:
 
     def start(self) -> None:
         """Start and wait until it accepts connections (`pg_ctl -w`)."""
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off {self.options}".strip()
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -68,7 +69,7 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def pg_cluster(keep_log: Path | None = None) -> Iterator[PgCluster]:
+def pg_cluster(keep_log: Path | None = None, options: str = "") -> Iterator[PgCluster]:
     """A fresh cluster, started; stopped and removed at the end (its server log copied to `keep_log`)."""
     binaries = postgres_bin()
     if binaries is None:
@@ -79,7 +80,7 @@ def pg_cluster(keep_log: Path | None = None) -> Iterator[PgCluster]:
         run_as = "postgres"
         entry = pwd.getpwnam(run_as)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    cluster = PgCluster(binaries, root, _free_port(), run_as)
+    cluster = PgCluster(binaries, root, _free_port(), run_as, options)
     try:
         cluster._run("initdb", "-D", str(cluster.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         cluster.start()
