@@ -177,6 +177,13 @@ class Leg(Base):
             postgresql_where=text("role = 'shadow' AND finished IS false"),
             sqlite_where=text("role = 'shadow' AND finished IS 0"),
         ),
+        # The cutover gate's `routed_by` (PostgreSQL only: JSON operators; migration 0014).
+        Index(
+            "ix_leg_routed_stage",
+            text("(routing ->> 'config_scope')"),
+            text("(routing ->> 'stage')"),
+            text("(CAST((routing ->> 'config_version') AS INTEGER))"),
+        ).ddl_if(dialect="postgresql"),
         Index(
             "ix_leg_shadow_stalled",
             "updated_at",
