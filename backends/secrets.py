@@ -33,6 +33,7 @@ class Credential:
 
     username: str | None
     password: str = field(repr=False)
+    hosts: tuple[str, ...] = ()  # hosts the store binds it to, besides those the job names (`credential_hosts`)
 
 
 def _from_value(value: object, name: str) -> Credential:
@@ -45,8 +46,10 @@ def _from_value(value: object, name: str) -> Credential:
         secret = value.get("password", value.get("token"))
         if isinstance(secret, str) and secret:
             user = value.get("username", value.get("user"))
-            return Credential(str(user) if user else None, secret)
-    raise SecretError(f"secret {name!r} has an unusable shape (want a string or {{username, password}})")
+            hosts = value.get("hosts") or ()
+            hosts = (hosts,) if isinstance(hosts, str) else tuple(str(h) for h in hosts)
+            return Credential(str(user) if user else None, secret, hosts)
+    raise SecretError(f"secret {name!r} has an unusable shape (want a string or {{username, password, hosts}})")
 
 
 def _load_file(path: Path) -> dict[str, object]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from tempfile import mkdtemp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 
 from legacy_stack import ADMIN, DIRS, running_stack, wait_until  # noqa: E402

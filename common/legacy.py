@@ -29,6 +29,8 @@ class Repository(BaseModel):
     commit: str | None = None
     # A name in the worker's secret store; the worker resolves it. Secrets never travel in job parameters.
     credential: str | None = None
+    # The hosts the credential is bound to (`common.credential_binding`); it is sent to no other host.
+    credential_hosts: list[str] | None = None
 
 
 class TestJob(BaseModel):
@@ -79,6 +81,29 @@ class TaskStatus(StrEnum):
     FAILED = "failed"
     DEFERRED = "deferred"
     CANCELLED = "cancelled"
+
+
+class CeleryState(StrEnum):
+    """Celery's own state words: the platform's task list (`GET /tasks`) shows and filters by these, and its
+    front end switches on them (it never learnt the `TaskStatus` words for that view)."""
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    RETRY = "RETRY"
+    REVOKED = "REVOKED"
+
+
+# A task's `TaskStatus` in Celery's words (RETRY is never shown: a re-run is PENDING again, as Celery shows it).
+CELERY_STATE_OF = {
+    TaskStatus.QUEUED: CeleryState.PENDING,
+    TaskStatus.DEFERRED: CeleryState.PENDING,
+    TaskStatus.STARTED: CeleryState.STARTED,
+    TaskStatus.FINISHED: CeleryState.SUCCESS,
+    TaskStatus.FAILED: CeleryState.FAILURE,
+    TaskStatus.CANCELLED: CeleryState.REVOKED,
+}
 
 
 class Progress(BaseModel):

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     # --- the work: checkout and sandbox ---------------------------------------------------------------------
     allowed_git_schemes: list[str] = Field(default_factory=lambda: ["https", "http", "ssh", "file", "local"])
     secrets_file: Path | None = None
+    # CA bundle git trusts for https remotes (a course's own GitLab behind a private CA); git's default if unset.
+    git_ssl_ca_file: Path | None = None
     secret_env_prefix: str = "GATEWAY_SECRET_"
     sandbox_timeout_seconds: int = 60
     sandbox_cpu_seconds: int = 60
@@ -129,7 +131,8 @@ class Settings(BaseSettings):
     # How many times a leg is run again after an infrastructure failure the student did not cause (a crashed
     # Prefect run, a Celery worker that died); after that the row shows the infrastructure error.
     gateway_infra_retries: int = 2
-    # Hosts a student may name in `provider_url` (e.g. ["gitlab.example.org"]); empty: any https/ssh host.
+    # Hosts a student may name in `provider_url` (e.g. ["gitlab.example.org"]) besides their own repository's
+    # host; https/ssh only (gateway/jobs/credential_binding.py).
     # Local paths and file:// are never accepted from a student, whatever this says.
     gateway_student_providers: list[str] = Field(default_factory=list)
     # The engine behind the Celery-era `/api/tasks/*` family when a submit does not name one.
@@ -162,6 +165,9 @@ class Settings(BaseSettings):
 
     # Cutover gates are evaluated this often inside the reconciler's process (one process at a time on PostgreSQL).
     gateway_cutover_evaluate_seconds: float = 60.0
+    # The key of the console's anti-CSRF tokens (an HMAC of the login). Unset: a random key per process, so a
+    # page's token is refused after a restart or by another API process (the page says so; reload it).
+    gateway_console_secret: SecretStr | None = None
     # Mismatches re-run on both engines to tell a reproducible difference from a flaky test, per course content
     # (or backend) and hour (0: never re-judge).
     gateway_rejudge_per_hour: int = 20

@@ -33,6 +33,9 @@ class TestCreate(BaseModel):
 
 
 class TestRunResponse(BaseModel):
+    """The contract's keys, plus `ResultGet`'s: the platform's CLI parses this answer as a `ResultGet` (which
+    requires `course_content_type_id`), and keys are additive (no client breaks on one it does not read)."""
+
     __test__ = False
 
     id: str
@@ -48,6 +51,11 @@ class TestRunResponse(BaseModel):
     version_identifier: str | None
     status: int
     submission_flow_run_id: str | None = None
+    course_content_type_id: str
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+    updated_by: str | None
 
 
 class ResultList(BaseModel):
@@ -159,13 +167,25 @@ class TaskInfo(BaseModel):
     retries: int | None = None
 
 
-class TaskList(BaseModel):
-    """`GET /api/tasks`: one page of tasks, newest first, with the total."""
+class TaskListItem(TaskInfo):
+    """One task of `GET /api/tasks`: `TaskInfo`'s keys plus the platform's list keys (`date_done`, `has_result`,
+    `has_error`). `status` is in Celery's words there (`SUCCESS`, `FAILURE`, `PENDING`, `STARTED`, `REVOKED`),
+    as the platform's front end switches on them; `task_status` keeps the gateway's `TaskStatus` word."""
 
-    tasks: list[TaskInfo]
+    task_status: str
+    date_done: datetime | None = None
+    has_result: bool
+    has_error: bool
+
+
+class TaskList(BaseModel):
+    """`GET /api/tasks`: one page of tasks, newest first, with the total and whether more follow."""
+
+    tasks: list[TaskListItem]
     total: int
     limit: int
     offset: int
+    has_more: bool
 
 
 class TaskResult(BaseModel):

@@ -123,8 +123,11 @@ class CeleryAdapter:
         return self._reader
 
     # ------------------------------------------------------------------------------------------------ submit
-    def submit(self, job: JobSpec, leg_id: str, priority: int = names.STUDENT_TESTING_PRIORITY) -> str:
-        """Send the job's task by name under `leg_id`; returns the Celery task id (= `leg_id`)."""
+    def submit(
+        self, job: JobSpec, leg_id: str, priority: int = names.STUDENT_TESTING_PRIORITY, queue: str | None = None
+    ) -> str:
+        """Send the job's task by name under `leg_id`; returns the Celery task id (= `leg_id`). `queue`: another
+        queue than the task's own (a rerun that must avoid a foreign worker: `names.GATEWAY_ONLY`)."""
         task_name = names.TASK_FOR_KIND[TaskKind(job.kind)]
         if job.kind == TaskKind.STUDENT_TESTING:
             kwargs = {
@@ -135,7 +138,7 @@ class CeleryAdapter:
             kwargs = {"submission": _plain(job.params["submission"])}
         headers = {SHADOW_HEADER: True} if job.shadow else None
         summary = kwargs_summary(kwargs)
-        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers, kwargsrepr=summary)
+        return self.send(task_name, kwargs, leg_id, priority=priority, headers=headers, kwargsrepr=summary, queue=queue)
 
     def rerun(self, job: JobSpec, leg_id: str, priority: int = names.STUDENT_TESTING_PRIORITY) -> str:
         """Drop the failed attempt's `celery_taskmeta` row, then send the task again under the same id.
@@ -145,10 +148,16 @@ class CeleryAdapter:
         broker after the visibility timeout: the worker then finds the id succeeded and skips it.
         """
         current = self.poll([leg_id])[leg_id]
+        foreign = False
         if current.phase is LegPhase.SUCCEEDED:
-            return leg_id
+            stored = self.result(leg_id)
+            if stored.report is not None and stored.error is None:
+                return leg_id
+            # A SUCCESS the gateway cannot read as its report: a worker that is not the gateway's (the platform's
+            # own, on the shared queues) answered. The rerun goes where only the gateway's workers listen.
+            foreign = True
         self.app.backend.forget(leg_id)
-        return self.submit(job, leg_id, priority=priority)
+        return self.submit(job, leg_id, priority=priority, queue=names.GATEWAY_ONLY if foreign else None)
 
     def send(
         self,
@@ -158,11 +167,12 @@ class CeleryAdapter:
         priority: int | None = None,
         headers: dict[str, Any] | None = None,
         kwargsrepr: str | None = None,
+        queue: str | None = None,
     ) -> str:
         """Any task by name, routed to its queue (also used for the no-op task by health checks and the bench).
 
         A shadow run keeps its task name; it is marked by a message header (`shadow`) instead."""
-        queue = names.QUEUE_FOR_TASK.get(task_name, names.DEFAULT)
+        queue = queue or names.QUEUE_FOR_TASK.get(task_name, names.DEFAULT)
         self._declare_queues_once()
         # declare=[]: the queues exist (above), so kombu's per-publish `maybe_declare` check is skipped.
         self.app.send_task(
@@ -374,7 +384,7 @@ class CeleryAdapter:
                 return LegResult(
                     leg_id=leg_id, phase=LegPhase.FAILED, error=verdict.error, error_type=verdict.error_type
                 )
-            return LegResult(leg_id=leg_id, phase=phase, report=verdict.report, score=verdict.score)
+            return LegResult(leg_id=leg_id, phase=phase, report=verdict.report)
         if phase in (LegPhase.FAILED, LegPhase.CRASHED, LegPhase.CANCELLED):
             if isinstance(raw, Undecodable):
                 return LegResult(leg_id=leg_id, phase=phase, error=raw.reason, error_type="UndecodableResult")

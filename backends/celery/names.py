@@ -14,7 +14,10 @@ NOOP = "ctutor_backend.tasks.noop"
 HIGH_PRIORITY = "high_priority"
 DEFAULT = "default"
 LOW_PRIORITY = "low_priority"
-ALL_QUEUES: tuple[str, ...] = (HIGH_PRIORITY, DEFAULT, LOW_PRIORITY)
+# A queue only the gateway's own workers consume (the platform's workers never heard of it): a run whose first
+# attempt another worker on the shared queues answered unreadably is run again here, so it avoids that worker.
+GATEWAY_ONLY = "gateway_only"
+ALL_QUEUES: tuple[str, ...] = (HIGH_PRIORITY, DEFAULT, LOW_PRIORITY, GATEWAY_ONLY)
 
 # The task modules every worker imports (`include`); test-only modules are added per worker on the command line.
 TASK_MODULES: tuple[str, ...] = ("backends.celery.tasks",)

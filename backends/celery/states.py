@@ -76,38 +76,34 @@ def decode_result(raw: bytes | memoryview | str | None) -> Any:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a SUCCESS row's result means: a report (and the score a legacy worker computed), or an error."""
+    """What a SUCCESS row's result means: the gateway's report, or why it is none."""
 
     report: dict[str, Any] | None = None
-    score: float | None = None
     error: str | None = None
     error_type: str | None = None
 
 
-LEGACY_FAILED = "The legacy worker reported that the run failed."
+FOREIGN = (
+    "A worker that is not the gateway's answered (the platform's own `{success, results}` shape, from a worker "
+    "on the shared queues); its report and score are not the gateway's, so the run's outcome is unknown. Run it "
+    "again on a gateway worker."
+)
 
 
 def verdict_of_success(result: Any) -> Verdict:
-    """Read a SUCCESS row: the gateway's own report, the legacy worker's `{"success", "results"}`, or an error.
+    """Read a SUCCESS row: the gateway's own report, or an error (`UndecodableResult`, `BadResult`).
 
-    The legacy Celery task answered `{"success": bool, "results": {...}}`, where `results` is the report tree
-    (or at least `{"score": ...}`) and `success: false` means the run itself broke (a clone failure, a crash):
-    never a COMPLETED row. Anything that is not a dict could not be a report: an infrastructure error.
+    The platform's Celery worker took the same task name from the same queue and answered `{"success",
+    "results"}`, `results` carrying its own `score` (e.g. 80 of 100, which it gave failing students too). That
+    is a foreign result, like a pickled one: an infrastructure error, run again (on a gateway worker: the rerun
+    avoids the shared queues), never a grade and never its score. Anything that is not a dict is no report.
     """
     if isinstance(result, Undecodable):
         return Verdict(error=result.reason, error_type="UndecodableResult")
     if not isinstance(result, dict):
         return Verdict(error=f"The worker returned {type(result).__name__}, not a report.", error_type="BadResult")
     if "success" in result and "results" in result:
-        if result["success"] is not True:
-            detail = result.get("error") or result.get("message") or LEGACY_FAILED
-            return Verdict(error=str(detail), error_type="LegacyWorkerError")
-        report = result["results"]
-        if not isinstance(report, dict):
-            return Verdict(error="The legacy worker's results are not a report.", error_type="BadResult")
-        legacy_score = report.get("score")
-        numeric = isinstance(legacy_score, int | float) and not isinstance(legacy_score, bool)
-        return Verdict(report=report, score=max(0.0, min(1.0, float(legacy_score))) if numeric else None)
+        return Verdict(error=FOREIGN, error_type="BadResult")
     return Verdict(report=result)
 
 

@@ -84,11 +84,13 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
 
 def _user_id(params: dict[str, Any]) -> str | None:
     """The user a run is for, in any parameter shape: `test_job`, the gateway's `submission.test_job`, or the
-    legacy submission set's top-level `user_id` (the adapter sends every shape unchanged)."""
+    platform's `Submission` (`submission.user_id`; the platform tagged its run `user:<id>` from it). The adapter
+    sends every shape unchanged."""
     submission = params.get("submission")
     candidates = (
         params.get("test_job"),
         submission.get("test_job") if isinstance(submission, dict) else None,
+        submission,
         params,
     )
     for value in candidates:

@@ -7,9 +7,11 @@ running flow, kill its runner mid-run, or see an infrastructure failure without 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
+from pydantic import BaseModel, ConfigDict
 
 from backends.prefect import names
 from backends.prefect.flows import result_storage
@@ -52,7 +54,8 @@ WRITEBACK_FLOW = "gateway-test-writeback"
 
 @flow(name=WRITEBACK_FLOW, persist_result=False)
 def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Finds its row by its own flow-run id, then PATCHes RUNNING and a final verdict, as legacy flows did.
+    """Finds its row by its own flow-run id (and its job's ids, as the platform's flow sends them), then PATCHes
+    RUNNING and a final verdict, as legacy flows did.
 
     The gateway's URL and the worker account come from the runner's environment (`GATEWAY_WRITEBACK_URL`,
     `GATEWAY_WRITEBACK_USER`, `GATEWAY_WRITEBACK_PASSWORD`); nothing secret travels in the parameters. Like a
@@ -66,11 +69,16 @@ def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
     run_id = str(flow_run.id)
     auth = (os.environ["GATEWAY_WRITEBACK_USER"], os.environ["GATEWAY_WRITEBACK_PASSWORD"])
     base_url = os.environ["GATEWAY_WRITEBACK_URL"].rstrip("/") + "/"
+    # The platform's `commit_results` query: the run id with its job's backend, member and content ids.
+    job = test_job or {}
+    query: dict[str, Any] = {"test_system_id": run_id, "latest": "false"}
+    ids = ("execution_backend_id", "course_member_id", "course_content_id")
+    query |= {key: job[key] for key in ids if job.get(key)}
     with httpx.Client(base_url=base_url, auth=auth, timeout=30) as client:
         rows: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
         while not rows and time.monotonic() < deadline:
-            response = client.get("results", params={"test_system_id": run_id})
+            response = client.get("results", params=query)
             response.raise_for_status()
             rows = response.json()
             if not rows:
@@ -89,30 +97,78 @@ def writeback(test_job: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 # The platform's own `submit-result` flow, as far as its signature goes: a deployment the gateway did not write.
+# Its one parameter is the platform's `Submission` model; these mirror that model's field types (what Prefect
+# validates a run's parameters against), not its code.
 LEGACY_SUBMIT_FLOW = "gateway-test-legacy-submit"
 
 
+class PlatformRepository(BaseModel):
+    """The platform's `Repository` (extra keys ignored, as there: the gateway's `credential` name rides along)."""
+
+    url: str
+    user: str | None = ""
+    token: str | None = ""
+    branch: str | None = "main"
+    path: str | None = ""
+    commit: str | None = ""
+
+
+class PlatformGitLabConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    url: str | None = None
+    full_path: str | None = None
+    directory: str | None = None
+
+
+class PlatformContentProperties(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    gitlab: PlatformGitLabConfig | None = None
+
+
+class PlatformCourseContentGet(BaseModel):
+    """The platform's `CourseContentGet`: these strings and the position are required there."""
+
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    created_by: str | None = None
+    updated_by: str | None = None
+    id: str
+    archived_at: datetime | None = None
+    title: str | None = None
+    description: str | None = None
+    path: str
+    course_id: str
+    course_content_type_id: str
+    course_content_kind_id: str
+    properties: PlatformContentProperties | None = None
+    version_identifier: str
+    position: float
+    max_group_size: int | None = None
+    max_test_runs: int | None = None
+    max_submissions: int | None = None
+    execution_backend_id: str | None = None
+
+
+class PlatformSubmission(BaseModel):
+    """The platform's `Submission`: every field required."""
+
+    submission: PlatformRepository
+    provider: str
+    full_path: str
+    token: str
+    assignment: PlatformCourseContentGet
+    module: PlatformRepository
+    result_id: str
+    user_id: str
+
+
 @flow(name=LEGACY_SUBMIT_FLOW, persist_result=True, result_serializer="json", result_storage=result_storage())
-def legacy_submit(
-    submission: dict[str, Any],
-    provider: str,
-    full_path: str,
-    token: str | None,
-    assignment: dict[str, Any] | None,
-    module: dict[str, Any],
-    user_id: str | None,
-) -> dict[str, Any]:
-    """Exactly the legacy parameters, every one required (a run missing one, or sent another, never starts);
-    returns what it received, so a test can read it back as the run's result."""
-    return {
-        "submission": submission,
-        "provider": provider,
-        "full_path": full_path,
-        "token": token,
-        "assignment": assignment,
-        "module": module,
-        "user_id": user_id,
-    }
+def legacy_submit(submission: PlatformSubmission) -> dict[str, Any]:
+    """Exactly the platform's signature (a run without `submission`, or with a field missing, never starts:
+    Prefect checks the parameters against it); returns what it parsed, as the platform's types read it."""
+    return submission.model_dump(mode="json", exclude_unset=True)
 
 
 TEST_FLOWS = (noop, wait, fail, unpersisted, writeback, legacy_submit)

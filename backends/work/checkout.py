@@ -4,7 +4,9 @@ Every value from the job is validated first (`gitsafe`); git then runs with: `GI
 allowed schemes, no system or global config (no `url.insteadOf`, credential helpers or hooks from the host),
 hooks disabled, no terminal prompt, and `--` / `--end-of-options` before every job-supplied argument.
 A credential is resolved by name from the secret store and handed to git through `GIT_ASKPASS` (a tiny script
-reading git's own environment), never on a command line, never in the job, never in a log.
+reading git's own environment), never on a command line, never in the job, never in a log; and only when the
+URL is https to a host the credential is bound to (`common.credential_binding`): whatever the job says, git
+gets no credential for another host, for plain http or for a path.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from backends.secrets import Credential, SecretError, resolve_credential
 from backends.work.errors import BadJobError, InfrastructureError
 from backends.work.gitsafe import SafeUrl, git_protocols, validate_commit, validate_path, validate_url
+from common.credential_binding import may_carry
 from common.legacy import Repository
 from common.redact import redact_text
 from common.settings import Settings
@@ -49,6 +52,7 @@ class CheckoutPlan:
     commit: str
     path: str
     credential: str | None
+    credential_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def plan_checkout(repo: Repository, role: str, settings: Settings) -> CheckoutPl
     if url.kind == "local":
         url = SafeUrl(str(Path(url.url).expanduser().resolve()), "local")
     commit = validate_commit(repo.commit or repo.branch or "main", "commit" if repo.commit else "branch")
-    return CheckoutPlan(role, url, commit, validate_path(repo.path), repo.credential)
+    hosts = tuple(repo.credential_hosts or ())
+    return CheckoutPlan(role, url, commit, validate_path(repo.path), repo.credential, hosts)
 
 
 def _git_env(settings: Settings, home: Path, cred: Credential | None, askpass: Path | None) -> dict[str, str]:
@@ -93,6 +98,8 @@ def _git_env(settings: Settings, home: Path, cred: Credential | None, askpass: P
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
         "GCM_INTERACTIVE": "never",
     }
+    if settings.git_ssl_ca_file is not None:
+        env["GIT_SSL_CAINFO"] = str(settings.git_ssl_ca_file)
     # ssh needs the agent or the operator's keys: the agent socket is not a secret value.
     if "SSH_AUTH_SOCK" in os.environ:
         env["SSH_AUTH_SOCK"] = os.environ["SSH_AUTH_SOCK"]
@@ -143,6 +150,10 @@ def checkout(plan: CheckoutPlan, dest: Path, settings: Settings, shallow: bool =
             cred = resolve_credential(plan.credential, settings)
         except SecretError as exc:
             raise InfrastructureError(f"Credential for the {plan.role} repository not available: {exc}") from None
+        if not may_carry(plan.url.url, (*plan.credential_hosts, *cred.hosts)):
+            log.warning("not sending credential %r with the %s repository: the URL is not https to a host it is "
+                        "bound to", plan.credential, plan.role)  # fmt: skip
+            cred = None
     dest.mkdir(parents=True, exist_ok=False)
     with git_session(settings, cred) as env:
         sha = _fetch(plan, dest, env, shallow)

@@ -19,9 +19,11 @@ while the run goes (live progress) and `verdict.decide` turns it into outcomes. 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -34,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
-from backends.work import sandbox_launch, sandbox_plugin
+from backends.work import sandbox_guard, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_uids import kill_uid, run_uid
@@ -82,6 +84,8 @@ class RunOutcome:
     junit_xml: str | None
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
+    channel_key: bytes = b""  # the run's key: every line on the channel carries its HMAC (`sandbox_guard`)
+    output_dropped: dict[str, int] = field(default_factory=dict)  # bytes of stdout/stderr beyond the cap
     duration: float = 0.0
     startup_seconds: float | None = None  # process start until pytest had collected
     isolation: str = SandboxIsolation.BWRAP.value
@@ -117,7 +121,11 @@ def make_run_dir(settings: Settings) -> RunDir:
     rd = RunDir(Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base)))
     for sub in (rd.runner, rd.work, rd.out):
         sub.mkdir()
-    for module, name in ((sandbox_launch, "launch.py"), (sandbox_plugin, "gateway_verdict.py")):
+    for module, name in (
+        (sandbox_launch, "launch.py"),
+        (sandbox_plugin, "gateway_verdict.py"),
+        (sandbox_guard, "gateway_guard.py"),
+    ):
         (rd.runner / name).write_text(Path(module.__file__).read_text())  # type: ignore[arg-type]
     (rd.runner / "pytest.ini").write_text(_PYTEST_INI)
     return rd
@@ -340,21 +348,47 @@ def sandbox_health(settings: Settings) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------- the run
-def _read_capped(path: Path, cap: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(cap + 1)
-    except OSError:
-        return ""
-    text = data[:cap].decode("utf-8", "replace")
-    return text + ("\n[output truncated]" if len(data) > cap else "")
+class _OutputReader:
+    """A run's stdout or stderr: a pipe the worker drains while the run goes, keeping the first `cap` bytes.
+
+    A pipe, not a file: RLIMIT_FSIZE does not apply to it, so a run that prints without end never fails in
+    pytest's own summary (which would read as tampering); what is beyond the cap is dropped and said so."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.kept = bytearray()
+        self.dropped = 0
+        self.eof = False
+
+    def read_ready(self) -> None:
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            self.eof = True
+            return
+        room = max(self.cap - len(self.kept), 0)
+        self.kept += chunk[:room]
+        self.dropped += len(chunk) - min(room, len(chunk))
+
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", "replace")
+        return text + (f"\n[output truncated: {self.dropped} more bytes not kept]" if self.dropped else "")
+
+
+def signed_body(line: bytes, key: bytes, seq: int) -> bytes | None:
+    """The JSON of a channel line `<hmac> <json>` when its HMAC is the guard's for sequence number `seq`."""
+    mac, _, body = line.partition(b" ")
+    expected = hmac.digest(key, str(seq).encode() + b":" + body, "sha256").hex().encode()
+    return body if hmac.compare_digest(mac, expected) else None
 
 
 class _ChannelReader:
-    """Collects the verdict pipe's complete lines; hands each new batch of parsed events to a callback."""
+    """Collects the verdict pipe's complete lines; hands each new batch of signed events to a callback."""
 
-    def __init__(self, fd: int, on_events: Callable[[list[dict[str, object]]], None] | None) -> None:
+    def __init__(self, fd: int, on_events: Callable[[list[dict[str, object]]], None] | None, key: bytes) -> None:
         self.fd = fd
+        self.key = key
+        self.signed = 0
         self.on_events = on_events
         self.lines: list[bytes] = []
         self.partial = b""
@@ -363,12 +397,22 @@ class _ChannelReader:
         self.eof = False
         self.collected_at: float | None = None
 
-    def pump(self, timeout: float) -> None:
-        if self.eof:
+    def pump(self, timeout: float, outputs: tuple[_OutputReader, ...] = ()) -> None:
+        """Wait up to `timeout` for the channel or an output pipe, and read what is ready."""
+        waiting = {o.fd: o for o in outputs if not o.eof}
+        if not self.eof:
+            waiting[self.fd] = None  # type: ignore[assignment]
+        if not waiting:
             return
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return
+        ready, _, _ = select.select(list(waiting), [], [], timeout)
+        for fd in ready:
+            output = waiting[fd]
+            if output is not None:
+                output.read_ready()
+            else:
+                self._read_ready()
+
+    def _read_ready(self) -> None:
         chunk = os.read(self.fd, 1 << 16)
         if not chunk:
             self.eof = True
@@ -382,8 +426,12 @@ class _ChannelReader:
         self.lines.extend(complete)
         events = []
         for line in complete:
+            body = signed_body(line, self.key, self.signed)
+            if body is None:
+                continue  # not the guard's: the verdict will say so
+            self.signed += 1
             with contextlib.suppress(ValueError):
-                record = json.loads(line)
+                record = json.loads(body)
                 if isinstance(record, dict):
                     events.append(record)
         if self.collected_at is None and any(e.get("event") == "collected" for e in events):
@@ -391,15 +439,15 @@ class _ChannelReader:
         if events and self.on_events is not None:
             self.on_events(events)
 
-    def drain(self, deadline: float) -> None:
-        while not self.eof and time.monotonic() < deadline:
-            self.pump(0.05)
+    def drain(self, deadline: float, outputs: tuple[_OutputReader, ...] = ()) -> None:
+        while not (self.eof and all(o.eof for o in outputs)) and time.monotonic() < deadline:
+            self.pump(0.05, outputs)
         if self.partial:
             self.lines.append(self.partial)  # an unterminated line: the verdict will call it malformed
             self.partial = b""
 
 
-def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
+def _env(view: _View, channel_fd: int, protected: list[str], key: bytes = b"") -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": view.work,
@@ -410,6 +458,7 @@ def _env(view: _View, channel_fd: int, protected: list[str]) -> dict[str, str]:
         "PYTHONIOENCODING": "utf-8",
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
         "GATEWAY_VERDICT_FD": str(channel_fd),
+        "GATEWAY_VERDICT_KEY": (key or secrets.token_bytes(32)).hex(),
         "GATEWAY_REFERENCE_FILES": json.dumps(protected),
     }
 
@@ -434,7 +483,7 @@ _Fds = tuple[int, BinaryIO, BinaryIO]  # the channel's write end, stdout, stderr
 
 def _start_cold(
     rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
-    uid: int | None, fds: _Fds, isolation: SandboxIsolation,
+    uid: int | None, fds: _Fds, isolation: SandboxIsolation, key: bytes,
 ) -> subprocess.Popen[bytes]:  # fmt: skip
     """A new interpreter per run: bwrap (or nothing, with isolation none) + `python -I -S launch.py`."""
     channel, out, err = fds
@@ -447,7 +496,7 @@ def _start_cold(
     try:
         return subprocess.Popen(
             [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-            env=_env(view, channel, protected), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            env=_env(view, channel, protected, key), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
             extra_groups=[] if uid is not None else None,
         )  # fmt: skip
@@ -457,7 +506,7 @@ def _start_cold(
 
 def _start_warm(
     rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
-    uid: int, fds: _Fds,
+    uid: int, fds: _Fds, key: bytes,
 ) -> WarmProcess:  # fmt: skip
     """A fork of the worker's warm runner, in the same view, namespaces, uid and limits as a cold run."""
     channel, out, err = fds
@@ -469,7 +518,7 @@ def _start_warm(
         "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
         "cwd": view.work, "pycache": view.pycache, "reference": protected,
         "limits": [limits.cpu_seconds, limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
-        "args": _pytest_args(view, test_files, "conftest.py" in protected),
+        "args": _pytest_args(view, test_files, "conftest.py" in protected), "key": key.hex(),
     }  # fmt: skip
     return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
 
@@ -488,45 +537,49 @@ def run_pytest(
     isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
     view = _view(rd, runtime, isolation)
-    stdout_path, stderr_path = rd.root / "stdout.txt", rd.root / "stderr.txt"
     with _uid_for_run(settings) as uid:
         _hand_over(rd, uid, protected)
         warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
-        reader = _ChannelReader(read_fd, on_events)
+        key = secrets.token_bytes(32)
+        reader = _ChannelReader(read_fd, on_events, key)
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        outputs = (_OutputReader(out_r, limits.output_cap), _OutputReader(err_r, limits.output_cap))
         started = time.monotonic()
         timed_out = False
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
-            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            with open(out_w, "wb") as out, open(err_w, "wb") as err:
                 try:
                     if warm:
-                        proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err))
+                        proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
+                                           key)  # fmt: skip
                     else:
                         proc = _start_cold(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
-                                           isolation)  # fmt: skip
+                                           isolation, key)  # fmt: skip
                 finally:
                     os.close(write_fd)
-                try:
-                    deadline = started + limits.timeout
-                    while proc.poll() is None:
-                        if time.monotonic() >= deadline:
-                            timed_out = True
-                            break
-                        reader.pump(0.05)
-                finally:
-                    # Ending the run's pid 1 (bwrap's init, the warm run's init) ends its pid namespace and all in
-                    # it; the process group and the uid are the fallbacks.
-                    if isinstance(proc, WarmProcess):
-                        kill_uid(uid)  # type: ignore[arg-type]
-                    else:
-                        _kill_group(proc.pid)
-                    proc.wait()
-                    if uid is not None:
-                        kill_uid(uid)
-            reader.drain(time.monotonic() + 5)
+            try:
+                deadline = started + limits.timeout
+                while proc.poll() is None:
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    reader.pump(0.05, outputs)
+            finally:
+                # Ending the run's pid 1 (bwrap's init, the warm run's init) ends its pid namespace and all in
+                # it; the process group and the uid are the fallbacks.
+                if isinstance(proc, WarmProcess):
+                    kill_uid(uid)  # type: ignore[arg-type]
+                else:
+                    _kill_group(proc.pid)
+                proc.wait()
+                if uid is not None:
+                    kill_uid(uid)
+            reader.drain(time.monotonic() + 5, outputs)
         finally:
-            os.close(read_fd)
+            for fd in (read_fd, out_r, err_r):
+                os.close(fd)
     returncode = proc.returncode
     sig = None
     if returncode < 0:
@@ -541,11 +594,13 @@ def run_pytest(
         returncode=None if timed_out else returncode,
         signal=None if timed_out else sig,
         timed_out=timed_out,
-        stdout=_read_capped(stdout_path, limits.output_cap),
-        stderr=_read_capped(stderr_path, limits.output_cap),
+        stdout=outputs[0].text(),
+        stderr=outputs[1].text(),
+        output_dropped={name: o.dropped for name, o in zip(("stdout", "stderr"), outputs, strict=True) if o.dropped},
         junit_xml=xml,
         channel=reader.lines,
         channel_flooded=reader.flooded,
+        channel_key=key,
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,
         isolation=isolation.value,

@@ -6,9 +6,11 @@ before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shad
 1. set the resource limits on itself (they then hold for pytest, the student's code and all it starts);
 2. point `sys.pycache_prefix` at the worker's read-only bytecode cache (standard library and pytest, compiled
    once per worker), so no `__pycache__` the student writes is ever loaded in place of a reference module;
-3. take the verdict channel (a pipe's write end the worker handed over) out of the environment and make it
-   non-inheritable across exec;
-4. import pytest and the verdict plugin from the worker's read-only runtime dir and run pytest with the plugin
+3. take the verdict channel (a pipe's write end the worker handed over) and the run's key out of the
+   environment, make the pipe non-inheritable across exec and this process non-dumpable (no other process of
+   the run's uid may read its memory through `/proc/<pid>/mem` or ptrace);
+4. import pytest and the verdict plugin from the worker's read-only runtime dir, arm the guard
+   (`sandbox_guard.py`: the audit hook that holds the key and signs the verdict) and run pytest with the plugin
    registered before any test or student module is imported;
 5. leave with `os._exit`, so no `atexit` hook the student registered ever runs.
 
@@ -18,6 +20,7 @@ before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shad
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import resource
@@ -32,6 +35,13 @@ def _limit(cpu: int, mem: int, nproc: int, fsize: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0, through ctypes (the guard then removes ctypes and refuses it from then on)."""
+    import ctypes  # noqa: PLC0415
+
+    ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+
+
 def main(argv: list[str]) -> None:
     site, pycache = argv[0], argv[1]
     cpu, mem, nproc, fsize = (int(v) for v in argv[2:6])
@@ -41,13 +51,23 @@ def main(argv: list[str]) -> None:
     sys.pycache_prefix = pycache
     sys.dont_write_bytecode = os.environ.pop("GATEWAY_WRITE_PYCACHE", "") != "1"  # only the worker's cache fill
     channel_fd = int(os.environ.pop("GATEWAY_VERDICT_FD"))
+    key = bytes.fromhex(os.environ.pop("GATEWAY_VERDICT_KEY"))
     reference = json.loads(os.environ.pop("GATEWAY_REFERENCE_FILES", "[]"))
     os.set_inheritable(channel_fd, False)
+    _not_dumpable()
     sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), site]
-    import gateway_verdict  # noqa: PLC0415 - only after sys.path holds the runtime dir
+    import gateway_guard  # noqa: PLC0415 - only after sys.path holds the runtime dir
+    import gateway_verdict  # noqa: PLC0415
     import pytest  # noqa: PLC0415
+    from _pytest.config import default_plugins  # noqa: PLC0415
 
-    plugin = gateway_verdict.VerdictChannel(channel_fd, os.getcwd(), reference)
+    for name in default_plugins:  # loaded before the guard is armed, as in the warm runner: all of them trusted
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"_pytest.{name}")
+
+    plugin = gateway_verdict.VerdictChannel()
+    gateway_guard.arm(channel_fd, key, os.getcwd(), reference)
+    del key
     try:
         code = int(pytest.main(argv[7:], plugins=[plugin]))
     except BaseException:  # noqa: BLE001 - whatever happened, the channel (not this exit code) tells the worker

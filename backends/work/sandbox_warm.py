@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.work import sandbox_plugin, sandbox_zygote
+from backends.work import sandbox_guard, sandbox_plugin, sandbox_zygote
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime
 
@@ -79,7 +79,11 @@ class WarmRunner:
     def __init__(self, runtime: Runtime) -> None:
         sources = {
             name: Path(module.__file__).read_bytes()  # type: ignore[arg-type]
-            for module, name in ((sandbox_zygote, "sandbox_zygote.py"), (sandbox_plugin, "gateway_verdict.py"))
+            for module, name in (
+                (sandbox_zygote, "sandbox_zygote.py"),
+                (sandbox_plugin, "gateway_verdict.py"),
+                (sandbox_guard, "gateway_guard.py"),
+            )
         }
         digest = hashlib.sha256(b"".join(sources[name] for name in sorted(sources))).hexdigest()[:12]
         runner = runtime.site.parent / f"runner-{digest}"  # a new version of the code gets a new dir

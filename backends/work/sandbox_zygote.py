@@ -36,7 +36,7 @@ _CLONE = {"ns": 0x00020000, "cgroup": 0x02000000, "uts": 0x04000000, "ipc": 0x08
           "net": 0x40000000}  # fmt: skip
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 _MNT_DETACH = 2
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -113,10 +113,17 @@ def _test(job: dict[str, Any], channel: int) -> None:
         os.chdir(job["cwd"])
         sys.pycache_prefix = job["pycache"]
         sys.dont_write_bytecode = True
+        key = bytes.fromhex(job.pop("key"))
+        _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
+        for name in ("_libc", "ctypes"):  # the guard refuses ctypes; nothing here may keep a way to it
+            globals().pop(name, None)
+        import gateway_guard
         import gateway_verdict
         import pytest
 
-        plugin = gateway_verdict.VerdictChannel(channel, job["cwd"], job["reference"])
+        plugin = gateway_verdict.VerdictChannel()
+        gateway_guard.arm(channel, key, job["cwd"], job["reference"])
+        del key
         code = int(pytest.main(job["args"], plugins=[plugin]))
     except BaseException as exc:  # noqa: BLE001 - the channel, not this code, tells the worker what happened
         with contextlib.suppress(Exception):
@@ -207,13 +214,15 @@ def _receive(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
 def main(argv: list[str]) -> None:
     site, runner, control_fd = argv[0], argv[1], int(argv[2])
     sys.path[:0] = [runner, site]
-    import gateway_verdict  # noqa: F401 - imported once here, inherited by every run
+    import gateway_guard  # imported once here, inherited by every run
+    import gateway_verdict  # noqa: F401
     import pytest  # noqa: F401
     from _pytest.config import default_plugins
 
     for name in default_plugins:
         with contextlib.suppress(ImportError):
             importlib.import_module(f"_pytest.{name}")
+    gateway_guard.prepare()  # the code sets each run's guard starts from (copied, then dropped, by `arm`)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
     control = socket.socket(fileno=control_fd)
     control.sendall(b"ready\n")

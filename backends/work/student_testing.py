@@ -122,6 +122,8 @@ def run_student_testing(
             "runner": outcome.runner,
             "phases": {k: round(v, 4) for k, v in timings.items()},
         }
+        if outcome.output_dropped:
+            run.properties["outputTruncated"] = outcome.output_dropped  # bytes beyond the cap; never a verdict
         run.environment = effective_environment(limits, outcome.isolation, outcome.runner, runtime.python)
         report = build_report(student_plan.path, outcomes, run)
     except (OSError, ValueError) as exc:

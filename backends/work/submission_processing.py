@@ -6,7 +6,9 @@ The submissions repository is `settings.submissions_repo_url`, or on the embedde
 path with `/` → `.`, the legacy dotted content path). Before pushing, the branch's current value is read with
 `ls-remote`: if it already is that commit nothing is pushed and `changed` is false, so a retried or duplicated
 task changes nothing the second time. A later submission of another commit moves the branch (`previous` says
-from where). A password in the submissions URL (operator configuration) is handed to git through askpass.
+from where); every submitted commit also keeps its own record ref (`refs/submissions/<member>/<assignment>/<commit>`).
+Two submissions of the same ref at once: the loser of the race retries on the lock or lease failure (`_record`).
+A password in the submissions URL (operator configuration) is handed to git through askpass.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from backends.secrets import Credential
 from backends.work.checkout import checkout, git_session, last_line, plan_checkout, run_git
@@ -87,6 +90,53 @@ def _target(settings: Settings) -> tuple[str, Credential | None]:
     return safe.url, cred
 
 
+class RefBusy(InfrastructureError):
+    """Another submission of the same member and assignment updated (or held the lock of) the ref meanwhile."""
+
+
+# What git says when another writer holds or moved the ref (a local lock file, a remote's refused lock, a lease).
+_BUSY = ("cannot lock ref", "failed to lock", "unable to create", ".lock': file exists", "stale info", "fetch first")
+# Tries of one submission against concurrent ones on its ref (each re-reads the ref first).
+REF_ATTEMPTS = 6
+
+
+def submission_record_ref(ref: str, commit: str) -> str:
+    """The append-only record of one submitted commit beside the branch (`refs/submissions/<member>/<assignment>/
+    <commit>`): every submission is kept even when a concurrent one of the same ref moved the branch past it."""
+    return f"refs/submissions/{ref.removeprefix('refs/heads/submissions/')}/{commit}"
+
+
+@retry(
+    retry=retry_if_exception_type(RefBusy),
+    stop=stop_after_attempt(REF_ATTEMPTS),
+    wait=wait_exponential(multiplier=0.05, max=1.0),
+    reraise=True,
+)
+def _record(url: str, ref: str, commit: str, root: Path, env: dict[str, str]) -> tuple[str | None, bool]:
+    """Point `ref` at `commit` (and keep the commit's record ref) unless it is there already; returns the ref's
+    previous commit and whether it changed.
+
+    Two submissions of the same member and assignment (a concurrent push of the same ref) race for the ref: the
+    push is leased on the value just read (`--force-with-lease`) and atomic, so the loser of a race sees a lock or
+    lease failure, reads the ref again and pushes again (`RefBusy`, retried): both are recorded, none is lost.
+    """
+    seen = run_git(["ls-remote", "--", url, ref], root, env)
+    if seen.returncode != 0:
+        raise InfrastructureError(f"submissions repository not reachable: {last_line(seen.stderr)}")
+    previous = seen.stdout.split()[0] if seen.stdout.strip() else None
+    if previous == commit:
+        return previous, False
+    lease = f"--force-with-lease={ref}:{previous or ''}"
+    refspecs = [f"+{commit}:{ref}", f"{commit}:{submission_record_ref(ref, commit)}"]
+    pushed = run_git(["push", "-q", "--atomic", "--no-verify", lease, "--", url, *refspecs], root, env)
+    if pushed.returncode != 0:
+        message = last_line(pushed.stderr)
+        if any(sign in pushed.stderr.lower() for sign in _BUSY):
+            raise RefBusy(f"the submission branch was busy: {message}")
+        raise InfrastructureError(f"push to the submissions repository failed: {message}")
+    return previous, True
+
+
 def run_submission_processing(
     submission: SubmissionJob | dict[str, Any],
     progress: ProgressCallback = no_progress,
@@ -111,16 +161,7 @@ def run_submission_processing(
         fetched = checkout(plan, work / "student", settings, shallow=False)
         progress(ProgressEvent(40, "fetched", {"commit": fetched.commit}))
         with git_session(settings, cred) as env:
-            seen = run_git(["ls-remote", "--", url, ref], fetched.root, env)
-            if seen.returncode != 0:
-                raise InfrastructureError(f"submissions repository not reachable: {last_line(seen.stderr)}")
-            previous = seen.stdout.split()[0] if seen.stdout.strip() else None
-            changed = previous != fetched.commit
-            if changed:
-                pushed = run_git(["push", "-q", "--no-verify", "--", url, f"+{fetched.commit}:{ref}"], fetched.root,
-                                 env)  # fmt: skip
-                if pushed.returncode != 0:
-                    raise InfrastructureError(f"push to the submissions repository failed: {last_line(pushed.stderr)}")
+            previous, changed = _record(url, ref, fetched.commit, fetched.root, env)
         progress(ProgressEvent(90, "recorded", {"ref": ref, "changed": changed}))
     finally:
         shutil.rmtree(work, ignore_errors=True)

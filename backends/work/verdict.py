@@ -3,10 +3,11 @@
 Input: the lines that arrived on the pipe (`sandbox_plugin` speaks the protocol), how the process ended, and the
 JUnit XML if one was left in `/out`. Rules, in order:
 - the wall-clock limit hit → finished tests keep their channel verdict, the rest TIMEDOUT;
-- the channel broke its protocol (a line that is not an event, an unknown test, a test reported twice, anything
-  after `end`, a flood), the plugin reported a `tamper` event, the exit status disagrees with `end`, or the
-  JUnit XML disagrees with the channel, is not JUnit or is missing after tests ran → **tampering**: every
-  test CRASHED/FAILED (score 0) and the root says why; never PASSED;
+- the channel broke its protocol (a line without the guard's HMAC for its place in the sequence, a line that
+  is not an event, an unknown test, a test reported twice, anything after `end`, a flood), the plugin reported
+  a `tamper` event, the exit status disagrees with `end`, or the JUnit XML disagrees with the channel, is not
+  JUnit or is missing after tests ran → **tampering**: every test CRASHED/FAILED (score 0) and the root says
+  why; never PASSED;
 - no `end` (the process died: a limit's signal, `os._exit`, killed) → finished tests keep their verdict, the
   rest CRASHED (or TIMEDOUT for the CPU limit); with nothing collected and no collection error, the runner
   itself broke → `InfrastructureError`;
@@ -33,7 +34,7 @@ from backends.work.report import (
     TestOutcome,
     outcomes_from_junit,
 )
-from backends.work.sandbox import RunOutcome
+from backends.work.sandbox import RunOutcome, signed_body
 
 # Signals that mean "a limit stopped the student's code", not "the runner broke".
 _LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGKILL: "killed (resource limit)",
@@ -69,18 +70,25 @@ class Channel:
     problems: list[str] = field(default_factory=list)
 
 
-def read_channel(lines: list[bytes], flooded: bool = False) -> Channel:
-    """Parse and check the channel's lines in order."""
+def read_channel(lines: list[bytes], key: bytes, flooded: bool = False) -> Channel:
+    """Parse and check the channel's lines in order; a line without the guard's HMAC for its place in the
+    sequence was not written by the guard."""
     channel = Channel()
     if flooded:
         channel.problems.append("the verdict channel was flooded")
     seen_collected = False
+    signed = 0
     for number, line in enumerate(lines, 1):
         if channel.end_status is not None:
             channel.problems.append("data on the verdict channel after the end of the session")
             break
+        body = signed_body(line, key, signed)
+        if body is None:
+            channel.problems.append(f"line {number} of the verdict channel was not written by the runner")
+            continue
+        signed += 1
         try:
-            record = json.loads(line)
+            record = json.loads(body)
             kind = Event(record["event"])
         except (ValueError, KeyError, TypeError):
             channel.problems.append(f"line {number} of the verdict channel is not an event")
@@ -194,7 +202,7 @@ def _tampered(channel: Channel, test_files: list[str], reasons: list[str]) -> tu
 
 def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tuple[list[TestOutcome], RunSummary]:
     """Outcomes and the run's status; raises `InfrastructureError` when the runner broke before any test."""
-    channel = read_channel(outcome.channel, outcome.channel_flooded)
+    channel = read_channel(outcome.channel, outcome.channel_key, outcome.channel_flooded)
     if outcome.timed_out:
         message = f"time limit of {time_limit:g}s exceeded"
         if channel.problems:

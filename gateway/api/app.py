@@ -18,7 +18,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from common.settings import Settings, get_settings
-from gateway.api import scorecard_page
+from gateway.api import console_page
+from gateway.api.csrf import CsrfKey
 from gateway.api.metrics import metrics_router
 from gateway.api.options import OptionsAllow
 from gateway.api.routes import api_router
@@ -83,7 +84,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     add_submit_routes_first(app, ("/api", "") if settings.gateway_serve_at_root else ("/api",))
     app.include_router(api_router(), prefix="/api")
     app.include_router(metrics_router())
-    app.include_router(scorecard_page.router)
+    app.include_router(console_page.router)
+    app.state.console_csrf = CsrfKey(settings)
     if settings.gateway_serve_at_root:
         # Legacy routes only, and out of the schema (it documents each route once, under /api).
         app.include_router(api_router(legacy_only=True), include_in_schema=False)

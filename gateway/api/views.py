@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from backends.interface import LegPhase
-from common.legacy import DEFAULT_CONTENT_TYPE, TaskStatus
+from common.legacy import CELERY_STATE_OF, DEFAULT_CONTENT_TYPE, TaskStatus
 from gateway.legs.states import DispatchState, LegRole
-from gateway.schemas import LegacyUserGet, ResultGet, ResultList, TaskInfo, TaskResult, TestRunResponse
+from gateway.schemas import (
+    LegacyUserGet,
+    ResultGet,
+    ResultList,
+    TaskInfo,
+    TaskListItem,
+    TaskResult,
+    TestRunResponse,
+)
 from gateway.store.accounts import Principal
 from gateway.store.models import Leg, Result, User
 
@@ -37,9 +45,10 @@ def _fields(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
 def test_run_response(row: Any, submission_run_id: str | None = None) -> TestRunResponse:
     """`row`: a `Result` or anything with its attributes (the submit path's `NewRow`).
 
-    `submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started."""
+    `submission_flow_run_id` is the id of the submission-processing leg a `submit=true` run started. The
+    `ResultGet` keys come along (a superset of the contract's keys): the platform's CLI parses this as one."""
     return TestRunResponse(
-        **_fields(row, _COMMON), result_json=row.result_json, submission_flow_run_id=submission_run_id
+        **_fields(row, _COMMON + _META), result_json=row.result_json, submission_flow_run_id=submission_run_id
     )
 
 
@@ -76,6 +85,22 @@ def task_info(leg: Leg) -> TaskInfo:
         worker=leg.worker,
         queue=leg.queue,
         retries=max(0, (leg.dispatch_attempts or 0) - 1),
+    )
+
+
+def task_list_item(leg: Leg) -> TaskListItem:
+    """A listed task as the platform's list showed a `celery_taskmeta` row: its state in Celery's words,
+    `date_done` (when it ended, or when its last state began), whether a result or an error was stored."""
+    info = task_info(leg)
+    status = TaskStatus(info.status)
+    succeeded = leg.finished and leg.phase == LegPhase.SUCCEEDED
+    return TaskListItem(
+        **info.model_dump(exclude={"status"}),
+        status=CELERY_STATE_OF[status].value,
+        task_status=status.value,
+        date_done=leg.finished_at or leg.started_at,
+        has_result=bool(leg.finished and (leg.payload is not None or succeeded)),
+        has_error=bool(leg.finished and leg.error),
     )
 
 

@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.settings import get_settings
+from gateway.cli import output
 
 cutover_app = typer.Typer(help="Move a backend or a course content from one engine to another, stage by stage.")
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def _run_or_fail(
     from gateway.jobs.errors import JobError
 
     try:
-        out = _run(work)
+        out = _run(output.named(work))
     except JobError as exc:
         _fail(exc)
         return None
@@ -100,7 +100,7 @@ def _change(action: str, backend: str | None, content: str | None, as_json: bool
 
 
 def _print_change(out: dict[str, Any]) -> None:
-    console = Console()
+    console = output.console()
     after = out["after"]
     if out["noop"]:
         verb = "nothing to change"
@@ -108,7 +108,7 @@ def _print_change(out: dict[str, Any]) -> None:
         verb = "dry run: would change"
     else:
         verb = f"changed (version {after['version']})"
-    console.print(f"[bold]{out['action']}[/] {after['scope']} {after['scope_id']}: {verb}")
+    console.print(f"[bold]{out['action']}[/] {after['scope']} {after['label']}: {verb}")
     table = Table("field", "from", "to")
     for name, pair in out["changed"].items():
         table.add_row(name, json.dumps(pair["from"]), json.dumps(pair["to"]))
@@ -119,9 +119,7 @@ def _print_change(out: dict[str, Any]) -> None:
         for p in out["preview"]:
             now = p["before"] + (f" (+{p['before_shadow']} shadow)" if p["before_shadow"] else "")
             then = p["after"] + (f" (+{p['after_shadow']} shadow)" if p["after_shadow"] else "")
-            preview.add_row(
-                p["course_content_id"], p["course_member_id"], str(p["bucket"]), now, then, "yes" if p["moves"] else ""
-            )
+            preview.add_row(p["content"], p["member"], str(p["bucket"]), now, then, "yes" if p["moves"] else "")
         console.print(preview)
         s = out["preview_summary"]
         console.print(f"{s['moving']} of {s['members']} previewed (content, member) pairs change engine")
@@ -269,7 +267,7 @@ def history(
             events = await store.history(sessions, limit=limit)
         return [service.event_dict(e) for e in events]
 
-    rows = _run(work)
+    rows = _run(output.named(work))
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -278,7 +276,7 @@ def history(
         old = f"{e['from_stage']} {e['from_percentage']:g}%" if e["from_stage"] else "-"
         table.add_row(
             e["at"][:19],
-            f"{e['scope']} {e['scope_id']}",
+            f"{e['scope']} {e['label']}",
             str(e["version"]),
             e["action"],
             e["actor"],
@@ -286,7 +284,7 @@ def history(
             f"{e['to_stage']} {e['to_percentage']:g}%",
             _event_why(e),
         )
-    Console().print(table)
+    output.console().print(table)
 
 
 def _event_why(event: dict[str, Any]) -> str:
@@ -329,7 +327,7 @@ def status(as_json: bool = AS_JSON) -> None:
             "; ".join(c["needs"]) or "-",
             f"{len(c['clusters'])} / {len(c['accepted_clusters'])} ({_mismatches(c['accepted_mismatches'])})",
         )
-    console = Console()
+    console = output.console()
     console.print(table)
     clusters = Table("migration", "signature", "status", "count", "tests / paths", "acceptance")
     for c in cards:
@@ -370,7 +368,7 @@ def evaluate(
             return [(await gates.evaluate_one(sessions, config, dry_run=dry_run)).to_dict()]
         return [run.to_dict() for run in await gates.evaluate_all(sessions, dry_run=dry_run)]
 
-    runs = _run(work)
+    runs = _run(output.named(work))
     if as_json:
         typer.echo(json.dumps(runs, indent=2, default=str))
         return
@@ -378,7 +376,7 @@ def evaluate(
     for r in runs:
         ev = r["evaluation"]
         table.add_row(
-            f"{r['scope']} {r['scope_id']}",
+            f"{r['scope']} {r['label']}",
             r["stage"] + (f" {r['percentage']:g}%" if r["stage"] == "canary" else ""),
             ev["verdict"],
             ev["decided_by"],
@@ -386,7 +384,7 @@ def evaluate(
             f"{r['next']['step']}: {r['next']['why']}",
             "yes" if r["applied"] else ("dry run" if dry_run else "no"),
         )
-    Console().print(table)
+    output.console().print(table)
 
 
 def _expiry(text: str) -> tuple[datetime | None, timedelta | None]:
@@ -407,7 +405,7 @@ def _triage(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[dict[st
     if out is None:
         return
     event = out["event"]
-    Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: {_event_why(event)}")
+    output.console().print(f"[bold]{event['action']}[/] {event['scope']} {event['label']}: {_event_why(event)}")
 
 
 def _hold(action: str, backend: str | None, content: str | None, reason: str, as_json: bool) -> None:
@@ -424,7 +422,7 @@ def _hold(action: str, backend: str | None, content: str | None, reason: str, as
         return
     event = out["event"]
     state = "paused" if out["paused"] else "running"
-    Console().print(f"[bold]{event['action']}[/] {event['scope']} {event['scope_id']}: automation {state}")
+    output.console().print(f"[bold]{event['action']}[/] {event['scope']} {event['label']}: automation {state}")
 
 
 @cutover_app.command()

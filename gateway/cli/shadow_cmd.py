@@ -13,14 +13,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from common.settings import get_settings
+from gateway.cli import output
 
 shadow_app = typer.Typer(help="Shadow runs: every sampled job also runs on the other engine.", no_args_is_help=True)
 compare_app = typer.Typer(help="Comparisons of primary and shadow runs.", no_args_is_help=True)
-console = Console()
+console = output.console()
+AS_JSON = typer.Option(False, "--json", help="Print JSON instead of tables.")
 T = TypeVar("T")
 
 
@@ -31,7 +32,7 @@ def _with_sessions(work: Callable[[Any], Awaitable[T]]) -> T:
     async def main() -> T:
         engine = make_async_engine(get_settings())
         try:
-            return await work(make_sessionmaker(engine))
+            return await output.named(work)(make_sessionmaker(engine))
         finally:
             await engine.dispose()
 
@@ -53,6 +54,7 @@ def shadow_set(
     aa_fraction: float | None = typer.Option(None, min=0, max=1, help="Share of jobs also run twice on their engine."),
     enabled: bool | None = typer.Option(None, "--enabled/--disabled", help="Turn this scope on or off."),
     properties: str | None = typer.Option(None, help="JSON laid over the backend's properties for the shadow."),
+    as_json: bool = AS_JSON,
 ) -> None:
     """Create or change the shadow setting of a backend or a course content (only the options given change)."""
     from gateway.jobs.shadow_admin import set_shadow
@@ -69,23 +71,31 @@ def shadow_set(
     saved = _with_sessions(
         lambda sessions: set_shadow(sessions, backend=backend, content=content, values=values, user_id=None)
     )
-    console.print(f"shadow setting saved for {saved['scope']} {saved['scope_id']}")
+    if as_json:
+        typer.echo(json.dumps(saved, indent=2, default=str))
+        return
+    console.print(f"shadow setting saved for {saved['scope']} {saved['label']}")
     _settings_table([saved])
 
 
 @shadow_app.command("off")
 def shadow_off(
-    backend: str | None = typer.Option(None, "--backend"), content: str | None = typer.Option(None, "--content")
+    backend: str | None = typer.Option(None, "--backend"),
+    content: str | None = typer.Option(None, "--content"),
+    as_json: bool = AS_JSON,
 ) -> None:
     """Remove the setting of a backend or content (a content then follows its backend again)."""
     from gateway.jobs.shadow_admin import delete_shadow
 
     _with_sessions(lambda sessions: delete_shadow(sessions, backend=backend, content=content))
+    if as_json:
+        typer.echo(json.dumps({"status": "deleted", "backend": backend, "content": content}))
+        return
     console.print("shadow setting removed")
 
 
 @shadow_app.command("show")
-def shadow_show(as_json: bool = typer.Option(False, "--json")) -> None:
+def shadow_show(as_json: bool = AS_JSON) -> None:
     """Every shadow setting and the skipped shadows by reason."""
     from gateway.jobs.shadow_admin import show_shadow
 
@@ -98,7 +108,8 @@ def shadow_show(as_json: bool = typer.Option(False, "--json")) -> None:
     for column in ("backend", "content", "reason", "count"):
         table.add_column(column)
     for skip in shown["skipped"]:
-        table.add_row(skip["execution_backend_id"], skip["course_content_id"], skip["reason"], str(skip["count"]))
+        backend_name = skip.get("backend_slug") or skip["execution_backend_id"] or "-"
+        table.add_row(backend_name, skip.get("content") or "-", skip["reason"], str(skip["count"]))
     console.print(table)
 
 
@@ -109,7 +120,7 @@ def _settings_table(settings: list[dict[str, Any]]) -> None:
     for s in settings:
         table.add_row(
             s["scope"],
-            s.get("backend_slug") or s["scope_id"],
+            s.get("backend_slug") or s["label"],
             "yes" if s["enabled"] else "no",
             s["engine"] or "-",
             f"{s['fraction']:g}",
@@ -134,25 +145,30 @@ def compare_summary(
     backend: str | None = typer.Option(None, "--backend"),
     content: str | None = typer.Option(None, "--content"),
     since: datetime | None = typer.Option(None),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = AS_JSON,
 ) -> None:
-    """Outcomes, mismatch rates (raw, noise-adjusted), run time percentiles and skipped shadows per group."""
-    from gateway.compare.queries import GroupBy, summary
+    """Outcomes, mismatch rates (raw, noise-adjusted) over all of a group's comparisons, run time percentiles and
+    skipped shadows per group; and a migration's gate parity (its stage's evidence, as the console and `cutover
+    status` show it) where the group is a migration's scope."""
+    from gateway.compare.queries import GroupBy
+    from gateway.jobs.scorecard import comparison_summary
 
-    groups = _with_sessions(lambda sessions: summary(sessions, GroupBy(by), _filter(backend, content, None, since)))
+    f = _filter(backend, content, None, since)
+    groups = _with_sessions(lambda sessions: comparison_summary(sessions, GroupBy(by), f))
     if as_json:
         typer.echo(json.dumps(groups, indent=2))
         return
     table = Table(title=f"Comparisons by {by}")
-    for column in ("group", "n", "match", "mismatch", "noise", "infra", "timeout", "error", "rate", "adjusted",
-                   "run p50/p99 per engine", "skipped"):  # fmt: skip
+    for column in ("group", "n", "match", "mismatch", "noise", "infra", "timeout", "error", "rate (all)",
+                   "w/o noise (all)", "gate parity (stage, samples)", "run p50/p99 per engine", "skipped"):  # fmt: skip
         table.add_column(column)
     for g in groups:
         o = g["outcomes"]
         times = ", ".join(f"{e} {_s(t['p50'])}/{_s(t['p99'])}" for e, t in g["run_seconds"].items())
         skipped = ", ".join(f"{r} {n}" for r, n in g["skipped"].items())
+        gate = g["gate"]
         table.add_row(
-            g.get("backend_slug") or g[by] or "-",
+            g.get("label") or g[by] or "-",
             str(g["comparisons"]),
             str(o["match"]),
             str(o["mismatch"]),
@@ -162,6 +178,7 @@ def compare_summary(
             str(o["compare_error"]),
             _pct(g["mismatch_rate"]),
             _pct(g["mismatch_rate_noise_adjusted"]),
+            f"{_pct(gate['parity'])} ({gate['stage']}, {gate['samples']})" if gate else "-",
             times,
             skipped,
         )
@@ -184,6 +201,7 @@ def compare_list(
     since: datetime | None = typer.Option(None),
     limit: int = typer.Option(50, min=1, max=1000),
     skip: int = typer.Option(0, min=0),
+    as_json: bool = AS_JSON,
 ) -> None:
     """The newest comparisons, filtered."""
     from gateway.compare.queries import page
@@ -191,13 +209,29 @@ def compare_list(
     total, items = _with_sessions(
         lambda sessions: page(sessions, _filter(backend, content, outcome, since), skip, limit)
     )
+    if as_json:
+        typer.echo(json.dumps({"total": total, "items": items}, indent=2, default=str))
+        return
     table = Table(title=f"Comparisons ({len(items)} of {total})")
-    for column in ("result", "kind", "outcome", "side", "engines", "scores", "diffs", "reason", "at"):
+    for column in (
+        "result",
+        "content",
+        "student",
+        "kind",
+        "outcome",
+        "side",
+        "engines",
+        "scores",
+        "diffs",
+        "reason",
+        "at",
+    ):
         table.add_column(column)
     for c in items:
         p, s = c["primary"], c["shadow"]
         table.add_row(
             c["result_id"],
+            c.get("content") or "-",
             c["kind"],
             c["outcome"],
             c["side"] or "",
@@ -215,7 +249,7 @@ def _score(value: float | None) -> str:
 
 
 @compare_app.command("show")
-def compare_show(result_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def compare_show(result_id: str, as_json: bool = AS_JSON) -> None:
     """One job's comparison with its differences (JSON path, primary value, shadow value)."""
     from gateway.compare.queries import for_result
 
@@ -252,6 +286,7 @@ def replay(
     rate: float = typer.Option(1.0, min=0.0, help="Legs per second (0: no limit)."),
     deadline_seconds: int = typer.Option(1800, min=1),
     properties: str | None = typer.Option(None, help="JSON laid over the backend's properties for the replay."),
+    as_json: bool = AS_JSON,
 ) -> None:
     """Run stored finished jobs again on ENGINE as shadow legs (kind `replay`); resumable, never touches rows.
 
@@ -293,6 +328,9 @@ def replay(
     except JobError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps({"engine": engine, "sent": sent, "skipped": skipped}))
+        return
     console.print(f"{sent} replay legs sent on {engine}, {skipped} jobs skipped; see `gateway compare list`")
 
 

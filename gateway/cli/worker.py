@@ -22,6 +22,7 @@ from backends.interface import DeploymentNotFound, EngineAdapter, JobSpec, LegPh
 from common.engines import Engine
 from common.redact import redact_text, redact_url
 from common.settings import Settings, get_settings
+from gateway.cli import output
 
 worker_app = typer.Typer(help="Celery workers: start one, show their status, run an example job.", no_args_is_help=True)
 
@@ -142,7 +143,7 @@ def _engine_status(adapter: EngineAdapter, settings: Settings, console: Console)
 @worker_app.command("status")
 def status() -> None:
     """Workers (name, queues, active tasks, uptime), queue lengths, broker/backend reachability. Exit 1 if none."""
-    console = Console()
+    console = output.console()
     settings = get_settings()
     answered = 0
     for adapter in _adapters(settings, console):
@@ -238,7 +239,7 @@ def test_job(
     ),
 ) -> None:
     """Submit the bundled example assignment through the engine's adapter (the gateway's own path)."""
-    console = Console()
+    console = output.console()
     if task not in TEST_TASKS:
         console.print(f"[red]unknown task {task!r}; valid tasks: {', '.join(TEST_TASKS)}[/red]")
         raise typer.Exit(2)

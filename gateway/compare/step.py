@@ -37,6 +37,7 @@ from gateway.engines.shadowing import ExperimentKind
 from gateway.legs.machine import new_leg, row_is_final, write_row_from
 from gateway.legs.states import LegRole, verifier_of
 from gateway.store.models import CompareRules, Comparison, FlakeStat, Leg, Result, new_id, utcnow
+from gateway.store.runs import is_run_of
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -172,7 +173,7 @@ def _primary_of(legs: list[Leg], row: Result | None) -> Leg | None:
     primaries = [leg for leg in legs if leg.role == LegRole.PRIMARY]
     if row is not None:
         for leg in primaries:
-            if leg.id == row.test_system_id:
+            if is_run_of(leg, row):
                 return leg
     return primaries[0] if primaries else None
 

@@ -156,6 +156,7 @@ class Observer:
                     continue  # its request is still sending it: nothing to learn yet
                 # The engine ran it, so it was sent: record that first (the request's own mark then no-ops).
                 machine.mark_sent(leg, state.engine_run_id, now, self.settings.gateway_leg_deadline_seconds)
+                machine.adopt_run_id(leg, rows.get(leg.result_id or ""))
             if self._advance(leg, states.get(leg.id), results.get(leg.id), rows.get(leg.result_id or ""), now):
                 finished += 1
         return finished
@@ -164,6 +165,13 @@ class Observer:
         self, leg: Leg, state: LegState | None, result: LegResult | None, row: Result | None, now: datetime
     ) -> bool:
         """Apply one observation; True when the leg finished."""
+        if (
+            state is not None
+            and state.phase.is_final
+            and result is not None
+            and machine.report_unreadable(state, result)
+        ):
+            state, result = machine.as_unreadable(state, result)  # re-run within the budget, then FAILED
         if state is not None and machine.infra_retry_allowed(leg, state, self.settings.gateway_infra_retries):
             reason = state.lost or state.error or state.native
             log.warning("leg %s failed in the infrastructure (%s): running it again", leg.id, redact_text(reason))

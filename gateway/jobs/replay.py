@@ -31,6 +31,7 @@ from gateway.legs.states import LegRole
 from gateway.runtime import GatewayState
 from gateway.store import lookup
 from gateway.store.models import Leg, Result, new_id, utcnow
+from gateway.store.runs import names_leg
 
 REPLAYABLE = (int(ResultStatus.COMPLETED), int(ResultStatus.FAILED))
 
@@ -69,7 +70,7 @@ async def _jobs(state: GatewayState, request: ReplayRequest, engine: str) -> lis
     )
     stmt = (
         select(Result, Leg)
-        .join(Leg, Leg.id == Result.test_system_id)
+        .join(Leg, names_leg(Result.test_system_id))
         .where(Result.status.in_(REPLAYABLE), Leg.finished.is_(True), ~already)
         .order_by(Result.created_at, Result.id)
         .limit(request.limit)

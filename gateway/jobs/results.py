@@ -26,10 +26,10 @@ from gateway.legs.states import DispatchState, LegRole
 from gateway.runtime import GatewayState
 from gateway.schemas import Role
 from gateway.store.accounts import Principal
-from gateway.store.leg_reads import newest_leg_id
+from gateway.store.leg_reads import newest_run_id
 from gateway.store.models import Leg, Result, utcnow
 from gateway.store.result_list import ResultFilter, result_page
-from gateway.store.runs import find_leg
+from gateway.store.runs import find_leg, row_leg
 
 RESULT_NOT_FOUND = "Result not found"
 RUN_NOT_FOUND = "Test run not found"
@@ -41,24 +41,26 @@ async def list_results(
 ) -> tuple[int, list[Result]]:
     """The total and one page, newest first; a student sees only their own rows.
 
-    A lookup by run id alone that finds no row may be a shadow run's (a flow the gateway did not write, knowing
-    only its run id): answered with the shadow leg's view (`shadow_lookup`)."""
+    A lookup by run id that finds no row may be a shadow run's (a flow the gateway did not write, knowing only
+    its run id and its job's ids): answered with the shadow leg's view (`shadow_lookup`) when that view passes
+    the other filters given too."""
     worker = principal.role == Role.WORKER
     if worker and query.test_system_id is None:
         raise NotAllowed()  # a worker looks up the run it was given; it never browses the rows
     own = principal.course_member_ids if principal.role == Role.STUDENT else None
     total, rows = await result_page(state.sessions, query, own, skip, limit, LegRole.PRIMARY, open_runs_only=worker)
-    if not total and query.only_by_run_id() and own is None:
+    if not total and query.by_run_id() and own is None:
         assert query.test_system_id is not None
         shadow = await shadow_lookup(state, principal, query.test_system_id)
-        if shadow is not None:
+        if shadow is not None and query.admits(shadow):
             return 1, [shadow] if skip == 0 else []
     return total, rows
 
 
 async def submission_run_id(state: GatewayState, result_id: str) -> str | None:
-    """The id of the newest submission-processing leg a `submit=true` row started, if any."""
-    return await newest_leg_id(state.sessions, result_id, LegRole.SUBMISSION)
+    """The run id of the newest submission-processing leg a `submit=true` row started, if any: the engine's
+    (a Prefect flow run id) once it has one, else the gateway's leg id (both resolve everywhere)."""
+    return await newest_run_id(state.sessions, result_id, LegRole.SUBMISSION)
 
 
 async def visible_row(state: GatewayState, principal: Principal, result_id: str) -> Result:
@@ -79,7 +81,9 @@ async def refreshed(state: GatewayState, row: Result) -> Result:
     """An in-flight row is refreshed from its engine first."""
     if machine.row_is_final(row) or not row.test_system_id:
         return row
-    await state.reconciler.refresh(row.test_system_id)
+    async with state.sessions() as session:  # the run id may be the engine's (a flow run id): the leg's own id
+        leg = await row_leg(session, row)
+    await state.reconciler.refresh(leg.id if leg is not None else row.test_system_id)
     async with state.sessions() as session:
         fresh = await session.get(Result, row.id)
     return fresh or row
@@ -108,11 +112,7 @@ async def write_back(state: GatewayState, principal: Principal, result_id: str, 
             job = await session.get(Result, shadow.result_id)
             assert job is not None
             return shadow_view(job, shadow)
-        leg = (
-            await session.get(Leg, row.test_system_id, with_for_update=state.is_postgres)
-            if row.test_system_id
-            else None
-        )
+        leg = await row_leg(session, row, lock=state.is_postgres)
         if worker and (leg is None or leg.finished) and not merge_request_note(principal, row, changes):
             raise NotAllowed()  # checked under the leg's lock: the run cannot close between check and write
         if state.is_postgres:
@@ -175,8 +175,9 @@ async def system_status(state: GatewayState, principal: Principal, test_system_i
         leg = await find_leg(session, test_system_id)  # the gateway's id or the engine's run id
         if leg is not None:
             test_system_id = leg.id
+        run_ids = {test_system_id} | ({leg.engine_run_id} if leg is not None and leg.engine_run_id else set())
         row = (
-            await session.execute(select(Result).where(Result.test_system_id == test_system_id))
+            await session.execute(select(Result).where(Result.test_system_id.in_(sorted(run_ids))))
         ).scalar_one_or_none()
     if row is None:
         if leg is None or not principal.is_admin:

@@ -18,9 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.outcomes import ComparisonOutcome
+from gateway.compare.queries import ComparisonFilter, GroupBy, summary
 from gateway.cutover.confidence import RateInterval
 from gateway.cutover.gates import evaluate, next_step, still_needs
-from gateway.cutover.stages import CutoverConfig
+from gateway.cutover.stages import CutoverConfig, Scope
 from gateway.cutover.triage import Acceptance, ClusterStatus, active_signatures, cluster_key, status_of
 from gateway.jobs.cutover_gates import (
     comparison_rows,
@@ -190,3 +191,38 @@ async def scorecard(sessions: async_sessionmaker[AsyncSession], now: datetime | 
         found["label"] = labels.get(row.scope_id, row.scope_id)
         cards.append(found)
     return cards
+
+
+def gate_numbers(found: dict[str, Any]) -> dict[str, Any]:
+    """The gate's parity of a migration as every view shows it (console, `cutover status`, `compare summary`)."""
+    return {
+        "stage": found["stage"],
+        "stage_since": found["stage_since"],
+        "samples": found["samples"],
+        "mismatches": found["mismatches"],
+        "noise_mismatches": found["noise_mismatches"],
+        "accepted_mismatches": found["accepted_mismatches"],
+        "parity": found["parity"],
+        "parity_raw": found["parity_raw"],
+        "verdict": found["evaluation"]["verdict"],
+    }
+
+
+async def comparison_summary(
+    sessions: async_sessionmaker[AsyncSession], group_by: GroupBy, f: ComparisonFilter, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The comparison summary per backend or content (all its comparisons, every kind and time) with, for a group
+    that is a migration's scope, that migration's gate parity (`gate`) from the same card the scorecard shows:
+    one number for one scope, whichever view asks."""
+    now = now or utcnow()
+    groups = await summary(sessions, group_by, f)
+    scope = Scope.BACKEND if group_by == GroupBy.BACKEND else Scope.CONTENT
+    rows = {row.scope_id: row for row in await store.all_migrations(sessions) if row.scope == scope.value}
+    async with sessions() as session:
+        labels = await _labels(session)
+    for group in groups:
+        key = group[group_by.value] or ""
+        group["label"] = labels.get(key, key)
+        row = rows.get(key)
+        group["gate"] = gate_numbers(await card(sessions, row, now)) if row is not None else None
+    return groups

@@ -13,16 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from backends.interface import TaskKind
 from common.legacy import ResultStatus
 from gateway.engines.routing import task_name_of
 from gateway.jobs.legacy_submission import legacy_submission_params
 from gateway.legs.machine import FinishedLeg, FinishHooks, new_leg
-from gateway.legs.states import LegRole
+from gateway.legs.states import LegOutcome, LegRole
 from gateway.runtime import GatewayState
 from gateway.store.models import Base, Leg, Result, new_id, utcnow
+from gateway.store.runs import row_leg
 
 
 def submission_leg(finished: FinishedLeg) -> Iterable[Base]:
@@ -46,7 +47,7 @@ def submission_leg(finished: FinishedLeg) -> Iterable[Base]:
     params: dict[str, Any] = {"submission": {"test_job": test_job, "result_id": row.id}}
     if custom:
         properties["deployment"] = custom
-        params = legacy_submission_params(test_job, row)
+        params = legacy_submission_params(test_job, row, (leg.spec or {}).get("assignment"))
     spec = {
         "kind": TaskKind.SUBMISSION_PROCESSING.value,
         "params": params,
@@ -93,11 +94,11 @@ async def request_submission(state: GatewayState, row_id: str) -> str | None:
             row.submit = True
             row.updated_at = now
         existing = await session.scalar(
-            select(Leg.id).where(Leg.result_id == row.id, Leg.role == LegRole.SUBMISSION).limit(1)
+            select(Leg.id).where(Leg.result_id == row.id, Leg.role == LegRole.SUBMISSION, _not_failed()).limit(1)
         )
         if existing is not None or row.status != int(ResultStatus.COMPLETED) or not row.test_system_id:
             return existing
-        primary = await session.get(Leg, row.test_system_id)
+        primary = await row_leg(session, row)
         if primary is None:
             return None
         legs = list(submission_leg(FinishedLeg(primary, row, now)))
@@ -105,6 +106,40 @@ async def request_submission(state: GatewayState, row_id: str) -> str | None:
         return legs[0].id if legs else None
 
 
+def _not_failed() -> Any:
+    """A submission leg that still counts: open, or ended well. One that failed leaves room for another try."""
+    return or_(Leg.finished.is_(False), Leg.outcome.in_(SUBMITTED))
+
+
+# How a submission leg ends well: the engine ran it, or a flow the gateway did not write reported it done.
+SUBMITTED = (LegOutcome.SUCCEEDED.value, LegOutcome.SUCCEEDED_BY_WRITE_BACK.value)
+
+
+def submission_outcome(finished: FinishedLeg) -> Iterable[Base]:
+    """A submission leg's end, shown on its row (`properties.submission`: status, run id, error), so a failed
+    submission is visible where the client looks. A failed one also takes back the row's `submit`: nothing was
+    submitted (as the platform's rows said until its flow had made the merge request), the row no longer counts
+    against `max_submissions`, and asking `submit=true` again starts a new submission."""
+    leg, row = finished.leg, finished.row
+    if leg.role != LegRole.SUBMISSION or row is None:
+        return []
+    succeeded = leg.outcome in SUBMITTED
+    record = {
+        "status": "COMPLETED" if succeeded else "FAILED",
+        "run_id": leg.engine_run_id or leg.id,
+        "task_id": leg.id,
+        "outcome": leg.outcome,
+        # The stable message only: the engine's own text may name internal hosts (admins read it on the task).
+        "error": None if succeeded else leg.error,
+    }
+    row.properties = {**(row.properties or {}), "submission": record}
+    if not succeeded:
+        row.submit = False
+    row.updated_at = finished.now
+    return []
+
+
 def install(hooks: FinishHooks) -> None:
     """Register every follow-up of this module (idempotent: named registrations replace themselves)."""
     hooks.connect("submission", submission_leg)
+    hooks.connect("submission_outcome", submission_outcome)

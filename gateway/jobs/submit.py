@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.legacy import ResultStatus
 from gateway.engines.dispatcher import SendBy, SendStatus
+from gateway.jobs.credential_binding import check_student_provider
 from gateway.jobs.errors import BadJobRequest, Conflict, JobError, WorkerUnavailable
 from gateway.jobs.submission_follow_up import request_submission
 from gateway.jobs.submit_plan import NewRun, new_run, with_shadows
@@ -36,7 +37,6 @@ from gateway.jobs.submit_rules import (
     check_student_repository,
     content_for,
     count_and_existing,
-    counted_already,
     existing_run,
     member_id_for,
     member_of,
@@ -51,16 +51,22 @@ from gateway.store.models import Leg, Result, utcnow
 from gateway.store.runs import insert_run
 
 
-async def _dispatch(state: GatewayState, run: NewRun, row_id: str) -> None:
+async def _dispatch(state: GatewayState, run: NewRun, row_id: str) -> str:
     """The committed run's primary leg: sent now by this request, or left to the outbox relay (woken here; on
-    PostgreSQL the insert also woke every reconciler); then its shadow legs' wake-up."""
+    PostgreSQL the insert also woke every reconciler); then its shadow legs' wake-up.
+
+    Returns the run's `test_system_id` for the answer: the engine's run id when the engine accepted the run
+    before the answer (a Prefect flow run id; the row was updated to it with the leg's mark), else the
+    gateway's leg id (the row adopts the engine's id once the run exists; both ids resolve everywhere)."""
+    run_id = None
     if run.send_by is SendBy.HAND_OVER:
         state.reconciler.hand_over(run.leg)
     elif run.send_by is SendBy.RELAY:
         state.reconciler.wake_outbox()
     else:
-        await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row_id)
+        run_id = await dispatch_after_commit(state, run.leg["id"], run.plan.primary, run.spec, row_id)
     _dispatch_shadows(state, run)
+    return run_id or str(run.leg["id"])
 
 
 def _dispatch_shadows(state: GatewayState, run: NewRun) -> None:
@@ -99,6 +105,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if not commit:
         raise BadJobRequest("commit is None")
     member = await member_of(state.sessions, state.catalog, member_id)
+    if principal.role == Role.STUDENT:
+        check_student_provider(body.provider_url, state.settings.gateway_student_providers, member.repository_url)
     # The stage decides new jobs only: a job admitted earlier keeps its leg's engine (pinning).
     cutover = await effective_config(state.sessions, state.catalog, backend.id if backend else None, content.id)
     existing: Result | None = None
@@ -106,8 +114,9 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
     if content.max_submissions is not None:
         count, existing = await count_and_existing(state.sessions, member_id, content.id, commit)
         looked = True
-        # Asking again for a run that already counts is idempotent, not one submission too many.
-        if count >= content.max_submissions and not counted_already(existing):
+        # The contract's order: the limit before any look at an existing run (asking again for a run that
+        # already counts is refused too once the limit is reached, as the platform refused it).
+        if count >= content.max_submissions:
             raise BadJobRequest("Reached max submissions for this course_content")
     for _attempt in range(3):
         if existing is not None and ResultStatus(existing.status) in KEEP:
@@ -124,8 +133,8 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         run = await with_shadows(state.shadow, run, content, backend)
         if existing is None:
             if await insert_run(state.engine, run.row, run.leg, *run.shadows):
-                await _dispatch(state, run, run.row["id"])
-                return NewRow(run.row), True
+                run_id = await _dispatch(state, run, run.row["id"])
+                return NewRow({**run.row, "test_system_id": run_id}), True
             # A run for this commit exists (an earlier one, or an identical submit that raced this one).
             looked, existing = True, await existing_run(state.sessions, member_id, content.id, commit)
             continue
@@ -133,7 +142,7 @@ async def submit_test(state: GatewayState, principal: Principal, body: TestCreat
         if row is None:  # the old run changed under us: look again
             existing = await existing_run(state.sessions, member_id, content.id, commit)
             continue
-        await _dispatch(state, run, row.id)
+        row.test_system_id = await _dispatch(state, run, row.id)  # the answer's copy (detached)
         return row, True
     raise Conflict("Conflicts with an existing record")
 
@@ -188,24 +197,25 @@ async def dispatch_after_commit(
     row_id: str | None,
     *,
     shadow: bool = False,
-) -> None:
+) -> str | None:
     """Send right away; the outbox (the leg row) is only the fallback. A missing deployment undoes the run.
+    Returns the engine's run id when the engine accepted the run (None when it is left to the outbox).
 
     A shadow leg the engine refuses is rejected on its own: it never undoes the job."""
     outcome = await state.dispatcher.send(engine, spec, leg_id)
     now = utcnow()
     if outcome.status == SendStatus.SENT:
         await record_sent(state.engine, leg_id, outcome.engine_run_id, now, now + _deadline(state))
-        return
+        return outcome.engine_run_id or leg_id
     async with state.sessions() as session, session.begin():
         if outcome.status == SendStatus.RETRY:
             await record_retry(session, leg_id, outcome.error, now, next_attempt(now, 1), fault=outcome.fault)
-            return
+            return None
         if shadow:  # refused for good: the leg ends (an infra error of the shadow side), the job goes on
             leg = await session.get(Leg, leg_id)
             if leg is not None and not leg.finished:
                 reject(leg, None, now, outcome.error, hooks=state.finish_hooks)
-            return
+            return None
         # Rejected by configuration: the client gets an error, so no run may remain behind it.
         if row_id is not None:
             await session.execute(delete(Leg).where(Leg.result_id == row_id))

@@ -19,7 +19,9 @@ from gateway.cutover.stages import AnswerPolicy, CutoverConfig
 from gateway.engines.dispatcher import SendBy
 from gateway.engines.routing import RoutePlan, UnsupportedBackend, plan_route, task_name_of
 from gateway.engines.shadowing import ExperimentKind, ShadowDecision, ShadowPolicy
+from gateway.jobs.credential_binding import bound
 from gateway.jobs.errors import BadJobRequest
+from gateway.jobs.legacy_submission import assignment_of
 from gateway.legs.machine import new_leg
 from gateway.legs.states import LegRole
 from gateway.schemas import TestCreate
@@ -52,17 +54,17 @@ def _test_job(
     reference = None
     if content.reference_url:
         reference = Repository(
-            url=strip_credentials(content.reference_url),
-            commit=content.reference_commit,
-            path=content.directory,
-            credential=content.reference_credential,
+            url=strip_credentials(content.reference_url), commit=content.reference_commit, path=content.directory
         )
+        reference = bound(reference, content.reference_credential, content.reference_url)
     return TestJob(
         user_id=member.user_id,
         course_member_id=member.id,
         course_content_id=content.id,
         execution_backend_id=backend.id,
-        module=Repository(url=url, commit=commit, path=content.directory, credential=member.credential),
+        module=bound(
+            Repository(url=url, commit=commit, path=content.directory), member.credential, member.repository_url
+        ),  # fmt: skip
         reference=reference,
     )
 
@@ -130,6 +132,8 @@ def new_run(
         "params": {"test_job": job.model_dump(mode="json", exclude={"module": {"token"}, "reference": {"token"}})},
         "properties": backend.properties or {},
         "priority": 8,
+        # The content as a submission deployment the gateway did not write needs it (its `assignment`).
+        "assignment": assignment_of(content),
     }
     leg = new_leg(
         leg_id=leg_id,

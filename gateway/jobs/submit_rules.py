@@ -97,7 +97,7 @@ def member_id_for(principal: Principal, body: TestCreate) -> str:
     return sorted(principal.course_member_ids)[0]
 
 
-PROVIDER_SCHEMES = ("https", "http", "ssh")
+PROVIDER_SCHEMES = ("https", "ssh")
 
 
 def check_student_repository(body: TestCreate, allowed_hosts: list[str]) -> None:
@@ -107,8 +107,7 @@ def check_student_repository(body: TestCreate, allowed_hosts: list[str]) -> None
     parts = urlsplit(body.provider_url or "")
     if parts.scheme.lower() not in PROVIDER_SCHEMES or not parts.hostname:
         raise BadJobRequest("provider_url must be a repository provider URL (https or ssh)")
-    if allowed_hosts and parts.hostname.lower() not in {h.lower() for h in allowed_hosts}:
-        raise BadJobRequest("provider_url is not one of the configured repository providers")
+    # Which hosts: `credential_binding.check_student_provider`, once the member (and their own host) is known.
     project = (body.project or "").strip()
     if not project.strip("/") or project.startswith("/") or ".." in project.split("/") or "\\" in project:
         raise BadJobRequest("project must be a repository path on the provider, e.g. group/name")
@@ -152,7 +151,3 @@ async def count_and_existing(
     async with sessions() as session:
         count, existing = (await session.execute(stmt)).one()
     return int(count or 0), existing
-
-
-def counted_already(existing: Result | None) -> bool:
-    return existing is not None and bool(existing.submit) and ResultStatus(existing.status) in KEEP

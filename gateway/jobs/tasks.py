@@ -10,12 +10,12 @@ from datetime import timedelta
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, true
 from starlette.concurrency import run_in_threadpool
 
-from backends.interface import TaskKind
+from backends.interface import LegPhase, TaskKind
 from backends.registry import ENGINE_ALIASES
-from common.legacy import TestJob
+from common.legacy import CELERY_STATE_OF, CeleryState, TaskStatus, TestJob
 from common.redact import find_secret_key, redact_text, scrub
 from gateway.engines.routing import task_kind, task_name_of
 from gateway.jobs.errors import BadJobRequest, EngineUnreachable, NotFound
@@ -93,11 +93,42 @@ async def submit_task(
     return str(values["id"])
 
 
-async def list_tasks(state: GatewayState, limit: int, offset: int) -> tuple[list[Leg], int]:
-    """A page of legs (every role: test runs, submissions, bare tasks), newest first, and how many there are."""
+def task_statuses(word: str) -> set[TaskStatus]:
+    """The `TaskStatus`es a `?status=` word selects: one of Celery's words (what the platform's front end sends:
+    `SUCCESS` selects `finished`, `PENDING` both `queued` and `deferred`, `RETRY` nothing) or a `TaskStatus`."""
+    if word in set(CeleryState):
+        return {status for status, celery in CELERY_STATE_OF.items() if celery == word}
+    if word in set(TaskStatus):
+        return {TaskStatus(word)}
+    words = ", ".join([*CeleryState, *TaskStatus])
+    raise BadJobRequest(f"Unknown task status {word!r}; one of {words}")
+
+
+def _status_condition(statuses: set[TaskStatus]) -> ColumnElement[bool]:
+    """SQL for "the leg's `TaskStatus` is one of these", the same rule as the views' `leg_task_status`: a leg not
+    yet accepted by its engine is deferred (never tried) or queued; otherwise its phase decides."""
+    unsent = and_(Leg.finished.is_(False), Leg.dispatch_state == DispatchState.PENDING)
+    tried = func.coalesce(Leg.dispatch_attempts, 0) > 0
+    conditions: list[ColumnElement[bool]] = []
+    if TaskStatus.DEFERRED in statuses:
+        conditions.append(and_(unsent, ~tried))
+    if TaskStatus.QUEUED in statuses:
+        conditions.append(and_(unsent, tried))
+    phases = [phase.value for phase in LegPhase if phase.task_status() in statuses]
+    if phases:
+        conditions.append(and_(~unsent, Leg.phase.in_(phases)))
+    return or_(*conditions) if conditions else false()
+
+
+async def list_tasks(
+    state: GatewayState, limit: int, offset: int, statuses: set[TaskStatus] | None = None
+) -> tuple[list[Leg], int]:
+    """A page of legs (every role: test runs, submissions, bare tasks), newest first, and how many there are;
+    `statuses`: only legs in one of these."""
+    where = _status_condition(statuses) if statuses is not None else true()
     async with state.sessions() as session:
-        total = int(await session.scalar(select(func.count(Leg.id))) or 0)
-        stmt = select(Leg).order_by(Leg.created_at.desc(), Leg.id.desc()).offset(offset).limit(limit)
+        total = int(await session.scalar(select(func.count(Leg.id)).where(where)) or 0)
+        stmt = select(Leg).where(where).order_by(Leg.created_at.desc(), Leg.id.desc()).offset(offset).limit(limit)
         legs = list((await session.execute(stmt)).scalars())
     return legs, total
 
@@ -152,7 +183,8 @@ async def workers_status(state: GatewayState) -> dict[str, Any]:
     on its own: one that cannot be read is reported unavailable without hiding the other. No URL is shown."""
     engines: set[str] = {state.settings.gateway_tasks_engine}
     engines |= {ENGINE_ALIASES[t] for t in await backend_types(state.sessions) if t in ENGINE_ALIASES}
-    answer: dict[str, Any] = {"engines": {}, "workers": [], "queues": {}}
+    answer: dict[str, Any] = {"engines": {}, "worker_list": [], "queues": {}}
+    plain_queues: dict[str, int] = {}
     for engine in sorted(engines):
         try:
             adapter = state.dispatcher.adapter(engine)
@@ -173,7 +205,22 @@ async def workers_status(state: GatewayState) -> dict[str, Any]:
             for w in workers
         ]
         answer["engines"][engine] = {"status": "ok", "workers": len(listed), "queues": queues}
-        answer["workers"].extend(listed)
+        answer["worker_list"].extend(listed)
         for name, depth in queues.items():
             answer["queues"][f"{engine}:{name}"] = depth
+            plain_queues[name] = plain_queues.get(name, 0) + depth
+    return _with_platform_keys(answer, plain_queues)
+
+
+def _with_platform_keys(answer: dict[str, Any], plain_queues: dict[str, int]) -> dict[str, Any]:
+    """The platform's keys beside the gateway's: `status` (`connected`, or `error` when no engine answered),
+    `workers` = `{"active_count", "workers": {name: worker}}` and each queue under its plain name too (summed
+    over the engines that have one by that name) next to its `engine:name` key."""
+    reachable = any(e["status"] == "ok" for e in answer["engines"].values())
+    answer["status"] = "connected" if reachable else "error"
+    if not reachable:
+        answer["error"] = "; ".join(f"{name}: {e.get('error')}" for name, e in sorted(answer["engines"].items()))
+    workers = answer["worker_list"]
+    answer["workers"] = {"active_count": len(workers), "workers": {w["name"]: w for w in workers}}
+    answer["queues"] = {**plain_queues, **answer["queues"]}
     return answer

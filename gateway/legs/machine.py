@@ -22,7 +22,7 @@ are `gateway.store.leg_writer`'s.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +193,25 @@ def retry_later(leg: Leg, error: str | None, now: datetime) -> None:
 
 # ------------------------------------------------------------------------------------- infrastructure retry
 INFRA_PHASES = {LegPhase.CRASHED}
+# Why a finished run's report could not be read (the adapters' `error_type`): the run may have been fine, the
+# reading was not; never the student's doing.
+UNREADABLE_TYPES = frozenset({"ResultUnavailable", "UndecodableResult", "BadResult"})
+UNREADABLE_ERROR = "the run ended but its report could not be read"
+
+
+def report_unreadable(state: LegState, result: LegResult) -> bool:
+    """A final observation whose report the adapter could not read or decode (a pickled or foreign Celery result:
+    another worker on the shared queues answered). An infrastructure failure (re-run within the budget, avoiding
+    that worker where the engine allows, then FAILED), never a score. `state`: the observation it belongs to."""
+    return state.phase.is_final and result.error_type in UNREADABLE_TYPES
+
+
+def as_unreadable(state: LegState, result: LegResult) -> tuple[LegState, LegResult]:
+    """The same observation as the infrastructure failure it is: CRASHED, with the reading's error."""
+    error = result.error or UNREADABLE_ERROR
+    error_type = result.error_type if result.error_type in UNREADABLE_TYPES else "ResultUnavailable"
+    crashed = LegResult(leg_id=result.leg_id, phase=LegPhase.CRASHED, error=error, error_type=error_type)
+    return replace(state, phase=LegPhase.CRASHED, error=error), crashed
 
 
 def infra_retry_allowed(leg: Leg, state: LegState, budget: int) -> bool:
@@ -234,6 +253,17 @@ def retry_fault(leg: Leg, row: Result | None, error: str | None, now: datetime, 
     return False
 
 
+def adopt_run_id(leg: Leg, row: Result | None, previous: str | None = None) -> None:
+    """A primary leg's row shows the engine's run id as its `test_system_id` (the contract: the Prefect flow run
+    id) once the engine has one, unless the row already moved on to another run. `previous`: the leg's run id
+    before this observation. The gateway's leg id keeps resolving everywhere (`store.runs.find_leg`)."""
+    run_id = leg.engine_run_id
+    if row is None or leg.role != LegRole.PRIMARY or not run_id or row.test_system_id == run_id:
+        return
+    if row.test_system_id in {leg.id, previous}:
+        row.test_system_id = run_id
+
+
 # ------------------------------------------------------------------------------------------ state applied
 def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
     """Record a non-final observation (phase, native state, progress, worker) on the leg and its row."""
@@ -247,7 +277,8 @@ def apply_state(leg: Leg, state: LegState, row: Result | None) -> None:
     leg.worker = state.worker or leg.worker
     leg.queue = state.queue or leg.queue
     if state.engine_run_id:
-        leg.engine_run_id = state.engine_run_id
+        previous, leg.engine_run_id = leg.engine_run_id, state.engine_run_id
+        adopt_run_id(leg, row, previous)
     if state.stalled:
         leg.last_error = state.stalled
     if row is not None and leg.role == LegRole.PRIMARY and not row_is_final(row):

@@ -8,12 +8,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.store.models import ExecutionBackend, Leg, Result
 
 
-async def newest_leg_id(sessions: async_sessionmaker[AsyncSession], result_id: str, role: str) -> str | None:
-    """The id of the job's newest leg in `role` (a `gateway.legs.states.LegRole`), if any."""
+async def newest_run_id(sessions: async_sessionmaker[AsyncSession], result_id: str, role: str) -> str | None:
+    """The run id of the job's newest leg in `role` (a `gateway.legs.states.LegRole`), if any: the engine's (a
+    Prefect flow run id) once it has one, else the gateway's leg id."""
     async with sessions() as session:
-        return await session.scalar(
-            select(Leg.id).where(Leg.result_id == result_id, Leg.role == role).order_by(Leg.created_at.desc()).limit(1)
+        found = await session.execute(
+            select(Leg.id, Leg.engine_run_id)
+            .where(Leg.result_id == result_id, Leg.role == role)
+            .order_by(Leg.created_at.desc())
+            .limit(1)
         )
+        first = found.first()
+    return (first.engine_run_id or first.id) if first is not None else None
 
 
 async def job_legs(sessions: async_sessionmaker[AsyncSession], result_id: str) -> tuple[Result, list[Leg]] | None:

@@ -18,14 +18,16 @@ from sqlalchemy.orm import object_session
 
 from gateway.store import driver
 from gateway.store.group_commit import GroupCommit
-from gateway.store.models import Base, Leg
+from gateway.store.models import Base, Leg, Result
 
 # The `dispatch_state` strings of `gateway.legs.states.DispatchState` (the store sits below the legs'
 # vocabulary; tests/fast/test_leg_writer.py checks they agree).
 PENDING = "pending"
 SENT = "sent"
+PRIMARY = "primary"  # `gateway.legs.states.LegRole.PRIMARY`
 
 LEGS: Table = Leg.__table__  # type: ignore[assignment]
+RESULTS: Table = Result.__table__  # type: ignore[assignment]
 
 _RECORD_SENT = (
     update(LEGS)
@@ -47,15 +49,54 @@ _RECORD_SENT = (
 )
 
 
+# A primary leg's row takes the engine's run id as its `test_system_id` (the legacy contract: it is the Prefect
+# flow run id); the gateway's leg id keeps resolving everywhere (`runs.find_leg`). Only where the engine chose
+# its own id (Prefect; Celery's run id is the leg id), and only while the row still shows the leg's id or its
+# previous run id, read before the leg's mark below (same transaction).
+_ADOPT_RUN_ID = (
+    update(RESULTS)
+    .where(
+        LEGS.c.id == bindparam("leg_id"),
+        LEGS.c.dispatch_state == PENDING,
+        LEGS.c.finished.is_(False),
+        LEGS.c.role == PRIMARY,
+        RESULTS.c.id == LEGS.c.result_id,
+        RESULTS.c.test_system_id.in_([LEGS.c.id, func.coalesce(LEGS.c.engine_run_id, LEGS.c.id)]),
+    )
+    .values(test_system_id=bindparam("run_id"))
+)
+
+
 # The same transition for a batch of legs on PostgreSQL, one statement: each leg's own run id, send time and
 # deadline come in as parallel arrays.
-_RECORD_SENT_MANY = f"""
+_SENT_FROM = """
+WITH sent AS (
+    SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::timestamptz[])
+        AS s(id, run_id, at, deadline)
+)"""
+_MARK_SENT = f"""
 UPDATE leg SET dispatch_state = '{SENT}', dispatch_attempts = leg.dispatch_attempts + 1,
     engine_run_id = sent.run_id, dispatched_at = sent.at, next_attempt_at = NULL,
     deadline = coalesce(leg.deadline, sent.deadline), updated_at = sent.at, last_error = NULL
-FROM unnest($1::varchar[], $2::varchar[], $3::timestamptz[], $4::timestamptz[]) AS sent(id, run_id, at, deadline)
+FROM sent
 WHERE leg.id = sent.id AND leg.dispatch_state = '{PENDING}' AND NOT leg.finished
 """
+_RECORD_SENT_MANY = _SENT_FROM + _MARK_SENT
+# A batch where an engine chose its own run ids (Prefect): the rows adopt them in the same statement (a
+# data-modifying CTE; both parts read the legs as they were before it). Celery's batches (run id = leg id) keep
+# the plain statement above.
+_RECORD_SENT_ADOPTING = (
+    _SENT_FROM
+    + f""", adopted AS (
+    UPDATE result SET test_system_id = sent.run_id
+    FROM sent, leg
+    WHERE leg.id = sent.id AND sent.run_id <> sent.id AND leg.role = '{PRIMARY}' AND result.id = leg.result_id
+      AND leg.dispatch_state = '{PENDING}' AND NOT leg.finished
+      AND result.test_system_id IN (leg.id, coalesce(leg.engine_run_id, leg.id))
+    RETURNING result.id
+)"""
+    + _MARK_SENT
+)
 
 _SentMark = tuple[str, str, datetime, datetime]  # leg id, engine run id, sent at, deadline
 # Keyed by the sync engine (plain identity hashing; an AsyncEngine proxy compares through a slower path).
@@ -65,10 +106,14 @@ _SENT_MARKS: weakref.WeakKeyDictionary[Engine, tuple[GroupCommit[_SentMark], _Se
 async def _write_sent_marks(engine: AsyncEngine, marks: list[_SentMark]) -> None:
     if driver.supported(engine):
         ids, run_ids, times, deadlines = (list(column) for column in zip(*marks, strict=True))
-        await driver.execute(engine, _RECORD_SENT_MANY, [ids, run_ids, times, deadlines])
+        statement = _RECORD_SENT_ADOPTING if run_ids != ids else _RECORD_SENT_MANY
+        await driver.execute(engine, statement, [ids, run_ids, times, deadlines])
         return
     params = [{"leg_id": leg, "run_id": run, "now": at, "deadline": deadline} for leg, run, at, deadline in marks]
+    adopting = [{"leg_id": leg, "run_id": run} for leg, run, _at, _deadline in marks if run != leg]
     async with engine.begin() as conn:
+        if adopting:
+            await conn.execute(_ADOPT_RUN_ID, adopting)
         await conn.execute(_RECORD_SENT, params)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from gateway.store.models import Leg, Result
+from gateway.store.runs import names_leg
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,24 @@ class ResultFilter:
     status: int | None = None
     latest: bool | None = None
 
-    def only_by_run_id(self) -> bool:
-        """Whether the run id is the one filter given (a flow looking its own row up)."""
-        others = (self.id, self.submit, self.course_member_id, self.course_content_id, self.execution_backend_id)
-        others += (self.version_identifier, self.status)
-        return self.test_system_id is not None and not self.latest and all(v is None for v in others)
+    def by_run_id(self) -> bool:
+        """Whether this looks one run up by its run id (a flow finding its own row)."""
+        return self.test_system_id is not None
+
+    def admits(self, row: Any) -> bool:
+        """Whether `row` (e.g. a shadow run's view) passes every other filter given. The platform's flow sends
+        its job's backend, member and content ids with the run id (`commit_results`); `latest` holds for the one
+        row of a run."""
+        given = (
+            ("id", self.id),
+            ("submit", self.submit),
+            ("course_member_id", self.course_member_id),
+            ("course_content_id", self.course_content_id),
+            ("execution_backend_id", self.execution_backend_id),
+            ("version_identifier", self.version_identifier),
+            ("status", self.status),
+        )
+        return all(value is None or getattr(row, name) == value for name, value in given)
 
 
 def _conditions(f: ResultFilter, member_ids: frozenset[str] | None, run_role: str, open_runs_only: bool) -> list[Any]:
@@ -47,9 +61,17 @@ def _conditions(f: ResultFilter, member_ids: frozenset[str] | None, run_role: st
         if value is not None:
             conditions.append(column == value)
     if f.test_system_id is not None:
-        # The run id a flow knows is its engine's (a Prefect flow run id), not the gateway's leg id: match both.
+        # A row shows the engine's run id once the engine has one (a Prefect flow run id), the gateway's leg id
+        # before; a client may hold either: match both ways.
         by_engine = select(Leg.id).where(Leg.engine_run_id == f.test_system_id, Leg.role == run_role)
-        conditions.append(or_(Result.test_system_id == f.test_system_id, Result.test_system_id.in_(by_engine)))
+        by_leg = select(Leg.engine_run_id).where(Leg.id == f.test_system_id, Leg.role == run_role)
+        conditions.append(
+            or_(
+                Result.test_system_id == f.test_system_id,
+                Result.test_system_id.in_(by_engine),
+                Result.test_system_id.in_(by_leg),
+            )
+        )
     if f.latest:
         newer = aliased(Result)
         conditions.append(
@@ -65,7 +87,8 @@ def _conditions(f: ResultFilter, member_ids: frozenset[str] | None, run_role: st
     if member_ids is not None:
         conditions.append(Result.course_member_id.in_(sorted(member_ids)))
     if open_runs_only:
-        conditions.append(Result.test_system_id.in_(select(Leg.id).where(Leg.finished == false())))
+        # The row's current run (named by either id) is open.
+        conditions.append(exists().where(Leg.finished == false(), names_leg(Result.test_system_id)))
     return conditions
 
 

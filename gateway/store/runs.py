@@ -19,7 +19,7 @@ import functools
 import weakref
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, union_all
+from sqlalchemy import Table, bindparam, insert, or_, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -106,6 +106,27 @@ async def _insert_run_generic(engine: AsyncEngine, row: dict[str, Any], legs: tu
             return False
         await conn.execute(insert(LEGS), list(legs))
     return True
+
+
+def is_run_of(leg: Leg, row: Result) -> bool:
+    """Whether `leg` is the run the row's `test_system_id` names: by the gateway's leg id, or (once the engine
+    chose its own, a Prefect flow run id) by the engine's run id."""
+    return row.test_system_id is not None and row.test_system_id in (leg.id, leg.engine_run_id)
+
+
+def names_leg(run_id: Any) -> Any:
+    """SQL: the leg a run id (a value or a column such as `Result.test_system_id`) names, by either id."""
+    return or_(Leg.id == run_id, Leg.engine_run_id == run_id)
+
+
+async def row_leg(session: AsyncSession, row: Result, *, lock: bool = False) -> Leg | None:
+    """The leg the row's `test_system_id` names (either id); `lock`: FOR UPDATE (PostgreSQL)."""
+    if not row.test_system_id:
+        return None
+    leg = await find_leg(session, row.test_system_id)
+    if leg is not None and lock:
+        leg = await session.get(Leg, leg.id, with_for_update=True, populate_existing=True)
+    return leg
 
 
 async def find_leg(session: AsyncSession, run_id: str) -> Leg | None:

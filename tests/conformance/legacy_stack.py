@@ -180,13 +180,15 @@ RUNNER_DEPLOYMENTS = (
 )
 
 
-def flow_runs_by_leg(api_url: str, leg_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every flow run whose idempotency key is one of `leg_ids` (the gateway's key), straight from Prefect."""
-    body = {"flow_runs": {"idempotency_key": {"any_": leg_ids}}, "limit": 200}
-    runs = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=30).json()
-    found: dict[str, list[dict[str, Any]]] = {leg: [] for leg in leg_ids}
-    for run in runs:
-        found[run["idempotency_key"]].append(run)
+def flow_runs_by_leg(api_url: str, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every flow run that one of `run_ids` names, straight from Prefect: a gateway leg id (the flow run's
+    idempotency key) or a flow run's own id (what `test_system_id` becomes once Prefect accepted the run)."""
+    found: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
+    for key in ("idempotency_key", "id"):
+        body = {"flow_runs": {key: {"any_": run_ids}}, "limit": 200}
+        for run in httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=30).json():
+            if run not in found[run[key]]:
+                found[run[key]].append(run)
     return found
 
 
@@ -250,7 +252,9 @@ def running_stack(
         settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
         upgrade(settings)
         load_catalog(catalog(repos), settings)
-        server = stack.enter_context(running_server(env, data))
+        # The provider a student names in the clone-failure case (an empty list no longer means any host).
+        providers = {"GATEWAY_STUDENT_PROVIDERS": '["no-such-provider.invalid"]'}
+        server = stack.enter_context(running_server({**env, **providers}, data))
         result = Stack(server=server, data=data, env=env, repos=repos, log_dir=tmp, prefect_api=prefect_api)
         if prefect_api is not None:
             stack.enter_context(

@@ -34,7 +34,7 @@ from tests.support.contract_keys import (
     GET_KEYS,
     LIST_KEYS,
     PROGRESS_KEYS,
-    RUN_KEYS,
+    RUN_ANSWER_KEYS,
     TASK_INFO_KEYS,
     TASK_RESULT_KEYS,
 )
@@ -83,7 +83,7 @@ def poll_result_status(client: httpx.Client, result_id: str, timeout: float = 15
 
 
 def assert_run_shape(run: dict[str, Any]) -> None:
-    assert set(run) == RUN_KEYS
+    assert set(run) == RUN_ANSWER_KEYS
     assert type(run["status"]) is int and type(run["result"]) is float
     assert isinstance(run["id"], str) and isinstance(run["test_system_id"], str)
     assert run["result_json"] is None or isinstance(run["result_json"], dict)
@@ -207,21 +207,20 @@ def test_a_clone_failure_reads_the_same_on_both_engines(both_engines: Stack) -> 
 
 
 def test_a_prefect_run_is_found_by_its_test_system_id_and_every_route_takes_either_id(both_engines: Stack) -> None:
-    """The flow run is named and tagged with the gateway's id; the gateway answers to the flow run's own id too."""
+    """25.7: `test_system_id` is the Prefect flow run id (Prefect accepted the run before the answer), so a
+    client reading Prefect with it finds the run; the flow run is named and tagged with the gateway's own id,
+    and every route answers to that one too."""
     api = both_engines.prefect_api
     assert api is not None
     with both_engines.client(SLOW) as slow, both_engines.client(ADMIN) as admin:
         run = submit(slow, "legacy", both_engines.repos.commit("slow")).json()
-        test_system_id = run["test_system_id"]
-
-        def flow_runs(criteria: dict[str, Any]) -> list[dict[str, Any]]:
-            return httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": criteria}, timeout=30).json()
-
-        by_name = wait_until(lambda: flow_runs({"name": {"any_": [test_system_id]}}), f"flow run {test_system_id}")
-        by_tag = flow_runs({"tags": {"all_": [test_system_id]}})
-        assert [r["id"] for r in by_name] == [r["id"] for r in by_tag] and len(by_name) == 1
-        flow_run_id = by_name[0]["id"]
-        assert flow_run_id != test_system_id and by_name[0]["name"] == test_system_id
+        flow_run_id = run["test_system_id"]
+        read = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30)  # what the platform's CLI does with it
+        assert read.status_code == 200, read.text
+        gateway_id = read.json()["name"]
+        assert gateway_id != flow_run_id and read.json()["idempotency_key"] == gateway_id
+        assert gateway_id in read.json()["tags"]
+        assert slow.get(f"/api/results/{run['id']}").json()["test_system_id"] == flow_run_id
 
         def running() -> dict[str, Any] | None:
             info = admin.get(f"/api/tasks/{flow_run_id}/status")
@@ -229,15 +228,17 @@ def test_a_prefect_run_is_found_by_its_test_system_id_and_every_route_takes_eith
             return info.json() if info.json()["status"] == "started" else None
 
         info = wait_until(running, f"{flow_run_id} running", timeout=150, interval=0.1)
-        assert info["task_id"] == test_system_id
-        assert slow.get(f"/api/system/status/{flow_run_id}").json()["status"] == "RUNNING"  # until released
-        assert admin.get(f"/api/tasks/{flow_run_id}/result").json()["task_id"] == test_system_id
+        assert info["task_id"] == gateway_id
+        for run_id in (flow_run_id, gateway_id):
+            assert slow.get(f"/api/system/status/{run_id}").json()["status"] == "RUNNING"  # until released
+            assert admin.get(f"/api/tasks/{run_id}/result").json()["task_id"] == gateway_id
+            listed = slow.get("/api/results", params={"test_system_id": run_id})
+            assert listed.headers["X-Total-Count"] == "1" and listed.json()[0]["id"] == run["id"]
         cancel = admin.delete(f"/api/tasks/{flow_run_id}/cancel")
         assert cancel.status_code == 200 and cancel.json()["task_id"] == flow_run_id
         assert poll_result_status(slow, run["id"]) == 2
-        assert slow.get(f"/api/system/status/{flow_run_id}").json() == {"status": "CANCELLED"}
-        listed = slow.get("/api/results", params={"test_system_id": flow_run_id})
-    assert listed.headers["X-Total-Count"] == "1" and listed.json()[0]["id"] == run["id"]
+        for run_id in (flow_run_id, gateway_id):
+            assert slow.get(f"/api/system/status/{run_id}").json() == {"status": "CANCELLED"}
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -265,11 +266,18 @@ def test_error_texts_of_the_contract(both_engines: Stack) -> None:
 
 
 def test_max_submissions_counts_submitted_runs(both_engines: Stack) -> None:
+    """And (25.8) the limit comes first, as in the contract: the same commit asked again is refused too."""
+    commit = f"max-{uuid.uuid4().hex[:8]}"
     with both_engines.client(BOB) as bob:
-        first = submit(bob, "capped", f"max-{uuid.uuid4().hex[:8]}", submit=True)
+        first = submit(bob, "capped", commit, submit=True)
         assert first.status_code == 200, first.text
         over = submit(bob, "capped", f"max-{uuid.uuid4().hex[:8]}", submit=True)
-    assert (over.status_code, over.json()) == (400, {"detail": "Reached max submissions for this course_content"})
+        again = submit(bob, "capped", commit, submit=True)
+    for refused in (over, again):
+        assert (refused.status_code, refused.json()) == (
+            400,
+            {"detail": "Reached max submissions for this course_content"},
+        )
 
 
 # ----------------------------------------------------------------------------------------------- write-back
@@ -360,6 +368,12 @@ def test_task_api_shapes(both_engines: Stack) -> None:
         assert unknown.status_code == 400 and isinstance(unknown.json()["detail"], str)
         workers = admin.get("/api/tasks/workers/status")  # fix: reachable, not shadowed by /{task_id}/status
         assert workers.status_code == 200 and isinstance(workers.json(), dict)
+        # 25.3: the platform's keys beside the gateway's (engines, worker_list, queues by `engine:name`).
+        shown = workers.json()
+        assert shown["status"] == "connected" and shown["workers"]["active_count"] >= 1
+        assert set(shown["workers"]["workers"]) == {w["name"] for w in shown["worker_list"]}
+        assert isinstance(shown["queues"]["high_priority"], int) and "celery:high_priority" in shown["queues"]
+        assert {"celery", "prefect"} <= set(shown["engines"])
         assert "redis://" not in workers.text and "postgresql" not in workers.text
         missing = admin.get(f"/api/tasks/{uuid.uuid4()}/status")
         assert missing.status_code == 404

@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,7 +36,9 @@ from legacy_stack import (
 from pydantic import BaseModel, ConfigDict
 
 from tests.support.celery_worker import WorkerProcess, base_env, stop_worker, wait_until_ready
-from tests.support.contract_keys import TASK_INFO_KEYS
+from tests.support.contract_keys import TASK_INFO_KEYS, TASK_LIST_ITEM_KEYS
+from tests.support.git import git
+from tests.support.platform_celery_worker import PLATFORM_SCORE
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -67,6 +70,29 @@ class LegacyResultList(BaseModel):
 
 class LegacyResultGet(LegacyResultList):
     result_json: dict[str, Any] | None
+
+
+class CliResultGet(BaseModel):
+    """How the platform's CLI reads the `POST /tests` answer: as its `ResultGet` (pydantic's default: extra keys
+    ignored; `course_content_type_id` and the dates required)."""
+
+    id: str
+    submit: bool
+    course_member_id: str
+    course_content_id: str
+    course_content_type_id: str
+    course_submission_group_id: str | None = None
+    execution_backend_id: str
+    test_system_id: str
+    result: float
+    result_json: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    version_identifier: str
+    status: int
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = None
+    updated_by: str | None = None
 
 
 def submit(client: httpx.Client, key: str, commit: str, **extra: Any) -> dict[str, Any]:
@@ -114,6 +140,31 @@ def test_test_then_submit_the_same_commit_starts_submission_once(stack: Stack) -
     assert recorded["commit"] == commit and recorded["result_id"] == tested["id"]
 
 
+def test_two_submissions_of_one_member_and_content_at_once_are_both_recorded(stack: Stack) -> None:
+    """25.5: two commits of the same member and content submitted together (their submissions race for the same
+    branch of the submissions repository on a worker with two slots): both submissions finish and both commits
+    are recorded; the branch holds one of them."""
+    repo = Path(stack.repos.students["passing"][0].removeprefix("file://"))
+    commits = []
+    for i in range(2):
+        git(["commit", "-q", "--allow-empty", "--no-gpg-sign", "-m", f"again {i} {uuid.uuid4().hex[:6]}"], repo)
+        commits.append(git(["rev-parse", "HEAD"], repo))
+    with stack.client(CAROL) as carol, stack.client(ADMIN) as admin:
+        runs = [submit(carol, "celery", commit, submit=True) for commit in commits]
+        for run in runs:
+            assert final_status(carol, run["id"]) == 0
+        sub_ids = [submit(carol, "celery", c, submit=True)["submission_flow_run_id"] for c in commits]
+        infos = [task_finished(admin, sub_id) for sub_id in sub_ids]
+        rows = [carol.get(f"/api/results/{run['id']}").json() for run in runs]
+    assert [info["status"] for info in infos] == ["finished", "finished"], infos
+    assert all(row["submit"] is True and row["properties"]["submission"]["status"] == "COMPLETED" for row in rows)
+    bare = stack.data / "submissions.git"
+    for commit in commits:
+        recorded = git(["--git-dir", str(bare), "rev-parse", f"refs/submissions/m-carol/c.ex1/{commit}"], bare)
+        assert recorded == commit
+    assert git(["--git-dir", str(bare), "rev-parse", "refs/heads/submissions/m-carol/c.ex1"], bare) in commits
+
+
 def test_a_run_closed_by_a_legacy_write_back_through_the_bare_url_is_submitted(stack: Stack) -> None:
     """12.2 + 12.5 + 12.10: a flow the gateway did not write PATCHes `/results/{id}` (no `/api`); the run ends
     COMPLETED, `submit=true` starts submission like a reconciler-closed run, and its flow run id resolves."""
@@ -133,10 +184,12 @@ def test_a_run_closed_by_a_legacy_write_back_through_the_bare_url_is_submitted(s
             assert at_root.status_code == 200 and at_root.json() == by_engine.json()
 
 
-def test_a_custom_submission_deployment_receives_the_legacy_parameter_set(stack: Stack) -> None:
-    """12.4: `properties.submission_deployment` names a deployment with the platform's `submit-result` signature
-    (every parameter required); it gets exactly that set, `token` is the credential's name, and the secret that
-    was (wrongly) inside the member's repository URL appears nowhere: not in Prefect, not in what the gateway shows."""
+def test_a_custom_submission_deployment_receives_what_the_platform_sent(stack: Stack) -> None:
+    """12.4 + 25.1: `properties.submission_deployment` names a deployment with the platform's `submit-result`
+    signature (one parameter, `submission: Submission`, Prefect checks runs against it); it gets exactly
+    `{"submission": Submission.model_dump(exclude_none=True)}`, `token` is the credential's name, and the secret
+    that was (wrongly) inside the member's repository URL appears nowhere: not in Prefect, not in what the
+    gateway shows. The row says the submission ran; `submission_flow_run_id` is the Prefect flow run id."""
     commit = stack.repos.commit("passing")
     ref_url, ref_commit = stack.repos.reference
     with stack.client(DAVE) as dave, stack.client(ADMIN) as admin:
@@ -146,24 +199,37 @@ def test_a_custom_submission_deployment_receives_the_legacy_parameter_set(stack:
         assert isinstance(sub_id, str)
         info = task_finished(admin, sub_id)
         assert info["status"] == "finished", info
-        received = admin.get(f"/api/tasks/{sub_id}/result").json()["result"]
-        shown = [info, received, admin.get(f"/api/results/{run['id']}").json(), admin.get("/api/tasks").json()]
-    runs = flow_runs_by_leg(stack.prefect_api or "", [sub_id, run["test_system_id"]])
-    (flow_run,) = runs[sub_id]
-    assert flow_run["parameters"] == received  # the flow recorded exactly what Prefect handed it
-    assert set(received) == {"submission", "provider", "full_path", "token", "assignment", "module", "user_id"}
-    assert received["provider"] == "https://git.example.invalid" and received["full_path"] == "course/dave"
-    assert received["token"] == DAVE_CREDENTIAL and received["user_id"] == "u-dave"
-    submission = received["submission"]
-    assert submission["id"] == submission["result_id"] == run["id"] and submission["status"] == 0
-    assert submission["test_system_id"] == run["test_system_id"] and submission["version_identifier"] == commit
-    module, assignment = received["module"], received["assignment"]
-    assert module["url"] == "https://git.example.invalid/course/dave.git" and module["commit"] == commit
-    assert module["path"] == DIRS["legacy-submit"] and module["token"] is None
-    assert module["credential"] == DAVE_CREDENTIAL
-    assert (assignment["url"], assignment["commit"], assignment["path"]) == (ref_url, ref_commit, DIRS["legacy-submit"])
+        parsed = admin.get(f"/api/tasks/{sub_id}/result").json()["result"]
+        row = admin.get(f"/api/results/{run['id']}").json()
+        # Asked again once Prefect has the run: the answer names the flow run itself (the first answer came
+        # before the run existed: the gateway's id, which still resolves above).
+        flow_run_id = submit(dave, "legacy-submit", commit, submit=True)["submission_flow_run_id"]
+        shown = [info, parsed, row, admin.get("/api/tasks").json()]
+    assert stack.prefect_api is not None
+    read = httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=30)
+    assert read.status_code == 200, read.text
+    flow_run = read.json()
+    assert flow_run["idempotency_key"] == info["task_id"] and flow_run_id != info["task_id"]
+    (sent,) = flow_run["parameters"].values()
+    assert list(flow_run["parameters"]) == ["submission"]
+    # The platform's types parsed exactly what was sent (nothing missing or defaulted); the one key they ignore
+    # is each repository's credential name, which a gateway-aware worker resolves.
+    names = {key: sent[key].pop("credential") for key in ("submission", "module")}
+    assert parsed == sent and names == {"submission": DAVE_CREDENTIAL, "module": DAVE_CREDENTIAL}
+    assert sent["provider"] == "https://git.example.invalid" and sent["full_path"] == "course/dave"
+    assert sent["token"] == DAVE_CREDENTIAL and sent["user_id"] == "u-dave" and sent["result_id"] == run["id"]
+    assert sent["submission"] == {"url": "https://git.example.invalid/course/dave.git", "branch": "main"}
+    assert sent["module"] == {"url": "https://git.example.invalid/course/dave.git", "branch": "main",
+                              "commit": commit, "path": DIRS["legacy-submit"]}  # fmt: skip
+    assignment = sent["assignment"]
+    assert assignment["id"] == "cc-legacy-submit" and assignment["path"] == DIRS["legacy-submit"].replace("/", ".")
+    assert assignment["properties"]["gitlab"]["directory"] == DIRS["legacy-submit"]
+    assert assignment["version_identifier"] == ref_commit and assignment["course_content_type_id"] == "assignment"
+    assert ref_url not in repr(sent)  # the course's repository is the worker's to know, by its credential
     assert "user:u-dave" in flow_run["tags"]
-    everything = repr([runs, shown])
+    assert row["submit"] is True and row["properties"]["submission"]["status"] == "COMPLETED"
+    assert row["properties"]["submission"]["run_id"] == flow_run_id
+    everything = repr([flow_run, shown])
     assert DAVE_TOKEN not in everything and "dave:" not in everything
 
 
@@ -218,6 +284,27 @@ def test_rows_parse_with_the_legacy_models_newest_first_and_large_limits(stack: 
         LegacyResultList.model_validate(row)
 
 
+def test_the_cli_parses_the_post_answer_as_result_get(stack: Stack) -> None:
+    """25.2: the answer is a superset of `TestRunResponse`: the CLI's `ResultGet` parse needs the meta keys,
+    on a new run and on a kept one alike, on both submit routes."""
+    commit = f"cli-{uuid.uuid4().hex[:8]}"
+    with stack.client(SLOW) as slow, stack.client(ADMIN) as admin:
+        try:
+            new = slow.post("/api/tests", json={"directory": DIRS["celery"], "version_identifier": commit})
+            kept = slow.post("/tests-celery", json={"directory": DIRS["celery"], "version_identifier": commit})
+            assert new.status_code == kept.status_code == 200, (new.text, kept.text)
+            for answer in (new.json(), kept.json()):
+                parsed = CliResultGet.model_validate(answer)
+                assert parsed.course_content_type_id == "assignment" and parsed.status == 3
+                assert "submission_flow_run_id" in answer  # the contract's keys stay
+            assert kept.json()["id"] == new.json()["id"]
+            row = CliResultGet.model_validate(slow.get(f"/api/results/{new.json()['id']}").json())
+            answered = CliResultGet.model_validate(new.json())
+            assert answered.created_at == row.created_at and answered.created_by == row.created_by
+        finally:
+            admin.delete(f"/api/tasks/{new.json()['test_system_id']}")
+
+
 def test_the_current_login_for_the_cli(stack: Stack) -> None:
     """12.8: `login -a basic` checks credentials with `GET /user`."""
     for path in ("/api/user", "/user"):
@@ -244,13 +331,16 @@ def test_the_celery_era_task_views_over_both_engines(stack: Stack) -> None:
     with stack.client(SLOW) as slow, stack.client(ADMIN) as admin:
         # The slow student's commit: it runs until released, so each DELETE certainly meets a job in flight.
         runs = [submit(slow, key, stack.repos.commit("slow")) for key in ("celery", "prefect")]
+        # A task's id is the gateway's (a Prefect run's `test_system_id` is its flow run id, 25.7): either resolves.
+        task_ids = [admin.get(f"/api/tasks/{r['test_system_id']}").json()["task_id"] for r in runs]
         page = admin.get("/api/tasks", params={"limit": 2, "offset": 0})
-        assert page.status_code == 200 and set(page.json()) == {"tasks", "total", "limit", "offset"}
+        assert page.status_code == 200 and set(page.json()) == {"tasks", "total", "limit", "offset", "has_more"}
         assert page.headers["X-Total-Count"] == str(page.json()["total"])
-        assert [t["task_id"] for t in page.json()["tasks"]] == [r["test_system_id"] for r in reversed(runs)]
-        assert all(set(t) == TASK_INFO_KEYS for t in page.json()["tasks"])
+        assert page.json()["has_more"] is (page.json()["total"] > 2)
+        assert [t["task_id"] for t in page.json()["tasks"]] == list(reversed(task_ids))
+        assert all(set(t) == TASK_LIST_ITEM_KEYS for t in page.json()["tasks"])
         second = admin.get("/api/tasks", params={"limit": 1, "offset": 1}).json()["tasks"]
-        assert [t["task_id"] for t in second] == [runs[0]["test_system_id"]]
+        assert [t["task_id"] for t in second] == [task_ids[0]]
         for run in runs:
             task = run["test_system_id"]
             info = admin.get(f"/api/tasks/{task}")
@@ -259,55 +349,76 @@ def test_the_celery_era_task_views_over_both_engines(stack: Stack) -> None:
             assert deleted.status_code == 200 and deleted.json()["status"] == "cancelled"
             assert slow.get(f"/api/results/{run['id']}/status").json() == 2
         assert admin.get(f"/api/tasks/{uuid.uuid4()}").status_code == 404
+        # 25.3: the platform's front end filters and switches on Celery's words.
+        revoked = admin.get("/api/tasks", params={"status": "REVOKED", "limit": 1000}).json()
+        ours = set(task_ids)
+        assert ours <= {t["task_id"] for t in revoked["tasks"]} and revoked["has_more"] is False
+        assert all(t["status"] == "REVOKED" and t["task_status"] == "cancelled" for t in revoked["tasks"])
+        assert all(
+            t["date_done"] is not None and t["has_result"] is False for t in revoked["tasks"] if t["task_id"] in ours
+        )
+        for word, gateway_word in (("SUCCESS", "finished"), ("PENDING", None), ("STARTED", "started")):
+            listed = admin.get("/api/tasks", params={"status": word, "limit": 1000}).json()
+            assert not ours & {t["task_id"] for t in listed["tasks"]}
+            assert all(t["status"] == word for t in listed["tasks"]) and listed["total"] == len(listed["tasks"])
+            assert gateway_word is None or all(t["task_status"] == gateway_word for t in listed["tasks"])
+        assert admin.get("/api/tasks", params={"status": "cancelled"}).json()["total"] == revoked["total"]
+        assert admin.get("/api/tasks", params={"status": "NOPE"}).status_code == 400
 
 
 # ----------------------------------------------------------------------------------------------- mixed fleet
 @pytest.fixture
-def legacy_worker_only(stack: Stack) -> Iterator[Any]:
-    """The stack's own workers stopped, an old worker started in their place; the gateway's back afterwards."""
+def platform_worker_only(stack: Stack) -> Iterator[WorkerProcess]:
+    """The stack's own workers stopped, the platform's Celery worker (its own app and task names, Celery's stock
+    database result backend) on the platform's queues in their place; the gateway's back afterwards."""
     for worker in stack.workers:
         stop_worker(worker, graceful=False)  # gone before the test begins: how they stop is not what it tests
-    started: list[WorkerProcess] = []
-
-    def start(serializer: str) -> WorkerProcess:
-        for old in started:
-            stop_worker(old)
-        name = f"legacy-{uuid.uuid4().hex[:6]}@localhost"
-        env = base_env({**stack.env, "LEGACY_RESULT_SERIALIZER": serializer}, stack.data)
-        log_path = stack.log_dir / f"{name.split('@')[0]}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.support.legacy_celery_worker", "worker",
-               "-Q", "high_priority", "-c", "1", "-P", "solo", f"--hostname={name}", "--loglevel=INFO"]  # fmt: skip
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        worker = WorkerProcess(process=process, hostname=name, log_path=log_path, env=env)
-        started.append(worker)
-        wait_until_ready(worker, 90)
-        return worker
-
+    name = f"platform-{uuid.uuid4().hex[:6]}@localhost"
+    env = base_env(stack.env, stack.data)
+    log_path = stack.log_dir / f"{name.split('@')[0]}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "tests.support.platform_celery_worker", "worker",
+           "-Q", "high_priority,default,low_priority", "-c", "1", "-P", "solo", f"--hostname={name}",
+           "--loglevel=INFO"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = WorkerProcess(process=process, hostname=name, log_path=log_path, env=env)
     try:
-        yield start
+        wait_until_ready(worker, 90)
+        yield worker
     finally:
-        for old in started:
-            stop_worker(old, graceful=False)
-        stack.start_worker()
+        stop_worker(worker, graceful=False)
+        if not any(w.process.poll() is None for w in stack.workers):
+            stack.start_worker()
 
 
-def test_an_old_worker_on_the_gateway_queue_is_never_graded_from_what_the_gateway_cannot_read(
-    stack: Stack, legacy_worker_only: Any
+def test_a_platform_worker_on_the_shared_queues_causes_a_rerun_never_a_grade(
+    stack: Stack, platform_worker_only: WorkerProcess
 ) -> None:
-    """12.11: pickle is refused (FAILED, infrastructure, retryable); the legacy JSON shape is mapped."""
-    commit = f"fleet-{uuid.uuid4().hex[:8]}"
-    with stack.client(BOB) as bob:
-        legacy_worker_only("pickle")
-        pickled = submit(bob, "celery", commit)
-        assert final_status(bob, pickled["id"]) == 1
-        row = bob.get(f"/api/results/{pickled['id']}").json()
-        assert row["result"] == 0.0 and row["result_json"]["celery_exception"] == "UndecodableResult"
-        assert row["result_json"]["message"] == "The test run's result could not be read."
-        assert "pickle" in row["result_json"]["details"]  # why, kept apart from the stable message
-        legacy_worker_only("json")
-        again = submit(bob, "celery", commit)  # FAILED allows a new run: the student is not stuck
-        assert again["id"] != pickled["id"]
-        assert final_status(bob, again["id"]) == 0
-        graded = bob.get(f"/api/results/{again['id']}").json()
-    assert graded["result"] == 0.75 and graded["result_json"]["summary"]["passed"] == 3
+    """25.4: the platform's worker takes the job and stores its pickled `{success, results: {score: 80}}` with
+    Celery's stock backend: an infrastructure error, re-run within GATEWAY_INFRA_RETRIES on the queue only the
+    gateway's workers consume (so the platform's worker, still running, cannot take it again); the row never
+    shows the platform's score and is graded from the gateway worker's report."""
+    commit = stack.repos.commit("failing")
+    with stack.client(BOB) as bob, stack.client(ADMIN) as admin:
+        run = submit(bob, "celery", commit)
+        task = admin.get(f"/api/tasks/{run['test_system_id']}").json()["task_id"]
+
+        def rerun_waiting() -> dict[str, Any] | None:
+            info = admin.get(f"/api/tasks/{task}").json()
+            return info if "running it again" in (info["error"] or "") else None
+
+        waiting = wait_until(rerun_waiting, "the unreadable result to be run again", timeout=150)
+        assert "pickle" in waiting["error"] and waiting["status"] in {"queued", "deferred"}
+        row = bob.get(f"/api/results/{run['id']}").json()
+        assert (row["status"], row["result"], row["result_json"]) == (3, 0.0, None)  # nothing graded
+        # The rerun waits where the platform's worker does not listen.
+        wait_until(lambda: admin.get("/api/tasks/workers/status").json()["queues"]["gateway_only"] == 1 or None,
+                   "the rerun on the gateway-only queue", timeout=60)  # fmt: skip
+        gateway = stack.start_worker()
+        assert final_status(bob, run["id"]) == 0
+        graded = bob.get(f"/api/results/{run['id']}").json()
+        info = admin.get(f"/api/tasks/{task}").json()
+    assert info["worker"] == gateway.hostname and info["queue"] == "gateway_only"
+    assert graded["result"] != PLATFORM_SCORE / 100 and "score" not in graded["result_json"]
+    assert graded["result_json"]["summary"]["total"] > 0  # the gateway's own report
+    assert platform_worker_only.process.poll() is None  # it ran all along: avoided, not stopped

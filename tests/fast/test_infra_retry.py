@@ -139,3 +139,29 @@ def test_a_health_flood_costs_one_probe_and_every_caller_gets_an_answer_in_time(
             monitor.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("error_type", ["UndecodableResult", "BadResult"])
+def test_a_result_the_gateway_cannot_read_is_run_again_never_graded(
+    memory_gateway: MemoryGateway, error_type: str
+) -> None:
+    """25.4: a worker that is not the gateway's answered (pickled, or the platform's own shape): an infrastructure
+    failure, run again within the budget; the rerun's own report is the grade."""
+    engine = memory_gateway.engine
+
+    async def test(state: GatewayState) -> None:
+        row, _ = await submit_test(state, ADMIN, body("foreign1"))
+        leg_id = row.test_system_id
+        assert leg_id is not None
+        engine.fail(leg_id, "a worker that is not the gateway's answered", error_type=error_type)
+        await state.reconciler.tick()
+        leg, stored = await leg_and_row(state, leg_id, row.id)
+        assert (leg.finished, leg.infra_retries, stored.status) == (False, 1, int(ResultStatus.SCHEDULED))
+        await flush_retry(state, leg_id)
+        assert engine.runs[leg_id].submits >= 2  # sent again under the same leg id
+        engine.succeed(leg_id, report(1, 2))
+        await state.reconciler.tick()
+        _leg, graded = await leg_and_row(state, leg_id, row.id)
+        assert (graded.status, graded.result) == (int(ResultStatus.COMPLETED), 0.5)
+
+    memory_gateway.run(test)

@@ -1,8 +1,9 @@
-"""What a Celery result row means (issue 12.11): never record a result the gateway did not understand.
+"""What a Celery result row means (issues 12.11, 25.4): never record a result the gateway did not understand.
 
 An old worker (the platform's Celery-era task code) on the gateway's queues stores a pickled
-`{"success": ..., "results": {...}}`; the gateway refuses to unpickle, maps the legacy JSON shape, and marks
-anything else as an infrastructure error (FAILED, retryable), never as a graded run.
+`{"success": ..., "results": {...}}`; the gateway refuses to unpickle, and takes the legacy shape, even as JSON,
+for the foreign result it is: an infrastructure error like anything else that is not its report, never a graded
+run and never the legacy `score`.
 """
 
 from __future__ import annotations
@@ -30,30 +31,29 @@ def stored(value: Any, serializer: str) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("raw", "phase", "score", "error"),
+    ("raw", "error_type", "error"),
     [
-        (stored(REPORT, "json"), LegPhase.SUCCEEDED, None, None),  # the gateway's own worker
-        (stored(LEGACY_OK, "json"), LegPhase.SUCCEEDED, 0.75, None),  # a legacy worker using JSON
-        (stored({"success": True, "results": {"score": 1}}, "json"), LegPhase.SUCCEEDED, 1.0, None),
-        (stored(LEGACY_BROKEN, "json"), LegPhase.FAILED, None, "Git clone of student repository failed."),
-        (stored({"success": False, "results": None}, "json"), LegPhase.FAILED, None, "reported that the run failed"),
-        (stored(LEGACY_OK, "pickle"), LegPhase.FAILED, None, "pickle"),  # never unpickled
-        (stored(None, "json"), LegPhase.FAILED, None, "not a report"),
-        (stored(0.0, "json"), LegPhase.FAILED, None, "not a report"),
-        (b"\xff\xfe not json", LegPhase.FAILED, None, "neither JSON nor text"),
-        (b"{broken", LegPhase.FAILED, None, "not JSON"),
+        (stored(REPORT, "json"), None, None),  # the gateway's own worker
+        (stored(LEGACY_OK, "json"), "BadResult", "not the gateway's"),  # the platform's worker, even with JSON
+        (stored({"success": True, "results": {"score": 1}}, "json"), "BadResult", "not the gateway's"),
+        (stored(LEGACY_BROKEN, "json"), "BadResult", "not the gateway's"),
+        (stored(LEGACY_OK, "pickle"), "UndecodableResult", "pickle"),  # never unpickled
+        (stored(None, "json"), "BadResult", "not a report"),
+        (stored(0.0, "json"), "BadResult", "not a report"),
+        (b"\xff\xfe not json", "UndecodableResult", "neither JSON nor text"),
+        (b"{broken", "UndecodableResult", "not JSON"),
     ],
 )
 def test_a_success_row_is_a_report_or_an_infrastructure_error(
-    raw: bytes, phase: LegPhase, score: float | None, error: str | None
+    raw: bytes, error_type: str | None, error: str | None
 ) -> None:
     result = CeleryAdapter._result_of("leg", ("SUCCESS", decode_result(raw)))
-    assert result.phase is phase
-    assert result.score == score
+    assert result.score is None  # no worker's own score is ever a grade
     if error is None:
-        assert result.error is None and result.report is not None
+        assert result.phase is LegPhase.SUCCEEDED and result.error is None and result.report is not None
     else:
-        assert result.report is None and result.error is not None and error in result.error
+        assert result.phase is LegPhase.FAILED and result.report is None and result.error_type == error_type
+        assert result.error is not None and error in result.error
 
 
 def test_a_pickled_value_is_never_loaded() -> None:
@@ -69,6 +69,7 @@ def test_a_pickled_failure_is_failed_with_the_reason() -> None:
     assert result.phase is LegPhase.FAILED and result.error == PICKLED
 
 
-def test_verdict_clamps_a_legacy_score() -> None:
-    assert verdict_of_success({"success": True, "results": {"score": 7}}).score == 1.0
-    assert verdict_of_success({"success": True, "results": {"score": True}}).score is None
+def test_a_legacy_score_is_never_a_grade() -> None:
+    for results in ({"score": 80}, {"score": 0.8, "summary": {"total": 1, "passed": 0}}, {"score": True}):
+        verdict = verdict_of_success({"success": True, "results": results})
+        assert verdict.report is None and verdict.error_type == "BadResult"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from gateway.runtime import GatewayState
 from gateway.store.accounts import Principal
 from gateway.store.leg_writer import record_retry
 from gateway.store.models import Comparison, FlakeStat, Leg, Result, utcnow
+from gateway.store.result_list import ResultFilter
 from tests.fast.conftest import ADMIN, MemoryGateway, body
 
 pytestmark = pytest.mark.fast
@@ -439,9 +441,14 @@ def test_a_write_back_from_an_unknown_deployment_lands_on_the_shadow_leg(gw: Two
         await shadow_on(state)
         row, legs = await submitted(state, "c1")
         shadow = legs["shadow:prefect"]
-        # The flow knows only its own run id: the lookup answers the shadow leg's id, not the row's.
-        view = await results.shadow_lookup(state, WORKER, shadow.engine_run_id)
-        assert view is not None and view.id == shadow.id and view.id != row.id
+        # The flow knows its own run id (and, 25.6, sends its job's ids with it, as the platform's flow does):
+        # the lookup answers the shadow leg's id, not the row's.
+        job = {"execution_backend_id": row.execution_backend_id, "course_member_id": row.course_member_id}
+        query = ResultFilter(test_system_id=shadow.engine_run_id, course_content_id=row.course_content_id, **job)
+        total, (view,) = await results.list_results(state, WORKER, query, 0, 100)
+        assert total == 1 and view.id == shadow.id and view.id != row.id
+        other = replace(query, course_member_id="m-someone-else")
+        assert await results.list_results(state, WORKER, other, 0, 100) == (0, [])
         await results.write_back(state, WORKER, view.id, {"status": 5})
         report = legacy_report({"test_a": "FAILED"})
         await results.write_back(state, WORKER, view.id, {"status": 0, "result": 0.0, "result_json": report})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.jobs.credential_binding import check_student_provider
 from gateway.jobs.errors import BadJobRequest
 from gateway.jobs.results import system_status
 from gateway.jobs.submit import submit_test
@@ -27,7 +28,7 @@ ALICE = Principal("u-alice", "alice", "student", frozenset({"m-alice"}))
         ("/srv/repos", "x", [], True),
         ("https://gitlab.example.org", "/", [], True),
         ("https://gitlab.example.org", "../../etc", [], True),
-        ("https://evil.example.com", "group/name", ["gitlab.example.org"], True),  # not a configured provider
+        ("http://gitlab.example.org", "group/name", [], True),  # plain http
     ],
 )
 def test_student_repositories_are_restricted_to_providers(
@@ -39,6 +40,27 @@ def test_student_repositories_are_restricted_to_providers(
             check_student_repository(given, allowed)
     else:
         check_student_repository(given, allowed)
+
+
+@pytest.mark.parametrize(
+    ("provider_url", "providers", "registered", "refused"),
+    [
+        ("https://gitlab.example.org", [], "https://gitlab.example.org/me/repo.git", False),  # their own host
+        ("https://gitlab.example.org", ["gitlab.example.org"], None, False),
+        ("ssh://git@gitlab.example.org", ["gitlab.example.org"], None, False),
+        ("https://evil.example.com", ["gitlab.example.org"], "https://gitlab.example.org/me/r.git", True),
+        ("https://evil.example.com", [], None, True),  # an empty list no longer means any host
+        ("http://gitlab.example.org", ["gitlab.example.org"], None, True),
+    ],
+)
+def test_student_providers_are_the_configured_ones_and_their_own(
+    provider_url: str, providers: list[str], registered: str | None, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(BadJobRequest):
+            check_student_provider(provider_url, providers, registered)
+    else:
+        check_student_provider(provider_url, providers, registered)
 
 
 def test_students_see_a_neutral_message_while_the_engine_is_down(memory_gateway: MemoryGateway) -> None:

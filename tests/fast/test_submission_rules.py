@@ -103,7 +103,9 @@ def test_patch_submit_true_is_applied_and_starts_nothing(memory_gateway: MemoryG
     memory_gateway.run(test)
 
 
-def test_asking_again_for_a_counted_submission_is_not_one_too_many(memory_gateway: MemoryGateway) -> None:
+def test_the_submission_limit_comes_before_the_existing_run(memory_gateway: MemoryGateway) -> None:
+    """25.8: the contract checks `max_submissions` before it looks for a run of the same commit, so asking again
+    for a run that already counts is refused once the limit is reached (and starts nothing more)."""
     engine = memory_gateway.engine
 
     async def test(state: GatewayState) -> None:
@@ -113,11 +115,11 @@ def test_asking_again_for_a_counted_submission_is_not_one_too_many(memory_gatewa
         row, _ = await submit_test(state, ADMIN, body("m1"))
         engine.succeed(row.test_system_id, report(2, 2))
         await state.reconciler.tick()
-        for _ in range(2):  # the first submits it, the second is the same request again
-            again, new = await submit_test(state, ADMIN, body("m1", submit=True))
-            assert (again.id, new) == (row.id, False)
-        with pytest.raises(BadJobRequest, match="Reached max submissions"):
-            await submit_test(state, ADMIN, body("m2", submit=True))
+        again, new = await submit_test(state, ADMIN, body("m1", submit=True))  # test, then submit: counts now
+        assert (again.id, new) == (row.id, False)
+        for commit in ("m1", "m2"):  # the same run asked again, and a new commit: both over the limit
+            with pytest.raises(BadJobRequest, match="Reached max submissions"):
+                await submit_test(state, ADMIN, body(commit, submit=True))
         assert len(await submission_legs(state, row.id)) == 1
 
     memory_gateway.run(test)

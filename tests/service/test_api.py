@@ -18,7 +18,7 @@ from gateway.store.migrate import upgrade
 from tests.service.conftest import PASSWORD, demo_catalog, fresh_pg_database
 from tests.service.server import GatewayServer, running_server
 from tests.support.celery_worker import settings_from_env
-from tests.support.contract_keys import GET_KEYS, LIST_KEYS, RUN_KEYS, TASK_INFO_KEYS
+from tests.support.contract_keys import GET_KEYS, LIST_KEYS, RUN_ANSWER_KEYS, TASK_INFO_KEYS
 
 ADMIN = ("admin", PASSWORD)
 WORKER = ("worker", PASSWORD)
@@ -62,7 +62,7 @@ def test_submit_answers_the_contract_shapes(api: GatewayServer) -> None:
     resp = _submit(api, ALICE, directory="week1/ex1", version_identifier=commit)
     assert resp.status_code == 200, resp.text
     run = resp.json()
-    assert set(run) == RUN_KEYS
+    assert set(run) == RUN_ANSWER_KEYS
     assert run["status"] == 3 and isinstance(run["status"], int)
     assert run["result"] == 0.0 and run["result_json"] is None
     assert run["course_member_id"] == "m-alice" and run["course_content_id"] == "cc-main"

@@ -96,18 +96,19 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
         card = next(c for c in cards if c["label"] == "week1.ex1")
         assert (card["stage"], card["samples"], card["evaluation"]["verdict"]) == ("shadow", 0, "Inconclusive")
         assert card["needs"][0] == "100 more comparisons"
-        page = admin.get("/scorecard")
+        page = admin.get("/scorecard", follow_redirects=True)  # the old URL lands on the console
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        assert 'data-scope-id="cc-main"' in page.text and "100 more comparisons" in page.text
+        assert str(page.url).endswith("/console")
+        assert 'data-key="week1.ex1"' in page.text and "100 more comparisons" in page.text
         assert "mismatch — (no samples)" in page.text  # every rate with its interval (none yet)
         assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
+        # The old page's form (no token, no version, no confirmation) is gone; the console's refuses without both.
         form = {"content-type": "application/x-www-form-urlencoded"}
-        back = admin.post(
-            "/scorecard/content/cc-main/rollback", content=b"reason=from+the+page", headers=form, follow_redirects=False
-        )
-        assert back.status_code == 303
-        (event, *_rest) = admin.get("/api/admin/cutover/content/cc-main/history").json()
-        assert (event["action"], event["to_stage"], event["reason"]) == ("rollback", "old_only", "from the page")
+        old = admin.post("/scorecard/content/cc-main/rollback", content=b"reason=x", headers=form)
+        assert old.status_code in (404, 405)
+        bare = admin.post("/console/m/content/week1.ex1/rollback", content=b"reason=x", headers=form)
+        assert bare.status_code == 403 and "cross-site" in bare.text
+        assert admin.get("/api/admin/cutover/content/cc-main").json()["stage"] == "shadow"
     with api.client(ALICE) as alice:
         assert alice.get("/scorecard").status_code == 403
         assert alice.get("/api/cutover/scorecard").status_code == 403
@@ -115,17 +116,21 @@ def test_scorecard_api_and_page(api: GatewayServer) -> None:
 
 def _mismatches(api: GatewayServer, result_id: str, differences: list[dict[str, Any]], count: int) -> str:
     """Mismatch comparisons of cc-prefect (Prefect primary, Celery shadow) as the compare step writes them."""
+    from sqlalchemy import select
+
     from gateway.store.db import make_sync_engine
-    from gateway.store.models import Comparison, new_id, utcnow
+    from gateway.store.models import Comparison, Leg, new_id, utcnow
 
     signature = signature_of("mismatch", differences)
     engine = make_sync_engine(settings_from_env(api.env))
     try:
         with Session(engine) as session, session.begin():
+            # The job's own primary leg: its routing record makes the comparisons this stage's evidence.
+            primary = session.scalar(select(Leg.id).where(Leg.result_id == result_id, Leg.role == "primary"))
             for _ in range(count):
                 session.add(
                     Comparison(
-                        id=new_id(), result_id=result_id, primary_leg_id=new_id(), shadow_leg_id=new_id(),
+                        id=new_id(), result_id=result_id, primary_leg_id=primary, shadow_leg_id=new_id(),
                         kind="shadow", course_content_id="cc-prefect", primary_engine="prefect",
                         shadow_engine="celery", outcome="mismatch", differences=differences,
                         difference_count=len(differences), signature=signature, primary_run_seconds=1.0,
@@ -170,7 +175,7 @@ def test_accepting_a_cluster_through_the_api_and_the_cli(api: GatewayServer) -> 
         assert (accepted["signature"], accepted["acceptance"]["note"]) == (signature, "Celery reports ms")
         (listed,) = admin.get(f"{base}/acceptances").json()
         assert (listed["signature"], listed["active"]) == (signature, True)
-        page = admin.get("/scorecard").text
+        page = admin.get("/console/m/content/week2.ex1").text
         assert f'data-signature="{signature}"' in page and "Celery reports ms" in page
 
         gateway = [str(Path(sys.executable).with_name("gateway"))]

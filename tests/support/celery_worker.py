@@ -26,7 +26,7 @@ from typing import Any
 from common.settings import Settings
 from tests.support.waiting import STARTUP
 
-ALL_QUEUES: tuple[str, ...] = ("high_priority", "default", "low_priority")
+ALL_QUEUES: tuple[str, ...] = ("high_priority", "default", "low_priority", "gateway_only")
 GATEWAY_BIN = Path(sys.executable).with_name("gateway")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Test-only tasks (a task that blocks until released); pass to `include=` to register them in a worker.

@@ -100,3 +100,37 @@ def test_cli_example_runs_both_students(tmp_path: Path, isolated_env: Path) -> N
     assert result.exit_code == 0, result.output
     assert "passing  3/3 passed" in result.stdout and "failing  2/3 passed" in result.stdout
     assert "FAILED test_calc.py::test_mean" in result.stdout
+
+
+def test_a_submission_racing_another_on_its_ref_retries_and_both_are_recorded(
+    make_job: Callable[..., Any], tmp_path: Path
+) -> None:
+    """25.5: another submission of the same member and assignment holds the ref's lock (git's own `<ref>.lock`,
+    left by the submissions repository's hook on the first push, gone by the second): the push fails with
+    "cannot lock ref", is retried, and succeeds; a second commit then moves the branch, and each submitted commit
+    keeps its record ref."""
+    target = tmp_path / "configured.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(target)], check=True)
+    ref_dir = target / "refs" / "heads" / "submissions" / "member-1"
+    hook = target / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e '{tmp_path}/held-once' ]; then touch '{tmp_path}/held-once'; mkdir -p '{ref_dir}';"
+        f" touch '{ref_dir}/week1.ex1.lock'; else rm -f '{ref_dir}/week1.ex1.lock'; fi\n"
+    )
+    hook.chmod(0o755)
+    settings = Settings(submissions_repo_url=target.as_uri())
+    job = make_job(TESTS, {"a.py": "def one():\n    return 1\n"})
+    first = run_submission_processing({"test_job": job.model_dump(), "result_id": "r1"}, settings=settings)
+    assert (tmp_path / "held-once").exists()  # the first push met the held lock
+    assert first["changed"] is True and _branch(target, first["ref"]) == job.module.commit
+    repo_dir = Path(job.module.url.removeprefix("file://"))
+    subprocess.run(["git", "-C", str(repo_dir), "-c", "user.name=s", "-c", "user.email=s@x", "commit", "-q",
+                    "--allow-empty", "-m", "again"], check=True)  # fmt: skip
+    older = job.module.commit
+    job.module.commit = subprocess.run(["git", "-C", str(repo_dir), "rev-parse", "HEAD"], capture_output=True,
+                                       text=True, check=True).stdout.strip()  # fmt: skip
+    second = run_submission_processing({"test_job": job.model_dump(), "result_id": "r2"}, settings=settings)
+    assert second["previous"] == older and _branch(target, second["ref"]) == job.module.commit
+    for commit in (older, job.module.commit):
+        assert _branch(target, f"refs/submissions/member-1/week1.ex1/{commit}") == commit

@@ -17,7 +17,7 @@ from gateway.api.deps import Admin, State
 from gateway.compare import queries
 from gateway.compare.outcomes import ComparisonOutcome
 from gateway.engines.shadowing import ExperimentKind
-from gateway.jobs import shadow_admin
+from gateway.jobs import scorecard, shadow_admin
 from gateway.jobs.errors import NotFound
 
 router = APIRouter(route_class=GuardedRoute)
@@ -70,7 +70,7 @@ async def comparison_summary(
     since: datetime | None = None,
 ) -> list[dict[str, Any]]:
     f = _filter(execution_backend, course_content_id, None, None, since)
-    return await queries.summary(state.sessions, group_by, f)
+    return await scorecard.comparison_summary(state.sessions, group_by, f)
 
 
 # --------------------------------------------------------------------------------------------- shadow settings

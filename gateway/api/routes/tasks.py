@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from gateway.api.auth import GuardedRoute
 from gateway.api.deps import Admin, State
-from gateway.api.views import task_info, task_result
+from gateway.api.views import task_info, task_list_item, task_result
 from gateway.engines.routing import TASK_TYPES
 from gateway.jobs import tasks
 from gateway.schemas import TaskInfo, TaskList, TaskResult, TaskSubmission, TaskSubmitResponse
@@ -61,11 +61,16 @@ async def list_tasks(
     response: Response,
     limit: Annotated[int, Query(ge=1)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    status: str | None = None,
 ) -> TaskList:
-    """The Celery era's task list, newest first, over both engines (a test run is a task too)."""
-    legs, total = await tasks.list_tasks(state, min(limit, TASK_LIST_CAP), offset)
+    """The Celery era's task list, newest first, over both engines (a test run is a task too); `?status=` in
+    Celery's words (as the platform's front end sends it) or a `TaskStatus`."""
+    statuses = tasks.task_statuses(status) if status else None
+    limit = min(limit, TASK_LIST_CAP)
+    legs, total = await tasks.list_tasks(state, limit, offset, statuses)
     response.headers["X-Total-Count"] = str(total)
-    return TaskList(tasks=[task_info(leg) for leg in legs], total=total, limit=min(limit, TASK_LIST_CAP), offset=offset)
+    items = [task_list_item(leg) for leg in legs]
+    return TaskList(tasks=items, total=total, limit=limit, offset=offset, has_more=offset + limit < total)
 
 
 @router.get("/{task_id}", response_model=TaskInfo)
