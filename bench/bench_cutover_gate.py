@@ -54,12 +54,13 @@ SELECT 'p-' || g, 'r-bench', 'primary', 'prefect', 'student_testing', 'succeeded
 FROM generate_series(2, %(total)s, 2) g;
 INSERT INTO comparison (id, result_id, primary_leg_id, shadow_leg_id, kind, course_content_id, primary_engine,
                         shadow_engine, outcome, side, primary_run_seconds, shadow_run_seconds, difference_count,
-                        created_at)
+                        created_at, routed_scope, routed_stage, routed_version)
 SELECT 'c-' || g, CASE WHEN g %% 2 = 0 THEN 'r-bench' ELSE 'r-other' END, 'p-' || g, 's-' || g, 'shadow',
        CASE WHEN g %% 2 = 0 THEN %(content)s ELSE 'cc-other' END, 'prefect', 'celery',
        (ARRAY['match', 'mismatch', 'noise', 'infra_error', 'shadow_timeout', 'compare_error'])[
            CASE WHEN r < 0.95 THEN 1 ELSE 2 + floor((r - 0.95) * 100)::int END],
-       'shadow', 2 + 7 * random(), 2 + 7 * random(), 0, now() - interval '1 minute'
+       'shadow', 2 + 7 * random(), 2 + 7 * random(), 0, now() - interval '1 minute',
+       %(scope)s, %(stage)s, %(version)s
 FROM (SELECT g, random() AS r FROM generate_series(1, %(total)s) g) s;
 """
 
@@ -71,7 +72,9 @@ def fill(dsn: dict[str, Any], rows: int, config: Any) -> None:
     conn = psycopg2.connect(**dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(FILL, {"content": CONTENT, "total": 2 * rows, "routing": json.dumps(routing)})
+        params = {"content": CONTENT, "total": 2 * rows, "routing": json.dumps(routing),
+                  "scope": config.scope.value, "stage": config.stage.value, "version": config.version}  # fmt: skip
+        cur.execute(FILL, params)
         cur.execute("VACUUM ANALYZE comparison")
         cur.execute("VACUUM ANALYZE leg")
     conn.close()

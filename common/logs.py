@@ -56,6 +56,10 @@ def configure_json_logging(level: int = logging.INFO, stream: TextIO | None = No
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+        # A uvicorn started earlier in this process (its `log_level`) leaves its own level and may have been
+        # disabled by a dictConfig: the root's level decides, as for every other logger.
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     # One line per HTTP call to an engine API would drown the lines about jobs.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     postgres_db: str = "postgres"
 
     prefect_api_url: str | None = None
+    # A flow run a runner claimed (PENDING: "Submitting", "Pending") but did not start for this long is lost: its
+    # runner died with it (issue 24); the gateway schedules the same run again for a live runner.
+    prefect_pending_lost_seconds: float = 120.0
     # Prefect 3's basic auth (`PREFECT_API_AUTH_STRING`, the client's name; the server checks
     # `PREFECT_SERVER_API_AUTH_STRING`): sent by every gateway process that calls the Prefect API. `gateway up`
     # and compose turn it on; unset, requests go without it (a server without auth).
@@ -84,6 +87,9 @@ class Settings(BaseSettings):
     # A worker holding a running leg that answers no ping for this long is declared gone, and the gateway runs
     # the leg again at once instead of waiting for the visibility timeout (see docs/reliability.md).
     celery_worker_lost_seconds: float = 15.0
+    # A leg that no answering worker holds and no queue holds (a worker restarted under the same name, a task
+    # cancelled on a broker connection loss, a lost message) for this long is run again (backends/celery/liveness.py).
+    celery_unheld_lost_seconds: float = 10.0
     # A task stores its progress at most this often (seconds); reports in between are folded into the latest
     # (`backends.celery.progress`). 0 stores every report.
     celery_progress_interval: float = 0.25
@@ -148,6 +154,10 @@ class Settings(BaseSettings):
     # connection instead. PostgreSQL's 100 connections are shared with the engines and other processes.
     gateway_db_pool_size: int = 24
     gateway_db_max_overflow: int = 0
+    # Bounds on the API's and reconciler's PostgreSQL calls: a database host cut off (no answer, no reset) would
+    # otherwise hold a request for the kernel's TCP timeout (minutes); bounded, it answers 503 with Retry-After.
+    gateway_db_connect_timeout_seconds: float = 5.0
+    gateway_db_command_timeout_seconds: float = 15.0
 
     # --- operations --------------------------------------------------------------------------------------------
     # `/metrics` (Prometheus) and the counters behind it; off, the route answers 404 and nothing is recorded.

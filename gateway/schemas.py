@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from common.legacy import DEFAULT_CONTENT_TYPE
 from common.redact import strip_credentials
+from gateway.cutover.stages import Stage
 
 SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -384,7 +385,7 @@ class CutoverChangeIn(BaseModel):
     reason: str = ""
     dry_run: bool = False
     expected_version: int | None = None
-    stage: str | None = None
+    stage: Stage | None = None  # an unknown stage is a 422 naming the allowed ones
     percentage: float | None = None
     old_engine: str | None = None
     new_engine: str | None = None

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from backends.celery import names
+from backends.celery.liveness import Candidate, Holding, HoldWatch
 from backends.celery.queues import SENT_AT_HEADER
 from backends.celery.states import Undecodable, error_from, phase_for, progress_from, verdict_of_success
 from backends.interface import EngineUnavailable, Health, JobSpec, LegPhase, LegResult, LegState, TaskKind, WorkerInfo
@@ -54,6 +55,17 @@ def kwargs_summary(kwargs: dict[str, Any]) -> str:
     return repr({("test_job" if "test_job" in kwargs else "submission"): run})
 
 
+def _candidate(state: LegState) -> Candidate | None:
+    """Where an open leg should be held, by its row (None: not for the hold check, e.g. already lost or ending)."""
+    if state.lost:
+        return None
+    if state.phase is LegPhase.RUNNING and state.worker:
+        return Candidate(Holding.RUNNING, state.worker)
+    if state.phase is LegPhase.MISSING or state.native == "RETRY":
+        return Candidate(Holding.WAITING)
+    return None
+
+
 class CeleryAdapter:
     engine = Engine.CELERY
     # The broker queues whatever it is sent: the outbox relay sends, the request only commits (see the interface).
@@ -80,6 +92,8 @@ class CeleryAdapter:
         self._queues_declared = False
         self._silent_since: dict[str, float] = {}
         self._pinged_at = 0.0
+        self._connection_errors: tuple[type[BaseException], ...] | None = None
+        self._hold_watch: HoldWatch | None = None
 
     # ------------------------------------------------------------------------------------------ lazy parts
     @property
@@ -106,6 +120,34 @@ class CeleryAdapter:
 
                     self._control_app = create_app(self._settings, main="ctutor_gateway_control")
         return self._control_app
+
+    @property
+    def hold_watch(self) -> HoldWatch:
+        """What holds the open legs (`backends.celery.liveness`), asked on the control app."""
+        if self._hold_watch is None:
+            with self._lock:
+                if self._hold_watch is None:
+                    self._hold_watch = HoldWatch(
+                        ask_workers=self._query_task,
+                        queued_ids=self._queued_ids,
+                        known_workers=self._expected_workers,
+                        lost_after=self._settings.celery_unheld_lost_seconds,
+                        interval=self.liveness_interval,
+                    )
+        return self._hold_watch
+
+    def _query_task(self, leg_ids: list[str]) -> dict[str, Any]:
+        """Every answering worker's `query_task` for these ids (the whole timeout is waited: all must answer)."""
+        return self.control_app.control.inspect(timeout=self.inspect_timeout).query_task(*leg_ids) or {}
+
+    def _queued_ids(self) -> set[str] | None:
+        """The ids waiting in the broker's queues (Redis); None where the broker cannot list them."""
+        from backends.celery import queues
+
+        url = self._settings.broker_url()
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            return queues.redis_queued_ids(url)
+        return None
 
     def _taskmeta(self) -> Any:
         """The SQL reader, or None when results are not in a database (a Redis result backend)."""
@@ -157,6 +199,7 @@ class CeleryAdapter:
             # own, on the shared queues) answered. The rerun goes where only the gateway's workers listen.
             foreign = True
         self.app.backend.forget(leg_id)
+        self.hold_watch.forget(leg_id)  # what was seen of the failed attempt no longer counts
         return self.submit(job, leg_id, priority=priority, queue=names.GATEWAY_ONLY if foreign else None)
 
     def send(
@@ -245,21 +288,27 @@ class CeleryAdapter:
 
     # ------------------------------------------------------------------------------------------- liveness
     def _mark_lost(self, states: dict[str, LegState]) -> None:
-        """Running legs whose worker answers no ping any more are `lost`: nothing will finish them.
+        """Open legs nothing will finish are `lost`, and the gateway runs them again.
 
         Redis would hand the message to another worker only after the visibility timeout (above the hard
-        time limit, so ~16 minutes by default); the gateway reruns the leg as soon as the worker is known gone.
-        One ping per `liveness_interval`, only to the workers that hold running legs, on the control app.
+        time limit, so ~16 minutes by default). Two checks, each at most once per `liveness_interval`:
+        - a running leg whose worker answers no ping any more (only those workers are pinged, on the control app);
+        - a leg that nothing holds although the workers answer: a worker restarted under the same hostname, a task
+          cancelled on a broker connection loss, a message lost before any worker took it (`liveness.HoldWatch`).
         """
         running = {s.worker: s for s in states.values() if s.phase is LegPhase.RUNNING and s.worker}
-        if not running or self._settings.broker_url().startswith("filesystem://"):
+        if self._settings.broker_url().startswith("filesystem://"):
             # The embedded broker is one machine's dev setup; its file-based broadcasts are not made for a ping
             # every few seconds (a reader can meet a half-written file), and Celery's redelivery applies there.
             return
-        gone = self._gone_workers(set(running))
+        gone = self._gone_workers(set(running)) if running else {}
         for state in states.values():
             if state.phase is LegPhase.RUNNING and state.worker in gone:
                 state.lost = gone[state.worker]
+        # Answering workers that do not hold what the rows say they run, and messages nobody holds (liveness.py).
+        candidates = {leg_id: c for leg_id, state in states.items() if (c := _candidate(state)) is not None}
+        for leg_id, reason in self.hold_watch.observe(states, candidates).items():
+            states[leg_id].lost = reason
 
     def _gone_workers(self, hostnames: set[str]) -> dict[str, str]:
         """Workers that left every ping unanswered for `celery_worker_lost_seconds` (two pings at least)."""
@@ -414,8 +463,8 @@ class CeleryAdapter:
     # ----------------------------------------------------------------------------------------------- workers
     def _expected_workers(self) -> int:
         now = time.monotonic()
-        ttl = self.worker_count_ttl if self._known_workers else min(self.worker_count_ttl, 5.0)
-        if self._known_workers is None or now - self._known_at > ttl:
+        # No worker known: ask every time (a worker coming back, e.g. after a broker restart, is seen at once).
+        if not self._known_workers or now - self._known_at > self.worker_count_ttl:
             # The filesystem broker is polled, not pushed: give its replies a little longer.
             polled = self._settings.broker_url().startswith("filesystem://")
             replies = self.control_app.control.ping(timeout=self.ping_timeout * (3 if polled else 1)) or []
@@ -473,18 +522,42 @@ class CeleryAdapter:
         except Exception:  # noqa: BLE001
             return False
 
+    def _broker_connection_errors(self) -> tuple[type[BaseException], ...]:
+        """What the broker's transport raises when a connection is gone (redis-py's ConnectionError for Redis)."""
+        if self._connection_errors is None:
+            conn = self.control_app.connection_for_write()
+            try:
+                self._connection_errors = tuple(conn.connection_errors) + (OSError,)
+            finally:
+                conn.release()
+        return self._connection_errors
+
     def health(self) -> Health:
+        """Broker, result store and workers; a probe that met a dead pooled broker connection is made once more.
+
+        Why: the broker connections pooled for broadcasts die with the broker; after a restart the first broadcast
+        through one fails ("Connection closed by server") although the broker is back. The transport resets a
+        connection on that error, so a second probe reconnects; what it finds is the answer."""
+        health, stale = self._probe()
+        if stale:
+            health, _ = self._probe()
+        return health
+
+    def _probe(self) -> tuple[Health, bool]:
         checks = {"broker": self.broker_reachable(), "backend": self.backend_reachable()}
-        count, error = 0, None
+        count, error, stale = 0, None, False
         if checks["broker"]:
             try:
                 count = len(self.workers())
+            except self._broker_connection_errors() as exc:
+                error, stale = redact_text(f"{type(exc).__name__}: {exc}"), True
             except Exception as exc:  # noqa: BLE001
                 error = redact_text(f"{type(exc).__name__}: {exc}")
         checks["workers"] = count > 0
         if error is None and not all(checks.values()):
             error = "unreachable: " + ", ".join(name for name, ok in checks.items() if not ok)
-        return Health(healthy=all(checks.values()), engine=self.engine, checks=checks, workers=count, error=error)
+        health = Health(healthy=all(checks.values()), engine=self.engine, checks=checks, workers=count, error=error)
+        return health, stale
 
     # ---------------------------------------------------------------------------------------------- queues
     def queue_depths(self) -> dict[str, int]:
@@ -513,6 +586,8 @@ class CeleryAdapter:
         return {}
 
     def close(self) -> None:
+        if self._hold_watch is not None:
+            self._hold_watch.close()
         if self._reader is not None:
             self._reader.dispose()
         for app in (self._app, self._control_app):

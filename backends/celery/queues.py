@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,3 +116,33 @@ def filesystem_oldest_ages(folder: Path, queues: Sequence[str] = names.ALL_QUEUE
             oldest[queue] = min(oldest.get(queue, mtime), mtime)
     now = time.time()
     return {queue: max(0.0, now - mtime) for queue, mtime in oldest.items()}
+
+
+# The task id in a kombu Redis message's headers (`"id": "<task id>"`); the body is base64, so nothing in it matches.
+_HEADER_ID = re.compile(rb'"id": "([^"]+)"')
+
+
+def redis_queued_ids(url: str, queues: Sequence[str] = names.ALL_QUEUES, timeout: float = 5.0) -> set[str]:
+    """The task ids of every message waiting in the queues (all priority sub-queues), in one pipelined round trip.
+
+    Messages a worker took but did not acknowledge are not here (kombu keeps them in its `unacked` hash until the
+    visibility timeout): a live worker reports those itself (`query_task`), a dead one's are what a caller wants
+    to find."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for key in redis_queue_keys(queue):
+                pipe.lrange(key, 0, -1)
+        lists = pipe.execute()
+    finally:
+        client.close()
+    found: set[str] = set()
+    for messages in lists:
+        for raw in messages:
+            match = _HEADER_ID.search(raw)
+            if match is not None:
+                found.add(match.group(1).decode("ascii", "replace"))
+    return found

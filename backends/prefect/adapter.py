@@ -284,7 +284,9 @@ class PrefectAdapter:
         state = run.get("state") or {}
         phase = phase_for(state.get("type"))
         native = state.get("name") or state.get("type") or "UNKNOWN"
-        stalled = None
+        stalled = lost = None
+        if (state.get("type") or "").upper() == "PENDING":
+            lost = self._claimed_but_dead(state)
         if not phase.is_final and run.get("deployment_id"):
             # A Late run whose runner still polls is queued behind a busy runner (at its limit): late, waited for
             # up to its deadline, not a dead engine. Only a runner that stopped polling makes it stalled.
@@ -308,7 +310,22 @@ class PrefectAdapter:
             queue=self._deployment_names.get(run.get("deployment_id") or ""),
             engine_run_id=str(run["id"]),
             stalled=stalled,
+            lost=lost,
         )
+
+    def _claimed_but_dead(self, state: dict[str, Any]) -> str | None:
+        """A run a runner claimed (PENDING) and never started for `prefect_pending_lost_seconds`: lost.
+
+        Why: a runner moves its claimed run to RUNNING within seconds (the flow's process starting). One that died
+        in between (its process gone, or `serve` exiting on a database outage) leaves it PENDING for ever: no runner
+        queries PENDING runs, and a Late mark applies only to SCHEDULED ones. The gateway schedules it again."""
+        since = _parse_time(state.get("timestamp"))
+        if since is None:
+            return None
+        waited = (datetime.now(UTC) - since).total_seconds()
+        if waited < self.settings.prefect_pending_lost_seconds:
+            return None
+        return f"claimed by a runner {waited:.0f} s ago ({state.get('name') or 'Pending'}) and never started"
 
     def _liveness(self, runs: list[dict[str, Any]]) -> dict[str, str | None]:
         """For the deployments of in-flight runs: why no runner serves them (None = a runner is alive)."""

@@ -7,10 +7,20 @@ inside this process (and again in every flow-run subprocess), about 12 s per run
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from backends.prefect import names
 from common.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Seconds between two starts of a runner that keeps failing, at most (1 s doubling up to this).
+RESTART_BACKOFF_MAX = 30.0
 
 
 def export_prefect_env(settings: Settings, poll_seconds: float) -> None:
@@ -53,10 +63,29 @@ def serve_deployments(
         flows.extend(TEST_FLOWS)
     deployments = [f.to_deployment(name=deployment_name, entrypoint_type=EntrypointType.MODULE_PATH) for f in flows]
     # pause_on_shutdown=False: stopping one runner must not change the deployments another runner serves.
-    serve(
-        *deployments,
-        limit=limit,
-        query_seconds=poll_seconds,
-        print_starting_message=False,
-        pause_on_shutdown=False,
-    )
+    options = {"limit": limit, "query_seconds": poll_seconds, "print_starting_message": False}
+    serve_until_stopped(lambda: serve(*deployments, **options, pause_on_shutdown=False))
+
+
+def serve_until_stopped(serve_once: Callable[[], None], sleep: Callable[[float], None] = time.sleep) -> None:
+    """Run the runner again, with a backoff, each time it fails; return when it ends cleanly (a signal).
+
+    Why: a runner's loops may end it with "Service exceeded error threshold" after a few failed calls in a row
+    (its server's database away for half a minute, issue 24), and nobody would serve the deployments after that.
+    """
+    for attempt in Retrying(
+        retry=retry_if_exception_type(Exception),
+        wait=wait_exponential(multiplier=1, min=1, max=RESTART_BACKOFF_MAX),
+        before_sleep=_log_restart,
+        sleep=sleep,
+        reraise=True,
+    ):
+        with attempt:
+            serve_once()
+
+
+def _log_restart(retry_state: RetryCallState) -> None:
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+    logger.warning("the runner stopped (%r); serving again in %.0f s", error, wait)

@@ -98,6 +98,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @app.exception_handler(JobError)
     async def _job_error(_request: Request, exc: JobError) -> JSONResponse:
+        if exc.status_code == 422:
+            # Every 422 in the OpenAPI spec is FastAPI's HTTPValidationError: `detail` is a list of errors.
+            error = {"loc": ["body"], "msg": exc.detail, "type": "value_error"}
+            return JSONResponse(status_code=422, content={"detail": [error]})
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
     async def _database_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -216,10 +217,22 @@ def _comparison_row(
         shadow_queue_seconds=s.queue_seconds(),
         primary_run_seconds=p.run_seconds(),
         shadow_run_seconds=s.run_seconds(),
+        **routed_by_record(primary.routing),
         environment=(env := comparison_environment(p.report, s.report)),
         environment_differs=bool(env and env["differences"]),
         created_at=utcnow(),
     )
+
+
+def routed_by_record(routing: dict[str, Any] | None) -> dict[str, Any]:
+    """The comparison's `routed_*` columns from the primary leg's routing record (None outside a migration)."""
+    found = routing or {}
+    version = found.get("config_version")
+    return {
+        "routed_scope": found.get("config_scope"),
+        "routed_stage": found.get("stage"),
+        "routed_version": int(version) if isinstance(version, int | float) else None,
+    }
 
 
 def _write_verified(row: Result, primary: Leg, shadow: Leg, verdict: Verdict) -> None:

@@ -96,6 +96,7 @@ class Completions:
                         by_engine[leg.engine].append(leg)
                     for engine, group in by_engine.items():
                         finished += await self.observer.advance_group(engine, group, rows)
+                await self.observer.cancel_given_up()
                 taken = {leg.id for leg in legs}
                 if len(taken) < len(chunk):
                     async with self.claims.sessions() as session:

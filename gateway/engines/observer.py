@@ -43,6 +43,8 @@ class Observer:
         self.hooks = hooks
         self.dispatcher = dispatcher
         self.settings = settings
+        # Legs timed out in a claim not yet committed: cancelled on their engines once it is (`cancel_given_up`).
+        self._given_up: list[tuple[str, str]] = []
 
     async def poll_open(self, report: TickReport) -> None:
         """Every open leg once: pages in id order (keyset), read without locks; only those whose observation
@@ -95,7 +97,27 @@ class Observer:
         """Lock the legs (still open; one another reconciler holds is skipped) and apply what was observed."""
         stmt = select(Leg).where(Leg.id.in_(leg_ids), Leg.finished.is_(False), Leg.dispatch_state == DispatchState.SENT)
         async with self.claims.claim(stmt) as (legs, rows):
-            return await self._apply(engine, list(legs), states, rows) if legs else 0
+            finished = await self._apply(engine, list(legs), states, rows) if legs else 0
+        await self.cancel_given_up()
+        return finished
+
+    async def cancel_given_up(self) -> None:
+        """Cancel on their engines the legs timed out here, once their end is committed (issue 24).
+
+        Why: the gateway's answer for such a leg is final (FAILED, `DeadlineExceeded`), but the run went on: Prefect
+        flow runs completed after their row said FAILED and held runner slots meanwhile. A cancel that fails is
+        logged and not retried (the run then ends by itself, or at the engine's own time limit)."""
+        given_up, self._given_up = self._given_up, []
+        if not given_up:
+            return
+
+        async def cancel(engine: str, leg_id: str) -> None:
+            try:
+                await run_in_threadpool(self.dispatcher.adapter(engine).cancel, leg_id)
+            except Exception as exc:  # noqa: BLE001 - best effort: the leg is closed either way
+                log.warning("leg %s timed out; its cancel on %s failed: %s", leg_id, engine, redact_text(repr(exc)))
+
+        await asyncio.gather(*(cancel(engine, leg_id) for engine, leg_id in given_up))
 
     async def _poll(self, engine: str, leg_ids: list[str]) -> dict[str, LegState]:
         """One `poll` round trip; an unreachable engine reads as "no news" (the legs stay as they are)."""
@@ -186,6 +208,7 @@ class Observer:
             machine.apply_state(leg, state, row)
         if machine.past_deadline(leg, now):
             machine.time_out(leg, row, now, hooks=self.hooks)
+            self._given_up.append((leg.engine, leg.id))  # cancelled on its engine once this is committed
             return True
         return False
 
@@ -199,3 +222,4 @@ class Observer:
             async with self.claims.claim(stmt) as (legs, rows):
                 if legs:
                     await self.advance_group(legs[0].engine, list(legs), rows)
+        await self.cancel_given_up()

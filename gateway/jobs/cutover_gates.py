@@ -73,18 +73,13 @@ def routed_by(config: CutoverConfig) -> Any:
     """The comparison's job was routed by this migration at its current stage, canary step and config version
     (the record `gateway.cutover.decide` wrote on the primary leg; a canary step or any setting bumps the
     version), or it is a replay made in a stage where replays are evidence."""
-    routing = Leg.routing
-    routed = (
-        select(Leg.id)
-        .where(
-            Leg.id == Comparison.primary_leg_id,
-            routing["config_scope"].as_string() == config.scope.value,
-            routing["stage"].as_string() == config.stage.value,
-            routing["config_version"].as_integer() == config.version,
-        )
-        .exists()
+    # Copied from the primary leg's routing record when the comparison is written (plain columns: no JSON read).
+    live = and_(
+        Comparison.kind == "shadow",
+        Comparison.routed_scope == config.scope.value,
+        Comparison.routed_stage == config.stage.value,
+        Comparison.routed_version == config.version,
     )
-    live = and_(Comparison.kind == "shadow", routed)
     replay = Comparison.kind == "replay" if config.stage in REPLAY_STAGES else false()
     return or_(live, replay)
 

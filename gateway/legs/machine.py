@@ -297,7 +297,7 @@ def needs_update(leg: Any, state: LegState | None, now: datetime) -> bool:
         return True
     if state is None:
         return False
-    if state.phase.is_final:
+    if state.phase.is_final or state.lost:  # a lost run is run again (`infra_retry_allowed`), whatever its phase
         return True
     if state.phase != LegPhase.MISSING and state.phase.value != leg.phase:
         return True

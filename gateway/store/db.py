@@ -55,11 +55,17 @@ def make_async_engine(settings: Settings) -> AsyncEngine:
         return engine
     # Sized by the settings for the concurrency served (an overflow connection is closed when returned: churn
     # under load). No pre-ping: it costs a round trip per request; stale connections are recycled instead.
+    # Timeouts: a database host that went silent (cut off, not down) answers 503 within them, not in minutes.
+    timeouts = {
+        "timeout": settings.gateway_db_connect_timeout_seconds,
+        "command_timeout": settings.gateway_db_command_timeout_seconds,
+    }
     return create_async_engine(
         url,
         pool_size=settings.gateway_db_pool_size,
         max_overflow=settings.gateway_db_max_overflow,
         pool_recycle=1800,
+        connect_args=timeouts,
     )
 
 

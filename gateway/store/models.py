@@ -377,6 +377,10 @@ GATE_COLUMNS = (
     "primary_run_seconds",
     "shadow_run_seconds",
     "signature",
+    # The stage's own traffic (gateway.jobs.cutover_gates.routed_by).
+    "routed_scope",
+    "routed_stage",
+    "routed_version",
 )
 
 
@@ -416,6 +420,11 @@ class Comparison(Base):
     # Both legs' effective environments and where they differ (gateway.compare.environment), and whether they do.
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     environment_differs: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Which migration scope, stage and config version routed this comparison's job (from its primary leg's
+    # routing record): a gate weighs only the comparisons of the jobs its current stage routed.
+    routed_scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    routed_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    routed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # A mismatch's re-judgement (gateway.compare.rejudge): its state, re-run legs, verdict and the class before.
     rejudge: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

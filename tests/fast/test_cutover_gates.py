@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from gateway.compare.step import routed_by_record
 from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
 from gateway.cutover.triage import signature_of
@@ -40,12 +41,13 @@ async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list
     now = utcnow()
     async with state.sessions() as session, session.begin():
         # The job's primary leg, routed by the migration as it is now: the gate weighs only this stage's jobs.
-        primary = (await session.execute(
-            select(Leg.id).where(Leg.result_id == row.id, Leg.role == "primary"))).scalar_one()  # fmt: skip
+        primary, routing = (await session.execute(
+            select(Leg.id, Leg.routing).where(Leg.result_id == row.id, Leg.role == "primary"))).one()  # fmt: skip
         for outcome in outcomes:
             session.add(
                 Comparison(
                     id=new_id(), result_id=row.id, primary_leg_id=primary, shadow_leg_id=new_id(), kind="shadow",
+                    **routed_by_record(routing),
                     execution_backend_id=row.execution_backend_id, course_content_id="cc-prefect",
                     primary_engine=config.old_engine, shadow_engine=config.new_engine, outcome=outcome,
                     side=extra.get("side"), primary_run_seconds=1.0, shadow_run_seconds=extra.get("new_run", 1.2),

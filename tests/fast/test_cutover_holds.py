@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from gateway.compare.step import routed_by_record
 from gateway.cutover.hold import GATE_ACTOR, HoldAction, LogEntry, hold_of
 from gateway.cutover.stage_machine import Action
 from gateway.cutover.stages import CutoverConfig, Scope, Stage
@@ -67,9 +68,12 @@ async def compared(state: GatewayState, config: CutoverConfig, routed: list[tupl
     """A comparison for each job, written now (whenever its job was routed)."""
     async with state.sessions() as session, session.begin():
         for result_id, leg_id in routed:
+            leg = await session.get(Leg, leg_id)
+            assert leg is not None
             session.add(
                 Comparison(
                     id=new_id(), result_id=result_id, primary_leg_id=leg_id, shadow_leg_id=new_id(), kind="shadow",
+                    **routed_by_record(leg.routing),
                     execution_backend_id=None, course_content_id="cc-prefect", primary_engine=config.old_engine,
                     shadow_engine=config.new_engine, outcome=outcome, primary_run_seconds=1.0,
                     shadow_run_seconds=1.0, created_at=utcnow(),

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.compare.environment import comparison_environment, describe, differences
+from gateway.compare.step import routed_by_record
 from gateway.cutover.gates import Criterion, Evidence, Verdict, evaluate
 from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
 from gateway.cutover.stages import CutoverConfig, GateThresholds, Scope, Stage
@@ -14,7 +15,7 @@ from gateway.jobs import cutover_changes as service
 from gateway.jobs import cutover_gates as gates
 from gateway.jobs.scorecard import scorecard
 from gateway.runtime import GatewayState
-from gateway.store.models import Comparison, new_id, utcnow
+from gateway.store.models import Comparison, Leg, new_id, utcnow
 from tests.fast.conftest import MemoryGateway
 from tests.fast.test_cutover_gates import FAST, config_of
 from tests.fast.test_cutover_holds import jobs
@@ -72,9 +73,12 @@ async def compared_with(state: GatewayState, config: CutoverConfig, old: dict[st
     environment = comparison_environment({"environment": old}, {"environment": new})
     assert environment is not None
     async with state.sessions() as session, session.begin():
+        leg = await session.get(Leg, leg_id)
+        assert leg is not None
         session.add(
             Comparison(
                 id=new_id(), result_id=result_id, primary_leg_id=leg_id, shadow_leg_id=new_id(), kind="shadow",
+                **routed_by_record(leg.routing),
                 course_content_id="cc-prefect", primary_engine=config.old_engine, shadow_engine=config.new_engine,
                 outcome="match", primary_run_seconds=1.0, shadow_run_seconds=1.0, environment=environment,
                 environment_differs=bool(environment["differences"]), created_at=utcnow(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class FaultStack:
     slow_commit: str
     sandboxes: Path  # the workers' SANDBOX_ROOT: where slow student runs wait for their release
     workers: list[WorkerProcess] = field(default_factory=list)
+    # More commits of the slow student (each a new job), none of them `slow_commit`.
+    slow_commits: list[str] = field(default_factory=list)
     _used: int = 0
 
     def client(self, auth: tuple[str, str] | None = ADMIN) -> httpx.Client:
@@ -74,8 +76,17 @@ class FaultStack:
         self._used += count
         return taken
 
-    def start_worker(self, extra: Mapping[str, str] | None = None) -> WorkerProcess:
-        worker = start_worker(base_env({**self.env, **(extra or {})}, self.data), concurrency=2, log_dir=self.log_dir)
+    def start_worker(
+        self,
+        extra: Mapping[str, str] | None = None,
+        hostname: str | None = None,
+        log_dir: Path | None = None,
+        prefix: Sequence[str] = (),
+    ) -> WorkerProcess:
+        """A worker on the stack (`hostname`: e.g. a killed one's, as a restart under the same name; give it another
+        `log_dir` then, so the first one's log is kept; `prefix`: e.g. on another host, `ip netns exec NAME`)."""
+        env = base_env({**self.env, **(extra or {})}, self.data)
+        worker = start_worker(env, concurrency=2, hostname=hostname, log_dir=log_dir or self.log_dir, prefix=prefix)
         self.workers.append(worker)
         return worker
 
@@ -181,23 +192,23 @@ def fault_stack(
     )
     passing_calc = (EXAMPLE_DATA / "passing" / "week1" / "ex1" / "calc.py").read_text()
     passing = _repo(tmp / "repos" / "passing", {f"{d}/calc.py": passing_calc for d in dirs}, extra_commits=jobs)
-    slow = _repo(tmp / "repos" / "slow", {f"{d}/calc.py": SLOW_CALC for d in dirs}, extra_commits=4)
+    slow = _repo(tmp / "repos" / "slow", {f"{d}/calc.py": SLOW_CALC for d in dirs}, extra_commits=8)
     data = tmp / "data"
     with contextlib.ExitStack() as cleanup:
         sandboxes = cleanup.enter_context(sandbox_root())
         env = {
             **(pg.env() if pg is not None else {}),
-            **service_env,
             "GATEWAY_RECONCILE_INTERVAL": "0.3",
             # Declared gone after 5 s without a ping answer (the default is 15 s): the bound the suite checks.
             "CELERY_WORKER_LOST_SECONDS": "5",
+            **service_env,  # last: a module may set its own bounds
             "SANDBOX_ROOT": str(sandboxes),
         }
         settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
         upgrade(settings)
         load_catalog(_catalog(reference, passing[0], slow[0]), settings)
         server = cleanup.enter_context(running_server(env, data))
-        stack = FaultStack(server, env, data, tmp, pg, passing[1], slow[1][-1], sandboxes)
+        stack = FaultStack(server, env, data, tmp, pg, passing[1], slow[1][-1], sandboxes, slow_commits=slow[1][:-1])
         try:
             if celery_worker:
                 stack.start_worker()

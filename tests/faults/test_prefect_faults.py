@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class PrefectSide:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.server = contextlib.ExitStack()
         self.runner = contextlib.ExitStack()
+        self.runner_log_path = root / "runner.log"
+        self.runner_process: Any = None
 
     def start_server(self) -> None:
         self.server.enter_context(running_prefect_server(self.root, port=self.port))
@@ -40,15 +43,20 @@ class PrefectSide:
     def stop_server(self) -> None:
         self.server.close()
 
-    def start_runner(self) -> None:
+    def start_runner(self, log_name: str = "runner.log") -> None:
         (self.root / "runner-home").mkdir(parents=True, exist_ok=True)
         env = prefect_process_env(self.api_url, self.root / "runner-home", {"GATEWAY_DATA_DIR": str(self.data)})
-        self.runner.enter_context(running_runner(env, limit=4, log_path=self.root / "runner.log"))
+        self.runner_log_path = self.root / log_name
+        self.runner_process = self.runner.enter_context(running_runner(env, limit=4, log_path=self.runner_log_path))
 
     def runner_log(self) -> str:
         with contextlib.suppress(FileNotFoundError):
-            return (self.root / "runner.log").read_text(errors="replace")
+            return self.runner_log_path.read_text(errors="replace")
         return ""
+
+    def set_state(self, run_id: str, state_type: str, name: str) -> None:
+        body = {"state": {"type": state_type, "name": name}, "force": True}
+        httpx.post(f"{self.api_url}/flow_runs/{run_id}/set_state", json=body, timeout=30).raise_for_status()
 
     def runs_by_leg(self, legs: list[str]) -> dict[str, list[dict[str, Any]]]:
         body = {"flow_runs": {"idempotency_key": {"any_": legs}}, "limit": 200}
@@ -64,7 +72,8 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fa
     side = PrefectSide(tmp / "prefect", tmp / "data")
     side.start_server()
     try:
-        env = {"PREFECT_API_URL": side.api_url}
+        # A run claimed but not started for 20 s is lost (the default is 120 s; see test_a_claimed_run_...).
+        env = {"PREFECT_API_URL": side.api_url, "PREFECT_PENDING_LOST_SECONDS": "20"}
         with fault_stack(tmp, None, env, 40, celery_worker=False) as stack:
             side.start_runner()
             try:
@@ -127,3 +136,55 @@ def test_the_prefect_server_killed_during_submits_loses_and_duplicates_nothing(
     assert outcome["other_answers"] == [] and outcome["accepted"] == len(commits), outcome
     assert (outcome["lost"], outcome["duplicated"]) == (0, 0), (outcome, retried)
     assert all(found and found[0]["state_type"] == "COMPLETED" for found in runs.values()), runs
+
+
+def _submit_prefect(stack: FaultStack, tally: Tally, commit: str) -> str:
+    with stack.client(ALICE) as client:
+        tally.record(client.post("/api/tests", json={"directory": PREFECT_DIRECTORY, "version_identifier": commit}))
+    return list(tally.accepted.values())[-1]
+
+
+def test_the_runner_outlives_an_outage_that_ends_its_loops(prefect_stack: tuple[FaultStack, PrefectSide]) -> None:
+    """The server away long enough for the runner's loops to give up ("Service exceeded error threshold"): the
+    runner serves again once the server is back, and a job submitted then completes with its grade. (With this
+    Prefect the runner's main loop survives on its own; where `serve` itself ends, `serve_until_stopped` starts it
+    again: tests/fast/test_hold_watch.py.)"""
+    stack, side = prefect_stack
+    side.stop_server()
+    try:
+        wait_until(lambda: "exceeded error threshold" in side.runner_log(), "the runner's loops giving up", timeout=300)
+    finally:
+        side.start_server()
+    back = time.monotonic()
+    tally = Tally()
+    _submit_prefect(stack, tally, stack.next_commits(1)[0])
+    with stack.client() as admin:
+        outcome = tally.outcome(stack, admin, timeout=300)
+        grades = [admin.get(f"/api/results/{rid}").json() for rid in tally.accepted]
+    print(f"prefect runner after its loops gave up: job completed {time.monotonic() - back:.1f} s after the server "
+          f"was back; {outcome}")  # fmt: skip
+    assert side.runner_process.poll() is None, side.runner_log()[-3000:]
+    assert outcome["lost"] == 0 and [(g["status"], g["result"]) for g in grades] == [(0, 1.0)], (outcome, grades)
+
+
+def test_a_run_claimed_by_a_runner_that_died_is_run_again(prefect_stack: tuple[FaultStack, PrefectSide]) -> None:
+    """A runner claims a run (PENDING, "Submitting") and dies before starting it: no runner ever queries PENDING
+    runs, so it sat there until the leg's deadline (then FAILED). The gateway finds it claimed and not started for
+    PREFECT_PENDING_LOST_SECONDS and schedules the same run again; a live runner runs it: completed once."""
+    stack, side = prefect_stack
+    side.runner.close()  # no runner: the run stays where the test puts it
+    tally = Tally()
+    leg = _submit_prefect(stack, tally, stack.next_commits(1)[0])
+    (run,) = wait_until(lambda: side.runs_by_leg([leg])[leg], "the flow run created", timeout=120)
+    side.set_state(run["id"], "PENDING", "Submitting")  # what the dead runner left: claimed, never started
+    claimed = time.monotonic()
+    side.start_runner("runner-2.log")
+    with stack.client() as admin:
+        outcome = tally.outcome(stack, admin, timeout=300)
+        grade = admin.get(f"/api/results/{next(iter(tally.accepted))}").json()
+    print(f"prefect run claimed by a dead runner: completed {time.monotonic() - claimed:.1f} s after the claim; "
+          f"{outcome}")  # fmt: skip
+    runs = side.runs_by_leg([leg])[leg]
+    assert [r["state_type"] for r in runs] == ["COMPLETED"], runs  # the same run, once
+    assert outcome["lost"] == 0 and (grade["status"], grade["result"]) == (0, 1.0), (outcome, grade)
+    assert "claimed by a runner" in stack.server.log_text()

@@ -56,9 +56,13 @@ def test_change_dry_run_history_and_the_routing_record(api: GatewayServer) -> No
         assert (leg["routing"]["stage"], leg["routing"]["config_version"]) == ("new_only", 1)
 
         refused = admin.post("/api/admin/cutover/content/week2.ex1/promote", json={})
-        assert refused.status_code == 422 and "last stage" in refused.json()["detail"]
+        assert refused.status_code == 422 and "last stage" in refused.json()["detail"][0]["msg"]
         assert admin.post("/api/admin/cutover/content/nothing/promote", json={}).status_code == 404
         assert admin.post("/api/admin/cutover/content/week2.ex1/set", json={"bogus": 1}).status_code == 422
+        bogus = admin.post("/api/admin/cutover/content/week2.ex1/set", json={"stage": "bogus"})
+        assert bogus.status_code == 422, bogus.text  # not a 500: the allowed stages are named
+        assert all(stage in bogus.json()["detail"][0]["msg"] for stage in ("old_only", "canary", "new_only"))
+        assert admin.post("/api/admin/cutover/content/week2.ex1/history").status_code == 405
         back = admin.post("/api/admin/cutover/content/cc-prefect/rollback", json={"reason": "parity"})
         assert back.json()["after"]["stage"] == "old_only"
         history = admin.get("/api/admin/cutover/content/cc-prefect/history").json()

@@ -106,8 +106,11 @@ def start_worker(
     beat: bool = False,
     loglevel: str = "INFO",
     ready_timeout: float = STARTUP,
+    prefix: Sequence[str] = (),
 ) -> WorkerProcess:
-    """Start `gateway worker start` and return once it answers a ping (or raise with its log)."""
+    """Start `gateway worker start` and return once it answers a ping (or raise with its log).
+
+    `prefix` runs it under another command (e.g. `ip netns exec NAME`: a worker on a test's second host)."""
     name = hostname or f"test-{uuid.uuid4().hex[:8]}@localhost"
     log_dir = log_dir or Path(env.get("GATEWAY_DATA_DIR", "/tmp"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,7 @@ def start_worker(
     ]  # fmt: skip
     for module in include:
         cmd.append(f"--include={module}")
+    cmd = [*prefix, *cmd]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd()

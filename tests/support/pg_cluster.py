@@ -38,6 +38,9 @@ class PgCluster:
     root: Path
     port: int
     run_as: str | None  # a user to run the server as (when we are root)
+    # Where it listens (e.g. also a test network namespace's peer address: tests/support/netns.py).
+    listen: str = "127.0.0.1"
+    netns: str | None = None  # the network namespace it runs in (a test's second host)
     options: str = ""  # more server options (`-c name=value ...`), e.g. a bench's `pg_stat_statements`
 
     @property
@@ -48,11 +51,13 @@ class PgCluster:
         cmd = [str(self.bin / args[0]), *args[1:]]
         if self.run_as:
             cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
 
     def start(self) -> None:
         """Start and wait until it accepts connections (`pg_ctl -w`)."""
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off {self.options}".strip()
+        opts = f"-p {self.port} -c listen_addresses={self.listen} -k {self.root} -c fsync=off {self.options}".strip()
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -61,7 +66,7 @@ class PgCluster:
 
     def env(self, database: str = "postgres") -> dict[str, str]:
         return {
-            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_HOST": self.listen.split(",")[0],
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_USER": "postgres",
             "POSTGRES_DB": database,
@@ -69,7 +74,9 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def pg_cluster(keep_log: Path | None = None, options: str = "") -> Iterator[PgCluster]:
+def pg_cluster(
+    keep_log: Path | None = None, *, listen: str = "127.0.0.1", netns: str | None = None, options: str = ""
+) -> Iterator[PgCluster]:
     """A fresh cluster, started; stopped and removed at the end (its server log copied to `keep_log`)."""
     binaries = postgres_bin()
     if binaries is None:
@@ -80,9 +87,12 @@ def pg_cluster(keep_log: Path | None = None, options: str = "") -> Iterator[PgCl
         run_as = "postgres"
         entry = pwd.getpwnam(run_as)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    cluster = PgCluster(binaries, root, _free_port(), run_as, options)
+    cluster = PgCluster(binaries, root, _free_port(), run_as, listen, netns, options)
     try:
         cluster._run("initdb", "-D", str(cluster.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if listen != "127.0.0.1":  # clients on the other end of a test's link (its own /30) are let in too
+            with open(cluster.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
         cluster.start()
         yield cluster
     finally:

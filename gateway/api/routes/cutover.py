@@ -95,7 +95,6 @@ async def get_hold(scope: Scope, key: str, state: State, principal: Admin) -> di
     return await holds.hold_of_scope(state.sessions, scope, key)
 
 
-# Declared before the change route, whose `{action}` would take these paths.
 @router.post("/admin/cutover/{scope}/{key}/pause")
 async def pause(scope: Scope, key: str, body: CutoverHoldIn, state: State, principal: Admin) -> dict[str, Any]:
     """Pause automatic promotion until resumed; the gate still demotes a failing answering stage."""
@@ -108,22 +107,35 @@ async def resume(scope: Scope, key: str, body: CutoverHoldIn, state: State, prin
     return await holds.set_hold(state.sessions, scope, key, HoldAction.RESUME, principal.username, body.reason)
 
 
-@router.post("/admin/cutover/{scope}/{key}/{action}")
-async def change(
-    scope: Scope, key: str, action: Action, body: CutoverChangeIn, state: State, principal: Admin
-) -> dict[str, Any]:
-    values = body.model_dump()
-    stage = values.pop("stage")
-    result = await service.change_migration(
-        state.sessions,
-        scope,
-        key,
-        action,
-        actor=principal.username,
-        stage=Stage(stage) if stage else None,
-        **values,
+def _change_route(action: Action) -> Any:
+    """The route of one action. One path per action, not `{action}`: a catch-all segment would also match
+    `.../history` and `.../acceptances`, whose undeclared POST must answer 405, not a 422 about the action."""
+
+    async def change(scope: Scope, key: str, body: CutoverChangeIn, state: State, principal: Admin) -> dict[str, Any]:
+        values = body.model_dump()
+        stage = values.pop("stage")
+        result = await service.change_migration(
+            state.sessions,
+            scope,
+            key,
+            action,
+            actor=principal.username,
+            stage=Stage(stage) if stage else None,
+            **values,
+        )
+        return result.to_dict()
+
+    change.__name__ = f"change_{action.value}"
+    return change
+
+
+for _action in Action:
+    router.add_api_route(
+        f"/admin/cutover/{{scope}}/{{key}}/{_action.value}",
+        _change_route(_action),
+        methods=["POST"],
+        summary=f"Cutover: {_action.value}",
     )
-    return result.to_dict()
 
 
 @router.get("/admin/results/{result_id}/routing")
