@@ -32,30 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from backends.celery import names  # noqa: E402
 from backends.celery.adapter import CeleryAdapter  # noqa: E402
-from bench.loadgen import server_cpu_seconds  # noqa: E402
+from bench.loadgen import private_redis, server_cpu_seconds  # noqa: E402
 from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
 
 POLL = 0.005  # the same client polling interval for every stack
-
-
-def _pick_redis_db() -> tuple[int, Callable[[], None]]:
-    """A Redis db nobody holds (the tests' lock scheme), flushed before and after."""
-    import redis
-
-    admin = redis.Redis(host="127.0.0.1", port=6379, db=0)
-    token = uuid.uuid4().hex
-    for number in range(15, 0, -1):
-        if admin.set(f"gateway-tests:lock:{number}", token, nx=True, ex=3600):
-            redis.Redis(host="127.0.0.1", port=6379, db=number).flushdb()
-            return number, lambda n=number: _release_redis(admin, n)
-    raise SystemExit("no free Redis database")
-
-
-def _release_redis(admin: Any, number: int) -> None:
-    import redis
-
-    redis.Redis(host="127.0.0.1", port=6379, db=number).flushdb()
-    admin.delete(f"gateway-tests:lock:{number}")
 
 
 def _pg_database() -> tuple[str, Callable[[], None]]:
@@ -144,14 +124,24 @@ def main() -> None:
 
     # One Redis db per stack, so the three workers run side by side and the stacks are measured in interleaved
     # rounds: load from anything else on the machine hits all three alike (the median of the rounds is reported).
-    redis_dbs = [_pick_redis_db() for _ in range(3)]
-    pg_name, drop_pg = _pg_database()
+    # A Redis server of the bench's own (`bench.loadgen.private_redis`): never the shared one, no lock in its db 0.
+    redis_ctx = private_redis()
+    redis_port, _redis_process = redis_ctx.__enter__()
+    redis_dbs = [0, 1, 2]
+    try:
+        pg_name, drop_pg = _pg_database()
+    except BaseException:
+        redis_ctx.__exit__(None, None, None)
+        raise
     data = Path(tempfile.mkdtemp(prefix="bench-celery-"))
     pg_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{pg_name}"
     stacks = {
         "stock-pg": ({"CELERY_RESULT_BACKEND": "db+" + pg_url}, not args.own_clients),
         "gateway-pg": ({}, True),
-        "redis-results": ({"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:6379/{redis_dbs[2][0]}"}, not args.own_clients),
+        "redis-results": (
+            {"CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{redis_port}/{redis_dbs[2]}"},
+            not args.own_clients,
+        ),
     }
     example_job: dict[str, Any] | None = None
     if args.examples:
@@ -164,9 +154,10 @@ def main() -> None:
         with contextlib.ExitStack() as stack_ctx:
             clients: dict[str, Client] = {}
             pids: dict[str, int] = {}
-            for (stack, (extra, batched)), (db_number, _release) in zip(stacks.items(), redis_dbs, strict=True):
+            for (stack, (extra, batched)), db_number in zip(stacks.items(), redis_dbs, strict=True):
                 services = {
                     "REDIS_HOST": "127.0.0.1",
+                    "REDIS_PORT": str(redis_port),
                     "REDIS_DB": str(db_number),
                     "POSTGRES_HOST": "127.0.0.1",
                     "POSTGRES_DB": pg_name,
@@ -191,8 +182,7 @@ def main() -> None:
                         )
     finally:
         drop_pg()
-        for _db, release in redis_dbs:
-            release()
+        redis_ctx.__exit__(None, None, None)
 
     results = {
         stack: {job: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for job, runs in jobs.items()}

@@ -7,19 +7,26 @@ Starts its own Prefect server (SQLite in a temp folder, or PostgreSQL with `--po
 - end-to-end latency of a no-op run (submit → COMPLETED seen by `poll`), against the no-op in-process;
 - end-to-end latency of the example assignment, against the same work run in-process (reference);
 - runs/s: N no-op runs submitted at once, until all are COMPLETED.
+- `--breakdown N` (alone): N no-op runs one at a time, each followed by the adapter's completion feed (Prefect's
+  event stream), and where its time went from Prefect's own state timestamps: created → PENDING (the runner's
+  poll picked it up), PENDING → RUNNING (the `python -m prefect.engine` subprocess started, imported Prefect and
+  the flow module), RUNNING → COMPLETED (the flow's body), COMPLETED → the feed's notice at the gateway's adapter
+  (event delivery), and submit → notice in all.
 
-Run: `.venv/bin/python bench/bench_prefect.py [--runs 20] [--postgres]`.
+Run: `.venv/bin/python bench/bench_prefect.py [--runs 20] [--postgres] [--breakdown 10]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -58,10 +65,44 @@ def until_done(adapter: PrefectAdapter, legs: list[str], timeout: float = 300.0)
     wait_until(done, f"{len(legs)} runs", timeout)
 
 
+STEPS = ("created → PENDING (runner poll)", "PENDING → RUNNING (subprocess, imports)", "RUNNING → COMPLETED (flow)",
+         "COMPLETED → feed notice", "submit → feed notice")  # fmt: skip
+
+
+async def breakdown(adapter: PrefectAdapter, raw: httpx.Client, job: JobSpec, runs: int) -> None:
+    """One no-op run at a time, seen final through the completion feed; each step from Prefect's timestamps."""
+    feed = adapter.completions()
+    assert await anext(feed) == []
+    steps: dict[str, list[float]] = {step: [] for step in STEPS}
+    try:
+        for _ in range(runs):
+            leg = f"bench-{uuid.uuid4()}"
+            submitted = datetime.now(UTC)
+            run_id = await asyncio.to_thread(adapter.submit, job, leg)
+            async with asyncio.timeout(120):
+                while leg not in await anext(feed):
+                    pass
+            noticed = datetime.now(UTC)
+            states = raw.get("flow_run_states/", params={"flow_run_id": run_id}).json()
+            at = {s["type"]: datetime.fromisoformat(s["timestamp"].replace("Z", "+00:00")) for s in states}
+            run = raw.get(f"flow_runs/{run_id}").json()
+            created = datetime.fromisoformat(run["created"].replace("Z", "+00:00"))
+            marks = (created, at["PENDING"], at["RUNNING"], at["COMPLETED"], noticed)
+            for step, (a, b) in zip(STEPS, zip(marks, marks[1:], strict=False), strict=False):
+                steps[step].append((b - a).total_seconds())
+            steps[STEPS[-1]].append((noticed - submitted).total_seconds())
+    finally:
+        await feed.aclose()
+    print(f"where a no-op Prefect run's time goes ({runs} runs one at a time, medians; min–max):")
+    for step, values in steps.items():
+        print(f"  {step:42} {statistics.median(values):6.2f} s  ({min(values):.2f}–{max(values):.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--postgres", default=None, help="postgresql+asyncpg://... for the Prefect server")
+    parser.add_argument("--breakdown", type=int, default=0, help="only: where N no-op runs' time goes")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
     data = root / "gateway-data"
@@ -74,6 +115,11 @@ def main() -> None:
             noop = JobSpec(TaskKind.STUDENT_TESTING, {"test_job": {}}, {"deployment": "gateway-noop/system"})
             dep_id = adapter.deployment_id("gateway-noop/system")
             raw = httpx.Client(base_url=api + "/")
+            if args.breakdown:
+                asyncio.run(breakdown(adapter, raw, noop, args.breakdown))
+                adapter.close()
+                raw.close()
+                return
 
             # Submit latency: adapter vs raw create_flow_run (same body shape, same server).
             raw_times, adapter_times, legs = [], [], []

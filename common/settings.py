@@ -100,11 +100,32 @@ class Settings(BaseSettings):
     # CA bundle git trusts for https remotes (a course's own GitLab behind a private CA); git's default if unset.
     git_ssl_ca_file: Path | None = None
     secret_env_prefix: str = "GATEWAY_SECRET_"
-    sandbox_timeout_seconds: int = 60
-    sandbox_cpu_seconds: int = 60
+    # The time limit of a run's tests when meta.yaml names none (`executionTimeLimit`), enforced as the CPU time
+    # of the test process from the session's start (`sandbox_clock`): a function of the submission, not of the
+    # machine's load. `sandbox_cpu_seconds` caps it (a course's long limit never buys more CPU than this).
+    sandbox_timeout_seconds: float = 60
+    sandbox_cpu_seconds: float = 60
+    # The wall clock, from the session's start, is limited to the time limit times this factor (at least the
+    # time limit plus `sandbox_wall_min_extra_seconds`): generous, it catches what CPU time cannot (a sleep, a
+    # deadlock, a wait on input), never a computation slowed by the machine's load.
+    sandbox_wall_factor: float = 3.0
+    sandbox_wall_min_extra_seconds: float = 2.0
+    # From the sandbox's start to the pytest session's start (bwrap, interpreter, pytest's imports, the
+    # reference's conftest): past this the run is an infrastructure error (re-run), not a student's TIMEDOUT.
+    sandbox_startup_seconds: float = 120
+    # How many sandboxes run at once on this machine (all workers together, counted with `flock`ed slot files
+    # under the sandbox root); a run waits for a free slot rather than oversubscribing the cores. 0 = the CPUs
+    # this process may run on (`os.sched_getaffinity`).
+    sandbox_slots: int = 0
     sandbox_memory_mb: int = 1024
     sandbox_max_processes: int = 256
     sandbox_max_file_mb: int = 64
+    # All of a run's processes together (proportional set size, watched by the worker: `sandbox_memory.py`);
+    # `sandbox_memory_mb` is per process (RLIMIT_AS), `sandbox_max_processes` counts processes and threads.
+    sandbox_run_memory_mb: int = 2048
+    # Each run's writable space (its work dir and /out) is a tmpfs of this size when the worker is root
+    # (`backends/work/sandbox_space.py`): filling it fails only that run. It lives in memory (docs/work.md).
+    sandbox_disk_mb: int = 256
     sandbox_output_cap_bytes: int = 64 * 1024
     submissions_repo_url: str | None = None
     # How student code is kept away from the worker (docs/work.md): "bwrap" = bubblewrap namespaces (no network,

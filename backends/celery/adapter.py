@@ -186,8 +186,10 @@ class CeleryAdapter:
         """Drop the failed attempt's `celery_taskmeta` row, then send the task again under the same id.
 
         Without the reset a poll would read the old STARTED (on a dead worker) or FAILURE as the new attempt's.
-        A stored SUCCESS is kept and nothing is sent. The dead attempt's message may still come back from the
-        broker after the visibility timeout: the worker then finds the id succeeded and skips it.
+        A stored SUCCESS with a readable report is kept and nothing is sent; one whose result is no report (not
+        decodable, not a dict, gone) is run again: the gateway asks because that report could not be read. The
+        dead attempt's message may still come back from the broker after the visibility timeout: the worker then
+        finds the id succeeded and skips it.
         """
         current = self.poll([leg_id])[leg_id]
         foreign = False

@@ -9,6 +9,7 @@ run are gone at most `task_time_limit` + about a minute after that run began, wh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from backends.work.sandbox_space import release_space
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ def sweep(settings: Settings, bases: list[Path] | None = None) -> list[Path]:
                     continue
             except OSError:
                 continue
+            with contextlib.suppress(OSError):
+                release_space(path / "space")  # a dead run's tmpfs (`sandbox_space`) is detached first
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:

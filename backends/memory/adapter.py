@@ -46,6 +46,7 @@ class MemoryRun:
     # The engine name of the adapter that submitted it: whose completion listeners hear of its end.
     engine: str = ""
     lost: str | None = None
+    result_gone: bool = False
 
 
 @dataclass
@@ -77,6 +78,15 @@ class MemoryEngine:
 
     def succeed(self, leg_id: str, report: dict[str, Any]) -> None:
         self._end(leg_id, LegPhase.SUCCEEDED, report=report)
+
+    def succeed_unreadable(self, leg_id: str, error: str | None = None, error_type: str | None = None) -> None:
+        """The run succeeded but its report cannot be had: a Prefect runner whose result storage the API cannot
+        read (`error` and `error_type="ResultUnavailable"`), or a SUCCESS that carries no report at all."""
+        self._end(leg_id, LegPhase.SUCCEEDED, report=None, error=error, error_type=error_type)
+
+    def forget_result(self, leg_id: str) -> None:
+        """The run's state still reads final but its stored result is gone (a result backend that expired it)."""
+        self.runs[leg_id].result_gone = True
 
     def fail(self, leg_id: str, error: str, error_type: str = "InfrastructureError") -> None:
         self._end(leg_id, LegPhase.FAILED, error=error, error_type=error_type)
@@ -155,11 +165,17 @@ class MemoryAdapter:
                 self.backend.listeners.remove(listener)
 
     def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
-        """A new attempt under the same id: the run starts over, queued (a success is never replaced)."""
+        """A new attempt under the same id: the run starts over, queued (a success with its report is never
+        replaced; one whose report could not be had is run again, like the real adapters do)."""
         self._call("rerun")
         with self.backend.lock:
             found = self.backend.runs.get(leg_id)
-            if found is not None and found.phase == LegPhase.SUCCEEDED:
+            if (
+                found is not None
+                and found.phase == LegPhase.SUCCEEDED
+                and isinstance(found.report, dict)
+                and not found.result_gone
+            ):
                 return self.backend.run_id_prefix + leg_id
             submits = found.submits + 1 if found is not None else 1
             self.backend.runs[leg_id] = MemoryRun(job=job, submits=submits, engine=self.engine)
@@ -199,7 +215,7 @@ class MemoryAdapter:
         answer: dict[str, LegResult] = {}
         for leg_id in leg_ids:
             run = self.backend.runs.get(leg_id)
-            if run is None:
+            if run is None or run.result_gone:
                 answer[leg_id] = LegResult(leg_id=leg_id, phase=LegPhase.MISSING)
                 continue
             answer[leg_id] = LegResult(

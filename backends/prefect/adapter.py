@@ -259,12 +259,14 @@ class PrefectAdapter:
     def rerun(self, job: JobSpec, leg_id: str, priority: int = 8) -> str:
         """The same flow run scheduled again (what `prefect flow-run retry` does): the key and id stay the same.
 
-        A run that never got created is created now; a COMPLETED run is left alone.
+        A run that never got created is created now; a COMPLETED run whose report can be read is left alone (one
+        whose report cannot be read runs again: the gateway asks because of that).
         """
         run = self._runs_by_leg([leg_id]).get(leg_id)
         if run is None:
             return self.submit(job, leg_id, priority)
-        if phase_for((run.get("state") or {}).get("type")) is not LegPhase.SUCCEEDED:
+        done = phase_for((run.get("state") or {}).get("type")) is LegPhase.SUCCEEDED
+        if not done or self._result_of(leg_id, run).report is None:
             self._set_state(run["id"], "SCHEDULED", "Scheduled", "run again by the gateway after a crash", True)
         return str(run["id"])
 

@@ -50,7 +50,9 @@ def runtime_digest() -> tuple[str, str]:
 def limits_dict(limits: Limits) -> dict[str, float | int]:
     return {
         "time_seconds": limits.timeout,
-        "cpu_seconds": limits.cpu_seconds,
+        "cpu_seconds": limits.cpu_seconds,  # the time limit as the tests' CPU time (capped by SANDBOX_CPU_SECONDS)
+        "wall_seconds": limits.wall_seconds,  # from the session's start, without waits for a CPU
+        "run_memory_mb": limits.run_memory_bytes // _MB,
         "memory_mb": limits.memory_bytes // _MB,
         "processes": limits.max_processes,
         "file_mb": limits.max_file_bytes // _MB,

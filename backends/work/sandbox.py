@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import select
@@ -36,10 +37,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
-from backends.work import sandbox_guard, sandbox_launch, sandbox_plugin
+from backends.work import sandbox_clock, sandbox_guard, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
+from backends.work.sandbox_memory import MemoryWatch
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
+from backends.work.sandbox_slots import SlotUsage, run_slot, slot_count, slot_usage
+from backends.work.sandbox_space import mount_space, release_space, space_full
 from backends.work.sandbox_uids import kill_uid, run_uid
+from backends.work.sandbox_wall import WallClock
 from backends.work.sandbox_warm import WarmProcess, warm_runner
 from common.settings import SandboxIsolation, SandboxRunner, Settings
 
@@ -51,20 +56,33 @@ _IN = Path("/opt/gateway")  # where the runner and the runtime appear inside a b
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits of one run; `from_settings` reads the defaults, meta.yaml may change `timeout`."""
+    """The limits of one run; `from_settings` reads the defaults, meta.yaml may change `timeout`.
+
+    `timeout` is the assignment's time limit; it is enforced as `cpu_seconds` of CPU time of the test process
+    from the pytest session's start (`sandbox_clock`), and the wall clock from the same start is limited to
+    `wall_seconds` (generous: a sleep or a deadlock, not a computation slowed by load). `startup_seconds` bounds
+    the time from the sandbox's start to the session's start; past it the run is an infrastructure error.
+    """
 
     timeout: float
-    cpu_seconds: int
+    cpu_seconds: float
     memory_bytes: int
     max_processes: int
     max_file_bytes: int
     output_cap: int
+    wall_seconds: float = 0.0
+    startup_seconds: float = 120.0
+    run_memory_bytes: int = 0  # all of the run's processes together (`sandbox_memory`); 0 = not watched
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float | None = None) -> Limits:
+        limit = float(timeout if timeout is not None else settings.sandbox_timeout_seconds)
         return cls(
-            timeout=float(timeout if timeout is not None else settings.sandbox_timeout_seconds),
-            cpu_seconds=settings.sandbox_cpu_seconds,
+            timeout=limit,
+            cpu_seconds=min(limit, float(settings.sandbox_cpu_seconds)),
+            wall_seconds=max(limit * settings.sandbox_wall_factor, limit + settings.sandbox_wall_min_extra_seconds),
+            startup_seconds=float(settings.sandbox_startup_seconds),
+            run_memory_bytes=settings.sandbox_run_memory_mb * 1024 * 1024,
             memory_bytes=settings.sandbox_memory_mb * 1024 * 1024,
             max_processes=settings.sandbox_max_processes,
             max_file_bytes=settings.sandbox_max_file_mb * 1024 * 1024,
@@ -84,6 +102,12 @@ class RunOutcome:
     junit_xml: str | None
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
+    wall_limit: float = 0.0  # the wall clock's limit from the session's start (for the verdict's message)
+    cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start
+    space_full: bool = False  # the run used all of its writable space (`sandbox_space`)
+    memory_limit: int = 0  # the run's memory budget (bytes) ...
+    memory_exceeded: bool = False  # ... which its processes passed together: the worker ended the run
+    memory_peak: int = 0  # the most the worker saw the run's processes hold together (bytes)
     channel_key: bytes = b""  # the run's key: every line on the channel carries its HMAC (`sandbox_guard`)
     output_dropped: dict[str, int] = field(default_factory=dict)  # bytes of stdout/stderr beyond the cap
     duration: float = 0.0
@@ -102,12 +126,17 @@ class RunDir:
         return self.root / "runner"
 
     @property
+    def space(self) -> Path:
+        """The run's writable space (`sandbox_space`: a tmpfs of its own when the worker is root)."""
+        return self.root / "space"
+
+    @property
     def work(self) -> Path:
-        return self.root / "work"
+        return self.space / "work"
 
     @property
     def out(self) -> Path:
-        return self.root / "out"
+        return self.space / "out"
 
 
 def _base(settings: Settings) -> Path:
@@ -119,12 +148,19 @@ def make_run_dir(settings: Settings) -> RunDir:
     base = _base(settings)
     base.mkdir(parents=True, exist_ok=True)
     rd = RunDir(Path(tempfile.mkdtemp(prefix="gateway-sandbox-", dir=base)))
+    rd.space.mkdir()
+    try:
+        mount_space(rd.space, settings.sandbox_disk_mb * 1024 * 1024)
+    except OSError as exc:
+        remove_run_dir(rd)
+        raise InfrastructureError(f"the run's disk space could not be made: {exc.strerror or exc}") from None
     for sub in (rd.runner, rd.work, rd.out):
         sub.mkdir()
     for module, name in (
         (sandbox_launch, "launch.py"),
         (sandbox_plugin, "gateway_verdict.py"),
         (sandbox_guard, "gateway_guard.py"),
+        (sandbox_clock, "gateway_clock.py"),
     ):
         (rd.runner / name).write_text(Path(module.__file__).read_text())  # type: ignore[arg-type]
     (rd.runner / "pytest.ini").write_text(_PYTEST_INI)
@@ -134,6 +170,7 @@ def make_run_dir(settings: Settings) -> RunDir:
 def _hand_over(rd: RunDir, uid: int | None, protected: list[str]) -> None:
     """Give `work/` and `out/` to the run's uid; the runner and the reference's files stay root's, read-only."""
     os.chmod(rd.root, 0o711)
+    os.chmod(rd.space, 0o711)
     for path in (rd.runner, *rd.runner.iterdir()):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     (rd.runner / "passwd").write_text(f"sandbox:x:{uid if uid is not None else os.getuid()}:0::/work:/bin/false\n")
@@ -154,6 +191,8 @@ def _hand_over(rd: RunDir, uid: int | None, protected: list[str]) -> None:
 
 
 def remove_run_dir(rd: RunDir) -> None:
+    with contextlib.suppress(OSError):
+        release_space(rd.space)
     shutil.rmtree(rd.root, ignore_errors=True)
 
 
@@ -338,6 +377,15 @@ def sandbox_runtime(settings: Settings) -> Runtime:
                         settings.sandbox_uid_base, settings.sandbox_uid_count)  # fmt: skip
 
 
+def _slot_dir(settings: Settings) -> Path:
+    return _base(settings) / ".gateway-sandbox-slots"
+
+
+def sandbox_slot_usage(settings: Settings) -> SlotUsage:
+    """How many sandboxes run on this machine now (all workers sharing the sandbox root), and how many may."""
+    return slot_usage(_slot_dir(settings), slot_count(settings.sandbox_slots))
+
+
 def sandbox_health(settings: Settings) -> str | None:
     """For start-up and health checks: None when runs can be graded, else the reason they cannot."""
     try:
@@ -396,6 +444,7 @@ class _ChannelReader:
         self.flooded = False
         self.eof = False
         self.collected_at: float | None = None
+        self.session_at: float | None = None  # when the `start` event arrived: the time limit counts from here
 
     def pump(self, timeout: float, outputs: tuple[_OutputReader, ...] = ()) -> None:
         """Wait up to `timeout` for the channel or an output pipe, and read what is ready."""
@@ -434,6 +483,8 @@ class _ChannelReader:
                 record = json.loads(body)
                 if isinstance(record, dict):
                     events.append(record)
+        if self.session_at is None and any(e.get("event") == "start" for e in events):
+            self.session_at = time.monotonic()
         if self.collected_at is None and any(e.get("event") == "collected" for e in events):
             self.collected_at = time.monotonic()
         if events and self.on_events is not None:
@@ -447,7 +498,9 @@ class _ChannelReader:
             self.partial = b""
 
 
-def _env(view: _View, channel_fd: int, protected: list[str], key: bytes = b"") -> dict[str, str]:
+def _env(
+    view: _View, channel_fd: int, protected: list[str], key: bytes = b"", cpu_seconds: float = 300.0
+) -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": view.work,
@@ -460,6 +513,7 @@ def _env(view: _View, channel_fd: int, protected: list[str], key: bytes = b"") -
         "GATEWAY_VERDICT_FD": str(channel_fd),
         "GATEWAY_VERDICT_KEY": (key or secrets.token_bytes(32)).hex(),
         "GATEWAY_REFERENCE_FILES": json.dumps(protected),
+        "GATEWAY_CPU_SECONDS": repr(float(cpu_seconds)),
     }
 
 
@@ -471,6 +525,11 @@ def _pytest_args(view: _View, test_files: list[str], has_conftest: bool) -> list
         *([] if has_conftest else ["--noconftest"]),
         f"--junitxml={view.out}/junit.xml", "-q", "--tb=short", "--color=no", "--", *test_files,
     ]  # fmt: skip
+
+
+def _startup_cpu(limits: Limits) -> int:
+    """RLIMIT_CPU until the session starts: start-up plus the session's own budget (the clock lowers it then)."""
+    return math.ceil(limits.startup_seconds + limits.cpu_seconds) + 1
 
 
 def _kill_group(pgid: int) -> None:
@@ -489,14 +548,15 @@ def _start_cold(
     channel, out, err = fds
     launch = [
         runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache,
-        str(limits.cpu_seconds), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
+        str(_startup_cpu(limits)), str(limits.memory_bytes), str(limits.max_processes), str(limits.max_file_bytes),
         "--", *_pytest_args(view, test_files, "conftest.py" in protected),
     ]  # fmt: skip
     prefix = _bwrap_args(rd, runtime, protected) if isolation is SandboxIsolation.BWRAP else []
     try:
         return subprocess.Popen(
             [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-            env=_env(view, channel, protected, key), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            env=_env(view, channel, protected, key, limits.cpu_seconds), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=err,
             start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
             extra_groups=[] if uid is not None else None,
         )  # fmt: skip
@@ -517,7 +577,8 @@ def _start_warm(
     job = {
         "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
         "cwd": view.work, "pycache": view.pycache, "reference": protected,
-        "limits": [limits.cpu_seconds, limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
+        "limits": [_startup_cpu(limits), limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
+        "cpu_seconds": limits.cpu_seconds,
         "args": _pytest_args(view, test_files, "conftest.py" in protected), "key": key.hex(),
     }  # fmt: skip
     return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
@@ -532,12 +593,17 @@ def run_pytest(
     on_events: Callable[[list[dict[str, object]]], None] | None = None,
 ) -> RunOutcome:
     """Run pytest on `test_files` (relative to `rd.work`) under the limits; `protected` are the reference's files
-    (read-only to the run). Always kills what it started."""
+    (read-only to the run). Waits for a free slot first (`sandbox_slots`). Always kills what it started.
+
+    Clocks: the run's wall clock starts when the pytest session does (the `start` event), not when the sandbox
+    does, and does not count the test process's waits for a CPU (`sandbox_wall`); until the session starts only
+    `limits.startup_seconds` applies, and passing it is an `InfrastructureError` (a machine too slow to start a
+    run is not the student's fault)."""
     runtime = sandbox_runtime(settings)
     isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
     view = _view(rd, runtime, isolation)
-    with _uid_for_run(settings) as uid:
+    with run_slot(_slot_dir(settings), slot_count(settings.sandbox_slots)), _uid_for_run(settings) as uid:
         _hand_over(rd, uid, protected)
         warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
@@ -546,7 +612,9 @@ def run_pytest(
         (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
         outputs = (_OutputReader(out_r, limits.output_cap), _OutputReader(err_r, limits.output_cap))
         started = time.monotonic()
-        timed_out = False
+        timed_out = startup_timed_out = False
+        memory = MemoryWatch(uid, limits.run_memory_bytes)
+        wall = WallClock(limits.wall_seconds)
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
             with open(out_w, "wb") as out, open(err_w, "wb") as err:
@@ -560,10 +628,18 @@ def run_pytest(
                 finally:
                     os.close(write_fd)
             try:
-                deadline = started + limits.timeout
                 while proc.poll() is None:
-                    if time.monotonic() >= deadline:
+                    now = time.monotonic()
+                    if reader.session_at is None and now >= started + limits.startup_seconds:
+                        startup_timed_out = True
+                        break
+                    if reader.session_at is not None and wall.started_at is None:
+                        known = proc.pid if isolation is SandboxIsolation.NONE else None
+                        wall.start(reader.session_at, uid if isolation is SandboxIsolation.BWRAP else None, known)
+                    if wall.expired(now):
                         timed_out = True
+                        break
+                    if memory.check(now):
                         break
                     reader.pump(0.05, outputs)
             finally:
@@ -580,6 +656,10 @@ def run_pytest(
         finally:
             for fd in (read_fd, out_r, err_r):
                 os.close(fd)
+    if startup_timed_out:
+        raise InfrastructureError(
+            f"the test session did not start within {limits.startup_seconds:g}s of the sandbox's start"
+        )
     returncode = proc.returncode
     sig = None
     if returncode < 0:
@@ -600,6 +680,12 @@ def run_pytest(
         junit_xml=xml,
         channel=reader.lines,
         channel_flooded=reader.flooded,
+        wall_limit=limits.wall_seconds,
+        cpu_limit=limits.cpu_seconds,
+        space_full=space_full(rd.space),
+        memory_limit=limits.run_memory_bytes,
+        memory_exceeded=memory.exceeded,
+        memory_peak=memory.peak,
         channel_key=key,
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,

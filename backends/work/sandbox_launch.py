@@ -3,7 +3,9 @@
 It runs as the run's uid inside the namespaces, started with `python -I -S` (no PYTHON* variables, no site
 directories, not even the current directory on `sys.path`), so nothing in the student's files is importable
 before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shadows the real one. In order:
-1. set the resource limits on itself (they then hold for pytest, the student's code and all it starts);
+1. set the resource limits on itself (they then hold for pytest, the student's code and all it starts); the
+   CPU limit given here only bounds the start-up: the time limit's CPU clock (`gateway_clock`, from
+   `GATEWAY_CPU_SECONDS`) is armed when the pytest session starts, so start-up is never the student's time;
 2. point `sys.pycache_prefix` at the worker's read-only bytecode cache (standard library and pytest, compiled
    once per worker), so no `__pycache__` the student writes is ever loaded in place of a reference module;
 3. take the verdict channel (a pipe's write end the worker handed over) and the run's key out of the
@@ -51,11 +53,13 @@ def main(argv: list[str]) -> None:
     sys.pycache_prefix = pycache
     sys.dont_write_bytecode = os.environ.pop("GATEWAY_WRITE_PYCACHE", "") != "1"  # only the worker's cache fill
     channel_fd = int(os.environ.pop("GATEWAY_VERDICT_FD"))
+    session_cpu = float(os.environ.pop("GATEWAY_CPU_SECONDS"))
     key = bytes.fromhex(os.environ.pop("GATEWAY_VERDICT_KEY"))
     reference = json.loads(os.environ.pop("GATEWAY_REFERENCE_FILES", "[]"))
     os.set_inheritable(channel_fd, False)
     _not_dumpable()
     sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), site]
+    import gateway_clock  # noqa: PLC0415 - only after sys.path holds the runtime dir
     import gateway_guard  # noqa: PLC0415 - only after sys.path holds the runtime dir
     import gateway_verdict  # noqa: PLC0415
     import pytest  # noqa: PLC0415
@@ -69,7 +73,7 @@ def main(argv: list[str]) -> None:
     gateway_guard.arm(channel_fd, key, os.getcwd(), reference)
     del key
     try:
-        code = int(pytest.main(argv[7:], plugins=[plugin]))
+        code = int(pytest.main(argv[7:], plugins=[plugin, gateway_clock.CpuClock(session_cpu)]))
     except BaseException:  # noqa: BLE001 - whatever happened, the channel (not this exit code) tells the worker
         code = 3
     for stream in (sys.stdout, sys.stderr):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.work import sandbox_guard, sandbox_plugin, sandbox_zygote
+from backends.work import sandbox_clock, sandbox_guard, sandbox_plugin, sandbox_zygote
 from backends.work.errors import InfrastructureError
 from backends.work.sandbox_runtime import Runtime
 
@@ -83,6 +83,7 @@ class WarmRunner:
                 (sandbox_zygote, "sandbox_zygote.py"),
                 (sandbox_plugin, "gateway_verdict.py"),
                 (sandbox_guard, "gateway_guard.py"),
+                (sandbox_clock, "gateway_clock.py"),
             )
         }
         digest = hashlib.sha256(b"".join(sources[name] for name in sorted(sources))).hexdigest()[:12]

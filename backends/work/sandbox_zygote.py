@@ -117,6 +117,7 @@ def _test(job: dict[str, Any], channel: int) -> None:
         _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "not dumpable")
         for name in ("_libc", "ctypes"):  # the guard refuses ctypes; nothing here may keep a way to it
             globals().pop(name, None)
+        import gateway_clock
         import gateway_guard
         import gateway_verdict
         import pytest
@@ -124,7 +125,7 @@ def _test(job: dict[str, Any], channel: int) -> None:
         plugin = gateway_verdict.VerdictChannel()
         gateway_guard.arm(channel, key, job["cwd"], job["reference"])
         del key
-        code = int(pytest.main(job["args"], plugins=[plugin]))
+        code = int(pytest.main(job["args"], plugins=[plugin, gateway_clock.CpuClock(job["cpu_seconds"])]))
     except BaseException as exc:  # noqa: BLE001 - the channel, not this code, tells the worker what happened
         with contextlib.suppress(Exception):
             os.write(2, f"warm runner: {type(exc).__name__}: {exc}\n".encode())
@@ -214,6 +215,7 @@ def _receive(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
 def main(argv: list[str]) -> None:
     site, runner, control_fd = argv[0], argv[1], int(argv[2])
     sys.path[:0] = [runner, site]
+    import gateway_clock  # noqa: F401 - imported once here, inherited by every run
     import gateway_guard  # imported once here, inherited by every run
     import gateway_verdict  # noqa: F401
     import pytest  # noqa: F401

@@ -2,15 +2,17 @@
 
 Input: the lines that arrived on the pipe (`sandbox_plugin` speaks the protocol), how the process ended, and the
 JUnit XML if one was left in `/out`. Rules, in order:
-- the wall-clock limit hit → finished tests keep their channel verdict, the rest TIMEDOUT;
+- the wall-clock limit hit (counted from the session's start) → finished tests keep their channel verdict, the
+  rest TIMEDOUT; if every collected test had finished, the run is not TIMEDOUT at all (a session cut while it
+  wrote its summary, or in a fixture's final teardown, is graded by its tests);
 - the channel broke its protocol (a line without the guard's HMAC for its place in the sequence, a line that
   is not an event, an unknown test, a test reported twice, anything after `end`, a flood), the plugin reported
   a `tamper` event, the exit status disagrees with `end`, or the JUnit XML disagrees with the channel, is not
   JUnit or is missing after tests ran → **tampering**: every test CRASHED/FAILED (score 0) and the root says
   why; never PASSED;
 - no `end` (the process died: a limit's signal, `os._exit`, killed) → finished tests keep their verdict, the
-  rest CRASHED (or TIMEDOUT for the CPU limit); with nothing collected and no collection error, the runner
-  itself broke → `InfrastructureError`;
+  rest CRASHED (or TIMEDOUT for the CPU clock's SIGPROF / SIGXCPU: the time limit, as CPU time); with nothing
+  collected and no collection error, the runner itself broke → `InfrastructureError`;
 - otherwise the channel's verdicts, as the legacy report wants them (`report.py`).
 """
 
@@ -37,11 +39,14 @@ from backends.work.report import (
 from backends.work.sandbox import RunOutcome, signed_body
 
 # Signals that mean "a limit stopped the student's code", not "the runner broke".
-_LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGKILL: "killed (resource limit)",
-                  signal.SIGXFSZ: "file size limit", signal.SIGSEGV: "segmentation fault"}  # fmt: skip
+_LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGPROF: "CPU time limit",
+                  signal.SIGKILL: "killed (resource limit)", signal.SIGXFSZ: "file size limit",
+                  signal.SIGSEGV: "segmentation fault"}  # fmt: skip
+_CPU_SIGNALS = (signal.SIGXCPU, signal.SIGPROF)  # the time limit's CPU clock (`sandbox_clock`)
 TAMPERING = "tampering detected"
 _RAN_TESTS = (0, 1)  # pytest.ExitCode.OK, TESTS_FAILED
 _INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED: collection errors stop the session before any test
+_SPACE_FULL = "the run's writable space was full: the session's summary (JUnit XML) could not be written"
 
 
 class Event(StrEnum):
@@ -64,6 +69,7 @@ class Channel:
     """The channel's content, checked against the protocol; `problems` lists every violation found."""
 
     collected: list[str] = field(default_factory=list)
+    announced: bool = False  # the `collected` event arrived
     collect_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # nodeid -> phase -> event
     end_status: int | None = None
@@ -102,7 +108,7 @@ def read_channel(lines: list[bytes], key: bytes, flooded: bool = False) -> Chann
             if seen_collected or not isinstance(nodeids, list) or len(set(map(str, nodeids))) != len(nodeids):
                 channel.problems.append("the collected tests were announced twice or malformed")
                 continue
-            seen_collected = True
+            seen_collected = channel.announced = True
             channel.collected = [str(n) for n in nodeids]
         elif kind is Event.TEST:
             nodeid, when = str(record.get("nodeid")), record.get("when")
@@ -176,6 +182,11 @@ def _cut(channel: Channel, test_files: list[str], status: str, message: str) -> 
     return outcomes
 
 
+def _all_finished(channel: Channel) -> bool:
+    """Collection ended and every collected test reported its verdict (a teardown may still have been running)."""
+    return channel.announced and all(_test_outcome(n, channel.results.get(n, {})) for n in channel.collected)
+
+
 def _junit_disagrees(xml: str, outcomes: list[TestOutcome]) -> str | None:
     try:
         cases = outcomes_from_junit(xml)
@@ -203,18 +214,38 @@ def _tampered(channel: Channel, test_files: list[str], reasons: list[str]) -> tu
 def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tuple[list[TestOutcome], RunSummary]:
     """Outcomes and the run's status; raises `InfrastructureError` when the runner broke before any test."""
     channel = read_channel(outcome.channel, outcome.channel_key, outcome.channel_flooded)
-    if outcome.timed_out:
-        message = f"time limit of {time_limit:g}s exceeded"
+    if outcome.memory_exceeded and channel.end_status is None:
         if channel.problems:
             return _tampered(channel, test_files, channel.problems)
+        message = f"test process stopped: memory limit of the run ({outcome.memory_limit >> 20} MiB) exceeded"
+        return _cut(channel, test_files, CRASHED, message), RunSummary(status=CRASHED, status_message=message)
+    if outcome.timed_out:
+        if channel.problems:
+            return _tampered(channel, test_files, channel.problems)
+        if _all_finished(channel):
+            # Every test had its verdict: what was cut is the session's tail, never the student's time.
+            return _cut(channel, test_files, TIMEDOUT, ""), RunSummary()
+        wall = outcome.wall_limit or time_limit
+        message = (f"time limit exceeded: {wall:g}s of wall-clock time (the tests waited rather than computed: "
+                   f"a sleep, a deadlock or a read from input)")  # fmt: skip
         return _cut(channel, test_files, TIMEDOUT, message), RunSummary(status=TIMEDOUT, status_message=message)
     if channel.end_status is None:
         if channel.problems:
             return _tampered(channel, test_files, channel.problems)
+        if outcome.space_full and _all_finished(channel):
+            # pytest died writing its summary into a disk the student's code filled: the tests had their verdicts.
+            return _cut(channel, test_files, CRASHED, ""), RunSummary(status_message=_SPACE_FULL)
         sig = outcome.signal
+        if sig in _CPU_SIGNALS and _all_finished(channel):
+            # The CPU clock ran out after the last test's verdict: the tests, not the session's tail, are graded.
+            return _cut(channel, test_files, TIMEDOUT, ""), RunSummary()
         if sig is not None and sig in _LIMIT_SIGNALS:
-            message = f"test process stopped: {_LIMIT_SIGNALS[sig]}"
-            status = TIMEDOUT if sig == signal.SIGXCPU else CRASHED
+            if sig in _CPU_SIGNALS:
+                cpu = outcome.cpu_limit or time_limit
+                message = f"CPU time limit of {cpu:g}s exceeded (the time limit counts the tests' CPU time)"
+            else:
+                message = f"test process stopped: {_LIMIT_SIGNALS[sig]}"
+            status = TIMEDOUT if sig in _CPU_SIGNALS else CRASHED
             return _cut(channel, test_files, status, message), RunSummary(status=status, status_message=message)
         if channel.collected or channel.collect_errors:
             message = f"test process exited abruptly (exit code {outcome.returncode})"
@@ -241,7 +272,7 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
         disagreement = _junit_disagrees(outcome.junit_xml, outcomes)
         if disagreement:
             problems.append(disagreement)
-    elif outcome.junit_xml is None and channel.end_status in _RAN_TESTS:
+    elif outcome.junit_xml is None and channel.end_status in _RAN_TESTS and not outcome.space_full:
         # pytest writes the XML before the session's end event: a session that "ended" without it was not pytest's.
         problems.append("the session ended without the JUnit XML pytest writes before its end")
     if problems:

@@ -134,6 +134,18 @@ def _engine_status(adapter: EngineAdapter, settings: Settings, console: Console)
     return len(workers)
 
 
+def _sandbox_slots(settings: Settings, console: Console) -> None:
+    """This machine's sandbox admission: runs in progress out of the slots (one per usable core by default)."""
+    from backends.work.sandbox import sandbox_slot_usage
+
+    try:
+        usage = sandbox_slot_usage(settings)
+    except OSError as exc:
+        console.print(f"[red]sandbox slots: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
+        return
+    console.print(f"sandbox slots on this host: {usage.in_use}/{usage.total} in use")
+
+
 @worker_app.command("status")
 def status() -> None:
     """Workers (name, queues, active tasks, uptime), queue lengths, broker/backend reachability. Exit 1 if none."""
@@ -145,6 +157,7 @@ def status() -> None:
             answered += _engine_status(adapter, settings, console)
         except Exception as exc:  # noqa: BLE001 - one engine's failure must not hide the other's table
             console.print(f"[red]{adapter.engine}: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
+    _sandbox_slots(settings, console)
     if answered == 0:
         console.print("[red]no worker answered[/red]")
         raise typer.Exit(1)

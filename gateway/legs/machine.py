@@ -200,10 +200,17 @@ UNREADABLE_ERROR = "the run ended but its report could not be read"
 
 
 def report_unreadable(state: LegState, result: LegResult) -> bool:
-    """A final observation whose report the adapter could not read or decode (a pickled or foreign Celery result:
-    another worker on the shared queues answered). An infrastructure failure (re-run within the budget, avoiding
-    that worker where the engine allows, then FAILED), never a score. `state`: the observation it belongs to."""
-    return state.phase.is_final and result.error_type in UNREADABLE_TYPES
+    """A final observation whose report cannot be had: the engine says it succeeded but there is no report object
+    (a Prefect runner whose result storage the API cannot read, a Celery SUCCESS without a usable result, a
+    result gone between the state and the read), or the adapter says it could not read or decode it (a pickled
+    or foreign Celery result: another worker on the shared queues answered). An infrastructure failure (re-run
+    within the budget, avoiding that worker where the engine allows, then FAILED), never a score."""
+    if not state.phase.is_final:
+        return False
+    if result.error_type in UNREADABLE_TYPES:
+        return True
+    phase = result.phase if result.phase.is_final else state.phase
+    return phase == LegPhase.SUCCEEDED and not isinstance(result.report, dict)
 
 
 def as_unreadable(state: LegState, result: LegResult) -> tuple[LegState, LegResult]:
@@ -331,8 +338,15 @@ def finish(
     leg.phase = phase.value
     leg.outcome = (outcome or LegOutcome(phase.value)).value
     leg.finished_at = leg.finished_at or now
-    leg.error = error or (result.error if result else None)
     report = result.report if result else None
+    if phase == LegPhase.SUCCEEDED and not isinstance(report, dict) and outcome not in _BY_WRITE_BACK:
+        # Succeeded without a report object: the reading failed, not the student (see `report_unreadable`).
+        phase, outcome = LegPhase.CRASHED, None
+        result = LegResult(leg_id=leg.id, phase=phase, error=UNREADABLE_ERROR, error_type="ResultUnavailable")
+        leg.phase = phase.value
+        leg.outcome = LegOutcome(phase.value).value
+        report = None
+    leg.error = error or (result.error if result else None)
     leg.payload = report
     failure = None
     if phase in (LegPhase.FAILED, LegPhase.CRASHED):
@@ -423,6 +437,7 @@ _WRITE_BACK_OUTCOME = {
     LegPhase.CANCELLED: LegOutcome.CANCELLED_BY_WRITE_BACK,
     LegPhase.CRASHED: LegOutcome.CRASHED_BY_WRITE_BACK,
 }
+_BY_WRITE_BACK = frozenset(_WRITE_BACK_OUTCOME.values())  # the legacy flow wrote the row: it is authoritative
 
 
 def apply_write_back(leg: Leg, row: Result, status: int, now: datetime, *, hooks: FinishHooks) -> None:

@@ -177,9 +177,17 @@ class Leg(Base):
             postgresql_where=text("role = 'shadow' AND finished IS false"),
             sqlite_where=text("role = 'shadow' AND finished IS 0"),
         ),
+        # The cutover gate's `routed_by` (PostgreSQL only: JSON operators; migration 0014).
+        Index(
+            "ix_leg_routed_stage",
+            text("(routing ->> 'config_scope')"),
+            text("(routing ->> 'stage')"),
+            text("(CAST((routing ->> 'config_version') AS INTEGER))"),
+            postgresql_where=text("(routing ->> 'stage') IS NOT NULL"),
+        ).ddl_if(dialect="postgresql"),
         Index(
             "ix_leg_shadow_stalled",
-            "updated_at",
+            "engine",  # not `updated_at`: every update sets it, and no update may lose HOT for this index
             postgresql_where=text(
                 "role = 'shadow' AND dispatch_state = 'pending' AND finished IS false AND last_error IS NOT NULL"
             ),

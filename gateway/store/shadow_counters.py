@@ -168,7 +168,7 @@ class StalledEngines:
     engine that is down from the legs a reconciler (maybe in another process) left in the outbox with an error.
 
     The read goes through the partial index of shadow legs waiting in the outbox with an error
-    (`ix_leg_shadow_stalled`, migration 0013): it touches the legs that failed lately, not the whole outbox."""
+    (`ix_leg_shadow_stalled`, migration 0013): it touches the legs failing to be sent, not the whole outbox."""
 
     def __init__(self, ttl: float = 1.0, window: float = 30.0) -> None:
         self.window = window

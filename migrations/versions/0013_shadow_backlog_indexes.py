@@ -6,8 +6,10 @@ an error lately (stalled engines). Both used to scan the leg table: the count jo
 stalled read walked every pending leg. Now:
 
 - `ix_leg_shadow_open`: the unfinished shadow legs only, by result; the count stops at the cap;
-- `ix_leg_shadow_stalled`: the shadow legs waiting in the outbox with an error, by `updated_at`; the read
-  touches only those updated within its window.
+- `ix_leg_shadow_stalled`: the shadow legs waiting in the outbox with an error, by engine; the read touches
+  only those (the legs failing to be sent now), not the outbox. Keyed on `engine`, a column no update changes,
+  not on `updated_at`: an index on a column every update sets would make every leg update (the relay's lease
+  and mark) a non-HOT update that writes an entry into every index of the table.
 
 The predicates are written as the queries render them (`finished IS false`, literal roles and states), so
 PostgreSQL proves the index applies also for a generic prepared plan.
@@ -39,7 +41,7 @@ def _where(predicate: str) -> dict[str, object]:
 
 def upgrade() -> None:
     op.create_index("ix_leg_shadow_open", "leg", ["result_id"], **_where(SHADOW_OPEN))
-    op.create_index("ix_leg_shadow_stalled", "leg", ["updated_at"], **_where(SHADOW_STALLED))
+    op.create_index("ix_leg_shadow_stalled", "leg", ["engine"], **_where(SHADOW_STALLED))
 
 
 def downgrade() -> None:

@@ -45,9 +45,11 @@ def test_status_never_prints_a_password(cli_worker: WorkerProcess, pg_redis_env:
 
 def test_status_exits_non_zero_when_no_worker_answers(tmp_path: Path) -> None:
     env = base_env({}, tmp_path / "empty-data")  # the embedded default, where no worker runs
+    env["SANDBOX_SLOTS"], env["SANDBOX_ROOT"] = "3", str(tmp_path / "sandboxes")
     out = gateway(env, "worker", "status", timeout=120)
     assert out.returncode == 1
     assert "no worker answered" in out.stdout
+    assert "sandbox slots on this host: 0/3 in use" in out.stdout  # admission: runs in progress / slots
 
 
 def test_test_job_rejects_an_unknown_task(pg_redis_env: dict[str, str]) -> None:

@@ -41,6 +41,7 @@ class PgCluster:
     # Where it listens (e.g. also a test network namespace's peer address: tests/support/netns.py).
     listen: str = "127.0.0.1"
     netns: str | None = None  # the network namespace it runs in (a test's second host)
+    options: str = ""  # more server options (`-c name=value ...`), e.g. a bench's `pg_stat_statements`
 
     @property
     def data(self) -> Path:
@@ -56,7 +57,7 @@ class PgCluster:
 
     def start(self) -> None:
         """Start and wait until it accepts connections (`pg_ctl -w`)."""
-        opts = f"-p {self.port} -c listen_addresses={self.listen} -k {self.root} -c fsync=off"
+        opts = f"-p {self.port} -c listen_addresses={self.listen} -k {self.root} -c fsync=off {self.options}".strip()
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -74,7 +75,7 @@ class PgCluster:
 
 @contextlib.contextmanager
 def pg_cluster(
-    keep_log: Path | None = None, *, listen: str = "127.0.0.1", netns: str | None = None
+    keep_log: Path | None = None, *, listen: str = "127.0.0.1", netns: str | None = None, options: str = ""
 ) -> Iterator[PgCluster]:
     """A fresh cluster, started; stopped and removed at the end (its server log copied to `keep_log`)."""
     binaries = postgres_bin()
@@ -86,7 +87,7 @@ def pg_cluster(
         run_as = "postgres"
         entry = pwd.getpwnam(run_as)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    cluster = PgCluster(binaries, root, _free_port(), run_as, listen, netns)
+    cluster = PgCluster(binaries, root, _free_port(), run_as, listen, netns, options)
     try:
         cluster._run("initdb", "-D", str(cluster.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         if listen != "127.0.0.1":  # clients on the other end of a test's link (its own /30) are let in too

@@ -368,7 +368,7 @@ ATTACKS_ON_OTHERS = {
 
 
 def _pytest_running_in(root: Path) -> Path | None:
-    runs = [p for p in root.glob("gateway-sandbox-*/work") if (p / "calc.py").exists()]
+    runs = [p for p in root.glob("gateway-sandbox-*/space/work") if (p / "calc.py").exists()]
     return runs[0] if len(runs) == 1 else None
 
 

@@ -44,15 +44,56 @@ def _tests(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for c in report["tests"] for t in c["tests"]}
 
 
-def test_endless_loop_hits_the_wall_clock_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
-    report = run_student_testing(make_job(LOOP_TESTS, LOOP_STUDENT), settings=settings_for(sandbox_timeout_seconds=3))
+def test_endless_loop_hits_the_time_limit_as_cpu_time(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """The time limit is the tests' CPU time from the session's start: an endless computation is cut by it."""
+    report = run_student_testing(make_job(LOOP_TESTS, LOOP_STUDENT), settings=settings_for(sandbox_timeout_seconds=2))
     assert report["status"] == "TIMEDOUT"
-    assert "time limit of 3s exceeded" in report["statusMessage"]
+    assert "CPU time limit of 2s exceeded" in report["statusMessage"]
     tests = _tests(report)
     assert tests["test_fast"]["result"] == "PASSED"
     assert tests["test_spin"]["status"] == "TIMEDOUT" and tests["test_spin"]["result"] == "FAILED"
     assert tests["test_after"]["status"] == "TIMEDOUT" and "not run" in tests["test_after"]["resultMessage"]
     assert report["summary"] == {"total": 3, "passed": 1, "failed": 2, "skipped": 0}
+
+
+SLEEP_TESTS = {
+    "test_wait.py": (
+        "from solution import fast, wait\n\ndef test_fast():\n    assert fast() == 1\n\ndef test_wait():\n    wait()\n"
+    )
+}
+
+
+def test_a_sleep_hits_the_wall_clock_limit(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """What CPU time cannot see (a sleep, a deadlock) the wall clock catches: the time limit × the wall factor."""
+    student = {"solution.py": "import time\n\ndef fast():\n    return 1\n\ndef wait():\n    time.sleep(1000)\n"}
+    settings = settings_for(sandbox_timeout_seconds=1, sandbox_wall_factor=3, sandbox_wall_min_extra_seconds=0)
+    report = run_student_testing(make_job(SLEEP_TESTS, student), settings=settings)
+    assert report["status"] == "TIMEDOUT"
+    assert "3s of wall-clock time" in report["statusMessage"]
+    tests = _tests(report)
+    assert tests["test_fast"]["result"] == "PASSED"
+    assert tests["test_wait"]["status"] == "TIMEDOUT" and tests["test_wait"]["result"] == "FAILED"
+
+
+def test_a_run_whose_tests_all_finished_is_not_timed_out(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """The last test finishes, then the session lingers (a module fixture's teardown that never returns) until the
+    wall clock cuts it: every test has its verdict, so the run is graded by them, not TIMEDOUT at the root."""
+    tests = {
+        "test_linger.py": (
+            "import pytest\nfrom solution import fast, linger\n\n"
+            "@pytest.fixture(scope='module', autouse=True)\ndef cleanup():\n    yield\n    linger()\n\n"
+            "def test_one():\n    assert fast() == 1\n\n"
+            "def test_two():\n    assert fast() == 2\n"
+        )
+    }
+    student = {"solution.py": "import time\n\ndef fast():\n    return 1\n\ndef linger():\n    time.sleep(1000)\n"}
+    settings = settings_for(sandbox_timeout_seconds=1, sandbox_wall_factor=3, sandbox_wall_min_extra_seconds=0)
+    report = run_student_testing(make_job(tests, student), settings=settings)
+    assert report["status"] == "COMPLETED", report["statusMessage"]
+    found = _tests(report)
+    assert found["test_one"]["result"] == "PASSED"
+    assert found["test_two"]["status"] == "COMPLETED" and found["test_two"]["result"] == "FAILED"
+    assert report["summary"] == {"total": 2, "passed": 1, "failed": 1, "skipped": 0}
 
 
 def test_meta_yaml_time_limit_applies(make_job: Callable[..., Any], settings_for: Any) -> None:
@@ -202,3 +243,93 @@ def test_a_sandbox_dies_with_the_worker_that_owns_it(make_job: Callable[..., Any
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+FILL_TESTS = {
+    "test_fill.py": (
+        "from solution import fill, honest\n\n"
+        "def test_fill():\n    assert fill() == 'ENOSPC'\n\n"
+        "def test_honest():\n    assert honest() == 42\n"
+    )
+}
+FILL_STUDENT = {
+    "solution.py": (
+        "import errno, os\n\n"
+        "def fill():\n"
+        "    size = os.statvfs('.').f_blocks * os.statvfs('.').f_frsize\n"
+        "    assert size <= 16 << 20, size  # the run's own space, not the host's disk\n"
+        "    chunk = b'x' * (1 << 20)\n"
+        "    for n in range(10_000):\n"
+        "        try:\n"
+        "            with open(f'blob{n}', 'wb') as handle:\n"
+        "                handle.write(chunk)\n"
+        "        except OSError as exc:\n"
+        "            return errno.errorcode[exc.errno]\n"
+        "    return 'never full'\n\n"
+        "def honest():\n    return 42\n"
+    )
+}
+HONEST_TESTS = {"test_calc.py": "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n"}
+HONEST_STUDENT = {"calc.py": "def add(a, b):\n    return a + b\n"}
+
+
+@ROOT_ONLY
+def test_a_run_that_fills_its_disk_fails_alone(make_job: Callable[..., Any], settings_for: Any) -> None:
+    """Each run writes into a tmpfs of its own (`sandbox_disk_mb`): filling it gives that run ENOSPC, and an honest
+    run beside it is graded as usual. The filler's own verdicts stand (a full disk is not tampering)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = settings_for(sandbox_disk_mb=16)
+    filler, honest = make_job(FILL_TESTS, FILL_STUDENT), make_job(HONEST_TESTS, HONEST_STUDENT)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        full = pool.submit(run_student_testing, filler, settings=settings)
+        fine = pool.submit(run_student_testing, honest, settings=settings)
+        full_report, honest_report = full.result(), fine.result()
+    assert honest_report["status"] == "COMPLETED" and honest_report["summary"]["passed"] == 1
+    tests = _tests(full_report)
+    assert tests["test_fill"]["result"] == "PASSED", tests["test_fill"]["resultMessage"]
+    assert tests["test_honest"]["result"] == "PASSED"
+    assert full_report["status"] == "COMPLETED" and "space was full" in full_report["statusMessage"]
+
+
+POOL_HOG_TESTS = {
+    "test_pool.py": (
+        "from hog import pool, small\n\ndef test_pool():\n    pool()\n\ndef test_small():\n    assert small() == 3\n"
+    )
+}
+POOL_HOG = {
+    "hog.py": (
+        "import os, time\n\n"
+        "def pool():\n"
+        "    # 6 processes of 300 MiB each: every one within its own RLIMIT_AS, 1.8 GiB together.\n"
+        "    for _ in range(5):\n"
+        "        if os.fork() == 0:\n"
+        "            held = b'x' * (300 << 20)\n"
+        "            time.sleep(1000)\n"
+        "            os._exit(0)\n"
+        "    held = b'x' * (300 << 20)\n"
+        "    time.sleep(1000)\n\n"
+        "def small():\n    return 3\n"
+    )
+}
+
+
+@ROOT_ONLY
+def test_a_run_is_held_to_its_total_memory_beside_an_honest_run(
+    make_job: Callable[..., Any], settings_for: Any
+) -> None:
+    """Processes each within RLIMIT_AS but too many together: the worker ends the run at its total budget
+    (`sandbox_run_memory_mb`), and an honest run beside it is graded as usual."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = settings_for(sandbox_run_memory_mb=768, sandbox_timeout_seconds=60)
+    hog, honest = make_job(POOL_HOG_TESTS, POOL_HOG), make_job(HONEST_TESTS, HONEST_STUDENT)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        hogging = pool.submit(run_student_testing, hog, settings=settings)
+        fine = pool.submit(run_student_testing, honest, settings=settings)
+        hog_report, honest_report = hogging.result(), fine.result()
+    assert honest_report["status"] == "COMPLETED" and honest_report["summary"]["passed"] == 1
+    assert hog_report["status"] == "CRASHED"
+    assert "memory limit of the run (768 MiB) exceeded" in hog_report["statusMessage"]
+    tests = _tests(hog_report)
+    assert tests["test_pool"]["status"] == "CRASHED"

@@ -152,8 +152,10 @@ def test_sandbox_leaves_no_directories(make_job: Callable[..., Any], settings_fo
         os.chmod(root, 0o755)
         report = run_student_testing(make_job(TESTS, GOOD), settings=settings_for(sandbox_root=root))
         assert report["summary"]["passed"] == 2
-        # What stays is per worker, not per run: the pytest runtime and the uid locks.
+        # What stays is per worker, not per run: the pytest runtime, the uid locks and the admission slots.
         left = sorted(p.name for p in root.iterdir())
-        assert [n for n in left if not n.startswith(("gateway-runtime-", ".gateway-sandbox-uids"))] == []
+        assert [
+            n for n in left if not n.startswith(("gateway-runtime-", ".gateway-sandbox-uids", ".gateway-sandbox-slots"))
+        ] == []
     finally:
         shutil.rmtree(root, ignore_errors=True)
