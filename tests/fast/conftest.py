@@ -25,6 +25,7 @@ from gateway.schemas import TestCreate
 from gateway.store.accounts import Principal
 from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
+from gateway.store.models import Leg, Result
 from tests.service.conftest import demo_catalog, fresh_pg_database
 from tests.support.celery_worker import settings_from_env
 
@@ -111,3 +112,12 @@ def body(commit: str, content: str = "week1/ex1", member: str = "m-alice", submi
 def report(passed: int, total: int) -> dict[str, Any]:
     """The smallest report the gateway scores: the legacy summary."""
     return {"summary": {"total": total, "passed": passed, "failed": total - passed}, "result": "PASSED"}
+
+
+async def leg_and_row(state: GatewayState, leg_id: str, row_id: str) -> tuple[Leg, Result]:
+    """A leg and its job's row as they are stored now (a fresh session: what the last commit left)."""
+    async with state.sessions() as session:
+        leg = await session.get(Leg, leg_id)
+        row = await session.get(Result, row_id)
+    assert leg is not None and row is not None
+    return leg, row

@@ -18,18 +18,9 @@ from gateway.engines.health import HealthMonitor
 from gateway.jobs.submit import submit_test
 from gateway.legs.states import DispatchState, LegOutcome
 from gateway.runtime import GatewayState
-from gateway.store.models import Leg, Result
-from tests.fast.conftest import ADMIN, MemoryGateway, body, report
+from tests.fast.conftest import ADMIN, MemoryGateway, body, leg_and_row, report
 
 pytestmark = pytest.mark.fast
-
-
-async def leg_and_row(state: GatewayState, leg_id: str, row_id: str) -> tuple[Leg, Result]:
-    async with state.sessions() as session:
-        leg = await session.get(Leg, leg_id)
-        row = await session.get(Result, row_id)
-    assert leg is not None and row is not None
-    return leg, row
 
 
 async def flush_retry(state: GatewayState, leg_id: str) -> None:

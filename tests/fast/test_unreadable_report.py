@@ -26,7 +26,7 @@ from gateway.legs import machine
 from gateway.legs.states import LegOutcome
 from gateway.runtime import GatewayState
 from gateway.store.models import Leg, Result
-from tests.fast.conftest import ADMIN, MemoryGateway, body, report
+from tests.fast.conftest import ADMIN, MemoryGateway, body, leg_and_row, report
 
 pytestmark = pytest.mark.fast
 
@@ -39,14 +39,6 @@ BREAKS: dict[str, Break] = {
     "succeeded without a report": lambda e, leg: e.succeed_unreadable(leg),
     "result gone after the state": lambda e, leg: (e.succeed(leg, report(3, 3)), e.forget_result(leg)),  # type: ignore[func-returns-value]
 }
-
-
-async def leg_and_row(state: GatewayState, leg_id: str, row_id: str) -> tuple[Leg, Result]:
-    async with state.sessions() as session:
-        leg = await session.get(Leg, leg_id)
-        row = await session.get(Result, row_id)
-    assert leg is not None and row is not None
-    return leg, row
 
 
 @pytest.mark.parametrize("how", sorted(BREAKS))
