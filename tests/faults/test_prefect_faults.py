@@ -66,15 +66,16 @@ class PrefectSide:
         return found
 
 
-@pytest.fixture(scope="module")
-def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultStack, PrefectSide]]:
-    tmp = tmp_path_factory.mktemp("prefect-faults")
-    side = PrefectSide(tmp / "prefect", tmp / "data")
+@contextlib.contextmanager
+def prefect_fault_stack(
+    tmp: Path, runner_data: Path, env: dict[str, str], commits: int
+) -> Iterator[tuple[FaultStack, PrefectSide]]:
+    """A Prefect server, a gateway stack on it (`env` beside its API URL) and a runner whose data folder is
+    `runner_data`; stopped in the reverse order."""
+    side = PrefectSide(tmp / "prefect", runner_data)
     side.start_server()
     try:
-        # A run claimed but not started for 20 s is lost (the default is 120 s; see test_a_claimed_run_...).
-        env = {"PREFECT_API_URL": side.api_url, "PREFECT_PENDING_LOST_SECONDS": "20"}
-        with fault_stack(tmp, None, env, 40, celery_worker=False) as stack:
+        with fault_stack(tmp, None, {"PREFECT_API_URL": side.api_url, **env}, commits, celery_worker=False) as stack:
             side.start_runner()
             try:
                 yield stack, side
@@ -82,6 +83,14 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fa
                 side.runner.close()
     finally:
         side.stop_server()
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultStack, PrefectSide]]:
+    tmp = tmp_path_factory.mktemp("prefect-faults")
+    # A run claimed but not started for 20 s is lost (the default is 120 s; see test_a_claimed_run_...).
+    with prefect_fault_stack(tmp, tmp / "data", {"PREFECT_PENDING_LOST_SECONDS": "20"}, 40) as found:
+        yield found
 
 
 def test_the_prefect_server_killed_during_submits_loses_and_duplicates_nothing(

@@ -16,8 +16,8 @@ import pytest
 
 from common.failures import InfraMessage
 from common.legacy import ResultStatus
-from tests.faults.stack import ALICE, PREFECT_DIRECTORY, FaultStack, fault_stack, wait_until
-from tests.faults.test_prefect_faults import PrefectSide
+from tests.faults.stack import ALICE, PREFECT_DIRECTORY, FaultStack, wait_until
+from tests.faults.test_prefect_faults import PrefectSide, prefect_fault_stack
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,18 +25,9 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture
 def misconfigured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultStack, PrefectSide]]:
     tmp = tmp_path_factory.mktemp("prefect-unreadable")
-    side = PrefectSide(tmp / "prefect", tmp / "runner-data")  # the runner's data dir is not the API's (tmp/data)
-    side.start_server()
-    try:
-        env = {"PREFECT_API_URL": side.api_url, "GATEWAY_INFRA_RETRIES": "1"}
-        with fault_stack(tmp, None, env, 2, celery_worker=False) as stack:
-            side.start_runner()
-            try:
-                yield stack, side
-            finally:
-                side.runner.close()
-    finally:
-        side.stop_server()
+    # The runner's data dir is not the API's (tmp/data).
+    with prefect_fault_stack(tmp, tmp / "runner-data", {"GATEWAY_INFRA_RETRIES": "1"}, 2) as found:
+        yield found
 
 
 def test_a_report_the_api_cannot_read_is_rerun_then_failed_never_scored(
