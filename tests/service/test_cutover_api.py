@@ -127,6 +127,7 @@ def _mismatches(api: GatewayServer, result_id: str, differences: list[dict[str, 
     """Mismatch comparisons of cc-prefect (Prefect primary, Celery shadow) as the compare step writes them."""
     from sqlalchemy import select
 
+    from gateway.compare.step import routed_by_record
     from gateway.store.db import make_sync_engine
     from gateway.store.models import Comparison, Leg, new_id, utcnow
 
@@ -135,7 +136,9 @@ def _mismatches(api: GatewayServer, result_id: str, differences: list[dict[str, 
     try:
         with Session(engine) as session, session.begin():
             # The job's own primary leg: its routing record makes the comparisons this stage's evidence.
-            primary = session.scalar(select(Leg.id).where(Leg.result_id == result_id, Leg.role == "primary"))
+            leg = session.scalar(select(Leg).where(Leg.result_id == result_id, Leg.role == "primary"))
+            assert leg is not None
+            primary, routed = leg.id, routed_by_record(leg.routing)
             for _ in range(count):
                 session.add(
                     Comparison(
@@ -143,7 +146,7 @@ def _mismatches(api: GatewayServer, result_id: str, differences: list[dict[str, 
                         kind="shadow", course_content_id="cc-prefect", primary_engine="prefect",
                         shadow_engine="celery", outcome="mismatch", differences=differences,
                         difference_count=len(differences), signature=signature, primary_run_seconds=1.0,
-                        shadow_run_seconds=1.0, created_at=utcnow(),
+                        shadow_run_seconds=1.0, created_at=utcnow(), **routed,
                     )
                 )  # fmt: skip
     finally:
