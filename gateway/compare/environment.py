@@ -24,6 +24,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "runner": ("test runner", ""),
     "limits.time_seconds": ("time limit", " s"),
     "limits.cpu_seconds": ("CPU limit", " s"),
+    "limits.wall_seconds": ("wall-clock limit", " s"),
+    "limits.run_memory_mb": ("run memory limit", " MB"),
     "limits.memory_mb": ("memory limit", " MB"),
     "limits.processes": ("process limit", ""),
     "limits.file_mb": ("file size limit", " MB"),

@@ -67,7 +67,9 @@ def test_a_lower_time_limit_is_named_on_the_first_comparison_and_fails_the_gate(
         # The grades agree (the passing solution is fast): only the environments tell the engines apart.
         assert found["outcome"] == "match", found
         environment = found["environment"]
-        assert environment["text"] == "prefect: time limit 60 s, celery: 4 s", environment
+        # The time limit is named (with the limits derived from it: CPU time, the wall clock).
+        assert "prefect: time limit 60 s, celery: 4 s" in environment["text"].split("; "), environment
+        assert "prefect: wall-clock limit 180 s, celery: 12 s" in environment["text"].split("; "), environment
         assert environment["shadow"]["pytest"] == environment["primary"]["pytest"]
         run = admin.post("/api/admin/cutover/content/cc-untimed-prefect/evaluate").json()
         evaluation = run["evaluation"]
@@ -75,7 +77,7 @@ def test_a_lower_time_limit_is_named_on_the_first_comparison_and_fails_the_gate(
         assert evaluation["evidence"]["parity_breaks"] == 1
         assert "prefect: time limit 60 s, celery: 4 s" in evaluation["needs"][0]
         (card,) = [c for c in admin.get("/api/cutover/scorecard").json() if c["scope_id"] == "cc-untimed-prefect"]
-        assert card["environment"]["text"] == "prefect: time limit 60 s, celery: 4 s"
+        assert "prefect: time limit 60 s, celery: 4 s" in card["environment"]["text"].split("; ")
 
 
 def leg_finished(stack: Stack, result_id: str, engine: str) -> bool:
