@@ -58,6 +58,10 @@ UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"]}
 
 
 # ------------------------------------------------------------------------------------------------ repositories
+# Sandboxes admitted at once on this host (backends.work.sandbox_slots): see `legacy_stack`.
+CONFORMANCE_SLOTS = "8"
+
+
 def _repo(path: Path, files: Mapping[str, str]) -> tuple[str, str]:
     path.mkdir(parents=True, exist_ok=True)
     _git(["init", "-q", "-b", "main"], path)
@@ -168,6 +172,7 @@ def runner_env(
             "GATEWAY_WRITEBACK_USER": WORKER[0],
             "GATEWAY_WRITEBACK_PASSWORD": WORKER[1],
             **({"SANDBOX_ROOT": sandbox_root} if sandbox_root else {}),
+            "SANDBOX_SLOTS": CONFORMANCE_SLOTS,
         },
     )
 
@@ -244,8 +249,10 @@ def running_stack(
     with contextlib.ExitStack() as stack:
         prefect_api = None
         sandboxes = stack.enter_context(sandbox_root())
+        # SANDBOX_SLOTS: the slow students here block (they wait for their release), they do not compute; the
+        # cases hold four at once, more than this machine's cores would admit.
         env = {**pg_env, **redis_env, "GATEWAY_RECONCILE_INTERVAL": "0.3", "SANDBOX_ROOT": str(sandboxes),
-               **(gateway_extra or {})}  # fmt: skip
+               "SANDBOX_SLOTS": CONFORMANCE_SLOTS, **(gateway_extra or {})}  # fmt: skip
         if prefect:
             prefect_api = stack.enter_context(prefect_server_on(free_port(), tmp / "prefect"))
             env["PREFECT_API_URL"] = prefect_api

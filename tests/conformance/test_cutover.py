@@ -22,6 +22,7 @@ from legacy_stack import ADMIN, DIRS, FINAL, SLOW_CALC, Stack, _git, _repo, flow
 from backends.examples import DATA as EXAMPLE_DATA
 from gateway.cutover.buckets import bucket, in_canary
 from tests.support.celery_worker import stop_worker
+from tests.support.slow_student import waiting_markers
 
 pytestmark = [pytest.mark.slow]
 COMPLETED = 0
@@ -68,7 +69,7 @@ def repo_with_commits(root: Path, name: str, calc: str, count: int) -> list[str]
 
 def waiting_runs(stack: Stack) -> int:
     """Slow runs blocked now (a `waiting` marker without its `release`)."""
-    return sum(not (m.parent / "release").exists() for m in stack.sandbox_root.glob("*/work/waiting"))
+    return sum(not (m.parent / "release").exists() for m in waiting_markers(stack.sandbox_root))
 
 
 def all_final(client: httpx.Client, stack: Stack, ids: list[str]) -> bool:

@@ -29,7 +29,7 @@ from tests.conftest import PostgresDB, RedisDB
 from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import base_env, settings_from_env, stop_worker
 from tests.support.prefect_server import running_runner
-from tests.support.slow_student import sandbox_root
+from tests.support.slow_student import sandbox_root, waiting_markers
 
 pytestmark = [pytest.mark.slow]
 FINAL = {0, 1, 2, 6}
@@ -311,7 +311,7 @@ def script_one_job(celery_runs: Path, prefect_runs: Path, given: set[Path]) -> N
 
     def all_given() -> bool:
         for root, verdicts in ((celery_runs, celery_verdicts), (prefect_runs, prefect_verdicts)):
-            for marker in sorted(root.glob("*/work/waiting")):
+            for marker in waiting_markers(root):
                 work = marker.parent
                 if work in given or (work / "release").exists() or not verdicts:
                     continue  # already scripted, or a slow student of another test

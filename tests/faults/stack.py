@@ -203,6 +203,9 @@ def fault_stack(
             "CELERY_WORKER_LOST_SECONDS": "5",
             **service_env,  # last: a module may set its own bounds
             "SANDBOX_ROOT": str(sandboxes),
+            # The slow students block (they wait for their release), they do not compute: admit more of them at
+            # once than this machine's cores would (backends.work.sandbox_slots).
+            "SANDBOX_SLOTS": "8",
         }
         settings = settings_from_env({**env, "GATEWAY_DATA_DIR": str(data)})
         upgrade(settings)
