@@ -59,10 +59,14 @@ class PrefectSide:
         httpx.post(f"{self.api_url}/flow_runs/{run_id}/set_state", json=body, timeout=30).raise_for_status()
 
     def runs_by_leg(self, legs: list[str]) -> dict[str, list[dict[str, Any]]]:
-        body = {"flow_runs": {"idempotency_key": {"any_": legs}}, "limit": 200}
+        """The flow runs each id names: a gateway leg id (the run's idempotency key) or, once Prefect accepted
+        the run, its own id (what the answer's `test_system_id` is, issue 25.7)."""
         found: dict[str, list[dict[str, Any]]] = {leg: [] for leg in legs}
-        for run in httpx.post(f"{self.api_url}/flow_runs/filter", json=body, timeout=30).json():
-            found[run["idempotency_key"]].append(run)
+        for key in ("idempotency_key", "id"):
+            body = {"flow_runs": {key: {"any_": legs}}, "limit": 200}
+            for run in httpx.post(f"{self.api_url}/flow_runs/filter", json=body, timeout=30).json():
+                if run not in found[run[key]]:
+                    found[run[key]].append(run)
         return found
 
 
