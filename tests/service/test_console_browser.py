@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from gateway.compare.step import routed_by_record
 from gateway.cutover.triage import signature_of
 from gateway.store.catalog import load_catalog
 from gateway.store.db import make_sync_engine
@@ -88,6 +89,7 @@ def _evidence(settings: Any) -> str:
                 shadow_run_seconds=3.0, primary_queue_seconds=2.0, shadow_queue_seconds=2.0,
                 created_at=at + timedelta(seconds=10) + timedelta(hours=2),
                 environment={"primary": ENVIRONMENT, "shadow": ENVIRONMENT, "differences": []},
+                **routed_by_record(routing),  # this stage's evidence, as the compare step records it
             ))  # fmt: skip
             if i < IN_FLIGHT:
                 db.add(_leg(rid, "shadow", "celery", routing, None, now, finished=False))
