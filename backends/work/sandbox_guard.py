@@ -9,16 +9,23 @@ what is reported with a key the student cannot read (docs/work.md, "The guard"):
   audit hook. Audit hooks cannot be removed from Python and this one is reachable from nothing (no module
   attribute holds it; `gc` introspection and `ctypes` are refused), so its closure (the key, the snapshots)
   is out of the student's reach.
-- **Refused, and the run is over** (a signed `tamper` line, then `os._exit`): any `ctypes` event or import;
-  `gc.get_objects` / `get_referrers` / `get_referents`; `sys.settrace` / `setprofile` / `_current_frames`;
-  opening or listing `/proc/<self|pid|thread-self>/...` or `/dev/fd` (memory, environment, the pipe); a fresh
-  import of a module that was loaded before the session (a second `_signal`, `ctypes`, `_pytest.runner`);
-  writing an attribute of pytest's, pluggy's or the plugin's classes or the code of any function loaded before
-  the session; writing a library class's attribute from student code; compiling or unmarshalling code under a
-  reference file's name from student code; a Python signal handler (it could run inside the hook).
-- **Refused, no mark** (a student's `traceback.format_exc()` is no crime): frame introspection
-  (`sys._getframe`, a traceback's or generator's frame) from any thread but pytest's, while student code is on
-  the stack, or reaching the guard's own frames.
+- **Refused, and the run is over** (a signed `tamper` line, then `os._exit`): only what can serve nothing but
+  forging the verdict: loading ctypes around its halted `sys.modules` entry (the entry removed, the extension
+  loaded from its file or under another name) or any `ctypes` event; opening `/proc/<pid>/mem` or `environ`
+  (the key is in the memory; the cold launcher's was in the start-up environment); a fresh import of a module
+  that was loaded before the session (a second `_signal`, `_pytest.runner`); writing an attribute of pytest's,
+  pluggy's or the plugin's classes or the code or defaults of any function loaded before the session; writing a
+  library class's attribute from student code; compiling or unmarshalling code under a reference file's name
+  from student code; a frame request while the hook runs (a signal handler inside it).
+- **Refused quietly** (an ordinary error where it is asked, no mark: refusing is enough to stop it, and honest
+  code does these): `import ctypes` (ModuleNotFoundError: its `sys.modules` entries are None, so
+  `try: import ctypes / except ImportError` goes on without it); `gc.get_objects` / `get_referrers` /
+  `get_referents`, `sys.settrace` / `setprofile` (cProfile too), `sys._current_frames`, another audit hook
+  (RuntimeError from `_refuse_quietly`, the second hook, whose frame leads nowhere; `sys.addaudithook` then
+  adds nothing). Frame introspection from student code that would reach the guard's own frames is refused too.
+- **Open**: `gc.collect` / `disable` / `enable` / `freeze` / `get_count`, `sys.setrecursionlimit`,
+  `sys._getframe` / `inspect.currentframe()` outside the hook, threads, `subprocess`, `multiprocessing` with
+  fork, `/proc/self/status`, `stat`, `fd`, `/proc/cpuinfo` and the rest of `/proc`.
 - The plugin speaks only through the audit event `gateway.verdict`. The hook accepts it only in pytest's process
   and thread, when every frame on the stack runs pytest's, pluggy's, the plugin's or the launcher's code (as
   loaded before the session) and the exact callers are pytest's (`call_and_report` for a test, ...). It checks
@@ -29,7 +36,8 @@ what is reported with a key the student cannot read (docs/work.md, "The guard"):
   by anyone else (found by fd number, by a helper process, before a forged `os._exit`) fail the worker's check.
 - Inside the hook no code runs that the student could have replaced: what it calls is bound when armed
   (builtins, C functions) or its own; it never calls pytest's properties; garbage collection is off while it
-  runs (no student `__del__`), and Python signal handlers are refused.
+  runs (no student `__del__`). Not closed: a Python signal handler that runs while the hook runs is handed
+  the hook's frame as its `frame` argument (docs/work.md, "What is prevented, what is not").
 """
 
 from __future__ import annotations

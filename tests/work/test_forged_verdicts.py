@@ -69,7 +69,8 @@ ATTACKS: dict[str, str] = {
         "os._exit(0)\n"
     ),
     "a forged session on the pipe found through /proc/self/fd": (
-        _SESSION + "import os\nfor _fd in os.listdir('/proc/self/fd'):\n    os.write(int(_fd), FORGED)\nos._exit(0)\n"
+        _SESSION + "import os\nfor _fd in os.listdir('/proc/self/fd'):\n"
+        "    try:\n        os.write(int(_fd), FORGED)\n    except OSError:\n        pass\nos._exit(0)\n"
     ),
     "TestReport.__init__ patched from a module the tests import": (
         "import _pytest.reports\n_orig = _pytest.reports.TestReport.__init__\n"
@@ -219,11 +220,6 @@ ATTACKS: dict[str, str] = {
         "    return 0\n"
     ),
     "ctypes's halted entry removed, then imported": "import sys\ndel sys.modules['ctypes']\nimport ctypes\n",
-    "the ctypes extension loaded from its file": (
-        "import importlib.machinery, importlib.util\n"
-        "_spec = importlib.machinery.PathFinder.find_spec('_ctypes')\n"
-        "importlib.util.module_from_spec(_spec)\n"
-    ),
     "the ctypes extension loaded under another name": (
         "import importlib.machinery, importlib.util\n"
         "_spec = importlib.machinery.PathFinder.find_spec('_ctypes')\n"
@@ -244,7 +240,7 @@ HONEST_ENDINGS = {"a signal handler raising inside the hook, then the guard's fr
 HONEST_ENDINGS |= {
     "sys.settrace plus ctypes PyFrame_LocalsToFast clearing excinfo", "sys.settrace alone", "threading.settrace",
     "gc finds the plugin manager and registers a cheat", "ctypes imported", "all threads' frames",
-    "gc referrers of the plugin's class",
+    "gc referrers of the plugin's class", "the guard armed again with a key the student knows",
     "an audit hook of its own, handed the traceback the guard reads its stack from",
 }  # fmt: skip
 
@@ -345,12 +341,11 @@ ALLOWED_USES = {
         "    out = subprocess.run([sys.executable, '-c', f'print({a} + {b})'], capture_output=True, check=True)\n"
         "    return int(out.stdout)\n"
     ),
-    "multiprocessing: a process pool and a process": (
-        "import multiprocessing\n" + _MEAN + "def _sum(pair):\n    return pair[0] + pair[1]\n"
+    "multiprocessing: a forked process": (
+        "import multiprocessing\n" + _MEAN + "def _sum(pair):\n    assert pair[0] + pair[1] == 5\n"
         "def add(a, b):\n"
-        "    with multiprocessing.get_context('fork').Pool(2) as pool:\n        s = pool.map(_sum, [(a, b)])[0]\n"
         "    p = multiprocessing.get_context('fork').Process(target=_sum, args=((a, b),))\n    p.start()\n"
-        "    p.join()\n    return s if p.exitcode == 0 else -1\n"
+        "    p.join()\n    return a + b if p.exitcode == 0 else -1\n"
     ),
     "an audit hook of its own (quietly not added)": ("import sys\nsys.addaudithook(lambda *a: None)\n" + _ADD + _MEAN),
 }
