@@ -29,7 +29,7 @@ from sqlalchemy import and_, false, func, not_, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.environment import describe as describe_environment
-from gateway.compare.outcomes import ComparisonOutcome, Side
+from gateway.compare.outcomes import NOT_EVIDENCE, ComparisonOutcome, Side
 from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step, parity_required
 from gateway.cutover.hold import GATE_ACTOR
 from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
@@ -128,7 +128,7 @@ def evidence_of(
         counts[outcome] = counts.get(outcome, 0) + 1
         if outcome == ComparisonOutcome.MISMATCH and signature in accepted:
             accepted_mismatches += 1
-        if outcome == ComparisonOutcome.COMPARE_ERROR:
+        if outcome in NOT_EVIDENCE:
             continue
         for engine, run, this_side in ((primary, primary_run, Side.PRIMARY), (shadow, shadow_run, Side.SHADOW)):
             legs[engine] += 1
@@ -180,7 +180,7 @@ def _ran(this_side: Side) -> Any:
         Comparison.side.in_((this_side.value, Side.BOTH.value)),
     )
     conditions = [
-        Comparison.outcome != ComparisonOutcome.COMPARE_ERROR.value,
+        Comparison.outcome.not_in([o.value for o in NOT_EVIDENCE]),
         or_(Comparison.side.is_(None), not_(own_error)),
     ]
     if this_side == Side.SHADOW:
@@ -252,7 +252,7 @@ async def gate_evidence(
     other = {config.old_engine: config.new_engine, config.new_engine: config.old_engine}
     for outcome, side, primary, n in grouped:
         counts[outcome] = counts.get(outcome, 0) + n
-        if outcome == ComparisonOutcome.COMPARE_ERROR:
+        if outcome in NOT_EVIDENCE:
             continue
         shadow = other[primary]
         legs[primary] += n
