@@ -50,7 +50,8 @@ async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list
                     **routed_by_record(routing),
                     execution_backend_id=row.execution_backend_id, course_content_id="cc-prefect",
                     primary_engine=config.old_engine, shadow_engine=config.new_engine, outcome=outcome,
-                    side=extra.get("side"), primary_run_seconds=extra.get("old_run", 1.0), shadow_run_seconds=extra.get("new_run", 1.2),
+                    side=extra.get("side"), primary_run_seconds=extra.get("old_run", 1.0),
+                    shadow_run_seconds=extra.get("new_run", 1.2),
                     differences=extra.get("differences"), created_at=now + timedelta(milliseconds=1),
                     signature=signature_of(outcome, extra.get("differences"))
                     if outcome in ("mismatch", "noise") else None,
