@@ -36,6 +36,8 @@ from tests.support.slow_student import sandbox_root
 
 pytestmark = [pytest.mark.slow]
 ADD = "test_calc.py::test_add"
+# One sample is enough to be judged; run times are the scripted runs' waits for the test, not the engines' speed.
+GATE = {"min_samples": 1, "max_p99_ratio": 1000.0}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_a_flaky_test_is_rejudged_as_noise_and_the_gate_counts_it_so(stack: Stac
     with stack.client(ADMIN) as admin:
         shadow_setting(admin, "cc-celery", properties={"deployment": "test-assignment/scripted"})
         change(admin, "cc-celery", "set", new_engine="prefect", stage="shadow", shadow_fraction=1.0,
-               thresholds={"min_samples": 1}, reason="re-judged: flaky")  # fmt: skip
+               thresholds=GATE, reason="re-judged: flaky")  # fmt: skip
     # Prefect gets `add` wrong on its first run and right on its re-run: it disagreed with itself.
     first, before, again, after, evaluation = rejudged(stack, scripted_runs, "celery", "m-alice", ("add", "none"))
     assert (first["outcome"], first["primary"]["engine"], first["shadow"]["engine"]) == (
@@ -186,7 +188,7 @@ def test_a_reproducible_difference_is_rejudged_as_a_mismatch(stack: Stack, scrip
     with stack.client(ADMIN) as admin:
         shadow_setting(admin, "cc-rejudge", properties={"deployment": "test-assignment/scripted"})
         change(admin, "cc-rejudge", "set", new_engine="prefect", stage="shadow", shadow_fraction=1.0,
-               thresholds={"min_samples": 1}, reason="re-judged: reproducible")  # fmt: skip
+               thresholds=GATE, reason="re-judged: reproducible")  # fmt: skip
     # Prefect gets `add` wrong on both of its runs, Celery right on both: each engine agrees with itself.
     first, _before, again, after, evaluation = rejudged(stack, scripted_runs, "rejudge", "m-carol", ("add", "add"))
     assert (first["outcome"], first["primary"]["engine"], first["shadow"]["engine"]) == (
@@ -224,7 +226,7 @@ def test_a_busy_prefect_runner_is_waited_for_and_a_late_leg_is_no_infra_error(
     with own_runner(stack, root, "busy", 1) as busy_runs, stack.client(ADMIN) as admin:
         shadow_setting(admin, "cc-busy", properties={"deployment": "test-assignment/busy"}, deadline_seconds=1800)
         change(admin, "cc-busy", "set", new_engine="prefect", stage="shadow", shadow_fraction=1.0,
-               thresholds={"min_samples": 1, "start_timeout_seconds": 5}, reason="busy is not dead")  # fmt: skip
+               thresholds={**GATE, "start_timeout_seconds": 5}, reason="busy is not dead")  # fmt: skip
         provider, commit = student_repo(root, "busy-holder")
         script = Script({stack.sandbox_root: ["none"], busy_runs: []})
         holder = submit(admin, "busy", "m-alice", commit, **provider)
