@@ -11,6 +11,11 @@ and the step are pure (`gateway.cutover.gates`); this module reads the compariso
 the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached
 (actor `gate`).
 
+An evaluation costs the same whatever the number of comparisons: the live ones are counted by `gate_tally`, kept
+by triggers as comparisons are written and re-judged (`gateway.store.gate_tally`, migration 0016), and the p99s
+read only the top 1 % of the stage's run times (`nth_largest_run`); `scanned_evidence` reads the rows instead
+(the recount the tally is checked against).
+
 It runs on demand (`gateway cutover evaluate`, the admin API) and periodically as a reconciler step; on
 PostgreSQL an advisory lock makes one process at a time evaluate.
 """
