@@ -34,7 +34,11 @@ HOG = (
     "    time.sleep(1000)\n\n"
     "def test_after():\n    assert True\n"
 )
-HONEST = "def add(a, b):\n    return a + b\n\ndef test_add():\n    assert add(2, 3) == 5\n\ndef test_more():\n    assert add(1, 1) == 2\n"
+HONEST = (
+    "def add(a, b):\n    return a + b\n\n"
+    "def test_add():\n    assert add(2, 3) == 5\n\n"
+    "def test_more():\n    assert add(1, 1) == 2\n"
+)
 BUDGET_MB = 512
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="runs' cgroups and uids need root")
 
