@@ -39,6 +39,7 @@ from pathlib import Path
 from backends.work.errors import InfrastructureError
 
 _PREFIX = "gateway-run-"
+_RUNNER_TASKS = 8  # pids.max above RLIMIT_NPROC: the runner's own tasks (bwrap's, the warm keeper) count there too
 _counter = itertools.count()
 
 
@@ -255,7 +256,7 @@ class RunGroup:
         if self.place.bound is MemoryBound.CGROUP_V2:
             _write(memory / "memory.max", str(self.budget))
             for knob, value in (("memory.swap.max", "0"), ("memory.oom.group", "1"),
-                                ("pids.max", str(self.max_processes))):  # fmt: skip
+                                ("pids.max", str(self.max_processes + _RUNNER_TASKS))):  # fmt: skip
                 if (memory / knob).exists():
                     _write(memory / knob, value)
             return
@@ -263,7 +264,7 @@ class RunGroup:
         if (memory / "memory.memsw.limit_in_bytes").exists():  # memory + swap: no way around the limit by swap
             _write(memory / "memory.memsw.limit_in_bytes", str(self.budget))
         if len(self.dirs) > 1:
-            _write(self.dirs[1] / "pids.max", str(self.max_processes))
+            _write(self.dirs[1] / "pids.max", str(self.max_processes + _RUNNER_TASKS))
 
     def procs_files(self) -> list[str]:
         """Where a process's pid is written to place it (and all it will start) in this run's groups."""
