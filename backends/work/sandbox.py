@@ -499,8 +499,9 @@ class _ChannelReader:
             self.on_events(events)
 
     def drain(self, deadline: float, outputs: tuple[_OutputReader, ...] = (), killed: bool = False) -> None:
-        """Read what is left; `killed`: the kernel killed the writer (an OOM kill), so an unterminated last line
-        is a write it cut, dropped rather than called malformed (which would read as tampering)."""
+        """Read what is left; `killed`: the run was killed for its memory (an OOM kill in its cgroup, or the
+        worker's watch), so an unterminated last line is a write that kill cut, dropped rather than called
+        malformed (which would read as tampering)."""
         while not (self.eof and all(o.eof for o in outputs)) and time.monotonic() < deadline:
             self.pump(0.05, outputs)
         if self.partial and not killed:
@@ -695,7 +696,7 @@ def run_pytest(
                 raise InfrastructureError(f"the warm runner could not start the run: {proc.refused}")
             memory_exceeded = memory.exceeded or (group is not None and group.oom_killed())
             memory_peak = group.peak() if group is not None else memory.peak
-            reader.drain(time.monotonic() + 5, outputs, killed=memory_exceeded and group is not None)
+            reader.drain(time.monotonic() + 5, outputs, killed=memory_exceeded)
         finally:
             for fd in (read_fd, out_r, err_r):
                 os.close(fd)
