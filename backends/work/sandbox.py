@@ -694,6 +694,11 @@ def run_pytest(
                     kill_uid(uid)
             if isinstance(proc, WarmProcess) and proc.refused:
                 raise InfrastructureError(f"the warm runner could not start the run: {proc.refused}")
+            if group is not None and group.oom_killed() and not group.limit_hit():
+                raise InfrastructureError(
+                    "a process of the run was killed for memory below the run's own limit: the worker's or the "
+                    "machine's memory ran out (budgets of concurrent runs above what the worker has)"
+                )
             memory_exceeded = memory.exceeded or (group is not None and group.oom_killed())
             memory_peak = group.peak() if group is not None else memory.peak
             reader.drain(time.monotonic() + 5, outputs, killed=memory_exceeded)

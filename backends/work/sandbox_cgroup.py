@@ -19,8 +19,10 @@ worker's own memory cgroup (so the runs stay inside whatever bounds the worker).
 
 The run's first process is placed in its group before it runs anything of the student's (the cold runner waits
 at a gate until the worker has written its pid into `cgroup.procs`; the warm runner's keeper writes its own pid
-before it forks the run), so every process of the run is born in it. An OOM kill in the group is the run passing
-its memory limit; the verdict says so (CRASHED, "memory limit of the run (N MiB) exceeded").
+before it forks the run), so every process of the run is born in it. An OOM kill in the group after the run's
+charge reached its own limit is the run passing its memory limit; the verdict says so (CRASHED, "memory limit of
+the run (N MiB) exceeded"). An OOM kill in the group that never reached its limit came from above (the worker's
+cgroup or the whole machine out of memory): an infrastructure error (re-run), never a grade.
 """
 
 from __future__ import annotations
@@ -282,6 +284,19 @@ class RunGroup:
             return _int_field(self.memory_dir / "memory.events", "oom_kill") > 0
         control = self.memory_dir / "memory.oom_control"
         return _int_field(control, "oom_kill") > 0 or _int_field(control, "under_oom") > 0
+
+    def limit_hit(self) -> bool:
+        """The run's charge reached its own limit at least once (v1 `memory.failcnt`, v2 `memory.events` max).
+
+        An OOM kill without it was not this run's limit: the worker's cgroup or the machine ran out of memory
+        (several runs' budgets together above what the worker has), and the kill says nothing of the student."""
+        if not self.dirs:
+            return False
+        if self.place.bound is MemoryBound.CGROUP_V2:
+            return _int_field(self.memory_dir / "memory.events", "max") > 0
+        with contextlib.suppress(OSError, ValueError):
+            return int(_read(self.memory_dir / "memory.failcnt")) > 0
+        return False
 
     def peak(self) -> int:
         """The most the run held at once (bytes): `memory.peak` (v2, Linux 5.19+) / `memory.max_usage_in_bytes`."""

@@ -9,13 +9,16 @@ the honest run graded beside it gets its full score. Where no writable memory cg
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backends.work.errors import InfrastructureError
 from backends.work.sandbox import Limits, RunOutcome, make_run_dir, memory_place, remove_run_dir, run_pytest
 from backends.work.sandbox_cgroup import MemoryBound
 from backends.work.verdict import decide
@@ -103,3 +106,30 @@ def test_without_a_memory_cgroup_the_worker_polls_the_run(settings_for: Any, tmp
     assert hog_verdict == f"CRASHED test process stopped: memory limit of the run ({BUDGET_MB} MiB) exceeded"
     assert honest_verdict == "COMPLETED" and honest_score == "2/2"
     assert list(not_a_cgroup.iterdir()) == []
+
+
+@pytest.fixture
+def small_parent(settings_for: Any) -> Iterator[Path]:
+    """A v1 memory cgroup of 400 MiB under the worker's own, to stand for a worker whose memory ran out."""
+    place = memory_place(settings_for())
+    if place.bound is not MemoryBound.CGROUP_V1 or place.memory is None:
+        pytest.skip(f"needs a writable cgroup v1 memory hierarchy: {place.bound} {place.reason}")
+    parent = place.memory / f"gateway-test-parent-{os.getpid()}"
+    parent.mkdir()
+    try:
+        (parent / "memory.limit_in_bytes").write_text(str(400 << 20))
+        yield parent
+    finally:
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+@ROOT_ONLY
+def test_an_oom_kill_from_above_the_run_is_an_infrastructure_error(settings_for: Any, small_parent: Path) -> None:
+    """The run's own limit (1024 MiB) is never reached, but the cgroup above it (400 MiB) runs out: the kill says
+    nothing of the student, so the run is re-run material, never a "memory limit of the run" grade."""
+    settings = settings_for(sandbox_run_memory_mb=1024, sandbox_cgroup_root=small_parent)
+    assert memory_place(settings).bound is MemoryBound.CGROUP_V1
+    with pytest.raises(InfrastructureError, match="below the run's own limit"):
+        _run(HOG.replace("range(7)", "range(2)"), settings)  # 3 × 300 MiB: above 400, below 1024
+    assert [p.name for p in small_parent.iterdir() if p.is_dir()] == []
