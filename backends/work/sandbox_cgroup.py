@@ -286,16 +286,22 @@ class RunGroup:
         return _int_field(control, "oom_kill") > 0 or _int_field(control, "under_oom") > 0
 
     def limit_hit(self) -> bool:
-        """The run's charge reached its own limit at least once (v1 `memory.failcnt`, v2 `memory.events` max).
+        """The run's charge reached its own limit at least once: its peak is the limit, or a charge failed on it
+        (v1 `memory.failcnt` or, with swap accounted, `memory.memsw.failcnt`, which counts the failure instead
+        when both limits are equal; v2 `memory.events` `max`).
 
         An OOM kill without it was not this run's limit: the worker's cgroup or the machine ran out of memory
         (several runs' budgets together above what the worker has), and the kill says nothing of the student."""
         if not self.dirs:
             return False
+        if self.peak() >= self.budget:
+            return True
         if self.place.bound is MemoryBound.CGROUP_V2:
             return _int_field(self.memory_dir / "memory.events", "max") > 0
-        with contextlib.suppress(OSError, ValueError):
-            return int(_read(self.memory_dir / "memory.failcnt")) > 0
+        for name in ("memory.failcnt", "memory.memsw.failcnt"):
+            with contextlib.suppress(OSError, ValueError):
+                if int(_read(self.memory_dir / name)) > 0:
+                    return True
         return False
 
     def peak(self) -> int:
