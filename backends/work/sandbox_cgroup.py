@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import logging
 import os
 import signal
 import time
@@ -40,6 +41,7 @@ from pathlib import Path
 
 from backends.work.errors import InfrastructureError
 
+log = logging.getLogger(__name__)
 _PREFIX = "gateway-run-"
 _RUNNER_TASKS = 8  # pids.max above RLIMIT_NPROC: the runner's own tasks (bwrap's, the warm keeper) count there too
 _counter = itertools.count()
@@ -337,16 +339,23 @@ class RunGroup:
             time.sleep(0.01)
 
     def remove(self) -> None:
-        """Kill what is left, then remove the groups (a group being emptied refuses rmdir for a moment)."""
+        """Kill what is left, then remove the groups. A group whose last tasks are still exiting refuses rmdir
+        for a moment (longer on a loaded machine): retried for up to 10 s, killing again; a group still there
+        then is left to the next worker process's clean-up of dead workers' groups, and logged."""
         self.kill()
         for path in reversed(self.dirs):
-            for _ in range(200):
+            for attempt in range(1000):
                 try:
                     path.rmdir()
                     break
                 except FileNotFoundError:
                     break
-                except OSError:
+                except OSError as exc:
+                    if attempt == 999:
+                        log.warning("a run's cgroup could not be removed (left for later): %s: %s", path, exc)
+                        break
+                    if attempt % 100 == 99:
+                        self.kill()
                     time.sleep(0.01)
         self.dirs.clear()
 
