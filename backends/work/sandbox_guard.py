@@ -103,9 +103,22 @@ def codes_of(objects: Any, into: set[Any]) -> None:
                 todo.append(obj.__dict__["__wrapped__"])
 
 
+# Extensions halted like ctypes (None in `sys.modules`, loading them otherwise is tampering): CPython's test
+# modules (`_testcapi` runs Python code in the main thread as a pending call, and has memory tools of its own) and
+# subinterpreters (a new interpreter has none of this one's audit hooks). Matched on the name's last part: an
+# extension's init function is found by it, so `x._testcapi` is the same module.
+_HALTED = frozenset({
+    "_testcapi", "_testinternalcapi", "_testbuffer", "_testclinic", "_testimportmultiple", "_testmultiphase",
+    "_testsinglephase", "_xxtestfuzz", "_xxsubinterpreters", "_xxinterpchannels", "_interpreters",
+    "_interpchannels", "_interpqueues",
+})  # fmt: skip
+
+
 def _is_ctypes(name: str) -> bool:
-    """ctypes, its submodules and its extension (also loaded under another package: `x._ctypes`)."""
-    return name == "ctypes" or name.startswith("ctypes.") or name.rpartition(".")[2].startswith("_ctypes")
+    """ctypes, its submodules and its extension (also loaded under another package: `x._ctypes`), and the other
+    halted extensions."""
+    last = name.rpartition(".")[2]
+    return name == "ctypes" or name.startswith("ctypes.") or last.startswith("_ctypes") or last in _HALTED
 
 
 def _refuse_quietly(event: str, args: Any, _quiet: frozenset[str] = _QUIET, _error: type = RuntimeError) -> None:
@@ -146,6 +159,51 @@ def prepare() -> None:
     _prepared = (trusted, known, frozenset(n for n in sys.modules if not _is_ctypes(n)))
 
 
+_SESSION_STACK = 64 << 20  # the session thread's stack: deep recursion behaves at least as on the main thread
+
+
+def _wait(acquire: Any, leave: Any) -> None:
+    """The main thread's whole work once the session runs: wait, then leave. Only the C functions it was handed
+    run here (no name is looked up), so no student code, and no handler, ever runs in the main thread."""
+    try:
+        acquire()
+    finally:
+        leave(3)
+
+
+def off_main_thread(session: Any) -> None:
+    """Run `session` (arm, pytest, `os._exit`) in a new thread; the main thread only waits. Never returns.
+
+    CPython runs a Python signal handler in the main thread, handing it the frame running there: were the guard's
+    hook running in that thread, the handler would get the hook's frame and its closure (the key). `signal.signal`
+    and `set_wakeup_fd` refuse (ValueError, in C, whatever module object is used) outside the main thread, and the
+    main thread runs nothing but `_wait`; the handlers Python installed itself (SIGINT's) are reset first, so none
+    runs at all: `_thread.interrupt_main()` does nothing, a SIGINT ends the run as a crash."""
+    import _thread  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def body() -> None:
+        try:
+            session()
+        finally:
+            done.release()
+
+    try:
+        _thread.stack_size(_SESSION_STACK)
+        _thread.start_new_thread(body, ())
+    except (RuntimeError, MemoryError, ValueError):  # the address space limit leaves no room for a big stack
+        _thread.stack_size(0)
+        _thread.start_new_thread(body, ())
+    _thread.stack_size(0)  # threads the student starts get the usual size
+    _wait(done.acquire, os._exit)
+
+
 def _code(owner: Any, name: str) -> Any:
     value = vars(owner)[name]
     value = getattr(value, "__func__", value)
@@ -175,7 +233,8 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
 
     for name in [n for n in sys.modules if _is_ctypes(n)]:
         del sys.modules[name]  # the caller dropped its own references
-    sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # type: ignore[assignment]  # `import ctypes` fails
+    for name in ("ctypes", "_ctypes", *_HALTED):
+        sys.modules[name] = None  # type: ignore[assignment]  # `import ctypes` fails
     # quietly (ModuleNotFoundError: an honest `try: import ctypes / except ImportError` goes on without it); the
     # hook refuses, as tampering, any other way to load it (these entries removed, the extension by its path)
 
@@ -235,6 +294,24 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     reference_files = frozenset(resolve(work_dir + "/" + rel) for rel in reference)
     reference_bytes = _tuple(p.encode() for p in reference_files)
     pid, main_thread = _getpid(), _get_ident()
+    # The key, held only in `secret`. A forked child (`os.fork`, `forkpty`, a `preexec_fn`) never has it: in the
+    # child the forking thread is the main thread, so a signal handler there could be handed the hook's frame
+    # (and `pid` is a cell it could rewrite). Just before any fork the key moves to `stash`, which only these two
+    # callbacks hold (the interpreter's fork lists hold them, nothing the student can name), and is put back in
+    # the parent only. Registered last, `hide` runs last of the `before` callbacks; the child's own callbacks run
+    # with the key gone.
+    secret: list[bytes] = [key]
+    stash: list[bytes] = []
+
+    def hide() -> None:
+        stash[:] = secret
+        secret.clear()
+
+    def restore() -> None:
+        secret[:] = stash
+        stash.clear()
+
+    os.register_at_fork(before=hide, after_in_parent=restore)
 
     global _prepared  # noqa: PLW0603
     prepared, _prepared = _prepared, None
@@ -292,10 +369,12 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     def send(record: dict[str, Any]) -> None:
         if _getpid() != pid:
             return
+        if not secret:  # a fork under way (another thread's audited call meanwhile): the run ends, no line
+            _exit(3)
         body = encode(record).encode()
         seq = state["seq"]
         state["seq"] = seq + 1
-        mac = _digest(key, _str_repr_int(seq).encode() + b":" + body, "sha256").hex()
+        mac = _digest(secret[0], _str_repr_int(seq).encode() + b":" + body, "sha256").hex()
         data = mac.encode() + b" " + body + b"\n"
         while data:
             data = data[_write(channel_fd, data) :]

@@ -11,9 +11,10 @@ before pytest is: a student `pytest.py` or `_pytest/` in the work dir never shad
 3. take the verdict channel (a pipe's write end the worker handed over) and the run's key out of the
    environment, make the pipe non-inheritable across exec and this process non-dumpable (no other process of
    the run's uid may read its memory through `/proc/<pid>/mem` or ptrace);
-4. import pytest and the verdict plugin from the worker's read-only runtime dir, arm the guard
-   (`sandbox_guard.py`: the audit hook that holds the key and signs the verdict) and run pytest with the plugin
-   registered before any test or student module is imported;
+4. import pytest and the verdict plugin from the worker's read-only runtime dir; then, in a thread of its own
+   (`gateway_guard.off_main_thread`: no Python signal handler can exist, the main thread only waits), arm the
+   guard (`sandbox_guard.py`: the audit hook that holds the key and signs the verdict) and run pytest with the
+   plugin registered before any test or student module is imported;
 5. leave with `os._exit`, so no `atexit` hook the student registered ever runs.
 
     python -I -S launch.py SITE PYCACHE CPU_S MEM_BYTES NPROC FSIZE_BYTES -- <pytest args...>
@@ -70,16 +71,23 @@ def main(argv: list[str]) -> None:
             importlib.import_module(f"_pytest.{name}")
 
     plugin = gateway_verdict.VerdictChannel()
-    gateway_guard.arm(channel_fd, key, os.getcwd(), reference)
+    held = [key]  # taken by the session: no frame or closure of the session's thread keeps the key
     del key
-    try:
-        code = int(pytest.main(argv[7:], plugins=[plugin, gateway_clock.CpuClock(session_cpu)]))
-    except BaseException:  # noqa: BLE001 - whatever happened, the channel (not this exit code) tells the worker
+
+    def session() -> None:
+        """The session's thread: arm, pytest, leave (the main thread only waits: `gateway_guard.off_main_thread`)."""
         code = 3
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a student may have closed or replaced the stream
-            stream.flush()
-    os._exit(code)
+        try:
+            gateway_guard.arm(channel_fd, held.pop(), os.getcwd(), reference)
+            code = int(pytest.main(argv[7:], plugins=[plugin, gateway_clock.CpuClock(session_cpu)]))
+        except BaseException:  # noqa: BLE001 - whatever happened, the channel (not this exit code) tells the worker
+            code = 3
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a student may have closed or replaced the stream
+                stream.flush()
+        os._exit(code)
+
+    gateway_guard.off_main_thread(session)
 
 
 if __name__ == "__main__":

@@ -123,16 +123,28 @@ def _test(job: dict[str, Any], channel: int) -> None:
         import pytest
 
         plugin = gateway_verdict.VerdictChannel()
-        gateway_guard.arm(channel, key, job["cwd"], job["reference"])
+        held = [key]  # taken by the session: no frame or closure of the session's thread keeps the key
         del key
-        code = int(pytest.main(job["args"], plugins=[plugin, gateway_clock.CpuClock(job["cpu_seconds"])]))
     except BaseException as exc:  # noqa: BLE001 - the channel, not this code, tells the worker what happened
         with contextlib.suppress(Exception):
             os.write(2, f"warm runner: {type(exc).__name__}: {exc}\n".encode())
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+        os._exit(code)
+
+    def session() -> None:
+        """The session's thread, as in a cold run: arm, pytest, leave (the main thread only waits)."""
+        code = 3
+        try:
+            gateway_guard.arm(channel, held.pop(), job["cwd"], job["reference"])
+            code = int(pytest.main(job["args"], plugins=[plugin, gateway_clock.CpuClock(job["cpu_seconds"])]))
+        except BaseException as exc:  # noqa: BLE001 - the channel, not this code, tells the worker what happened
+            with contextlib.suppress(Exception):
+                os.write(2, f"warm runner: {type(exc).__name__}: {exc}\n".encode())
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    gateway_guard.off_main_thread(session)
 
 
 def _init(job: dict[str, Any], channel: int, out: int, err: int, lifeline: int) -> None:
