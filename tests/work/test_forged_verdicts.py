@@ -57,6 +57,45 @@ _CHEAT = (
     "        return report\n"
 )
 
+# Finds the guard's `send` among the values reachable from `_roots` (closures, frames' locals) and signs a whole
+# passing session with it; used by the attacks that try to reach the hook's frame.
+_FORGE = (
+    "import os, signal\n"
+    "def _forge(_roots):\n"
+    "    todo, seen = list(_roots), set()\n"
+    "    while todo:\n"
+    "        v = todo.pop()\n"
+    "        if id(v) in seen:\n            continue\n"
+    "        seen.add(id(v))\n"
+    "        if type(v).__name__ == 'frame':\n"
+    "            todo += list(v.f_locals.values())\n            continue\n"
+    "        if callable(v) and getattr(v, '__name__', '') == 'send':\n"
+    "            cells = dict(zip(v.__code__.co_freevars, v.__closure__ or ()))\n"
+    "            if 'pid' in cells:\n                cells['pid'].cell_contents = os.getpid()\n"
+    "            for n in ('test_calc.py::test_add', 'test_calc.py::test_mean'):\n"
+    "                v({'event': 'test', 'nodeid': n, 'when': 'call', 'outcome': 'passed', 'message': '',\n"
+    "                   'details': '', 'duration': 0.0})\n"
+    "            v({'event': 'end', 'exitstatus': 0})\n"
+    f"            open('/out/junit.xml', 'w').write({FORGED_JUNIT!r})\n"
+    "            os._exit(0)\n"
+    "        todo += [c.cell_contents for c in getattr(v, '__closure__', None) or ()]\n"
+    "_frames = []\n"
+    "def _grab(_sig, frame):\n"
+    "    while frame is not None:\n"
+    "        if frame.f_code.co_filename.endswith('gateway_guard.py'):\n"
+    "            _frames.append(frame)\n"
+    "        frame = frame.f_back\n"
+    "def _race(install):\n"
+    "    try:\n        install(signal.SIGALRM, _grab)\n"
+    "    except ValueError:\n        return\n"
+    "    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\n"
+    "    for _ in range(20000):\n"
+    "        open('/work/calc.py').close()\n"
+    "        if _frames:\n            break\n"
+    "    signal.setitimer(signal.ITIMER_REAL, 0)\n"
+    "    _forge(_frames)\n"
+)
+
 ATTACKS: dict[str, str] = {
     # --- the five of issue 23
     "a whole forged session on the pipe (found by fd number), a forged junit.xml, os._exit(0)": (
@@ -227,6 +266,31 @@ ATTACKS: dict[str, str] = {
         "importlib.util.module_from_spec(_spec)\n"
     ),
     "reading the environment the process started with": "open('/proc/self/environ', 'rb')\n",
+    # --- a signal handler handed the hook's frame (closed: pytest runs off the main thread)
+    "a signal handler takes the hook's frame and signs a forged session with its send": (
+        _FORGE + "def add(a, b):\n    _race(signal.signal)\n    return 0\n"
+    ),
+    "the same through a fresh _signal module made by _imp.create_builtin": (
+        _FORGE + "import _imp, importlib.machinery\n"
+        "def add(a, b):\n"
+        "    _race(_imp.create_builtin(importlib.machinery.ModuleSpec('_signal', None)).signal)\n    return 0\n"
+    ),
+    "_thread.interrupt_main, then the handler race": (
+        _FORGE + "import _thread\ndef add(a, b):\n    _thread.interrupt_main()\n    _race(signal.signal)\n"
+        "    return 0\n"
+    ),
+    "a forked child (the main thread there) takes the hook's frame, rewrites its pid and signs": (
+        _FORGE + "def add(a, b):\n"
+        "    if os.fork() == 0:\n        _race(signal.signal)\n        os._exit(0)\n"
+        "    os.wait()\n    return 0\n"
+    ),
+    "the test C API loaded from its file, a pending call run by the main thread": (
+        "import importlib.machinery, importlib.util\n"
+        "_m = importlib.util.module_from_spec(importlib.machinery.PathFinder.find_spec('_testcapi'))\n"
+        "_m._pending_threadfunc(lambda: None)\n"
+    ),
+    "the test C API imported": "import _testcapi\n_testcapi._pending_threadfunc(lambda: None)\n",
+    "a subinterpreter (none of the guard's hooks) imported": "import _xxsubinterpreters\n",
     "reading a thread's memory through /proc/thread-self": "open('/proc/thread-self/mem', 'rb')\n",
     "the quiet refusal's defaults rebound": (
         "import gateway_guard\ngateway_guard._refuse_quietly.__defaults__ = (frozenset(), RuntimeError)\n"
@@ -235,6 +299,14 @@ ATTACKS: dict[str, str] = {
 # Attacks that may end in the honest score without any mark: whether the alarm ever lands while the hook runs is
 # the machine's timing; either way nothing of the guard is reached (the hook ends the run when it is).
 HONEST_ENDINGS = {"a signal handler raising inside the hook, then the guard's frame from the traceback"}
+# No Python signal handler can be installed from pytest's thread (ValueError), whatever module object asks; a
+# forked child may install one but never holds the key.
+HONEST_ENDINGS |= {
+    "a signal handler takes the hook's frame and signs a forged session with its send",
+    "the same through a fresh _signal module made by _imp.create_builtin", "_thread.interrupt_main, then the handler race",
+    "a forked child (the main thread there) takes the hook's frame, rewrites its pid and signs",
+    "the test C API imported", "a subinterpreter (none of the guard's hooks) imported",
+}  # fmt: skip
 # Attacks the guard refuses quietly (an ordinary error where they ask, issue 23 part 2): nothing happens, so the
 # run ends with the wrong solution's honest score (0), without a mark.
 HONEST_ENDINGS |= {
