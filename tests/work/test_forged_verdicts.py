@@ -480,3 +480,52 @@ def test_a_rich_honest_reference_is_graded_honestly(make_job: Callable[..., Any]
     report = run_student_testing(make_job(RICH_REFERENCE, {"calc.py": RIGHT}))
     assert report["status"] == "COMPLETED", report["statusMessage"]
     assert report["summary"] == {"total": 9, "passed": 8, "failed": 0, "skipped": 1}
+
+
+def test_a_reference_test_with_a_signal_handler_gets_an_error(make_job: Callable[..., Any]) -> None:
+    """pytest runs off the main thread, so `signal.signal` raises ValueError there (docs/work.md): a reference test
+    that installs a handler (a SIGALRM timeout) errors, the others are graded as usual, and nothing is tampering."""
+    tests = {**TESTS, "test_alarm.py": (
+        "import signal\nfrom calc import add\n\n"
+        "def test_with_alarm():\n"
+        "    signal.signal(signal.SIGALRM, lambda *_: None)\n    signal.alarm(5)\n"
+        "    try:\n        assert add(2, 3) == 5\n    finally:\n        signal.alarm(0)\n"
+    )}  # fmt: skip
+    report = run_student_testing(make_job(tests, {"calc.py": RIGHT}))
+    assert report["status"] == "COMPLETED", report["statusMessage"]
+    assert report["summary"] == {"total": 3, "passed": 2, "failed": 1, "skipped": 0}, _messages(report)
+    assert any("main thread" in m for m in _messages(report)), _messages(report)
+
+
+# Memory tools without any audit event: `_ctypes` was loaded before the guard was armed (the cold launcher's
+# `prctl`, the zygote's mounts), so the interpreter's extension cache hands it back to `module_from_spec`, and its
+# base classes stay alive and reachable from `object.__subclasses__()`: a pointer built from them reads any
+# address (here the bytes of an object of the student's own; the key is as readable). Open on both runners
+# (docs/work.md, "What is prevented, what is not"); strict, so the test says so once it is closed.
+_MEMORY_PROBE = _ADD + _MEAN + (
+    "def probe():\n"
+    "    found = []\n"
+    "    try:\n"
+    "        import importlib.machinery, importlib.util\n"
+    "        importlib.util.module_from_spec(importlib.machinery.PathFinder.find_spec('_ctypes'))\n"
+    "        found.append('the cached _ctypes')\n"
+    "    except ImportError:\n        pass\n"
+    "    bases = [c for c in object.__subclasses__() if c.__name__ == '_CData']\n"
+    "    if bases:\n"
+    "        kinds = {c.__name__: c for c in bases[0].__subclasses__()}\n"
+    "        class Char(kinds['_SimpleCData']):\n            _type_ = 'c'\n"
+    "        class Pointer(kinds['_Pointer']):\n            _type_ = Char\n"
+    "        class Holder(kinds['Structure']):\n            _fields_ = [('p', Pointer)]\n"
+    "        mine, holder = b'0123456789abcdef', Holder()\n"
+    "        memoryview(holder).cast('B')[:8] = (id(mine) + bytes.__basicsize__ - 1).to_bytes(8, 'little')\n"
+    "        if b''.join(holder.p[i] for i in range(16)) == mine:\n            found.append('memory read')\n"
+    "    return found\n"
+)
+
+
+@pytest.mark.xfail(strict=True, reason="open: _ctypes loaded before arming stays reachable (docs/work.md)")
+def test_no_memory_tool_is_reachable_without_an_audit_event(make_job: Callable[..., Any]) -> None:
+    tests = {"test_probe.py": "from calc import probe\n\ndef test_probe():\n    assert probe() == []\n"}
+    report = run_student_testing(make_job(tests, {"calc.py": _MEMORY_PROBE}))
+    if "tampering detected" not in report["statusMessage"]:
+        assert report["summary"]["passed"] == 1, _messages(report)
