@@ -19,7 +19,8 @@ what is reported with a key the student cannot read (docs/work.md, "The guard"):
   from student code; a frame request while the hook runs (a signal handler inside it).
 - **Refused quietly** (an ordinary error where it is asked, no mark: refusing is enough to stop it, and honest
   code does these): `import ctypes` (ModuleNotFoundError: its `sys.modules` entries are None, so
-  `try: import ctypes / except ImportError` goes on without it); `gc.get_objects` / `get_referrers` /
+  `try: import ctypes / except ImportError` goes on without it; likewise CPython's test modules and
+  subinterpreters, `_HALTED`); `gc.get_objects` / `get_referrers` /
   `get_referents`, `sys.settrace` / `setprofile` (cProfile too), `sys._current_frames`, another audit hook
   (RuntimeError from `_refuse_quietly`, the second hook, whose frame leads nowhere; `sys.addaudithook` then
   adds nothing). Frame introspection from student code that would reach the guard's own frames is refused too.
@@ -36,8 +37,10 @@ what is reported with a key the student cannot read (docs/work.md, "The guard"):
   by anyone else (found by fd number, by a helper process, before a forged `os._exit`) fail the worker's check.
 - Inside the hook no code runs that the student could have replaced: what it calls is bound when armed
   (builtins, C functions) or its own; it never calls pytest's properties; garbage collection is off while it
-  runs (no student `__del__`). Not closed: a Python signal handler that runs while the hook runs is handed
-  the hook's frame as its `frame` argument (docs/work.md, "What is prevented, what is not").
+  runs (no student `__del__`); no Python signal handler runs at all: the session runs off the main thread
+  (`off_main_thread`), where `signal.signal` is refused in C. A forked child never has the key (it is moved
+  out of the hook's reach before every fork, put back in the parent only).
+- Not closed: `_ctypes` loaded before arming (docs/work.md, "What is prevented, what is not").
 """
 
 from __future__ import annotations

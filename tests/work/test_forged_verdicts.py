@@ -303,7 +303,8 @@ HONEST_ENDINGS = {"a signal handler raising inside the hook, then the guard's fr
 # forked child may install one but never holds the key.
 HONEST_ENDINGS |= {
     "a signal handler takes the hook's frame and signs a forged session with its send",
-    "the same through a fresh _signal module made by _imp.create_builtin", "_thread.interrupt_main, then the handler race",
+    "the same through a fresh _signal module made by _imp.create_builtin",
+    "_thread.interrupt_main, then the handler race",
     "a forked child (the main thread there) takes the hook's frame, rewrites its pid and signs",
     "the test C API imported", "a subinterpreter (none of the guard's hooks) imported",
 }  # fmt: skip
@@ -502,7 +503,7 @@ def test_a_reference_test_with_a_signal_handler_gets_an_error(make_job: Callable
 # base classes stay alive and reachable from `object.__subclasses__()`: a pointer built from them reads any
 # address (here the bytes of an object of the student's own; the key is as readable). Open on both runners
 # (docs/work.md, "What is prevented, what is not"); strict, so the test says so once it is closed.
-_MEMORY_PROBE = _ADD + _MEAN + (
+_MEMORY_PROBE = (
     "def probe():\n"
     "    found = []\n"
     "    try:\n"
@@ -520,12 +521,12 @@ _MEMORY_PROBE = _ADD + _MEAN + (
     "        memoryview(holder).cast('B')[:8] = (id(mine) + bytes.__basicsize__ - 1).to_bytes(8, 'little')\n"
     "        if b''.join(holder.p[i] for i in range(16)) == mine:\n            found.append('memory read')\n"
     "    return found\n"
-)
+)  # fmt: skip
 
 
 @pytest.mark.xfail(strict=True, reason="open: _ctypes loaded before arming stays reachable (docs/work.md)")
 def test_no_memory_tool_is_reachable_without_an_audit_event(make_job: Callable[..., Any]) -> None:
     tests = {"test_probe.py": "from calc import probe\n\ndef test_probe():\n    assert probe() == []\n"}
-    report = run_student_testing(make_job(tests, {"calc.py": _MEMORY_PROBE}))
+    report = run_student_testing(make_job(tests, {"calc.py": _ADD + _MEAN + _MEMORY_PROBE}))
     if "tampering detected" not in report["statusMessage"]:
         assert report["summary"]["passed"] == 1, _messages(report)
