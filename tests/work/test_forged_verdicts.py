@@ -420,6 +420,14 @@ ALLOWED_USES = {
         "    p = multiprocessing.get_context('fork').Process(target=_sum, args=((a, b),))\n    p.start()\n"
         "    p.join()\n    return a + b if p.exitcode == 0 else -1\n"
     ),
+    "asyncio.run with a task and a subprocess (pytest's thread is not the main one)": (
+        "import asyncio, sys\n" + _MEAN + "async def _add(a, b):\n"
+        "    proc = await asyncio.create_subprocess_exec(sys.executable, '-c', f'print({a} + {b})',\n"
+        "                                                stdout=asyncio.subprocess.PIPE)\n"
+        "    out, _ = await proc.communicate()\n"
+        "    return int(await asyncio.create_task(asyncio.sleep(0, out)))\n"
+        "def add(a, b):\n    return asyncio.run(_add(a, b))\n"
+    ),
     "an audit hook of its own (quietly not added)": ("import sys\nsys.addaudithook(lambda *a: None)\n" + _ADD + _MEAN),
 }
 REFUSED_USES = {
