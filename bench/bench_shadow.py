@@ -270,6 +270,12 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
                                   f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, API CPU {got['cpu']:.2f} ms/req, "
                                   f"reconciler CPU {got['recon']:.2f} ms/req, PostgreSQL {got['pg']:.2f}, "
                                   f"Redis {got['redis']:.2f}", flush=True)  # fmt: skip
+                        ref = figures[(load, reference)][-1]
+                        for name in names[1:]:  # this round's ratios: flat across rounds or growing with the backlog
+                            got = figures[(load, name)][-1]
+                            print(f"round {n + 1} {load}: {name}/{reference} p50 {got['p50'] / ref['p50']:.2f}, "
+                                  f"p99 {got['p99'] / ref['p99']:.2f}, throughput {got['rps'] / ref['rps']:.2f}",
+                                  flush=True)  # fmt: skip
             except BaseException:
                 for s in servers:
                     print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)
@@ -281,6 +287,12 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
     if figures:
         table(f"{mode}: median of {args.rounds} interleaved rounds, wrk {args.seconds:g} s per run", figures, reference)
+        for load, name in figures:
+            if name != reference:
+                ratios = [v["p50"] / r["p50"] for v, r in zip(figures[(load, name)], figures[(load, reference)],
+                                                               strict=True)]  # fmt: skip
+                print(f"p50 {name}/{reference} at {load} per round: {', '.join(f'{x:.2f}' for x in ratios)} "
+                      f"(last/first {ratios[-1] / ratios[0]:.2f}: flat is 1)")  # fmt: skip
 
 
 def big_report(n: int, flip_every: int = 0) -> dict[str, Any]:
