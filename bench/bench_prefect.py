@@ -162,7 +162,9 @@ async def compare_routes(adapters: dict[str, EngineAdapter], job: JobSpec, round
     print(f"\nthe example (passing), submit → final seen by the completion feed, {jobs} jobs per route and round, "
           f"{rounds} interleaved rounds (all jobs pooled):")  # fmt: skip
     for route, values in times.items():
-        print(f"{route:8}: median {pooled[route]:.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})")
+        print(
+            f"{route:8}: median {pooled[route]:.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+        )
     print(f"ratio prefect/celery (pooled medians): {pooled['prefect'] / pooled['celery']:.2f}")
 
 
