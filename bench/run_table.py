@@ -298,7 +298,7 @@ RUNS = [
     Run("reconciler", "bench_reconciler.py", ["--legs", "100000", "--rounds", "5"],
         ["--legs", "2000", "--rounds", "1"], 3.0, parse_reconciler),
     Run("gate", "bench_cutover_gate.py", ["--rows", "1000000", "--rounds", "3"], ["--rows", "10000", "--rounds", "1"],
-        4.0, parse_gate),
+        5.0, parse_gate),
 ]  # fmt: skip
 
 
