@@ -318,8 +318,9 @@ def load1() -> float:
 
 
 def execute(run: Run, quick: bool, out: Path, limit: float) -> Outcome:
-    """Run one bench to its end (or its time limit: TERM to its process group, whose `finally` blocks stop its
-    servers, then KILL); its output into `<out>/<key>.txt`; parse its figures."""
+    """Run one bench to its end (or its time limit: SIGINT to its process group, so that its `finally` blocks stop
+    the servers and workers it started in their own sessions, as Ctrl-C would; then TERM, then KILL); its output
+    into `<out>/<key>.txt`; parse its figures."""
     command = run.command(quick)
     path = out / f"{run.key}.txt"
     before = load1()
@@ -336,15 +337,15 @@ def execute(run: Run, quick: bool, out: Path, limit: float) -> Outcome:
             returncode = process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             returncode = None
-            for sig, grace in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 10.0)):
+            for sig, grace in ((signal.SIGINT, 60.0), (signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, sig)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=grace)
                     break
-        except BaseException:  # Ctrl-C: stop the bench (its cleanup runs) before leaving
+        except BaseException:  # Ctrl-C or TERM of the driver: stop the bench (its cleanup runs) before leaving
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGINT)
             process.wait(timeout=60)
             raise
     seconds = time.monotonic() - started
