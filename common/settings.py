@@ -120,9 +120,14 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = 1024
     sandbox_max_processes: int = 256
     sandbox_max_file_mb: int = 64
-    # All of a run's processes together (proportional set size, watched by the worker: `sandbox_memory.py`);
+    # All of a run's processes together: the limit of the run's own memory cgroup where the worker can make one
+    # (`sandbox_cgroup.py`, a hard bound), else watched by the worker (`sandbox_memory.py`, polled);
     # `sandbox_memory_mb` is per process (RLIMIT_AS), `sandbox_max_processes` counts processes and threads.
     sandbox_run_memory_mb: int = 2048
+    # The cgroup dir under which each run gets its own cgroup (a v2 cgroup with the memory controller and no
+    # processes of its own, or a v1 memory cgroup); unset = the worker's own cgroup. Not a writable memory
+    # cgroup (or the worker is not root): the polled bound is kept (`gateway worker status` says which).
+    sandbox_cgroup_root: Path | None = None
     # Each run's writable space (its work dir and /out) is a tmpfs of this size when the worker is root
     # (`backends/work/sandbox_space.py`): filling it fails only that run. It lives in memory (docs/work.md).
     sandbox_disk_mb: int = 256

@@ -214,7 +214,9 @@ def _tampered(channel: Channel, test_files: list[str], reasons: list[str]) -> tu
 def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tuple[list[TestOutcome], RunSummary]:
     """Outcomes and the run's status; raises `InfrastructureError` when the runner broke before any test."""
     channel = read_channel(outcome.channel, outcome.channel_key, outcome.channel_flooded)
-    if outcome.memory_exceeded and channel.end_status is None:
+    if outcome.memory_exceeded:
+        # The run passed its memory limit (the kernel killed a process of its cgroup, or the worker's watch saw
+        # it): that is the verdict, whether or not the session still reported its end before the worker looked.
         if channel.problems:
             return _tampered(channel, test_files, channel.problems)
         message = f"test process stopped: memory limit of the run ({outcome.memory_limit >> 20} MiB) exceeded"
