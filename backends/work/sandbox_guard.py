@@ -301,8 +301,8 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     # child the forking thread is the main thread, so a signal handler there could be handed the hook's frame
     # (and `pid` is a cell it could rewrite). Just before any fork the key moves to `stash`, which only these two
     # callbacks hold (the interpreter's fork lists hold them, nothing the student can name), and is put back in
-    # the parent only. Registered last, `hide` runs last of the `before` callbacks; the child's own callbacks run
-    # with the key gone.
+    # the parent only. The `before` callbacks run last-registered first, so whatever the student registers runs
+    # before `hide`, and nothing runs between the fork and the child's own callbacks: those run with the key gone.
     secret: list[bytes] = [key]
     stash: list[bytes] = []
 
