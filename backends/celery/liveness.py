@@ -80,6 +80,10 @@ class HoldVerdicts:
     busy: dict[str, str] = field(default_factory=dict)
 
 
+# A busy leg is reported for this many check intervals after the last check that saw it busy: a failed check
+# (broker unreachable) says nothing, but a leg is not busy on old news for ever.
+_BUSY_FRESH = 5
+
 # An unheld leg no poll has named for this long is dropped (it finished, or another process took it over).
 _FORGET_AFTER = 600.0
 
@@ -105,7 +109,8 @@ class HoldWatch:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _unheld: dict[str, _Unheld] = field(default_factory=dict, repr=False)
     _pending: dict[str, Candidate] = field(default_factory=dict, repr=False)
-    _busy: dict[str, str] = field(default_factory=dict, repr=False)
+    # {leg id: (why busy, when the check that saw it began)}.
+    _busy: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
     _checking: bool = False
     _checked_at: float = float("-inf")
     _closed: bool = False
@@ -140,7 +145,12 @@ class HoldWatch:
                 for leg_id, unheld in self._unheld.items()
                 if leg_id in candidates and unheld.checks >= 2 and now - unheld.since >= self.lost_after
             }
-            busy = {leg_id: reason for leg_id, reason in self._busy.items() if leg_id in candidates}
+            # Busy only as long as checks still see it: with the broker or the workers unreachable, it lapses.
+            busy = {
+                leg_id: reason
+                for leg_id, (reason, at) in self._busy.items()
+                if leg_id in candidates and now - at <= _BUSY_FRESH * self.interval
+            }
         if due:
             self.start(lambda: self._check(batch))
         return HoldVerdicts(lost=lost, busy=busy)
@@ -177,7 +187,7 @@ class HoldWatch:
             # Busy is what the last check that could tell saw: a leg it checked and did not find busy is not.
             for leg_id in candidates if busy is not None else ():
                 if leg_id in busy:
-                    self._busy[leg_id] = busy[leg_id]
+                    self._busy[leg_id] = (busy[leg_id], started)
                 else:
                     self._busy.pop(leg_id, None)
             for leg_id in judged:

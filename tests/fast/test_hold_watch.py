@@ -174,7 +174,7 @@ def test_active_queues_is_asked_at_most_once_per_interval() -> None:
     assert fakes.asked_queues == 1
 
 
-def test_a_check_that_fails_keeps_what_the_last_one_saw() -> None:
+def test_a_check_that_fails_keeps_what_the_last_one_saw_for_a_while() -> None:
     fakes = Fakes()
     fakes.queued = {"q": "high_priority"}
     watch = fakes.watch()
@@ -185,6 +185,8 @@ def test_a_check_that_fails_keeps_what_the_last_one_saw() -> None:
 
     watch.queued_ids = unreachable
     assert seen_until(fakes, watch, WAITING, 5.0).busy
+    # Old news lapses: five intervals after the last check that saw it busy, it is not reported any more.
+    assert seen_until(fakes, watch, WAITING, 9.0).busy == {}
 
 
 def test_the_adapter_marks_busy_waiting_legs_not_running_ones(tmp_path: Any) -> None:
