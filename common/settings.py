@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # machine's load. `sandbox_cpu_seconds` caps it (a course's long limit never buys more CPU than this).
     sandbox_timeout_seconds: float = 60
     sandbox_cpu_seconds: float = 60
+    # The measurement tolerance of the CPU clock: a run is cut (TIMEDOUT) only past the limit × (1 + this). CPU
+    # time is not load-invariant: beside other busy processes the same computation costs more of it (caches,
+    # the host's hyper-thread siblings, frequency); measured here up to ~1.5× (docs/work.md, "Limits"). 0 = the
+    # limit exactly.
+    sandbox_cpu_tolerance: float = 0.5
     # The wall clock, from the session's start, is limited to the time limit times this factor (at least the
     # time limit plus `sandbox_wall_min_extra_seconds`): generous, it catches what CPU time cannot (a sleep, a
     # deadlock, a wait on input), never a computation slowed by the machine's load.

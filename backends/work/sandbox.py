@@ -60,8 +60,10 @@ class Limits:
     """The limits of one run; `from_settings` reads the defaults, meta.yaml may change `timeout`.
 
     `timeout` is the assignment's time limit; it is enforced as `cpu_seconds` of CPU time of the test process
-    from the pytest session's start (`sandbox_clock`), and the wall clock from the same start is limited to
-    `wall_seconds` (generous: a sleep or a deadlock, not a computation slowed by load). `startup_seconds` bounds
+    from the pytest session's start (`sandbox_clock`), with a measurement tolerance: the clock cuts the run at
+    `cpu_allowance` (the limit × (1 + `cpu_tolerance`)), because the same computation costs more CPU time beside
+    other busy processes. The wall clock from the same start is limited to `wall_seconds` (generous: a sleep or a
+    deadlock, not a computation slowed by load). `startup_seconds` bounds
     the time from the sandbox's start to the session's start; past it the run is an infrastructure error.
     """
 
@@ -74,14 +76,24 @@ class Limits:
     wall_seconds: float = 0.0
     startup_seconds: float = 120.0
     run_memory_bytes: int = 0  # all of the run's processes together (`sandbox_memory`); 0 = not watched
+    cpu_tolerance: float = 0.0  # the CPU clock's measurement tolerance, a share of `cpu_seconds`
+
+    @property
+    def cpu_allowance(self) -> float:
+        """The CPU time at which the clock cuts the run: the limit plus its measurement tolerance."""
+        return self.cpu_seconds * (1.0 + self.cpu_tolerance)
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float | None = None) -> Limits:
         limit = float(timeout if timeout is not None else settings.sandbox_timeout_seconds)
+        tolerance = max(float(settings.sandbox_cpu_tolerance), 0.0)
+        # The wall clock never cuts before the CPU clock could: at least the CPU allowance plus the extra.
+        floor = limit * (1.0 + tolerance) + settings.sandbox_wall_min_extra_seconds
         return cls(
             timeout=limit,
             cpu_seconds=min(limit, float(settings.sandbox_cpu_seconds)),
-            wall_seconds=max(limit * settings.sandbox_wall_factor, limit + settings.sandbox_wall_min_extra_seconds),
+            cpu_tolerance=tolerance,
+            wall_seconds=max(limit * settings.sandbox_wall_factor, floor),
             startup_seconds=float(settings.sandbox_startup_seconds),
             run_memory_bytes=settings.sandbox_run_memory_mb * 1024 * 1024,
             memory_bytes=settings.sandbox_memory_mb * 1024 * 1024,
@@ -104,7 +116,8 @@ class RunOutcome:
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
     wall_limit: float = 0.0  # the wall clock's limit from the session's start (for the verdict's message)
-    cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start
+    cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start ...
+    cpu_allowance: float = 0.0  # ... and where the clock cut them (the limit plus its measurement tolerance)
     space_full: bool = False  # the run used all of its writable space (`sandbox_space`)
     memory_limit: int = 0  # the run's memory budget (bytes) ...
     memory_exceeded: bool = False  # ... which its processes passed together: the worker ended the run
@@ -540,7 +553,7 @@ def _pytest_args(view: _View, test_files: list[str], has_conftest: bool) -> list
 
 def _startup_cpu(limits: Limits) -> int:
     """RLIMIT_CPU until the session starts: start-up plus the session's own budget (the clock lowers it then)."""
-    return math.ceil(limits.startup_seconds + limits.cpu_seconds) + 1
+    return math.ceil(limits.startup_seconds + limits.cpu_allowance) + 1
 
 
 def _kill_group(pgid: int) -> None:
@@ -573,7 +586,7 @@ def _start_cold(
         try:
             proc = subprocess.Popen(
                 [*gate, *prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-                env=_env(view, channel, protected, key, limits.cpu_seconds), stdin=gate_r, stdout=out,
+                env=_env(view, channel, protected, key, limits.cpu_allowance), stdin=gate_r, stdout=out,
                 stderr=err,
                 start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
                 extra_groups=[] if uid is not None else None,
@@ -609,7 +622,7 @@ def _start_warm(
         "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
         "cwd": view.work, "pycache": view.pycache, "reference": protected,
         "limits": [_startup_cpu(limits), limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
-        "cpu_seconds": limits.cpu_seconds,
+        "cpu_seconds": limits.cpu_allowance,
         "args": _pytest_args(view, test_files, "conftest.py" in protected), "key": key.hex(),
         "cgroup": group.procs_files() if group is not None else [],  # the keeper joins these before forking
     }  # fmt: skip
@@ -731,6 +744,7 @@ def run_pytest(
         channel_flooded=reader.flooded,
         wall_limit=limits.wall_seconds,
         cpu_limit=limits.cpu_seconds,
+        cpu_allowance=limits.cpu_allowance,
         space_full=space_full(rd.space),
         memory_limit=limits.run_memory_bytes,
         memory_exceeded=memory_exceeded,

@@ -211,6 +211,14 @@ def _tampered(channel: Channel, test_files: list[str], reasons: list[str]) -> tu
     )
 
 
+def _cpu_message(limit: float, allowance: float) -> str:
+    """The CPU clock's verdict, naming where it cut when that was past the limit (its measurement tolerance)."""
+    message = f"CPU time limit of {limit:g}s exceeded (the time limit counts the tests' CPU time"
+    if allowance > limit:
+        message += f"; cut at {allowance:g}s, the limit plus its {allowance / limit - 1:.0%} measurement tolerance"
+    return message + ")"
+
+
 def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tuple[list[TestOutcome], RunSummary]:
     """Outcomes and the run's status; raises `InfrastructureError` when the runner broke before any test."""
     channel = read_channel(outcome.channel, outcome.channel_key, outcome.channel_flooded)
@@ -243,8 +251,7 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
             return _cut(channel, test_files, TIMEDOUT, ""), RunSummary()
         if sig is not None and sig in _LIMIT_SIGNALS:
             if sig in _CPU_SIGNALS:
-                cpu = outcome.cpu_limit or time_limit
-                message = f"CPU time limit of {cpu:g}s exceeded (the time limit counts the tests' CPU time)"
+                message = _cpu_message(outcome.cpu_limit or time_limit, outcome.cpu_allowance)
             else:
                 message = f"test process stopped: {_LIMIT_SIGNALS[sig]}"
             status = TIMEDOUT if sig in _CPU_SIGNALS else CRASHED
