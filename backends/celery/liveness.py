@@ -130,7 +130,8 @@ class HoldWatch:
             self._pending.update(candidates)
             for leg_id in [leg_id for leg_id, unheld in self._unheld.items() if now - unheld.seen > _FORGET_AFTER]:
                 del self._unheld[leg_id]  # not polled for long: finished or taken over elsewhere
-                self._busy.pop(leg_id, None)
+            for leg_id in [leg_id for leg_id, (_why, at) in self._busy.items() if now - at > _FORGET_AFTER]:
+                del self._busy[leg_id]
             for leg_id in candidates:
                 if (unheld := self._unheld.get(leg_id)) is not None:
                     unheld.seen = now
@@ -224,9 +225,10 @@ class HoldWatch:
         """The waiting legs that wait for a live worker: queued in a queue an answering worker consumes (asked with
         one `active_queues` broadcast, only when some are queued), or reserved by a worker that answered."""
         busy: dict[str, str] = {}
+        waiting_ids = set(waiting)
         for worker, answer in replies.items():
             for leg_id, info in (answer or {}).items():
-                if leg_id in waiting and _state(info) in _RESERVED:
+                if leg_id in waiting_ids and _state(info) in _RESERVED:
                     busy[leg_id] = f"reserved by the live worker {worker} behind the tasks it runs"
         in_queue = {leg_id: queued[leg_id] for leg_id in waiting if leg_id in queued}
         if not in_queue:
