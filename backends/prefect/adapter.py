@@ -286,7 +286,7 @@ class PrefectAdapter:
         state = run.get("state") or {}
         phase = phase_for(state.get("type"))
         native = state.get("name") or state.get("type") or "UNKNOWN"
-        stalled = lost = None
+        stalled = lost = busy = None
         if (state.get("type") or "").upper() == "PENDING":
             lost = self._claimed_but_dead(state)
         if not phase.is_final and run.get("deployment_id"):
@@ -295,6 +295,8 @@ class PrefectAdapter:
             reason = gone.get(run["deployment_id"])
             if reason and native == "Late":
                 stalled = f"run is Late: {reason} (expected {run.get('expected_start_time')})"
+            elif native == "Late":
+                busy = f"run is Late behind a busy runner (expected {run.get('expected_start_time')})"
             else:
                 stalled = reason
         error = None
@@ -313,6 +315,7 @@ class PrefectAdapter:
             engine_run_id=str(run["id"]),
             stalled=stalled,
             lost=lost,
+            busy=busy,
         )
 
     def _claimed_but_dead(self, state: dict[str, Any]) -> str | None:

@@ -159,7 +159,7 @@ def compare_summary(
         typer.echo(json.dumps(groups, indent=2))
         return
     table = Table(title=f"Comparisons by {by}")
-    for column in ("group", "n", "match", "mismatch", "noise", "infra", "timeout", "error", "rate (all)",
+    for column in ("group", "n", "match", "mismatch", "noise", "infra", "timeout", "late", "error", "rate (all)",
                    "w/o noise (all)", "gate parity (stage, samples)", "run p50/p99 per engine", "skipped"):  # fmt: skip
         table.add_column(column)
     for g in groups:
@@ -175,6 +175,7 @@ def compare_summary(
             str(o["noise"]),
             str(o["infra_error"]),
             str(o["shadow_timeout"]),
+            str(o["late"]),
             str(o["compare_error"]),
             _pct(g["mismatch_rate"]),
             _pct(g["mismatch_rate_noise_adjusted"]),
@@ -197,7 +198,7 @@ def _pct(value: float | None) -> str:
 def compare_list(
     backend: str | None = typer.Option(None, "--backend"),
     content: str | None = typer.Option(None, "--content"),
-    outcome: str | None = typer.Option(None, help="match, mismatch, noise, infra_error, shadow_timeout, ..."),
+    outcome: str | None = typer.Option(None, help="match, mismatch, noise, infra_error, shadow_timeout, late, ..."),
     since: datetime | None = typer.Option(None),
     limit: int = typer.Option(50, min=1, max=1000),
     skip: int = typer.Option(0, min=0),

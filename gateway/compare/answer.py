@@ -37,4 +37,6 @@ def verified_answer(outcome: ComparisonOutcome, side: Side | None) -> VerifiedAn
         return VerifiedAnswer(Side.SHADOW, True, "the new engine gave no verdict: the old engine's is written")
     if outcome == ComparisonOutcome.SHADOW_TIMEOUT:
         return VerifiedAnswer(Side.PRIMARY, False, "the old engine missed its deadline: unverified")
+    if outcome == ComparisonOutcome.LATE:
+        return VerifiedAnswer(Side.PRIMARY, False, "the old engine's run was still queued at its deadline: unverified")
     return VerifiedAnswer(Side.PRIMARY, False, f"no verdict to check against ({outcome.value}): unverified")

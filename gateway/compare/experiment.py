@@ -46,6 +46,11 @@ class LegRun:
         return self.outcome == LegOutcome.TIMED_OUT
 
     @property
+    def late(self) -> bool:
+        """Passed its deadline queued behind a busy but live worker (a Prefect run Late, its runner polling)."""
+        return self.outcome == LegOutcome.LATE
+
+    @property
     def never_accepted(self) -> bool:
         return self.dispatch_state != DispatchState.SENT
 
@@ -68,6 +73,8 @@ class LegRun:
             return f"{self.engine}: never accepted by the engine ({self.last_error or 'unreachable'})"
         if self.stalled:
             return f"{self.engine}: timed out with nothing executing it ({self.last_error})"
+        if self.late:
+            return f"{self.engine}: late: still queued behind a busy worker at its deadline"
         return f"{self.engine}: {self.outcome or self.phase}{': ' + self.error if self.error else ''}"
 
 
@@ -102,10 +109,16 @@ class Experiment:
     def run(self, primary: LegRun, shadow: LegRun) -> Verdict:
         if shadow.timed_out and not shadow.never_accepted and not shadow.stalled and primary.succeeded:
             return Verdict(ComparisonOutcome.SHADOW_TIMEOUT, reason=shadow.failure(), **self._scores(primary, None))
-        broken = [side for side, leg in ((Side.PRIMARY, primary), (Side.SHADOW, shadow)) if not leg.succeeded]
+        if shadow.late and primary.succeeded:
+            # Its engine was alive and at its limit: not the engine's error, and no grade to compare.
+            return Verdict(ComparisonOutcome.LATE, side=Side.SHADOW, reason=shadow.failure(),
+                           **self._scores(primary, None))  # fmt: skip
+        # A late shadow is nobody's infrastructure error: only the legs that broke are named.
+        legs = ((Side.PRIMARY, primary), (Side.SHADOW, shadow))
+        broken = [side for side, leg in legs if not leg.succeeded and not leg.late]
         if broken:
             side = Side.BOTH if len(broken) == 2 else broken[0]
-            reasons = [leg.failure() for leg in (primary, shadow) if not leg.succeeded]
+            reasons = [leg.failure() for _side, leg in legs if not leg.succeeded]
             scores = self._scores(primary if primary.succeeded else None, shadow if shadow.succeeded else None)
             return Verdict(ComparisonOutcome.INFRA_ERROR, side=side, reason="; ".join(reasons), **scores)
         assert primary.report is not None and shadow.report is not None

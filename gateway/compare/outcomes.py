@@ -15,6 +15,9 @@ class ComparisonOutcome(StrEnum):
     INFRA_ERROR = "infra_error"
     # The shadow leg missed its deadline and was no longer waited on.
     SHADOW_TIMEOUT = "shadow_timeout"
+    # The shadow leg missed its deadline queued behind a busy but live worker (a Prefect run `Late` while its
+    # runner polls, at its limit): waited for, then neither an infrastructure error nor a sample for any gate.
+    LATE = "late"
     # The comparator itself raised: recorded, never breaks the reconciler or a request.
     COMPARE_ERROR = "compare_error"
 
@@ -23,3 +26,8 @@ class Side(StrEnum):
     PRIMARY = "primary"
     SHADOW = "shadow"
     BOTH = "both"
+
+
+# Comparisons that are no evidence about either engine for a gate: no leg counted, no run time, no error (the
+# comparator's own failure; a shadow run still queued behind a busy but live worker at its deadline).
+NOT_EVIDENCE = frozenset({ComparisonOutcome.COMPARE_ERROR, ComparisonOutcome.LATE})

@@ -204,7 +204,7 @@ class Observer(LegRoom):
         if state is not None:
             machine.apply_state(leg, state, row)
         if machine.past_deadline(leg, now):
-            machine.time_out(leg, row, now, hooks=self.hooks)
+            machine.time_out(leg, row, now, hooks=self.hooks, busy=bool(state is not None and state.busy))
             self._given_up.append((leg.engine, leg.id))  # cancelled on its engine once this is committed
             return True
         return False

@@ -11,6 +11,11 @@ and the step are pure (`gateway.cutover.gates`); this module reads the compariso
 the last evaluation on the migration, and a demotion or promotion as an event with the evaluation attached
 (actor `gate`).
 
+An evaluation costs the same whatever the number of comparisons: the live ones are counted by `gate_tally`, kept
+by triggers as comparisons are written and re-judged (`gateway.store.gate_tally`, migration 0016), and the p99s
+read only the top 1 % of the stage's run times (`nth_largest_run`); `scanned_evidence` reads the rows instead
+(the recount the tally is checked against).
+
 It runs on demand (`gateway cutover evaluate`, the admin API) and periodically as a reconciler step; on
 PostgreSQL an advisory lock makes one process at a time evaluate.
 """
@@ -25,11 +30,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, func, not_, or_, select, text, union_all
+from sqlalchemy import and_, false, func, literal_column, not_, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.compare.environment import describe as describe_environment
-from gateway.compare.outcomes import ComparisonOutcome, Side
+from gateway.compare.outcomes import NOT_EVIDENCE, ComparisonOutcome, Side
 from gateway.cutover.gates import Evaluation, Evidence, Next, Step, evaluate, next_step, parity_required
 from gateway.cutover.hold import GATE_ACTOR
 from gateway.cutover.stage_machine import Action, InvalidChange, plan_change
@@ -38,6 +43,7 @@ from gateway.cutover.triage import active_signatures
 from gateway.legs.states import DispatchState
 from gateway.store import cutover_configs as store
 from gateway.store.cutover_holds import current_hold
+from gateway.store.gate_tally import TallyRow, tally
 from gateway.store.models import Comparison, CutoverMigration, Leg, Result, utcnow
 
 log = logging.getLogger(__name__)
@@ -128,7 +134,7 @@ def evidence_of(
         counts[outcome] = counts.get(outcome, 0) + 1
         if outcome == ComparisonOutcome.MISMATCH and signature in accepted:
             accepted_mismatches += 1
-        if outcome == ComparisonOutcome.COMPARE_ERROR:
+        if outcome in NOT_EVIDENCE:
             continue
         for engine, run, this_side in ((primary, primary_run, Side.PRIMARY), (shadow, shadow_run, Side.SHADOW)):
             legs[engine] += 1
@@ -180,7 +186,7 @@ def _ran(this_side: Side) -> Any:
         Comparison.side.in_((this_side.value, Side.BOTH.value)),
     )
     conditions = [
-        Comparison.outcome != ComparisonOutcome.COMPARE_ERROR.value,
+        Comparison.outcome.not_in([o.value for o in NOT_EVIDENCE]),
         or_(Comparison.side.is_(None), not_(own_error)),
     ]
     if this_side == Side.SHADOW:
@@ -239,20 +245,15 @@ async def _accepted_count(session: AsyncSession, where: list[Any], accepted: fro
     return int(await session.scalar(stmt) or 0)
 
 
-async def gate_evidence(
-    session: AsyncSession, config: CutoverConfig, since: datetime | None, accepted: frozenset[str] = frozenset()
-) -> Evidence:
-    """The gate's evidence aggregated in the database (counts grouped, p99 by `percentile_disc` on PostgreSQL):
-    the same numbers as `evidence_of` over the rows, without moving the rows."""
-    where = evidence_window(config, since)
-    grouped = (await session.execute(grouped_counts(where))).all()
+def _tallied(config: CutoverConfig, grouped: Sequence[Any]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """(count per outcome, legs per engine, infra errors per engine) from (outcome, side, primary engine, n)."""
     counts: dict[str, int] = {}
     legs = {config.old_engine: 0, config.new_engine: 0}
     errors = {config.old_engine: 0, config.new_engine: 0}
     other = {config.old_engine: config.new_engine, config.new_engine: config.old_engine}
     for outcome, side, primary, n in grouped:
         counts[outcome] = counts.get(outcome, 0) + n
-        if outcome == ComparisonOutcome.COMPARE_ERROR:
+        if outcome in NOT_EVIDENCE:
             continue
         shadow = other[primary]
         legs[primary] += n
@@ -264,23 +265,156 @@ async def gate_evidence(
                 errors[shadow] += n
         elif outcome == ComparisonOutcome.SHADOW_TIMEOUT:
             errors[shadow] += n
+    return counts, legs, errors
+
+
+def _evidence(
+    config: CutoverConfig,
+    grouped: Sequence[Any],
+    accepted_mismatches: int,
+    p99s: tuple[float | None, float | None],
+    parity: tuple[int, str | None],
+) -> Evidence:
+    counts, legs, errors = _tallied(config, grouped)
     mismatch, noise = counts.get(ComparisonOutcome.MISMATCH, 0), counts.get(ComparisonOutcome.NOISE, 0)
-    old_p99, new_p99 = await _p99s(session, where, config.old_engine, config.new_engine)
-    parity_breaks, parity_example = await parity_evidence(session, config, where)
     return Evidence(
         comparable=counts.get(ComparisonOutcome.MATCH, 0) + mismatch + noise,
         mismatches=mismatch + noise,
         noise_mismatches=noise,
-        accepted_mismatches=await _accepted_count(session, where, accepted),
+        accepted_mismatches=accepted_mismatches,
         new_legs=legs[config.new_engine],
         new_infra_errors=errors[config.new_engine],
         old_legs=legs[config.old_engine],
         old_infra_errors=errors[config.old_engine],
-        old_p99_seconds=old_p99,
-        new_p99_seconds=new_p99,
-        parity_breaks=parity_breaks,
-        parity_example=parity_example,
+        old_p99_seconds=p99s[0],
+        new_p99_seconds=p99s[1],
+        parity_breaks=parity[0],
+        parity_example=parity[1],
     )
+
+
+async def scanned_evidence(
+    session: AsyncSession, config: CutoverConfig, since: datetime | None, accepted: frozenset[str] = frozenset()
+) -> Evidence:
+    """The gate's evidence aggregated over the window's comparison rows (counts grouped, p99 by `percentile_disc`
+    on PostgreSQL): the recount `gate_evidence`'s tally must agree with (tests, `bench/bench_cutover_gate.py`);
+    it reads every comparison of the stage."""
+    where = evidence_window(config, since)
+    grouped = (await session.execute(grouped_counts(where))).all()
+    return _evidence(
+        config,
+        grouped,
+        await _accepted_count(session, where, accepted),
+        await _p99s(session, where, config.old_engine, config.new_engine),
+        await parity_evidence(session, config, where),
+    )
+
+
+def live_window(config: CutoverConfig) -> list[Any]:
+    """The live comparisons the current stage and config version routed, written as the partial run indexes'
+    predicates are (literals, so that even a generic plan proves them: migration 0016)."""
+    column = Comparison.course_content_id if config.scope == Scope.CONTENT else Comparison.execution_backend_id
+    return [
+        Comparison.kind == literal_column("'shadow'"),
+        Comparison.routed_scope == literal_column(f"'{config.scope.value}'"),
+        column == config.scope_id,
+        Comparison.routed_stage == config.stage.value,
+        Comparison.routed_version == config.version,
+    ]
+
+
+def replay_window(config: CutoverConfig, since: datetime | None) -> list[Any] | None:
+    """The replays that are evidence (in `old_only` and `shadow`, since the stage began); None in other stages."""
+    if config.stage not in REPLAY_STAGES:
+        return None
+    engines = (config.old_engine, config.new_engine)
+    where = [
+        scope_filter(config),
+        Comparison.kind == "replay",
+        Comparison.primary_engine.in_(engines),
+        Comparison.shadow_engine.in_(engines),
+        Comparison.primary_engine != Comparison.shadow_engine,
+    ]
+    if since is not None:
+        where.append(Comparison.created_at >= since)
+    return where
+
+
+def ran(outcome: str, side: str | None, this_side: Side) -> bool:
+    """`_ran` on one class: the leg on this side ran to an answer."""
+    if outcome == ComparisonOutcome.COMPARE_ERROR:
+        return False
+    if outcome == ComparisonOutcome.INFRA_ERROR and side in (this_side, Side.BOTH):
+        return False
+    return not (this_side == Side.SHADOW and outcome == ComparisonOutcome.SHADOW_TIMEOUT)
+
+
+def nth_largest_run(config: CutoverConfig, engine: str, replay: list[Any] | None, m: int) -> Any:
+    """The m-th largest run time of `engine` in the window: the top m of each source (the stage's live comparisons
+    with the engine as primary, as shadow, by the partial run indexes; the replays), merged. Reads m index entries
+    per source, not the window."""
+    other = config.new_engine if engine == config.old_engine else config.old_engine
+    live = live_window(config)
+    parts = []
+    for this_side, mine, theirs, seconds in (
+        (Side.PRIMARY, Comparison.primary_engine, Comparison.shadow_engine, Comparison.primary_run_seconds),
+        (Side.SHADOW, Comparison.shadow_engine, Comparison.primary_engine, Comparison.shadow_run_seconds),
+    ):
+        conditions = [mine == engine, seconds.is_not(None), _ran(this_side)]
+        parts.append(select(seconds.label("s")).where(*live, theirs == other, *conditions))
+        if replay is not None:
+            parts.append(select(seconds.label("s")).where(*replay, *conditions))
+    tops = [select(p.order_by(p.selected_columns.s.desc()).limit(m).subquery().c.s) for p in parts]
+    merged = union_all(*tops).subquery()
+    return select(merged.c.s).order_by(merged.c.s.desc()).offset(m - 1).limit(1)
+
+
+async def _ranked_p99s(
+    session: AsyncSession, config: CutoverConfig, rows: Sequence[TallyRow], replay: list[Any] | None
+) -> tuple[float | None, float | None]:
+    """Both engines' p99 (nearest rank, as `percentile`): the tally gives how many runs each engine has, so the
+    p99's rank from the top; `nth_largest_run` reads that many values."""
+    replayed: dict[str, int] = {}
+    if replay is not None:
+        runs = _runs(replay).subquery()
+        replayed = dict((await session.execute(select(runs.c.engine, func.count()).group_by(runs.c.engine))).all())
+    found: list[float | None] = []
+    for engine in (config.old_engine, config.new_engine):
+        total = replayed.get(engine, 0)
+        for r in rows:
+            if r.primary_engine == engine and ran(r.outcome, r.side, Side.PRIMARY):
+                total += r.primary_timed
+            if r.shadow_engine == engine and ran(r.outcome, r.side, Side.SHADOW):
+                total += r.shadow_timed
+        if not total:
+            found.append(None)
+            continue
+        m = total - max(1, math.ceil(0.99 * total)) + 1
+        value = await session.scalar(nth_largest_run(config, engine, replay, m))
+        found.append(None if value is None else float(value))
+    return found[0], found[1]
+
+
+async def gate_evidence(
+    session: AsyncSession, config: CutoverConfig, since: datetime | None, accepted: frozenset[str] = frozenset()
+) -> Evidence:
+    """The gate's evidence without reading the stage's comparisons: the live ones counted by the tally (kept by
+    triggers as comparisons are written and re-judged, migration 0016), the replays (few, and only in `old_only`
+    and `shadow`) aggregated; the p99s by rank; the parity check only when a comparison's environments differ.
+    The same numbers as `scanned_evidence`."""
+    engines = (config.old_engine, config.new_engine)
+    rows = await tally(session, config.scope.value, config.scope_id, config.stage.value, config.version, engines)
+    replay = replay_window(config, since)
+    grouped: list[Any] = [(r.outcome, r.side, r.primary_engine, r.n) for r in rows]
+    accepted_mismatches = sum(r.n for r in rows if r.outcome == ComparisonOutcome.MISMATCH and r.signature in accepted)
+    if replay is not None:
+        grouped += (await session.execute(grouped_counts(replay))).all()
+        accepted_mismatches += await _accepted_count(session, replay, accepted)
+    parity: tuple[int, str | None] = (0, None)
+    if replay is not None or any(r.environment_differs for r in rows):
+        parity = await parity_evidence(session, config, evidence_window(config, since))
+    p99s = await _ranked_p99s(session, config, rows, replay)
+    return _evidence(config, grouped, accepted_mismatches, p99s, parity)
 
 
 # Whether an engine reports a live worker (None: cannot tell); the API and the reconciler pass their health monitor.

@@ -72,7 +72,7 @@ def status_to_phase(status: int) -> LegPhase | None:
 def failure_of(leg: Leg, result: LegResult | None, outcome: LegOutcome | None) -> Failure:
     """The engine-independent failure of a leg that ended badly (see `common.failures`)."""
     error_type = result.error_type if result else None
-    if outcome == LegOutcome.TIMED_OUT:
+    if outcome in (LegOutcome.TIMED_OUT, LegOutcome.LATE):
         error_type = "DeadlineExceeded"
     default = InfraMessage.ENGINE_REFUSED if outcome == LegOutcome.REJECTED else InfraMessage.FAILED
     return describe_failure(error_type, leg.error, default)
@@ -416,8 +416,11 @@ def reject(leg: Leg, row: Result | None, now: datetime, error: str | None, *, ho
     finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.REJECTED, error=error, hooks=hooks)
 
 
-def time_out(leg: Leg, row: Result | None, now: datetime, *, hooks: FinishHooks) -> None:
-    finish(leg, row, now, LegPhase.FAILED, outcome=LegOutcome.TIMED_OUT, error=DEADLINE_MESSAGE, hooks=hooks)
+def time_out(leg: Leg, row: Result | None, now: datetime, *, hooks: FinishHooks, busy: bool = False) -> None:
+    """The leg passed its deadline. `busy`: its engine said last that it waits behind a busy but live worker
+    (`LegState.busy`); a shadow leg so is `late` (not held against the engine), any other leg timed out."""
+    outcome = LegOutcome.LATE if busy and leg.role == LegRole.SHADOW else LegOutcome.TIMED_OUT
+    finish(leg, row, now, LegPhase.FAILED, outcome=outcome, error=DEADLINE_MESSAGE, hooks=hooks)
 
 
 def past_deadline(leg: Any, now: datetime) -> bool:

@@ -50,6 +50,9 @@ class LegOutcome(StrEnum):
     CRASHED = "crashed"
     # The gateway stopped waiting: the leg passed its deadline.
     TIMED_OUT = "timed_out"
+    # A shadow leg that passed its deadline still queued behind a busy but live worker (`LegState.busy`): the
+    # engine was alive and at its limit, so this is neither an infrastructure error nor a sample.
+    LATE = "late"
     # The engine refused the job for a reason retrying cannot fix (configuration, a missing deployment).
     REJECTED = "rejected"
     # A flow the gateway did not write reported the end itself (`PATCH /api/results/{id}`).

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -384,6 +385,33 @@ GATE_COLUMNS = (
 )
 
 
+def _gate_run_indexes() -> list[Index]:
+    """Per routed scope and leg: (scope id, stage, version, this leg's engine, the other's, this leg's run time),
+    partial on the live comparisons a stage routed (`gateway.jobs.cutover_gates.live_runs`)."""
+    found = []
+    for scope, column in (("content", "course_content_id"), ("backend", "execution_backend_id")):
+        for side, other in (("primary", "shadow"), ("shadow", "primary")):
+            where = text(f"kind = 'shadow' AND routed_scope = '{scope}'")
+            found.append(
+                Index(
+                    f"ix_comparison_gate_{scope}_{side}_runs",
+                    column,
+                    "routed_stage",
+                    "routed_version",
+                    f"{side}_engine",
+                    f"{other}_engine",
+                    f"{side}_run_seconds",
+                    postgresql_include=["outcome", "side"],
+                    postgresql_where=where,
+                    sqlite_where=where,
+                )
+            )
+    return found
+
+
+GATE_RUN_INDEXES = _gate_run_indexes()
+
+
 class Comparison(Base):
     """One comparison of a job's primary leg with one of its shadow legs (`kind` "shadow", "aa" or "replay")."""
 
@@ -393,6 +421,14 @@ class Comparison(Base):
         # Covering the cutover gate's window (PostgreSQL: index-only scans, migration 0014).
         Index("ix_comparison_backend_created", "execution_backend_id", "created_at", postgresql_include=GATE_COLUMNS),
         Index("ix_comparison_content_created", "course_content_id", "created_at", postgresql_include=GATE_COLUMNS),
+        # Each leg's run time in order within one stage's window: the gate's p99 reads the top 1 % (migration 0016).
+        *GATE_RUN_INDEXES,
+        Index(
+            "ix_comparison_environment_differs",
+            "created_at",
+            postgresql_where=text("environment_differs IS true"),
+            sqlite_where=text("environment_differs IS true"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
@@ -428,6 +464,31 @@ class Comparison(Base):
     # A mismatch's re-judgement (gateway.compare.rejudge): its state, re-run legs, verdict and the class before.
     rejudge: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GateTally(Base):
+    """How many live comparisons a migration's stage routed, per class: what one gate evaluation counts.
+
+    Kept by triggers on `comparison` (migration 0016) in the transaction that inserts, re-classifies or deletes a
+    comparison, so an evaluation reads these few rows instead of every comparison of the stage. `side` and
+    `signature` are "" where the comparison has none; `signature` only for a mismatch (accepted clusters)."""
+
+    __tablename__ = "gate_tally"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    primary_engine: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shadow_engine: Mapped[str] = mapped_column(String(32), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
+    side: Mapped[str] = mapped_column(String(16), primary_key=True)
+    signature: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Of those, the comparisons with the primary's / the shadow's run time (the p99's ranks).
+    primary_timed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    shadow_timed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    environment_differs: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class FlakeStat(Base):

@@ -51,10 +51,11 @@ FINAL_NAMES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 # Directory (and dotted path) of the assignment per backend; every repository carries it at each of them.
 DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "w/ex1", "missing": "m/ex1",
         "capped": "x/ex1", "mystery": "k/ex1", "untimed-celery": "uc/ex1", "untimed-prefect": "up/ex1",
-        "legacy-submit": "ls/ex1", "walk": "cw/ex1", "demote": "cd/ex1"}  # fmt: skip
+        "legacy-submit": "ls/ex1", "walk": "cw/ex1", "demote": "cd/ex1", "rejudge": "cr/ex1",
+        "busy": "cb/ex1"}  # fmt: skip
 # Contents whose assignment sets no time limit of its own: each engine's sandbox default applies (shadow tests
 # give the two engines different limits through their workers' settings).
-UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"]}
+UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"], DIRS["busy"]}
 
 
 # ------------------------------------------------------------------------------------------------ repositories
@@ -105,7 +106,7 @@ def catalog(repos: Repos) -> dict[str, Any]:
                   "writeback": "prefect-foreign", "missing": "prefect-missing", "capped": "celery-main",
                   "mystery": "mystery", "untimed-celery": "celery-main", "untimed-prefect": "prefect-main",
                   "legacy-submit": "prefect-legacy-submit", "walk": "prefect-main",
-                  "demote": "prefect-main"}  # fmt: skip
+                  "demote": "prefect-main", "rejudge": "celery-main", "busy": "celery-main"}  # fmt: skip
     contents = []
     for key, directory in DIRS.items():
         contents.append(

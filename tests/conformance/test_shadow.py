@@ -29,6 +29,7 @@ from tests.conftest import PostgresDB, RedisDB
 from tests.service.conftest import fresh_pg_database
 from tests.support.celery_worker import base_env, settings_from_env, stop_worker
 from tests.support.prefect_server import running_runner
+from tests.support.scripted_student import SCRIPTED_CALC, give_verdict
 from tests.support.slow_student import sandbox_root, waiting_markers
 
 pytestmark = [pytest.mark.slow]
@@ -38,37 +39,7 @@ CELERY_LIMIT = {"SANDBOX_TIMEOUT_SECONDS": "4"}
 # release, holding runner slots) is tested on its own in test_evidence.py.
 NO_REJUDGE = {"GATEWAY_REJUDGE_PER_HOUR": "0"}
 
-# A student whose solution is wrong in a way the test chooses per run, as a flaky one would be by chance: each run
-# waits (with a deadline) for a `verdict` file in its work dir, then "add" or "mul" makes that function wrong and
-# "none" leaves both right. Scripted, so every run of the suite sees the same flips (a coin toss missed 0.3 %).
-SCRIPTED_CALC = """import pathlib
-import time
-
-_VERDICT = []
-
-
-def _wrong(name):
-    if not _VERDICT:
-        here = pathlib.Path.cwd()
-        (here / "waiting").touch()
-        deadline = time.monotonic() + 300
-        while not (here / "verdict").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling for the test's verdict file, with a deadline
-        _VERDICT.append((here / "verdict").read_text() if (here / "verdict").exists() else "none")
-    return 1 if _VERDICT[0] == name else 0
-
-
-def add(a, b):
-    return a + b + _wrong("add")
-
-
-def mul(a, b):
-    return a * b + _wrong("mul")
-
-
-def mean(values):
-    return sum(values) / len(values)
-"""
+# The A/A test's jobs, each the scripted student of tests/support/scripted_student.py.
 SCRIPTED_JOBS = 2
 
 
@@ -296,12 +267,6 @@ def scripted_repo(root: Path) -> Iterator[list[str]]:
     yield commits
 
 
-def _give_verdict(work: Path, verdict: str) -> None:
-    staged = work / ".verdict"
-    staged.write_text(verdict)
-    staged.replace(work / "verdict")  # whole or absent: the run never reads half a word
-
-
 def script_one_job(celery_runs: Path, prefect_runs: Path, given: set[Path]) -> None:
     """The job's three runs, as each starts waiting: its two Celery runs (primary and A/A, in either order) one
     with `add` wrong and one with `mul` wrong, its Prefect shadow right. Whichever Celery run is the primary, the
@@ -315,7 +280,7 @@ def script_one_job(celery_runs: Path, prefect_runs: Path, given: set[Path]) -> N
                 work = marker.parent
                 if work in given or (work / "release").exists() or not verdicts:
                     continue  # already scripted, or a slow student of another test
-                _give_verdict(work, verdicts.pop(0))
+                give_verdict(work, verdicts.pop(0))
                 given.add(work)
         return not celery_verdicts and not prefect_verdicts
 

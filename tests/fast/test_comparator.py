@@ -241,6 +241,23 @@ OUTCOMES: list[tuple[str, LegRun, LegRun, set[str], ComparisonOutcome, Side | No
         Side.SHADOW,
     ),
     (
+        # A Prefect run Late behind a busy runner that still polls, at its deadline: its engine was alive.
+        "shadow late behind a busy worker",
+        run(BASE),
+        run(None, "failed", LegOutcome.LATE),
+        set(),
+        ComparisonOutcome.LATE,
+        Side.SHADOW,
+    ),
+    (
+        "primary broken, shadow late: only the primary is an infra error",
+        run(None, "crashed"),
+        run(None, "failed", LegOutcome.LATE),
+        set(),
+        ComparisonOutcome.INFRA_ERROR,
+        Side.PRIMARY,
+    ),
+    (
         "shadow never accepted before its deadline",
         run(BASE),
         run(None, "failed", LegOutcome.TIMED_OUT, dispatch_state="pending", last_error="broker down"),

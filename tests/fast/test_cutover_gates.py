@@ -50,7 +50,8 @@ async def comparisons(state: GatewayState, config: CutoverConfig, outcomes: list
                     **routed_by_record(routing),
                     execution_backend_id=row.execution_backend_id, course_content_id="cc-prefect",
                     primary_engine=config.old_engine, shadow_engine=config.new_engine, outcome=outcome,
-                    side=extra.get("side"), primary_run_seconds=1.0, shadow_run_seconds=extra.get("new_run", 1.2),
+                    side=extra.get("side"), primary_run_seconds=extra.get("old_run", 1.0),
+                    shadow_run_seconds=extra.get("new_run", 1.2),
                     differences=extra.get("differences"), created_at=now + timedelta(milliseconds=1),
                     signature=signature_of(outcome, extra.get("differences"))
                     if outcome in ("mismatch", "noise") else None,
@@ -178,6 +179,8 @@ def test_the_gate_aggregates_in_the_database_like_the_scorecard_over_rows(
         await comparisons(state, config, ["infra_error"] * 2, side="shadow", new_run=9.0)
         await comparisons(state, config, ["infra_error"], side="both")
         await comparisons(state, config, ["shadow_timeout"], new_run=None)
+        # Late behind a busy but live worker: neither a leg, an error nor a run time on either side.
+        await comparisons(state, config, ["late"] * 3, side="shadow", new_run=None, old_run=50.0)
         accepted = frozenset({signature_of("mismatch", [{"path": "$.score"}]), "0123456789abcdef"})
         async with state.sessions() as session:
             in_sql = await gates.gate_evidence(session, config, config.stage_since, accepted)
@@ -187,5 +190,6 @@ def test_the_gate_aggregates_in_the_database_like_the_scorecard_over_rows(
         assert (in_sql.comparable, in_sql.new_infra_errors, in_sql.old_infra_errors) == (9, 4, 1)
         assert (in_sql.mismatches, in_sql.noise_mismatches, in_sql.accepted_mismatches) == (4, 1, 2)
         assert in_sql.new_p99_seconds == 3.0  # the failed legs' 9 s runs are not run-time evidence
+        assert (in_sql.new_legs, in_sql.old_legs, in_sql.old_p99_seconds) == (13, 13, 1.0)
 
     memory_gateway.run(test)

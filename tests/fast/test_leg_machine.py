@@ -98,6 +98,23 @@ def test_a_failed_primary_writes_the_legacy_infrastructure_error() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("role", "busy", "outcome"),
+    [
+        (LegRole.SHADOW, True, LegOutcome.LATE),  # queued behind a busy but live worker: late, not held against it
+        (LegRole.SHADOW, False, LegOutcome.TIMED_OUT),  # its engine said nothing: a timeout
+        (LegRole.PRIMARY, True, LegOutcome.TIMED_OUT),  # a student's answer missed its deadline, whatever the cause
+    ],
+)
+def test_a_shadow_leg_queued_behind_a_busy_worker_at_its_deadline_is_late(
+    role: LegRole, busy: bool, outcome: LegOutcome
+) -> None:
+    timed = leg(role)
+    machine.time_out(timed, row(ResultStatus.RUNNING) if role == LegRole.PRIMARY else None, NOW, hooks=HOOKS,
+                     busy=busy)  # fmt: skip
+    assert (timed.outcome, timed.phase, timed.error) == (outcome, LegPhase.FAILED, machine.DEADLINE_MESSAGE)
+
+
 def test_time_out_reject_and_cancel_end_with_their_own_outcome() -> None:
     timed, the_row = leg(), row(ResultStatus.RUNNING)
     machine.time_out(timed, the_row, NOW, hooks=HOOKS)
