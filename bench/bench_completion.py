@@ -16,7 +16,10 @@ job at a time, interleaved round by round:
 "Done" for the gateway is a finish hook of the leg state machine (`state.finish_hooks`), which runs inside the
 transaction that writes the row, just before its commit. Prints p50/p99 per variant and the ratio to raw.
 
-    .venv/bin/python bench/bench_completion.py [--jobs 40] [--rounds 3]
+    .venv/bin/python bench/bench_completion.py [--jobs 40] [--rounds 3] [--variants raw-celery gateway-push]
+
+`--variants` leaves out the others (`gateway-poll` costs about a reconcile interval per job); `raw-celery`, the
+reference, is always run.
 """
 
 from __future__ import annotations
@@ -112,7 +115,10 @@ async def ticks_and_outbox(state: GatewayState, stop: asyncio.Event) -> None:
     )
 
 
-async def bench(settings: Any, jobs: int, rounds: int) -> None:
+VARIANTS = ("raw-celery", "gateway-push", "gateway-poll")
+
+
+async def bench(settings: Any, jobs: int, rounds: int, variants: list[str]) -> None:
     waiters: Waiters = {}  # raw task ids, set by the result store's notices
     legs: Waiters = {}  # gateway leg ids, set by the finish hook
 
@@ -125,11 +131,12 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
     ready = asyncio.Event()
     feed = asyncio.create_task(follow(raw_client, waiters, ready))
     await asyncio.wait_for(ready.wait(), 30)
-    times: dict[str, list[float]] = {"raw-celery": [], "gateway-push": [], "gateway-poll": []}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS if v == "raw-celery" or v in variants}
     try:
         for _ in range(3):  # warm-up: connections, the worker's pool
             await raw(raw_client, waiters)
         for n in range(rounds):
+            medians: dict[str, float] = {}
             for variant in times:
                 state = start_gateway(settings, Dispatcher(settings, adapter_factory=noop_celery))
                 state.finish_hooks.connect("bench", finished)
@@ -147,12 +154,15 @@ async def bench(settings: Any, jobs: int, rounds: int) -> None:
                         else:
                             got.append(await through_gateway(state, legs))
                     times[variant].extend(got)
-                    print(f"round {n + 1} {variant:12}: p50 {1000 * statistics.median(got):7.1f} ms", flush=True)
+                    medians[variant] = statistics.median(got)
+                    print(f"round {n + 1} {variant:12}: p50 {1000 * medians[variant]:7.1f} ms", flush=True)
                 finally:
                     if variant != "raw-celery":
                         stop.set()
                         await loop
                     await state.close()
+            for variant in list(medians)[1:]:
+                print(f"round {n + 1}: p50 {variant} / raw-celery {medians[variant] / medians['raw-celery']:.2f}")
     finally:
         feed.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -171,13 +181,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
     with environment() as (env, data):
         seed(env, data)
         env = base_env({**env, "GATEWAY_RECONCILE_INTERVAL": "1.0"}, data)
         settings = settings_from_env(env)
         with running_worker(env, queues=(names.DEFAULT,), concurrency=2, log_dir=data):
-            asyncio.run(bench(settings, args.jobs, args.rounds))
+            asyncio.run(bench(settings, args.jobs, args.rounds, args.variants))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Benchmark-style check: the same grade whatever the machine's load (issue 23, part 3).
 
 A population of near-limit students (CPU-bound solutions calibrated to use 50-80 % of the time limit, and one
-that sleeps for part of it) is graded through the real sandbox (`run_pytest` + `verdict.decide`, the warm runner
-by default) N times on the machine as it is, and N times beside 4 CPU burners (`yes > /dev/null`, started and
+that sleeps for part of it), and an endless loop that must be TIMEDOUT every time (the limit still cuts), is
+graded through the real sandbox (`run_pytest` + `verdict.decide`, the warm runner by default)
+N times on the machine as it is, and N times beside 4 CPU burners (`yes > /dev/null`, started and
 stopped by this script). Every student must get the same grade (root status, score, every test's verdict) in
 every run. Runs go through a pool of 4 threads, so admission (one sandbox per usable core) is exercised too.
 
@@ -58,10 +59,11 @@ class Student:
     name: str
     cpu_share: float  # of the time limit, computing
     sleep_share: float = 0.0  # of the time limit, sleeping (the wall clock's business, not the CPU clock's)
+    endless: bool = False  # computes forever: the CPU clock must cut it, loaded or not
 
 
 POPULATION = [Student("cpu50", 0.50), Student("cpu60", 0.60), Student("cpu70", 0.70), Student("cpu80", 0.80),
-              Student("mixed40+30", 0.40, 0.30)]  # fmt: skip
+              Student("mixed40+30", 0.40, 0.30), Student("endless", 0.0, endless=True)]  # fmt: skip
 
 
 def iterations_per_cpu_second() -> float:
@@ -79,6 +81,8 @@ def iterations_per_cpu_second() -> float:
 
 
 def solution(student: Student, limit: float, rate: float) -> str:
+    if student.endless:
+        return "def solve():\n    while True:\n        pass\n"
     n = int(student.cpu_share * limit * rate)
     pause = student.sleep_share * limit
     return f"import time\n{_WORK}\ndef solve():\n    time.sleep({pause!r})\n    return work({n})\n"
@@ -120,18 +124,22 @@ def main() -> int:
     parser.add_argument("--runner", default="warm", choices=["warm", "cold"])
     parser.add_argument("--burners", type=int, default=4)
     parser.add_argument("--uid-base", type=int, default=300000)
+    parser.add_argument("--tolerance", type=float, default=None, help="SANDBOX_CPU_TOLERANCE (default: the setting)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-load-"))
     os.chmod(root, 0o755)
     # A uid range of its own: runs of other sandbox roots on this machine (test suites) lock uids elsewhere.
-    settings = Settings(sandbox_root=root, sandbox_runner=args.runner, sandbox_uid_base=args.uid_base)  # type: ignore[arg-type]
+    extra = {} if args.tolerance is None else {"sandbox_cpu_tolerance": args.tolerance}
+    settings = Settings(sandbox_root=root, sandbox_runner=args.runner, sandbox_uid_base=args.uid_base, **extra)  # type: ignore[arg-type]
     rate = iterations_per_cpu_second()
     grade(POPULATION[0], args.limit, rate, settings)  # builds the runtime and the warm runner once
     probe = POPULATION[3]  # calibrate in the sandbox, on the largest share: the median of 3 runs
     measured = statistics.median(grade(probe, args.limit, rate, settings)["cpu"] for _ in range(3))  # type: ignore[type-var]
     rate *= probe.cpu_share * args.limit / measured  # type: ignore[operator]
     slots = settings.sandbox_slots or len(os.sched_getaffinity(0))
-    print(f"limit {args.limit:g}s, runner {args.runner}, {args.runs} runs per student and condition, "
+    cut = Limits.from_settings(settings, args.limit).cpu_allowance
+    print(f"limit {args.limit:g}s (the CPU clock cuts at {cut:g}s: tolerance {settings.sandbox_cpu_tolerance:.0%}), "
+          f"runner {args.runner}, {args.runs} runs per student and condition, "
           f"load average at start {os.getloadavg()[0]:.1f}, slots {slots}")  # fmt: skip
     conditions: dict[str, dict[str, list[dict[str, object]]]] = {}
     loads: dict[str, float] = {}
@@ -159,11 +167,12 @@ def main() -> int:
             cpu_text = f"{statistics.median(cpus):.0%}, {max(cpus):.0%}" if cpus else "-"
             summary = "; ".join(f"{json.loads(g)[0]} {json.loads(g)[1]:.2f}" for g in sorted(grades))
             print(f"{student.name:<12} {condition:<12} {cpu_text:<24} {over:>4}/{len(results):<5}  {summary}")
-        if len(seen) != 1:
+        expected = "TIMEDOUT" if student.endless else "COMPLETED"
+        if len(seen) != 1 or json.loads(next(iter(seen)))[0] != expected:
             held = False
             for condition, by_student in conditions.items():
                 for r in by_student[student.name]:
-                    if r["grade"][0] != "COMPLETED":  # type: ignore[index]
+                    if r["grade"][0] != ("TIMEDOUT" if student.endless else "COMPLETED"):  # type: ignore[index]
                         print(f"  {condition}: {r['grade'][0]} {r['message']}")  # type: ignore[index]
     print(f"load average at the end of each condition: {json.dumps({k: round(v, 1) for k, v in loads.items()})}")
     print(f"elapsed {time.monotonic() - started:.0f}s; same grade in every run: {'yes' if held else 'NO'}")

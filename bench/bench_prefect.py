@@ -12,20 +12,26 @@ Starts its own Prefect server (SQLite in a temp folder, or PostgreSQL with `--po
   poll picked it up), PENDING → RUNNING (the `python -m prefect.engine` subprocess started, imported Prefect and
   the flow module), RUNNING → COMPLETED (the flow's body), COMPLETED → the feed's notice at the gateway's adapter
   (event delivery), and submit → notice in all.
+- `--routes N` (alone): the bundled example (passing student), submit → final seen by the adapter's completion
+  feed, through the Prefect route (this server and runner) against the Celery route (a real worker, `gateway
+  worker start`, concurrency 2, on a scratch PostgreSQL database and a Redis server of the bench's own), in N
+  interleaved rounds of `--jobs` jobs one at a time per route (the order alternating per round); every job is
+  checked to have succeeded with score 1.0. Prints each round's medians and their ratio Prefect / Celery.
 
-Run: `.venv/bin/python bench/bench_prefect.py [--runs 20] [--postgres] [--breakdown 10]`.
+Run: `.venv/bin/python bench/bench_prefect.py [--runs 20] [--postgres] [--breakdown 10] [--routes 3 --jobs 3]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,9 +39,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.interface import JobSpec, LegPhase, TaskKind  # noqa: E402
+from backends.celery.adapter import CeleryAdapter  # noqa: E402
+from backends.examples import materialize_example  # noqa: E402
+from backends.interface import EngineAdapter, JobSpec, LegPhase, TaskKind  # noqa: E402
 from backends.prefect.adapter import PrefectAdapter  # noqa: E402
+from backends.work.report import report_score  # noqa: E402
+from bench.bench_submit import environment, seed  # noqa: E402
 from common.settings import Settings  # noqa: E402
+from tests.support.celery_worker import base_env, running_worker, settings_from_env  # noqa: E402
 from tests.support.prefect_server import (  # noqa: E402
     prefect_process_env,
     running_prefect_server,
@@ -98,11 +109,87 @@ async def breakdown(adapter: PrefectAdapter, raw: httpx.Client, job: JobSpec, ru
         print(f"  {step:42} {statistics.median(values):6.2f} s  ({min(values):.2f}–{max(values):.2f})")
 
 
+async def follow(feed: AsyncIterator[list[str]], waiters: dict[str, asyncio.Event], ready: asyncio.Event) -> None:
+    """Sets the waiter of every leg a completion feed names; `ready` once the feed listens (its first batch)."""
+    async for legs in feed:
+        ready.set()
+        for leg in legs:
+            waiters.setdefault(leg, asyncio.Event()).set()
+
+
+async def one_job(adapter: EngineAdapter, job: JobSpec, waiters: dict[str, asyncio.Event]) -> float:
+    """Submit → the leg named by the engine's completion feed (seconds); then checks it succeeded with score 1."""
+    leg = f"bench-{uuid.uuid4()}"
+    waiters[leg] = done = asyncio.Event()
+    started = time.perf_counter()
+    await asyncio.to_thread(adapter.submit, job, leg)
+    await asyncio.wait_for(done.wait(), 300)
+    elapsed = time.perf_counter() - started
+    result = (await asyncio.to_thread(adapter.results, [leg]))[leg]
+    if result.phase is not LegPhase.SUCCEEDED or result.report is None or report_score(result.report) != 1.0:
+        raise RuntimeError(f"{type(adapter).__name__}: the example ended {result.phase} {result.error}")
+    return elapsed
+
+
+async def compare_routes(adapters: dict[str, EngineAdapter], job: JobSpec, rounds: int, jobs: int) -> None:
+    """The example through each route, one job at a time, in interleaved rounds; prints the ratio Prefect/Celery."""
+    waiters: dict[str, asyncio.Event] = {}
+    followers = []
+    for adapter in adapters.values():
+        ready = asyncio.Event()
+        followers.append(asyncio.create_task(follow(adapter.completions(), waiters, ready)))
+        await asyncio.wait_for(ready.wait(), 60)
+    times: dict[str, list[float]] = {route: [] for route in adapters}
+    try:
+        for adapter in adapters.values():  # warm-up: the worker's pool and zygotes, the runner's first flow run
+            await one_job(adapter, job, waiters)
+        for n in range(rounds):
+            order = list(adapters) if n % 2 == 0 else list(reversed(adapters))
+            medians = {}
+            for route in order:
+                got = [await one_job(adapters[route], job, waiters) for _ in range(jobs)]
+                times[route].extend(got)
+                medians[route] = statistics.median(got)
+            print(f"round {n + 1} ({order[0]} first): prefect {medians['prefect']:.3f} s, celery "
+                  f"{medians['celery']:.3f} s, ratio prefect/celery {medians['prefect'] / medians['celery']:.2f}",
+                  flush=True)  # fmt: skip
+    finally:
+        for task in followers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    pooled = {route: statistics.median(values) for route, values in times.items()}
+    print(f"\nthe example (passing), submit → final seen by the completion feed, {jobs} jobs per route and round, "
+          f"{rounds} interleaved rounds (all jobs pooled):")  # fmt: skip
+    for route, values in times.items():
+        print(
+            f"{route:8}: median {pooled[route]:.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+        )
+    print(f"ratio prefect/celery (pooled medians): {pooled['prefect'] / pooled['celery']:.2f}")
+
+
+def routes(prefect: PrefectAdapter, root: Path, rounds: int, jobs: int) -> None:
+    """The Celery side of `--routes` (worker, scratch database, own Redis), then `compare_routes`."""
+    repos = materialize_example(root / "example")
+    job = JobSpec(TaskKind.STUDENT_TESTING, {"test_job": repos.test_job("passing").model_dump(mode="json")})
+    with environment() as (env, data):
+        seed(env, data)
+        worker_env = base_env(env, data / "worker")
+        with running_worker(worker_env, concurrency=2, log_dir=data / "worker"):
+            celery = CeleryAdapter(settings_from_env(worker_env))
+            try:
+                asyncio.run(compare_routes({"prefect": prefect, "celery": celery}, job, rounds, jobs))
+            finally:
+                celery.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--postgres", default=None, help="postgresql+asyncpg://... for the Prefect server")
     parser.add_argument("--breakdown", type=int, default=0, help="only: where N no-op runs' time goes")
+    parser.add_argument("--routes", type=int, default=0, help="only: N rounds of the example, Prefect vs Celery")
+    parser.add_argument("--jobs", type=int, default=3, help="with --routes: jobs per route and round")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
     data = root / "gateway-data"
@@ -117,6 +204,11 @@ def main() -> None:
             raw = httpx.Client(base_url=api + "/")
             if args.breakdown:
                 asyncio.run(breakdown(adapter, raw, noop, args.breakdown))
+                adapter.close()
+                raw.close()
+                return
+            if args.routes:
+                routes(adapter, root, args.routes, args.jobs)
                 adapter.close()
                 raw.close()
                 return
@@ -143,7 +235,6 @@ def main() -> None:
             print(f"e2e     no-op through serve: {ms(e2e)}  (in-process no-op {ms(inproc)})")
 
             # End-to-end example assignment vs the same work in-process.
-            from backends.examples import materialize_example
             from backends.work.student_testing import run_student_testing
 
             repos = materialize_example(root / "example")

@@ -210,6 +210,11 @@ def profile(server: Server, payload: str, connections: int, seconds: float, out:
         print(f"{100 * n / max(total, 1):5.1f}%  {frame[:160]}")
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (a run of a few seconds on a stalled machine can complete no request)."""
+    return a / b if b else float("nan")
+
+
 def _total(m: dict[str, float]) -> float:
     return m["cpu"] + m["recon"] + m["pg"] + m["redis"]
 
@@ -227,10 +232,11 @@ def table(title: str, figures: dict[tuple[str, str], list[dict[str, float]]], re
         if name == reference:
             continue
         v, r = med[(load, name)], med[(load, reference)]
-        print(f"ratio {name}/{reference} at {load}: p50 {v['p50'] / r['p50']:.2f}, p99 {v['p99'] / r['p99']:.2f}, "
-              f"throughput {v['rps'] / r['rps']:.2f}, API CPU/req {v['cpu'] / r['cpu']:.2f}, "
-              f"API+reconciler CPU/req {(v['cpu'] + v['recon']) / (r['cpu'] + r['recon']):.2f}, "
-              f"total CPU/req (with PostgreSQL and Redis) {_total(v) / _total(r):.2f}")  # fmt: skip
+        print(f"ratio {name}/{reference} at {load}: p50 {_ratio(v['p50'], r['p50']):.2f}, "
+              f"p99 {_ratio(v['p99'], r['p99']):.2f}, throughput {_ratio(v['rps'], r['rps']):.2f}, "
+              f"API CPU/req {_ratio(v['cpu'], r['cpu']):.2f}, "
+              f"API+reconciler CPU/req {_ratio(v['cpu'] + v['recon'], r['cpu'] + r['recon']):.2f}, "
+              f"total CPU/req (with PostgreSQL and Redis) {_ratio(_total(v), _total(r)):.2f}")  # fmt: skip
 
 
 def submit_bench(args: argparse.Namespace, mode: str) -> None:
@@ -270,6 +276,12 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
                                   f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, API CPU {got['cpu']:.2f} ms/req, "
                                   f"reconciler CPU {got['recon']:.2f} ms/req, PostgreSQL {got['pg']:.2f}, "
                                   f"Redis {got['redis']:.2f}", flush=True)  # fmt: skip
+                        ref = figures[(load, reference)][-1]
+                        for name in names[1:]:  # this round's ratios: flat across rounds or growing with the backlog
+                            got = figures[(load, name)][-1]
+                            print(f"round {n + 1} {load}: {name}/{reference} p50 {_ratio(got['p50'], ref['p50']):.2f}, "
+                                  f"p99 {_ratio(got['p99'], ref['p99']):.2f}, "
+                                  f"throughput {_ratio(got['rps'], ref['rps']):.2f}", flush=True)  # fmt: skip
             except BaseException:
                 for s in servers:
                     print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)
@@ -281,6 +293,12 @@ def submit_bench(args: argparse.Namespace, mode: str) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (a shared 2-core machine)")
     if figures:
         table(f"{mode}: median of {args.rounds} interleaved rounds, wrk {args.seconds:g} s per run", figures, reference)
+        for load, name in figures:
+            if name != reference:
+                pairs = zip(figures[(load, name)], figures[(load, reference)], strict=True)
+                ratios = [_ratio(v["p50"], r["p50"]) for v, r in pairs]
+                print(f"p50 {name}/{reference} at {load} per round: {', '.join(f'{x:.2f}' for x in ratios)} "
+                      f"(last/first {_ratio(ratios[-1], ratios[0]):.2f}: flat is 1)")  # fmt: skip
 
 
 def big_report(n: int, flip_every: int = 0) -> dict[str, Any]:

@@ -108,12 +108,15 @@ async def bench(settings: Any, jobs: int, rounds: int, settle: bool) -> None:
         for _ in range(3):  # warm-up: connections, the worker's pool
             await one_job(state, waiters, True, settle)
         for n in range(rounds):
+            medians = {}
             for variant in times:
                 before = time.process_time()
                 got = [await one_job(state, waiters, variant == "shadow on", settle) for _ in range(jobs)]
                 cpu[variant] += time.process_time() - before
                 times[variant].extend(got)
-                print(f"round {n + 1} {variant:10}: p50 {1000 * statistics.median(got):7.1f} ms", flush=True)
+                medians[variant] = statistics.median(got)
+                print(f"round {n + 1} {variant:10}: p50 {1000 * medians[variant]:7.1f} ms", flush=True)
+            print(f"round {n + 1}: p50 shadow on / shadow off {medians['shadow on'] / medians['shadow off']:.2f}")
     finally:
         stop.set()
         await loop

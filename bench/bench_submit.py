@@ -2,9 +2,11 @@
 
 Both run as real uvicorn processes (one process each) against the same PostgreSQL server and Redis broker (no
 worker: messages just queue). wrk drives them (`bench/loadgen.py`): throughput and p50/p99 latency at 32
-connections and at 1 connection, the server's CPU per request (psutil on its pid) and the new PostgreSQL
-connections it opened per 1,000 requests (`pg_stat_database.sessions`), in interleaved rounds (reference,
-gateway, reference, gateway ...) so load from other processes hits both alike.
+connections and at 1 connection (`--connections 32 128`: any loads), the server's CPU per request (psutil on its
+pid), its memory (resident after each run and the kernel's peak, VmHWM, over the whole process: idle before the
+warm-up, then under load) and the new PostgreSQL connections it opened per 1,000 requests
+(`pg_stat_database.sessions`), in interleaved rounds (reference, gateway, reference, gateway ...) so load from
+other processes hits both alike.
 
 The gateway runs as deployed with a separate reconciler: the API (`GATEWAY_RECONCILE_IN_API=false`) and one
 `gateway reconcile` process, the outbox relay that sends the Celery legs the API commits (woken by PostgreSQL
@@ -15,7 +17,7 @@ is added to the run's duration, so the throughput is of jobs admitted *and sent*
 during the measurement; `bench/bench_reconciler.py` measures that cycle on its own. Prints every round, the
 medians and the ratio gateway/reference.
 
-Run: `.venv/bin/python bench/bench_submit.py [--seconds 10] [--rounds 3] [--concurrency 32]`.
+Run: `.venv/bin/python bench/bench_submit.py [--seconds 10] [--rounds 3] [--concurrency 32 | --connections 32 128]`.
 Every server it starts leads its own process group and is killed by that group in a `finally` (also on Ctrl-C
 or an exception), so no uvicorn outlives the run.
 """
@@ -44,7 +46,7 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import ServiceCpu, private_redis, run_wrk, server_cpu_seconds  # noqa: E402
+from bench.loadgen import ServiceCpu, memory_mib, private_redis, run_wrk, server_cpu_seconds  # noqa: E402
 from gateway.store.catalog import load_catalog  # noqa: E402
 from gateway.store.migrate import upgrade  # noqa: E402
 from tests.support.celery_worker import base_env, settings_from_env  # noqa: E402
@@ -239,6 +241,7 @@ def measure(
     opened = pg_sessions(database) - sessions - 1 - (1 if relay else 0)  # minus our own probes
     if figures.errors:
         raise RuntimeError(f"{server.name}: {figures.errors} errors\n{server.log_tail()}")
+    rss, peak = memory_mib(server.process.pid)
     relay_ms = 1000 * relay_cpu / max(figures.requests, 1)
     return {
         # Admitted and sent: a relay that lags behind the API lengthens the run by its drain time.
@@ -256,6 +259,9 @@ def measure(
         + relay_ms
         + 1000 * (pg_after - pg_before + redis_after - redis_before) / max(figures.requests, 1),
         "conns_per_1k": 1000 * opened / max(figures.requests, 1),
+        # The server's memory after the run and its peak so far (VmHWM: since the process started).
+        "rss_mib": rss,
+        "peak_mib": peak,
     }
 
 
@@ -280,12 +286,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run (whole seconds: wrk takes no fraction)")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--connections", type=int, nargs="+", default=None, help="the loads (default: --concurrency and 1)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     # A plain `kill` of the bench must clean up too: turn SIGTERM into an exception so the finally blocks run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     auth = "Basic " + base64.b64encode(b"bench:bench-pw").decode()
-    loads = {f"{args.concurrency} conns": args.concurrency, "1 conn": 1}
+    connections = args.connections or [args.concurrency, 1]
+    loads = {f"{c} conn{'s' if c > 1 else ''}": c for c in connections}
     figures: dict[tuple[str, str], list[dict[str, float]]] = {}
 
     with environment() as (env, data):
@@ -293,8 +303,9 @@ def main() -> None:
         database = env["POSTGRES_DB"]
         with servers_up(env, data) as (gateway, reference, relay):
             relays = {gateway.name: relay, reference.name: None}
+            idle = {server.name: memory_mib(server.process.pid)[0] for server in (reference, gateway)}
             for server, login in ((reference, ""), (gateway, auth)):  # warm-up: pools, auth and catalog caches
-                measure(server, bodies()[server is reference], login, args.concurrency, 2, database,
+                measure(server, bodies()[server is reference], login, max(connections), 2, database,
                         relays[server.name])  # fmt: skip
             for n in range(args.rounds):
                 for load, connections in loads.items():
@@ -307,7 +318,8 @@ def main() -> None:
                             f"({got['admitted_rps']:.1f} admitted, outbox drained {got['drain_ms']:.0f} ms after), "
                             f"p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, CPU {got['cpu']:.2f} ms/req "
                             f"+ relay {got['relay_cpu']:.2f} + PostgreSQL {got['pg_cpu']:.2f} + Redis "
-                            f"{got['redis_cpu']:.2f}, {got['conns_per_1k']:.1f} new PG conns/1k req"
+                            f"{got['redis_cpu']:.2f}, {got['conns_per_1k']:.1f} new PG conns/1k req, "
+                            f"RSS {got['rss_mib']:.0f} MiB (peak {got['peak_mib']:.0f})"
                         )
                         print(line, flush=True)
 
@@ -327,6 +339,12 @@ def main() -> None:
             f"p50 {g['p50'] / r['p50']:.2f}, p99 {g['p99'] / r['p99']:.2f}, API CPU/req {g['cpu'] / r['cpu']:.2f}, "
             f"total CPU/req (server + relay + PostgreSQL + Redis) {g['total_cpu'] / r['total_cpu']:.2f}"
         )
+    for name in ("reference", "gateway"):
+        after = {load: max(r["rss_mib"] for r in figures[(load, name)]) for load in loads}
+        peak = max(r["peak_mib"] for load in loads for r in figures[(load, name)])
+        print(f"memory {name}: idle {idle[name]:.0f} MiB, resident after a run (max) "
+              + ", ".join(f"{load} {mib:.0f} MiB" for load, mib in after.items())
+              + f", peak (VmHWM) {peak:.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

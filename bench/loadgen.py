@@ -59,6 +59,18 @@ def server_cpu_seconds(pid: int) -> float:
     return total
 
 
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of one process in MiB, from `/proc/<pid>/status` (VmRSS, VmHWM). The peak is
+    the kernel's high-water mark since the process started, so a burst between two reads is not missed."""
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024  # kB
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
 def run_wrk(
     url: str,
     path: str,

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # machine's load. `sandbox_cpu_seconds` caps it (a course's long limit never buys more CPU than this).
     sandbox_timeout_seconds: float = 60
     sandbox_cpu_seconds: float = 60
+    # The measurement tolerance of the CPU clock: a run is cut (TIMEDOUT) only past the limit × (1 + this). CPU
+    # time is not load-invariant: beside other busy processes the same computation costs more of it (caches,
+    # the host's hyper-thread siblings, frequency); measured here up to ~1.5× (docs/work.md, "Limits"). 0 = the
+    # limit exactly.
+    sandbox_cpu_tolerance: float = 0.5
     # The wall clock, from the session's start, is limited to the time limit times this factor (at least the
     # time limit plus `sandbox_wall_min_extra_seconds`): generous, it catches what CPU time cannot (a sleep, a
     # deadlock, a wait on input), never a computation slowed by the machine's load.
@@ -120,9 +125,14 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = 1024
     sandbox_max_processes: int = 256
     sandbox_max_file_mb: int = 64
-    # All of a run's processes together (proportional set size, watched by the worker: `sandbox_memory.py`);
+    # All of a run's processes together: the limit of the run's own memory cgroup where the worker can make one
+    # (`sandbox_cgroup.py`, a hard bound), else watched by the worker (`sandbox_memory.py`, polled);
     # `sandbox_memory_mb` is per process (RLIMIT_AS), `sandbox_max_processes` counts processes and threads.
     sandbox_run_memory_mb: int = 2048
+    # The cgroup dir under which each run gets its own cgroup (a v2 cgroup with the memory controller and no
+    # processes of its own, or a v1 memory cgroup); unset = the worker's own cgroup. Not a writable memory
+    # cgroup (or the worker is not root): the polled bound is kept (`gateway worker status` says which).
+    sandbox_cgroup_root: Path | None = None
     # Each run's writable space (its work dir and /out) is a tmpfs of this size when the worker is root
     # (`backends/work/sandbox_space.py`): filling it fails only that run. It lives in memory (docs/work.md).
     sandbox_disk_mb: int = 256

@@ -51,6 +51,7 @@ def limits_dict(limits: Limits) -> dict[str, float | int]:
     return {
         "time_seconds": limits.timeout,
         "cpu_seconds": limits.cpu_seconds,  # the time limit as the tests' CPU time (capped by SANDBOX_CPU_SECONDS)
+        "cpu_tolerance": limits.cpu_tolerance,  # the CPU clock cuts at cpu_seconds × (1 + this)
         "wall_seconds": limits.wall_seconds,  # from the session's start, without waits for a CPU
         "run_memory_mb": limits.run_memory_bytes // _MB,
         "memory_mb": limits.memory_bytes // _MB,

@@ -39,6 +39,7 @@ from typing import BinaryIO
 
 from backends.work import sandbox_clock, sandbox_guard, sandbox_launch, sandbox_plugin
 from backends.work.errors import InfrastructureError
+from backends.work.sandbox_cgroup import CgroupPlace, MemoryBound, RunGroup, cgroup_place, run_group
 from backends.work.sandbox_memory import MemoryWatch
 from backends.work.sandbox_runtime import Runtime, build_site, interpreter_candidates, interpreter_prefix
 from backends.work.sandbox_slots import SlotUsage, run_slot, slot_count, slot_usage
@@ -59,8 +60,10 @@ class Limits:
     """The limits of one run; `from_settings` reads the defaults, meta.yaml may change `timeout`.
 
     `timeout` is the assignment's time limit; it is enforced as `cpu_seconds` of CPU time of the test process
-    from the pytest session's start (`sandbox_clock`), and the wall clock from the same start is limited to
-    `wall_seconds` (generous: a sleep or a deadlock, not a computation slowed by load). `startup_seconds` bounds
+    from the pytest session's start (`sandbox_clock`), with a measurement tolerance: the clock cuts the run at
+    `cpu_allowance` (the limit × (1 + `cpu_tolerance`)), because the same computation costs more CPU time beside
+    other busy processes. The wall clock from the same start is limited to `wall_seconds` (generous: a sleep or a
+    deadlock, not a computation slowed by load). `startup_seconds` bounds
     the time from the sandbox's start to the session's start; past it the run is an infrastructure error.
     """
 
@@ -73,14 +76,24 @@ class Limits:
     wall_seconds: float = 0.0
     startup_seconds: float = 120.0
     run_memory_bytes: int = 0  # all of the run's processes together (`sandbox_memory`); 0 = not watched
+    cpu_tolerance: float = 0.0  # the CPU clock's measurement tolerance, a share of `cpu_seconds`
+
+    @property
+    def cpu_allowance(self) -> float:
+        """The CPU time at which the clock cuts the run: the limit plus its measurement tolerance."""
+        return self.cpu_seconds * (1.0 + self.cpu_tolerance)
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float | None = None) -> Limits:
         limit = float(timeout if timeout is not None else settings.sandbox_timeout_seconds)
+        tolerance = max(float(settings.sandbox_cpu_tolerance), 0.0)
+        # The wall clock never cuts before the CPU clock could: at least the CPU allowance plus the extra.
+        floor = limit * (1.0 + tolerance) + settings.sandbox_wall_min_extra_seconds
         return cls(
             timeout=limit,
             cpu_seconds=min(limit, float(settings.sandbox_cpu_seconds)),
-            wall_seconds=max(limit * settings.sandbox_wall_factor, limit + settings.sandbox_wall_min_extra_seconds),
+            cpu_tolerance=tolerance,
+            wall_seconds=max(limit * settings.sandbox_wall_factor, floor),
             startup_seconds=float(settings.sandbox_startup_seconds),
             run_memory_bytes=settings.sandbox_run_memory_mb * 1024 * 1024,
             memory_bytes=settings.sandbox_memory_mb * 1024 * 1024,
@@ -103,11 +116,13 @@ class RunOutcome:
     channel: list[bytes] = field(default_factory=list)
     channel_flooded: bool = False
     wall_limit: float = 0.0  # the wall clock's limit from the session's start (for the verdict's message)
-    cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start
+    cpu_limit: float = 0.0  # the CPU time the tests were given from the session's start ...
+    cpu_allowance: float = 0.0  # ... and where the clock cut them (the limit plus its measurement tolerance)
     space_full: bool = False  # the run used all of its writable space (`sandbox_space`)
     memory_limit: int = 0  # the run's memory budget (bytes) ...
     memory_exceeded: bool = False  # ... which its processes passed together: the worker ended the run
-    memory_peak: int = 0  # the most the worker saw the run's processes hold together (bytes)
+    memory_peak: int = 0  # the most the run's processes held together (bytes): its cgroup's peak, or polled
+    memory_bound: str = MemoryBound.WATCH.value  # what held the run's total memory (`sandbox_cgroup`)
     channel_key: bytes = b""  # the run's key: every line on the channel carries its HMAC (`sandbox_guard`)
     output_dropped: dict[str, int] = field(default_factory=dict)  # bytes of stdout/stderr beyond the cap
     duration: float = 0.0
@@ -381,6 +396,12 @@ def _slot_dir(settings: Settings) -> Path:
     return _base(settings) / ".gateway-sandbox-slots"
 
 
+def memory_place(settings: Settings) -> CgroupPlace:
+    """Where runs' memory cgroups are made on this worker, or why the polled bound is the one in force."""
+    root = settings.sandbox_cgroup_root
+    return cgroup_place(str(root) if root else None)
+
+
 def sandbox_slot_usage(settings: Settings) -> SlotUsage:
     """How many sandboxes run on this machine now (all workers sharing the sandbox root), and how many may."""
     return slot_usage(_slot_dir(settings), slot_count(settings.sandbox_slots))
@@ -490,12 +511,15 @@ class _ChannelReader:
         if events and self.on_events is not None:
             self.on_events(events)
 
-    def drain(self, deadline: float, outputs: tuple[_OutputReader, ...] = ()) -> None:
+    def drain(self, deadline: float, outputs: tuple[_OutputReader, ...] = (), killed: bool = False) -> None:
+        """Read what is left; `killed`: the run was killed for its memory (an OOM kill in its cgroup, or the
+        worker's watch), so an unterminated last line is a write that kill cut, dropped rather than called
+        malformed (which would read as tampering)."""
         while not (self.eof and all(o.eof for o in outputs)) and time.monotonic() < deadline:
             self.pump(0.05, outputs)
-        if self.partial:
+        if self.partial and not killed:
             self.lines.append(self.partial)  # an unterminated line: the verdict will call it malformed
-            self.partial = b""
+        self.partial = b""
 
 
 def _env(
@@ -529,7 +553,7 @@ def _pytest_args(view: _View, test_files: list[str], has_conftest: bool) -> list
 
 def _startup_cpu(limits: Limits) -> int:
     """RLIMIT_CPU until the session starts: start-up plus the session's own budget (the clock lowers it then)."""
-    return math.ceil(limits.startup_seconds + limits.cpu_seconds) + 1
+    return math.ceil(limits.startup_seconds + limits.cpu_allowance) + 1
 
 
 def _kill_group(pgid: int) -> None:
@@ -542,9 +566,13 @@ _Fds = tuple[int, BinaryIO, BinaryIO]  # the channel's write end, stdout, stderr
 
 def _start_cold(
     rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
-    uid: int | None, fds: _Fds, isolation: SandboxIsolation, key: bytes,
+    uid: int | None, fds: _Fds, isolation: SandboxIsolation, key: bytes, group: RunGroup | None,
 ) -> subprocess.Popen[bytes]:  # fmt: skip
-    """A new interpreter per run: bwrap (or nothing, with isolation none) + `python -I -S launch.py`."""
+    """A new interpreter per run: bwrap (or nothing, with isolation none) + `python -I -S launch.py`.
+
+    With a run cgroup, the process starts as a shell waiting at a gate (a line on its stdin); the worker writes
+    its pid into the run's `cgroup.procs`, then opens the gate, and the shell `exec`s bwrap in the same process:
+    nothing of the run ever runs outside its cgroup."""
     channel, out, err = fds
     launch = [
         runtime.python, "-I", "-S", f"{view.runner}/launch.py", view.site, view.pycache,
@@ -552,21 +580,37 @@ def _start_cold(
         "--", *_pytest_args(view, test_files, "conftest.py" in protected),
     ]  # fmt: skip
     prefix = _bwrap_args(rd, runtime, protected) if isolation is SandboxIsolation.BWRAP else []
+    gate_r, gate_w = os.pipe() if group is not None else (subprocess.DEVNULL, -1)
+    gate = ["/bin/sh", "-c", 'read -r _ && exec "$@" </dev/null', "gateway-gate"] if group is not None else []
     try:
-        return subprocess.Popen(
-            [*prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
-            env=_env(view, channel, protected, key, limits.cpu_seconds), stdin=subprocess.DEVNULL, stdout=out,
-            stderr=err,
-            start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
-            extra_groups=[] if uid is not None else None,
-        )  # fmt: skip
-    except OSError as exc:
-        raise InfrastructureError(f"test runner could not start: {exc.strerror or exc}") from None
+        try:
+            proc = subprocess.Popen(
+                [*gate, *prefix, *launch], cwd=view.work if isolation is SandboxIsolation.NONE else "/",
+                env=_env(view, channel, protected, key, limits.cpu_allowance), stdin=gate_r, stdout=out,
+                stderr=err,
+                start_new_session=True, close_fds=True, pass_fds=(channel,), user=uid, group=uid,
+                extra_groups=[] if uid is not None else None,
+            )  # fmt: skip
+        except OSError as exc:
+            raise InfrastructureError(f"test runner could not start: {exc.strerror or exc}") from None
+        if group is not None:
+            try:
+                group.place_pid(proc.pid)
+            except OSError as exc:
+                _kill_group(proc.pid)
+                proc.wait()
+                raise InfrastructureError(f"the run could not be put in its cgroup: {exc.strerror or exc}") from None
+            os.write(gate_w, b"go\n")
+        return proc
+    finally:
+        if group is not None:
+            os.close(gate_r)  # type: ignore[arg-type]
+            os.close(gate_w)
 
 
 def _start_warm(
     rd: RunDir, runtime: Runtime, view: _View, test_files: list[str], protected: list[str], limits: Limits,
-    uid: int, fds: _Fds, key: bytes,
+    uid: int, fds: _Fds, key: bytes, group: RunGroup | None,
 ) -> WarmProcess:  # fmt: skip
     """A fork of the worker's warm runner, in the same view, namespaces, uid and limits as a cold run."""
     channel, out, err = fds
@@ -578,8 +622,9 @@ def _start_warm(
         "newroot": str(newroot), "binds": plan.binds, "symlinks": plan.symlinks, "env": env, "uid": uid,
         "cwd": view.work, "pycache": view.pycache, "reference": protected,
         "limits": [_startup_cpu(limits), limits.memory_bytes, limits.max_processes, limits.max_file_bytes],
-        "cpu_seconds": limits.cpu_seconds,
+        "cpu_seconds": limits.cpu_allowance,
         "args": _pytest_args(view, test_files, "conftest.py" in protected), "key": key.hex(),
+        "cgroup": group.procs_files() if group is not None else [],  # the keeper joins these before forking
     }  # fmt: skip
     return warm_runner(runtime).start(job, channel, out.fileno(), err.fileno())
 
@@ -603,7 +648,12 @@ def run_pytest(
     isolation = settings.sandbox_isolation
     (rd.work / ".tmp").mkdir(exist_ok=True)
     view = _view(rd, runtime, isolation)
-    with run_slot(_slot_dir(settings), slot_count(settings.sandbox_slots)), _uid_for_run(settings) as uid:
+    place = memory_place(settings)
+    with (
+        run_slot(_slot_dir(settings), slot_count(settings.sandbox_slots)),
+        _uid_for_run(settings) as uid,
+        run_group(place, limits.run_memory_bytes, limits.max_processes) as group,
+    ):
         _hand_over(rd, uid, protected)
         warm = settings.sandbox_runner is SandboxRunner.WARM and isolation is SandboxIsolation.BWRAP and uid is not None
         read_fd, write_fd = os.pipe()
@@ -613,7 +663,8 @@ def run_pytest(
         outputs = (_OutputReader(out_r, limits.output_cap), _OutputReader(err_r, limits.output_cap))
         started = time.monotonic()
         timed_out = startup_timed_out = False
-        memory = MemoryWatch(uid, limits.run_memory_bytes)
+        memory = MemoryWatch(uid if group is None else None, limits.run_memory_bytes)  # polled: no cgroup here
+        memory_exceeded, memory_peak = False, 0
         wall = WallClock(limits.wall_seconds)
         proc: subprocess.Popen[bytes] | WarmProcess
         try:
@@ -621,10 +672,10 @@ def run_pytest(
                 try:
                     if warm:
                         proc = _start_warm(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
-                                           key)  # fmt: skip
+                                           key, group)  # fmt: skip
                     else:
                         proc = _start_cold(rd, runtime, view, test_files, protected, limits, uid, (write_fd, out, err),
-                                           isolation, key)  # fmt: skip
+                                           isolation, key, group)  # fmt: skip
                 finally:
                     os.close(write_fd)
             try:
@@ -639,7 +690,7 @@ def run_pytest(
                     if wall.expired(now):
                         timed_out = True
                         break
-                    if memory.check(now):
+                    if memory.check(now) or (group is not None and group.oom_killed()):
                         break
                     reader.pump(0.05, outputs)
             finally:
@@ -650,9 +701,20 @@ def run_pytest(
                 else:
                     _kill_group(proc.pid)
                 proc.wait()
+                if group is not None:
+                    group.kill()
                 if uid is not None:
                     kill_uid(uid)
-            reader.drain(time.monotonic() + 5, outputs)
+            if isinstance(proc, WarmProcess) and proc.refused:
+                raise InfrastructureError(f"the warm runner could not start the run: {proc.refused}")
+            if group is not None and group.oom_killed() and not group.limit_hit():
+                raise InfrastructureError(
+                    "a process of the run was killed for memory below the run's own limit: the worker's or the "
+                    "machine's memory ran out (budgets of concurrent runs above what the worker has)"
+                )
+            memory_exceeded = memory.exceeded or (group is not None and group.oom_killed())
+            memory_peak = group.peak() if group is not None else memory.peak
+            reader.drain(time.monotonic() + 5, outputs, killed=memory_exceeded)
         finally:
             for fd in (read_fd, out_r, err_r):
                 os.close(fd)
@@ -682,10 +744,12 @@ def run_pytest(
         channel_flooded=reader.flooded,
         wall_limit=limits.wall_seconds,
         cpu_limit=limits.cpu_seconds,
+        cpu_allowance=limits.cpu_allowance,
         space_full=space_full(rd.space),
         memory_limit=limits.run_memory_bytes,
-        memory_exceeded=memory.exceeded,
-        memory_peak=memory.peak,
+        memory_exceeded=memory_exceeded,
+        memory_peak=memory_peak,
+        memory_bound=place.bound.value if limits.run_memory_bytes > 0 else MemoryBound.WATCH.value,
         channel_key=key,
         duration=time.monotonic() - started,
         startup_seconds=None if reader.collected_at is None else reader.collected_at - started,

@@ -8,9 +8,11 @@ interpreter start-up, imports of pytest and the sandbox's setup are not the stud
 wall clock is still limited, generously, by the worker (`sandbox.run_pytest`), for what CPU time cannot see: a
 sleep, a deadlock, a wait on input.
 
-At `pytest_sessionstart` (before any test module is collected) the plugin arms `ITIMER_PROF` for exactly the
-limit (process CPU time, all threads, microsecond resolution; SIGPROF's default action ends the process) and
-lowers `RLIMIT_CPU` to the whole second after it, plus one, as a backstop that a student cannot disarm (the
+At `pytest_sessionstart` (before any test module is collected) the plugin arms `ITIMER_PROF` (process CPU time,
+all threads, microsecond resolution; SIGPROF's default action ends the process) for exactly the limit plus its
+measurement tolerance (`SANDBOX_CPU_TOLERANCE`: the same computation costs more CPU time beside other busy
+processes, so the clock cuts at limit × (1 + tolerance); the worker hands the plugin that figure) and lowers
+`RLIMIT_CPU` to the whole second after it, plus one, as a backstop that a student cannot disarm (the
 hard limit is lowered with it, and a process without privileges cannot raise it again). Processes the tests
 start inherit `RLIMIT_CPU` (each with its own count); the wall clock bounds them together.
 """

@@ -9,16 +9,23 @@ what is reported with a key the student cannot read (docs/work.md, "The guard"):
   audit hook. Audit hooks cannot be removed from Python and this one is reachable from nothing (no module
   attribute holds it; `gc` introspection and `ctypes` are refused), so its closure (the key, the snapshots)
   is out of the student's reach.
-- **Refused, and the run is over** (a signed `tamper` line, then `os._exit`): any `ctypes` event or import;
-  `gc.get_objects` / `get_referrers` / `get_referents`; `sys.settrace` / `setprofile` / `_current_frames`;
-  opening or listing `/proc/<self|pid|thread-self>/...` or `/dev/fd` (memory, environment, the pipe); a fresh
-  import of a module that was loaded before the session (a second `_signal`, `ctypes`, `_pytest.runner`);
-  writing an attribute of pytest's, pluggy's or the plugin's classes or the code of any function loaded before
-  the session; writing a library class's attribute from student code; compiling or unmarshalling code under a
-  reference file's name from student code; a Python signal handler (it could run inside the hook).
-- **Refused, no mark** (a student's `traceback.format_exc()` is no crime): frame introspection
-  (`sys._getframe`, a traceback's or generator's frame) from any thread but pytest's, while student code is on
-  the stack, or reaching the guard's own frames.
+- **Refused, and the run is over** (a signed `tamper` line, then `os._exit`): only what can serve nothing but
+  forging the verdict: loading ctypes around its halted `sys.modules` entry (the entry removed, the extension
+  loaded from its file or under another name) or any `ctypes` event; opening `/proc/<pid>/mem` or `environ`
+  (the key is in the memory; the cold launcher's was in the start-up environment); a fresh import of a module
+  that was loaded before the session (a second `_signal`, `_pytest.runner`); writing an attribute of pytest's,
+  pluggy's or the plugin's classes or the code or defaults of any function loaded before the session; writing a
+  library class's attribute from student code; compiling or unmarshalling code under a reference file's name
+  from student code; a frame request while the hook runs (a signal handler inside it).
+- **Refused quietly** (an ordinary error where it is asked, no mark: refusing is enough to stop it, and honest
+  code does these): `import ctypes` (ModuleNotFoundError: its `sys.modules` entries are None, so
+  `try: import ctypes / except ImportError` goes on without it); `gc.get_objects` / `get_referrers` /
+  `get_referents`, `sys.settrace` / `setprofile` (cProfile too), `sys._current_frames`, another audit hook
+  (RuntimeError from `_refuse_quietly`, the second hook, whose frame leads nowhere; `sys.addaudithook` then
+  adds nothing). Frame introspection from student code that would reach the guard's own frames is refused too.
+- **Open**: `gc.collect` / `disable` / `enable` / `freeze` / `get_count`, `sys.setrecursionlimit`,
+  `sys._getframe` / `inspect.currentframe()` outside the hook, threads, `subprocess`, `multiprocessing` with
+  fork, `/proc/self/status`, `stat`, `fd`, `/proc/cpuinfo` and the rest of `/proc`.
 - The plugin speaks only through the audit event `gateway.verdict`. The hook accepts it only in pytest's process
   and thread, when every frame on the stack runs pytest's, pluggy's, the plugin's or the launcher's code (as
   loaded before the session) and the exact callers are pytest's (`call_and_report` for a test, ...). It checks
@@ -29,7 +36,8 @@ what is reported with a key the student cannot read (docs/work.md, "The guard"):
   by anyone else (found by fd number, by a helper process, before a forged `os._exit`) fail the worker's check.
 - Inside the hook no code runs that the student could have replaced: what it calls is bound when armed
   (builtins, C functions) or its own; it never calls pytest's properties; garbage collection is off while it
-  runs (no student `__del__`), and Python signal handlers are refused.
+  runs (no student `__del__`). Not closed: a Python signal handler that runs while the hook runs is handed
+  the hook's frame as its `frame` argument (docs/work.md, "What is prevented, what is not").
 """
 
 from __future__ import annotations
@@ -40,10 +48,19 @@ from typing import Any
 
 TRUSTED_PREFIXES = ("_pytest", "pytest", "pluggy", "gateway_verdict", "gateway_guard", "__main__")
 _FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
-_TAMPER_EVENTS = frozenset({
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile",
+# Refused quietly, by `_refuse_quietly` (an ordinary RuntimeError in the caller; `sys.addaudithook` then simply
+# adds nothing): what would reach objects the student cannot otherwise name (gc's reverse and whole-heap views,
+# every thread's frames), a tracer (it can write a running frame's locals) and another audit hook (it would be
+# handed the guard's own objects, e.g. the traceback the hook reads its stack from). Refusing is enough to stop
+# each; an honest student who uses one gets an error, never "tampering detected".
+_QUIET = frozenset({
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile", "sys.addaudithook",
     "sys._current_frames", "sys._current_exceptions", "sys._settraceallthreads", "sys._setprofileallthreads",
 })  # fmt: skip
+# The only /proc/<pid>/ entries refused (as tampering): the memory (the key is in it) and the environment the
+# process started with (the cold launcher's key was in it). The kernel refuses both to a non-dumpable process of
+# another uid anyway; asking can serve nothing but forging. Everything else there (status, fd, maps, ...) is open.
+_PROC_SECRETS = frozenset({"mem", "environ"})
 # Module globals pytest itself sets during a run.
 _SET_BY_PYTEST = frozenset({("_pytest.assertion.util", "_reprcompare"), ("_pytest.assertion.util", "_assertion_pass"),
                             ("_pytest.assertion.util", "_config"), ("_pytest.doctest", "RUNNER_CLASS"),
@@ -87,7 +104,15 @@ def codes_of(objects: Any, into: set[Any]) -> None:
 
 
 def _is_ctypes(name: str) -> bool:
-    return name == "ctypes" or name.startswith(("ctypes.", "_ctypes"))
+    """ctypes, its submodules and its extension (also loaded under another package: `x._ctypes`)."""
+    return name == "ctypes" or name.startswith("ctypes.") or name.rpartition(".")[2].startswith("_ctypes")
+
+
+def _refuse_quietly(event: str, args: Any, _quiet: frozenset[str] = _QUIET, _error: type = RuntimeError) -> None:
+    """The second audit hook (after the guard's). It holds nothing: its frame, found in the traceback of what it
+    refuses, leads only to the caller's. Its defaults are bound here (rebinding them or its code is refused)."""
+    if event in _quiet:
+        raise _error(f"{event} is not available in the sandbox")
 
 
 def _code_sets() -> tuple[set[Any], set[Any]]:
@@ -96,6 +121,8 @@ def _code_sets() -> tuple[set[Any], set[Any]]:
     trusted: set[Any] = set()  # code that may be on the stack when the plugin reports
     known: set[Any] = set()  # code loaded before the session (the standard library too)
     for name, module in list(sys.modules.items()):
+        if module is None:  # a halted import (ctypes)
+            continue
         values = list(vars(module).values())
         codes_of(values, known)
         if name.startswith(TRUSTED_PREFIXES):
@@ -147,7 +174,10 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
     import pluggy._manager  # noqa: PLC0415
 
     for name in [n for n in sys.modules if _is_ctypes(n)]:
-        del sys.modules[name]  # the caller dropped its own references; importing it again is refused
+        del sys.modules[name]  # the caller dropped its own references
+    sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # type: ignore[assignment]  # `import ctypes` fails
+    # quietly (ModuleNotFoundError: an honest `try: import ctypes / except ImportError` goes on without it); the
+    # hook refuses, as tampering, any other way to load it (these entries removed, the extension by its path)
 
     _type, _len, _isinstance, _id, _str, _int, _float, _bool = type, len, isinstance, id, str, int, float, bool
     _tuple, _list, _dict, _callable, _vars, _any, _zip = tuple, list, dict, callable, vars, any, zip
@@ -172,6 +202,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         if isinstance(value, type) and vars(value).get("__module__") == name
     )  # pytest's own classes, by where they live: their methods and properties are snapshotted too
     _getattr = getattr
+    is_ctypes, proc_secrets = _is_ctypes, _PROC_SECRETS  # bound here: the module's names are the student's to change
 
     def resolve(path: str) -> str:
         """`os.path.realpath` from C calls only (the library's is Python a student could have changed)."""
@@ -207,7 +238,8 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
 
     global _prepared  # noqa: PLW0603
     prepared, _prepared = _prepared, None
-    if prepared is not None and prepared[2] == frozenset(sys.modules):  # (ctypes is already gone from both)
+    loaded = frozenset(n for n in sys.modules if not _is_ctypes(n))
+    if prepared is not None and prepared[2] == loaded:  # (the ctypes entries are not modules)
         trusted, known = set(prepared[0]), set(prepared[1])  # copies: nothing outside the hook holds these
     else:
         trusted, known = _code_sets()
@@ -312,6 +344,7 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         return _any(f.f_code not in allowed for f in frames[1:])  # [0] is the hook itself
 
     def proc_path(path: Any) -> bool:
+        """A process's memory or start-up environment under /proc (also through a symlink, `/dev/fd` or a task)."""
         t = _type(path)
         if t is _int:
             return False
@@ -320,12 +353,14 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
         elif t is not _str:
             return True  # a path-like object would run its own code here: refused
         real = resolve(path)
-        if real == "/proc" or real.startswith("/dev/fd"):
-            return True
         if not real.startswith("/proc/"):
             return False
-        first = real[6:].split("/", 1)[0]
-        return first in ("self", "thread-self") or first.isdigit()
+        parts = real[6:].split("/")
+        if parts[0] not in ("self", "thread-self") and not parts[0].isdigit():
+            return False
+        if _len(parts) >= 4 and parts[1] == "task":
+            parts = parts[2:]
+        return _len(parts) == 2 and parts[1] in proc_secrets
 
     # ------------------------------------------------------------------------------------------- snapshots
     def machinery() -> dict[Any, Any]:
@@ -585,15 +620,23 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
                 over("refused: frame introspection inside the verdict's guard")
         elif event == "gateway.verdict":
             on_verdict(args, stack())
-        elif event in _TAMPER_EVENTS or event.startswith(("ctypes.", "sys.monitoring")):
+        elif event.startswith(("ctypes.", "sys.monitoring")):
             over(f"refused: {event}")
         elif event == "import":
             name = args[0]
-            if _type(name) is not _str or name in preloaded or name.startswith(("ctypes", "_ctypes")):
-                over(f"refused: importing {name if _type(name) is _str else '?'} again")
+            if _type(name) is not _str:
+                over("refused: importing ?")
+            if is_ctypes(name):
+                # An import statement (no path: the machinery looks in sys.modules next) that the None entry halts
+                # is quiet; loading the extension from its file, or ctypes once its entries were removed, is not.
+                top = name.partition(".")[0]
+                if not (_len(args) > 1 and args[1] is None and top in _modules and _modules[top] is None):
+                    over(f"refused: importing {name}")
+            elif name in preloaded:
+                over(f"refused: importing {name} again")
         elif event in ("open", "os.listdir", "os.scandir", "os.chdir") and args:
             if proc_path(args[0]):
-                over(f"refused: {event} of a process's /proc entry")
+                over(f"refused: {event} of a process's memory or environment")
         elif event in ("object.__setattr__", "object.__delattr__"):
             target = args[0]
             tid = _id(target)
@@ -646,3 +689,4 @@ def arm(channel_fd: int, key: bytes, work_dir: str, reference: list[str]) -> Non
                     _gc_enable()
 
     sys.addaudithook(hook)
+    sys.addaudithook(_refuse_quietly)

@@ -1,15 +1,15 @@
-"""A run's total memory: what all of its processes hold together, watched by the worker.
+"""A run's total memory: what all of its processes hold together, watched by the worker (the fallback bound).
 
 Why not only rlimits: RLIMIT_AS bounds one process (`sandbox_memory_mb`), RLIMIT_NPROC the number of tasks of
-the run's uid (`sandbox_max_processes`), so a run could hold their product (1 GiB × 256 before). Why not a
-cgroup: the memory controller of cgroup v2 is the right tool, but the machines this runs on do not all offer it
-to the worker (the development machine mounts cgroup v1 for memory, owned by its host); so the bound is kept by
-accounting. The worker sums the proportional set size (`Pss` from `/proc/<pid>/smaps_rollup`: shared pages
-split between the processes that map them, so a forked pool is not counted N times) of every process of the
-run's uid every `_EVERY` seconds, and ends the run when the sum passes `sandbox_run_memory_mb`; the verdict
-says so (CRASHED, "memory limit"). Between two looks a run may grow by what its processes can allocate in that
-time, and never past the hard bound RLIMIT_AS × RLIMIT_NPROC (docs/work.md, "Memory"). The run's tmpfs
-(`sandbox_space`) is bounded on its own by its size.
+the run's uid (`sandbox_max_processes`), so a run could hold their product (1 GiB × 256 before). The hard bound is
+a memory cgroup per run (`sandbox_cgroup`); this watch is what holds the run where the worker cannot make one
+(not root, a container without a delegated memory cgroup, `SANDBOX_CGROUP_ROOT` not a memory cgroup), so the
+bound is kept by accounting there. The worker sums the proportional set size (`Pss` from
+`/proc/<pid>/smaps_rollup`: shared pages split between the processes that map them, so a forked pool is not
+counted N times) of every process of the run's uid every `_EVERY` seconds, and ends the run when the sum
+passes `sandbox_run_memory_mb`; the verdict says so (CRASHED, "memory limit"). Between two looks a run may
+grow by what its processes can allocate in that time, and never past RLIMIT_AS × RLIMIT_NPROC (docs/work.md,
+"Memory"). The run's tmpfs (`sandbox_space`) is bounded on its own by its size.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ class WarmProcess:
         self.buffer = b""
         self.pid: int | None = None
         self.returncode: int | None = None
+        self.refused: str | None = None  # the keeper could not start the run (it could not join the run's cgroup)
 
     def _read(self, timeout: float) -> None:
         if self.returncode is not None:
@@ -56,6 +57,8 @@ class WarmProcess:
             message = json.loads(line)
             if "pid" in message:
                 self.pid = int(message["pid"])
+            if "refused" in message:
+                self.refused = str(message["refused"])
             if "status" in message:
                 self.returncode = os.waitstatus_to_exitcode(int(message["status"]))
 

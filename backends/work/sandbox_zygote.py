@@ -182,6 +182,13 @@ def _keep(job: dict[str, Any], answer: socket.socket, channel: int, out: int, er
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        try:
+            for procs in job.get("cgroup", []):  # the run's cgroup(s), before the run's first process exists
+                with open(procs, "w", encoding="ascii") as handle:
+                    handle.write(str(os.getpid()))
+        except OSError as exc:
+            answer.sendall(json.dumps({"refused": f"join {procs}: {exc.strerror or exc}"}).encode() + b"\n")
+            raise
         _check(_libc.unshare(sum(_CLONE.values())), "unshare")
         lifeline, held = os.pipe()  # readable (EOF) in the run once this keeper is gone
         pid = os.fork()

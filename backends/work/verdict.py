@@ -211,10 +211,20 @@ def _tampered(channel: Channel, test_files: list[str], reasons: list[str]) -> tu
     )
 
 
+def _cpu_message(limit: float, allowance: float) -> str:
+    """The CPU clock's verdict, naming where it cut when that was past the limit (its measurement tolerance)."""
+    message = f"CPU time limit of {limit:g}s exceeded (the time limit counts the tests' CPU time"
+    if allowance > limit:
+        message += f"; cut at {allowance:g}s, the limit plus its {allowance / limit - 1:.0%} measurement tolerance"
+    return message + ")"
+
+
 def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tuple[list[TestOutcome], RunSummary]:
     """Outcomes and the run's status; raises `InfrastructureError` when the runner broke before any test."""
     channel = read_channel(outcome.channel, outcome.channel_key, outcome.channel_flooded)
-    if outcome.memory_exceeded and channel.end_status is None:
+    if outcome.memory_exceeded:
+        # The run passed its memory limit (the kernel killed a process of its cgroup, or the worker's watch saw
+        # it): that is the verdict, whether or not the session still reported its end before the worker looked.
         if channel.problems:
             return _tampered(channel, test_files, channel.problems)
         message = f"test process stopped: memory limit of the run ({outcome.memory_limit >> 20} MiB) exceeded"
@@ -241,8 +251,7 @@ def decide(outcome: RunOutcome, test_files: list[str], time_limit: float) -> tup
             return _cut(channel, test_files, TIMEDOUT, ""), RunSummary()
         if sig is not None and sig in _LIMIT_SIGNALS:
             if sig in _CPU_SIGNALS:
-                cpu = outcome.cpu_limit or time_limit
-                message = f"CPU time limit of {cpu:g}s exceeded (the time limit counts the tests' CPU time)"
+                message = _cpu_message(outcome.cpu_limit or time_limit, outcome.cpu_allowance)
             else:
                 message = f"test process stopped: {_LIMIT_SIGNALS[sig]}"
             status = TIMEDOUT if sig in _CPU_SIGNALS else CRASHED

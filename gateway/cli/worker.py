@@ -146,6 +146,19 @@ def _sandbox_slots(settings: Settings, console: Console) -> None:
     console.print(f"sandbox slots on this host: {usage.in_use}/{usage.total} in use")
 
 
+def _sandbox_memory_bound(settings: Settings, console: Console) -> None:
+    """Which bound holds a run's total memory on this host: its own cgroup (hard) or the worker's polling."""
+    from backends.work.sandbox import memory_place
+
+    try:
+        place = memory_place(settings)
+    except OSError as exc:
+        console.print(f"[red]sandbox memory bound: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
+        return
+    budget = settings.sandbox_run_memory_mb
+    console.print(f"sandbox memory bound per run ({budget} MiB): {place.describe()}")
+
+
 @worker_app.command("status")
 def status() -> None:
     """Workers (name, queues, active tasks, uptime), queue lengths, broker/backend reachability. Exit 1 if none."""
@@ -158,6 +171,7 @@ def status() -> None:
         except Exception as exc:  # noqa: BLE001 - one engine's failure must not hide the other's table
             console.print(f"[red]{adapter.engine}: {redact_text(f'{type(exc).__name__}: {exc}')}[/red]")
     _sandbox_slots(settings, console)
+    _sandbox_memory_bound(settings, console)
     if answered == 0:
         console.print("[red]no worker answered[/red]")
         raise typer.Exit(1)

@@ -24,6 +24,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "runner": ("test runner", ""),
     "limits.time_seconds": ("time limit", " s"),
     "limits.cpu_seconds": ("CPU limit", " s"),
+    "limits.cpu_tolerance": ("CPU limit's measurement tolerance", ""),
     "limits.wall_seconds": ("wall-clock limit", " s"),
     "limits.run_memory_mb": ("run memory limit", " MB"),
     "limits.memory_mb": ("memory limit", " MB"),

@@ -71,7 +71,9 @@ class Scope(StrEnum):
 # The environment fields (gateway/compare/environment.py) a migration requires equal on both engines unless told
 # otherwise: everything a grade can depend on. `process` (a warm or a cold start) is shown but not required.
 DEFAULT_PARITY: tuple[str, ...] = ("python", "pytest", "distributions", "isolation", "limits")
-_LIMITS = ("time_seconds", "cpu_seconds", "wall_seconds", "memory_mb", "run_memory_mb", "processes", "file_mb")
+_LIMITS = (
+    "time_seconds", "cpu_seconds", "cpu_tolerance", "wall_seconds", "memory_mb", "run_memory_mb", "processes", "file_mb"
+)  # fmt: skip
 PARITY_FIELDS: tuple[str, ...] = (
     "python", "pytest", "distributions", "isolation", "process", "runner", "limits", *(f"limits.{x}" for x in _LIMITS)
 )  # fmt: skip

@@ -342,7 +342,7 @@ def replay_window(config: CutoverConfig, since: datetime | None) -> list[Any] | 
 
 def ran(outcome: str, side: str | None, this_side: Side) -> bool:
     """`_ran` on one class: the leg on this side ran to an answer."""
-    if outcome == ComparisonOutcome.COMPARE_ERROR:
+    if outcome in NOT_EVIDENCE:
         return False
     if outcome == ComparisonOutcome.INFRA_ERROR and side in (this_side, Side.BOTH):
         return False

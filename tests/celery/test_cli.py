@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -50,6 +51,12 @@ def test_status_exits_non_zero_when_no_worker_answers(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "no worker answered" in out.stdout
     assert "sandbox slots on this host: 0/3 in use" in out.stdout  # admission: runs in progress / slots
+    # which bound holds a run's total memory on this host: its own cgroup (hard) or the worker's polling
+    assert re.search(r"sandbox memory bound per run \(\d+ MiB\): (cgroup-v1|cgroup-v2|watch) ", out.stdout)
+    env["SANDBOX_CGROUP_ROOT"] = str(tmp_path)  # not a memory cgroup: the polled bound, and why
+    out = gateway(env, "worker", "status", timeout=120)
+    why = f"{tmp_path} is not a memory cgroup" if os.geteuid() == 0 else "the worker is not root"
+    assert f"watch (polled every 0.1 s, may overshoot): {why}" in out.stdout
 
 
 def test_test_job_rejects_an_unknown_task(pg_redis_env: dict[str, str]) -> None:

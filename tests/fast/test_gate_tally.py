@@ -28,7 +28,7 @@ from tests.fast.conftest import ADMIN, MemoryGateway, body
 pytestmark = pytest.mark.fast
 
 CONTENT = "cc-prefect"
-OUTCOMES = ["match"] * 6 + ["mismatch", "noise", "infra_error", "shadow_timeout", "compare_error"]
+OUTCOMES = ["match"] * 6 + ["mismatch", "noise", "infra_error", "shadow_timeout", "compare_error", "late"]
 SIDES = {"infra_error": ["primary", "shadow", "both"]}
 DIFFS = [[{"path": "$.score"}], [{"test": "t1", "path": "$.tests.t1"}]]
 

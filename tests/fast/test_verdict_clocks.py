@@ -50,6 +50,16 @@ def test_the_cpu_clock_during_a_test_is_the_time_limit() -> None:
     assert [(o.status, o.result) for o in outcomes] == [("COMPLETED", "PASSED"), ("TIMEDOUT", "FAILED")]
 
 
+def test_the_cpu_clock_names_its_measurement_tolerance() -> None:
+    """The clock cuts at the limit plus its tolerance (`SANDBOX_CPU_TOLERANCE`); the message says both figures."""
+    outcome = _outcome(1, sig=signal.SIGPROF)
+    outcome.cpu_allowance = 3.0
+    _outcomes, run = decide(outcome, FILES, 2.0)
+    assert run.status == "TIMEDOUT"
+    assert "CPU time limit of 2s exceeded" in (run.status_message or "")
+    assert "cut at 3s, the limit plus its 50% measurement tolerance" in (run.status_message or "")
+
+
 def test_the_wall_clock_after_the_last_test_grades_the_tests() -> None:
     outcomes, run = decide(_outcome(2, timed_out=True), FILES, 2.0)
     assert run.status == "COMPLETED" and [o.result for o in outcomes] == ["PASSED", "PASSED"]

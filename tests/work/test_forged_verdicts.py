@@ -69,7 +69,8 @@ ATTACKS: dict[str, str] = {
         "os._exit(0)\n"
     ),
     "a forged session on the pipe found through /proc/self/fd": (
-        _SESSION + "import os\nfor _fd in os.listdir('/proc/self/fd'):\n    os.write(int(_fd), FORGED)\nos._exit(0)\n"
+        _SESSION + "import os\nfor _fd in os.listdir('/proc/self/fd'):\n"
+        "    try:\n        os.write(int(_fd), FORGED)\n    except OSError:\n        pass\nos._exit(0)\n"
     ),
     "TestReport.__init__ patched from a module the tests import": (
         "import _pytest.reports\n_orig = _pytest.reports.TestReport.__init__\n"
@@ -193,10 +194,55 @@ ATTACKS: dict[str, str] = {
     "code compiled under the reference test's name": (
         "exec(compile('def test_add():\\n    pass\\n', '/work/test_calc.py', 'exec'), globals())\n"
     ),
+    # --- around the quiet refusals (issue 23 part 2: they must not open a way in)
+    "an audit hook of its own, handed the traceback the guard reads its stack from": (
+        "import sys, os\n_found = []\n"
+        "def _spy(ev, args):\n"
+        "    if ev == 'object.__getattr__' and args[1] == 'tb_frame' and not _found:\n"
+        "        f = args[0].tb_frame\n"
+        "        while f is not None:\n"
+        "            _found.append(dict(f.f_locals))\n            f = f.f_back\n"
+        "sys.addaudithook(_spy)\n"
+        "def add(a, b):\n"
+        "    todo, seen = [v for d in _found for v in d.values()], set()\n"
+        "    while todo:\n"
+        "        v = todo.pop()\n"
+        "        if id(v) in seen:\n            continue\n"
+        "        seen.add(id(v))\n"
+        "        if callable(v) and getattr(v, '__name__', '') == 'send':\n"
+        "            for n in ('test_calc.py::test_add', 'test_calc.py::test_mean'):\n"
+        "                v({'event': 'test', 'nodeid': n, 'when': 'call', 'outcome': 'passed', 'message': '',\n"
+        "                   'details': '', 'duration': 0.0})\n"
+        "            v({'event': 'end', 'exitstatus': 0})\n"
+        f"            open('/out/junit.xml', 'w').write({FORGED_JUNIT!r})\n"
+        "            os._exit(0)\n"
+        "        todo += [c.cell_contents for c in getattr(v, '__closure__', None) or ()]\n"
+        "    return 0\n"
+    ),
+    "ctypes's halted entry removed, then imported": "import sys\ndel sys.modules['ctypes']\nimport ctypes\n",
+    "the ctypes extension loaded under another name": (
+        "import importlib.machinery, importlib.util\n"
+        "_spec = importlib.machinery.PathFinder.find_spec('_ctypes')\n"
+        "_spec = importlib.util.spec_from_file_location('x._ctypes', _spec.origin)\n"
+        "importlib.util.module_from_spec(_spec)\n"
+    ),
+    "reading the environment the process started with": "open('/proc/self/environ', 'rb')\n",
+    "reading a thread's memory through /proc/thread-self": "open('/proc/thread-self/mem', 'rb')\n",
+    "the quiet refusal's defaults rebound": (
+        "import gateway_guard\ngateway_guard._refuse_quietly.__defaults__ = (frozenset(), RuntimeError)\n"
+    ),
 }
 # Attacks that may end in the honest score without any mark: whether the alarm ever lands while the hook runs is
 # the machine's timing; either way nothing of the guard is reached (the hook ends the run when it is).
 HONEST_ENDINGS = {"a signal handler raising inside the hook, then the guard's frame from the traceback"}
+# Attacks the guard refuses quietly (an ordinary error where they ask, issue 23 part 2): nothing happens, so the
+# run ends with the wrong solution's honest score (0), without a mark.
+HONEST_ENDINGS |= {
+    "sys.settrace plus ctypes PyFrame_LocalsToFast clearing excinfo", "sys.settrace alone", "threading.settrace",
+    "gc finds the plugin manager and registers a cheat", "ctypes imported", "all threads' frames",
+    "gc referrers of the plugin's class", "the guard armed again with a key the student knows",
+    "an audit hook of its own, handed the traceback the guard reads its stack from",
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True, params=["warm", "cold"])
@@ -250,6 +296,91 @@ def test_honest_code_is_graded_honestly(make_job: Callable[..., Any], solution: 
     report = run_student_testing(make_job(tests, {"calc.py": HONEST[solution]}))
     assert report["summary"] == {"total": 3, "passed": 3, "failed": 0, "skipped": 0}, report["statusMessage"]
     assert report["status"] == "COMPLETED"
+
+
+# Honest, common uses (issue 23 part 2): allowed ones keep full marks; refused ones fail where they ask, with an
+# ordinary error (the test that needs them fails), never "tampering detected". `add` and `mean` are right.
+_ADD, _MEAN = "def add(a, b):\n    return a + b\n", "def mean(v):\n    return sum(v) / len(v)\n"
+ALLOWED_USES = {
+    "ctypes imported only where it is available (as numpy does)": (
+        "try:\n    import ctypes\nexcept ImportError:\n    ctypes = None\n" + _ADD + _MEAN
+    ),
+    "gc.collect, disable, enable, get_count, isenabled, freeze": (
+        "import gc\n" + _MEAN + "def add(a, b):\n    gc.disable()\n    gc.collect()\n    gc.freeze()\n"
+        "    gc.unfreeze()\n    assert not gc.isenabled() and len(gc.get_count()) == 3\n    gc.enable()\n"
+        "    return a + b\n"
+    ),
+    "sys.setrecursionlimit and a deep recursion": (
+        "import sys\nsys.setrecursionlimit(10000)\n"
+        + _MEAN
+        + "def _depth(n):\n    return 0 if n == 0 else 1 + _depth(n - 1)\n"
+        "def add(a, b):\n    return _depth(3000) - 3000 + a + b\n"
+    ),
+    "inspect.currentframe, sys._getframe and a traceback printed": (
+        "import inspect, sys, traceback\n" + _MEAN + "def add(a, b):\n"
+        "    assert inspect.currentframe().f_code.co_name == 'add' == sys._getframe().f_code.co_name\n"
+        "    try:\n        import ctypes  # noqa\n"
+        "    except ImportError:\n        assert 'ctypes' in traceback.format_exc()\n"
+        "    return a + b\n"
+    ),
+    "/proc/self/status, stat, statm, fd, /proc/cpuinfo and /proc/meminfo read": (
+        "import os\n" + _MEAN + "def add(a, b):\n"
+        "    for p in ('/proc/self/status', '/proc/self/stat', '/proc/self/statm', '/proc/cpuinfo', '/proc/meminfo'):\n"
+        "        assert open(p).read()\n"
+        "    assert os.listdir('/proc/self/fd') and os.listdir('/dev/fd')\n"
+        "    return a + b\n"
+    ),
+    "threads, a thread pool and a timer": (
+        "import concurrent.futures, threading\n" + _MEAN + "def add(a, b):\n"
+        "    with concurrent.futures.ThreadPoolExecutor(2) as pool:\n        s = pool.submit(lambda: a + b).result()\n"
+        "    done = []\n    t = threading.Timer(0, lambda: done.append(s))\n    t.start()\n    t.join()\n"
+        "    return done[0]\n"
+    ),
+    "subprocess runs the interpreter": (
+        "import subprocess, sys\n" + _MEAN + "def add(a, b):\n"
+        "    out = subprocess.run([sys.executable, '-c', f'print({a} + {b})'], capture_output=True, check=True)\n"
+        "    return int(out.stdout)\n"
+    ),
+    "multiprocessing: a forked process": (
+        "import multiprocessing\n" + _MEAN + "def _sum(pair):\n    assert pair[0] + pair[1] == 5\n"
+        "def add(a, b):\n"
+        "    p = multiprocessing.get_context('fork').Process(target=_sum, args=((a, b),))\n    p.start()\n"
+        "    p.join()\n    return a + b if p.exitcode == 0 else -1\n"
+    ),
+    "an audit hook of its own (quietly not added)": ("import sys\nsys.addaudithook(lambda *a: None)\n" + _ADD + _MEAN),
+}
+REFUSED_USES = {
+    "ctypes imported": "def mean(v):\n    import ctypes\n    return 1.5\n",
+    "multiprocessing.Value (it needs ctypes)": (
+        "import multiprocessing\ndef mean(v):\n    return multiprocessing.Value('d', sum(v) / len(v)).value\n"
+    ),
+    "gc.get_referents (a deep-size recipe)": "import gc\ndef mean(v):\n    gc.get_referents(v)\n    return 1.5\n",
+    "gc.get_objects": "import gc\ndef mean(v):\n    gc.get_objects()\n    return 1.5\n",
+    "a tracer of its own": "import sys\ndef mean(v):\n    sys.settrace(lambda *a: None)\n    return 1.5\n",
+    "cProfile": "import cProfile\ndef mean(v):\n    cProfile.Profile().enable()\n    return 1.5\n",
+    "every thread's frames (a watchdog's dump)": (
+        "import sys\ndef mean(v):\n    sys._current_frames()\n    return 1.5\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("use", list(ALLOWED_USES))
+def test_an_allowed_honest_use_keeps_full_marks(make_job: Callable[..., Any], use: str) -> None:
+    report = run_student_testing(make_job(TESTS, {"calc.py": ALLOWED_USES[use]}))
+    assert report["status"] == "COMPLETED", report["statusMessage"]
+    assert report["summary"]["passed"] == 2, _messages(report)
+
+
+@pytest.mark.parametrize("use", list(REFUSED_USES))
+def test_a_refused_honest_use_fails_only_where_it_asks(make_job: Callable[..., Any], use: str) -> None:
+    report = run_student_testing(make_job(TESTS, {"calc.py": _ADD + REFUSED_USES[use]}))
+    assert report["status"] == "COMPLETED", report["statusMessage"]
+    assert _results(report) == ["PASSED", "FAILED"], _messages(report)
+    assert report_score(report) == 0.5
+
+
+def _messages(report: dict[str, Any]) -> list[str]:
+    return [t["resultMessage"] for c in report["tests"] for t in c["tests"]]
 
 
 RICH_REFERENCE = {

@@ -249,10 +249,20 @@ IN_PROCESS = {
 }
 
 
+# Refused quietly (`gc.get_objects` raises where it is asked, issue 23 part 2): nothing is registered, the run
+# ends with the wrong solution's honest score and no mark.
+QUIETLY_REFUSED = {"plugin registered through gc"}
+
+
 @pytest.mark.parametrize("trick", list(IN_PROCESS))
 def test_in_process_tricks_are_detected(make_job: Callable[..., Any], trick: str) -> None:
     tests = {**TESTS, "test_more.py": "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"}
-    _assert_tampering(run_student_testing(make_job(tests, {"calc.py": WRONG + IN_PROCESS[trick]})))
+    report = run_student_testing(make_job(tests, {"calc.py": WRONG + IN_PROCESS[trick]}))
+    if trick in QUIETLY_REFUSED:
+        _assert_honest_zero(report)
+        assert "tampering" not in report["statusMessage"], report["statusMessage"]
+    else:
+        _assert_tampering(report)
 
 
 # ------------------------------------------------------------------------------------------------ ending the run

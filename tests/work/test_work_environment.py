@@ -18,8 +18,9 @@ def test_the_report_names_the_effective_environment(make_job: Callable[..., Any]
     assert report["result"] == "PASSED"
     env = report["environment"]
     assert env["limits"] == {
-        "time_seconds": 7.0, "cpu_seconds": 7.0, "wall_seconds": 21.0, "memory_mb": 512, "processes": 64,
-        "file_mb": settings.sandbox_max_file_mb, "run_memory_mb": settings.sandbox_run_memory_mb,
+        "time_seconds": 7.0, "cpu_seconds": 7.0, "cpu_tolerance": settings.sandbox_cpu_tolerance, "wall_seconds": 21.0,
+        "memory_mb": 512, "processes": 64, "file_mb": settings.sandbox_max_file_mb,
+        "run_memory_mb": settings.sandbox_run_memory_mb,
     }  # fmt: skip
     assert env["pytest"] == metadata.version("pytest") and len(env["distributions"]) == 12
     assert env["isolation"] == settings.sandbox_isolation.value and env["process"] in ("warm", "cold")
