@@ -123,8 +123,9 @@ class LegState:
     # Set when the engine can tell that nothing is executing the leg any more (a runner gone, its runs Late).
     stalled: str | None = None
     # Set when the leg waits behind a busy but live worker (a Prefect run Late while its runner still polls, at its
-    # limit): waited for up to its deadline; a shadow leg still waiting so at its deadline ends `late`, which is
-    # neither an infrastructure error nor a sample.
+    # limit; a Celery message in a queue a live worker consumes, or reserved by one): waited for up to its
+    # deadline; a shadow leg still waiting so at its deadline ends `late`, which is neither an infrastructure
+    # error nor a sample.
     busy: str | None = None
     # Set when the run died without an end and nothing will ever finish it (the worker that ran it is gone):
     # the caller may `rerun` the leg. Unlike `stalled`, waiting cannot help.

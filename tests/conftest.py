@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from common.settings import get_settings
+from tests.support.parallel import pytest_collection_modifyitems as pytest_collection_modifyitems  # hooks of
+from tests.support.parallel import pytest_xdist_make_scheduler as pytest_xdist_make_scheduler  # the -n runs
 
 # The checkout under test: its packages must be imported from here, never from another checkout or an installed
 # copy (a test passing against other code proves nothing about this code). Package name → its folder.

@@ -131,6 +131,7 @@ class CeleryAdapter:
                         ask_workers=self._query_task,
                         queued_ids=self._queued_ids,
                         known_workers=self._expected_workers,
+                        active_queues=self._active_queues,
                         lost_after=self._settings.celery_unheld_lost_seconds,
                         interval=self.liveness_interval,
                     )
@@ -140,14 +141,24 @@ class CeleryAdapter:
         """Every answering worker's `query_task` for these ids (the whole timeout is waited: all must answer)."""
         return self.control_app.control.inspect(timeout=self.inspect_timeout).query_task(*leg_ids) or {}
 
-    def _queued_ids(self) -> set[str] | None:
-        """The ids waiting in the broker's queues (Redis); None where the broker cannot list them."""
+    def _queued_ids(self) -> dict[str, str] | None:
+        """The ids waiting in the broker's queues and the queue of each (Redis); None where the broker cannot list
+        them (AMQP; the filesystem broker is not checked at all)."""
         from backends.celery import queues
 
         url = self._settings.broker_url()
         if url.startswith(("redis://", "rediss://", "unix://")):
-            return queues.redis_queued_ids(url)
+            return queues.redis_queued_where(url)
         return None
+
+    def _active_queues(self) -> dict[str, set[str]]:
+        """The queues each answering worker consumes (`inspect().active_queues()`, the whole timeout waited: any
+        live consumer counts). Asked on the hold check's thread, never on a poll's."""
+        replies = self.control_app.control.inspect(timeout=self.inspect_timeout).active_queues() or {}
+        return {
+            worker: {q.get("name", "") for q in queues or [] if isinstance(q, dict)}
+            for worker, queues in replies.items()
+        }
 
     def _taskmeta(self) -> Any:
         """The SQL reader, or None when results are not in a database (a Redis result backend)."""
@@ -297,6 +308,7 @@ class CeleryAdapter:
         - a running leg whose worker answers no ping any more (only those workers are pinged, on the control app);
         - a leg that nothing holds although the workers answer: a worker restarted under the same hostname, a task
           cancelled on a broker connection loss, a message lost before any worker took it (`liveness.HoldWatch`).
+        The same check marks `busy` the waiting legs a live worker consuming their queue will come to (issue 27 §4).
         """
         running = {s.worker: s for s in states.values() if s.phase is LegPhase.RUNNING and s.worker}
         if self._settings.broker_url().startswith("filesystem://"):
@@ -308,9 +320,14 @@ class CeleryAdapter:
             if state.phase is LegPhase.RUNNING and state.worker in gone:
                 state.lost = gone[state.worker]
         # Answering workers that do not hold what the rows say they run, and messages nobody holds (liveness.py).
+        # Waiting legs a live worker will come to (their queue consumed, or reserved) are busy, not dead.
         candidates = {leg_id: c for leg_id, state in states.items() if (c := _candidate(state)) is not None}
-        for leg_id, reason in self.hold_watch.observe(states, candidates).items():
+        verdicts = self.hold_watch.observe(states, candidates)
+        for leg_id, reason in verdicts.lost.items():
             states[leg_id].lost = reason
+        for leg_id, reason in verdicts.busy.items():
+            if not states[leg_id].lost:
+                states[leg_id].busy = reason
 
     def _gone_workers(self, hostnames: set[str]) -> dict[str, str]:
         """Workers that left every ping unanswered for `celery_worker_lost_seconds` (two pings at least)."""

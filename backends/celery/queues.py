@@ -128,6 +128,13 @@ def redis_queued_ids(url: str, queues: Sequence[str] = names.ALL_QUEUES, timeout
     Messages a worker took but did not acknowledge are not here (kombu keeps them in its `unacked` hash until the
     visibility timeout): a live worker reports those itself (`query_task`), a dead one's are what a caller wants
     to find."""
+    return set(redis_queued_where(url, queues, timeout))
+
+
+def redis_queued_where(url: str, queues: Sequence[str] = names.ALL_QUEUES, timeout: float = 5.0) -> dict[str, str]:
+    """The queue each waiting message's task id waits in ({task id: queue}; a priority sub-queue counts as its
+    queue), in one pipelined round trip. Why the queue: a message waits for a *consumer of that queue*; whether a
+    live worker consumes it tells a busy engine from a misconfigured one (`liveness.HoldWatch`)."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -139,10 +146,11 @@ def redis_queued_ids(url: str, queues: Sequence[str] = names.ALL_QUEUES, timeout
         lists = pipe.execute()
     finally:
         client.close()
-    found: set[str] = set()
-    for messages in lists:
+    found: dict[str, str] = {}
+    per_queue = len(REDIS_PRIORITY_STEPS)
+    for index, messages in enumerate(lists):
         for raw in messages:
             match = _HEADER_ID.search(raw)
             if match is not None:
-                found.add(match.group(1).decode("ascii", "replace"))
+                found[match.group(1).decode("ascii", "replace")] = queues[index // per_queue]
     return found

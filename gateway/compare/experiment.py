@@ -47,7 +47,8 @@ class LegRun:
 
     @property
     def late(self) -> bool:
-        """Passed its deadline queued behind a busy but live worker (a Prefect run Late, its runner polling)."""
+        """Passed its deadline queued behind a busy but live worker (a Prefect run Late, its runner polling; a
+        Celery message in a queue a live worker consumes, or reserved by one)."""
         return self.outcome == LegOutcome.LATE
 
     @property

@@ -16,7 +16,8 @@ class ComparisonOutcome(StrEnum):
     # The shadow leg missed its deadline and was no longer waited on.
     SHADOW_TIMEOUT = "shadow_timeout"
     # The shadow leg missed its deadline queued behind a busy but live worker (a Prefect run `Late` while its
-    # runner polls, at its limit): waited for, then neither an infrastructure error nor a sample for any gate.
+    # runner polls, at its limit; a Celery message waiting in a queue a live worker consumes, or reserved by one):
+    # waited for, then neither an infrastructure error nor a sample for any gate.
     LATE = "late"
     # The comparator itself raised: recorded, never breaks the reconciler or a request.
     COMPARE_ERROR = "compare_error"

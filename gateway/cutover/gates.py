@@ -191,7 +191,8 @@ def evaluate(evidence: Evidence, thresholds: GateThresholds) -> Evaluation:
         failing.append(Criterion.MISMATCH_RATE)
         needs.append(_above(mismatch, "mismatch"))
     # A dead engine gives no sample at all while the broker holds its messages: its unstarted legs and its
-    # workers' liveness decide at once. A busy but alive engine (a Prefect runner at its limit) is waited for.
+    # workers' liveness decide at once. A busy but alive engine (a Prefect runner or a Celery worker at its
+    # limit) is waited for.
     if evidence.new_unstarted and evidence.new_alive is False:
         failing.append(Criterion.INFRA_ERROR_RATE)
         noun = "leg" if evidence.new_unstarted == 1 else "legs"

@@ -10,7 +10,7 @@ Imported by the conformance tests as `legacy_stack` (tests/conformance has no `_
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,14 @@ from backends.examples import DATA as EXAMPLE_DATA
 from gateway.store.catalog import load_catalog
 from gateway.store.migrate import upgrade
 from tests.service.server import GatewayServer, running_server
-from tests.support.celery_worker import WorkerProcess, base_env, settings_from_env, start_worker, stop_worker
+from tests.support.celery_worker import (
+    ALL_QUEUES,
+    WorkerProcess,
+    base_env,
+    settings_from_env,
+    start_worker,
+    stop_worker,
+)
 from tests.support.git import git as _git
 from tests.support.prefect_server import (
     STARTUP,
@@ -52,7 +59,7 @@ FINAL_NAMES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 DIRS = {"celery": "c/ex1", "prefect": "p/ex1", "legacy": "l/ex1", "writeback": "w/ex1", "missing": "m/ex1",
         "capped": "x/ex1", "mystery": "k/ex1", "untimed-celery": "uc/ex1", "untimed-prefect": "up/ex1",
         "legacy-submit": "ls/ex1", "walk": "cw/ex1", "demote": "cd/ex1", "rejudge": "cr/ex1",
-        "busy": "cb/ex1"}  # fmt: skip
+        "busy": "cb/ex1", "celery-busy": "pb/ex1", "celery-idle": "pi/ex1"}  # fmt: skip
 # Contents whose assignment sets no time limit of its own: each engine's sandbox default applies (shadow tests
 # give the two engines different limits through their workers' settings).
 UNTIMED = {DIRS["untimed-celery"], DIRS["untimed-prefect"], DIRS["busy"]}
@@ -106,7 +113,8 @@ def catalog(repos: Repos) -> dict[str, Any]:
                   "writeback": "prefect-foreign", "missing": "prefect-missing", "capped": "celery-main",
                   "mystery": "mystery", "untimed-celery": "celery-main", "untimed-prefect": "prefect-main",
                   "legacy-submit": "prefect-legacy-submit", "walk": "prefect-main",
-                  "demote": "prefect-main", "rejudge": "celery-main", "busy": "celery-main"}  # fmt: skip
+                  "demote": "prefect-main", "rejudge": "celery-main", "busy": "celery-main",
+                  "celery-busy": "prefect-main", "celery-idle": "prefect-main"}  # fmt: skip
     contents = []
     for key, directory in DIRS.items():
         contents.append(
@@ -224,9 +232,12 @@ class Stack:
         """Let every slow student run waiting now go on (it finds `release` in its work dir); how many."""
         return release_slow_runs(self.sandbox_root)
 
-    def start_worker(self, extra: Mapping[str, str] | None = None) -> WorkerProcess:
+    def start_worker(
+        self, extra: Mapping[str, str] | None = None, *, concurrency: int = 2, queues: Sequence[str] = ALL_QUEUES
+    ) -> WorkerProcess:
         """A Celery worker on the stack's broker; every worker ever started is stopped at the stack's end."""
-        worker = start_worker(base_env({**self.env, **(extra or {})}, self.data), concurrency=2, log_dir=self.log_dir)
+        env = base_env({**self.env, **(extra or {})}, self.data)
+        worker = start_worker(env, concurrency=concurrency, queues=queues, log_dir=self.log_dir)
         self.workers.append(worker)
         return worker
 

@@ -382,15 +382,27 @@ def _pytest_running_in(root: Path) -> Path | None:
     return runs[0] if len(runs) == 1 else None
 
 
+@pytest.fixture(scope="module")
+def concurrent_roots() -> Iterator[tuple[Path, Path]]:
+    """The honest and the hostile run's sandbox roots, shared by every case of the module (warm and cold, each
+    attack). A new root builds its own runtime (site copy, bytecode cache, probe, warm runner: most of a case's
+    time); what a case needs of its own is a fresh run dir and uid, which each run makes and removes."""
+    path = Path(tempfile.mkdtemp(prefix="gw-concurrent-"))
+    path.chmod(0o755)
+    roots = path / "honest", path / "hostile"
+    for root in roots:
+        root.mkdir(mode=0o755)
+    yield roots
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @ROOT_ONLY
 @pytest.mark.parametrize("attack", list(ATTACKS_ON_OTHERS))
 def test_attack_on_a_concurrent_run(
-    make_job: Callable[..., Any], world_dir: Path, settings_for: Any, attack: str
+    make_job: Callable[..., Any], concurrent_roots: tuple[Path, Path], settings_for: Any, attack: str
 ) -> None:
     """An honest run is in the middle of a test while another run attacks; the honest one is graded 2 of 2."""
-    honest_root, hostile_root = world_dir / "honest", world_dir / "hostile"
-    for path in (honest_root, hostile_root):
-        path.mkdir(mode=0o755)
+    honest_root, hostile_root = concurrent_roots
     honest_uid = 63000 + os.getpid() % 1000
     honest_job = make_job(TESTS, {"calc.py": HONEST_WAITING})
     hostile_job = make_job(TESTS, {"calc.py": ATTACKS_ON_OTHERS[attack]})
