@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -55,10 +56,24 @@ class Host:
         _ip("link", "set", self.link, "up")
 
 
+def _subnets_in_use() -> set[int]:
+    """The 10.244.N.0/30 subnets some route already names: a host another run left behind (a run killed before its
+    teardown) keeps its link and routes, and reusing its /30 would fail at `route add` ("File exists")."""
+    routes = _ip("route", "show", "table", "all", check=False).stdout
+    return {int(m) for m in re.findall(r"\b10\.244\.(\d+)\.", routes)}
+
+
+def _free_subnet(seed: int) -> int:
+    """The seeded draw's first subnet that no route names (the same one every run on a clean machine)."""
+    draw, taken = random.Random(seed), _subnets_in_use()
+    candidates = [draw.randrange(1, 250) for _ in range(64)]
+    return next((n for n in candidates if n not in taken), candidates[0])
+
+
 @contextlib.contextmanager
 def host(seed: int) -> Iterator[Host]:
     token = uuid.uuid4().hex[:6]
-    subnet = random.Random(seed).randrange(1, 250)
+    subnet = _free_subnet(seed)
     name, link, inner = f"gw24{token}", f"gw24r{token}", f"gw24n{token}"
     peer, address = f"10.244.{subnet}.1", f"10.244.{subnet}.2"
     _ip("netns", "add", name)
