@@ -292,3 +292,25 @@ def running_stack(
             result.release_slow_runs()  # nothing left blocking a worker slot while the stack stops
             for worker in result.workers:
                 stop_worker(worker, graceful=False)  # the module is over: no warm shutdown (see stop_worker)
+
+
+# ------------------------------------------------------------------- the API calls the evidence tests share
+def submit_job(client: httpx.Client, key: str, member: str, commit: str, **extra: Any) -> str:
+    """`POST /api/tests` of `commit` for `member` on content `key`; the new row's id."""
+    body = {"directory": DIRS[key], "course_member_id": member, "version_identifier": commit, **extra}
+    answer = client.post("/api/tests", json=body)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+def comparison_of(client: httpx.Client, result_id: str) -> dict[str, Any] | None:
+    """The job's comparison, or None while it has none yet."""
+    answer = client.get(f"/api/results/{result_id}/comparison")
+    return answer.json() if answer.status_code == 200 else None
+
+
+def evaluate_gate(client: httpx.Client, key: str) -> dict[str, Any]:
+    """A dry-run gate evaluation of content `key`'s migration (changes nothing)."""
+    answer = client.post(f"/api/admin/cutover/content/{key}/evaluate", params={"dry_run": True})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json()["evaluation"])

@@ -14,11 +14,10 @@ Shadow Prefect → Celery, with Celery's only worker at concurrency 1 (Redis bro
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-from legacy_stack import ADMIN, DIRS, FINAL, Stack, running_stack, wait_until
+from legacy_stack import ADMIN, FINAL, Stack, comparison_of, evaluate_gate, running_stack, submit_job, wait_until
 
 from tests.conftest import PostgresDB, RedisDB
 from tests.service.conftest import fresh_pg_database
@@ -60,38 +59,20 @@ def shadow_to_celery(client: httpx.Client, key: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def submit(client: httpx.Client, key: str, member: str, commit: str) -> str:
-    body = {"directory": DIRS[key], "course_member_id": member, "version_identifier": commit}
-    answer = client.post("/api/tests", json=body)
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["id"])
-
-
-def comparison(client: httpx.Client, result_id: str) -> dict[str, Any] | None:
-    answer = client.get(f"/api/results/{result_id}/comparison")
-    return answer.json() if answer.status_code == 200 else None
-
-
-def evaluate(client: httpx.Client, key: str) -> dict[str, Any]:
-    answer = client.post(f"/api/admin/cutover/content/{key}/evaluate", params={"dry_run": True})
-    assert answer.status_code == 200, answer.text
-    return dict(answer.json()["evaluation"])
-
-
 def test_a_shadow_celery_leg_queued_behind_a_busy_worker_ends_late_not_as_an_infra_error(stack: Stack) -> None:
     only_worker(stack)
     with stack.client(ADMIN) as admin:
         # A Celery-primary job of the slow student takes the worker's only slot and keeps it.
-        holder = submit(admin, "busy", "m-slow", stack.repos.commit("slow"))
+        holder = submit_job(admin, "busy", "m-slow", stack.repos.commit("slow"))
         try:
             wait_until(lambda: len(waiting_markers(stack.sandbox_root)) == 1, "the holder to occupy the worker", 240)
             shadow_to_celery(admin, "cc-celery-busy")
-            before = evaluate(admin, "cc-celery-busy")
-            late = submit(admin, "celery-busy", "m-alice", stack.repos.commit("passing"))
-            found = wait_until(lambda: comparison(admin, late), "the Celery shadow leg to reach its deadline", 300)
+            before = evaluate_gate(admin, "cc-celery-busy")
+            late = submit_job(admin, "celery-busy", "m-alice", stack.repos.commit("passing"))
+            found = wait_until(lambda: comparison_of(admin, late), "the Celery shadow leg to reach its deadline", 300)
             # The holder held the slot the whole time: the shadow leg never started.
             assert len(waiting_markers(stack.sandbox_root)) == 1
-            after = evaluate(admin, "cc-celery-busy")
+            after = evaluate_gate(admin, "cc-celery-busy")
         finally:
             stack.release_slow_runs()
         wait_until(
@@ -109,10 +90,10 @@ def test_a_shadow_celery_leg_no_live_worker_consumes_still_times_out_as_an_infra
     only_worker(stack, queues=("default",))  # alive, but not consuming `high_priority`: misconfigured
     with stack.client(ADMIN) as admin:
         shadow_to_celery(admin, "cc-celery-idle")
-        before = evaluate(admin, "cc-celery-idle")
-        run = submit(admin, "celery-idle", "m-carol", stack.repos.commit("passing"))
-        found = wait_until(lambda: comparison(admin, run), "the Celery shadow leg to reach its deadline", 300)
-        after = evaluate(admin, "cc-celery-idle")
+        before = evaluate_gate(admin, "cc-celery-idle")
+        run = submit_job(admin, "celery-idle", "m-carol", stack.repos.commit("passing"))
+        found = wait_until(lambda: comparison_of(admin, run), "the Celery shadow leg to reach its deadline", 300)
+        after = evaluate_gate(admin, "cc-celery-idle")
     assert found["outcome"] == "shadow_timeout", found
     assert before["evidence"]["new_infra_errors"] == 0, before
     assert (after["evidence"]["new_infra_errors"], after["evidence"]["new_legs"]) == (1, 1), after

@@ -22,7 +22,18 @@ from typing import Any
 
 import httpx
 import pytest
-from legacy_stack import ADMIN, DIRS, Stack, _repo, runner_env, running_stack, wait_until
+from legacy_stack import (
+    ADMIN,
+    DIRS,
+    Stack,
+    _repo,
+    comparison_of,
+    evaluate_gate,
+    runner_env,
+    running_stack,
+    submit_job,
+    wait_until,
+)
 from sqlalchemy import select
 
 from gateway.store.db import make_sync_engine
@@ -84,27 +95,9 @@ def shadow_setting(client: httpx.Client, key: str, **values: Any) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def submit(client: httpx.Client, key: str, member: str, commit: str, **extra: Any) -> str:
-    body = {"directory": DIRS[key], "course_member_id": member, "version_identifier": commit, **extra}
-    answer = client.post("/api/tests", json=body)
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["id"])
-
-
-def comparison(client: httpx.Client, result_id: str) -> dict[str, Any] | None:
-    answer = client.get(f"/api/results/{result_id}/comparison")
-    return answer.json() if answer.status_code == 200 else None
-
-
 def card_of(client: httpx.Client, key: str) -> dict[str, Any]:
     (card,) = [c for c in client.get("/api/cutover/scorecard").json() if c["scope_id"] == key]
     return card
-
-
-def evaluate(client: httpx.Client, key: str) -> dict[str, Any]:
-    answer = client.post(f"/api/admin/cutover/content/{key}/evaluate", params={"dry_run": True})
-    assert answer.status_code == 200, answer.text
-    return dict(answer.json()["evaluation"])
 
 
 def store_rows(stack: Stack, stmt: Any) -> list[Any]:
@@ -133,11 +126,11 @@ def rejudged(stack: Stack, scripted_runs: Path, key: str, member: str, prefect_v
     with stack.client(ADMIN) as admin:
         provider, commit = student_repo(stack.log_dir, f"{key}-{member}")
         script = Script({stack.sandbox_root: ["none"], scripted_runs: [prefect_verdicts[0]]})
-        run = submit(admin, key, member, commit, **provider)
+        run = submit_job(admin, key, member, commit, **provider)
         wait_until(script.answer, "the job's Celery and Prefect runs to wait for their verdicts", 240)
 
         def running() -> dict[str, Any] | None:
-            found = comparison(admin, run)
+            found = comparison_of(admin, run)
             return found if found and (found.get("rejudge") or {}).get("state") == "running" else None
 
         first = wait_until(running, "the mismatch and its re-judgement under way", 240)
@@ -148,11 +141,11 @@ def rejudged(stack: Stack, scripted_runs: Path, key: str, member: str, prefect_v
         wait_until(script.answer, "the re-judgement's two re-runs to wait for their verdicts", 240)
 
         def done() -> dict[str, Any] | None:
-            found = comparison(admin, run)
+            found = comparison_of(admin, run)
             return found if found and (found.get("rejudge") or {}).get("state") == "done" else None
 
         again = wait_until(done, "the re-judgement to end", 240)
-        return first, before, again, card_of(admin, f"cc-{key}"), evaluate(admin, f"cc-{key}")
+        return first, before, again, card_of(admin, f"cc-{key}"), evaluate_gate(admin, f"cc-{key}")
 
 
 def test_a_flaky_test_is_rejudged_as_noise_and_the_gate_counts_it_so(stack: Stack, scripted_runs: Path) -> None:
@@ -229,24 +222,24 @@ def test_a_busy_prefect_runner_is_waited_for_and_a_late_leg_is_no_infra_error(
                thresholds={**GATE, "start_timeout_seconds": 5}, reason="busy is not dead")  # fmt: skip
         provider, commit = student_repo(root, "busy-holder")
         script = Script({stack.sandbox_root: ["none"], busy_runs: []})
-        holder = submit(admin, "busy", "m-alice", commit, **provider)
+        holder = submit_job(admin, "busy", "m-alice", commit, **provider)
         # The holder's Celery run is answered; its Prefect run waits, holding the runner's only slot.
         wait_until(lambda: script.answer() and script.waiting() == 0, "the holder's Celery run to be answered", 240)
         wait_until(lambda: len(list(busy_runs.glob("*/space/work/waiting"))) == 1, "the holder's Prefect run", 240)
-        queued = [submit(admin, "busy", m, stack.repos.commit(s)) for m, s in (("m-bob", "failing"),
+        queued = [submit_job(admin, "busy", m, stack.repos.commit(s)) for m, s in (("m-bob", "failing"),
                                                                              ("m-carol", "passing"))]  # fmt: skip
         # One more job whose shadow may wait only 60 s: it is still queued behind the holder when that passes.
         shadow_setting(admin, "cc-busy", deadline_seconds=60)
         provider, commit = student_repo(root, "busy-late")
         script.add(stack.sandbox_root, ["none"])
-        late = submit(admin, "busy", "m-slow", commit, **provider)
+        late = submit_job(admin, "busy", "m-slow", commit, **provider)
         wait_until(script.answer, "the late job's Celery run to wait for its verdict", 240)
 
         def seen_late() -> dict[str, Any] | None:
             legs = shadow_legs(stack, queued)
             if len(legs) != 2 or any(leg.native_state != "Late" for leg in legs):
                 return None
-            evaluation = evaluate(admin, "cc-busy")
+            evaluation = evaluate_gate(admin, "cc-busy")
             return evaluation if evaluation["evidence"]["new_unstarted"] >= 2 else None
 
         # Late, unstarted past the start timeout, the runner alive: waited for, not a dead engine.
@@ -255,17 +248,17 @@ def test_a_busy_prefect_runner_is_waited_for_and_a_late_leg_is_no_infra_error(
         assert evaluation["verdict"] != "Failed" and "infra_error_rate" not in evaluation["failing"], evaluation
         assert all(leg.last_error is None and not leg.finished for leg in shadow_legs(stack, queued))
 
-        found = wait_until(lambda: comparison(admin, late), "the late job's shadow to reach its deadline", 240)
+        found = wait_until(lambda: comparison_of(admin, late), "the late job's shadow to reach its deadline", 240)
         assert (found["outcome"], found["side"]) == ("late", "shadow"), found
         assert "queued behind a busy worker" in found["reason"], found
-        after_late = evaluate(admin, "cc-busy")
+        after_late = evaluate_gate(admin, "cc-busy")
         # The holder is released: the queued legs run one by one and are samples like any other.
         script.add(busy_runs, ["none"])
         wait_until(script.answer, "the holder's Prefect run to be answered", 60)
         compared = [
-            wait_until(lambda i=i: comparison(admin, i), f"the comparison of {i}", 300) for i in (holder, *queued)
+            wait_until(lambda i=i: comparison_of(admin, i), f"the comparison of {i}", 300) for i in (holder, *queued)
         ]
-        final = evaluate(admin, "cc-busy")
+        final = evaluate_gate(admin, "cc-busy")
     assert [c["outcome"] for c in compared] == ["match"] * 3, compared
     assert (after_late["evidence"]["new_infra_errors"], after_late["evidence"]["new_legs"]) == (0, 0), after_late
     evidence = final["evidence"]
