@@ -32,7 +32,6 @@ import enum
 import itertools
 import logging
 import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from backends.work.errors import InfrastructureError
+from backends.work.sandbox_uids import kill_until_gone
 
 log = logging.getLogger(__name__)
 _PREFIX = "gateway-run-"
@@ -329,14 +329,7 @@ class RunGroup:
         if (self.memory_dir / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 _write(self.memory_dir / "cgroup.kill", "1")
-        for _ in range(500):
-            pids = self._pids()
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+        kill_until_gone(self._pids)
 
     def remove(self) -> None:
         """Kill what is left, then remove the groups. A group whose last tasks are still exiting refuses rmdir

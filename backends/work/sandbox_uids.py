@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -37,17 +37,24 @@ def processes_of(uid: int) -> list[int]:
     return found
 
 
-def kill_uid(uid: int) -> None:
-    """SIGKILL every process of `uid` until none is left (a fork bomb keeps forking between two rounds)."""
+def kill_until_gone(pids_of: Callable[[], Iterable[int]]) -> bool:
+    """SIGKILL what `pids_of()` names until it names nothing (a fork bomb keeps forking between two rounds);
+    False when something was still there after 500 rounds."""
     for _ in range(500):
-        pids = processes_of(uid)
+        pids = list(pids_of())
         if not pids:
-            return
+            return True
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.01)
-    raise InfrastructureError(f"processes of sandbox uid {uid} could not be killed")
+    return False
+
+
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid` until none is left."""
+    if not kill_until_gone(lambda: processes_of(uid)):
+        raise InfrastructureError(f"processes of sandbox uid {uid} could not be killed")
 
 
 @contextlib.contextmanager
